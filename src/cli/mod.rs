@@ -1,0 +1,124 @@
+//! The command line: parsing, dispatch to one module per command, and exit codes
+//! (0 success, 2 usage or config error, 1 any other failure; one line on stderr).
+
+mod mount;
+pub mod mountinfo;
+mod unmount;
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+/// mirrorfs: a directory mirrored through a FUSE mount.
+#[derive(Debug, Parser)]
+#[command(name = "mirrorfs", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Mount SOURCE at MOUNTPOINT and serve it until unmounted (SIGINT/SIGTERM unmount).
+    Mount(MountArgs),
+    /// Unmount a mirrorfs mount (also one whose daemon has died).
+    Unmount(UnmountArgs),
+}
+
+/// Arguments of `mirrorfs mount`.
+#[derive(Debug, Args)]
+pub struct MountArgs {
+    /// The directory to serve (the origin).
+    source: Option<PathBuf>,
+    /// Where to mount it.
+    mountpoint: Option<PathBuf>,
+    /// A mount config (TOML); command-line values win over it.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// mirrorfs's own files for this volume (default: /var/lib/mirrorfs/ID for root).
+    #[arg(long, value_name = "DIR")]
+    state_dir: Option<PathBuf>,
+    /// The volume's id (default: SOURCE's name and a hash of its path).
+    #[arg(long)]
+    id: Option<String>,
+    /// Let other users use the mount; permissions are checked as on a local filesystem.
+    #[arg(long)]
+    allow_other: bool,
+}
+
+/// Arguments of `mirrorfs unmount`.
+#[derive(Debug, Args)]
+pub struct UnmountArgs {
+    /// The mount point.
+    mountpoint: PathBuf,
+    /// Detach now even if files are open; it goes away when they are closed.
+    #[arg(long)]
+    lazy: bool,
+}
+
+/// A failed command: usage errors exit 2, everything else 1.
+#[derive(Debug)]
+pub enum CliError {
+    /// Bad arguments, config or environment for the command (exit 2).
+    Usage(String),
+    /// The command was right but could not be done (exit 1).
+    Failure(String),
+}
+
+/// Runs the command line `args` and returns the process's exit code.
+pub fn run(args: impl IntoIterator<Item = OsString>) -> ExitCode {
+    let cli = match Cli::try_parse_from(args) {
+        Ok(cli) => cli,
+        Err(error) => return clap_exit(error),
+    };
+    init_logging();
+    let result = match cli.command {
+        Command::Mount(args) => mount::run(args),
+        Command::Unmount(args) => unmount::run(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(CliError::Usage(message)) => {
+            eprintln!("mirrorfs: {message}");
+            ExitCode::from(2)
+        }
+        Err(CliError::Failure(message)) => {
+            eprintln!("mirrorfs: {message}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// Help and version print as clap renders them; a usage error becomes one line.
+fn clap_exit(error: clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    match error.kind() {
+        ErrorKind::DisplayHelp
+        | ErrorKind::DisplayVersion
+        | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+            let _ = error.print();
+            ExitCode::from(error.exit_code() as u8)
+        }
+        _ => {
+            let rendered = error.to_string();
+            let first = rendered.lines().next().unwrap_or("invalid arguments");
+            let message = first.strip_prefix("error: ").unwrap_or(first);
+            eprintln!("mirrorfs: {message} (see 'mirrorfs --help')");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// Log lines go to stderr; MIRRORFS_LOG sets the filter (e.g. "debug"), default "info".
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("MIRRORFS_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(filter)
+        .with_target(false)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .try_init();
+}

@@ -1,0 +1,204 @@
+//! `mirrorfs mount`: resolve the config, check the system, and serve the volume.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::config::raw::RawConfig;
+use crate::config::{Config, Overrides, normalize};
+use crate::fuse::{self, FS_TYPE, MountOptions};
+use crate::origin::Origin;
+use crate::state::{StateDir, StateError};
+use crate::vfs::Volume;
+
+use super::{CliError, MountArgs, mountinfo};
+
+/// How long the kernel may trust names and attributes before asking again. Changes made
+/// through the mount invalidate them at once; this bounds how late a change made directly
+/// in the origin by another program is seen. (Issue 4 makes it `[cache] revalidate_after`.)
+const KERNEL_CACHE_TTL: Duration = Duration::from_secs(1);
+
+/// Mounts and serves until unmounted.
+pub fn run(args: MountArgs) -> Result<(), CliError> {
+    if args.source.is_some() != args.mountpoint.is_some() {
+        return Err(CliError::Usage(
+            "give both SOURCE and MOUNTPOINT, or neither (then --config names them)".to_string(),
+        ));
+    }
+    let raw = match &args.config {
+        Some(path) => Config::read(path).map_err(usage)?,
+        None => RawConfig::default(),
+    };
+    let cwd = std::env::current_dir().map_err(|error| {
+        CliError::Failure(format!("cannot read the current directory: {error}"))
+    })?;
+    let overrides = Overrides {
+        source: args.source,
+        mountpoint: args.mountpoint,
+        state_dir: args.state_dir,
+        id: args.id,
+        allow_other: args.allow_other.then_some(true),
+    };
+    let config = Config::resolve(raw, overrides, &cwd).map_err(usage)?;
+    let volume = &config.volume;
+    check_system(&volume.source, &volume.mountpoint, &volume.state_dir)?;
+    let state = StateDir::open(&volume.state_dir).map_err(|error| match error {
+        StateError::Locked { .. } => CliError::Usage(error.to_string()),
+        StateError::Io { .. } => CliError::Failure(error.to_string()),
+    })?;
+    prepare_process();
+
+    let origin = Origin::open(&volume.source).map_err(|error| {
+        CliError::Usage(format!(
+            "cannot open SOURCE {}: {error}",
+            volume.source.display()
+        ))
+    })?;
+    tracing::info!(
+        volume = %volume.id,
+        source = %volume.source.display(),
+        state_dir = %state.path().display(),
+        "serving volume"
+    );
+    let options = MountOptions {
+        fs_name: volume.source.display().to_string(),
+        allow_other: volume.allow_other,
+        threads: worker_threads(),
+        ttl: KERNEL_CACHE_TTL,
+    };
+    let served = Arc::new(Volume::new(origin));
+    fuse::serve(served, &volume.mountpoint, &options).map_err(|error| match error {
+        fuse::MountError::Mount { .. } => CliError::Failure(error.to_string()),
+        other => CliError::Failure(other.to_string()),
+    })
+}
+
+fn usage(error: impl std::fmt::Display) -> CliError {
+    CliError::Usage(error.to_string())
+}
+
+/// Checks what the config cannot know: that SOURCE is a readable directory, that
+/// MOUNTPOINT is a free directory, and that no symlink hides state_dir inside SOURCE.
+fn check_system(source: &Path, mountpoint: &Path, state_dir: &Path) -> Result<(), CliError> {
+    let source_real = readable_dir("SOURCE", source)?;
+
+    let mounts = mountinfo::read()
+        .map_err(|error| CliError::Failure(format!("cannot read the mount table: {error}")))?;
+    let mountpoint_real = real_path(mountpoint);
+    if let Some(mount) = mounts
+        .iter()
+        .find(|mount| mount.mount_point == mountpoint_real || mount.mount_point == mountpoint)
+    {
+        let hint = if mount.fs_type == FS_TYPE && std::fs::metadata(mountpoint).is_err() {
+            format!(
+                " (a mirrorfs mount whose daemon has stopped; run 'mirrorfs unmount {}')",
+                mountpoint.display()
+            )
+        } else {
+            format!(" ({} from {})", mount.fs_type, mount.source)
+        };
+        return Err(CliError::Usage(format!(
+            "MOUNTPOINT {} is busy: something is already mounted there{hint}",
+            mountpoint.display()
+        )));
+    }
+    match std::fs::metadata(mountpoint) {
+        Ok(meta) if meta.is_dir() => {}
+        Ok(_) => {
+            return Err(CliError::Usage(format!(
+                "MOUNTPOINT {} is not a directory",
+                mountpoint.display()
+            )));
+        }
+        Err(error) => {
+            return Err(CliError::Usage(format!(
+                "MOUNTPOINT {}: {error}",
+                mountpoint.display()
+            )));
+        }
+    }
+    if mountpoint_real.starts_with(&source_real) {
+        return Err(CliError::Usage(format!(
+            "MOUNTPOINT {} is inside SOURCE {} (through a symlink); a mount there would contain itself",
+            mountpoint.display(),
+            source.display()
+        )));
+    }
+    if real_path(state_dir).starts_with(&source_real) {
+        return Err(CliError::Usage(format!(
+            "state_dir {} is inside SOURCE {} (through a symlink)",
+            state_dir.display(),
+            source.display()
+        )));
+    }
+    Ok(())
+}
+
+/// `path` must be a directory this process can list and enter; returns its real path.
+fn readable_dir(what: &str, path: &Path) -> Result<PathBuf, CliError> {
+    let meta = std::fs::metadata(path)
+        .map_err(|error| CliError::Usage(format!("{what} {}: {error}", path.display())))?;
+    if !meta.is_dir() {
+        return Err(CliError::Usage(format!(
+            "{what} {} is not a directory",
+            path.display()
+        )));
+    }
+    if let Err(error) = std::fs::read_dir(path) {
+        return Err(CliError::Usage(format!(
+            "{what} {} cannot be read: {error}",
+            path.display()
+        )));
+    }
+    path.canonicalize()
+        .map_err(|error| CliError::Usage(format!("{what} {}: {error}", path.display())))
+}
+
+/// The real path of `path`, resolving symlinks in as much of it as exists.
+fn real_path(path: &Path) -> PathBuf {
+    let mut existing = path.to_path_buf();
+    let mut rest = Vec::new();
+    loop {
+        if let Ok(real) = existing.canonicalize() {
+            let mut resolved = real;
+            for part in rest.iter().rev() {
+                resolved.push(part);
+            }
+            return normalize(&resolved);
+        }
+        match (existing.file_name(), existing.parent()) {
+            (Some(name), Some(parent)) => {
+                rest.push(name.to_os_string());
+                existing = parent.to_path_buf();
+            }
+            _ => return normalize(path),
+        }
+    }
+}
+
+/// Process-wide settings the daemon needs before it serves.
+fn prepare_process() {
+    // The kernel has already applied the caller's umask to every mode it sends; the daemon's
+    // own umask must not remove bits a second time.
+    // SAFETY: umask cannot fail.
+    unsafe { libc::umask(0) };
+    // Open files each hold a descriptor: allow as many as the hard limit lets us.
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: a valid out-pointer, then the same struct back.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
+        {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
+}
+
+/// Workers taking kernel requests: requests block on origin I/O, so more than the cores.
+fn worker_threads() -> usize {
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    (cores * 2).clamp(4, 16)
+}

@@ -1,0 +1,457 @@
+//! Mount configuration: a TOML file (see `mount-configs/`) and command-line overrides,
+//! resolved into a validated [`Config`]. Parsing happens in two stages, as ripgrep does: the
+//! raw schema ([`raw`]), then resolution, which fills defaults and rejects contradictions
+//! with a message naming the key. Nothing here touches the filesystem except reading the
+//! file; checks against the live system (does SOURCE exist?) belong to the command.
+
+pub mod raw;
+pub mod units;
+
+use std::path::{Component, Path, PathBuf};
+
+use raw::RawConfig;
+
+/// Longest volume id; ids name directories on replica nodes.
+const VOLUME_ID_LEN_MAX: usize = 64;
+
+/// Why a configuration cannot be used. Each renders as one line naming the key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        /// The config file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML or does not fit the schema.
+    #[error("config {path}{location}: {key}{message}")]
+    Parse {
+        /// The config file.
+        path: PathBuf,
+        /// " line N" where known.
+        location: String,
+        /// "section.key: " where known.
+        key: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// A required setting was given neither on the command line nor in the file.
+    #[error("{key} is required: {hint}")]
+    Missing {
+        /// The setting.
+        key: &'static str,
+        /// How to give it.
+        hint: &'static str,
+    },
+    /// A setting has an impossible value.
+    #[error("{key}: {reason}")]
+    Invalid {
+        /// The setting.
+        key: &'static str,
+        /// Why it cannot be used.
+        reason: String,
+    },
+}
+
+/// A volume id: 1 to 64 of `A-Z a-z 0-9 . _ -`, not starting with a dot.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct VolumeId(String);
+
+impl VolumeId {
+    /// Validates `text` as a volume id.
+    pub fn new(text: &str) -> Result<VolumeId, String> {
+        if text.is_empty() || text.len() > VOLUME_ID_LEN_MAX {
+            return Err(format!(
+                "must be 1 to {VOLUME_ID_LEN_MAX} characters, got {}",
+                text.len()
+            ));
+        }
+        if text.starts_with('.') {
+            return Err(format!("{text:?} must not start with '.'"));
+        }
+        let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
+        if let Some(bad) = text.chars().find(|&c| !allowed(c)) {
+            return Err(format!(
+                "{text:?} contains {bad:?}; use letters, digits, '.', '_' and '-'"
+            ));
+        }
+        Ok(VolumeId(text.to_string()))
+    }
+
+    /// The default id for an origin: its directory name and a short hash of its full path,
+    /// so two origins named alike never share a state directory.
+    pub fn for_source(source: &Path) -> VolumeId {
+        let base: String = source
+            .file_name()
+            .map(|name| name.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "root".to_string())
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .take(VOLUME_ID_LEN_MAX - 9)
+            .collect();
+        let hash = blake3::hash(source.as_os_str().as_encoded_bytes()).to_hex();
+        VolumeId(format!("{base}-{}", &hash[..8]))
+    }
+
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for VolumeId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Settings given on the command line; each wins over the file.
+#[derive(Clone, Debug, Default)]
+pub struct Overrides {
+    /// SOURCE.
+    pub source: Option<PathBuf>,
+    /// MOUNTPOINT.
+    pub mountpoint: Option<PathBuf>,
+    /// --state-dir.
+    pub state_dir: Option<PathBuf>,
+    /// --id.
+    pub id: Option<String>,
+    /// --allow-other.
+    pub allow_other: Option<bool>,
+}
+
+/// A validated mount configuration.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// The `[volume]` section.
+    pub volume: VolumeConfig,
+}
+
+/// The validated `[volume]` section. Paths are absolute and free of `.` and `..`.
+#[derive(Clone, Debug)]
+pub struct VolumeConfig {
+    /// The volume's name.
+    pub id: VolumeId,
+    /// The origin.
+    pub source: PathBuf,
+    /// The mount point.
+    pub mountpoint: PathBuf,
+    /// mirrorfs's own files for the volume.
+    pub state_dir: PathBuf,
+    /// Whether other users may use the mount.
+    pub allow_other: bool,
+}
+
+impl Config {
+    /// Reads and parses a config file (without resolving it).
+    pub fn read(path: &Path) -> Result<RawConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Config::parse(path, &text)
+    }
+
+    /// Parses config text; `path` is only for messages.
+    pub fn parse(path: &Path, text: &str) -> Result<RawConfig, ConfigError> {
+        let deserializer = toml::Deserializer::parse(text)
+            .map_err(|error| parse_error(path, text, &error, String::new()))?;
+        serde_path_to_error::deserialize(deserializer).map_err(|error| {
+            let key = error.path().to_string();
+            let key = if key == "." {
+                String::new()
+            } else {
+                format!("{key}: ")
+            };
+            parse_error(path, text, error.inner(), key)
+        })
+    }
+
+    /// Resolves a parsed file (or none) and command-line overrides into a `Config`.
+    /// Relative command-line paths are taken from `cwd`; paths in a file must be absolute.
+    pub fn resolve(
+        raw: RawConfig,
+        overrides: Overrides,
+        cwd: &Path,
+    ) -> Result<Config, ConfigError> {
+        let file = raw.volume;
+        let source = pick_path("source", overrides.source, file.source, cwd)?.ok_or(
+            ConfigError::Missing {
+                key: "volume.source",
+                hint: "give SOURCE on the command line or `source` in [volume]",
+            },
+        )?;
+        let mountpoint = pick_path("mountpoint", overrides.mountpoint, file.mountpoint, cwd)?
+            .ok_or(ConfigError::Missing {
+                key: "volume.mountpoint",
+                hint: "give MOUNTPOINT on the command line or `mountpoint` in [volume]",
+            })?;
+        let id = match overrides.id.or(file.id) {
+            Some(text) => VolumeId::new(&text).map_err(|reason| ConfigError::Invalid {
+                key: "volume.id",
+                reason,
+            })?,
+            None => VolumeId::for_source(&source),
+        };
+        let state_dir = pick_path("state_dir", overrides.state_dir, file.state_dir, cwd)?
+            .unwrap_or_else(|| default_state_dir(&id));
+        let allow_other = overrides.allow_other.or(file.allow_other).unwrap_or(false);
+
+        if source == Path::new("/") {
+            return Err(invalid(
+                "volume.source",
+                "the root directory cannot be an origin",
+            ));
+        }
+        if mountpoint == source || mountpoint.starts_with(&source) {
+            return Err(invalid(
+                "volume.mountpoint",
+                format!(
+                    "{} is inside the origin {}; a mount there would contain itself",
+                    mountpoint.display(),
+                    source.display()
+                ),
+            ));
+        }
+        if state_dir.starts_with(&source) {
+            return Err(invalid(
+                "volume.state_dir",
+                format!(
+                    "{} is inside the origin {}; mirrorfs's own files must stay out of the data it serves",
+                    state_dir.display(),
+                    source.display()
+                ),
+            ));
+        }
+        if state_dir.starts_with(&mountpoint) {
+            return Err(invalid(
+                "volume.state_dir",
+                format!(
+                    "{} is inside the mount point {}",
+                    state_dir.display(),
+                    mountpoint.display()
+                ),
+            ));
+        }
+        Ok(Config {
+            volume: VolumeConfig {
+                id,
+                source,
+                mountpoint,
+                state_dir,
+                allow_other,
+            },
+        })
+    }
+}
+
+fn invalid(key: &'static str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key,
+        reason: reason.into(),
+    }
+}
+
+/// The command-line path if given (made absolute from `cwd`), else the file's (which must
+/// already be absolute); either way normalized lexically.
+fn pick_path(
+    key: &'static str,
+    command_line: Option<PathBuf>,
+    file: Option<PathBuf>,
+    cwd: &Path,
+) -> Result<Option<PathBuf>, ConfigError> {
+    let key_name = match key {
+        "source" => "volume.source",
+        "mountpoint" => "volume.mountpoint",
+        _ => "volume.state_dir",
+    };
+    if let Some(path) = command_line {
+        if path.as_os_str().is_empty() {
+            return Err(invalid(key_name, "the path is empty"));
+        }
+        return Ok(Some(normalize(&cwd.join(path))));
+    }
+    match file {
+        None => Ok(None),
+        Some(path) if path.is_absolute() => Ok(Some(normalize(&path))),
+        Some(path) => Err(invalid(
+            key_name,
+            format!("{:?} must be an absolute path", path.display().to_string()),
+        )),
+    }
+}
+
+/// Removes `.` and resolves `..` textually (without following symlinks).
+pub fn normalize(path: &Path) -> PathBuf {
+    let mut normal = PathBuf::new();
+    for component in path.components() {
+        match component {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                normal.pop();
+            }
+            other => normal.push(other),
+        }
+    }
+    normal
+}
+
+/// `/var/lib/mirrorfs/ID` for root; `$XDG_STATE_HOME/mirrorfs/ID` (or
+/// `~/.local/state/mirrorfs/ID`) for anyone else.
+fn default_state_dir(id: &VolumeId) -> PathBuf {
+    // SAFETY: geteuid cannot fail.
+    let root = unsafe { libc::geteuid() } == 0;
+    let base = if root {
+        PathBuf::from("/var/lib")
+    } else if let Some(state) = std::env::var_os("XDG_STATE_HOME").filter(|v| !v.is_empty()) {
+        PathBuf::from(state)
+    } else if let Some(home) = std::env::var_os("HOME").filter(|v| !v.is_empty()) {
+        Path::new(&home).join(".local/state")
+    } else {
+        PathBuf::from("/tmp")
+    };
+    base.join("mirrorfs").join(id.as_str())
+}
+
+fn parse_error(path: &Path, text: &str, error: &toml::de::Error, key: String) -> ConfigError {
+    let location = error
+        .span()
+        .map(|span| {
+            let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
+            format!(" line {line}")
+        })
+        .unwrap_or_default();
+    // toml's messages can span lines (with a source excerpt); keep the first line.
+    let message = error
+        .message()
+        .lines()
+        .next()
+        .unwrap_or("invalid")
+        .trim_end_matches('.')
+        .to_string();
+    ConfigError::Parse {
+        path: path.to_path_buf(),
+        location,
+        key,
+        message,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<RawConfig, ConfigError> {
+        Config::parse(Path::new("test.toml"), text)
+    }
+
+    fn resolve(text: &str) -> Result<Config, ConfigError> {
+        Config::resolve(parse(text)?, Overrides::default(), Path::new("/cwd"))
+    }
+
+    #[test]
+    fn a_full_volume_section_resolves() {
+        let config = resolve(
+            "[volume]\nid = \"demo\"\nsource = \"/srv/data\"\nmountpoint = \"/mnt/data\"\n\
+             state_dir = \"/var/lib/mirrorfs/demo\"\nallow_other = true\n",
+        )
+        .unwrap();
+        assert_eq!(config.volume.id.as_str(), "demo");
+        assert_eq!(config.volume.source, Path::new("/srv/data"));
+        assert_eq!(config.volume.mountpoint, Path::new("/mnt/data"));
+        assert!(config.volume.allow_other);
+    }
+
+    #[test]
+    fn unknown_keys_and_sections_are_named() {
+        let message = parse("[volume]\nsorce = \"/x\"\n").unwrap_err().to_string();
+        assert!(
+            message.contains("line 2") && message.contains("sorce"),
+            "{message}"
+        );
+        let message = parse("[volumes]\n").unwrap_err().to_string();
+        assert!(message.contains("volumes"), "{message}");
+    }
+
+    #[test]
+    fn wrong_types_name_the_key() {
+        let message = parse("[volume]\nallow_other = \"yes\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(message.contains("volume.allow_other"), "{message}");
+        assert!(!message.contains('\n'), "one line: {message}");
+    }
+
+    #[test]
+    fn malformed_toml_is_one_line() {
+        let message = parse("[volume\nid = 1").unwrap_err().to_string();
+        assert!(message.starts_with("config test.toml line 1"), "{message}");
+        assert!(!message.contains('\n'), "{message}");
+    }
+
+    #[test]
+    fn command_line_wins_and_relative_paths_use_cwd() {
+        let raw = parse("[volume]\nsource = \"/srv/a\"\nmountpoint = \"/mnt/a\"\n").unwrap();
+        let overrides = Overrides {
+            source: Some("data/../b".into()),
+            ..Overrides::default()
+        };
+        let config = Config::resolve(raw, overrides, Path::new("/cwd")).unwrap();
+        assert_eq!(config.volume.source, Path::new("/cwd/b"));
+        assert_eq!(config.volume.mountpoint, Path::new("/mnt/a"));
+    }
+
+    #[test]
+    fn contradictions_are_rejected() {
+        let cases = [
+            ("source = \"relative\"\nmountpoint = \"/m\"", "absolute"),
+            ("mountpoint = \"/m\"", "volume.source is required"),
+            ("source = \"/s\"", "volume.mountpoint is required"),
+            (
+                "source = \"/s\"\nmountpoint = \"/s/m\"",
+                "inside the origin",
+            ),
+            ("source = \"/s\"\nmountpoint = \"/s\"", "inside the origin"),
+            (
+                "source = \"/s\"\nmountpoint = \"/m\"\nstate_dir = \"/s/.state\"",
+                "inside the origin",
+            ),
+            (
+                "source = \"/s\"\nmountpoint = \"/m\"\nstate_dir = \"/m/state\"",
+                "inside the mount point",
+            ),
+            (
+                "source = \"/s\"\nmountpoint = \"/m\"\nid = \"a/b\"",
+                "volume.id",
+            ),
+            (
+                "source = \"/s\"\nmountpoint = \"/m\"\nid = \".hidden\"",
+                "volume.id",
+            ),
+            ("source = \"/\"\nmountpoint = \"/m\"", "root directory"),
+        ];
+        for (body, expected) in cases {
+            let message = resolve(&format!("[volume]\n{body}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(message.contains(expected), "{body:?} gave {message:?}");
+        }
+    }
+
+    #[test]
+    fn default_id_is_a_safe_name_unique_per_path() {
+        let a = VolumeId::for_source(Path::new("/srv/my data"));
+        let b = VolumeId::for_source(Path::new("/other/my data"));
+        assert!(a.as_str().starts_with("my_data-"));
+        assert_ne!(a, b);
+        assert!(VolumeId::new(a.as_str()).is_ok());
+    }
+}

@@ -1,0 +1,572 @@
+//! The FUSE boundary: the only code that uses `fuser` or errno. Each operation converts its
+//! arguments, calls one `Volume` method, and replies. No POSIX logic lives here.
+
+mod attr;
+mod errno;
+mod session;
+
+use std::cell::RefCell;
+use std::ffi::OsStr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use fuser::{
+    AccessFlags, BsdFileFlags, Errno, FileHandle, Filesystem, FopenFlags, Generation, INodeNo,
+    InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
+    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs,
+    ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+};
+
+pub use session::{FS_TYPE, MountError, MountOptions, serve};
+
+use crate::origin::TimeSet;
+use crate::types::InodeId;
+use crate::vfs::{Caller, Opened, SetAttr, Volume};
+
+/// The largest write the kernel sends in one request (also the read-ahead unit).
+const MAX_WRITE_BYTES: u32 = 1024 * 1024;
+
+/// Capabilities asked of the kernel where it has them. AUTO_INVAL_DATA drops cached
+/// pages when a file's mtime or size changes under us; ATOMIC_O_TRUNC saves a SETATTR per
+/// open(O_TRUNC); READDIRPLUS_AUTO answers `ls -l` without a LOOKUP per entry.
+const WANTED_CAPABILITIES: [InitFlags; 6] = [
+    InitFlags::FUSE_AUTO_INVAL_DATA,
+    InitFlags::FUSE_ATOMIC_O_TRUNC,
+    InitFlags::FUSE_DO_READDIRPLUS,
+    InitFlags::FUSE_READDIRPLUS_AUTO,
+    InitFlags::FUSE_PARALLEL_DIROPS,
+    InitFlags::FUSE_CACHE_SYMLINKS,
+];
+
+thread_local! {
+    /// Each worker's read buffer, reused so a read neither allocates nor zeroes.
+    static READ_BUFFER: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+/// A `Volume` served to the kernel.
+#[derive(Debug)]
+pub struct MirrorFs {
+    volume: Arc<Volume>,
+    /// How long the kernel may trust entries and attributes without asking again.
+    ttl: Duration,
+}
+
+impl MirrorFs {
+    /// Serves `volume`, letting the kernel cache names and attributes for `ttl`.
+    pub fn new(volume: Arc<Volume>, ttl: Duration) -> MirrorFs {
+        MirrorFs { volume, ttl }
+    }
+
+    fn entry(&self, reply: ReplyEntry, result: crate::vfs::Result<crate::vfs::Attr>) {
+        match result {
+            Ok(found) => reply.entry(&self.ttl, &attr::file_attr(&found), Generation(0)),
+            Err(error) => reply.error(fail("entry", &error)),
+        }
+    }
+}
+
+fn caller(request: &Request) -> Caller {
+    Caller {
+        uid: request.uid(),
+        gid: request.gid(),
+        pid: request.pid(),
+    }
+}
+
+fn id(ino: INodeNo) -> InodeId {
+    InodeId(ino.0)
+}
+
+fn time_set(time: TimeOrNow) -> TimeSet {
+    match time {
+        TimeOrNow::SpecificTime(at) => TimeSet::At(at),
+        TimeOrNow::Now => TimeSet::Now,
+    }
+}
+
+fn open_flags(opened: &Opened) -> FopenFlags {
+    // Flush on close has nothing to do: writes are never held back in the daemon.
+    let mut flags = FopenFlags::FOPEN_NOFLUSH;
+    if opened.keep_cache {
+        flags |= FopenFlags::FOPEN_KEEP_CACHE;
+    }
+    flags
+}
+
+/// The errno for `error`, logging it first when it is unexpected.
+fn fail(operation: &str, error: &crate::vfs::VfsError) -> Errno {
+    if errno::is_notable(error) {
+        tracing::warn!(operation, %error, "operation failed");
+    } else {
+        tracing::debug!(operation, %error, "operation failed");
+    }
+    errno::errno(error)
+}
+
+fn empty(reply: ReplyEmpty, operation: &str, result: crate::vfs::Result<()>) {
+    match result {
+        Ok(()) => reply.ok(),
+        Err(error) => reply.error(fail(operation, &error)),
+    }
+}
+
+/// Replies to getxattr/listxattr: the size when asked with 0, ERANGE when it won't fit.
+fn xattr_value(reply: ReplyXattr, size: u32, result: crate::vfs::Result<Vec<u8>>) {
+    match result {
+        Ok(value) if size == 0 => reply.size(value.len() as u32),
+        Ok(value) if value.len() > size as usize => reply.error(Errno::ERANGE),
+        Ok(value) => reply.data(&value),
+        Err(error) => reply.error(fail("xattr", &error)),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+impl Filesystem for MirrorFs {
+    fn init(&mut self, _request: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        if let Err(nearest) = config.set_max_write(MAX_WRITE_BYTES) {
+            let _ = config.set_max_write(nearest);
+        }
+        if let Err(nearest) = config.set_max_readahead(MAX_WRITE_BYTES) {
+            let _ = config.set_max_readahead(nearest);
+        }
+        let _ = config.set_max_background(64);
+        for capability in WANTED_CAPABILITIES {
+            if config.add_capabilities(capability).is_err() {
+                tracing::info!(?capability, "kernel lacks capability");
+            }
+        }
+        Ok(())
+    }
+
+    fn lookup(&self, _request: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        match self.volume.lookup(id(parent), name) {
+            Ok(found) => reply.entry(&self.ttl, &attr::file_attr(&found), Generation(0)),
+            // A negative entry: the kernel remembers the absence for the TTL too.
+            Err(crate::vfs::VfsError::Origin(error))
+                if error.raw_os_error() == Some(libc::ENOENT) =>
+            {
+                let absent = fuser::FileAttr {
+                    ino: INodeNo(0),
+                    size: 0,
+                    blocks: 0,
+                    atime: SystemTime::UNIX_EPOCH,
+                    mtime: SystemTime::UNIX_EPOCH,
+                    ctime: SystemTime::UNIX_EPOCH,
+                    crtime: SystemTime::UNIX_EPOCH,
+                    kind: fuser::FileType::RegularFile,
+                    perm: 0,
+                    nlink: 0,
+                    uid: 0,
+                    gid: 0,
+                    rdev: 0,
+                    blksize: 0,
+                    flags: 0,
+                };
+                reply.entry(&self.ttl, &absent, Generation(0));
+            }
+            Err(error) => reply.error(fail("lookup", &error)),
+        }
+    }
+
+    fn forget(&self, _request: &Request, ino: INodeNo, count: u64) {
+        self.volume.forget(id(ino), count);
+    }
+
+    fn getattr(&self, _request: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
+        match self.volume.getattr(id(ino), fh.map(|handle| handle.0)) {
+            Ok(found) => reply.attr(&self.ttl, &attr::file_attr(&found)),
+            Err(error) => reply.error(fail("getattr", &error)),
+        }
+    }
+
+    fn setattr(
+        &self,
+        _request: &Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        let changes = SetAttr {
+            mode,
+            uid,
+            gid,
+            size,
+            atime: atime.map(time_set),
+            mtime: mtime.map(time_set),
+        };
+        match self
+            .volume
+            .setattr(id(ino), fh.map(|handle| handle.0), changes)
+        {
+            Ok(changed) => reply.attr(&self.ttl, &attr::file_attr(&changed)),
+            Err(error) => reply.error(fail("setattr", &error)),
+        }
+    }
+
+    fn readlink(&self, _request: &Request, ino: INodeNo, reply: ReplyData) {
+        match self.volume.readlink(id(ino)) {
+            Ok(target) => reply.data(&target),
+            Err(error) => reply.error(fail("readlink", &error)),
+        }
+    }
+
+    fn mknod(
+        &self,
+        request: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        let result = self
+            .volume
+            .mknod(caller(request), id(parent), name, mode, rdev as u64);
+        self.entry(reply, result);
+    }
+
+    fn mkdir(
+        &self,
+        request: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        reply: ReplyEntry,
+    ) {
+        let result = self.volume.mkdir(caller(request), id(parent), name, mode);
+        self.entry(reply, result);
+    }
+
+    fn unlink(&self, _request: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        empty(reply, "unlink", self.volume.unlink(id(parent), name));
+    }
+
+    fn rmdir(&self, _request: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        empty(reply, "rmdir", self.volume.rmdir(id(parent), name));
+    }
+
+    fn symlink(
+        &self,
+        request: &Request,
+        parent: INodeNo,
+        link_name: &OsStr,
+        target: &Path,
+        reply: ReplyEntry,
+    ) {
+        let result =
+            self.volume
+                .symlink(caller(request), id(parent), link_name, target.as_os_str());
+        self.entry(reply, result);
+    }
+
+    fn rename(
+        &self,
+        _request: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        new_parent: INodeNo,
+        new_name: &OsStr,
+        flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        let result = self
+            .volume
+            .rename(id(parent), name, id(new_parent), new_name, flags.bits());
+        empty(reply, "rename", result);
+    }
+
+    fn link(
+        &self,
+        _request: &Request,
+        ino: INodeNo,
+        new_parent: INodeNo,
+        new_name: &OsStr,
+        reply: ReplyEntry,
+    ) {
+        let result = self.volume.link(id(ino), id(new_parent), new_name);
+        self.entry(reply, result);
+    }
+
+    fn open(&self, _request: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        match self.volume.open(id(ino), flags.0) {
+            Ok(opened) => reply.opened(FileHandle(opened.handle), open_flags(&opened)),
+            Err(error) => reply.error(fail("open", &error)),
+        }
+    }
+
+    fn read(
+        &self,
+        _request: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        READ_BUFFER.with_borrow_mut(|buffer| {
+            match self.volume.read(fh.0, offset, size as usize, buffer) {
+                Ok(read) => reply.data(&buffer[..read]),
+                Err(error) => reply.error(fail("read", &error)),
+            }
+        });
+    }
+
+    fn write(
+        &self,
+        _request: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        match self.volume.write(fh.0, offset, data) {
+            Ok(written) => reply.written(written as u32),
+            Err(error) => reply.error(fail("write", &error)),
+        }
+    }
+
+    fn flush(
+        &self,
+        _request: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        empty(reply, "flush", self.volume.flush(fh.0));
+    }
+
+    fn release(
+        &self,
+        _request: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        empty(reply, "release", self.volume.release(fh.0));
+    }
+
+    fn fsync(
+        &self,
+        _request: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        empty(reply, "fsync", self.volume.fsync(fh.0, datasync));
+    }
+
+    fn opendir(&self, _request: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        match self.volume.opendir(id(ino)) {
+            Ok(handle) => reply.opened(FileHandle(handle), FopenFlags::empty()),
+            Err(error) => reply.error(fail("opendir", &error)),
+        }
+    }
+
+    fn readdir(
+        &self,
+        _request: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        let result = self.volume.readdir(fh.0, offset, |entry| {
+            let full = reply.add(
+                INodeNo(entry.ino),
+                entry.next_offset,
+                attr::file_type(entry.kind),
+                entry.name,
+            );
+            !full
+        });
+        match result {
+            Ok(()) => reply.ok(),
+            Err(error) => reply.error(fail("readdir", &error)),
+        }
+    }
+
+    fn readdirplus(
+        &self,
+        _request: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        let result = self.volume.readdirplus(fh.0, offset, |entry, found| {
+            let full = reply.add(
+                INodeNo(entry.ino),
+                entry.next_offset,
+                entry.name,
+                &self.ttl,
+                &attr::file_attr(found),
+                Generation(0),
+            );
+            !full
+        });
+        match result {
+            Ok(()) => reply.ok(),
+            Err(error) => reply.error(fail("readdirplus", &error)),
+        }
+    }
+
+    fn releasedir(
+        &self,
+        _request: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
+        empty(reply, "releasedir", self.volume.releasedir(fh.0));
+    }
+
+    fn fsyncdir(
+        &self,
+        _request: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        empty(reply, "fsyncdir", self.volume.fsyncdir(id(ino)));
+    }
+
+    fn statfs(&self, _request: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        match self.volume.statfs() {
+            Ok(stats) => reply.statfs(
+                stats.blocks,
+                stats.blocks_free,
+                stats.blocks_available,
+                stats.files,
+                stats.files_free,
+                stats.block_size,
+                stats.name_len_max,
+                stats.fragment_size,
+            ),
+            Err(error) => reply.error(fail("statfs", &error)),
+        }
+    }
+
+    fn setxattr(
+        &self,
+        _request: &Request,
+        ino: INodeNo,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+        _position: u32,
+        reply: ReplyEmpty,
+    ) {
+        empty(
+            reply,
+            "setxattr",
+            self.volume.setxattr(id(ino), name, value, flags),
+        );
+    }
+
+    fn getxattr(
+        &self,
+        _request: &Request,
+        ino: INodeNo,
+        name: &OsStr,
+        size: u32,
+        reply: ReplyXattr,
+    ) {
+        xattr_value(reply, size, self.volume.getxattr(id(ino), name));
+    }
+
+    fn listxattr(&self, _request: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        xattr_value(reply, size, self.volume.listxattr(id(ino)));
+    }
+
+    fn removexattr(&self, _request: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        empty(reply, "removexattr", self.volume.removexattr(id(ino), name));
+    }
+
+    fn access(&self, _request: &Request, ino: INodeNo, _mask: AccessFlags, reply: ReplyEmpty) {
+        empty(reply, "access", self.volume.access(id(ino)));
+    }
+
+    fn create(
+        &self,
+        request: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        flags: i32,
+        reply: ReplyCreate,
+    ) {
+        match self
+            .volume
+            .create(caller(request), id(parent), name, mode, flags)
+        {
+            Ok((created, opened)) => reply.created(
+                &self.ttl,
+                &attr::file_attr(&created),
+                Generation(0),
+                FileHandle(opened.handle),
+                open_flags(&opened),
+            ),
+            Err(error) => reply.error(fail("create", &error)),
+        }
+    }
+
+    fn fallocate(
+        &self,
+        _request: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        length: u64,
+        mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        empty(
+            reply,
+            "fallocate",
+            self.volume.fallocate(fh.0, offset, length, mode),
+        );
+    }
+
+    fn lseek(
+        &self,
+        _request: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: i64,
+        whence: i32,
+        reply: ReplyLseek,
+    ) {
+        match self.volume.lseek(fh.0, offset, whence) {
+            Ok(position) => reply.offset(position),
+            Err(error) => reply.error(fail("lseek", &error)),
+        }
+    }
+}

@@ -1,0 +1,221 @@
+//! Mounting, serving until unmounted, and unmounting on SIGINT/SIGTERM/SIGHUP.
+
+use std::ffi::CString;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use fuser::{Config, MountOption, Session, SessionACL};
+
+use crate::vfs::Volume;
+
+use super::MirrorFs;
+
+/// How a volume is presented to the kernel.
+#[derive(Clone, Debug)]
+pub struct MountOptions {
+    /// Shown as the mount's source in /proc/mounts (the origin path).
+    pub fs_name: String,
+    /// Let other users in; the kernel still checks permissions (default_permissions).
+    pub allow_other: bool,
+    /// Worker threads taking requests from the kernel.
+    pub threads: usize,
+    /// How long the kernel may cache entries and attributes.
+    pub ttl: Duration,
+}
+
+/// Why serving a mount failed.
+#[derive(Debug, thiserror::Error)]
+pub enum MountError {
+    /// Signals could not be routed to the unmount thread.
+    #[error("cannot set up signal handling: {0}")]
+    Signals(io::Error),
+    /// The kernel refused the mount.
+    #[error("cannot mount at {path}: {source}")]
+    Mount {
+        /// The mount point.
+        path: String,
+        /// Why.
+        source: io::Error,
+    },
+    /// The request loop ended with an error.
+    #[error("serving the mount failed: {0}")]
+    Serve(io::Error),
+}
+
+/// The mount type in /proc/mounts, so mirrorfs mounts can be told from others.
+pub const FS_TYPE: &str = "fuse.mirrorfs";
+
+/// Mounts `volume` at `mountpoint` and serves it until it is unmounted, either from outside
+/// (`mirrorfs unmount`, umount) or by a signal. Returns once the kernel has let go.
+pub fn serve(
+    volume: Arc<Volume>,
+    mountpoint: &Path,
+    options: &MountOptions,
+) -> Result<(), MountError> {
+    // Block the stop signals before any thread exists, so every thread inherits the mask
+    // and only the waiter below receives them.
+    let signals = block_stop_signals().map_err(MountError::Signals)?;
+    let path = CString::new(mountpoint.as_os_str().as_bytes()).unwrap_or_default();
+    let mount_error = |source| MountError::Mount {
+        path: mountpoint.display().to_string(),
+        source,
+    };
+
+    let mut config = Config::default();
+    config.acl = if options.allow_other {
+        SessionACL::All
+    } else {
+        SessionACL::Owner
+    };
+    config.n_threads = Some(options.threads.max(1));
+    config.clone_fd = true;
+    let filesystem = MirrorFs::new(volume, options.ttl);
+
+    // SAFETY: geteuid cannot fail.
+    let session = if unsafe { libc::geteuid() } == 0 {
+        let device = mount_directly(&path, options).map_err(mount_error)?;
+        Session::from_fd(filesystem, device, config.acl, config.clone())
+    } else {
+        // Unprivileged: fusermount3 mounts for us (and keeps the subtype).
+        config.mount_options = vec![
+            MountOption::FSName(options.fs_name.clone()),
+            MountOption::Subtype("mirrorfs".to_string()),
+            MountOption::DefaultPermissions,
+        ];
+        Session::new(filesystem, mountpoint, &config)
+    }
+    .map_err(mount_error)?;
+    tracing::info!(mountpoint = %mountpoint.display(), "mounted");
+
+    let waiter_path = path.clone();
+    std::thread::Builder::new()
+        .name("signals".to_string())
+        .spawn(move || unmount_on_signal(signals, waiter_path))
+        .map_err(MountError::Signals)?;
+    if let Err(error) = session.run() {
+        // The request loop broke while the kernel still has the mount: detach it, so
+        // applications get ENOTCONN promptly rather than hanging on a daemon that is gone.
+        // SAFETY: NUL-terminated path.
+        unsafe { libc::umount2(path.as_ptr(), libc::MNT_DETACH) };
+        return Err(MountError::Serve(error));
+    }
+    tracing::info!(mountpoint = %mountpoint.display(), "unmounted");
+    Ok(())
+}
+
+/// mount(2) of a new FUSE connection with type `fuse.mirrorfs`, nosuid and nodev, and the
+/// kernel's own permission checks (default_permissions). Returns the /dev/fuse descriptor.
+fn mount_directly(path: &CString, options: &MountOptions) -> io::Result<OwnedFd> {
+    // SAFETY: NUL-terminated path; the result is checked.
+    let fd = unsafe { libc::open(c"/dev/fuse".as_ptr(), libc::O_RDWR | libc::O_CLOEXEC) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the descriptor was just returned to us and nothing else owns it.
+    let device = unsafe { OwnedFd::from_raw_fd(fd) };
+    let mut root = std::mem::MaybeUninit::<libc::stat>::uninit();
+    // SAFETY: NUL-terminated path and a buffer of the right type.
+    if unsafe { libc::stat(path.as_ptr(), root.as_mut_ptr()) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: stat succeeded.
+    let root_mode = unsafe { root.assume_init() }.st_mode & libc::S_IFMT;
+    let mut data = format!(
+        "fd={},rootmode={root_mode:o},user_id=0,group_id=0,default_permissions",
+        device.as_raw_fd()
+    );
+    if options.allow_other {
+        data.push_str(",allow_other");
+    }
+    let source = CString::new(options.fs_name.replace(',', "_")).unwrap_or_default();
+    let fs_type = CString::new(FS_TYPE).unwrap_or_default();
+    let data = CString::new(data).unwrap_or_default();
+    // SAFETY: NUL-terminated strings.
+    let result = unsafe {
+        libc::mount(
+            source.as_ptr(),
+            path.as_ptr(),
+            fs_type.as_ptr(),
+            libc::MS_NOSUID | libc::MS_NODEV,
+            data.as_ptr().cast(),
+        )
+    };
+    if result != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(device)
+}
+
+fn block_stop_signals() -> io::Result<libc::sigset_t> {
+    // SAFETY: sigset operations on a local set; pthread_sigmask on the current thread.
+    unsafe {
+        let mut set = std::mem::zeroed::<libc::sigset_t>();
+        libc::sigemptyset(&mut set);
+        for signal in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+            libc::sigaddset(&mut set, signal);
+        }
+        let error = libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        if error != 0 {
+            return Err(io::Error::from_raw_os_error(error));
+        }
+        Ok(set)
+    }
+}
+
+/// Waits for a stop signal, then unmounts. If files are still open (EBUSY), the mount is
+/// detached instead: new opens fail at once, and the session ends when the last open file
+/// is closed, so nothing in flight is cut off.
+fn unmount_on_signal(signals: libc::sigset_t, path: CString) {
+    let mut signal = 0;
+    // SAFETY: a valid signal set and out-pointer.
+    if unsafe { libc::sigwait(&signals, &mut signal) } != 0 {
+        return;
+    }
+    tracing::info!(signal, "stop signal received: unmounting");
+    if let Err(error) = unmount(&path) {
+        tracing::error!(%error, "cannot unmount");
+    }
+    // Later signals are ignored: the unmount is under way.
+    loop {
+        // SAFETY: as above.
+        if unsafe { libc::sigwait(&signals, &mut signal) } != 0 {
+            return;
+        }
+        tracing::info!(signal, "already unmounting");
+    }
+}
+
+/// Unmounts `path`: root directly, anyone else through fusermount3; lazily if busy.
+fn unmount(path: &CString) -> io::Result<()> {
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        let status = std::process::Command::new("fusermount3")
+            .args(["-u", "-z", "--"])
+            .arg(std::ffi::OsStr::from_bytes(path.as_bytes()))
+            .status()?;
+        return if status.success() {
+            Ok(())
+        } else {
+            Err(io::Error::other(format!("fusermount3 failed ({status})")))
+        };
+    }
+    // SAFETY: NUL-terminated path.
+    if unsafe { libc::umount2(path.as_ptr(), 0) } == 0 {
+        return Ok(());
+    }
+    let error = io::Error::last_os_error();
+    if error.raw_os_error() != Some(libc::EBUSY) {
+        return Err(error);
+    }
+    tracing::warn!("mount busy: detaching it; the daemon exits when the last open file closes");
+    // SAFETY: NUL-terminated path.
+    if unsafe { libc::umount2(path.as_ptr(), libc::MNT_DETACH) } == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}

@@ -1,0 +1,12 @@
+//! mirrorfs: a Linux FUSE filesystem that serves a backing directory (the *origin*) at a
+//! mount point. See ARCHITECTURE.md for the layers and the invariants between them.
+
+#![warn(missing_docs)]
+
+pub mod cli;
+pub mod config;
+pub mod fuse;
+pub mod origin;
+pub mod state;
+pub mod types;
+pub mod vfs;

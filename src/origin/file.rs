@@ -1,0 +1,122 @@
+//! An open regular file of the origin.
+
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::fs::FileExt;
+
+use super::{Stat, TimeSet, TimesUpdate, sys};
+
+/// A regular file of the origin, open for I/O. Reads and writes are positional.
+#[derive(Debug)]
+pub struct OriginFile(File);
+
+impl OriginFile {
+    pub(super) fn new(fd: OwnedFd) -> OriginFile {
+        OriginFile(File::from(fd))
+    }
+
+    /// Reads up to `buffer.len()` bytes at `offset`; fewer only at end of file.
+    pub fn read_at(&self, buffer: &mut [u8], offset: u64) -> io::Result<usize> {
+        let mut filled = 0;
+        while filled < buffer.len() {
+            match self
+                .0
+                .read_at(&mut buffer[filled..], offset + filled as u64)
+            {
+                Ok(0) => break,
+                Ok(read) => filled += read,
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
+                Err(error) => return Err(error),
+            }
+        }
+        Ok(filled)
+    }
+
+    /// Writes all of `data` at `offset`.
+    pub fn write_at(&self, data: &[u8], offset: u64) -> io::Result<()> {
+        self.0.write_all_at(data, offset)
+    }
+
+    /// Metadata of the open file (valid even after its last name is gone).
+    pub fn stat(&self) -> io::Result<Stat> {
+        sys::fstat(self.0.as_fd())
+    }
+
+    /// Makes data (and, unless `data_only`, metadata) durable.
+    pub fn sync(&self, data_only: bool) -> io::Result<()> {
+        if data_only {
+            self.0.sync_data()
+        } else {
+            self.0.sync_all()
+        }
+    }
+
+    /// Sets the file size.
+    pub fn set_len(&self, size: u64) -> io::Result<()> {
+        self.0.set_len(size)
+    }
+
+    /// `fchmod`.
+    pub fn chmod(&self, mode: u32) -> io::Result<()> {
+        // SAFETY: valid fd.
+        sys::check(unsafe { libc::fchmod(self.0.as_raw_fd(), mode) }).map(drop)
+    }
+
+    /// `fchown`; `None` leaves that id unchanged.
+    pub fn chown(&self, uid: Option<u32>, gid: Option<u32>) -> io::Result<()> {
+        // SAFETY: valid fd; u32::MAX is "unchanged" (-1).
+        sys::check(unsafe {
+            libc::fchown(
+                self.0.as_raw_fd(),
+                uid.unwrap_or(u32::MAX),
+                gid.unwrap_or(u32::MAX),
+            )
+        })
+        .map(drop)
+    }
+
+    /// `futimens` with nanosecond times.
+    pub fn set_times(&self, times: TimesUpdate) -> io::Result<()> {
+        let spec = [time_spec(times.atime), time_spec(times.mtime)];
+        // SAFETY: valid fd and two timespecs.
+        sys::check(unsafe { libc::futimens(self.0.as_raw_fd(), spec.as_ptr()) }).map(drop)
+    }
+
+    /// `fallocate` with the given mode bits (0, FALLOC_FL_KEEP_SIZE, PUNCH_HOLE, ...).
+    pub fn allocate(&self, offset: u64, length: u64, mode: i32) -> io::Result<()> {
+        // SAFETY: valid fd.
+        sys::check(unsafe {
+            libc::fallocate(self.0.as_raw_fd(), mode, offset as i64, length as i64)
+        })
+        .map(drop)
+    }
+
+    /// `lseek` for SEEK_DATA / SEEK_HOLE (and the others): the resulting offset.
+    pub fn seek(&self, offset: i64, whence: i32) -> io::Result<i64> {
+        // The descriptor's own position is never used for I/O (all I/O is positional),
+        // so moving it here cannot disturb a concurrent read or write.
+        // SAFETY: valid fd.
+        let result = unsafe { libc::lseek(self.0.as_raw_fd(), offset, whence) };
+        if result < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(result)
+        }
+    }
+}
+
+/// A `TimeSet` as the timespec `utimensat` wants (UTIME_OMIT when unchanged).
+pub(super) fn time_spec(time: Option<TimeSet>) -> libc::timespec {
+    match time {
+        None => libc::timespec {
+            tv_sec: 0,
+            tv_nsec: libc::UTIME_OMIT,
+        },
+        Some(TimeSet::Now) => libc::timespec {
+            tv_sec: 0,
+            tv_nsec: libc::UTIME_NOW,
+        },
+        Some(TimeSet::At(time)) => sys::timespec(time),
+    }
+}

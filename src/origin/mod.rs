@@ -1,0 +1,429 @@
+//! The backing directory (the *origin*): the only code that makes syscalls on it.
+//!
+//! Every call names its target as a directory fd plus at most one validated component
+//! ([`At`]), and never follows a symlink at the end, so nothing here can reach a file outside
+//! the origin however the tree below it changes. It knows nothing of inodes or caching.
+
+mod dir_stream;
+mod file;
+mod sys;
+
+use std::ffi::OsStr;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+pub use dir_stream::{DirEntry, DirStream};
+pub use file::OriginFile;
+use sys::CName;
+
+use crate::types::{FileKind, Name};
+
+/// Metadata of one origin object, as `fstatat` reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Stat {
+    /// Device the object lives on.
+    pub dev: u64,
+    /// Inode number on that device.
+    pub ino: u64,
+    /// Type and permission bits.
+    pub mode: u32,
+    /// Number of hard links.
+    pub nlink: u64,
+    /// Owner.
+    pub uid: u32,
+    /// Group.
+    pub gid: u32,
+    /// Device number, for device nodes.
+    pub rdev: u64,
+    /// Size in bytes.
+    pub size: u64,
+    /// Allocated 512-byte blocks.
+    pub blocks: u64,
+    /// Preferred I/O size.
+    pub blksize: u32,
+    /// Last access.
+    pub atime: SystemTime,
+    /// Last data change.
+    pub mtime: SystemTime,
+    /// Last status change.
+    pub ctime: SystemTime,
+}
+
+impl Stat {
+    /// The object's kind; `None` only for a mode Linux does not define.
+    pub fn kind(&self) -> Option<FileKind> {
+        FileKind::from_mode(self.mode)
+    }
+}
+
+/// A directory of the origin, held open with `O_PATH` (cheap; reads nothing).
+#[derive(Clone, Debug)]
+pub struct DirFd(Arc<OwnedFd>);
+
+impl DirFd {
+    fn raw(&self) -> std::os::fd::RawFd {
+        self.0.as_raw_fd()
+    }
+}
+
+/// The target of an origin call: an entry of a directory, or a directory itself.
+#[derive(Clone, Copy, Debug)]
+pub enum At<'a> {
+    /// The entry `name` inside `dir`.
+    Entry(&'a DirFd, &'a Name),
+    /// The directory `dir` itself.
+    Dir(&'a DirFd),
+}
+
+impl<'a> At<'a> {
+    fn split(self) -> (&'a DirFd, CName) {
+        match self {
+            At::Entry(dir, name) => (dir, CName::new(Some(name))),
+            At::Dir(dir) => (dir, CName::new(None)),
+        }
+    }
+}
+
+/// Times to set with `utimensat`; `None` leaves one unchanged.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TimesUpdate {
+    /// New access time.
+    pub atime: Option<TimeSet>,
+    /// New modification time.
+    pub mtime: Option<TimeSet>,
+}
+
+/// One time to set: a given instant or "now" (the kernel's clock at the call).
+#[derive(Clone, Copy, Debug)]
+pub enum TimeSet {
+    /// This exact time, nanoseconds included.
+    At(SystemTime),
+    /// The current time.
+    Now,
+}
+
+/// Filesystem-wide figures for `statfs`.
+#[derive(Clone, Copy, Debug)]
+pub struct FsStats {
+    /// Total blocks of `fragment_size`.
+    pub blocks: u64,
+    /// Free blocks.
+    pub blocks_free: u64,
+    /// Free blocks for unprivileged users.
+    pub blocks_available: u64,
+    /// Total inodes.
+    pub files: u64,
+    /// Free inodes.
+    pub files_free: u64,
+    /// Preferred block size.
+    pub block_size: u32,
+    /// Longest name.
+    pub name_len_max: u32,
+    /// Fundamental block size.
+    pub fragment_size: u32,
+}
+
+/// The open backing directory.
+#[derive(Debug)]
+pub struct Origin {
+    root: DirFd,
+    root_stat: Stat,
+    path: PathBuf,
+}
+
+impl Origin {
+    /// Opens `path` as an origin: it must be a directory we can search.
+    pub fn open(path: &Path) -> io::Result<Origin> {
+        let path_c = sys::c_string(path.as_os_str().as_bytes())?;
+        // SAFETY: NUL-terminated path; the result is checked.
+        let fd = sys::owned_fd(unsafe {
+            libc::open(
+                path_c.as_ptr(),
+                libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
+            )
+        })?;
+        let root = DirFd(Arc::new(fd));
+        let root_stat = sys::fstat(root.0.as_fd())?;
+        Ok(Origin {
+            root,
+            root_stat,
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// The origin's path, as given when it was opened.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The root directory.
+    pub fn root(&self) -> &DirFd {
+        &self.root
+    }
+
+    /// The root directory's metadata when the origin was opened (its device and inode).
+    pub fn root_stat(&self) -> &Stat {
+        &self.root_stat
+    }
+
+    /// Metadata of `at`, not following a symlink at the end.
+    pub fn stat(&self, at: At<'_>) -> io::Result<Stat> {
+        let (dir, name) = at.split();
+        sys::fstatat(dir.0.as_fd(), &name)
+    }
+
+    /// Opens the directory `at` with `O_PATH`; fails with ENOTDIR on anything else.
+    pub fn open_dir(&self, at: At<'_>) -> io::Result<DirFd> {
+        let (dir, name) = at.split();
+        let fd = sys::openat(dir.0.as_fd(), &name, libc::O_PATH | libc::O_DIRECTORY, 0)?;
+        Ok(DirFd(Arc::new(fd)))
+    }
+
+    /// Metadata of a directory held open.
+    pub fn stat_dir(&self, dir: &DirFd) -> io::Result<Stat> {
+        sys::fstat(dir.0.as_fd())
+    }
+
+    /// Opens an existing file with `flags` (O_NOFOLLOW and O_CLOEXEC are always added).
+    pub fn open_file(&self, at: At<'_>, flags: i32) -> io::Result<OriginFile> {
+        let (dir, name) = at.split();
+        let fd = sys::openat(dir.0.as_fd(), &name, flags & !libc::O_CREAT, 0)?;
+        Ok(OriginFile::new(fd))
+    }
+
+    /// Creates and opens a regular file with `flags | O_CREAT`.
+    pub fn create_file(&self, at: At<'_>, flags: i32, mode: u32) -> io::Result<OriginFile> {
+        let (dir, name) = at.split();
+        let fd = sys::openat(dir.0.as_fd(), &name, flags | libc::O_CREAT, mode)?;
+        Ok(OriginFile::new(fd))
+    }
+
+    /// Opens the directory `at` for listing its entries.
+    pub fn open_dir_stream(&self, at: At<'_>) -> io::Result<DirStream> {
+        let (dir, name) = at.split();
+        let fd = sys::openat(dir.0.as_fd(), &name, libc::O_RDONLY | libc::O_DIRECTORY, 0)?;
+        Ok(DirStream::new(fd))
+    }
+
+    /// `mkdirat`.
+    pub fn mkdir(&self, at: At<'_>, mode: u32) -> io::Result<()> {
+        let (dir, name) = at.split();
+        // SAFETY: valid fd and NUL-terminated name.
+        sys::check(unsafe { libc::mkdirat(dir.raw(), name.as_ptr(), mode) }).map(drop)
+    }
+
+    /// `mknodat`: FIFOs, sockets, device nodes and regular files.
+    pub fn mknod(&self, at: At<'_>, mode: u32, rdev: u64) -> io::Result<()> {
+        let (dir, name) = at.split();
+        // SAFETY: valid fd and NUL-terminated name.
+        sys::check(unsafe { libc::mknodat(dir.raw(), name.as_ptr(), mode, rdev) }).map(drop)
+    }
+
+    /// `symlinkat`: creates `at` pointing to `target` (stored as given, never resolved here).
+    pub fn symlink(&self, at: At<'_>, target: &OsStr) -> io::Result<()> {
+        let (dir, name) = at.split();
+        let target = sys::c_string(target.as_bytes())?;
+        // SAFETY: NUL-terminated strings and a valid fd.
+        sys::check(unsafe { libc::symlinkat(sys::c_ptr(&target), dir.raw(), name.as_ptr()) })
+            .map(drop)
+    }
+
+    /// `readlinkat`: the target of the symlink `at`.
+    pub fn readlink(&self, at: At<'_>) -> io::Result<Vec<u8>> {
+        let (dir, name) = at.split();
+        let mut buffer = vec![0u8; libc::PATH_MAX as usize];
+        // SAFETY: valid fd, NUL-terminated name, and a buffer of the given length.
+        let length = sys::check_size(unsafe {
+            libc::readlinkat(
+                dir.raw(),
+                name.as_ptr(),
+                buffer.as_mut_ptr().cast(),
+                buffer.len(),
+            )
+        })?;
+        buffer.truncate(length);
+        Ok(buffer)
+    }
+
+    /// `linkat` without following: `to` becomes another name of `from`.
+    pub fn link(&self, from: At<'_>, to: At<'_>) -> io::Result<()> {
+        let (from_dir, from_name) = from.split();
+        let (to_dir, to_name) = to.split();
+        // SAFETY: valid fds and NUL-terminated names.
+        sys::check(unsafe {
+            libc::linkat(
+                from_dir.raw(),
+                from_name.as_ptr(),
+                to_dir.raw(),
+                to_name.as_ptr(),
+                0,
+            )
+        })
+        .map(drop)
+    }
+
+    /// `unlinkat` of a non-directory.
+    pub fn unlink(&self, at: At<'_>) -> io::Result<()> {
+        let (dir, name) = at.split();
+        // SAFETY: valid fd and NUL-terminated name.
+        sys::check(unsafe { libc::unlinkat(dir.raw(), name.as_ptr(), 0) }).map(drop)
+    }
+
+    /// `unlinkat(AT_REMOVEDIR)`.
+    pub fn rmdir(&self, at: At<'_>) -> io::Result<()> {
+        let (dir, name) = at.split();
+        // SAFETY: valid fd and NUL-terminated name.
+        sys::check(unsafe { libc::unlinkat(dir.raw(), name.as_ptr(), libc::AT_REMOVEDIR) })
+            .map(drop)
+    }
+
+    /// `renameat2` with `flags` (RENAME_NOREPLACE, RENAME_EXCHANGE).
+    pub fn rename(&self, from: At<'_>, to: At<'_>, flags: u32) -> io::Result<()> {
+        let (from_dir, from_name) = from.split();
+        let (to_dir, to_name) = to.split();
+        // SAFETY: valid fds and NUL-terminated names.
+        sys::check(unsafe {
+            libc::renameat2(
+                from_dir.raw(),
+                from_name.as_ptr(),
+                to_dir.raw(),
+                to_name.as_ptr(),
+                flags,
+            )
+        })
+        .map(drop)
+    }
+
+    /// Changes permission bits without ever following a symlink (fchmodat2).
+    pub fn chmod(&self, at: At<'_>, mode: u32) -> io::Result<()> {
+        let (dir, name) = at.split();
+        // SAFETY: valid fd and NUL-terminated name.
+        let result = unsafe {
+            libc::syscall(
+                libc::SYS_fchmodat2,
+                dir.raw(),
+                name.as_ptr(),
+                mode,
+                libc::AT_SYMLINK_NOFOLLOW,
+            )
+        };
+        sys::check(result as libc::c_int).map(drop)
+    }
+
+    /// `fchownat` without following; `None` leaves that id unchanged.
+    pub fn chown(&self, at: At<'_>, uid: Option<u32>, gid: Option<u32>) -> io::Result<()> {
+        let (dir, name) = at.split();
+        // SAFETY: valid fd and NUL-terminated name; u32::MAX is "unchanged" (-1).
+        sys::check(unsafe {
+            libc::fchownat(
+                dir.raw(),
+                name.as_ptr(),
+                uid.unwrap_or(u32::MAX),
+                gid.unwrap_or(u32::MAX),
+                libc::AT_SYMLINK_NOFOLLOW,
+            )
+        })
+        .map(drop)
+    }
+
+    /// `utimensat` without following, with nanosecond times.
+    pub fn set_times(&self, at: At<'_>, times: TimesUpdate) -> io::Result<()> {
+        let (dir, name) = at.split();
+        let spec = [file::time_spec(times.atime), file::time_spec(times.mtime)];
+        // SAFETY: valid fd, NUL-terminated name, and two timespecs.
+        sys::check(unsafe {
+            libc::utimensat(
+                dir.raw(),
+                name.as_ptr(),
+                spec.as_ptr(),
+                libc::AT_SYMLINK_NOFOLLOW,
+            )
+        })
+        .map(drop)
+    }
+
+    /// Sets the size of the regular file `at`.
+    pub fn truncate(&self, at: At<'_>, size: u64) -> io::Result<()> {
+        let file = self.open_file(at, libc::O_WRONLY | libc::O_NONBLOCK)?;
+        file.set_len(size)
+    }
+
+    /// The value of extended attribute `key` of `at` (not following a final symlink).
+    pub fn get_xattr(&self, at: At<'_>, key: &OsStr) -> io::Result<Vec<u8>> {
+        let (dir, name) = at.split();
+        let path = sys::proc_path(dir.raw(), &name);
+        let key = sys::c_string(key.as_bytes())?;
+        sys::read_sized(|buffer, size| {
+            // SAFETY: NUL-terminated strings and a buffer of `size` bytes (or null with 0).
+            unsafe { libc::lgetxattr(path.as_ptr(), key.as_ptr(), buffer, size) }
+        })
+    }
+
+    /// Sets extended attribute `key` of `at`; `flags` are XATTR_CREATE / XATTR_REPLACE.
+    pub fn set_xattr(&self, at: At<'_>, key: &OsStr, value: &[u8], flags: i32) -> io::Result<()> {
+        let (dir, name) = at.split();
+        let path = sys::proc_path(dir.raw(), &name);
+        let key = sys::c_string(key.as_bytes())?;
+        // SAFETY: NUL-terminated strings and a value buffer of its own length.
+        sys::check(unsafe {
+            libc::lsetxattr(
+                path.as_ptr(),
+                key.as_ptr(),
+                value.as_ptr().cast(),
+                value.len(),
+                flags,
+            )
+        })
+        .map(drop)
+    }
+
+    /// The NUL-separated list of extended attribute names of `at`.
+    pub fn list_xattr(&self, at: At<'_>) -> io::Result<Vec<u8>> {
+        let (dir, name) = at.split();
+        let path = sys::proc_path(dir.raw(), &name);
+        sys::read_sized(|buffer, size| {
+            // SAFETY: NUL-terminated path and a buffer of `size` bytes (or null with 0).
+            unsafe { libc::llistxattr(path.as_ptr(), buffer.cast(), size) }
+        })
+    }
+
+    /// Removes extended attribute `key` of `at`.
+    pub fn remove_xattr(&self, at: At<'_>, key: &OsStr) -> io::Result<()> {
+        let (dir, name) = at.split();
+        let path = sys::proc_path(dir.raw(), &name);
+        let key = sys::c_string(key.as_bytes())?;
+        // SAFETY: NUL-terminated strings.
+        sys::check(unsafe { libc::lremovexattr(path.as_ptr(), key.as_ptr()) }).map(drop)
+    }
+
+    /// Filesystem-wide figures of the filesystem holding the origin.
+    pub fn statfs(&self) -> io::Result<FsStats> {
+        let mut raw = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+        // SAFETY: valid fd and a buffer of the right type.
+        sys::check(unsafe { libc::fstatvfs(self.root.raw(), raw.as_mut_ptr()) })?;
+        // SAFETY: fstatvfs succeeded, so it filled the buffer.
+        let raw = unsafe { raw.assume_init() };
+        Ok(FsStats {
+            blocks: raw.f_blocks,
+            blocks_free: raw.f_bfree,
+            blocks_available: raw.f_bavail,
+            files: raw.f_files,
+            files_free: raw.f_ffree,
+            block_size: raw.f_bsize as u32,
+            name_len_max: raw.f_namemax as u32,
+            fragment_size: raw.f_frsize as u32,
+        })
+    }
+
+    /// Makes the directory `at` (its entries) durable.
+    pub fn sync_dir(&self, at: At<'_>) -> io::Result<()> {
+        let (dir, name) = at.split();
+        let fd = sys::openat(dir.0.as_fd(), &name, libc::O_RDONLY | libc::O_DIRECTORY, 0)?;
+        // SAFETY: valid fd.
+        sys::check(unsafe { libc::fsync(fd.as_raw_fd()) }).map(drop)
+    }
+}

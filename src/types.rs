@@ -1,0 +1,154 @@
+//! Shared vocabulary: the small validated types every layer speaks.
+//!
+//! Nothing here does I/O. A `Name` is proof that a string is one path component, which is
+//! what lets `origin` promise it never resolves a path that could leave the backing directory.
+
+use std::ffi::{OsStr, OsString};
+use std::fmt;
+use std::os::unix::ffi::OsStrExt;
+
+/// The longest file name Linux filesystems accept (NAME_MAX).
+pub const NAME_LEN_MAX: usize = 255;
+
+/// The id of an inode as the kernel sees it (the FUSE node id, also reported as `st_ino`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct InodeId(pub u64);
+
+impl InodeId {
+    /// The root directory of every mount.
+    pub const ROOT: InodeId = InodeId(1);
+}
+
+impl fmt::Display for InodeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "inode {}", self.0)
+    }
+}
+
+/// Why a string is not a valid single path component.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum NameError {
+    /// The empty string names nothing.
+    #[error("empty name")]
+    Empty,
+    /// `.` and `..` are never names of entries we create or look up.
+    #[error("'.' and '..' are not entry names")]
+    Dot,
+    /// A `/` would make it a path; a NUL would truncate it in a syscall.
+    #[error("name contains '/' or NUL")]
+    Separator,
+    /// Longer than NAME_MAX bytes.
+    #[error("name longer than {NAME_LEN_MAX} bytes")]
+    TooLong,
+}
+
+/// One path component: non-empty, not `.` or `..`, no `/` or NUL, at most NAME_MAX bytes.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct Name(Box<OsStr>);
+
+impl Name {
+    /// Validates `name` as a single path component.
+    pub fn new(name: &OsStr) -> Result<Name, NameError> {
+        let bytes = name.as_bytes();
+        if bytes.is_empty() {
+            return Err(NameError::Empty);
+        }
+        if bytes == b"." || bytes == b".." {
+            return Err(NameError::Dot);
+        }
+        if bytes.iter().any(|&b| b == b'/' || b == 0) {
+            return Err(NameError::Separator);
+        }
+        if bytes.len() > NAME_LEN_MAX {
+            return Err(NameError::TooLong);
+        }
+        Ok(Name(name.into()))
+    }
+
+    /// The component as an `OsStr`.
+    pub fn as_os_str(&self) -> &OsStr {
+        &self.0
+    }
+
+    /// The component's bytes (no NUL inside, by construction).
+    pub fn as_bytes(&self) -> &[u8] {
+        self.0.as_bytes()
+    }
+}
+
+impl From<Name> for OsString {
+    fn from(name: Name) -> OsString {
+        name.0.into()
+    }
+}
+
+impl fmt::Debug for Name {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.0, f)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn name_accepts_ordinary_components() {
+        assert!(Name::new(OsStr::new("a")).is_ok());
+        assert!(Name::new(OsStr::new("...")).is_ok());
+        assert!(Name::new(OsStr::from_bytes(&[0xff, 0xfe])).is_ok());
+        assert!(Name::new(OsStr::new(&"x".repeat(NAME_LEN_MAX))).is_ok());
+    }
+
+    #[test]
+    fn name_rejects_anything_that_could_be_a_path() {
+        assert_eq!(Name::new(OsStr::new("")), Err(NameError::Empty));
+        assert_eq!(Name::new(OsStr::new(".")), Err(NameError::Dot));
+        assert_eq!(Name::new(OsStr::new("..")), Err(NameError::Dot));
+        assert_eq!(Name::new(OsStr::new("a/b")), Err(NameError::Separator));
+        assert_eq!(Name::new(OsStr::new("/")), Err(NameError::Separator));
+        assert_eq!(
+            Name::new(OsStr::from_bytes(b"a\0b")),
+            Err(NameError::Separator)
+        );
+        assert_eq!(
+            Name::new(OsStr::new(&"x".repeat(NAME_LEN_MAX + 1))),
+            Err(NameError::TooLong)
+        );
+    }
+}
+
+/// What kind of object an inode is; the vocabulary of `st_mode & S_IFMT`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum FileKind {
+    /// A regular file.
+    Regular,
+    /// A directory.
+    Directory,
+    /// A symbolic link.
+    Symlink,
+    /// A named pipe.
+    Fifo,
+    /// A unix domain socket.
+    Socket,
+    /// A character device node.
+    CharDevice,
+    /// A block device node.
+    BlockDevice,
+}
+
+impl FileKind {
+    /// The kind encoded in a `st_mode`; `None` for a format Linux does not define.
+    pub fn from_mode(mode: u32) -> Option<FileKind> {
+        match mode & libc::S_IFMT {
+            libc::S_IFREG => Some(FileKind::Regular),
+            libc::S_IFDIR => Some(FileKind::Directory),
+            libc::S_IFLNK => Some(FileKind::Symlink),
+            libc::S_IFIFO => Some(FileKind::Fifo),
+            libc::S_IFSOCK => Some(FileKind::Socket),
+            libc::S_IFCHR => Some(FileKind::CharDevice),
+            libc::S_IFBLK => Some(FileKind::BlockDevice),
+            _ => None,
+        }
+    }
+}

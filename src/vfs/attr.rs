@@ -1,0 +1,72 @@
+//! Changing attributes: chmod, chown, truncate, utimens.
+
+use crate::origin::{TimeSet, TimesUpdate};
+use crate::types::{FileKind, InodeId};
+
+use super::{Attr, Result, Volume};
+
+/// The attribute changes of one setattr call; `None` leaves a field as it is.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SetAttr {
+    /// New permission bits.
+    pub mode: Option<u32>,
+    /// New owner.
+    pub uid: Option<u32>,
+    /// New group.
+    pub gid: Option<u32>,
+    /// New size (regular files).
+    pub size: Option<u64>,
+    /// New access time.
+    pub atime: Option<TimeSet>,
+    /// New modification time.
+    pub mtime: Option<TimeSet>,
+}
+
+impl Volume {
+    /// Applies `changes` to `id` in the order a local filesystem would (owner first, since
+    /// chown clears setuid bits that a mode in the same call must be able to set; times last,
+    /// since truncating moves mtime). Uses the open `handle` when given.
+    pub fn setattr(&self, id: InodeId, handle: Option<u64>, changes: SetAttr) -> Result<Attr> {
+        let times = TimesUpdate {
+            atime: changes.atime,
+            mtime: changes.mtime,
+        };
+        let has_times = times.atime.is_some() || times.mtime.is_some();
+        if let Some(open) = handle.and_then(|number| self.files.get(number)) {
+            let file = &open.file;
+            if changes.uid.is_some() || changes.gid.is_some() {
+                file.chown(changes.uid, changes.gid)?;
+            }
+            if let Some(mode) = changes.mode {
+                file.chmod(mode & 0o7777)?;
+            }
+            if let Some(size) = changes.size {
+                file.set_len(size)?;
+            }
+            if has_times {
+                file.set_times(times)?;
+            }
+            let stat = file.stat()?;
+            return self.attr(id, &stat);
+        }
+        let (located, stat) = self.locate(id)?;
+        let at = located.at();
+        if changes.uid.is_some() || changes.gid.is_some() {
+            self.origin.chown(at, changes.uid, changes.gid)?;
+        }
+        if let Some(mode) = changes.mode {
+            self.origin.chmod(at, mode & 0o7777)?;
+        }
+        if let Some(size) = changes.size {
+            if stat.kind() == Some(FileKind::Directory) {
+                return Err(std::io::Error::from_raw_os_error(libc::EISDIR).into());
+            }
+            self.origin.truncate(at, size)?;
+        }
+        if has_times {
+            self.origin.set_times(at, times)?;
+        }
+        let stat = self.origin.stat(at)?;
+        self.attr(id, &stat)
+    }
+}

@@ -1,0 +1,203 @@
+//! Making new names: mknod, mkdir, symlink, create, link; and the ownership they get.
+
+use std::ffi::OsStr;
+use std::sync::atomic::AtomicBool;
+
+use crate::origin::{At, DirFd, OriginFile, Stat};
+use crate::types::{FileKind, InodeId, Name};
+
+use super::handles::FileHandle;
+use super::io::{Opened, origin_flags};
+use super::{Attr, Caller, Result, VfsError, Volume, name};
+
+impl Volume {
+    /// `mknod(2)`: a FIFO, socket, device node or empty regular file.
+    pub fn mknod(
+        &self,
+        caller: Caller,
+        parent: InodeId,
+        entry: &OsStr,
+        mode: u32,
+        rdev: u64,
+    ) -> Result<Attr> {
+        let entry = name(entry)?;
+        let parent_fd = self.dir_fd(parent)?;
+        self.origin
+            .mknod(At::Entry(&parent_fd, &entry), mode, rdev)?;
+        self.finish_new(caller, parent, &parent_fd, &entry, mode, None)
+    }
+
+    /// `mkdir(2)`.
+    pub fn mkdir(&self, caller: Caller, parent: InodeId, entry: &OsStr, mode: u32) -> Result<Attr> {
+        let entry = name(entry)?;
+        let parent_fd = self.dir_fd(parent)?;
+        self.origin
+            .mkdir(At::Entry(&parent_fd, &entry), mode & 0o7777)?;
+        self.finish_new(
+            caller,
+            parent,
+            &parent_fd,
+            &entry,
+            libc::S_IFDIR | (mode & 0o7777),
+            None,
+        )
+    }
+
+    /// `symlink(2)`: `entry` in `parent` pointing to `target`, stored verbatim.
+    pub fn symlink(
+        &self,
+        caller: Caller,
+        parent: InodeId,
+        entry: &OsStr,
+        target: &OsStr,
+    ) -> Result<Attr> {
+        let entry = name(entry)?;
+        let parent_fd = self.dir_fd(parent)?;
+        self.origin.symlink(At::Entry(&parent_fd, &entry), target)?;
+        self.finish_new(caller, parent, &parent_fd, &entry, libc::S_IFLNK, None)
+    }
+
+    /// `open(O_CREAT)`: creates (or, without O_EXCL, opens an existing) regular file.
+    pub fn create(
+        &self,
+        caller: Caller,
+        parent: InodeId,
+        entry: &OsStr,
+        mode: u32,
+        flags: i32,
+    ) -> Result<(Attr, Opened)> {
+        let entry = name(entry)?;
+        let parent_fd = self.dir_fd(parent)?;
+        let at = At::Entry(&parent_fd, &entry);
+        let access = origin_flags(flags);
+        // Always O_EXCL on the origin, so a file created by someone else in the meantime is
+        // never mistaken for ours and given the caller's ownership.
+        let (file, attr) = match self.origin.create_file(at, access | libc::O_EXCL, mode) {
+            Ok(file) => {
+                let attr = self.finish_new(
+                    caller,
+                    parent,
+                    &parent_fd,
+                    &entry,
+                    libc::S_IFREG | mode,
+                    Some(&file),
+                )?;
+                (file, attr)
+            }
+            Err(error)
+                if error.raw_os_error() == Some(libc::EEXIST) && flags & libc::O_EXCL == 0 =>
+            {
+                let file = self.origin.open_file(at, access)?;
+                if flags & libc::O_TRUNC != 0 {
+                    file.set_len(0)?;
+                }
+                let stat = file.stat()?;
+                let id = self.table().remember(parent, &entry, &stat);
+                (file, self.attr(id, &stat)?)
+            }
+            Err(error) => return Err(error.into()),
+        };
+        let keep_cache = self.keep_cache(attr.id, attr.mtime, attr.size);
+        let handle = self.files.insert(FileHandle {
+            inode: attr.id,
+            file,
+            wrote: AtomicBool::new(false),
+        });
+        Ok((attr, Opened { handle, keep_cache }))
+    }
+
+    /// `link(2)`: `new_entry` in `new_parent` becomes another name of `id`.
+    pub fn link(&self, id: InodeId, new_parent: InodeId, new_entry: &OsStr) -> Result<Attr> {
+        let new_entry = name(new_entry)?;
+        let (located, _) = self.locate(id)?;
+        let new_parent_fd = self.dir_fd(new_parent)?;
+        let to = At::Entry(&new_parent_fd, &new_entry);
+        self.origin.link(located.at(), to)?;
+        let stat = self.origin.stat(to)?;
+        let linked = self.table().remember(new_parent, &new_entry, &stat);
+        self.attr(linked, &stat)
+    }
+
+    /// Gives a just-created object its owner, records it, and returns its attributes.
+    /// If the owner cannot be set, the object is removed again: a create either fully
+    /// happens or leaves nothing behind.
+    fn finish_new(
+        &self,
+        caller: Caller,
+        parent: InodeId,
+        parent_fd: &DirFd,
+        entry: &Name,
+        mode: u32,
+        file: Option<&OriginFile>,
+    ) -> Result<Attr> {
+        let at = At::Entry(parent_fd, entry);
+        let stat = match file {
+            Some(file) => file.stat()?,
+            None => self.origin.stat(at)?,
+        };
+        let stat = match self.settle_owner(caller, parent_fd, at, &stat, mode, file) {
+            Ok(settled) => settled,
+            Err(error) => {
+                let cleanup = if stat.kind() == Some(FileKind::Directory) {
+                    self.origin.rmdir(at)
+                } else {
+                    self.origin.unlink(at)
+                };
+                if let Err(cleanup) = cleanup {
+                    tracing::warn!(?entry, %cleanup, "could not remove a half-created entry");
+                }
+                return Err(error);
+            }
+        };
+        let id = self.table().remember(parent, entry, &stat);
+        self.attr(id, &stat)
+    }
+
+    /// Changes the owner of a new object from the daemon's to the caller's, as a local
+    /// filesystem would have made it: the caller's uid, and the caller's gid unless the
+    /// parent directory is setgid (then the origin already gave it the parent's gid).
+    fn settle_owner(
+        &self,
+        caller: Caller,
+        parent_fd: &DirFd,
+        at: At<'_>,
+        created: &Stat,
+        mode: u32,
+        file: Option<&OriginFile>,
+    ) -> Result<Stat> {
+        // Only root may give files away; a daemon run by a user owns what it creates.
+        if self.daemon.uid != 0 {
+            return Ok(*created);
+        }
+        let uid = (caller.uid != created.uid).then_some(caller.uid);
+        let inherited_gid = created.gid != self.daemon.gid;
+        let keep_gid = inherited_gid
+            || caller.gid == created.gid
+            || self.origin.stat_dir(parent_fd)?.mode & libc::S_ISGID != 0;
+        let gid = (!keep_gid).then_some(caller.gid);
+        if uid.is_none() && gid.is_none() {
+            return Ok(*created);
+        }
+        match file {
+            Some(file) => file.chown(uid, gid)?,
+            None => self.origin.chown(at, uid, gid)?,
+        }
+        // chown clears setuid/setgid on non-directories; the caller asked for them.
+        let kind = FileKind::from_mode(mode);
+        let special_bits = mode & (libc::S_ISUID | libc::S_ISGID);
+        if special_bits != 0 && !matches!(kind, Some(FileKind::Directory | FileKind::Symlink)) {
+            match file {
+                Some(file) => file.chmod(mode & 0o7777)?,
+                None => self.origin.chmod(at, mode & 0o7777)?,
+            }
+        }
+        let settled = match file {
+            Some(file) => file.stat()?,
+            None => self.origin.stat(at)?,
+        };
+        if (settled.dev, settled.ino) != (created.dev, created.ino) {
+            return Err(VfsError::Stale(settled.ino));
+        }
+        Ok(settled)
+    }
+}

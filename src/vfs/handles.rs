@@ -1,0 +1,67 @@
+//! Open file and directory handles: the numbers the kernel passes back on every I/O call.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use crate::origin::{DirStream, OriginFile};
+use crate::types::InodeId;
+
+/// An open regular file.
+#[derive(Debug)]
+pub(crate) struct FileHandle {
+    /// The inode it was opened as.
+    pub(crate) inode: InodeId,
+    /// The origin file, open for the access the application asked for.
+    pub(crate) file: OriginFile,
+    /// Set by the first write: release then records the content version the kernel holds.
+    pub(crate) wrote: AtomicBool,
+}
+
+/// An open directory being listed.
+#[derive(Debug)]
+pub(crate) struct DirHandle {
+    /// The directory's inode.
+    pub(crate) inode: InodeId,
+    /// The listing; one reader at a time (the kernel serializes readdir per handle anyway).
+    pub(crate) stream: Mutex<DirStream>,
+}
+
+/// Handles of one kind, numbered from 1 and never reused while mounted.
+#[derive(Debug)]
+pub(crate) struct HandleTable<T> {
+    next: AtomicU64,
+    open: Mutex<HashMap<u64, Arc<T>>>,
+}
+
+impl<T> HandleTable<T> {
+    pub(crate) fn new() -> HandleTable<T> {
+        HandleTable {
+            next: AtomicU64::new(1),
+            open: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn open(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<T>>> {
+        self.open
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Stores `value` and returns its handle number.
+    pub(crate) fn insert(&self, value: T) -> u64 {
+        let number = self.next.fetch_add(1, Ordering::Relaxed);
+        self.open().insert(number, Arc::new(value));
+        number
+    }
+
+    /// The handle `number`, if open.
+    pub(crate) fn get(&self, number: u64) -> Option<Arc<T>> {
+        self.open().get(&number).cloned()
+    }
+
+    /// Closes the handle `number`, returning what it held.
+    pub(crate) fn remove(&self, number: u64) -> Option<Arc<T>> {
+        self.open().remove(&number)
+    }
+}

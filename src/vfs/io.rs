@@ -1,0 +1,141 @@
+//! Open files: open, read, write, flush, release, fsync, fallocate, lseek.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::SystemTime;
+
+use crate::origin::At;
+use crate::types::{FileKind, InodeId};
+
+use super::handles::FileHandle;
+use super::{Result, VfsError, Volume};
+
+/// An opened file as the kernel should treat it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Opened {
+    /// The handle number the kernel passes back on I/O.
+    pub handle: u64,
+    /// True when the kernel may keep the pages it cached from an earlier open: the file
+    /// has not changed since (same mtime and size).
+    pub keep_cache: bool,
+}
+
+/// Open flags that may pass to the origin. O_APPEND is dropped because the kernel already
+/// places every write at its offset (it serializes appends under the inode lock), and
+/// replaying a write at an explicit offset is what a change log needs. O_DIRECT is dropped
+/// because the kernel's buffers for our reads and writes carry no alignment promise.
+/// O_CREAT, O_EXCL and O_TRUNC are done explicitly by the callers.
+pub(crate) fn origin_flags(flags: i32) -> i32 {
+    flags & (libc::O_ACCMODE | libc::O_SYNC | libc::O_DSYNC | libc::O_NOATIME)
+}
+
+impl Volume {
+    /// `open(2)` of an existing regular file.
+    pub fn open(&self, id: InodeId, flags: i32) -> Result<Opened> {
+        let access = origin_flags(flags);
+        let (kind, key, links) = self.hints_of(id)?;
+        if kind == FileKind::Directory {
+            return Err(std::io::Error::from_raw_os_error(libc::EISDIR).into());
+        }
+        let (file, mut stat) = self.try_hints(id, key, links, |parent, entry| {
+            let file = self.origin.open_file(At::Entry(parent, entry), access)?;
+            let stat = file.stat()?;
+            Ok((file, stat))
+        })?;
+        if flags & libc::O_TRUNC != 0 {
+            file.set_len(0)?;
+            stat = file.stat()?;
+        }
+        let keep_cache = self.keep_cache(id, stat.mtime, stat.size);
+        let handle = self.files.insert(FileHandle {
+            inode: id,
+            file,
+            wrote: AtomicBool::new(false),
+        });
+        Ok(Opened { handle, keep_cache })
+    }
+
+    /// Reads up to `size` bytes at `offset` into `buffer[..n]` and returns n (short only at
+    /// end of file). `buffer` is grown as needed and never shrunk, so one buffer per worker
+    /// thread serves every read without allocating or zeroing again.
+    pub fn read(
+        &self,
+        handle: u64,
+        offset: u64,
+        size: usize,
+        buffer: &mut Vec<u8>,
+    ) -> Result<usize> {
+        let open = self.file_handle(handle)?;
+        if buffer.len() < size {
+            buffer.resize(size, 0);
+        }
+        Ok(open.file.read_at(&mut buffer[..size], offset)?)
+    }
+
+    /// Writes all of `data` at `offset`.
+    pub fn write(&self, handle: u64, offset: u64, data: &[u8]) -> Result<usize> {
+        let open = self.file_handle(handle)?;
+        open.file.write_at(data, offset)?;
+        open.wrote.store(true, Ordering::Relaxed);
+        Ok(data.len())
+    }
+
+    /// `close(2)` of one descriptor. Writes are not buffered here, so there is nothing to do.
+    pub fn flush(&self, handle: u64) -> Result<()> {
+        self.file_handle(handle).map(drop)
+    }
+
+    /// The last descriptor of an open is gone. A file written through this handle is left
+    /// in the kernel's page cache with the content version it now has, so the next open
+    /// keeps those pages instead of reading them again.
+    pub fn release(&self, handle: u64) -> Result<()> {
+        let open = self
+            .files
+            .remove(handle)
+            .ok_or(VfsError::UnknownHandle(handle))?;
+        if open.wrote.load(Ordering::Relaxed) {
+            let stat = open.file.stat()?;
+            if let Some(inode) = self.table().get_mut(open.inode) {
+                inode.cached_version = Some((stat.mtime, stat.size));
+            }
+        }
+        Ok(())
+    }
+
+    /// `fsync(2)` / `fdatasync(2)`.
+    pub fn fsync(&self, handle: u64, data_only: bool) -> Result<()> {
+        Ok(self.file_handle(handle)?.file.sync(data_only)?)
+    }
+
+    /// `fallocate(2)` with the application's mode bits.
+    pub fn fallocate(&self, handle: u64, offset: u64, length: u64, mode: i32) -> Result<()> {
+        let open = self.file_handle(handle)?;
+        open.file.allocate(offset, length, mode)?;
+        open.wrote.store(true, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// `lseek(2)` for SEEK_DATA and SEEK_HOLE: the offset the origin reports.
+    pub fn lseek(&self, handle: u64, offset: i64, whence: i32) -> Result<i64> {
+        Ok(self.file_handle(handle)?.file.seek(offset, whence)?)
+    }
+
+    fn file_handle(&self, handle: u64) -> Result<Arc<FileHandle>> {
+        self.files
+            .get(handle)
+            .ok_or(VfsError::UnknownHandle(handle))
+    }
+
+    /// Whether the kernel may keep cached pages of `id` at this open, and records the
+    /// version it will hold from now on.
+    pub(super) fn keep_cache(&self, id: InodeId, mtime: SystemTime, size: u64) -> bool {
+        let mut table = self.table();
+        let Some(inode) = table.get_mut(id) else {
+            return false;
+        };
+        let version = Some((mtime, size));
+        let keep = inode.cached_version == version;
+        inode.cached_version = version;
+        keep
+    }
+}

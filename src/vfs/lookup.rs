@@ -1,0 +1,54 @@
+//! Finding inodes: lookup, forget, getattr, readlink, access, statfs.
+
+use std::ffi::OsStr;
+
+use crate::origin::{At, FsStats};
+use crate::types::InodeId;
+
+use super::{Attr, Result, Volume, name};
+
+impl Volume {
+    /// The entry `name` of directory `parent`; the kernel then holds one more lookup on it.
+    pub fn lookup(&self, parent: InodeId, entry: &OsStr) -> Result<Attr> {
+        let entry = name(entry)?;
+        let parent_fd = self.dir_fd(parent)?;
+        let stat = self.origin.stat(At::Entry(&parent_fd, &entry))?;
+        let id = self.table().remember(parent, &entry, &stat);
+        self.attr(id, &stat)
+    }
+
+    /// The kernel returns `count` lookups of `id`.
+    pub fn forget(&self, id: InodeId, count: u64) {
+        if self.table().forget(id, count) {
+            self.evict_dir_fd(id);
+        }
+    }
+
+    /// Current attributes of `id`, through the open handle `handle` when given (which works
+    /// even after the file's last name is gone).
+    pub fn getattr(&self, id: InodeId, handle: Option<u64>) -> Result<Attr> {
+        if let Some(open) = handle.and_then(|number| self.files.get(number)) {
+            let stat = open.file.stat()?;
+            return self.attr(id, &stat);
+        }
+        let (_, stat) = self.locate(id)?;
+        self.attr(id, &stat)
+    }
+
+    /// The target of symlink `id`.
+    pub fn readlink(&self, id: InodeId) -> Result<Vec<u8>> {
+        let (located, _) = self.locate(id)?;
+        Ok(self.origin.readlink(located.at())?)
+    }
+
+    /// `access(2)`. The kernel checks permissions itself (default_permissions), so only
+    /// reaching here means the mount was made without it; answer for existence.
+    pub fn access(&self, id: InodeId) -> Result<()> {
+        self.locate(id).map(drop)
+    }
+
+    /// Filesystem figures of the origin's filesystem.
+    pub fn statfs(&self) -> Result<FsStats> {
+        Ok(self.origin.statfs()?)
+    }
+}

@@ -1,0 +1,312 @@
+//! One mounted volume's POSIX semantics: the inode table, open handles, and the order of
+//! operations on the origin. It knows nothing of the kernel, FUSE or errno values; its
+//! errors are [`VfsError`], turned into errno only by `fuse`.
+//!
+//! Every operation names inodes by node id. [`Volume::locate`] turns an id into a place on
+//! the origin (a cached directory fd, or a parent directory fd plus a name) and checks that
+//! the object there is still the same (dev, ino) before anything is changed.
+
+mod attr;
+mod create;
+mod dir;
+mod handles;
+mod inodes;
+mod io;
+mod lookup;
+mod remove;
+mod xattr;
+
+use std::ffi::OsStr;
+use std::num::NonZeroUsize;
+use std::sync::{Mutex, MutexGuard};
+use std::time::SystemTime;
+
+use lru::LruCache;
+
+pub use attr::SetAttr;
+pub use dir::ListedEntry;
+pub use io::Opened;
+
+use crate::origin::{At, DirFd, Origin, Stat};
+use crate::types::{FileKind, InodeId, Name, NameError};
+use handles::{DirHandle, FileHandle, HandleTable};
+use inodes::{InodeTable, LinkHint, OriginKey};
+
+/// Directory fds kept open for path resolution (O_PATH, cheap). Far below RLIMIT_NOFILE,
+/// so open files never starve; deep trees fall back to walking from the nearest cached one.
+const DIR_FDS_CACHED: usize = 1024;
+
+/// What went wrong in a volume operation.
+#[derive(Debug, thiserror::Error)]
+pub enum VfsError {
+    /// The origin refused; the OS error says why (ENOSPC stays ENOSPC).
+    #[error("origin: {0}")]
+    Origin(#[from] std::io::Error),
+    /// The kernel named an inode this volume does not hold.
+    #[error("unknown inode {0}")]
+    UnknownInode(u64),
+    /// No known name leads to the inode any more (renamed or removed outside the mount).
+    #[error("stale inode {0}: no known name leads to it")]
+    Stale(u64),
+    /// The kernel named a handle this volume does not hold.
+    #[error("unknown handle {0}")]
+    UnknownHandle(u64),
+    /// A name that is not a single path component.
+    #[error("invalid name: {0}")]
+    Name(#[from] NameError),
+    /// A directory operation on something that is not a directory.
+    #[error("not a directory")]
+    NotDirectory,
+    /// The origin holds an object of a type Linux does not define.
+    #[error("unsupported file type")]
+    UnsupportedKind,
+}
+
+/// Result of a volume operation.
+pub type Result<T> = std::result::Result<T, VfsError>;
+
+/// Who asked: the calling process's credentials, for ownership of new objects.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Caller {
+    /// Effective (filesystem) user id.
+    pub uid: u32,
+    /// Effective (filesystem) group id.
+    pub gid: u32,
+    /// Process id.
+    pub pid: u32,
+}
+
+/// An inode's attributes as the mount shows them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Attr {
+    /// Node id (also `st_ino`).
+    pub id: InodeId,
+    /// Type.
+    pub kind: FileKind,
+    /// Permission bits including setuid, setgid and sticky.
+    pub perm: u16,
+    /// Hard links.
+    pub nlink: u32,
+    /// Owner.
+    pub uid: u32,
+    /// Group.
+    pub gid: u32,
+    /// Device number, for device nodes.
+    pub rdev: u32,
+    /// Size in bytes.
+    pub size: u64,
+    /// Allocated 512-byte blocks.
+    pub blocks: u64,
+    /// Preferred I/O size.
+    pub blksize: u32,
+    /// Last access.
+    pub atime: SystemTime,
+    /// Last data change.
+    pub mtime: SystemTime,
+    /// Last status change.
+    pub ctime: SystemTime,
+}
+
+impl Attr {
+    fn new(id: InodeId, stat: &Stat) -> Result<Attr> {
+        Ok(Attr {
+            id,
+            kind: stat.kind().ok_or(VfsError::UnsupportedKind)?,
+            perm: (stat.mode & 0o7777) as u16,
+            nlink: stat.nlink.min(u32::MAX as u64) as u32,
+            uid: stat.uid,
+            gid: stat.gid,
+            rdev: stat.rdev as u32,
+            size: stat.size,
+            blocks: stat.blocks,
+            blksize: stat.blksize,
+            atime: stat.atime,
+            mtime: stat.mtime,
+            ctime: stat.ctime,
+        })
+    }
+}
+
+/// Where an inode is on the origin, checked to be the same object just now.
+pub(crate) enum Located {
+    /// A directory, by its own fd.
+    Dir(DirFd),
+    /// A non-directory, by its parent's fd and its name there.
+    Entry(DirFd, Name),
+}
+
+impl Located {
+    fn at(&self) -> At<'_> {
+        match self {
+            Located::Dir(dir) => At::Dir(dir),
+            Located::Entry(parent, name) => At::Entry(parent, name),
+        }
+    }
+}
+
+/// Credentials of the daemon itself: what a new origin object gets before any chown.
+#[derive(Clone, Copy, Debug)]
+struct Daemon {
+    uid: u32,
+    gid: u32,
+}
+
+/// One mounted volume.
+#[derive(Debug)]
+pub struct Volume {
+    origin: Origin,
+    inodes: Mutex<InodeTable>,
+    dir_fds: Mutex<LruCache<InodeId, DirFd>>,
+    files: HandleTable<FileHandle>,
+    dirs: HandleTable<DirHandle>,
+    daemon: Daemon,
+}
+
+impl Volume {
+    /// A volume over an opened origin.
+    pub fn new(origin: Origin) -> Volume {
+        let inodes = InodeTable::new(origin.root_stat());
+        // SAFETY: geteuid and getegid cannot fail.
+        let daemon = unsafe {
+            Daemon {
+                uid: libc::geteuid(),
+                gid: libc::getegid(),
+            }
+        };
+        Volume {
+            origin,
+            inodes: Mutex::new(inodes),
+            dir_fds: Mutex::new(LruCache::new(
+                NonZeroUsize::new(DIR_FDS_CACHED).expect("nonzero constant"),
+            )),
+            files: HandleTable::new(),
+            dirs: HandleTable::new(),
+            daemon,
+        }
+    }
+
+    /// The origin this volume shows.
+    pub fn origin(&self) -> &Origin {
+        &self.origin
+    }
+
+    /// How many inodes the kernel currently holds (for tests and status).
+    pub fn inode_count(&self) -> usize {
+        self.table().len()
+    }
+
+    fn table(&self) -> MutexGuard<'_, InodeTable> {
+        // A panic while holding the lock leaves the table as consistent as any single
+        // method leaves it (no method panics midway by design), so keep serving.
+        self.inodes
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn dir_cache(&self) -> MutexGuard<'_, LruCache<InodeId, DirFd>> {
+        self.dir_fds
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The attributes of the origin object `stat`, known to the kernel as `id`.
+    fn attr(&self, id: InodeId, stat: &Stat) -> Result<Attr> {
+        Attr::new(id, stat)
+    }
+
+    /// An O_PATH fd of directory `id`, from the cache or by walking its link hints.
+    fn dir_fd(&self, id: InodeId) -> Result<DirFd> {
+        if id == InodeId::ROOT {
+            return Ok(self.origin.root().clone());
+        }
+        if let Some(fd) = self.dir_cache().get(&id) {
+            return Ok(fd.clone());
+        }
+        let (kind, key, links) = self.hints_of(id)?;
+        if kind != FileKind::Directory {
+            return Err(VfsError::NotDirectory);
+        }
+        let (fd, _) = self.try_hints(id, key, links, |parent, entry| {
+            let fd = self.origin.open_dir(At::Entry(parent, entry))?;
+            let stat = self.origin.stat_dir(&fd)?;
+            Ok((fd, stat))
+        })?;
+        self.dir_cache().put(id, fd.clone());
+        Ok(fd)
+    }
+
+    /// Finds inode `id` on the origin and returns where it is with its current metadata.
+    fn locate(&self, id: InodeId) -> Result<(Located, Stat)> {
+        let (kind, key, links) = self.hints_of(id)?;
+        if kind == FileKind::Directory {
+            let fd = self.dir_fd(id)?;
+            let stat = self.origin.stat_dir(&fd)?;
+            return Ok((Located::Dir(fd), stat));
+        }
+        self.try_hints(id, key, links, |parent, entry| {
+            let stat = self.origin.stat(At::Entry(parent, entry))?;
+            Ok((Located::Entry(parent.clone(), entry.clone()), stat))
+        })
+    }
+
+    /// The kind, origin identity and link hints of `id`.
+    fn hints_of(&self, id: InodeId) -> Result<(FileKind, OriginKey, Vec<LinkHint>)> {
+        let table = self.table();
+        let inode = table.get(id).ok_or(VfsError::UnknownInode(id.0))?;
+        Ok((inode.kind, inode.key, inode.links.clone()))
+    }
+
+    /// Runs `attempt` on each (parent fd, name) hint of `id` until one reaches the object
+    /// `key` (checked by the stat `attempt` returns); hints that lead elsewhere are dropped.
+    fn try_hints<T>(
+        &self,
+        id: InodeId,
+        key: OriginKey,
+        links: Vec<LinkHint>,
+        mut attempt: impl FnMut(&DirFd, &Name) -> std::io::Result<(T, Stat)>,
+    ) -> Result<(T, Stat)> {
+        for (parent, entry) in links {
+            let parent_fd = match self.dir_fd(parent) {
+                Ok(fd) => fd,
+                Err(VfsError::Stale(_) | VfsError::UnknownInode(_)) => {
+                    self.table().drop_hint(id, parent, &entry);
+                    continue;
+                }
+                Err(error) => return Err(error),
+            };
+            match attempt(&parent_fd, &entry) {
+                Ok((value, stat)) if (stat.dev, stat.ino) == key => return Ok((value, stat)),
+                Ok(_) => {}
+                Err(error) if is_gone(&error) => {}
+                Err(error) => return Err(error.into()),
+            }
+            self.table().drop_hint(id, parent, &entry);
+        }
+        Err(VfsError::Stale(id.0))
+    }
+
+    /// The node id of an origin object if the kernel may hold it, without creating one.
+    fn known_id(&self, stat: &Stat) -> Option<InodeId> {
+        let table = self.table();
+        let id = table.plain_id((stat.dev, stat.ino))?;
+        table.get(id).map(|_| id)
+    }
+
+    /// Forgets the cached fd of a directory that was removed or replaced.
+    fn evict_dir_fd(&self, id: InodeId) {
+        self.dir_cache().pop(&id);
+    }
+}
+
+/// Errors meaning "nothing by that name any more": try another link hint.
+fn is_gone(error: &std::io::Error) -> bool {
+    matches!(
+        error.raw_os_error(),
+        Some(libc::ENOENT) | Some(libc::ENOTDIR) | Some(libc::ELOOP)
+    )
+}
+
+/// Validates a name the kernel sent.
+fn name(name: &OsStr) -> Result<Name> {
+    Ok(Name::new(name)?)
+}
