@@ -1,8 +1,10 @@
 //! An open regular file of the origin.
 
+use std::ffi::OsStr;
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileExt;
 
 use super::{Stat, TimeSet, TimesUpdate, sys};
@@ -90,6 +92,48 @@ impl OriginFile {
             libc::fallocate(self.0.as_raw_fd(), mode, offset as i64, length as i64)
         })
         .map(drop)
+    }
+
+    /// The value of extended attribute `key`.
+    pub fn get_xattr(&self, key: &OsStr) -> io::Result<Vec<u8>> {
+        let key = sys::c_string(key.as_bytes())?;
+        let fd = self.0.as_raw_fd();
+        sys::read_sized(|buffer, size| {
+            // SAFETY: valid fd, NUL-terminated key, a buffer of `size` bytes (or null with 0).
+            unsafe { libc::fgetxattr(fd, key.as_ptr(), buffer, size) }
+        })
+    }
+
+    /// Sets extended attribute `key`; `flags` are XATTR_CREATE / XATTR_REPLACE.
+    pub fn set_xattr(&self, key: &OsStr, value: &[u8], flags: i32) -> io::Result<()> {
+        let key = sys::c_string(key.as_bytes())?;
+        // SAFETY: valid fd, NUL-terminated key, and a value of its own length.
+        sys::check(unsafe {
+            libc::fsetxattr(
+                self.0.as_raw_fd(),
+                key.as_ptr(),
+                value.as_ptr().cast(),
+                value.len(),
+                flags,
+            )
+        })
+        .map(drop)
+    }
+
+    /// The NUL-separated list of extended attribute names.
+    pub fn list_xattr(&self) -> io::Result<Vec<u8>> {
+        let fd = self.0.as_raw_fd();
+        sys::read_sized(|buffer, size| {
+            // SAFETY: valid fd and a buffer of `size` bytes (or null with 0).
+            unsafe { libc::flistxattr(fd, buffer.cast(), size) }
+        })
+    }
+
+    /// Removes extended attribute `key`.
+    pub fn remove_xattr(&self, key: &OsStr) -> io::Result<()> {
+        let key = sys::c_string(key.as_bytes())?;
+        // SAFETY: valid fd and NUL-terminated key.
+        sys::check(unsafe { libc::fremovexattr(self.0.as_raw_fd(), key.as_ptr()) }).map(drop)
     }
 
     /// `lseek` for SEEK_DATA / SEEK_HOLE (and the others): the resulting offset.

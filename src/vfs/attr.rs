@@ -3,7 +3,7 @@
 use crate::origin::{TimeSet, TimesUpdate};
 use crate::types::{FileKind, InodeId};
 
-use super::{Attr, Result, Volume};
+use super::{Attr, Result, Target, Volume};
 
 /// The attribute changes of one setattr call; `None` leaves a field as it is.
 #[derive(Clone, Copy, Debug, Default)]
@@ -32,24 +32,26 @@ impl Volume {
             mtime: changes.mtime,
         };
         let has_times = times.atime.is_some() || times.mtime.is_some();
-        if let Some(open) = handle.and_then(|number| self.files.get(number)) {
-            let file = &open.file;
-            if changes.uid.is_some() || changes.gid.is_some() {
-                file.chown(changes.uid, changes.gid)?;
+        let (located, stat) = match self.target(id, handle)? {
+            Target::Place(located, stat) => (located, stat),
+            Target::Open(open) => {
+                let file = &open.file;
+                if changes.uid.is_some() || changes.gid.is_some() {
+                    file.chown(changes.uid, changes.gid)?;
+                }
+                if let Some(mode) = changes.mode {
+                    file.chmod(mode & 0o7777)?;
+                }
+                if let Some(size) = changes.size {
+                    file.set_len(size)?;
+                }
+                if has_times {
+                    file.set_times(times)?;
+                }
+                let stat = file.stat()?;
+                return self.attr(id, &stat);
             }
-            if let Some(mode) = changes.mode {
-                file.chmod(mode & 0o7777)?;
-            }
-            if let Some(size) = changes.size {
-                file.set_len(size)?;
-            }
-            if has_times {
-                file.set_times(times)?;
-            }
-            let stat = file.stat()?;
-            return self.attr(id, &stat);
-        }
-        let (located, stat) = self.locate(id)?;
+        };
         let at = located.at();
         if changes.uid.is_some() || changes.gid.is_some() {
             self.origin.chown(at, changes.uid, changes.gid)?;

@@ -60,6 +60,11 @@ impl<T> HandleTable<T> {
         self.open().get(&number).cloned()
     }
 
+    /// Some open handle that satisfies `wanted` (a scan: for rare fallbacks only).
+    pub(crate) fn find(&self, wanted: impl Fn(&T) -> bool) -> Option<Arc<T>> {
+        self.open().values().find(|value| wanted(value)).cloned()
+    }
+
     /// Closes the handle `number`, returning what it held.
     pub(crate) fn remove(&self, number: u64) -> Option<Arc<T>> {
         self.open().remove(&number)

@@ -5,7 +5,7 @@ use std::ffi::OsStr;
 use crate::origin::{At, FsStats};
 use crate::types::InodeId;
 
-use super::{Attr, Result, Volume, name};
+use super::{Attr, Result, Target, Volume, name};
 
 impl Volume {
     /// The entry `name` of directory `parent`; the kernel then holds one more lookup on it.
@@ -27,11 +27,10 @@ impl Volume {
     /// Current attributes of `id`, through the open handle `handle` when given (which works
     /// even after the file's last name is gone).
     pub fn getattr(&self, id: InodeId, handle: Option<u64>) -> Result<Attr> {
-        if let Some(open) = handle.and_then(|number| self.files.get(number)) {
-            let stat = open.file.stat()?;
-            return self.attr(id, &stat);
-        }
-        let (_, stat) = self.locate(id)?;
+        let stat = match self.target(id, handle)? {
+            Target::Place(_, stat) => stat,
+            Target::Open(open) => open.file.stat()?,
+        };
         self.attr(id, &stat)
     }
 

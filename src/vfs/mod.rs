@@ -144,6 +144,15 @@ impl Located {
     }
 }
 
+/// Where to act on an inode: its place on the origin, or, once no name leads to it any
+/// more (unlinked while open), one of its open files.
+pub(crate) enum Target {
+    /// Reachable by name; with the metadata seen when it was located.
+    Place(Located, Stat),
+    /// Reachable only through an open file.
+    Open(std::sync::Arc<FileHandle>),
+}
+
 /// Credentials of the daemon itself: what a new origin object gets before any chown.
 #[derive(Clone, Copy, Debug)]
 struct Daemon {
@@ -247,6 +256,23 @@ impl Volume {
             let stat = self.origin.stat(At::Entry(parent, entry))?;
             Ok((Located::Entry(parent.clone(), entry.clone()), stat))
         })
+    }
+
+    /// Where to act on `id`: the open `handle` if given, else its place on the origin, else
+    /// (no name leads to it any more) any of its open files.
+    fn target(&self, id: InodeId, handle: Option<u64>) -> Result<Target> {
+        if let Some(open) = handle.and_then(|number| self.files.get(number)) {
+            return Ok(Target::Open(open));
+        }
+        match self.locate(id) {
+            Ok((located, stat)) => Ok(Target::Place(located, stat)),
+            Err(VfsError::Stale(number)) => self
+                .files
+                .find(|open| open.inode == id)
+                .map(Target::Open)
+                .ok_or(VfsError::Stale(number)),
+            Err(error) => Err(error),
+        }
     }
 
     /// The kind, origin identity and link hints of `id`.

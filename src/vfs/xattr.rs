@@ -4,30 +4,40 @@ use std::ffi::OsStr;
 
 use crate::types::InodeId;
 
-use super::{Result, Volume};
+use super::{Result, Target, Volume};
 
 impl Volume {
     /// The value of extended attribute `key` of `id`.
     pub fn getxattr(&self, id: InodeId, key: &OsStr) -> Result<Vec<u8>> {
-        let (located, _) = self.locate(id)?;
-        Ok(self.origin.get_xattr(located.at(), key)?)
+        Ok(match self.target(id, None)? {
+            Target::Place(located, _) => self.origin.get_xattr(located.at(), key)?,
+            Target::Open(open) => open.file.get_xattr(key)?,
+        })
     }
 
     /// Sets extended attribute `key` of `id`; `flags` are XATTR_CREATE / XATTR_REPLACE.
     pub fn setxattr(&self, id: InodeId, key: &OsStr, value: &[u8], flags: i32) -> Result<()> {
-        let (located, _) = self.locate(id)?;
-        Ok(self.origin.set_xattr(located.at(), key, value, flags)?)
+        match self.target(id, None)? {
+            Target::Place(located, _) => self.origin.set_xattr(located.at(), key, value, flags)?,
+            Target::Open(open) => open.file.set_xattr(key, value, flags)?,
+        }
+        Ok(())
     }
 
     /// The NUL-separated names of the extended attributes of `id`.
     pub fn listxattr(&self, id: InodeId) -> Result<Vec<u8>> {
-        let (located, _) = self.locate(id)?;
-        Ok(self.origin.list_xattr(located.at())?)
+        Ok(match self.target(id, None)? {
+            Target::Place(located, _) => self.origin.list_xattr(located.at())?,
+            Target::Open(open) => open.file.list_xattr()?,
+        })
     }
 
     /// Removes extended attribute `key` of `id`.
     pub fn removexattr(&self, id: InodeId, key: &OsStr) -> Result<()> {
-        let (located, _) = self.locate(id)?;
-        Ok(self.origin.remove_xattr(located.at(), key)?)
+        match self.target(id, None)? {
+            Target::Place(located, _) => self.origin.remove_xattr(located.at(), key)?,
+            Target::Open(open) => open.file.remove_xattr(key)?,
+        }
+        Ok(())
     }
 }

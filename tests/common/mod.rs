@@ -1,0 +1,268 @@
+//! Test harness: real `mirrorfs mount` processes over temporary origins.
+//!
+//! Every guard undoes exactly what it did: `Mount` stops only the daemon it started (by pid)
+//! and detaches its own mount point if the daemon left it behind; `TmpfsMount` unmounts
+//! the tmpfs it mounted.
+
+#![allow(dead_code)]
+
+use std::ffi::CString;
+use std::fs;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// The mirrorfs binary under test.
+pub fn binary() -> &'static str {
+    env!("CARGO_BIN_EXE_mirrorfs")
+}
+
+/// A fresh temporary directory for one test (on the root filesystem, which has xattrs).
+pub fn scratch() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("mirrorfs-test-")
+        .tempdir_in("/tmp")
+        .expect("create a scratch directory")
+}
+
+/// Whether `path` is a mount point now, and of what type.
+pub fn mount_type(path: &Path) -> Option<String> {
+    let table = fs::read_to_string("/proc/self/mountinfo").ok()?;
+    table.lines().rev().find_map(|line| {
+        let fields: Vec<&str> = line.split(' ').collect();
+        let separator = fields.iter().position(|field| *field == "-")?;
+        let point = fields.get(4)?.replace("\\040", " ");
+        (Path::new(&point) == path).then(|| fields[separator + 1].to_string())
+    })
+}
+
+fn detach(path: &Path) {
+    let c_path = CString::new(path.as_os_str().as_bytes()).unwrap();
+    // SAFETY: NUL-terminated path.
+    unsafe { libc::umount2(c_path.as_ptr(), libc::MNT_DETACH) };
+}
+
+fn signal(pid: u32, signal: i32) {
+    // SAFETY: plain kill(2) on the pid of a child we started and have not reaped.
+    unsafe { libc::kill(pid as i32, signal) };
+}
+
+/// A running `mirrorfs mount` over a temporary origin.
+pub struct Mount {
+    /// The scratch directory holding origin, mount point and state.
+    pub dir: tempfile::TempDir,
+    /// The origin (backing directory).
+    pub origin: PathBuf,
+    /// The mount point.
+    pub mountpoint: PathBuf,
+    /// The volume's state directory.
+    pub state: PathBuf,
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl Mount {
+    /// Mounts a new empty origin.
+    pub fn new() -> Mount {
+        Mount::with_args(&[])
+    }
+
+    /// Mounts a new empty origin with extra `mirrorfs mount` arguments.
+    pub fn with_args(extra: &[&str]) -> Mount {
+        let dir = scratch();
+        let origin = dir.path().join("origin");
+        fs::create_dir(&origin).unwrap();
+        Mount::over(dir, origin, extra)
+    }
+
+    /// Mounts `origin` (kept in `dir`, which the guard removes at the end).
+    pub fn over(dir: tempfile::TempDir, origin: PathBuf, extra: &[&str]) -> Mount {
+        let mountpoint = dir.path().join("mnt");
+        let state = dir.path().join("state");
+        let log = dir.path().join("daemon.log");
+        fs::create_dir_all(&mountpoint).unwrap();
+        let child = Command::new(binary())
+            .arg("mount")
+            .arg(&origin)
+            .arg(&mountpoint)
+            .arg("--state-dir")
+            .arg(&state)
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("start mirrorfs");
+        let mut mount = Mount {
+            dir,
+            origin,
+            mountpoint,
+            state,
+            child: Some(child),
+            log,
+        };
+        mount.wait_until_mounted();
+        mount
+    }
+
+    fn wait_until_mounted(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if mount_type(&self.mountpoint).as_deref() == Some("fuse.mirrorfs") {
+                return;
+            }
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!(
+                    "mirrorfs exited with {status} before mounting:\n{}",
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("mirrorfs did not mount within 20s:\n{}", self.log());
+    }
+
+    /// A path inside the mount.
+    pub fn path(&self, relative: &str) -> PathBuf {
+        self.mountpoint.join(relative)
+    }
+
+    /// The same path inside the origin.
+    pub fn origin_path(&self, relative: &str) -> PathBuf {
+        self.origin.join(relative)
+    }
+
+    /// The daemon's log so far.
+    pub fn log(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The daemon's pid.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    /// Sends `signal` to the daemon and waits for it to exit; returns its exit code.
+    pub fn stop_with(&mut self, sig: i32) -> Option<i32> {
+        let mut child = self.child.take()?;
+        signal(child.id(), sig);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        signal(child.id(), libc::SIGKILL);
+        let _ = child.wait();
+        panic!(
+            "mirrorfs did not exit within 20s of signal {sig}:\n{}",
+            self.log()
+        );
+    }
+
+    /// Kills the daemon with SIGKILL, leaving its (now dead) mount behind.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            signal(child.id(), libc::SIGKILL);
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        if self.child.is_some() {
+            self.stop_with(libc::SIGTERM);
+        }
+        if mount_type(&self.mountpoint).is_some() {
+            detach(&self.mountpoint);
+        }
+    }
+}
+
+/// A kernel mount made for one test (tmpfs, bind), unmounted when dropped.
+pub struct KernelMount {
+    /// Where it is mounted.
+    pub path: PathBuf,
+}
+
+impl KernelMount {
+    /// Mounts a tmpfs of `size` (e.g. "2m") at `path` (created if missing).
+    pub fn tmpfs(path: &Path, size: &str) -> KernelMount {
+        KernelMount::with(
+            path,
+            &["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"],
+        )
+    }
+
+    /// Binds `source` read-only at `path`.
+    pub fn read_only_bind(source: &Path, path: &Path) -> KernelMount {
+        let source = source.to_str().unwrap();
+        let mount = KernelMount::with(path, &["--bind", source]);
+        mount.remount(&["-o", "remount,ro,bind"]);
+        mount
+    }
+
+    fn with(path: &Path, args: &[&str]) -> KernelMount {
+        fs::create_dir_all(path).unwrap();
+        let status = Command::new("mount").args(args).arg(path).status().unwrap();
+        assert!(status.success(), "mount {args:?} at {}", path.display());
+        KernelMount {
+            path: path.to_path_buf(),
+        }
+    }
+
+    fn remount(&self, args: &[&str]) {
+        let status = Command::new("mount")
+            .args(args)
+            .arg(&self.path)
+            .status()
+            .unwrap();
+        assert!(
+            status.success(),
+            "mount {args:?} at {}",
+            self.path.display()
+        );
+    }
+}
+
+impl Drop for KernelMount {
+    fn drop(&mut self) {
+        detach(&self.path);
+    }
+}
+
+/// Runs `mirrorfs ARGS` to completion.
+pub fn run(args: &[&str]) -> Output {
+    Command::new(binary())
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run mirrorfs")
+}
+
+/// Runs a shell script as `uid`:`gid` (no supplementary groups) in `dir`.
+pub fn sh_as(uid: u32, gid: u32, dir: &Path, script: &str) -> Output {
+    Command::new("sh")
+        .arg("-c")
+        .arg(script)
+        .current_dir(dir)
+        .uid(uid)
+        .gid(gid)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run sh")
+}
+
+/// The errno of the last libc call.
+pub fn errno() -> i32 {
+    std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
+}
+
+/// A path as a C string.
+pub fn c_path(path: &Path) -> CString {
+    CString::new(path.as_os_str().as_bytes()).unwrap()
+}
