@@ -273,19 +273,22 @@ fn pick_path(
         "mountpoint" => "volume.mountpoint",
         _ => "volume.state_dir",
     };
-    if let Some(path) = command_line {
-        if path.as_os_str().is_empty() {
-            return Err(invalid(key_name, "the path is empty"));
+    // The file's value is checked even when the command line overrides it: a bad file
+    // is reported the first time, not on the day the override is dropped.
+    let file = match file {
+        None => None,
+        Some(path) if path.is_absolute() => Some(normalize(&path)),
+        Some(path) => {
+            return Err(invalid(
+                key_name,
+                format!("{:?} must be an absolute path", path.display().to_string()),
+            ));
         }
-        return Ok(Some(normalize(&cwd.join(path))));
-    }
-    match file {
-        None => Ok(None),
-        Some(path) if path.is_absolute() => Ok(Some(normalize(&path))),
-        Some(path) => Err(invalid(
-            key_name,
-            format!("{:?} must be an absolute path", path.display().to_string()),
-        )),
+    };
+    match command_line {
+        Some(path) if path.as_os_str().is_empty() => Err(invalid(key_name, "the path is empty")),
+        Some(path) => Ok(Some(normalize(&cwd.join(path)))),
+        None => Ok(file),
     }
 }
 

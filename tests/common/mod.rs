@@ -61,6 +61,7 @@ pub struct Mount {
     pub state: PathBuf,
     child: Option<Child>,
     log: PathBuf,
+    extra: Vec<String>,
 }
 
 impl Mount {
@@ -83,28 +84,42 @@ impl Mount {
         let state = dir.path().join("state");
         let log = dir.path().join("daemon.log");
         fs::create_dir_all(&mountpoint).unwrap();
-        let child = Command::new(binary())
-            .arg("mount")
-            .arg(&origin)
-            .arg(&mountpoint)
-            .arg("--state-dir")
-            .arg(&state)
-            .args(extra)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(fs::File::create(&log).unwrap())
-            .spawn()
-            .expect("start mirrorfs");
         let mut mount = Mount {
             dir,
             origin,
             mountpoint,
             state,
-            child: Some(child),
+            child: None,
             log,
+            extra: extra.iter().map(|arg| arg.to_string()).collect(),
         };
-        mount.wait_until_mounted();
+        mount.restart();
         mount
+    }
+
+    /// Starts a daemon again over the same origin, mount point and state (after it was
+    /// stopped or killed, and its dead mount cleared).
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "the daemon is still running");
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let child = Command::new(binary())
+            .arg("mount")
+            .arg(&self.origin)
+            .arg(&self.mountpoint)
+            .arg("--state-dir")
+            .arg(&self.state)
+            .args(&self.extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start mirrorfs");
+        self.child = Some(child);
+        self.wait_until_mounted();
     }
 
     fn wait_until_mounted(&mut self) {
@@ -265,4 +280,38 @@ pub fn errno() -> i32 {
 /// A path as a C string.
 pub fn c_path(path: &Path) -> CString {
     CString::new(path.as_os_str().as_bytes()).unwrap()
+}
+
+/// Runs `mirrorfs ARGS` as `uid` (None: as is) and expects it to exit within 20 s (a
+/// mount that wrongly succeeds would serve forever); kills it and fails otherwise.
+pub fn run_expecting_exit(args: &[&std::ffi::OsStr], uid: Option<u32>) -> Output {
+    let mut command = Command::new(binary());
+    command
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    if let Some(uid) = uid {
+        command.uid(uid).gid(uid);
+    }
+    let mut child = command.spawn().expect("run mirrorfs");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if child.try_wait().unwrap().is_some() {
+            return child.wait_with_output().unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // It mounted: stop it cleanly so no dead mount is left behind, then report.
+    signal(child.id(), libc::SIGTERM);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline && child.try_wait().unwrap().is_none() {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    signal(child.id(), libc::SIGKILL);
+    let output = child.wait_with_output().unwrap();
+    panic!(
+        "mirrorfs {args:?} kept running (it should have refused):\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
 }
