@@ -28,11 +28,13 @@ use crate::vfs::{Caller, Opened, SetAttr, Volume};
 const MAX_WRITE_BYTES: u32 = 1024 * 1024;
 
 /// Capabilities asked of the kernel where it has them. AUTO_INVAL_DATA drops cached
-/// pages when a file's mtime or size changes under us; ATOMIC_O_TRUNC saves a SETATTR per
-/// open(O_TRUNC); READDIRPLUS_AUTO answers `ls -l` without a LOOKUP per entry.
-const WANTED_CAPABILITIES: [InitFlags; 6] = [
+/// pages when a file's mtime or size changes under us; READDIRPLUS_AUTO answers `ls -l`
+/// without a LOOKUP per entry. ATOMIC_O_TRUNC is deliberately not asked for: with it, an
+/// open(O_RDONLY|O_TRUNC) of a running binary reaches the daemon (which would truncate the
+/// origin) before the kernel refuses it with ETXTBSY; without it, the kernel checks first and
+/// sends the truncation as a SETATTR.
+const WANTED_CAPABILITIES: [InitFlags; 5] = [
     InitFlags::FUSE_AUTO_INVAL_DATA,
-    InitFlags::FUSE_ATOMIC_O_TRUNC,
     InitFlags::FUSE_DO_READDIRPLUS,
     InitFlags::FUSE_READDIRPLUS_AUTO,
     InitFlags::FUSE_PARALLEL_DIROPS,

@@ -87,10 +87,10 @@ impl Volume {
             Err(error)
                 if error.raw_os_error() == Some(libc::EEXIST) && flags & libc::O_EXCL == 0 =>
             {
-                let file = self.origin.open_file(at, access)?;
                 if flags & libc::O_TRUNC != 0 {
-                    file.set_len(0)?;
+                    self.origin.truncate(at, 0)?;
                 }
+                let file = self.origin.open_file(at, access)?;
                 let stat = file.stat()?;
                 let id = self.table().remember(parent, &entry, &stat);
                 (file, self.attr(id, &stat)?)

@@ -24,7 +24,8 @@ pub struct Opened {
 /// places every write at its offset (it serializes appends under the inode lock), and
 /// replaying a write at an explicit offset is what a change log needs. O_DIRECT is dropped
 /// because the kernel's buffers for our reads and writes carry no alignment promise.
-/// O_CREAT, O_EXCL and O_TRUNC are done explicitly by the callers.
+/// O_CREAT and O_EXCL are done explicitly by `create`; O_TRUNC arrives as a SETATTR (the
+/// kernel is not offered ATOMIC_O_TRUNC).
 pub(crate) fn origin_flags(flags: i32) -> i32 {
     flags & (libc::O_ACCMODE | libc::O_SYNC | libc::O_DSYNC | libc::O_NOATIME)
 }
@@ -37,15 +38,11 @@ impl Volume {
         if kind == FileKind::Directory {
             return Err(std::io::Error::from_raw_os_error(libc::EISDIR).into());
         }
-        let (file, mut stat) = self.try_hints(id, key, links, |parent, entry| {
+        let (file, stat) = self.try_hints(id, key, links, |parent, entry| {
             let file = self.origin.open_file(At::Entry(parent, entry), access)?;
             let stat = file.stat()?;
             Ok((file, stat))
         })?;
-        if flags & libc::O_TRUNC != 0 {
-            file.set_len(0)?;
-            stat = file.stat()?;
-        }
         let keep_cache = self.keep_cache(id, stat.mtime, stat.size);
         let handle = self.files.insert(FileHandle {
             inode: id,

@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Installs what mirrorfs's demo, tests and benchmarks need on a fresh Debian machine (as
+# root). Safe to run again: it installs only what is missing.
+#
+#   scripts/install-deps.sh            fuse3 (to mount) and the Rust toolchain check
+#   scripts/install-deps.sh --test     + the conformance judges (pjdfstest, fsx) and a test user
+#   scripts/install-deps.sh --bench    + fio and libfuse's C example source (the peer)
+set -euo pipefail
+
+want_test=false
+want_bench=false
+for arg in "$@"; do
+  case "$arg" in
+    --test) want_test=true ;;
+    --bench) want_bench=true ;;
+    *) echo "install-deps: unknown option $arg" >&2; exit 2 ;;
+  esac
+done
+
+packages=()
+command -v fusermount3 >/dev/null || packages+=(fuse3)
+command -v setfattr >/dev/null || packages+=(attr)
+if $want_bench; then
+  command -v fio >/dev/null || packages+=(fio)
+  [ -f /usr/share/doc/libfuse3-dev/examples/passthrough_ll.c ] || packages+=(libfuse3-dev)
+  command -v pkg-config >/dev/null || packages+=(pkg-config)
+  command -v gcc >/dev/null || packages+=(gcc)
+fi
+if [ ${#packages[@]} -gt 0 ]; then
+  echo "install-deps: apt-get install ${packages[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${packages[@]}" >/dev/null
+fi
+[ -e /dev/fuse ] || { echo "install-deps: /dev/fuse is missing (modprobe fuse)" >&2; exit 1; }
+command -v cargo >/dev/null || { echo "install-deps: cargo is missing; install Rust (rustup)" >&2; exit 1; }
+
+if $want_test; then
+  # pjdfstest switches to these users; Debian has nobody/nogroup, not tests.
+  id tests >/dev/null 2>&1 || useradd --no-create-home --shell /usr/sbin/nologin tests
+  missing=()
+  command -v pjdfstest >/dev/null || missing+=(pjdfstest)
+  command -v fsx >/dev/null || missing+=(fsx)
+  if [ ${#missing[@]} -gt 0 ]; then
+    echo "install-deps: cargo install ${missing[*]}"
+    cargo install --quiet --locked "${missing[@]}"
+  fi
+fi
