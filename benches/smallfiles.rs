@@ -1,0 +1,80 @@
+//! Small-file workload for scripts/bench.sh: create, stat, read and delete N files of
+//! 0-16 KiB in a directory, timing each phase. Prints one JSON object of operations per
+//! second. Sizes come from a fixed-seed generator, so every target gets the same files.
+//!
+//!   cargo bench --bench smallfiles -- DIR [FILES]
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+const SIZE_MAX: u64 = 16 * 1024;
+
+/// xorshift64*: a fixed, dependency-free sequence of file sizes.
+fn sizes(count: usize) -> Vec<usize> {
+    let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
+    (0..count)
+        .map(|_| {
+            state ^= state >> 12;
+            state ^= state << 25;
+            state ^= state >> 27;
+            (state.wrapping_mul(0x2545_F491_4F6C_DD1D) % (SIZE_MAX + 1)) as usize
+        })
+        .collect()
+}
+
+fn phase(name: &str, count: usize, work: impl FnOnce()) -> String {
+    let start = Instant::now();
+    work();
+    let seconds = start.elapsed().as_secs_f64();
+    format!("\"{name}\": {:.0}", count as f64 / seconds)
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| a != "--bench")
+        .collect();
+    let Some(dir) = args.first() else {
+        eprintln!("usage: smallfiles DIR [FILES]");
+        std::process::exit(2);
+    };
+    let count: usize = args.get(1).and_then(|n| n.parse().ok()).unwrap_or(20_000);
+    let root = Path::new(dir).join("smallfiles");
+    let _ = fs::remove_dir_all(&root);
+    fs::create_dir_all(&root).expect("create the work directory");
+    let sizes = sizes(count);
+    let data = vec![0x5a_u8; SIZE_MAX as usize];
+    let paths: Vec<PathBuf> = (0..count)
+        .map(|i| root.join(format!("d{:02}/f{i:06}", i % 20)))
+        .collect();
+    for sub in 0..20 {
+        fs::create_dir(root.join(format!("d{sub:02}"))).expect("create a subdirectory");
+    }
+
+    let mut results = Vec::new();
+    results.push(phase("create", count, || {
+        for (path, size) in paths.iter().zip(&sizes) {
+            let mut file = fs::File::create(path).expect("create");
+            file.write_all(&data[..*size]).expect("write");
+        }
+    }));
+    results.push(phase("stat", count, || {
+        for (path, size) in paths.iter().zip(&sizes) {
+            assert_eq!(fs::metadata(path).expect("stat").len(), *size as u64);
+        }
+    }));
+    results.push(phase("read", count, || {
+        for (path, size) in paths.iter().zip(&sizes) {
+            assert_eq!(fs::read(path).expect("read").len(), *size);
+        }
+    }));
+    results.push(phase("delete", count, || {
+        for path in &paths {
+            fs::remove_file(path).expect("delete");
+        }
+    }));
+    let _ = fs::remove_dir_all(&root);
+    println!("{{{}}}", results.join(", "));
+}

@@ -1,0 +1,101 @@
+#!/usr/bin/env bash
+# Benchmark, in one run on one disk: the origin directory itself (native), mirrorfs, and
+# libfuse's C passthrough_ll (cache=always), compiled here from Debian's libfuse3-dev example.
+# Workloads: fio sequential write (1 MiB blocks, fsync at the end), warm sequential read
+# (1 MiB), warm 4 KiB random read, and a small-file workload (create, stat, read, delete
+# 20,000 files of 0-16 KiB; benches/smallfiles.rs). Prints each figure and its ratio to
+# native, because this machine is noisy: compare ratios, not absolute numbers.
+#
+#   scripts/bench.sh [--quick]      (--quick: 256 MiB files, 5,000 small files)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+size=1G; files=20000; random_seconds=10
+if [ "${1:-}" = "--quick" ]; then size=256M; files=5000; random_seconds=4; fi
+
+scripts/install-deps.sh --bench
+cargo build --release --locked --quiet
+cargo bench --locked --no-run --bench smallfiles --quiet 2>/dev/null
+smallfiles=$(ls -t target/release/deps/smallfiles-* | grep -v '\.d$' | head -n 1)
+mkdir -p target/bench
+peer=target/bench/passthrough_ll
+examples=/usr/share/doc/libfuse3-dev/examples
+if [ ! -x "$peer" ] || [ "$examples/passthrough_ll.c" -nt "$peer" ]; then
+  gcc -O2 -o "$peer" -I"$examples" "$examples/passthrough_ll.c" $(pkg-config --cflags --libs fuse3)
+fi
+
+work=$(mktemp -d /var/tmp/mirrorfs-bench.XXXXXX)
+mkdir -p "$work"/{native,mirrorfs-origin,mirrorfs-mnt,peer-origin,peer-mnt}
+pids=()
+cleanup() {
+  for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+  for mnt in "$work/mirrorfs-mnt" "$work/peer-mnt"; do
+    grep -q " $mnt " /proc/self/mountinfo && umount -l "$mnt"
+  done
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+wait_mounted() {
+  for _ in $(seq 100); do
+    grep -q " $1 " /proc/self/mountinfo && return 0
+    sleep 0.1
+  done
+  echo "bench: $1 did not mount" >&2; return 1
+}
+target/release/mirrorfs mount "$work/mirrorfs-origin" "$work/mirrorfs-mnt" \
+  --state-dir "$work/mirrorfs-state" 2>"$work/mirrorfs.log" &
+pids+=($!)
+"$peer" -f -o "source=$work/peer-origin,cache=always" "$work/peer-mnt" 2>"$work/peer.log" &
+pids+=($!)
+wait_mounted "$work/mirrorfs-mnt"
+wait_mounted "$work/peer-mnt"
+
+results="$work/results.jsonl"
+fio_run() { # target dir name rw bs extra...
+  local target=$1 dir=$2 name=$3 rw=$4 bs=$5; shift 5
+  fio --name="$name" --filename="$dir/fio.dat" --rw="$rw" --bs="$bs" --size="$size" \
+      --ioengine=psync --output-format=json "$@" > "$work/fio.json"
+  python3 - "$target" "$name" "$rw" "$work/fio.json" >> "$results" <<'PY'
+import json, sys
+target, name, rw, path = sys.argv[1:]
+job = json.load(open(path))["jobs"][0]
+side = job["write"] if "write" in rw else job["read"]
+value = side["iops"] if name.startswith("rand") else side["bw_bytes"] / 2**20
+unit = "IOPS" if name.startswith("rand") else "MiB/s"
+print(json.dumps({"target": target, "workload": name, "value": value, "unit": unit}))
+PY
+}
+
+for spec in "native:$work/native" "mirrorfs:$work/mirrorfs-mnt" "passthrough_ll:$work/peer-mnt"; do
+  target=${spec%%:*}; dir=${spec#*:}
+  echo "bench: $target"
+  fio_run "$target" "$dir" "seq-write-1M" write 1M --end_fsync=1
+  fio --name=warm --filename="$dir/fio.dat" --rw=read --bs=1M --size="$size" --output-format=json >/dev/null
+  fio_run "$target" "$dir" "seq-read-1M-warm" read 1M
+  fio_run "$target" "$dir" "rand-read-4K-warm" randread 4k --runtime="$random_seconds" --time_based
+  rm -f "$dir/fio.dat"
+  "$smallfiles" "$dir" "$files" | python3 -c '
+import json, sys
+for phase, value in json.load(sys.stdin).items():
+    print(json.dumps({"target": sys.argv[1], "workload": "small-" + phase, "value": value, "unit": "files/s"}))
+' "$target" >> "$results"
+done
+
+python3 - "$results" <<'PY'
+import json, sys
+rows = [json.loads(line) for line in open(sys.argv[1])]
+table = {}
+units = {}
+for row in rows:
+    table.setdefault(row["workload"], {})[row["target"]] = row["value"]
+    units[row["workload"]] = row["unit"]
+header = f'{"workload":<20} {"unit":<8} {"native":>10} {"mirrorfs":>10} {"passthru_ll":>11} {"mfs/native":>10} {"pll/native":>10} {"mfs/pll":>8}'
+print(header)
+print("-" * len(header))
+for workload, values in table.items():
+    n, m, p = values["native"], values["mirrorfs"], values["passthrough_ll"]
+    print(f'{workload:<20} {units[workload]:<8} {n:>10.0f} {m:>10.0f} {p:>11.0f} {m/n:>10.2f} {p/n:>10.2f} {m/p:>8.2f}')
+PY
+cp "$results" target/bench/results.jsonl
