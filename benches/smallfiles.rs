@@ -24,11 +24,15 @@ fn sizes(count: usize) -> Vec<usize> {
         .collect()
 }
 
-fn phase(name: &str, count: usize, work: impl FnOnce()) -> String {
+fn phase(
+    name: &str,
+    count: usize,
+    work: impl FnOnce() -> std::io::Result<()>,
+) -> Result<String, String> {
     let start = Instant::now();
-    work();
+    work().map_err(|error| format!("{name}: {error}"))?;
     let seconds = start.elapsed().as_secs_f64();
-    format!("\"{name}\": {:.0}", count as f64 / seconds)
+    Ok(format!("\"{name}\": {:.0}", count as f64 / seconds))
 }
 
 fn main() {
@@ -53,28 +57,38 @@ fn main() {
         fs::create_dir(root.join(format!("d{sub:02}"))).expect("create a subdirectory");
     }
 
-    let mut results = Vec::new();
-    results.push(phase("create", count, || {
-        for (path, size) in paths.iter().zip(&sizes) {
-            let mut file = fs::File::create(path).expect("create");
-            file.write_all(&data[..*size]).expect("write");
-        }
-    }));
-    results.push(phase("stat", count, || {
-        for (path, size) in paths.iter().zip(&sizes) {
-            assert_eq!(fs::metadata(path).expect("stat").len(), *size as u64);
-        }
-    }));
-    results.push(phase("read", count, || {
-        for (path, size) in paths.iter().zip(&sizes) {
-            assert_eq!(fs::read(path).expect("read").len(), *size);
-        }
-    }));
-    results.push(phase("delete", count, || {
-        for path in &paths {
-            fs::remove_file(path).expect("delete");
-        }
-    }));
+    let phases = || -> Result<Vec<String>, String> {
+        Ok(vec![
+            phase("create", count, || {
+                for (path, size) in paths.iter().zip(&sizes) {
+                    fs::File::create(path)?.write_all(&data[..*size])?;
+                }
+                Ok(())
+            })?,
+            phase("stat", count, || {
+                for (path, size) in paths.iter().zip(&sizes) {
+                    assert_eq!(fs::metadata(path)?.len(), *size as u64);
+                }
+                Ok(())
+            })?,
+            phase("read", count, || {
+                for (path, size) in paths.iter().zip(&sizes) {
+                    assert_eq!(fs::read(path)?.len(), *size);
+                }
+                Ok(())
+            })?,
+            phase("delete", count, || {
+                for path in &paths {
+                    fs::remove_file(path)?;
+                }
+                Ok(())
+            })?,
+        ])
+    };
+    let outcome = phases();
     let _ = fs::remove_dir_all(&root);
-    println!("{{{}}}", results.join(", "));
+    match outcome {
+        Ok(results) => println!("{{{}}}", results.join(", ")),
+        Err(error) => println!("{{\"error\": {error:?}}}"),
+    }
 }
