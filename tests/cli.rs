@@ -28,6 +28,18 @@ fn assert_usage_error(output: &std::process::Output, expected: &str) {
     );
 }
 
+/// `mirrorfs mount SOURCE MOUNTPOINT --state-dir STATE`, expected to refuse and exit.
+fn try_mount(source: &Path, mountpoint: &Path, state: &Path) -> std::process::Output {
+    let args = [
+        OsStr::new("mount"),
+        source.as_os_str(),
+        mountpoint.as_os_str(),
+        OsStr::new("--state-dir"),
+        state.as_os_str(),
+    ];
+    run_expecting_exit(&args, None)
+}
+
 /// A scratch layout: origin with a file, an empty mount point, a state path.
 struct Layout {
     dir: tempfile::TempDir,
@@ -148,16 +160,7 @@ fn bad_mount_points_are_refused() {
     );
 
     let busy = KernelMount::tmpfs(&layout.mountpoint, "1m");
-    let output = run_expecting_exit(
-        &[
-            OsStr::new("mount"),
-            layout.origin.as_os_str(),
-            layout.mountpoint.as_os_str(),
-            OsStr::new("--state-dir"),
-            layout.state.as_os_str(),
-        ],
-        None,
-    );
+    let output = try_mount(&layout.origin, &layout.mountpoint, &layout.state);
     assert_usage_error(&output, "busy");
     assert_eq!(
         mount_type(&busy.path).as_deref(),
@@ -278,16 +281,7 @@ fn a_volume_is_served_by_one_daemon_at_a_time() {
     let mount = Mount::new();
     let second = mount.dir.path().join("second");
     fs::create_dir(&second).unwrap();
-    let output = run_expecting_exit(
-        &[
-            OsStr::new("mount"),
-            mount.origin.as_os_str(),
-            second.as_os_str(),
-            OsStr::new("--state-dir"),
-            mount.state.as_os_str(),
-        ],
-        None,
-    );
+    let output = try_mount(&mount.origin, &second, &mount.state);
     assert_usage_error(&output, "in use");
     assert!(mount_type(&second).is_none());
 }
@@ -336,16 +330,7 @@ fn a_dead_daemons_mount_is_named_and_can_be_cleared() {
     mount.kill();
     let error = fs::metadata(&mount.mountpoint).unwrap_err();
     assert_eq!(error.raw_os_error(), Some(libc::ENOTCONN));
-    let output = run_expecting_exit(
-        &[
-            OsStr::new("mount"),
-            mount.origin.as_os_str(),
-            mount.mountpoint.as_os_str(),
-            OsStr::new("--state-dir"),
-            mount.state.as_os_str(),
-        ],
-        None,
-    );
+    let output = try_mount(&mount.origin, &mount.mountpoint, &mount.state);
     assert_usage_error(&output, "mirrorfs unmount");
     let output = run(&["unmount", mount.mountpoint.to_str().unwrap()]);
     assert_eq!(
