@@ -6,6 +6,7 @@
 use std::ffi::{OsStr, OsString};
 use std::fmt;
 use std::os::unix::ffi::OsStrExt;
+use std::sync::Arc;
 
 /// The longest file name Linux filesystems accept (NAME_MAX).
 pub const NAME_LEN_MAX: usize = 255;
@@ -43,8 +44,9 @@ pub enum NameError {
 }
 
 /// One path component: non-empty, not `.` or `..`, no `/` or NUL, at most NAME_MAX bytes.
+/// Clones share the bytes, so passing a name around never allocates.
 #[derive(Clone, PartialEq, Eq, Hash)]
-pub struct Name(Box<OsStr>);
+pub struct Name(Arc<OsStr>);
 
 impl Name {
     /// Validates `name` as a single path component.
@@ -62,7 +64,7 @@ impl Name {
         if bytes.len() > NAME_LEN_MAX {
             return Err(NameError::TooLong);
         }
-        Ok(Name(name.into()))
+        Ok(Name(Arc::from(name)))
     }
 
     /// The component as an `OsStr`.
@@ -78,7 +80,7 @@ impl Name {
 
 impl From<Name> for OsString {
     fn from(name: Name) -> OsString {
-        name.0.into()
+        name.0.as_ref().to_os_string()
     }
 }
 

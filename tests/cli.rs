@@ -40,6 +40,12 @@ fn try_mount(source: &Path, mountpoint: &Path, state: &Path) -> std::process::Ou
     run_expecting_exit(&args, None)
 }
 
+/// Asserts exit 0, showing stderr otherwise.
+fn assert_success(output: &std::process::Output) {
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "stderr: {stderr}");
+}
+
 /// A scratch layout: origin with a file, an empty mount point, a state path.
 struct Layout {
     dir: tempfile::TempDir,
@@ -302,12 +308,7 @@ fn unmount_command() {
     let mut mount = Mount::new();
     let mountpoint = mount.mountpoint.to_str().unwrap().to_string();
     let output = run(&["unmount", &mountpoint]);
-    assert_eq!(
-        output.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    assert_success(&output);
     assert!(mount_type(&mount.mountpoint).is_none());
     assert_eq!(
         mount.stop_with(0),
@@ -333,12 +334,7 @@ fn a_dead_daemons_mount_is_named_and_can_be_cleared() {
     let output = try_mount(&mount.origin, &mount.mountpoint, &mount.state);
     assert_usage_error(&output, "mirrorfs unmount");
     let output = run(&["unmount", mount.mountpoint.to_str().unwrap()]);
-    assert_eq!(
-        output.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    assert_success(&output);
     assert!(mount_type(&mount.mountpoint).is_none());
     // And the volume can be served again (the dead daemon's lock died with it).
     mount.restart();

@@ -67,10 +67,8 @@ pub fn run(args: MountArgs) -> Result<(), CliError> {
         ttl: KERNEL_CACHE_TTL,
     };
     let served = Arc::new(Volume::new(origin));
-    fuse::serve(served, &volume.mountpoint, &options).map_err(|error| match error {
-        fuse::MountError::Mount { .. } => CliError::Failure(error.to_string()),
-        other => CliError::Failure(other.to_string()),
-    })
+    fuse::serve(served, &volume.mountpoint, &options)
+        .map_err(|error| CliError::Failure(error.to_string()))
 }
 
 fn usage(error: impl std::fmt::Display) -> CliError {

@@ -72,7 +72,6 @@ fn caller(request: &Request) -> Caller {
     Caller {
         uid: request.uid(),
         gid: request.gid(),
-        pid: request.pid(),
     }
 }
 

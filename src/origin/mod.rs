@@ -228,8 +228,7 @@ impl Origin {
         let (dir, name) = at.split();
         let target = sys::c_string(target.as_bytes())?;
         // SAFETY: NUL-terminated strings and a valid fd.
-        sys::check(unsafe { libc::symlinkat(sys::c_ptr(&target), dir.raw(), name.as_ptr()) })
-            .map(drop)
+        sys::check(unsafe { libc::symlinkat(target.as_ptr(), dir.raw(), name.as_ptr()) }).map(drop)
     }
 
     /// `readlinkat`: the target of the symlink `at`.

@@ -1,7 +1,7 @@
 //! Thin, safe wrappers over the libc calls `origin` makes. Each takes a directory fd and at
 //! most one validated path component, so no call here can resolve a multi-component path.
 
-use std::ffi::{CStr, CString};
+use std::ffi::CString;
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -186,9 +186,4 @@ pub(super) fn read_sized(
 /// A C string from bytes that must not contain NUL (EINVAL if they do).
 pub(super) fn c_string(bytes: &[u8]) -> io::Result<CString> {
     CString::new(bytes).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
-}
-
-/// Borrow a C string's pointer.
-pub(super) fn c_ptr(string: &CStr) -> *const libc::c_char {
-    string.as_ptr()
 }

@@ -49,7 +49,7 @@ impl Volume {
                     file.set_times(times)?;
                 }
                 let stat = file.stat()?;
-                return self.attr(id, &stat);
+                return Attr::new(id, &stat);
             }
         };
         let at = located.at();
@@ -69,6 +69,6 @@ impl Volume {
             self.origin.set_times(at, times)?;
         }
         let stat = self.origin.stat(at)?;
-        self.attr(id, &stat)
+        Attr::new(id, &stat)
     }
 }

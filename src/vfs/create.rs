@@ -93,7 +93,7 @@ impl Volume {
                 let file = self.origin.open_file(at, access)?;
                 let stat = file.stat()?;
                 let id = self.table().remember(parent, &entry, &stat);
-                (file, self.attr(id, &stat)?)
+                (file, Attr::new(id, &stat)?)
             }
             Err(error) => return Err(error.into()),
         };
@@ -115,7 +115,7 @@ impl Volume {
         self.origin.link(located.at(), to)?;
         let stat = self.origin.stat(to)?;
         let linked = self.table().remember(new_parent, &new_entry, &stat);
-        self.attr(linked, &stat)
+        Attr::new(linked, &stat)
     }
 
     /// Gives a just-created object its owner, records it, and returns its attributes.
@@ -150,7 +150,7 @@ impl Volume {
             }
         };
         let id = self.table().remember(parent, entry, &stat);
-        self.attr(id, &stat)
+        Attr::new(id, &stat)
     }
 
     /// Changes the owner of a new object from the daemon's to the caller's, as a local

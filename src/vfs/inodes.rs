@@ -197,7 +197,8 @@ impl InodeTable {
     }
 
     /// How many inodes are live (the root included).
-    pub(crate) fn len(&self) -> usize {
+    #[cfg(test)]
+    fn len(&self) -> usize {
         self.inodes.len()
     }
 }

@@ -14,7 +14,7 @@ impl Volume {
         let parent_fd = self.dir_fd(parent)?;
         let stat = self.origin.stat(At::Entry(&parent_fd, &entry))?;
         let id = self.table().remember(parent, &entry, &stat);
-        self.attr(id, &stat)
+        Attr::new(id, &stat)
     }
 
     /// The kernel returns `count` lookups of `id`.
@@ -31,7 +31,7 @@ impl Volume {
             Target::Place(_, stat) => stat,
             Target::Open(open) => open.file.stat()?,
         };
-        self.attr(id, &stat)
+        Attr::new(id, &stat)
     }
 
     /// The target of symlink `id`.

@@ -30,11 +30,14 @@ pub use io::Opened;
 use crate::origin::{At, DirFd, Origin, Stat};
 use crate::types::{FileKind, InodeId, Name, NameError};
 use handles::{DirHandle, FileHandle, HandleTable};
-use inodes::{InodeTable, LinkHint, OriginKey};
+use inodes::{InodeTable, OriginKey};
 
 /// Directory fds kept open for path resolution (O_PATH, cheap). Far below RLIMIT_NOFILE,
 /// so open files never starve; deep trees fall back to walking from the nearest cached one.
 const DIR_FDS_CACHED: usize = 1024;
+
+/// Names tried before an inode is declared stale (more than the hints an inode keeps).
+const HINT_TRIES_MAX: usize = 16;
 
 /// What went wrong in a volume operation.
 #[derive(Debug, thiserror::Error)]
@@ -72,8 +75,6 @@ pub struct Caller {
     pub uid: u32,
     /// Effective (filesystem) group id.
     pub gid: u32,
-    /// Process id.
-    pub pid: u32,
 }
 
 /// An inode's attributes as the mount shows them.
@@ -194,16 +195,6 @@ impl Volume {
         }
     }
 
-    /// The origin this volume shows.
-    pub fn origin(&self) -> &Origin {
-        &self.origin
-    }
-
-    /// How many inodes the kernel currently holds (for tests and status).
-    pub fn inode_count(&self) -> usize {
-        self.table().len()
-    }
-
     fn table(&self) -> MutexGuard<'_, InodeTable> {
         // A panic while holding the lock leaves the table as consistent as any single
         // method leaves it (no method panics midway by design), so keep serving.
@@ -218,11 +209,6 @@ impl Volume {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// The attributes of the origin object `stat`, known to the kernel as `id`.
-    fn attr(&self, id: InodeId, stat: &Stat) -> Result<Attr> {
-        Attr::new(id, stat)
-    }
-
     /// An O_PATH fd of directory `id`, from the cache or by walking its link hints.
     fn dir_fd(&self, id: InodeId) -> Result<DirFd> {
         if id == InodeId::ROOT {
@@ -231,11 +217,11 @@ impl Volume {
         if let Some(fd) = self.dir_cache().get(&id) {
             return Ok(fd.clone());
         }
-        let (kind, key, links) = self.hints_of(id)?;
+        let (kind, key) = self.identity(id)?;
         if kind != FileKind::Directory {
             return Err(VfsError::NotDirectory);
         }
-        let (fd, _) = self.try_hints(id, key, links, |parent, entry| {
+        let (fd, _) = self.try_hints(id, key, |parent, entry| {
             let fd = self.origin.open_dir(At::Entry(parent, entry))?;
             let stat = self.origin.stat_dir(&fd)?;
             Ok((fd, stat))
@@ -246,13 +232,13 @@ impl Volume {
 
     /// Finds inode `id` on the origin and returns where it is with its current metadata.
     fn locate(&self, id: InodeId) -> Result<(Located, Stat)> {
-        let (kind, key, links) = self.hints_of(id)?;
+        let (kind, key) = self.identity(id)?;
         if kind == FileKind::Directory {
             let fd = self.dir_fd(id)?;
             let stat = self.origin.stat_dir(&fd)?;
             return Ok((Located::Dir(fd), stat));
         }
-        self.try_hints(id, key, links, |parent, entry| {
+        self.try_hints(id, key, |parent, entry| {
             let stat = self.origin.stat(At::Entry(parent, entry))?;
             Ok((Located::Entry(parent.clone(), entry.clone()), stat))
         })
@@ -275,23 +261,33 @@ impl Volume {
         }
     }
 
-    /// The kind, origin identity and link hints of `id`.
-    fn hints_of(&self, id: InodeId) -> Result<(FileKind, OriginKey, Vec<LinkHint>)> {
+    /// The kind and origin identity of `id`.
+    fn identity(&self, id: InodeId) -> Result<(FileKind, OriginKey)> {
         let table = self.table();
         let inode = table.get(id).ok_or(VfsError::UnknownInode(id.0))?;
-        Ok((inode.kind, inode.key, inode.links.clone()))
+        Ok((inode.kind, inode.key))
     }
 
-    /// Runs `attempt` on each (parent fd, name) hint of `id` until one reaches the object
-    /// `key` (checked by the stat `attempt` returns); hints that lead elsewhere are dropped.
+    /// Runs `attempt` on the newest (parent fd, name) hint of `id` until one reaches the
+    /// object `key` (checked by the stat `attempt` returns). A hint that leads elsewhere is
+    /// dropped, which makes the next one the newest; the hints are never copied wholesale.
     fn try_hints<T>(
         &self,
         id: InodeId,
         key: OriginKey,
-        links: Vec<LinkHint>,
         mut attempt: impl FnMut(&DirFd, &Name) -> std::io::Result<(T, Stat)>,
     ) -> Result<(T, Stat)> {
-        for (parent, entry) in links {
+        // Bounded: each failed try drops a hint, and a table holds at most a few per inode;
+        // the bound only guards against lookups re-adding a hint as fast as it fails.
+        for _ in 0..HINT_TRIES_MAX {
+            let hint = {
+                let table = self.table();
+                let inode = table.get(id).ok_or(VfsError::UnknownInode(id.0))?;
+                inode.links.first().cloned()
+            };
+            let Some((parent, entry)) = hint else {
+                break;
+            };
             let parent_fd = match self.dir_fd(parent) {
                 Ok(fd) => fd,
                 Err(VfsError::Stale(_) | VfsError::UnknownInode(_)) => {
