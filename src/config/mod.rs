@@ -8,11 +8,19 @@ pub mod raw;
 pub mod units;
 
 use std::path::{Component, Path, PathBuf};
+use std::time::Duration;
 
 use raw::RawConfig;
 
 /// Longest volume id; ids name directories on replica nodes.
 const VOLUME_ID_LEN_MAX: usize = 64;
+
+/// Default `[cache] revalidate_after`: origin changes made by other programs show within 1 s.
+const REVALIDATE_AFTER_DEFAULT: Duration = Duration::from_secs(1);
+
+/// Longest `revalidate_after` (the kernel keeps TTLs in whole seconds up to this and beyond,
+/// but a year is already "never"; longer values are surely typos).
+const REVALIDATE_AFTER_MAX: Duration = Duration::from_secs(365 * 86_400);
 
 /// Why a configuration cannot be used. Each renders as one line naming the key.
 #[derive(Debug, thiserror::Error)]
@@ -133,6 +141,17 @@ pub struct Overrides {
 pub struct Config {
     /// The `[volume]` section.
     pub volume: VolumeConfig,
+    /// The `[cache]` section.
+    pub cache: CacheConfig,
+}
+
+/// The validated `[cache]` section.
+#[derive(Clone, Copy, Debug)]
+pub struct CacheConfig {
+    /// How long the kernel may trust names and attributes without asking again, which is
+    /// how late a change made directly in the origin by another program can be seen.
+    /// Changes made through the mount are seen at once whatever this is.
+    pub revalidate_after: Duration,
 }
 
 /// The validated `[volume]` section. Paths are absolute and free of `.` and `..`.
@@ -182,27 +201,37 @@ impl Config {
         overrides: Overrides,
         cwd: &Path,
     ) -> Result<Config, ConfigError> {
-        let file = raw.volume;
-        let source = pick_path("source", overrides.source, file.source, cwd)?.ok_or(
+        let file = &raw.volume;
+        let source = pick_path("source", overrides.source, file.source.clone(), cwd)?.ok_or(
             ConfigError::Missing {
                 key: "volume.source",
                 hint: "give SOURCE on the command line or `source` in [volume]",
             },
         )?;
-        let mountpoint = pick_path("mountpoint", overrides.mountpoint, file.mountpoint, cwd)?
-            .ok_or(ConfigError::Missing {
-                key: "volume.mountpoint",
-                hint: "give MOUNTPOINT on the command line or `mountpoint` in [volume]",
-            })?;
-        let id = match overrides.id.or(file.id) {
+        let mountpoint = pick_path(
+            "mountpoint",
+            overrides.mountpoint,
+            file.mountpoint.clone(),
+            cwd,
+        )?
+        .ok_or(ConfigError::Missing {
+            key: "volume.mountpoint",
+            hint: "give MOUNTPOINT on the command line or `mountpoint` in [volume]",
+        })?;
+        let id = match overrides.id.or(file.id.clone()) {
             Some(text) => VolumeId::new(&text).map_err(|reason| ConfigError::Invalid {
                 key: "volume.id",
                 reason,
             })?,
             None => VolumeId::for_source(&source),
         };
-        let state_dir = pick_path("state_dir", overrides.state_dir, file.state_dir, cwd)?
-            .unwrap_or_else(|| default_state_dir(&id));
+        let state_dir = pick_path(
+            "state_dir",
+            overrides.state_dir,
+            file.state_dir.clone(),
+            cwd,
+        )?
+        .unwrap_or_else(|| default_state_dir(&id));
         let allow_other = overrides.allow_other.or(file.allow_other).unwrap_or(false);
 
         if source == Path::new("/") {
@@ -241,6 +270,16 @@ impl Config {
                 ),
             ));
         }
+        let revalidate_after = raw
+            .cache
+            .revalidate_after
+            .map_or(REVALIDATE_AFTER_DEFAULT, |span| span.0);
+        if revalidate_after > REVALIDATE_AFTER_MAX {
+            return Err(invalid(
+                "cache.revalidate_after",
+                format!("{} is longer than a year", units::Span(revalidate_after)),
+            ));
+        }
         Ok(Config {
             volume: VolumeConfig {
                 id,
@@ -249,6 +288,7 @@ impl Config {
                 state_dir,
                 allow_other,
             },
+            cache: CacheConfig { revalidate_after },
         })
     }
 }
@@ -447,6 +487,25 @@ mod tests {
                 .to_string();
             assert!(message.contains(expected), "{body:?} gave {message:?}");
         }
+    }
+
+    #[test]
+    fn revalidate_after_defaults_to_one_second_and_rejects_nonsense() {
+        let base = "[volume]\nsource = \"/s\"\nmountpoint = \"/m\"\n";
+        let config = resolve(base).unwrap();
+        assert_eq!(config.cache.revalidate_after, Duration::from_secs(1));
+        let config = resolve(&format!("{base}[cache]\nrevalidate_after = \"1d\"\n")).unwrap();
+        assert_eq!(config.cache.revalidate_after, Duration::from_secs(86_400));
+        let config = resolve(&format!("{base}[cache]\nrevalidate_after = \"0s\"\n")).unwrap();
+        assert_eq!(config.cache.revalidate_after, Duration::ZERO);
+        let message = resolve(&format!("{base}[cache]\nrevalidate_after = \"400d\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(message.contains("cache.revalidate_after"), "{message}");
+        let message = resolve(&format!("{base}[cache]\nrevalidate_after = 5\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(message.contains("cache.revalidate_after"), "{message}");
     }
 
     #[test]

@@ -5,6 +5,8 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
+use super::units::Span;
+
 /// A whole mount config file.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -12,6 +14,17 @@ pub struct RawConfig {
     /// `[volume]`: what is mounted where.
     #[serde(default)]
     pub volume: RawVolume,
+    /// `[cache]`: what may be cached, and for how long.
+    #[serde(default)]
+    pub cache: RawCache,
+}
+
+/// The `[cache]` section (the read cache's tiers arrive with issue 4).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCache {
+    /// How stale a change made directly in the origin (not through the mount) may be seen.
+    pub revalidate_after: Option<Span>,
 }
 
 /// The `[volume]` section.
