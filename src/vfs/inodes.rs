@@ -152,24 +152,23 @@ impl InodeTable {
         id
     }
 
-    /// Returns `count` lookups; the inode is dropped when none remain. True if dropped.
-    pub(crate) fn forget(&mut self, id: InodeId, count: u64) -> bool {
+    /// Returns `count` lookups; the inode is dropped when none remain. Returns the kind of
+    /// a dropped inode (`None` if it stays).
+    pub(crate) fn forget(&mut self, id: InodeId, count: u64) -> Option<FileKind> {
         if id == InodeId::ROOT {
-            return false;
+            return None;
         }
-        let Some(inode) = self.inodes.get_mut(&id) else {
-            return false;
-        };
+        let inode = self.inodes.get_mut(&id)?;
         inode.lookups = inode.lookups.saturating_sub(count);
         if inode.lookups > 0 {
-            return false;
+            return None;
         }
-        let key = inode.key;
+        let (key, kind) = (inode.key, inode.kind);
         self.inodes.remove(&id);
         if self.synthetic.get(&key) == Some(&id) {
             self.synthetic.remove(&key);
         }
-        true
+        Some(kind)
     }
 
     /// The inode `id`, if the kernel holds it.
@@ -267,11 +266,15 @@ mod tests {
         let mut table = InodeTable::new(&stat(7, 2, DIR));
         let id = table.remember(InodeId::ROOT, &name("a"), &stat(7, 12, FILE));
         table.remember(InodeId::ROOT, &name("b"), &stat(7, 12, FILE));
-        assert!(!table.forget(id, 1));
+        assert_eq!(table.forget(id, 1), None);
         assert!(table.get(id).is_some());
-        assert!(table.forget(id, 1));
+        assert_eq!(table.forget(id, 1), Some(FileKind::Regular));
         assert!(table.get(id).is_none());
-        assert!(!table.forget(InodeId::ROOT, 1), "the root is never dropped");
+        assert_eq!(
+            table.forget(InodeId::ROOT, 1),
+            None,
+            "the root is never dropped"
+        );
         assert_eq!(table.len(), 1);
     }
 

@@ -34,11 +34,11 @@ impl Volume {
     /// `open(2)` of an existing regular file.
     pub fn open(&self, id: InodeId, flags: i32) -> Result<Opened> {
         let access = origin_flags(flags);
-        let (kind, key) = self.identity(id)?;
+        let (kind, key, first) = self.entry_point(id)?;
         if kind == FileKind::Directory {
             return Err(std::io::Error::from_raw_os_error(libc::EISDIR).into());
         }
-        let (file, stat) = self.try_hints(id, key, |parent, entry| {
+        let (file, stat) = self.try_hints(id, key, first, |parent, entry| {
             let file = self.origin.open_file(At::Entry(parent, entry), access)?;
             let stat = file.stat()?;
             Ok((file, stat))

@@ -3,7 +3,7 @@
 use std::ffi::OsStr;
 
 use crate::origin::{At, FsStats};
-use crate::types::InodeId;
+use crate::types::{FileKind, InodeId};
 
 use super::{Attr, Result, Target, Volume, name};
 
@@ -19,7 +19,8 @@ impl Volume {
 
     /// The kernel returns `count` lookups of `id`.
     pub fn forget(&self, id: InodeId, count: u64) {
-        if self.table().forget(id, count) {
+        // Only a directory can have a cached fd; files skip the cache's lock.
+        if self.table().forget(id, count) == Some(FileKind::Directory) {
             self.evict_dir_fd(id);
         }
     }

@@ -30,7 +30,7 @@ pub use io::Opened;
 use crate::origin::{At, DirFd, Origin, Stat};
 use crate::types::{FileKind, InodeId, Name, NameError};
 use handles::{DirHandle, FileHandle, HandleTable};
-use inodes::{InodeTable, OriginKey};
+use inodes::{InodeTable, LinkHint, OriginKey};
 
 /// Directory fds kept open for path resolution (O_PATH, cheap). Far below RLIMIT_NOFILE,
 /// so open files never starve; deep trees fall back to walking from the nearest cached one.
@@ -217,11 +217,11 @@ impl Volume {
         if let Some(fd) = self.dir_cache().get(&id) {
             return Ok(fd.clone());
         }
-        let (kind, key) = self.identity(id)?;
+        let (kind, key, first) = self.entry_point(id)?;
         if kind != FileKind::Directory {
             return Err(VfsError::NotDirectory);
         }
-        let (fd, _) = self.try_hints(id, key, |parent, entry| {
+        let (fd, _) = self.try_hints(id, key, first, |parent, entry| {
             let fd = self.origin.open_dir(At::Entry(parent, entry))?;
             let stat = self.origin.stat_dir(&fd)?;
             Ok((fd, stat))
@@ -232,13 +232,13 @@ impl Volume {
 
     /// Finds inode `id` on the origin and returns where it is with its current metadata.
     fn locate(&self, id: InodeId) -> Result<(Located, Stat)> {
-        let (kind, key) = self.identity(id)?;
+        let (kind, key, first) = self.entry_point(id)?;
         if kind == FileKind::Directory {
             let fd = self.dir_fd(id)?;
             let stat = self.origin.stat_dir(&fd)?;
             return Ok((Located::Dir(fd), stat));
         }
-        self.try_hints(id, key, |parent, entry| {
+        self.try_hints(id, key, first, |parent, entry| {
             let stat = self.origin.stat(At::Entry(parent, entry))?;
             Ok((Located::Entry(parent.clone(), entry.clone()), stat))
         })
@@ -261,50 +261,59 @@ impl Volume {
         }
     }
 
-    /// The kind and origin identity of `id`.
-    fn identity(&self, id: InodeId) -> Result<(FileKind, OriginKey)> {
+    /// The kind, origin identity and newest link hint of `id`, read under one lock.
+    fn entry_point(&self, id: InodeId) -> Result<(FileKind, OriginKey, Option<LinkHint>)> {
         let table = self.table();
         let inode = table.get(id).ok_or(VfsError::UnknownInode(id.0))?;
-        Ok((inode.kind, inode.key))
+        Ok((inode.kind, inode.key, inode.links.first().cloned()))
     }
 
-    /// Runs `attempt` on the newest (parent fd, name) hint of `id` until one reaches the
-    /// object `key` (checked by the stat `attempt` returns). A hint that leads elsewhere is
-    /// dropped, which makes the next one the newest; the hints are never copied wholesale.
+    /// Runs `attempt` on the newest (parent fd, name) hint of `id`, starting with `first`,
+    /// until one reaches the object `key` (checked by the stat `attempt` returns). A hint
+    /// that leads elsewhere is dropped, which makes the next one the newest; the hints are
+    /// never copied wholesale.
     fn try_hints<T>(
         &self,
         id: InodeId,
         key: OriginKey,
+        first: Option<LinkHint>,
         mut attempt: impl FnMut(&DirFd, &Name) -> std::io::Result<(T, Stat)>,
     ) -> Result<(T, Stat)> {
-        // Bounded: each failed try drops a hint, and a table holds at most a few per inode;
-        // the bound only guards against lookups re-adding a hint as fast as it fails.
+        let mut next = first;
+        // Bounded: each failed try drops a hint, and an inode keeps only a few; the bound
+        // only guards against lookups re-adding a hint as fast as it fails.
         for _ in 0..HINT_TRIES_MAX {
-            let hint = {
-                let table = self.table();
-                let inode = table.get(id).ok_or(VfsError::UnknownInode(id.0))?;
-                inode.links.first().cloned()
-            };
-            let Some((parent, entry)) = hint else {
+            let Some((parent, entry)) = next.take() else {
                 break;
             };
-            let parent_fd = match self.dir_fd(parent) {
-                Ok(fd) => fd,
-                Err(VfsError::Stale(_) | VfsError::UnknownInode(_)) => {
-                    self.table().drop_hint(id, parent, &entry);
-                    continue;
-                }
-                Err(error) => return Err(error),
-            };
-            match attempt(&parent_fd, &entry) {
-                Ok((value, stat)) if (stat.dev, stat.ino) == key => return Ok((value, stat)),
-                Ok(_) => {}
-                Err(error) if is_gone(&error) => {}
-                Err(error) => return Err(error.into()),
+            if let Some(found) = self.try_hint(parent, &entry, key, &mut attempt)? {
+                return Ok(found);
             }
             self.table().drop_hint(id, parent, &entry);
+            next = self.entry_point(id)?.2;
         }
         Err(VfsError::Stale(id.0))
+    }
+
+    /// One try of `try_hints`: `None` when (parent, entry) no longer leads to `key`.
+    fn try_hint<T>(
+        &self,
+        parent: InodeId,
+        entry: &Name,
+        key: OriginKey,
+        attempt: &mut impl FnMut(&DirFd, &Name) -> std::io::Result<(T, Stat)>,
+    ) -> Result<Option<(T, Stat)>> {
+        let parent_fd = match self.dir_fd(parent) {
+            Ok(fd) => fd,
+            Err(VfsError::Stale(_) | VfsError::UnknownInode(_)) => return Ok(None),
+            Err(error) => return Err(error),
+        };
+        match attempt(&parent_fd, entry) {
+            Ok((value, stat)) if (stat.dev, stat.ino) == key => Ok(Some((value, stat))),
+            Ok(_) => Ok(None),
+            Err(error) if is_gone(&error) => Ok(None),
+            Err(error) => Err(error.into()),
+        }
     }
 
     /// The node id of an origin object if the kernel may hold it, without creating one.
