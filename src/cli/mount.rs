@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use crate::config::raw::RawConfig;
 use crate::config::{Config, Overrides, normalize};
-use crate::fuse::{self, FS_TYPE, MountOptions};
+use crate::fuse::{self, FS_TYPE, MountOptions, StopSignals};
 use crate::origin::Origin;
 use crate::state::{StateDir, StateError};
 use crate::vfs::Volume;
@@ -14,6 +14,9 @@ use super::{CliError, MountArgs, mountinfo};
 
 /// Mounts and serves until unmounted.
 pub fn run(args: MountArgs) -> Result<(), CliError> {
+    // First, before anything can start a thread (the origin does): see StopSignals.
+    let signals = StopSignals::block()
+        .map_err(|error| CliError::Failure(format!("cannot set up signal handling: {error}")))?;
     if args.source.is_some() != args.mountpoint.is_some() {
         return Err(CliError::Usage(
             "give both SOURCE and MOUNTPOINT, or neither (then --config names them)".to_string(),
@@ -61,7 +64,7 @@ pub fn run(args: MountArgs) -> Result<(), CliError> {
         ttl: config.cache.revalidate_after,
     };
     let served = Arc::new(Volume::new(origin));
-    fuse::serve(served, &volume.mountpoint, &options)
+    fuse::serve(served, &volume.mountpoint, &options, signals)
         .map_err(|error| CliError::Failure(error.to_string()))
 }
 

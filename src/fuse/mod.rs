@@ -18,7 +18,7 @@ use fuser::{
     ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 
-pub use session::{FS_TYPE, MountError, MountOptions, serve};
+pub use session::{FS_TYPE, MountError, MountOptions, StopSignals, serve};
 
 use crate::origin::TimeSet;
 use crate::types::InodeId;
