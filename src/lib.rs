@@ -6,6 +6,7 @@
 pub mod cli;
 pub mod config;
 pub mod fuse;
+pub mod log;
 pub mod origin;
 pub mod state;
 pub mod types;

@@ -1,0 +1,107 @@
+//! How a record sits in a segment file: a frame of
+//!
+//! ```text
+//! length: u32 LE | checksum: u64 LE | payload: `length` bytes of postcard-encoded Record
+//! ```
+//!
+//! The checksum is the first 8 bytes of blake3 over the length and the payload, so a torn
+//! or flipped length is caught as surely as a flipped payload byte.
+
+use super::record::Record;
+
+/// Bytes before the payload.
+pub const HEADER_LEN: usize = 4 + 8;
+
+/// The largest payload a frame may declare: a 1 MiB write plus its path and a wide margin.
+/// A larger declared length can only be damage.
+pub const PAYLOAD_LEN_MAX: usize = 4 << 20;
+
+/// What the bytes at the start of a buffer hold.
+#[derive(Debug)]
+pub enum Decoded {
+    /// A whole, intact record, and the frame's length in bytes.
+    Record(Record, usize),
+    /// The start of a frame whose declared end lies beyond the buffer.
+    Incomplete {
+        /// The declared frame length (header and payload).
+        needed: usize,
+    },
+    /// Bytes that are not an intact frame.
+    Corrupt(FrameError),
+}
+
+/// Why bytes are not an intact frame.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum FrameError {
+    /// The declared payload length is impossible.
+    #[error("frame declares {0} payload bytes (most is {PAYLOAD_LEN_MAX})")]
+    Length(u64),
+    /// The checksum does not match the bytes.
+    #[error("checksum mismatch")]
+    Checksum,
+    /// The file ends inside the frame.
+    #[error("record cut short")]
+    Truncated,
+    /// The checksum matches but the payload is not a valid record (a bug or a format
+    /// mismatch, never a torn write).
+    #[error("payload is not a valid record: {0}")]
+    Payload(String),
+}
+
+/// Appends `record` to `out` as one frame and returns the frame's length.
+/// A record too large for a frame is refused, leaving `out` as it was.
+pub fn encode(record: &Record, out: &mut Vec<u8>) -> Result<usize, FrameError> {
+    let start = out.len();
+    out.resize(start + HEADER_LEN, 0);
+    if let Err(error) = postcard::to_io(record, &mut *out) {
+        out.truncate(start);
+        return Err(FrameError::Payload(error.to_string()));
+    }
+    let payload_len = out.len() - start - HEADER_LEN;
+    if payload_len > PAYLOAD_LEN_MAX {
+        out.truncate(start);
+        return Err(FrameError::Length(payload_len as u64));
+    }
+    let length = (payload_len as u32).to_le_bytes();
+    let checksum = checksum(&length, &out[start + HEADER_LEN..]);
+    out[start..start + 4].copy_from_slice(&length);
+    out[start + 4..start + HEADER_LEN].copy_from_slice(&checksum.to_le_bytes());
+    Ok(out.len() - start)
+}
+
+/// Reads the frame at the start of `bytes`.
+pub fn decode(bytes: &[u8]) -> Decoded {
+    if bytes.len() < HEADER_LEN {
+        return Decoded::Incomplete { needed: HEADER_LEN };
+    }
+    let length: [u8; 4] = bytes[..4].try_into().expect("4 bytes");
+    let payload_len = u32::from_le_bytes(length) as usize;
+    if payload_len > PAYLOAD_LEN_MAX {
+        return Decoded::Corrupt(FrameError::Length(payload_len as u64));
+    }
+    let needed = HEADER_LEN + payload_len;
+    if bytes.len() < needed {
+        return Decoded::Incomplete { needed };
+    }
+    let stored = u64::from_le_bytes(bytes[4..HEADER_LEN].try_into().expect("8 bytes"));
+    let payload = &bytes[HEADER_LEN..needed];
+    if checksum(&length, payload) != stored {
+        return Decoded::Corrupt(FrameError::Checksum);
+    }
+    match postcard::take_from_bytes::<Record>(payload) {
+        Ok((record, [])) => Decoded::Record(record, needed),
+        Ok((_, rest)) => Decoded::Corrupt(FrameError::Payload(format!(
+            "{} bytes after the record",
+            rest.len()
+        ))),
+        Err(error) => Decoded::Corrupt(FrameError::Payload(error.to_string())),
+    }
+}
+
+fn checksum(length: &[u8; 4], payload: &[u8]) -> u64 {
+    let mut hasher = blake3::Hasher::new();
+    hasher.update(length);
+    hasher.update(payload);
+    let hash = hasher.finalize();
+    u64::from_le_bytes(hash.as_bytes()[..8].try_into().expect("8 bytes"))
+}

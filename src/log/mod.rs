@@ -1,0 +1,524 @@
+//! The change log: every mutation of a volume as one record at a gapless offset, in
+//! segment files under `state_dir/log/`. It is write-behind's journal, what replicas are
+//! sent, and what recovery replays; it knows records and bytes, not files or paths.
+//!
+//! Appending writes a record into the active segment (the page cache: it survives the
+//! death of the process); [`Log::sync_to`] makes it survive the machine, fsyncing once for
+//! every record appended so far, so concurrent callers share one fsync (group commit).
+//! Recovery cuts a torn tail (a crash mid-append) and refuses damage anywhere else.
+
+pub mod frame;
+pub mod record;
+mod segment;
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+pub use frame::FrameError;
+pub use record::{LogPath, Op, PathError, Record, Timestamp};
+pub use segment::{FORMAT_VERSION, ScanError};
+
+use segment::{FrameReader, Segment, Tail};
+
+/// What went wrong in the log.
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    /// A file of the log could not be read or written.
+    #[error("log file {path}: {source}")]
+    Io {
+        /// Which file.
+        path: PathBuf,
+        /// The OS error.
+        source: io::Error,
+    },
+    /// A record before the tail is damaged; nothing from it on is used.
+    #[error("log segment {path}: bad record at offset {offset} (byte {position}): {error}")]
+    Corrupt {
+        /// The segment file.
+        path: PathBuf,
+        /// The offset the bad record has or should have.
+        offset: u64,
+        /// Its byte position in the segment.
+        position: u64,
+        /// What is wrong.
+        error: ScanError,
+    },
+    /// Segment files that do not continue one another.
+    #[error("log segment {path} starts at offset {first}, but the one before ends at {expected}")]
+    Gap {
+        /// The later segment.
+        path: PathBuf,
+        /// Its first offset.
+        first: u64,
+        /// Where the one before it ends.
+        expected: u64,
+    },
+    /// A record that cannot be framed (too large).
+    #[error("record at offset {offset} cannot be written: {error}")]
+    Encode {
+        /// The offset it would have had.
+        offset: u64,
+        /// Why not.
+        error: FrameError,
+    },
+    /// Records asked for that retention already deleted.
+    #[error("offset {offset} is no longer in the log, which starts at {first}")]
+    Deleted {
+        /// Asked for.
+        offset: u64,
+        /// The oldest offset kept.
+        first: u64,
+    },
+}
+
+/// Result of a log operation.
+pub type Result<T> = std::result::Result<T, LogError>;
+
+fn io_error(path: &Path) -> impl FnOnce(io::Error) -> LogError + '_ {
+    move |source| LogError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// How a log is written.
+#[derive(Clone, Copy, Debug)]
+pub struct LogOptions {
+    /// A segment is sealed and a new one started once it would grow past this.
+    pub segment_bytes: u64,
+    /// The leader epoch stamped on new records.
+    pub epoch: u32,
+}
+
+/// Sizes and positions of a log, for operators.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct LogStats {
+    /// Oldest offset kept.
+    pub first_offset: u64,
+    /// The offset the next record gets.
+    pub next_offset: u64,
+    /// Segment files.
+    pub segments: usize,
+    /// Bytes in segment files.
+    pub bytes: u64,
+}
+
+/// An open, writable change log. One per volume, held by the mount daemon.
+pub struct Log {
+    dir: PathBuf,
+    options: LogOptions,
+    appender: Mutex<Appender>,
+    /// Every record below this offset is on stable storage.
+    durable: AtomicU64,
+    /// Held while fsyncing, so waiters queue behind one fsync instead of issuing their own.
+    syncing: Mutex<()>,
+    torn_bytes: u64,
+}
+
+struct Appender {
+    /// Oldest first; the last is the active segment, the only one written.
+    segments: Vec<Segment>,
+    active: Arc<File>,
+    buf: Vec<u8>,
+}
+
+impl Appender {
+    fn active(&mut self) -> &mut Segment {
+        self.segments
+            .last_mut()
+            .expect("a log always has an active segment")
+    }
+}
+
+impl std::fmt::Debug for Log {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Log").field("dir", &self.dir).finish()
+    }
+}
+
+impl Log {
+    /// Opens the log in `dir` (made if missing), recovering it: a torn tail is cut off
+    /// (logged with its size); damage anywhere else is an error.
+    pub fn open(dir: &Path, options: LogOptions) -> Result<Log> {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(io_error(dir))?;
+        let (mut segments, tail) = load(dir)?;
+        let mut torn_bytes = 0;
+        if segments.is_empty() {
+            segments.push(create_segment(dir, 0)?);
+        } else if let Tail::Torn { bytes } = tail {
+            let active = segments.last_mut().expect("not empty");
+            cut_torn_tail(active, bytes)?;
+            torn_bytes = bytes;
+        }
+        let active = segments.last().expect("not empty");
+        let file = OpenOptions::new()
+            .write(true)
+            .open(&active.path)
+            .map_err(io_error(&active.path))?;
+        // What a killed process left in the page cache is not yet on disk.
+        file.sync_data().map_err(io_error(&active.path))?;
+        let next = active.next;
+        Ok(Log {
+            dir: dir.to_path_buf(),
+            options,
+            appender: Mutex::new(Appender {
+                segments,
+                active: Arc::new(file),
+                buf: Vec::new(),
+            }),
+            durable: AtomicU64::new(next),
+            syncing: Mutex::new(()),
+            torn_bytes,
+        })
+    }
+
+    /// Bytes of a torn tail cut off when this log was opened.
+    pub fn torn_bytes(&self) -> u64 {
+        self.torn_bytes
+    }
+
+    fn appender(&self) -> MutexGuard<'_, Appender> {
+        // Every method leaves the appender consistent before anything can panic.
+        self.appender
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Appends `op` as the next record and returns its offset. The record survives the
+    /// process dying once this returns, and the machine dying once [`Log::sync_to`] says so.
+    pub fn append(&self, op: Op) -> Result<u64> {
+        let mut appender = self.appender();
+        let appender = &mut *appender;
+        let offset = appender.active().next;
+        let record = Record {
+            offset,
+            epoch: self.options.epoch,
+            op,
+        };
+        appender.buf.clear();
+        let len = frame::encode(&record, &mut appender.buf)
+            .map_err(|error| LogError::Encode { offset, error })? as u64;
+        let active = appender.active();
+        if active.len + len > self.options.segment_bytes && active.next > active.first {
+            self.roll(appender)?;
+        }
+        let position = appender.active().len;
+        if let Err(source) = appender.active.write_all_at(&appender.buf, position) {
+            // Leave no partial frame for the next append to land after.
+            let _ = appender.active.set_len(position);
+            return Err(LogError::Io {
+                path: appender.active().path.clone(),
+                source,
+            });
+        }
+        appender.active().note_appended(offset, len);
+        Ok(offset)
+    }
+
+    /// Seals the active segment (fsynced, indexed) and starts the next one.
+    fn roll(&self, appender: &mut Appender) -> Result<()> {
+        let sealed = appender.active().clone();
+        appender
+            .active
+            .sync_data()
+            .map_err(io_error(&sealed.path))?;
+        segment::write_index(&sealed).map_err(io_error(&sealed.path))?;
+        let next = create_segment(&self.dir, sealed.next)?;
+        let file = OpenOptions::new()
+            .write(true)
+            .open(&next.path)
+            .map_err(io_error(&next.path))?;
+        appender.active = Arc::new(file);
+        appender.segments.push(next);
+        self.durable.fetch_max(sealed.next, Ordering::AcqRel);
+        Ok(())
+    }
+
+    /// Returns once every record up to and including `offset` is on stable storage. One
+    /// fsync covers all records appended before it starts, for every waiting caller.
+    pub fn sync_to(&self, offset: u64) -> Result<()> {
+        if self.durable.load(Ordering::Acquire) > offset {
+            return Ok(());
+        }
+        let _turn = self
+            .syncing
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if self.durable.load(Ordering::Acquire) > offset {
+            return Ok(());
+        }
+        let (file, end, path) = {
+            let mut appender = self.appender();
+            let active = appender.active();
+            let (end, path) = (active.next, active.path.clone());
+            (Arc::clone(&appender.active), end, path)
+        };
+        file.sync_data().map_err(io_error(&path))?;
+        self.durable.fetch_max(end, Ordering::AcqRel);
+        Ok(())
+    }
+
+    /// The offset the next record will get.
+    pub fn next_offset(&self) -> u64 {
+        self.appender().active().next
+    }
+
+    /// Every record below this offset is on stable storage.
+    pub fn durable_offset(&self) -> u64 {
+        self.durable.load(Ordering::Acquire)
+    }
+
+    /// Deletes sealed segments whose records are all below `offset` (every consumer has
+    /// them). Returns how many were deleted.
+    pub fn delete_before(&self, offset: u64) -> Result<usize> {
+        let mut appender = self.appender();
+        let sealed = appender.segments.len() - 1;
+        let doomed = appender.segments[..sealed]
+            .iter()
+            .take_while(|segment| segment.next <= offset)
+            .count();
+        for segment in appender.segments.drain(..doomed) {
+            // The index first: a segment without an index is rescanned, never the reverse.
+            let index = segment.index_path();
+            match std::fs::remove_file(&index) {
+                Err(error) if error.kind() != io::ErrorKind::NotFound => {
+                    return Err(io_error(&index)(error));
+                }
+                _ => {}
+            }
+            std::fs::remove_file(&segment.path).map_err(io_error(&segment.path))?;
+        }
+        Ok(doomed)
+    }
+
+    /// The records and sizes as they are now.
+    pub fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            segments: self.appender().segments.clone(),
+        }
+    }
+}
+
+/// Reads the log in `dir` without changing it, as `mirrorfs log` does while a daemon may
+/// be appending: a torn or still-growing tail is simply where the snapshot ends.
+pub fn inspect(dir: &Path) -> Result<Snapshot> {
+    let (segments, _) = load(dir)?;
+    Ok(Snapshot { segments })
+}
+
+/// The segments of a log at one moment, to read records and sizes from.
+#[derive(Clone, Debug)]
+pub struct Snapshot {
+    segments: Vec<Segment>,
+}
+
+impl Snapshot {
+    /// Positions and sizes.
+    pub fn stats(&self) -> LogStats {
+        LogStats {
+            first_offset: self.segments.first().map_or(0, |s| s.first),
+            next_offset: self.segments.last().map_or(0, |s| s.next),
+            segments: self.segments.len(),
+            bytes: self.segments.iter().map(|s| s.len).sum(),
+        }
+    }
+
+    /// Every record from `from` to the end of the snapshot, in order.
+    pub fn records(&self, from: u64) -> Result<Records> {
+        let stats = self.stats();
+        if from < stats.first_offset {
+            return Err(LogError::Deleted {
+                offset: from,
+                first: stats.first_offset,
+            });
+        }
+        let at = self.segments.partition_point(|s| s.next <= from);
+        Ok(Records {
+            segments: self.segments[at..].to_vec(),
+            reader: None,
+            from,
+            expected: 0,
+            failed: false,
+        })
+    }
+}
+
+/// An iterator over records, in offset order; it ends after the first error.
+pub struct Records {
+    segments: Vec<Segment>,
+    reader: Option<FrameReader>,
+    from: u64,
+    expected: u64,
+    failed: bool,
+}
+
+impl Records {
+    fn read_next(&mut self) -> Result<Option<Record>> {
+        loop {
+            let Some(segment) = self.segments.first() else {
+                return Ok(None);
+            };
+            if self.reader.is_none() {
+                let start = segment.start_for(self.from);
+                self.expected = start.offset;
+                let reader = FrameReader::open(&segment.path, start.position)
+                    .map_err(io_error(&segment.path))?;
+                self.reader = Some(reader);
+            }
+            if self.expected >= segment.next {
+                self.segments.remove(0);
+                self.reader = None;
+                continue;
+            }
+            let reader = self.reader.as_mut().expect("opened above");
+            let position = reader.position;
+            let corrupt = |error: ScanError| LogError::Corrupt {
+                path: segment.path.clone(),
+                offset: self.expected,
+                position,
+                error,
+            };
+            let record = match reader.next_record().map_err(io_error(&segment.path))? {
+                Some(Ok(record)) => record,
+                Some(Err(error)) => return Err(corrupt(error.into())),
+                None => return Err(corrupt(FrameError::Truncated.into())),
+            };
+            if record.offset != self.expected {
+                return Err(corrupt(ScanError::Gap {
+                    found: record.offset,
+                }));
+            }
+            self.expected += 1;
+            if record.offset >= self.from {
+                return Ok(Some(record));
+            }
+        }
+    }
+}
+
+impl Iterator for Records {
+    type Item = Result<Record>;
+
+    fn next(&mut self) -> Option<Result<Record>> {
+        if self.failed {
+            return None;
+        }
+        let next = self.read_next();
+        self.failed = next.is_err();
+        next.transpose()
+    }
+}
+
+/// Every segment in `dir`, checked to continue one another, and how the last one ends.
+/// Sealed segments come from their index when it matches, else from a scan that must be
+/// clean; the last is always scanned.
+fn load(dir: &Path) -> Result<(Vec<Segment>, Tail)> {
+    let mut firsts: Vec<u64> = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(io_error(dir))? {
+        let entry = entry.map_err(io_error(dir))?;
+        if let Some(first) = entry.file_name().to_str().and_then(segment::parse_name) {
+            firsts.push(first);
+        }
+    }
+    firsts.sort_unstable();
+    let mut segments: Vec<Segment> = Vec::with_capacity(firsts.len());
+    let mut tail = Tail::Clean;
+    for (i, &first) in firsts.iter().enumerate() {
+        let path = dir.join(segment::file_name(first));
+        let last = i + 1 == firsts.len();
+        let loaded = match segment::read_index(&path, first).filter(|_| !last) {
+            Some(segment) => segment,
+            None => {
+                let (segment, end) = segment::scan(&path, first).map_err(io_error(&path))?;
+                match end {
+                    Tail::Corrupt {
+                        offset,
+                        position,
+                        error,
+                    } => {
+                        return Err(LogError::Corrupt {
+                            path,
+                            offset,
+                            position,
+                            error,
+                        });
+                    }
+                    Tail::Torn { .. } if !last => {
+                        return Err(LogError::Corrupt {
+                            offset: segment.next,
+                            position: segment.len,
+                            error: FrameError::Truncated.into(),
+                            path,
+                        });
+                    }
+                    end => tail = end,
+                }
+                segment
+            }
+        };
+        if let Some(before) = segments.last()
+            && before.next != loaded.first
+        {
+            return Err(LogError::Gap {
+                path,
+                first: loaded.first,
+                expected: before.next,
+            });
+        }
+        segments.push(loaded);
+    }
+    Ok((segments, tail))
+}
+
+/// Makes an empty segment file starting at `first`, durable with its directory entry.
+fn create_segment(dir: &Path, first: u64) -> Result<Segment> {
+    let segment = Segment::empty(dir, first);
+    let file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&segment.path)
+        .map_err(io_error(&segment.path))?;
+    file.write_all_at(&segment::header(first), 0)
+        .and_then(|()| file.sync_all())
+        .map_err(io_error(&segment.path))?;
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_error(dir))?;
+    Ok(segment)
+}
+
+/// Cuts the torn tail off the active segment (rewriting a torn header).
+fn cut_torn_tail(active: &mut Segment, bytes: u64) -> Result<()> {
+    let file = OpenOptions::new()
+        .write(true)
+        .open(&active.path)
+        .map_err(io_error(&active.path))?;
+    if active.len == 0 {
+        file.set_len(0)
+            .and_then(|()| file.write_all_at(&segment::header(active.first), 0))
+            .map_err(io_error(&active.path))?;
+        active.len = segment::HEADER_LEN;
+    } else {
+        file.set_len(active.len).map_err(io_error(&active.path))?;
+    }
+    file.sync_all().map_err(io_error(&active.path))?;
+    tracing::warn!(
+        segment = %active.path.display(),
+        bytes,
+        "cut a torn record off the end of the log (a crash mid-append)"
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

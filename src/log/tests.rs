@@ -1,0 +1,357 @@
+use std::fs::OpenOptions;
+use std::os::unix::fs::FileExt;
+
+use super::*;
+
+fn path(text: &str) -> LogPath {
+    LogPath::try_from(text.as_bytes().to_vec()).unwrap()
+}
+
+fn write_op(name: &str, offset: u64, len: usize) -> Op {
+    Op::Write {
+        path: path(name),
+        offset,
+        data: vec![(offset % 251) as u8; len],
+    }
+}
+
+fn options(segment_bytes: u64) -> LogOptions {
+    LogOptions {
+        segment_bytes,
+        epoch: 1,
+    }
+}
+
+fn all(log: &Log) -> Vec<Record> {
+    log.snapshot()
+        .records(log.snapshot().stats().first_offset)
+        .unwrap()
+        .collect::<Result<_>>()
+        .unwrap()
+}
+
+/// The encoding is a format: these bytes must keep meaning this record.
+#[test]
+fn golden_bytes() {
+    let record = Record {
+        offset: 300,
+        epoch: 1,
+        op: Op::Write {
+            path: path("d/f"),
+            offset: 5,
+            data: b"hi".to_vec(),
+        },
+    };
+    let mut bytes = Vec::new();
+    let len = frame::encode(&record, &mut bytes).unwrap();
+    assert_eq!(len, bytes.len());
+    let golden = "0c0000007f64aff2506da169ac02010803642f6605026869";
+    assert_eq!(to_hex(&bytes), golden);
+    match frame::decode(&bytes) {
+        frame::Decoded::Record(decoded, used) => {
+            assert_eq!(decoded, record);
+            assert_eq!(used, bytes.len());
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+fn to_hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[test]
+fn decoding_rejects_paths_outside_the_volume() {
+    // A frame whose checksum is right but whose path climbs out: never a record.
+    let record = Record {
+        offset: 0,
+        epoch: 1,
+        op: Op::Unlink { path: path("x") },
+    };
+    let mut bytes = Vec::new();
+    frame::encode(&record, &mut bytes).unwrap();
+    let payload_at = frame::HEADER_LEN;
+    // The path is the last field: length 1, then b'x'. Make it "..".
+    let mut payload = bytes[payload_at..bytes.len() - 2].to_vec();
+    payload.extend_from_slice(&[2, b'.', b'.']);
+    let mut forged = Vec::new();
+    forged.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    let mut hasher = blake3::Hasher::new();
+    hasher.update(&(payload.len() as u32).to_le_bytes());
+    hasher.update(&payload);
+    forged.extend_from_slice(&hasher.finalize().as_bytes()[..8]);
+    forged.extend_from_slice(&payload);
+    assert!(matches!(
+        frame::decode(&forged),
+        frame::Decoded::Corrupt(FrameError::Payload(_))
+    ));
+}
+
+#[test]
+fn appends_read_back_across_segments_and_survive_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path(), options(64 * 1024)).unwrap();
+    for i in 0..200 {
+        assert_eq!(log.append(write_op("a", i, 1000)).unwrap(), i);
+    }
+    let stats = log.snapshot().stats();
+    assert_eq!((stats.first_offset, stats.next_offset), (0, 200));
+    assert!(stats.segments > 2, "{stats:?}");
+    let records = all(&log);
+    assert_eq!(records.len(), 200);
+    assert!(
+        records
+            .iter()
+            .enumerate()
+            .all(|(i, r)| r.offset == i as u64)
+    );
+    assert_eq!(records[7].op, write_op("a", 7, 1000));
+    // From the middle of a segment, found through the index.
+    let from: Vec<u64> = log
+        .snapshot()
+        .records(150)
+        .unwrap()
+        .map(|r| r.unwrap().offset)
+        .collect();
+    assert_eq!(from, (150..200).collect::<Vec<_>>());
+    drop(log);
+
+    let log = Log::open(dir.path(), options(64 * 1024)).unwrap();
+    assert_eq!(log.torn_bytes(), 0);
+    assert_eq!(log.append(write_op("a", 200, 10)).unwrap(), 200);
+    assert_eq!(all(&log).len(), 201);
+}
+
+#[test]
+fn a_torn_tail_is_cut_and_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path(), options(1 << 20)).unwrap();
+    for i in 0..10 {
+        log.append(write_op("t", i, 100)).unwrap();
+    }
+    let segment = log.snapshot().segments[0].clone();
+    drop(log);
+    // A crash mid-append: half a frame at the end.
+    let file = OpenOptions::new().write(true).open(&segment.path).unwrap();
+    let full = segment.len;
+    let cut = full - 60;
+    file.set_len(cut).unwrap();
+
+    let log = Log::open(dir.path(), options(1 << 20)).unwrap();
+    let kept = all(&log);
+    assert_eq!(kept.len(), 9);
+    assert!(log.torn_bytes() > 0 && log.torn_bytes() < 200);
+    assert_eq!(log.append(write_op("t", 9, 1)).unwrap(), 9);
+    assert_eq!(all(&log).len(), 10);
+}
+
+#[test]
+fn zeros_after_the_last_record_are_a_torn_tail() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path(), options(1 << 20)).unwrap();
+    log.append(write_op("z", 0, 100)).unwrap();
+    let segment = log.snapshot().segments[0].clone();
+    drop(log);
+    let file = OpenOptions::new().write(true).open(&segment.path).unwrap();
+    file.write_all_at(&[0; 4096], segment.len).unwrap();
+
+    let log = Log::open(dir.path(), options(1 << 20)).unwrap();
+    assert_eq!(log.torn_bytes(), 4096);
+    assert_eq!(all(&log).len(), 1);
+}
+
+#[test]
+fn a_flipped_bit_before_the_tail_stops_recovery_and_names_the_place() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path(), options(1 << 20)).unwrap();
+    for i in 0..10 {
+        log.append(write_op("f", i, 100)).unwrap();
+    }
+    let segment = log.snapshot().segments[0].clone();
+    drop(log);
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&segment.path)
+        .unwrap();
+    // Inside record 4's payload.
+    let frame = (segment.len - segment::HEADER_LEN) / 10;
+    let at = segment::HEADER_LEN + 4 * frame + 40;
+    let mut byte = [0];
+    file.read_exact_at(&mut byte, at).unwrap();
+    file.write_all_at(&[byte[0] ^ 0x10], at).unwrap();
+
+    let error = Log::open(dir.path(), options(1 << 20)).unwrap_err();
+    match &error {
+        LogError::Corrupt {
+            path,
+            offset,
+            position,
+            error,
+        } => {
+            assert_eq!(path, &segment.path);
+            assert_eq!(*offset, 4);
+            assert_eq!(*position, segment::HEADER_LEN + 4 * frame);
+            assert_eq!(*error, ScanError::Frame(FrameError::Checksum));
+        }
+        other => panic!("{other:?}"),
+    }
+    let message = error.to_string();
+    assert!(message.contains("offset 4"), "{message}");
+    // The file is left as it was for the operator.
+    assert_eq!(std::fs::metadata(&segment.path).unwrap().len(), segment.len);
+}
+
+#[test]
+fn a_damaged_sealed_segment_is_refused_even_at_its_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path(), options(4096)).unwrap();
+    for i in 0..20 {
+        log.append(write_op("s", i, 1000)).unwrap();
+    }
+    let sealed = log.snapshot().segments[0].clone();
+    drop(log);
+    std::fs::remove_file(sealed.index_path()).unwrap();
+    let file = OpenOptions::new().write(true).open(&sealed.path).unwrap();
+    file.set_len(sealed.len - 10).unwrap();
+    assert!(matches!(
+        Log::open(dir.path(), options(4096)),
+        Err(LogError::Corrupt { .. })
+    ));
+}
+
+#[test]
+fn an_offset_gap_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path(), options(4096)).unwrap();
+    for i in 0..20 {
+        log.append(write_op("g", i, 1000)).unwrap();
+    }
+    let segments = log.snapshot().segments.clone();
+    drop(log);
+    // Losing a whole middle segment leaves offsets that do not follow on.
+    std::fs::remove_file(&segments[1].path).unwrap();
+    let error = Log::open(dir.path(), options(4096)).unwrap_err();
+    match error {
+        LogError::Gap {
+            first, expected, ..
+        } => {
+            assert_eq!(first, segments[2].first);
+            assert_eq!(expected, segments[0].next);
+        }
+        other => panic!("{other:?}"),
+    }
+
+    // A record whose offset skips ahead inside a segment.
+    let dir = tempfile::tempdir().unwrap();
+    let first = dir.path().join(segment::file_name(0));
+    let mut bytes = segment::header(0).to_vec();
+    for offset in [0, 1, 3] {
+        let record = Record {
+            offset,
+            epoch: 1,
+            op: Op::Unlink { path: path("u") },
+        };
+        frame::encode(&record, &mut bytes).unwrap();
+    }
+    std::fs::write(&first, &bytes).unwrap();
+    match Log::open(dir.path(), options(4096)).unwrap_err() {
+        LogError::Corrupt { offset, error, .. } => {
+            assert_eq!(offset, 2);
+            assert_eq!(error, ScanError::Gap { found: 3 });
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_missing_or_wrong_index_is_rebuilt_from_the_segment() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path(), options(200 * 1024)).unwrap();
+    for i in 0..500 {
+        log.append(write_op("i", i, 1000)).unwrap();
+    }
+    let sealed = log.snapshot().segments[0].clone();
+    assert!(sealed.index.len() > 1);
+    drop(log);
+    std::fs::write(sealed.index_path(), b"nonsense").unwrap();
+    let log = Log::open(dir.path(), options(200 * 1024)).unwrap();
+    assert_eq!(log.snapshot().segments[0].index, sealed.index);
+    assert_eq!(all(&log).len(), 500);
+}
+
+#[test]
+fn delete_before_keeps_what_a_consumer_still_needs() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path(), options(4096)).unwrap();
+    for i in 0..20 {
+        log.append(write_op("r", i, 1000)).unwrap();
+    }
+    let before = log.snapshot().segments.clone();
+    let deleted = log.delete_before(before[2].first + 1).unwrap();
+    assert_eq!(deleted, 2);
+    assert!(!before[0].path.exists() && !before[0].index_path().exists());
+    assert_eq!(log.snapshot().stats().first_offset, before[2].first);
+    assert!(matches!(
+        log.snapshot().records(0),
+        Err(LogError::Deleted { .. })
+    ));
+    // Never the active segment, whatever the offset.
+    log.delete_before(u64::MAX).unwrap();
+    assert_eq!(log.snapshot().stats().segments, 1);
+    assert_eq!(log.append(write_op("r", 20, 1)).unwrap(), 20);
+    drop(log);
+    let log = Log::open(dir.path(), options(4096)).unwrap();
+    assert_eq!(log.next_offset(), 21);
+}
+
+#[test]
+fn group_commit_makes_every_waiter_durable() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Arc::new(Log::open(dir.path(), options(1 << 20)).unwrap());
+    let threads: Vec<_> = (0..8)
+        .map(|t| {
+            let log = Arc::clone(&log);
+            std::thread::spawn(move || {
+                for i in 0..50 {
+                    let offset = log.append(write_op("c", t * 100 + i, 64)).unwrap();
+                    log.sync_to(offset).unwrap();
+                    assert!(log.durable_offset() > offset);
+                }
+            })
+        })
+        .collect();
+    for thread in threads {
+        thread.join().unwrap();
+    }
+    assert_eq!(log.durable_offset(), 400);
+    assert_eq!(all(&log).len(), 400);
+}
+
+#[test]
+fn inspect_reads_a_log_that_is_still_being_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path(), options(1 << 20)).unwrap();
+    for i in 0..5 {
+        log.append(write_op("l", i, 10)).unwrap();
+    }
+    let view = inspect(dir.path()).unwrap();
+    log.append(write_op("l", 5, 10)).unwrap();
+    assert_eq!(view.stats().next_offset, 5);
+    let offsets: Vec<u64> = view
+        .records(2)
+        .unwrap()
+        .map(|r| r.unwrap().offset)
+        .collect();
+    assert_eq!(offsets, vec![2, 3, 4]);
+}
+
+#[test]
+fn a_record_too_large_is_refused_and_leaves_the_log_usable() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path(), options(1 << 20)).unwrap();
+    let huge = write_op("h", 0, frame::PAYLOAD_LEN_MAX + 1);
+    assert!(matches!(log.append(huge), Err(LogError::Encode { .. })));
+    assert_eq!(log.append(write_op("h", 0, 1)).unwrap(), 0);
+    assert_eq!(all(&log).len(), 1);
+}
