@@ -11,3 +11,4 @@ pub mod origin;
 pub mod state;
 pub mod types;
 pub mod vfs;
+pub mod write;

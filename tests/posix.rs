@@ -9,7 +9,7 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt, symlink};
 use std::path::Path;
 
-use common::{Mount, c_path, errno};
+use common::{Mount, c_path, errno, rename2, xattr_get, xattr_set};
 
 fn read(path: &Path) -> Vec<u8> {
     fs::read(path).unwrap_or_else(|error| panic!("read {}: {error}", path.display()))
@@ -88,21 +88,6 @@ fn directories_are_made_listed_and_removed() {
     fs::create_dir(mount.path("a/b/c")).unwrap();
     fs::write(mount.path("a/b/c/inside"), b"1").unwrap();
     assert_eq!(read(&mount.origin_path("a/b/c/inside")), b"1");
-}
-
-fn rename2(from: &Path, to: &Path, flags: u32) -> Result<(), i32> {
-    let (from, to) = (c_path(from), c_path(to));
-    // SAFETY: NUL-terminated paths.
-    let result = unsafe {
-        libc::renameat2(
-            libc::AT_FDCWD,
-            from.as_ptr(),
-            libc::AT_FDCWD,
-            to.as_ptr(),
-            flags,
-        )
-    };
-    if result == 0 { Ok(()) } else { Err(errno()) }
 }
 
 #[test]
@@ -279,40 +264,6 @@ fn chmod_chown_utimens_and_truncate() {
     assert_eq!(unsafe { libc::truncate(c.as_ptr(), 6) }, 0);
     assert_eq!(read(&path), b"0123\0\0");
     assert_eq!(read(&mount.origin_path("f")), b"0123\0\0");
-}
-
-fn xattr_get(path: &Path, key: &str) -> Result<Vec<u8>, i32> {
-    let (path, key) = (c_path(path), c_path(Path::new(key)));
-    let mut buffer = vec![0u8; 256];
-    // SAFETY: NUL-terminated strings and a buffer of its length.
-    let size = unsafe {
-        libc::getxattr(
-            path.as_ptr(),
-            key.as_ptr(),
-            buffer.as_mut_ptr().cast(),
-            buffer.len(),
-        )
-    };
-    if size < 0 {
-        return Err(errno());
-    }
-    buffer.truncate(size as usize);
-    Ok(buffer)
-}
-
-fn xattr_set(path: &Path, key: &str, value: &[u8], flags: i32) -> Result<(), i32> {
-    let (path, key) = (c_path(path), c_path(Path::new(key)));
-    // SAFETY: NUL-terminated strings and a value of its length.
-    let result = unsafe {
-        libc::setxattr(
-            path.as_ptr(),
-            key.as_ptr(),
-            value.as_ptr().cast(),
-            value.len(),
-            flags,
-        )
-    };
-    if result == 0 { Ok(()) } else { Err(errno()) }
 }
 
 #[test]

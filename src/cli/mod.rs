@@ -1,6 +1,7 @@
 //! The command line: parsing, dispatch to one module per command, and exit codes
 //! (0 success, 2 usage or config error, 1 any other failure; one line on stderr).
 
+mod log;
 mod mount;
 pub mod mountinfo;
 mod unmount;
@@ -25,6 +26,8 @@ enum Command {
     Mount(MountArgs),
     /// Unmount a mirrorfs mount (also one whose daemon has died).
     Unmount(UnmountArgs),
+    /// Print a volume's change log, or its sizes with --stats (works while mounted).
+    Log(LogArgs),
 }
 
 /// Arguments of `mirrorfs mount`.
@@ -58,6 +61,26 @@ pub struct UnmountArgs {
     lazy: bool,
 }
 
+/// Arguments of `mirrorfs log`.
+#[derive(Debug, Args)]
+pub struct LogArgs {
+    /// The volume's mount config.
+    #[arg(long, value_name = "FILE", required_unless_present = "state_dir")]
+    config: Option<PathBuf>,
+    /// The volume's state directory (instead of --config).
+    #[arg(long, value_name = "DIR", conflicts_with = "config")]
+    state_dir: Option<PathBuf>,
+    /// The first offset to print (default: the oldest kept).
+    #[arg(long, value_name = "OFFSET", conflicts_with = "stats")]
+    from: Option<u64>,
+    /// Print first and next offset, segment count and bytes instead of records.
+    #[arg(long)]
+    stats: bool,
+    /// One JSON object per line.
+    #[arg(long)]
+    json: bool,
+}
+
 /// A failed command: usage errors exit 2, everything else 1.
 #[derive(Debug)]
 pub enum CliError {
@@ -77,6 +100,7 @@ pub fn run(args: impl IntoIterator<Item = OsString>) -> ExitCode {
     let result = match cli.command {
         Command::Mount(args) => mount::run(args),
         Command::Unmount(args) => unmount::run(args),
+        Command::Log(args) => log::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -9,6 +9,7 @@ use crate::fuse::{self, FS_TYPE, MountOptions, StopSignals};
 use crate::origin::Origin;
 use crate::state::{StateDir, StateError};
 use crate::vfs::Volume;
+use crate::write::Journal;
 
 use super::{CliError, MountArgs, mountinfo};
 
@@ -63,7 +64,9 @@ pub fn run(args: MountArgs) -> Result<(), CliError> {
         threads: worker_threads(),
         ttl: config.cache.revalidate_after,
     };
-    let served = Arc::new(Volume::new(origin));
+    let journal = Journal::open(state.path(), &config.write, &config.log)
+        .map_err(|error| CliError::Failure(error.to_string()))?;
+    let served = Arc::new(Volume::new(origin, journal));
     fuse::serve(served, &volume.mountpoint, &options, signals)
         .map_err(|error| CliError::Failure(error.to_string()))
 }

@@ -11,6 +11,7 @@ use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
 use raw::RawConfig;
+pub use raw::WriteMode;
 
 /// Longest volume id; ids name directories on replica nodes.
 const VOLUME_ID_LEN_MAX: usize = 64;
@@ -21,6 +22,28 @@ const REVALIDATE_AFTER_DEFAULT: Duration = Duration::from_secs(1);
 /// Longest `revalidate_after` (the kernel keeps TTLs in whole seconds up to this and beyond,
 /// but a year is already "never"; longer values are surely typos).
 const REVALIDATE_AFTER_MAX: Duration = Duration::from_secs(365 * 86_400);
+
+/// Default `[write] dirty_bytes_max`.
+const DIRTY_BYTES_DEFAULT: u64 = 1 << 30;
+
+/// Least `dirty_bytes_max`: one full-size write must fit.
+const DIRTY_BYTES_MIN: u64 = 1 << 20;
+
+/// Most `dirty_bytes_max`: unflushed data is held in memory as well as in the log.
+const DIRTY_BYTES_MAX: u64 = 64 << 30;
+
+/// Default `[write] flush_interval`.
+const FLUSH_INTERVAL_DEFAULT: Duration = Duration::from_secs(2);
+
+/// Bounds of `flush_interval`.
+const FLUSH_INTERVAL_RANGE: (Duration, Duration) =
+    (Duration::from_millis(10), Duration::from_secs(3600));
+
+/// Default `[log] segment_bytes`.
+const SEGMENT_BYTES_DEFAULT: u64 = 64 << 20;
+
+/// Bounds of `segment_bytes`.
+const SEGMENT_BYTES_RANGE: (u64, u64) = (64 << 10, 4 << 30);
 
 /// Why a configuration cannot be used. Each renders as one line naming the key.
 #[derive(Debug, thiserror::Error)]
@@ -143,6 +166,28 @@ pub struct Config {
     pub volume: VolumeConfig,
     /// The `[cache]` section.
     pub cache: CacheConfig,
+    /// The `[write]` section.
+    pub write: WriteConfig,
+    /// The `[log]` section.
+    pub log: LogConfig,
+}
+
+/// The validated `[write]` section.
+#[derive(Clone, Copy, Debug)]
+pub struct WriteConfig {
+    /// write-through or write-behind.
+    pub mode: WriteMode,
+    /// write-behind: unflushed bytes beyond which writers wait.
+    pub dirty_bytes_max: u64,
+    /// write-behind: the longest a change waits before the origin gets it.
+    pub flush_interval: Duration,
+}
+
+/// The validated `[log]` section.
+#[derive(Clone, Copy, Debug)]
+pub struct LogConfig {
+    /// A segment file is sealed and a new one begun past this size.
+    pub segment_bytes: u64,
 }
 
 /// The validated `[cache]` section.
@@ -289,8 +334,61 @@ impl Config {
                 allow_other,
             },
             cache: CacheConfig { revalidate_after },
+            write: resolve_write(&raw.write)?,
+            log: LogConfig {
+                segment_bytes: within(
+                    "log.segment_bytes",
+                    raw.log.segment_bytes.map(|size| size.0),
+                    SEGMENT_BYTES_DEFAULT,
+                    SEGMENT_BYTES_RANGE,
+                    |bytes| units::ByteSize(bytes).to_string(),
+                )?,
+            },
         })
     }
+}
+
+fn resolve_write(raw: &raw::RawWrite) -> Result<WriteConfig, ConfigError> {
+    Ok(WriteConfig {
+        mode: raw.mode.unwrap_or(WriteMode::WriteThrough),
+        dirty_bytes_max: within(
+            "write.dirty_bytes_max",
+            raw.dirty_bytes_max.map(|size| size.0),
+            DIRTY_BYTES_DEFAULT,
+            (DIRTY_BYTES_MIN, DIRTY_BYTES_MAX),
+            |bytes| units::ByteSize(bytes).to_string(),
+        )?,
+        flush_interval: within(
+            "write.flush_interval",
+            raw.flush_interval.map(|span| span.0),
+            FLUSH_INTERVAL_DEFAULT,
+            FLUSH_INTERVAL_RANGE,
+            |time| units::Span(time).to_string(),
+        )?,
+    })
+}
+
+/// `given` (or `default`) if it lies in `range`, else an error naming `key` and the bounds.
+fn within<T: PartialOrd + Copy>(
+    key: &'static str,
+    given: Option<T>,
+    default: T,
+    (least, most): (T, T),
+    show: impl Fn(T) -> String,
+) -> Result<T, ConfigError> {
+    let value = given.unwrap_or(default);
+    if value < least || value > most {
+        return Err(invalid(
+            key,
+            format!(
+                "{} is outside {} to {}",
+                show(value),
+                show(least),
+                show(most)
+            ),
+        ));
+    }
+    Ok(value)
 }
 
 fn invalid(key: &'static str, reason: impl Into<String>) -> ConfigError {
@@ -506,6 +604,42 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(message.contains("cache.revalidate_after"), "{message}");
+    }
+
+    #[test]
+    fn write_and_log_sections_default_and_reject_nonsense() {
+        let base = "[volume]\nsource = \"/s\"\nmountpoint = \"/m\"\n";
+        let config = resolve(base).unwrap();
+        assert_eq!(config.write.mode, WriteMode::WriteThrough);
+        assert_eq!(config.write.dirty_bytes_max, 1 << 30);
+        assert_eq!(config.write.flush_interval, Duration::from_secs(2));
+        assert_eq!(config.log.segment_bytes, 64 << 20);
+        let config = resolve(&format!(
+            "{base}[write]\nmode = \"write-behind\"\ndirty_bytes_max = \"64MiB\"\n\
+             flush_interval = \"500ms\"\n[log]\nsegment_bytes = \"1MiB\"\n"
+        ))
+        .unwrap();
+        assert_eq!(config.write.mode, WriteMode::WriteBehind);
+        assert_eq!(config.write.dirty_bytes_max, 64 << 20);
+        assert_eq!(config.write.flush_interval, Duration::from_millis(500));
+        assert_eq!(config.log.segment_bytes, 1 << 20);
+        for (section, bad, key) in [
+            ("write", "mode = \"write-sometimes\"", "write.mode"),
+            (
+                "write",
+                "dirty_bytes_max = \"1KiB\"",
+                "write.dirty_bytes_max",
+            ),
+            ("write", "flush_interval = \"0s\"", "write.flush_interval"),
+            ("log", "segment_bytes = \"5GiB\"", "log.segment_bytes"),
+            ("log", "segment_size = \"5MiB\"", "log"),
+        ] {
+            let message = resolve(&format!("{base}[{section}]\n{bad}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(message.contains(key), "{bad}: {message}");
+            assert_eq!(message.lines().count(), 1, "{message}");
+        }
     }
 
     #[test]

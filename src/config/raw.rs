@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
-use super::units::Span;
+use super::units::{ByteSize, Span};
 
 /// A whole mount config file.
 #[derive(Debug, Default, Deserialize)]
@@ -17,6 +17,42 @@ pub struct RawConfig {
     /// `[cache]`: what may be cached, and for how long.
     #[serde(default)]
     pub cache: RawCache,
+    /// `[write]`: the write policy.
+    #[serde(default)]
+    pub write: RawWrite,
+    /// `[log]`: the change log's files.
+    #[serde(default)]
+    pub log: RawLog,
+}
+
+/// How writes reach the origin.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum WriteMode {
+    /// The origin is updated before the call returns.
+    WriteThrough,
+    /// The call returns once the change is in the log; the origin catches up.
+    WriteBehind,
+}
+
+/// The `[write]` section.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawWrite {
+    /// write-through or write-behind.
+    pub mode: Option<WriteMode>,
+    /// write-behind: unflushed bytes beyond which writers wait.
+    pub dirty_bytes_max: Option<ByteSize>,
+    /// write-behind: the longest a change waits before the origin gets it.
+    pub flush_interval: Option<Span>,
+}
+
+/// The `[log]` section.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLog {
+    /// A segment file is sealed and a new one begun past this size.
+    pub segment_bytes: Option<ByteSize>,
 }
 
 /// The `[cache]` section (the read cache's tiers arrive with issue 4).

@@ -2,6 +2,7 @@
 
 use fuser::Errno;
 
+use crate::log::LogError;
 use crate::types::NameError;
 use crate::vfs::VfsError;
 
@@ -17,6 +18,12 @@ pub(crate) fn errno(error: &VfsError) -> Errno {
         VfsError::Name(NameError::Empty | NameError::Dot | NameError::Separator) => Errno::EINVAL,
         VfsError::NotDirectory => Errno::ENOTDIR,
         VfsError::UnsupportedKind => Errno::EIO,
+        // A full or failing state disk is reported as itself, like a full origin.
+        VfsError::Log(LogError::Io { source, .. }) => {
+            source.raw_os_error().map_or(Errno::EIO, Errno::from_i32)
+        }
+        VfsError::Log(_) => Errno::EIO,
+        VfsError::Path(_) => Errno::ENAMETOOLONG,
     }
 }
 
@@ -31,8 +38,9 @@ pub(crate) fn is_notable(error: &VfsError) -> bool {
         VfsError::UnknownInode(_)
         | VfsError::Stale(_)
         | VfsError::UnknownHandle(_)
-        | VfsError::UnsupportedKind => true,
-        VfsError::Name(_) | VfsError::NotDirectory => false,
+        | VfsError::UnsupportedKind
+        | VfsError::Log(_) => true,
+        VfsError::Name(_) | VfsError::NotDirectory | VfsError::Path(_) => false,
     }
 }
 

@@ -271,6 +271,11 @@ impl Log {
         self.appender().active().next
     }
 
+    /// Segments no longer written to.
+    pub fn sealed_segments(&self) -> usize {
+        self.appender().segments.len() - 1
+    }
+
     /// Every record below this offset is on stable storage.
     pub fn durable_offset(&self) -> u64 {
         self.durable.load(Ordering::Acquire)

@@ -362,6 +362,18 @@ impl From<std::time::SystemTime> for Timestamp {
     }
 }
 
+impl From<Timestamp> for std::time::SystemTime {
+    fn from(time: Timestamp) -> std::time::SystemTime {
+        let nanos = std::time::Duration::from_nanos(u64::from(time.nanos));
+        if time.seconds >= 0 {
+            std::time::UNIX_EPOCH + std::time::Duration::from_secs(time.seconds as u64) + nanos
+        } else {
+            std::time::UNIX_EPOCH - std::time::Duration::from_secs(time.seconds.unsigned_abs())
+                + nanos
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -401,5 +413,6 @@ mod tests {
         let time = std::time::UNIX_EPOCH - std::time::Duration::new(1, 250);
         let stamp = Timestamp::from(time);
         assert_eq!((stamp.seconds, stamp.nanos), (-2, 999_999_750));
+        assert_eq!(std::time::SystemTime::from(stamp), time);
     }
 }

@@ -1,6 +1,7 @@
 //! Changing attributes: chmod, chown, truncate, utimens.
 
-use crate::origin::{TimeSet, TimesUpdate};
+use crate::log::{Op, Timestamp};
+use crate::origin::{Stat, TimeSet, TimesUpdate};
 use crate::types::{FileKind, InodeId};
 
 use super::{Attr, Result, Target, Volume};
@@ -32,6 +33,8 @@ impl Volume {
             mtime: changes.mtime,
         };
         let has_times = times.atime.is_some() || times.mtime.is_some();
+        // No name: an unlinked file still open, which no copy of the volume can see.
+        let path = self.inode_path(id)?;
         let (located, stat) = match self.target(id, handle)? {
             Target::Place(located, stat) => (located, stat),
             Target::Open(open) => {
@@ -49,6 +52,9 @@ impl Volume {
                     file.set_times(times)?;
                 }
                 let stat = file.stat()?;
+                if let Some(path) = path {
+                    self.record_setattr(path, &changes, &stat)?;
+                }
                 return Attr::new(id, &stat);
             }
         };
@@ -69,6 +75,40 @@ impl Volume {
             self.origin.set_times(at, times)?;
         }
         let stat = self.origin.stat(at)?;
+        if let Some(path) = path {
+            self.record_setattr(path, &changes, &stat)?;
+        }
         Attr::new(id, &stat)
+    }
+
+    /// Records what one setattr did: the size, then the other attributes as they now are
+    /// (so "now" becomes the time the origin took, the same on every copy).
+    fn record_setattr(
+        &self,
+        path: crate::log::LogPath,
+        changes: &SetAttr,
+        now: &Stat,
+    ) -> Result<()> {
+        if let Some(size) = changes.size {
+            self.record(Op::Truncate {
+                path: path.clone(),
+                size,
+            })?;
+        }
+        let owner = changes.uid.is_some() || changes.gid.is_some();
+        // Truncating moves mtime; the copies get the origin's.
+        let mtime_moved = changes.mtime.is_some() || changes.size.is_some();
+        if changes.mode.is_none() && !owner && changes.atime.is_none() && !mtime_moved {
+            return Ok(());
+        }
+        self.record(Op::SetAttr {
+            path,
+            // A chown may clear setuid bits, so after one the mode is stated too.
+            mode: (changes.mode.is_some() || owner).then_some(now.mode & 0o7777),
+            uid: changes.uid.map(|_| now.uid),
+            gid: changes.gid.map(|_| now.gid),
+            atime: changes.atime.map(|_| Timestamp::from(now.atime)),
+            mtime: mtime_moved.then(|| Timestamp::from(now.mtime)),
+        })
     }
 }

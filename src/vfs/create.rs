@@ -1,8 +1,10 @@
 //! Making new names: mknod, mkdir, symlink, create, link; and the ownership they get.
 
 use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
 use std::sync::atomic::AtomicBool;
 
+use crate::log::Op;
 use crate::origin::{At, DirFd, OriginFile, Stat};
 use crate::types::{FileKind, InodeId, Name};
 
@@ -21,26 +23,53 @@ impl Volume {
         rdev: u64,
     ) -> Result<Attr> {
         let entry = name(entry)?;
+        let path = self.entry_path(parent, &entry)?;
         let parent_fd = self.dir_fd(parent)?;
         self.origin
             .mknod(At::Entry(&parent_fd, &entry), mode, rdev)?;
-        self.finish_new(caller, parent, &parent_fd, &entry, mode, None)
+        let attr = self.finish_new(caller, parent, &parent_fd, &entry, mode, None)?;
+        let (perm, uid, gid) = (u32::from(attr.perm), attr.uid, attr.gid);
+        self.record(if attr.kind == FileKind::Regular {
+            Op::Create {
+                path,
+                mode: perm,
+                uid,
+                gid,
+            }
+        } else {
+            Op::Mknod {
+                path,
+                mode: (mode & libc::S_IFMT) | perm,
+                rdev,
+                uid,
+                gid,
+            }
+        })?;
+        Ok(attr)
     }
 
     /// `mkdir(2)`.
     pub fn mkdir(&self, caller: Caller, parent: InodeId, entry: &OsStr, mode: u32) -> Result<Attr> {
         let entry = name(entry)?;
+        let path = self.entry_path(parent, &entry)?;
         let parent_fd = self.dir_fd(parent)?;
         self.origin
             .mkdir(At::Entry(&parent_fd, &entry), mode & 0o7777)?;
-        self.finish_new(
+        let attr = self.finish_new(
             caller,
             parent,
             &parent_fd,
             &entry,
             libc::S_IFDIR | (mode & 0o7777),
             None,
-        )
+        )?;
+        self.record(Op::Mkdir {
+            path,
+            mode: attr.perm.into(),
+            uid: attr.uid,
+            gid: attr.gid,
+        })?;
+        Ok(attr)
     }
 
     /// `symlink(2)`: `entry` in `parent` pointing to `target`, stored verbatim.
@@ -52,9 +81,17 @@ impl Volume {
         target: &OsStr,
     ) -> Result<Attr> {
         let entry = name(entry)?;
+        let path = self.entry_path(parent, &entry)?;
         let parent_fd = self.dir_fd(parent)?;
         self.origin.symlink(At::Entry(&parent_fd, &entry), target)?;
-        self.finish_new(caller, parent, &parent_fd, &entry, libc::S_IFLNK, None)
+        let attr = self.finish_new(caller, parent, &parent_fd, &entry, libc::S_IFLNK, None)?;
+        self.record(Op::Symlink {
+            path,
+            target: target.as_bytes().to_vec(),
+            uid: attr.uid,
+            gid: attr.gid,
+        })?;
+        Ok(attr)
     }
 
     /// `open(O_CREAT)`: creates (or, without O_EXCL, opens an existing) regular file.
@@ -67,6 +104,7 @@ impl Volume {
         flags: i32,
     ) -> Result<(Attr, Opened)> {
         let entry = name(entry)?;
+        let path = self.entry_path(parent, &entry)?;
         let parent_fd = self.dir_fd(parent)?;
         let at = At::Entry(&parent_fd, &entry);
         let access = origin_flags(flags);
@@ -82,6 +120,12 @@ impl Volume {
                     libc::S_IFREG | mode,
                     Some(&file),
                 )?;
+                self.record(Op::Create {
+                    path,
+                    mode: attr.perm.into(),
+                    uid: attr.uid,
+                    gid: attr.gid,
+                })?;
                 (file, attr)
             }
             Err(error)
@@ -89,6 +133,7 @@ impl Volume {
             {
                 if flags & libc::O_TRUNC != 0 {
                     self.origin.truncate(at, 0)?;
+                    self.record(Op::Truncate { path, size: 0 })?;
                 }
                 let file = self.origin.open_file(at, access)?;
                 let stat = file.stat()?;
@@ -109,12 +154,16 @@ impl Volume {
     /// `link(2)`: `new_entry` in `new_parent` becomes another name of `id`.
     pub fn link(&self, id: InodeId, new_parent: InodeId, new_entry: &OsStr) -> Result<Attr> {
         let new_entry = name(new_entry)?;
+        let new_path = self.entry_path(new_parent, &new_entry)?;
         let (located, _) = self.locate(id)?;
+        // Located just now, so the newest hint is the name that leads to it.
+        let path = self.inode_path(id)?.ok_or(VfsError::Stale(id.0))?;
         let new_parent_fd = self.dir_fd(new_parent)?;
         let to = At::Entry(&new_parent_fd, &new_entry);
         self.origin.link(located.at(), to)?;
         let stat = self.origin.stat(to)?;
         let linked = self.table().remember(new_parent, &new_entry, &stat);
+        self.record(Op::Link { path, new_path })?;
         Attr::new(linked, &stat)
     }
 

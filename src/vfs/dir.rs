@@ -128,7 +128,8 @@ impl Volume {
     /// `fsync(2)` on a directory: makes its entries durable.
     pub fn fsyncdir(&self, id: InodeId) -> Result<()> {
         let dir = self.dir_fd(id)?;
-        Ok(self.origin.sync_dir(At::Dir(&dir))?)
+        self.origin.sync_dir(At::Dir(&dir))?;
+        Ok(self.journal.sync()?)
     }
 
     fn dir_handle(&self, handle: u64) -> Result<Arc<DirHandle>> {

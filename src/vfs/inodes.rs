@@ -5,16 +5,23 @@
 //! stays the same across the kernel forgetting and re-learning a file for as long as the
 //! origin keeps it. An inode stores no file descriptor, only *link hints*: (parent, name)
 //! pairs by which it was last seen. Hints are verified against the origin's (dev, ino) on
-//! every use and dropped when stale, so the table needs no reverse index and stays small.
+//! every use and dropped when stale. A reverse index from (parent, name) to the inode
+//! holding that hint keeps one name on one inode only: unlinking or reusing a name takes
+//! it off the inode it led to at once, so the newest hint is the path the log records.
 
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
 
+use crate::log::{LogPath, PathError};
 use crate::origin::Stat;
 use crate::types::{FileKind, InodeId, Name};
 
 /// At most this many names are remembered per hard-linked inode (newest first).
 const LINK_HINTS_MAX: usize = 8;
+
+/// Deeper paths than this are not followed up to the root (PATH_MAX allows at most 2048
+/// components; a longer chain of hints can only be a cycle).
+const DEPTH_MAX: usize = 2048;
 
 /// Node ids at or above this are allocated here, never taken from the origin.
 const SYNTHETIC_BASE: u64 = 1 << 63;
@@ -47,6 +54,8 @@ pub(crate) struct Inode {
 #[derive(Debug)]
 pub(crate) struct InodeTable {
     inodes: HashMap<InodeId, Inode>,
+    /// Which inode each hint belongs to.
+    names: HashMap<LinkHint, InodeId>,
     synthetic: HashMap<OriginKey, InodeId>,
     synthetic_next: u64,
     root_key: OriginKey,
@@ -70,6 +79,7 @@ impl InodeTable {
         );
         InodeTable {
             inodes,
+            names: HashMap::new(),
             synthetic: HashMap::new(),
             synthetic_next: SYNTHETIC_BASE,
             root_key,
@@ -113,12 +123,11 @@ impl InodeTable {
     /// one more lookup on it. Returns its node id.
     pub(crate) fn remember(&mut self, parent: InodeId, name: &Name, stat: &Stat) -> InodeId {
         let id = self.register(stat);
-        let inode = self
-            .inodes
+        self.inodes
             .get_mut(&id)
-            .expect("register inserts the inode");
-        inode.lookups += 1;
-        add_hint(&mut inode.links, parent, name);
+            .expect("register inserts the inode")
+            .lookups += 1;
+        self.add_hint(id, parent, name);
         id
     }
 
@@ -135,8 +144,9 @@ impl InodeTable {
                 if inode.kind != kind || inode.key != key {
                     inode.kind = kind;
                     inode.key = key;
-                    inode.links.clear();
                     inode.cached_version = None;
+                    let stale = std::mem::take(&mut inode.links);
+                    self.unindex(id, stale);
                 }
             }
             Entry::Vacant(vacant) => {
@@ -164,7 +174,9 @@ impl InodeTable {
             return None;
         }
         let (key, kind) = (inode.key, inode.kind);
-        self.inodes.remove(&id);
+        if let Some(gone) = self.inodes.remove(&id) {
+            self.unindex(id, gone.links);
+        }
         if self.synthetic.get(&key) == Some(&id) {
             self.synthetic.remove(&key);
         }
@@ -186,13 +198,75 @@ impl InodeTable {
         if let Some(inode) = self.inodes.get_mut(&id) {
             inode.links.retain(|(p, n)| !(*p == parent && n == name));
         }
+        let hint = (parent, name.clone());
+        if self.names.get(&hint) == Some(&id) {
+            self.names.remove(&hint);
+        }
     }
 
-    /// Adds the hint (parent, name) to `id`, newest first.
-    pub(crate) fn add_hint(&mut self, id: InodeId, parent: InodeId, name: &Name) {
+    /// Drops the hint (parent, name) from whichever inode holds it (the name was removed)
+    /// and returns that inode.
+    pub(crate) fn drop_name(&mut self, parent: InodeId, name: &Name) -> Option<InodeId> {
+        let id = self.names.remove(&(parent, name.clone()))?;
         if let Some(inode) = self.inodes.get_mut(&id) {
-            add_hint(&mut inode.links, parent, name);
+            inode.links.retain(|(p, n)| !(*p == parent && n == name));
         }
+        Some(id)
+    }
+
+    /// Adds the hint (parent, name) to `id`, newest first, taking it from any other inode.
+    pub(crate) fn add_hint(&mut self, id: InodeId, parent: InodeId, name: &Name) {
+        let Some(inode) = self.inodes.get_mut(&id) else {
+            return;
+        };
+        if let Some(position) = inode
+            .links
+            .iter()
+            .position(|(p, n)| *p == parent && n == name)
+        {
+            inode.links.remove(position);
+        }
+        inode.links.insert(0, (parent, name.clone()));
+        let dropped = inode.links.split_off(inode.links.len().min(LINK_HINTS_MAX));
+        self.unindex(id, dropped);
+        if let Some(previous) = self.names.insert((parent, name.clone()), id)
+            && previous != id
+            && let Some(other) = self.inodes.get_mut(&previous)
+        {
+            other.links.retain(|(p, n)| !(*p == parent && n == name));
+        }
+    }
+
+    /// Removes `id`'s `hints` from the reverse index.
+    fn unindex(&mut self, id: InodeId, hints: Vec<LinkHint>) {
+        for hint in hints {
+            if self.names.get(&hint) == Some(&id) {
+                self.names.remove(&hint);
+            }
+        }
+    }
+
+    /// The volume-relative path of `id` by its newest hints, or `None` when some inode on
+    /// the way up has no name known (unlinked, or only reachable by an older name).
+    pub(crate) fn path_of(&self, id: InodeId) -> Option<Result<LogPath, PathError>> {
+        let mut parts: Vec<&Name> = Vec::new();
+        let mut at = id;
+        while at != InodeId::ROOT {
+            if parts.len() >= DEPTH_MAX {
+                return None;
+            }
+            let (parent, name) = self.inodes.get(&at)?.links.first()?;
+            parts.push(name);
+            at = *parent;
+        }
+        let mut bytes = Vec::with_capacity(parts.iter().map(|n| n.as_bytes().len() + 1).sum());
+        for part in parts.iter().rev() {
+            if !bytes.is_empty() {
+                bytes.push(b'/');
+            }
+            bytes.extend_from_slice(part.as_bytes());
+        }
+        Some(LogPath::try_from(bytes))
     }
 
     /// How many inodes are live (the root included).
@@ -200,14 +274,6 @@ impl InodeTable {
     fn len(&self) -> usize {
         self.inodes.len()
     }
-}
-
-fn add_hint(links: &mut Vec<LinkHint>, parent: InodeId, name: &Name) {
-    if let Some(position) = links.iter().position(|(p, n)| *p == parent && n == name) {
-        links.remove(position);
-    }
-    links.insert(0, (parent, name.clone()));
-    links.truncate(LINK_HINTS_MAX);
 }
 
 #[cfg(test)]

@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::SystemTime;
 
+use crate::log::Op;
 use crate::origin::At;
 use crate::types::{FileKind, InodeId};
 
@@ -72,8 +73,16 @@ impl Volume {
     /// Writes all of `data` at `offset`.
     pub fn write(&self, handle: u64, offset: u64, data: &[u8]) -> Result<usize> {
         let open = self.file_handle(handle)?;
+        let path = self.inode_path(open.inode)?;
         open.file.write_at(data, offset)?;
         open.wrote.store(true, Ordering::Relaxed);
+        if let Some(path) = path {
+            self.record(Op::Write {
+                path,
+                offset,
+                data: data.to_vec(),
+            })?;
+        }
         Ok(data.len())
     }
 
@@ -84,7 +93,7 @@ impl Volume {
 
     /// The last descriptor of an open is gone. A file written through this handle is left
     /// in the kernel's page cache with the content version it now has, so the next open
-    /// keeps those pages instead of reading them again.
+    /// keeps those pages instead of reading them again, and its mtime is recorded.
     pub fn release(&self, handle: u64) -> Result<()> {
         let open = self
             .files
@@ -95,21 +104,44 @@ impl Volume {
             if let Some(inode) = self.table().get_mut(open.inode) {
                 inode.cached_version = Some((stat.mtime, stat.size));
             }
+            // Copies apply writes later than the origin took them; this gives them the
+            // origin's modification time, once per open rather than once per write.
+            if let Some(path) = self.inode_path(open.inode)? {
+                self.record(Op::SetAttr {
+                    path,
+                    mode: None,
+                    uid: None,
+                    gid: None,
+                    atime: None,
+                    mtime: Some(stat.mtime.into()),
+                })?;
+            }
         }
         Ok(())
     }
 
-    /// `fsync(2)` / `fdatasync(2)`.
+    /// `fsync(2)` / `fdatasync(2)`: the file durable in the origin, and its changes
+    /// durable in the log.
     pub fn fsync(&self, handle: u64, data_only: bool) -> Result<()> {
-        Ok(self.file_handle(handle)?.file.sync(data_only)?)
+        self.file_handle(handle)?.file.sync(data_only)?;
+        Ok(self.journal.sync()?)
     }
 
     /// `fallocate(2)` with the application's mode bits.
     pub fn fallocate(&self, handle: u64, offset: u64, length: u64, mode: i32) -> Result<()> {
         let open = self.file_handle(handle)?;
+        let path = self.inode_path(open.inode)?;
         open.file.allocate(offset, length, mode)?;
         open.wrote.store(true, Ordering::Relaxed);
-        Ok(())
+        match path {
+            Some(path) => self.record(Op::Fallocate {
+                path,
+                mode,
+                offset,
+                length,
+            }),
+            None => Ok(()),
+        }
     }
 
     /// `lseek(2)` for SEEK_DATA and SEEK_HOLE: the offset the origin reports.

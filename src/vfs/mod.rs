@@ -27,8 +27,10 @@ pub use attr::SetAttr;
 pub use dir::ListedEntry;
 pub use io::Opened;
 
+use crate::log::{LogError, LogPath, Op, PathError};
 use crate::origin::{At, DirFd, Origin, Stat};
 use crate::types::{FileKind, InodeId, Name, NameError};
+use crate::write::Journal;
 use handles::{DirHandle, FileHandle, HandleTable};
 use inodes::{InodeTable, LinkHint, OriginKey};
 
@@ -63,6 +65,12 @@ pub enum VfsError {
     /// The origin holds an object of a type Linux does not define.
     #[error("unsupported file type")]
     UnsupportedKind,
+    /// The change could not be recorded in the change log.
+    #[error("change log: {0}")]
+    Log(#[from] LogError),
+    /// The object's path cannot be named in the change log (longer than PATH_MAX).
+    #[error("path: {0}")]
+    Path(#[from] PathError),
 }
 
 /// Result of a volume operation.
@@ -170,11 +178,12 @@ pub struct Volume {
     files: HandleTable<FileHandle>,
     dirs: HandleTable<DirHandle>,
     daemon: Daemon,
+    journal: Journal,
 }
 
 impl Volume {
-    /// A volume over an opened origin.
-    pub fn new(origin: Origin) -> Volume {
+    /// A volume over an opened origin, recording its changes in `journal`.
+    pub fn new(origin: Origin, journal: Journal) -> Volume {
         let inodes = InodeTable::new(origin.root_stat());
         // SAFETY: geteuid and getegid cannot fail.
         let daemon = unsafe {
@@ -192,7 +201,36 @@ impl Volume {
             files: HandleTable::new(),
             dirs: HandleTable::new(),
             daemon,
+            journal,
         }
+    }
+
+    /// The change log and write policy.
+    pub fn journal(&self) -> &Journal {
+        &self.journal
+    }
+
+    /// The path the log names `entry` in directory `parent` by. Taken before a change, so
+    /// a change that cannot be recorded is refused before it happens.
+    fn entry_path(&self, parent: InodeId, entry: &Name) -> Result<LogPath> {
+        Ok(self.dir_path(parent)?.join(entry.as_bytes())?)
+    }
+
+    /// The path the log names directory `id` by.
+    fn dir_path(&self, id: InodeId) -> Result<LogPath> {
+        self.inode_path(id)?.ok_or(VfsError::Stale(id.0))
+    }
+
+    /// The path the log names `id` by: its newest name, or `None` once no name leads to
+    /// it (an unlinked file still open, whose changes no copy of the volume can see).
+    fn inode_path(&self, id: InodeId) -> Result<Option<LogPath>> {
+        Ok(self.table().path_of(id).transpose()?)
+    }
+
+    /// Records a change the origin now has.
+    fn record(&self, op: Op) -> Result<()> {
+        self.journal.record(op)?;
+        Ok(())
     }
 
     fn table(&self) -> MutexGuard<'_, InodeTable> {

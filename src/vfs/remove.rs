@@ -2,24 +2,28 @@
 
 use std::ffi::OsStr;
 
+use crate::log::{LogPath, Op};
 use crate::origin::At;
 use crate::types::{FileKind, InodeId};
 
 use super::{Result, Volume, name};
 
 impl Volume {
-    /// `unlink(2)`. Link hints that led here are dropped lazily, when next tried.
+    /// `unlink(2)`.
     pub fn unlink(&self, parent: InodeId, entry: &OsStr) -> Result<()> {
         let entry = name(entry)?;
+        let path = self.entry_path(parent, &entry)?;
         let parent_fd = self.dir_fd(parent)?;
         self.origin.unlink(At::Entry(&parent_fd, &entry))?;
-        Ok(())
+        self.table().drop_name(parent, &entry);
+        self.record(Op::Unlink { path })
     }
 
     /// `rmdir(2)`. The removed directory's cached fd is dropped, because the origin may
     /// give its inode number to a new directory at once.
     pub fn rmdir(&self, parent: InodeId, entry: &OsStr) -> Result<()> {
         let entry = name(entry)?;
+        let path = self.entry_path(parent, &entry)?;
         let parent_fd = self.dir_fd(parent)?;
         let at = At::Entry(&parent_fd, &entry);
         let removed = self
@@ -28,10 +32,11 @@ impl Volume {
             .ok()
             .and_then(|stat| self.known_id(&stat));
         self.origin.rmdir(at)?;
+        self.table().drop_name(parent, &entry);
         if let Some(id) = removed {
             self.evict_dir_fd(id);
         }
-        Ok(())
+        self.record(Op::Rmdir { path })
     }
 
     /// `rename(2)` / `renameat2(2)` with RENAME_NOREPLACE or RENAME_EXCHANGE in `flags`.
@@ -45,6 +50,8 @@ impl Volume {
     ) -> Result<()> {
         let entry = name(entry)?;
         let new_entry = name(new_entry)?;
+        let from_path = self.entry_path(parent, &entry)?;
+        let to_path = self.entry_path(new_parent, &new_entry)?;
         let parent_fd = self.dir_fd(parent)?;
         let new_parent_fd = self.dir_fd(new_parent)?;
         let from = At::Entry(&parent_fd, &entry);
@@ -71,6 +78,33 @@ impl Volume {
         let replaced_dir = replaced.is_some_and(|stat| stat.kind() == Some(FileKind::Directory));
         if let Some(id) = replaced_id.filter(|_| replaced_dir && !exchange) {
             self.evict_dir_fd(id);
+        }
+        if exchange {
+            return self.record_exchange(from_path, to_path);
+        }
+        self.record(Op::Rename {
+            from: from_path,
+            to: to_path,
+            flags,
+        })
+    }
+
+    /// Records RENAME_EXCHANGE as three plain renames through a temporary name beside
+    /// `from`, because a swap applied twice swaps back, while each plain rename applied
+    /// twice in a row finds its source gone and does nothing.
+    fn record_exchange(&self, from: LogPath, to: LogPath) -> Result<()> {
+        let unique =
+            blake3::hash(format!("{from}\0{to}\0{:?}", std::time::SystemTime::now()).as_bytes());
+        let temporary_name = format!(".mirrorfs-exchange-{}", &unique.to_hex()[..16]);
+        let mut parent = from.components().collect::<Vec<_>>();
+        parent.pop();
+        let temporary = LogPath::try_from(parent.join(&b'/'))?.join(temporary_name.as_bytes())?;
+        for (from, to) in [
+            (from.clone(), temporary.clone()),
+            (to.clone(), from),
+            (temporary, to),
+        ] {
+            self.record(Op::Rename { from, to, flags: 0 })?;
         }
         Ok(())
     }

@@ -1,7 +1,9 @@
 //! Extended attributes: get, set, list, remove.
 
 use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
 
+use crate::log::Op;
 use crate::types::InodeId;
 
 use super::{Result, Target, Volume};
@@ -17,11 +19,19 @@ impl Volume {
 
     /// Sets extended attribute `key` of `id`; `flags` are XATTR_CREATE / XATTR_REPLACE.
     pub fn setxattr(&self, id: InodeId, key: &OsStr, value: &[u8], flags: i32) -> Result<()> {
+        let path = self.inode_path(id)?;
         match self.target(id, None)? {
             Target::Place(located, _) => self.origin.set_xattr(located.at(), key, value, flags)?,
             Target::Open(open) => open.file.set_xattr(key, value, flags)?,
         }
-        Ok(())
+        match path {
+            Some(path) => self.record(Op::SetXattr {
+                path,
+                name: key.as_bytes().to_vec(),
+                value: value.to_vec(),
+            }),
+            None => Ok(()),
+        }
     }
 
     /// The NUL-separated names of the extended attributes of `id`.
@@ -34,10 +44,17 @@ impl Volume {
 
     /// Removes extended attribute `key` of `id`.
     pub fn removexattr(&self, id: InodeId, key: &OsStr) -> Result<()> {
+        let path = self.inode_path(id)?;
         match self.target(id, None)? {
             Target::Place(located, _) => self.origin.remove_xattr(located.at(), key)?,
             Target::Open(open) => open.file.remove_xattr(key)?,
         }
-        Ok(())
+        match path {
+            Some(path) => self.record(Op::RemoveXattr {
+                path,
+                name: key.as_bytes().to_vec(),
+            }),
+            None => Ok(()),
+        }
     }
 }

@@ -315,3 +315,158 @@ pub fn run_expecting_exit(args: &[&std::ffi::OsStr], uid: Option<u32>) -> Output
         String::from_utf8_lossy(&output.stderr)
     );
 }
+
+/// What a tree holds, as comparable text per path: type, mode, owner, size, content hash,
+/// symlink target, xattrs, mtime of regular files, and which paths share an inode.
+pub fn tree(root: &Path) -> std::collections::BTreeMap<String, String> {
+    use std::os::unix::fs::MetadataExt;
+    let mut entries = std::collections::BTreeMap::new();
+    let mut first_name_of_inode = std::collections::HashMap::new();
+    let mut pending = vec![root.to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        let mut names: Vec<_> = fs::read_dir(&dir)
+            .unwrap()
+            .map(|entry| entry.unwrap().path())
+            .collect();
+        names.sort();
+        for path in names {
+            let relative = path.strip_prefix(root).unwrap().display().to_string();
+            let meta = fs::symlink_metadata(&path).unwrap();
+            let kind = meta.file_type();
+            let mut text = format!(
+                "mode={:o} uid={} gid={}",
+                meta.mode(),
+                meta.uid(),
+                meta.gid()
+            );
+            if kind.is_dir() {
+                pending.push(path.clone());
+            } else if kind.is_symlink() {
+                text += &format!(" -> {}", fs::read_link(&path).unwrap().display());
+            } else if kind.is_file() {
+                let content = fs::read(&path).unwrap();
+                let link = first_name_of_inode
+                    .entry(meta.ino())
+                    .or_insert_with(|| relative.clone());
+                text += &format!(
+                    " size={} blake3={} mtime={}.{:09} links={} same-as={link}",
+                    meta.len(),
+                    &blake3::hash(&content).to_hex()[..16],
+                    meta.mtime(),
+                    meta.mtime_nsec(),
+                    meta.nlink(),
+                );
+            }
+            if !kind.is_symlink() {
+                let mut xattrs: Vec<String> = xattr_names(&path)
+                    .into_iter()
+                    .map(|name| format!("{name}={:?}", xattr_value(&path, &name)))
+                    .collect();
+                xattrs.sort();
+                text += &format!(" xattrs=[{}]", xattrs.join(","));
+            }
+            entries.insert(relative, text);
+        }
+    }
+    entries
+}
+
+fn xattr_names(path: &Path) -> Vec<String> {
+    let c = c_path(path);
+    let mut buf = vec![0u8; 4096];
+    // SAFETY: valid path and buffer of the stated length.
+    let len = unsafe { libc::llistxattr(c.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    assert!(len >= 0, "llistxattr {}", path.display());
+    buf.truncate(len as usize);
+    buf.split(|&b| b == 0)
+        .filter(|name| name.starts_with(b"user."))
+        .map(|name| String::from_utf8_lossy(name).into_owned())
+        .collect()
+}
+
+fn xattr_value(path: &Path, name: &str) -> String {
+    let c = c_path(path);
+    let key = CString::new(name).unwrap();
+    let mut buf = vec![0u8; 4096];
+    // SAFETY: valid path, name and buffer of the stated length.
+    let len =
+        unsafe { libc::lgetxattr(c.as_ptr(), key.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    assert!(len >= 0, "lgetxattr {} {name}", path.display());
+    String::from_utf8_lossy(&buf[..len as usize]).into_owned()
+}
+
+/// Applies every record of the log in `state` to the directory `copy`, as a replica
+/// would, each one `times` times in a row. Returns the number of records.
+pub fn replay(state: &Path, copy: &Path, times: usize) -> usize {
+    let origin = mirrorfs::origin::Origin::open(copy).unwrap();
+    let snapshot = mirrorfs::log::inspect(&mirrorfs::write::log_dir(state)).unwrap();
+    let mut count = 0;
+    for record in snapshot.records(0).unwrap() {
+        let record = record.unwrap();
+        for _ in 0..times {
+            mirrorfs::write::apply::apply(&origin, &record, true).unwrap();
+        }
+        count += 1;
+    }
+    count
+}
+
+/// renameat2(2) with `flags`; the errno on failure.
+pub fn rename2(from: &Path, to: &Path, flags: u32) -> Result<(), i32> {
+    let (from, to) = (c_path(from), c_path(to));
+    // SAFETY: NUL-terminated paths.
+    let result = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            from.as_ptr(),
+            libc::AT_FDCWD,
+            to.as_ptr(),
+            flags,
+        )
+    };
+    if result == 0 { Ok(()) } else { Err(errno()) }
+}
+
+/// getxattr(2); the errno on failure.
+pub fn xattr_get(path: &Path, key: &str) -> Result<Vec<u8>, i32> {
+    let (path, key) = (c_path(path), c_path(Path::new(key)));
+    let mut buffer = vec![0u8; 256];
+    // SAFETY: NUL-terminated strings and a buffer of its length.
+    let size = unsafe {
+        libc::getxattr(
+            path.as_ptr(),
+            key.as_ptr(),
+            buffer.as_mut_ptr().cast(),
+            buffer.len(),
+        )
+    };
+    if size < 0 {
+        return Err(errno());
+    }
+    buffer.truncate(size as usize);
+    Ok(buffer)
+}
+
+/// setxattr(2) with `flags`; the errno on failure.
+pub fn xattr_set(path: &Path, key: &str, value: &[u8], flags: i32) -> Result<(), i32> {
+    let (path, key) = (c_path(path), c_path(Path::new(key)));
+    // SAFETY: NUL-terminated strings and a value of its length.
+    let result = unsafe {
+        libc::setxattr(
+            path.as_ptr(),
+            key.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            flags,
+        )
+    };
+    if result == 0 { Ok(()) } else { Err(errno()) }
+}
+
+/// removexattr(2); the errno on failure.
+pub fn xattr_remove(path: &Path, key: &str) -> Result<(), i32> {
+    let (path, key) = (c_path(path), c_path(Path::new(key)));
+    // SAFETY: NUL-terminated strings.
+    let result = unsafe { libc::removexattr(path.as_ptr(), key.as_ptr()) };
+    if result == 0 { Ok(()) } else { Err(errno()) }
+}

@@ -1,0 +1,164 @@
+//! `mirrorfs log`: a volume's change log, for operators. Reads the log without locking
+//! it, so it works while the volume is mounted (a record being appended is not shown yet).
+
+use std::io::{self, Write};
+use std::path::PathBuf;
+
+use serde_json::json;
+
+use crate::config::Config;
+use crate::log::{self, Op, Record};
+use crate::write::log_dir;
+
+use super::{CliError, LogArgs};
+
+/// Runs `mirrorfs log`.
+pub fn run(args: LogArgs) -> Result<(), CliError> {
+    let state_dir = state_dir(&args)?;
+    let dir = log_dir(&state_dir);
+    if !dir.is_dir() {
+        return Err(CliError::Usage(format!(
+            "no change log in {} (has the volume been mounted?)",
+            state_dir.display()
+        )));
+    }
+    let snapshot = log::inspect(&dir).map_err(|error| CliError::Failure(error.to_string()))?;
+    let mut out = io::stdout().lock();
+    let written = if args.stats {
+        print_stats(&mut out, &snapshot.stats(), args.json)
+    } else {
+        let stats = snapshot.stats();
+        let from = args.from.unwrap_or(stats.first_offset);
+        if from > stats.next_offset {
+            return Err(CliError::Usage(format!(
+                "offset {from} is past the end of the log (the next record gets {})",
+                stats.next_offset
+            )));
+        }
+        let records = snapshot
+            .records(from)
+            .map_err(|error| CliError::Usage(error.to_string()))?;
+        print_records(&mut out, records, args.json)
+    };
+    match written {
+        Ok(()) => Ok(()),
+        // `mirrorfs log | head` is a normal way to use it.
+        Err(Printed::Io(error)) if error.kind() == io::ErrorKind::BrokenPipe => Ok(()),
+        Err(Printed::Io(error)) => Err(CliError::Failure(format!("cannot write output: {error}"))),
+        Err(Printed::Log(error)) => Err(CliError::Failure(error.to_string())),
+    }
+}
+
+/// The state directory named by `--state-dir`, or by the config's `[volume]`.
+fn state_dir(args: &LogArgs) -> Result<PathBuf, CliError> {
+    if let Some(dir) = &args.state_dir {
+        return Ok(dir.clone());
+    }
+    let Some(path) = &args.config else {
+        return Err(CliError::Usage(
+            "give --config FILE or --state-dir DIR to name the volume".to_string(),
+        ));
+    };
+    let usage = |error: crate::config::ConfigError| CliError::Usage(error.to_string());
+    let raw = Config::read(path).map_err(usage)?;
+    let cwd = std::env::current_dir().map_err(|error| {
+        CliError::Failure(format!("cannot read the current directory: {error}"))
+    })?;
+    let config = Config::resolve(raw, Default::default(), &cwd).map_err(usage)?;
+    Ok(config.volume.state_dir)
+}
+
+enum Printed {
+    Io(io::Error),
+    Log(log::LogError),
+}
+
+impl From<io::Error> for Printed {
+    fn from(error: io::Error) -> Printed {
+        Printed::Io(error)
+    }
+}
+
+fn print_stats(out: &mut impl Write, stats: &log::LogStats, json: bool) -> Result<(), Printed> {
+    if json {
+        let text = serde_json::to_string(stats).map_err(io::Error::other)?;
+        writeln!(out, "{text}")?;
+    } else {
+        writeln!(out, "first offset  {}", stats.first_offset)?;
+        writeln!(out, "next offset   {}", stats.next_offset)?;
+        writeln!(
+            out,
+            "records       {}",
+            stats.next_offset - stats.first_offset
+        )?;
+        writeln!(out, "segments      {}", stats.segments)?;
+        writeln!(out, "bytes         {}", stats.bytes)?;
+    }
+    Ok(())
+}
+
+fn print_records(out: &mut impl Write, records: log::Records, json: bool) -> Result<(), Printed> {
+    if !json {
+        writeln!(out, "{:>12} {:>5}  {:<11} PATH", "OFFSET", "EPOCH", "OP")?;
+    }
+    for record in records {
+        let record = record.map_err(Printed::Log)?;
+        if json {
+            writeln!(out, "{}", record_json(&record))?;
+        } else {
+            writeln!(out, "{}", record_line(&record))?;
+        }
+    }
+    Ok(())
+}
+
+/// One line: offset, epoch, op, path (and the second path of a link or rename), and the
+/// bytes or length the record carries.
+fn record_line(record: &Record) -> String {
+    let op = &record.op;
+    let mut line = format!(
+        "{:>12} {:>5}  {:<11} {}",
+        record.offset,
+        record.epoch,
+        op.kind(),
+        op.path()
+    );
+    if let Some(second) = op.new_path() {
+        line.push_str(&format!(" -> {second}"));
+    }
+    match op {
+        Op::Write { offset, data, .. } => {
+            line.push_str(&format!("  {} bytes at {offset}", data.len()))
+        }
+        Op::Truncate { size, .. } => line.push_str(&format!("  size {size}")),
+        Op::Fallocate { offset, length, .. } => {
+            line.push_str(&format!("  {length} bytes at {offset}"))
+        }
+        Op::Rename { flags, .. } if flags & libc::RENAME_NOREPLACE != 0 => {
+            line.push_str("  noreplace")
+        }
+        Op::SetXattr { name, .. } | Op::RemoveXattr { name, .. } => {
+            line.push_str(&format!("  {}", name.escape_ascii()))
+        }
+        _ => {}
+    }
+    line
+}
+
+fn record_json(record: &Record) -> serde_json::Value {
+    let op = &record.op;
+    let mut value = json!({
+        "offset": record.offset,
+        "epoch": record.epoch,
+        "op": op.kind(),
+        "path": op.path().to_string(),
+        "length": op.length(),
+    });
+    if let Some(second) = op.new_path() {
+        value["new_path"] = json!(second.to_string());
+    }
+    if let Op::Write { offset, .. } | Op::Fallocate { offset, .. } = op {
+        value["file_offset"] = json!(offset);
+    }
+    value
+}

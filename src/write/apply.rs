@@ -1,0 +1,266 @@
+//! Applying a log record to a copy of the volume: the origin (write-behind's flusher,
+//! crash recovery) or a replica's directory. One code path for all of them, so that what
+//! recovery does is what was tested.
+//!
+//! Every record sets state, and a record whose effect is already there is not an error
+//! (a create that finds its file, an unlink that finds nothing), so applying a stretch of
+//! the log again after a crash leaves the same tree. Paths are resolved one component at a
+//! time without following symlinks, so no record can reach outside the copy.
+
+use std::ffi::OsStr;
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+
+use crate::log::{LogPath, Op, Record};
+use crate::origin::{At, DirFd, Origin, TimeSet, TimesUpdate};
+use crate::types::Name;
+
+/// A record that could not be applied.
+#[derive(Debug, thiserror::Error)]
+#[error("applying record {offset} ({op} {path}): {source}")]
+pub struct ApplyError {
+    /// The record's offset.
+    pub offset: u64,
+    /// Its operation.
+    pub op: &'static str,
+    /// The path it names.
+    pub path: LogPath,
+    /// What the copy said.
+    pub source: io::Error,
+}
+
+/// Applies `record` to `copy`.
+pub fn apply(copy: &Origin, record: &Record, as_root: bool) -> Result<(), ApplyError> {
+    apply_op(copy, &record.op, as_root).map_err(|source| ApplyError {
+        offset: record.offset,
+        op: record.op.kind(),
+        path: record.op.path().clone(),
+        source,
+    })
+}
+
+fn apply_op(copy: &Origin, op: &Op, as_root: bool) -> io::Result<()> {
+    match op {
+        Op::Create {
+            path,
+            mode,
+            uid,
+            gid,
+        } => {
+            let owner = Owner::new(*mode, *uid, *gid, as_root);
+            make_new(copy, path, owner, |at| {
+                copy.create_file(at, libc::O_WRONLY | libc::O_EXCL, *mode)
+                    .map(drop)
+            })
+        }
+        Op::Mkdir {
+            path,
+            mode,
+            uid,
+            gid,
+        } => {
+            let owner = Owner::new(*mode, *uid, *gid, as_root);
+            make_new(copy, path, owner, |at| copy.mkdir(at, *mode))
+        }
+        Op::Mknod {
+            path,
+            mode,
+            rdev,
+            uid,
+            gid,
+        } => {
+            let owner = Owner::new(*mode, *uid, *gid, as_root);
+            make_new(copy, path, owner, |at| copy.mknod(at, *mode, *rdev))
+        }
+        Op::Symlink {
+            path,
+            target,
+            uid,
+            gid,
+        } => {
+            // A symlink's mode means nothing on Linux; only its owner is set.
+            let owner = Owner {
+                mode: None,
+                ..Owner::new(0, *uid, *gid, as_root)
+            };
+            make_new(copy, path, owner, |at| {
+                copy.symlink(at, OsStr::from_bytes(target))
+            })
+        }
+        Op::Link { path, new_path } => {
+            let (dir, name) = place(copy, path)?;
+            let (new_dir, new_name) = place(copy, new_path)?;
+            already(
+                copy.link(At::Entry(&dir, &name), At::Entry(&new_dir, &new_name)),
+                libc::EEXIST,
+            )
+        }
+        Op::Unlink { path } => {
+            let (dir, name) = place(copy, path)?;
+            already(copy.unlink(At::Entry(&dir, &name)), libc::ENOENT)
+        }
+        Op::Rmdir { path } => {
+            let (dir, name) = place(copy, path)?;
+            already(copy.rmdir(At::Entry(&dir, &name)), libc::ENOENT)
+        }
+        Op::Rename { from, to, flags } => {
+            let (dir, name) = place(copy, from)?;
+            let (new_dir, new_name) = place(copy, to)?;
+            // A missing source means the rename already happened.
+            already(
+                copy.rename(
+                    At::Entry(&dir, &name),
+                    At::Entry(&new_dir, &new_name),
+                    *flags,
+                ),
+                libc::ENOENT,
+            )
+        }
+        Op::Write { path, offset, data } => {
+            let Some(file) = open(copy, path, libc::O_WRONLY)? else {
+                return Ok(());
+            };
+            file.write_at(data, *offset)
+        }
+        Op::Truncate { path, size } => {
+            let (dir, name) = place(copy, path)?;
+            already(copy.truncate(At::Entry(&dir, &name), *size), libc::ENOENT)
+        }
+        Op::Fallocate {
+            path,
+            mode,
+            offset,
+            length,
+        } => {
+            let Some(file) = open(copy, path, libc::O_WRONLY)? else {
+                return Ok(());
+            };
+            file.allocate(*offset, *length, *mode)
+        }
+        Op::SetAttr {
+            path,
+            mode,
+            uid,
+            gid,
+            atime,
+            mtime,
+        } => {
+            let dir;
+            let name;
+            let at = if path.components().next().is_none() {
+                At::Dir(copy.root())
+            } else {
+                (dir, name) = place(copy, path)?;
+                At::Entry(&dir, &name)
+            };
+            let result = (|| {
+                if as_root && (uid.is_some() || gid.is_some()) {
+                    copy.chown(at, *uid, *gid)?;
+                }
+                if let Some(mode) = mode {
+                    copy.chmod(at, *mode)?;
+                }
+                if atime.is_some() || mtime.is_some() {
+                    copy.set_times(
+                        at,
+                        TimesUpdate {
+                            atime: atime.map(|time| TimeSet::At(time.into())),
+                            mtime: mtime.map(|time| TimeSet::At(time.into())),
+                        },
+                    )?;
+                }
+                Ok(())
+            })();
+            already(result, libc::ENOENT)
+        }
+        Op::SetXattr { path, name, value } => {
+            let (dir, entry) = place(copy, path)?;
+            already(
+                copy.set_xattr(At::Entry(&dir, &entry), OsStr::from_bytes(name), value, 0),
+                libc::ENOENT,
+            )
+        }
+        Op::RemoveXattr { path, name } => {
+            let (dir, entry) = place(copy, path)?;
+            match copy.remove_xattr(At::Entry(&dir, &entry), OsStr::from_bytes(name)) {
+                Err(error) if matches!(error.raw_os_error(), Some(libc::ENODATA)) => Ok(()),
+                other => already(other, libc::ENOENT),
+            }
+        }
+    }
+}
+
+/// `result`, with the errno that means "already done" turned into success.
+fn already(result: io::Result<()>, done: i32) -> io::Result<()> {
+    match result {
+        Err(error) if error.raw_os_error() == Some(done) => Ok(()),
+        other => other,
+    }
+}
+
+/// The owner and exact mode a new object gets (the copy's umask and setgid rules aside).
+struct Owner {
+    mode: Option<u32>,
+    /// Only a copy written by root can give objects away.
+    ids: Option<(u32, u32)>,
+}
+
+impl Owner {
+    fn new(mode: u32, uid: u32, gid: u32, as_root: bool) -> Owner {
+        Owner {
+            mode: Some(mode & 0o7777),
+            ids: as_root.then_some((uid, gid)),
+        }
+    }
+}
+
+/// Makes a new object at `path` with `make` (already done if something is there), then
+/// gives it its owner and, after the chown that clears setuid and setgid, its mode.
+fn make_new(
+    copy: &Origin,
+    path: &LogPath,
+    owner: Owner,
+    make: impl FnOnce(At<'_>) -> io::Result<()>,
+) -> io::Result<()> {
+    let (dir, name) = place(copy, path)?;
+    let at = At::Entry(&dir, &name);
+    already(make(at), libc::EEXIST)?;
+    if let Some((uid, gid)) = owner.ids {
+        copy.chown(at, Some(uid), Some(gid))?;
+    }
+    match owner.mode {
+        Some(mode) => copy.chmod(at, mode),
+        None => Ok(()),
+    }
+}
+
+/// The directory holding `path`'s last component, and that component. Each directory on
+/// the way is opened without following symlinks.
+fn place(copy: &Origin, path: &LogPath) -> io::Result<(DirFd, Name)> {
+    let mut parts = path.components().peekable();
+    let mut dir = copy.root().clone();
+    while let Some(part) = parts.next() {
+        let name = Name::new(OsStr::from_bytes(part)).map_err(io::Error::other)?;
+        if parts.peek().is_none() {
+            return Ok((dir, name));
+        }
+        dir = copy.open_dir(At::Entry(&dir, &name))?;
+    }
+    Err(io::Error::from_raw_os_error(libc::EINVAL))
+}
+
+/// `path` opened with `flags`, or `None` when it no longer exists (a later record removed
+/// it, so what this record wrote is gone on the primary too).
+fn open(
+    copy: &Origin,
+    path: &LogPath,
+    flags: i32,
+) -> io::Result<Option<crate::origin::OriginFile>> {
+    let found =
+        place(copy, path).and_then(|(dir, name)| copy.open_file(At::Entry(&dir, &name), flags));
+    match found {
+        Ok(file) => Ok(Some(file)),
+        Err(error) if error.raw_os_error() == Some(libc::ENOENT) => Ok(None),
+        Err(error) => Err(error),
+    }
+}
