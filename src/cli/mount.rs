@@ -46,12 +46,12 @@ pub fn run(args: MountArgs) -> Result<(), CliError> {
     })?;
     prepare_process();
 
-    let origin = Origin::open(&volume.source).map_err(|error| {
+    let origin = Arc::new(Origin::open(&volume.source).map_err(|error| {
         CliError::Usage(format!(
             "cannot open SOURCE {}: {error}",
             volume.source.display()
         ))
-    })?;
+    })?);
     tracing::info!(
         volume = %volume.id,
         source = %volume.source.display(),
@@ -64,11 +64,22 @@ pub fn run(args: MountArgs) -> Result<(), CliError> {
         threads: worker_threads(),
         ttl: config.cache.revalidate_after,
     };
-    let journal = Journal::open(state.path(), &config.write, &config.log)
-        .map_err(|error| CliError::Failure(error.to_string()))?;
+    // SAFETY: geteuid cannot fail.
+    let as_root = unsafe { libc::geteuid() } == 0;
+    let journal = Journal::open(
+        state.path(),
+        &config.write,
+        &config.log,
+        Arc::clone(&origin),
+        as_root,
+    )
+    .map_err(|error| CliError::Failure(error.to_string()))?;
     let served = Arc::new(Volume::new(origin, journal));
-    fuse::serve(served, &volume.mountpoint, &options, signals)
-        .map_err(|error| CliError::Failure(error.to_string()))
+    let outcome = fuse::serve(Arc::clone(&served), &volume.mountpoint, &options, signals)
+        .map_err(|error| CliError::Failure(error.to_string()));
+    // Unmounted: no request can come any more; bring the origin up to date.
+    served.journal().shutdown();
+    outcome
 }
 
 fn usage(error: impl std::fmt::Display) -> CliError {

@@ -203,6 +203,27 @@ impl Op {
         }
     }
 
+    /// Points the operation at `new` instead of its path (for link and rename, the
+    /// existing one).
+    pub fn set_path(&mut self, new: LogPath) {
+        match self {
+            Op::Create { path, .. }
+            | Op::Mkdir { path, .. }
+            | Op::Mknod { path, .. }
+            | Op::Symlink { path, .. }
+            | Op::Link { path, .. }
+            | Op::Unlink { path }
+            | Op::Rmdir { path }
+            | Op::Write { path, .. }
+            | Op::Truncate { path, .. }
+            | Op::SetAttr { path, .. }
+            | Op::SetXattr { path, .. }
+            | Op::RemoveXattr { path, .. }
+            | Op::Fallocate { path, .. } => *path = new,
+            Op::Rename { from, .. } => *from = new,
+        }
+    }
+
     /// The second path of a link or rename.
     pub fn new_path(&self) -> Option<&LogPath> {
         match self {

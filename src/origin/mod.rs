@@ -418,6 +418,16 @@ impl Origin {
         })
     }
 
+    /// Makes everything written to the origin's filesystem durable (syncfs(2)): one call
+    /// for all the files a flush wrote.
+    pub fn sync_filesystem(&self) -> io::Result<()> {
+        // The root is held as O_PATH, which syncfs refuses; open it for real.
+        let (dir, name) = At::Dir(&self.root).split();
+        let fd = sys::openat(dir.0.as_fd(), &name, libc::O_RDONLY | libc::O_DIRECTORY, 0)?;
+        // SAFETY: valid fd.
+        sys::check(unsafe { libc::syncfs(fd.as_raw_fd()) }).map(drop)
+    }
+
     /// Makes the directory `at` (its entries) durable.
     pub fn sync_dir(&self, at: At<'_>) -> io::Result<()> {
         let (dir, name) = at.split();

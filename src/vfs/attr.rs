@@ -33,6 +33,11 @@ impl Volume {
             mtime: changes.mtime,
         };
         let has_times = times.atime.is_some() || times.mtime.is_some();
+        if changes.size.is_some() || has_times {
+            // Unflushed bytes must land first, or they would land after: past a new
+            // end of file, or with a later mtime than the one set.
+            self.journal.flush_file(id)?;
+        }
         // No name: an unlinked file still open, which no copy of the volume can see.
         let path = self.inode_path(id)?;
         let (located, stat) = match self.target(id, handle)? {
@@ -55,7 +60,7 @@ impl Volume {
                 if let Some(path) = path {
                     self.record_setattr(path, &changes, &stat)?;
                 }
-                return Attr::new(id, &stat);
+                return self.attr(id, &stat);
             }
         };
         let at = located.at();
@@ -78,7 +83,7 @@ impl Volume {
         if let Some(path) = path {
             self.record_setattr(path, &changes, &stat)?;
         }
-        Attr::new(id, &stat)
+        self.attr(id, &stat)
     }
 
     /// Records what one setattr did: the size, then the other attributes as they now are

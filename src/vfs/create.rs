@@ -2,6 +2,7 @@
 
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
+use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
 use crate::log::Op;
@@ -131,21 +132,24 @@ impl Volume {
             Err(error)
                 if error.raw_os_error() == Some(libc::EEXIST) && flags & libc::O_EXCL == 0 =>
             {
+                let file = self.origin.open_file(at, access)?;
+                let mut stat = file.stat()?;
+                let id = self.table().remember(parent, &entry, &stat);
                 if flags & libc::O_TRUNC != 0 {
-                    self.origin.truncate(at, 0)?;
+                    // Unflushed bytes land first, so none lands past the new end.
+                    self.journal.flush_file(id)?;
+                    file.set_len(0)?;
+                    stat = file.stat()?;
                     self.record(Op::Truncate { path, size: 0 })?;
                 }
-                let file = self.origin.open_file(at, access)?;
-                let stat = file.stat()?;
-                let id = self.table().remember(parent, &entry, &stat);
-                (file, Attr::new(id, &stat)?)
+                (file, self.attr(id, &stat)?)
             }
             Err(error) => return Err(error.into()),
         };
         let keep_cache = self.keep_cache(attr.id, attr.mtime, attr.size);
         let handle = self.files.insert(FileHandle {
             inode: attr.id,
-            file,
+            file: Arc::new(file),
             wrote: AtomicBool::new(false),
         });
         Ok((attr, Opened { handle, keep_cache }))
@@ -164,7 +168,7 @@ impl Volume {
         let stat = self.origin.stat(to)?;
         let linked = self.table().remember(new_parent, &new_entry, &stat);
         self.record(Op::Link { path, new_path })?;
-        Attr::new(linked, &stat)
+        self.attr(linked, &stat)
     }
 
     /// Gives a just-created object its owner, records it, and returns its attributes.
@@ -199,7 +203,7 @@ impl Volume {
             }
         };
         let id = self.table().remember(parent, entry, &stat);
-        Attr::new(id, &stat)
+        self.attr(id, &stat)
     }
 
     /// Changes the owner of a new object from the daemon's to the caller's, as a local

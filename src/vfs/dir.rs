@@ -99,7 +99,7 @@ impl Volume {
                 (None, _) => self.parent_of(open.inode),
                 (Some(_), _) => self.table().id_for((stat.dev, stat.ino)),
             };
-            let attr = Attr::new(id, &stat)?;
+            let attr = self.attr(id, &stat)?;
             let listed = ListedEntry {
                 ino: id.0,
                 next_offset: entry.next_offset,

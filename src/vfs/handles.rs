@@ -13,7 +13,7 @@ pub(crate) struct FileHandle {
     /// The inode it was opened as.
     pub(crate) inode: InodeId,
     /// The origin file, open for the access the application asked for.
-    pub(crate) file: OriginFile,
+    pub(crate) file: Arc<OriginFile>,
     /// Set by the first write: release then records the content version the kernel holds.
     pub(crate) wrote: AtomicBool,
 }

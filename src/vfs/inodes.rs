@@ -112,6 +112,12 @@ impl InodeTable {
         id
     }
 
+    /// The node id an origin object has or would have, without allocating one.
+    pub(crate) fn id_of(&self, key: OriginKey) -> Option<InodeId> {
+        self.plain_id(key)
+            .or_else(|| self.synthetic.get(&key).copied())
+    }
+
     /// The number an entry is listed with in a plain readdir (informational only).
     pub(crate) fn listing_ino(&self, dev_ino: OriginKey) -> u64 {
         self.plain_id(dev_ino)

@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::SystemTime;
 
+use crate::config::WriteMode;
 use crate::log::Op;
 use crate::origin::At;
 use crate::types::{FileKind, InodeId};
@@ -44,10 +45,11 @@ impl Volume {
             let stat = file.stat()?;
             Ok((file, stat))
         })?;
-        let keep_cache = self.keep_cache(id, stat.mtime, stat.size);
+        let attr = self.attr(id, &stat)?;
+        let keep_cache = self.keep_cache(id, attr.mtime, attr.size);
         let handle = self.files.insert(FileHandle {
             inode: id,
-            file,
+            file: Arc::new(file),
             wrote: AtomicBool::new(false),
         });
         Ok(Opened { handle, keep_cache })
@@ -67,22 +69,22 @@ impl Volume {
         if buffer.len() < size {
             buffer.resize(size, 0);
         }
-        Ok(open.file.read_at(&mut buffer[..size], offset)?)
+        // Taken before the origin is read: a byte leaves it only once the origin has it.
+        let overlay = self.journal.overlay(open.inode, offset, size);
+        let read = open.file.read_at(&mut buffer[..size], offset)?;
+        Ok(match overlay {
+            Some(overlay) => overlay.apply(offset, &mut buffer[..size], read),
+            None => read,
+        })
     }
 
     /// Writes all of `data` at `offset`.
     pub fn write(&self, handle: u64, offset: u64, data: &[u8]) -> Result<usize> {
         let open = self.file_handle(handle)?;
         let path = self.inode_path(open.inode)?;
-        open.file.write_at(data, offset)?;
+        self.journal
+            .write(open.inode, &open.file, path, offset, data)?;
         open.wrote.store(true, Ordering::Relaxed);
-        if let Some(path) = path {
-            self.record(Op::Write {
-                path,
-                offset,
-                data: data.to_vec(),
-            })?;
-        }
         Ok(data.len())
     }
 
@@ -100,7 +102,7 @@ impl Volume {
             .remove(handle)
             .ok_or(VfsError::UnknownHandle(handle))?;
         if open.wrote.load(Ordering::Relaxed) {
-            let stat = open.file.stat()?;
+            let stat = self.attr(open.inode, &open.file.stat()?)?;
             if let Some(inode) = self.table().get_mut(open.inode) {
                 inode.cached_version = Some((stat.mtime, stat.size));
             }
@@ -123,7 +125,11 @@ impl Volume {
     /// `fsync(2)` / `fdatasync(2)`: the file durable in the origin, and its changes
     /// durable in the log.
     pub fn fsync(&self, handle: u64, data_only: bool) -> Result<()> {
-        self.file_handle(handle)?.file.sync(data_only)?;
+        let open = self.file_handle(handle)?;
+        // Write-behind: durable in the log is durable; the origin catches up.
+        if self.journal.mode() == WriteMode::WriteThrough {
+            open.file.sync(data_only)?;
+        }
         Ok(self.journal.sync()?)
     }
 
@@ -131,6 +137,8 @@ impl Volume {
     pub fn fallocate(&self, handle: u64, offset: u64, length: u64, mode: i32) -> Result<()> {
         let open = self.file_handle(handle)?;
         let path = self.inode_path(open.inode)?;
+        // Unflushed bytes in the range must land before the range changes under them.
+        self.journal.flush_file(open.inode)?;
         open.file.allocate(offset, length, mode)?;
         open.wrote.store(true, Ordering::Relaxed);
         match path {

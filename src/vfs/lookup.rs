@@ -14,7 +14,7 @@ impl Volume {
         let parent_fd = self.dir_fd(parent)?;
         let stat = self.origin.stat(At::Entry(&parent_fd, &entry))?;
         let id = self.table().remember(parent, &entry, &stat);
-        Attr::new(id, &stat)
+        self.attr(id, &stat)
     }
 
     /// The kernel returns `count` lookups of `id`.
@@ -32,7 +32,7 @@ impl Volume {
             Target::Place(_, stat) => stat,
             Target::Open(open) => open.file.stat()?,
         };
-        Attr::new(id, &stat)
+        self.attr(id, &stat)
     }
 
     /// The target of symlink `id`.

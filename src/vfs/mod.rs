@@ -18,7 +18,7 @@ mod xattr;
 
 use std::ffi::OsStr;
 use std::num::NonZeroUsize;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::SystemTime;
 
 use lru::LruCache;
@@ -30,7 +30,7 @@ pub use io::Opened;
 use crate::log::{LogError, LogPath, Op, PathError};
 use crate::origin::{At, DirFd, Origin, Stat};
 use crate::types::{FileKind, InodeId, Name, NameError};
-use crate::write::Journal;
+use crate::write::{Journal, WriteError};
 use handles::{DirHandle, FileHandle, HandleTable};
 use inodes::{InodeTable, LinkHint, OriginKey};
 
@@ -71,6 +71,15 @@ pub enum VfsError {
     /// The object's path cannot be named in the change log (longer than PATH_MAX).
     #[error("path: {0}")]
     Path(#[from] PathError),
+}
+
+impl From<WriteError> for VfsError {
+    fn from(error: WriteError) -> VfsError {
+        match error {
+            WriteError::Origin(error) => VfsError::Origin(error),
+            WriteError::Log(error) => VfsError::Log(error),
+        }
+    }
 }
 
 /// Result of a volume operation.
@@ -172,7 +181,7 @@ struct Daemon {
 /// One mounted volume.
 #[derive(Debug)]
 pub struct Volume {
-    origin: Origin,
+    origin: Arc<Origin>,
     inodes: Mutex<InodeTable>,
     dir_fds: Mutex<LruCache<InodeId, DirFd>>,
     files: HandleTable<FileHandle>,
@@ -183,7 +192,7 @@ pub struct Volume {
 
 impl Volume {
     /// A volume over an opened origin, recording its changes in `journal`.
-    pub fn new(origin: Origin, journal: Journal) -> Volume {
+    pub fn new(origin: Arc<Origin>, journal: Journal) -> Volume {
         let inodes = InodeTable::new(origin.root_stat());
         // SAFETY: geteuid and getegid cannot fail.
         let daemon = unsafe {
@@ -225,6 +234,19 @@ impl Volume {
     /// it (an unlinked file still open, whose changes no copy of the volume can see).
     fn inode_path(&self, id: InodeId) -> Result<Option<LogPath>> {
         Ok(self.table().path_of(id).transpose()?)
+    }
+
+    /// The attributes the mount shows for `id`, whose origin metadata is `stat`: with
+    /// write-behind, unflushed writes make it longer and newer than the origin says.
+    fn attr(&self, id: InodeId, stat: &Stat) -> Result<Attr> {
+        let mut attr = Attr::new(id, stat)?;
+        if let Some((end, mtime)) = self.journal.dirty_attr(id) {
+            attr.size = attr.size.max(end);
+            attr.blocks = attr.blocks.max(end.div_ceil(512));
+            attr.mtime = mtime;
+            attr.ctime = attr.ctime.max(mtime);
+        }
+        Ok(attr)
     }
 
     /// Records a change the origin now has.

@@ -3,7 +3,7 @@
 use std::ffi::OsStr;
 
 use crate::log::{LogPath, Op};
-use crate::origin::At;
+use crate::origin::{At, Stat};
 use crate::types::{FileKind, InodeId};
 
 use super::{Result, Volume, name};
@@ -58,6 +58,7 @@ impl Volume {
         let to = At::Entry(&new_parent_fd, &new_entry);
         let moved = self.origin.stat(from)?;
         let replaced = self.origin.stat(to).ok();
+        self.flush_before_rename(&moved, replaced.as_ref())?;
         self.origin.rename(from, to, flags)?;
 
         let moved_id = self.known_id(&moved);
@@ -87,6 +88,24 @@ impl Volume {
             to: to_path,
             flags,
         })
+    }
+
+    /// Write-behind: brings unflushed bytes of what a rename moves or replaces into the
+    /// origin first. Recovery finds a file's bytes by following the log's renames; a
+    /// rename the origin made but the log missed (a crash between the two) would send
+    /// them to the wrong file, unless they were already in the origin.
+    fn flush_before_rename(&self, moved: &Stat, replaced: Option<&Stat>) -> Result<()> {
+        let is_dir = |stat: &Stat| stat.kind() == Some(FileKind::Directory);
+        if is_dir(moved) || replaced.is_some_and(is_dir) {
+            return Ok(self.journal.flush_all()?);
+        }
+        for stat in std::iter::once(moved).chain(replaced) {
+            let id = self.table().id_of((stat.dev, stat.ino));
+            if let Some(id) = id {
+                self.journal.flush_file(id)?;
+            }
+        }
+        Ok(())
     }
 
     /// Records RENAME_EXCHANGE as three plain renames through a temporary name beside

@@ -1,17 +1,32 @@
 //! The write policy: where a volume's changes go once `vfs` has decided them. Every change
-//! becomes a record in the volume's change log; with write-through the origin already has
-//! it when the record is appended.
+//! becomes a record in the volume's change log.
 //!
-//! Ordering: a change is applied to the origin first and recorded second, so the log only
-//! ever holds changes that happened. A crash between the two leaves one change in the
-//! origin that the log lacks; the call never returned, so nothing acknowledged is missing.
+//! - write-through: the origin has a change before its record is appended, so the log only
+//!   holds changes that happened. A crash between the two leaves one change in the origin
+//!   that the log lacks; its call never returned, so nothing acknowledged is missing.
+//! - write-behind ([`behind`]): names and attributes are applied the same way; file data
+//!   is appended to the log and kept in memory, and a flusher brings the origin up to date.
+//!   Recovery ([`recover`]) replays what the flusher had not applied.
 
+mod applied;
 pub mod apply;
+pub mod behind;
+mod dirty;
+pub mod recover;
 
+use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::SystemTime;
 
 use crate::config::{LogConfig, WriteConfig, WriteMode};
-use crate::log::{Log, LogError, LogOptions, Op};
+use crate::log::{Log, LogError, LogOptions, LogPath, Op};
+use crate::origin::{Origin, OriginFile};
+use crate::types::InodeId;
+
+use apply::ApplyError;
+use behind::{BehindStatus, Overlay, Tuning, WriteBehind};
 
 /// The leader epoch of records written before failover exists.
 const EPOCH_FIRST: u32 = 1;
@@ -21,46 +36,177 @@ pub fn log_dir(state_dir: &Path) -> PathBuf {
     state_dir.join("log")
 }
 
+/// Why the journal could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum JournalError {
+    /// The log could not be opened or read.
+    #[error("{0}")]
+    Log(#[from] LogError),
+    /// Recovery could not apply a record to the origin; it stays in the log.
+    #[error("recovery stopped, the rest stays in the log: {0}")]
+    Apply(#[from] ApplyError),
+    /// The origin could not be made durable after recovery.
+    #[error("origin: {0}")]
+    Origin(io::Error),
+    /// A state file could not be read or written.
+    #[error("{path}: {source}")]
+    State {
+        /// Which file.
+        path: PathBuf,
+        /// The OS error.
+        source: io::Error,
+    },
+}
+
+/// Why a write could not be taken.
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    /// The origin refused (write-through).
+    #[error("origin: {0}")]
+    Origin(#[from] io::Error),
+    /// The record could not be appended.
+    #[error("change log: {0}")]
+    Log(#[from] LogError),
+}
+
 /// A volume's change recorder: the log and the write policy around it.
 #[derive(Debug)]
 pub struct Journal {
-    log: Log,
-    mode: WriteMode,
+    log: Arc<Log>,
+    behind: Option<Arc<WriteBehind>>,
+    flusher: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl Journal {
-    /// Opens (and recovers) the log in `state_dir`.
+    /// Opens the log in `state_dir`, replays into `origin` whatever an earlier write-behind
+    /// daemon left unapplied, and starts the flusher for write-behind. `as_root` says the
+    /// daemon may set owners when replaying.
     pub fn open(
         state_dir: &Path,
         write: &WriteConfig,
         log: &LogConfig,
-    ) -> Result<Journal, LogError> {
-        let log = Log::open(
+        origin: Arc<Origin>,
+        as_root: bool,
+    ) -> Result<Journal, JournalError> {
+        let log = Arc::new(Log::open(
             &log_dir(state_dir),
             LogOptions {
                 segment_bytes: log.segment_bytes,
                 epoch: EPOCH_FIRST,
             },
-        )?;
+        )?);
+        let applied_path = state_dir.join("applied");
+        let state_error = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| JournalError::State { path, source }
+        };
+        let from = applied::load(&applied_path).map_err(state_error(&applied_path))?;
+        if let Some(from) = from {
+            recover::replay(&log, &origin, from, as_root)?;
+        }
+        let behind = match write.mode {
+            WriteMode::WriteThrough => {
+                applied::remove(&applied_path).map_err(state_error(&applied_path))?;
+                None
+            }
+            WriteMode::WriteBehind => {
+                applied::store(&applied_path, log.next_offset())
+                    .map_err(state_error(&applied_path))?;
+                let tuning = Tuning {
+                    dirty_bytes_max: write.dirty_bytes_max,
+                    flush_interval: write.flush_interval,
+                };
+                Some(Arc::new(WriteBehind::new(
+                    Arc::clone(&log),
+                    origin,
+                    applied_path,
+                    tuning,
+                )))
+            }
+        };
+        let flusher = behind.as_ref().map(|behind| {
+            let behind = Arc::clone(behind);
+            std::thread::Builder::new()
+                .name("flusher".to_string())
+                .spawn(move || behind.run_flusher())
+                .expect("spawn the flusher thread")
+        });
         Ok(Journal {
             log,
-            mode: write.mode,
+            behind,
+            flusher: Mutex::new(flusher),
         })
     }
 
     /// The write policy.
     pub fn mode(&self) -> WriteMode {
-        self.mode
+        match self.behind {
+            Some(_) => WriteMode::WriteBehind,
+            None => WriteMode::WriteThrough,
+        }
     }
 
-    /// Records a change the origin already has. With no replica consuming the log yet,
-    /// the origin is its only consumer and holds everything, so sealed segments go.
+    /// Records a change the origin already has.
     pub fn record(&self, op: Op) -> Result<u64, LogError> {
         let offset = self.log.append(op)?;
-        if self.log.sealed_segments() > 0 {
+        // Write-through: the origin is the only consumer so far, and it has everything.
+        // Write-behind's flusher deletes what it has applied.
+        if self.behind.is_none() && self.log.sealed_segments() > 0 {
             self.log.delete_before(offset)?;
         }
         Ok(offset)
+    }
+
+    /// Writes `data` at `position` of file `id`, open as `file` and named `path` (`None`
+    /// once unlinked: then only the open file sees it, and it goes straight there).
+    pub fn write(
+        &self,
+        id: InodeId,
+        file: &Arc<OriginFile>,
+        path: Option<LogPath>,
+        position: u64,
+        data: &[u8],
+    ) -> Result<(), WriteError> {
+        match (&self.behind, path) {
+            (Some(behind), Some(path)) => Ok(behind.write(id, file, path, position, data)?),
+            (_, path) => {
+                file.write_at(data, position)?;
+                if let Some(path) = path {
+                    self.record(Op::Write {
+                        path,
+                        offset: position,
+                        data: data.to_vec(),
+                    })?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Unflushed bytes of `id` in `[position, position + len)` to lay over an origin read.
+    pub fn overlay(&self, id: InodeId, position: u64, len: usize) -> Option<Overlay> {
+        self.behind.as_ref()?.overlay(id, position, len)
+    }
+
+    /// End of `id`'s unflushed bytes and the time of its newest write.
+    pub fn dirty_attr(&self, id: InodeId) -> Option<(u64, SystemTime)> {
+        self.behind.as_ref()?.dirty_attr(id)
+    }
+
+    /// Brings `id`'s unflushed bytes into the origin now.
+    pub fn flush_file(&self, id: InodeId) -> io::Result<()> {
+        match &self.behind {
+            Some(behind) => behind.flush_file(id),
+            None => Ok(()),
+        }
+    }
+
+    /// Brings every unflushed byte into the origin now.
+    pub fn flush_all(&self) -> io::Result<()> {
+        match &self.behind {
+            Some(behind) => behind.flush_all(),
+            None => Ok(()),
+        }
     }
 
     /// Makes every change recorded so far durable in the log.
@@ -68,6 +214,44 @@ impl Journal {
         match self.log.next_offset().checked_sub(1) {
             Some(last) => self.log.sync_to(last),
             None => Ok(()),
+        }
+    }
+
+    /// Write-behind's state, if this volume writes behind.
+    pub fn behind_status(&self) -> Option<BehindStatus> {
+        self.behind.as_ref().map(|behind| behind.status())
+    }
+
+    /// Flushes everything and stops the flusher (at unmount). What cannot be flushed stays
+    /// in the log for the next mount to replay.
+    pub fn shutdown(&self) {
+        let Some(behind) = &self.behind else {
+            return;
+        };
+        behind.stop();
+        let flusher = self
+            .flusher
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .take();
+        if let Some(flusher) = flusher
+            && flusher.join().is_err()
+        {
+            tracing::error!("the flusher thread panicked; unflushed data stays in the log");
+            return;
+        }
+        let status = behind.status();
+        if status.dirty_bytes == 0 && status.applied_offset >= self.log.next_offset() {
+            tracing::info!(
+                applied = status.applied_offset,
+                "write-behind flushed everything"
+            );
+        } else {
+            tracing::warn!(
+                dirty_bytes = status.dirty_bytes,
+                applied = status.applied_offset,
+                "unmounting with data not in the origin; it is in the log and the next mount replays it"
+            );
         }
     }
 

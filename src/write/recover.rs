@@ -1,0 +1,298 @@
+//! Crash recovery for write-behind: the records from the last applied offset to the end
+//! of the log, replayed into the origin.
+//!
+//! Write-behind applies names at once (create, rename, unlink... reach the origin before
+//! the call returns) and defers file contents. So after a crash the origin's names are
+//! already the log's final ones, and only contents need replaying: each content record is
+//! followed through the renames, links and unlinks after it to the name its file has now,
+//! and applied there, one file's records in log order. A file no name leads to any more is
+//! skipped: no copy of the volume can see it. Content records set state (these bytes at
+//! this offset, this size), so replaying ones the flusher had already applied is harmless.
+
+use std::collections::HashMap;
+
+use crate::log::{Log, LogPath, Op, Record};
+use crate::origin::Origin;
+
+use super::JournalError;
+use super::apply::apply;
+
+/// Replays into `origin` the content records from offset `from` on, each file's at its
+/// name now, and makes the origin durable.
+pub fn replay(log: &Log, origin: &Origin, from: u64, as_root: bool) -> Result<(), JournalError> {
+    let end = log.next_offset();
+    if from >= end {
+        return Ok(());
+    }
+    let records = log
+        .snapshot()
+        .records(from)?
+        .collect::<Result<Vec<Record>, _>>()?;
+    let plan = plan(records);
+    let mut applied = 0;
+    for (_, records) in &plan {
+        for record in records {
+            apply(origin, record, as_root)?;
+            applied += 1;
+        }
+    }
+    origin.sync_filesystem().map_err(JournalError::Origin)?;
+    tracing::info!(
+        from,
+        to = end,
+        records = applied,
+        files = plan.len(),
+        "replayed what write-behind had not yet brought into the origin"
+    );
+    Ok(())
+}
+
+/// What to apply: each file's content records, in log order, at its name now.
+pub fn plan(records: impl IntoIterator<Item = Record>) -> Vec<(LogPath, Vec<Record>)> {
+    let mut files: Vec<Tracked> = Vec::new();
+    let mut by_name: HashMap<LogPath, usize> = HashMap::new();
+    for record in records {
+        match &record.op {
+            Op::Write { path, .. }
+            | Op::Truncate { path, .. }
+            | Op::Fallocate { path, .. }
+            | Op::SetAttr { path, .. } => {
+                let file = *by_name.entry(path.clone()).or_insert_with(|| {
+                    files.push(Tracked {
+                        names: vec![path.clone()],
+                        records: Vec::new(),
+                    });
+                    files.len() - 1
+                });
+                files[file].records.push(record);
+            }
+            Op::Rename { from, to, .. } => {
+                drop_names(&mut files, &mut by_name, to);
+                move_names(&mut files, &mut by_name, from, to);
+            }
+            Op::Unlink { path } | Op::Rmdir { path } => {
+                drop_names(&mut files, &mut by_name, path);
+            }
+            Op::Link { path, new_path } => {
+                if let Some(&file) = by_name.get(path) {
+                    files[file].names.push(new_path.clone());
+                    by_name.insert(new_path.clone(), file);
+                }
+            }
+            // A new object at a tracked name means the tracked file lost it unseen.
+            Op::Create { path, .. }
+            | Op::Mkdir { path, .. }
+            | Op::Mknod { path, .. }
+            | Op::Symlink { path, .. } => drop_names(&mut files, &mut by_name, path),
+            Op::SetXattr { .. } | Op::RemoveXattr { .. } => {}
+        }
+    }
+    files
+        .into_iter()
+        .filter_map(|file| {
+            let name = file.names.into_iter().next()?;
+            let records = file
+                .records
+                .into_iter()
+                .map(|mut record| {
+                    record.op.set_path(name.clone());
+                    record
+                })
+                .collect();
+            Some((name, records))
+        })
+        .collect()
+}
+
+/// A file whose content records are being replayed.
+struct Tracked {
+    /// Its names as of the records read so far, oldest first.
+    names: Vec<LogPath>,
+    records: Vec<Record>,
+}
+
+/// Whether `path` is `prefix` or lies beneath it.
+fn under(path: &LogPath, prefix: &LogPath) -> bool {
+    let (path, prefix) = (path.as_bytes(), prefix.as_bytes());
+    path == prefix
+        || prefix.is_empty()
+        || (path.len() > prefix.len() && path.starts_with(prefix) && path[prefix.len()] == b'/')
+}
+
+/// Every tracked name at or beneath `path` is gone.
+fn drop_names(files: &mut [Tracked], by_name: &mut HashMap<LogPath, usize>, path: &LogPath) {
+    let gone: Vec<LogPath> = by_name
+        .keys()
+        .filter(|name| under(name, path))
+        .cloned()
+        .collect();
+    for name in gone {
+        let file = by_name.remove(&name).expect("listed above");
+        files[file].names.retain(|kept| *kept != name);
+    }
+}
+
+/// Every tracked name at or beneath `from` moves to the same place beneath `to`.
+fn move_names(
+    files: &mut [Tracked],
+    by_name: &mut HashMap<LogPath, usize>,
+    from: &LogPath,
+    to: &LogPath,
+) {
+    let moved: Vec<LogPath> = by_name
+        .keys()
+        .filter(|name| under(name, from))
+        .cloned()
+        .collect();
+    for name in moved {
+        let file = by_name.remove(&name).expect("listed above");
+        let rest = &name.as_bytes()[from.as_bytes().len()..];
+        let mut bytes = to.as_bytes().to_vec();
+        bytes.extend_from_slice(rest);
+        let Ok(renamed) = LogPath::try_from(bytes) else {
+            // Longer than PATH_MAX after the move: the origin refused that rename too.
+            files[file].names.retain(|kept| *kept != name);
+            continue;
+        };
+        for kept in &mut files[file].names {
+            if *kept == name {
+                *kept = renamed.clone();
+            }
+        }
+        by_name.insert(renamed, file);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn path(text: &str) -> LogPath {
+        LogPath::try_from(text.as_bytes().to_vec()).unwrap()
+    }
+
+    fn records(ops: Vec<Op>) -> Vec<Record> {
+        ops.into_iter()
+            .enumerate()
+            .map(|(offset, op)| Record {
+                offset: offset as u64,
+                epoch: 1,
+                op,
+            })
+            .collect()
+    }
+
+    fn write(at: &str, byte: u8) -> Op {
+        Op::Write {
+            path: path(at),
+            offset: 0,
+            data: vec![byte],
+        }
+    }
+
+    fn rename(from: &str, to: &str) -> Op {
+        Op::Rename {
+            from: path(from),
+            to: path(to),
+            flags: 0,
+        }
+    }
+
+    /// (name, data bytes written) per planned file.
+    fn summary(plan: Vec<(LogPath, Vec<Record>)>) -> Vec<(String, Vec<u8>)> {
+        plan.into_iter()
+            .map(|(name, records)| {
+                let bytes = records
+                    .iter()
+                    .filter_map(|record| match &record.op {
+                        Op::Write { path, data, .. } => {
+                            assert_eq!(*path, name);
+                            Some(data[0])
+                        }
+                        _ => None,
+                    })
+                    .collect();
+                (name.as_bytes().escape_ascii().to_string(), bytes)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn writes_follow_their_file_through_renames() {
+        let plan = plan(records(vec![
+            write("a", 1),
+            rename("a", "b"),
+            write("b", 2),
+            Op::Mkdir {
+                path: path("d"),
+                mode: 0o755,
+                uid: 0,
+                gid: 0,
+            },
+            rename("b", "d/c"),
+            rename("d", "e"),
+        ]));
+        assert_eq!(summary(plan), vec![("e/c".to_string(), vec![1, 2])]);
+    }
+
+    #[test]
+    fn a_name_reused_after_a_rename_is_another_file() {
+        let plan = plan(records(vec![
+            write("a", 1),
+            rename("a", "b"),
+            Op::Create {
+                path: path("a"),
+                mode: 0o644,
+                uid: 0,
+                gid: 0,
+            },
+            write("a", 2),
+        ]));
+        assert_eq!(
+            summary(plan),
+            vec![("b".to_string(), vec![1]), ("a".to_string(), vec![2])]
+        );
+    }
+
+    #[test]
+    fn unlinked_and_replaced_files_are_skipped_but_hard_links_keep_them() {
+        let plan = plan(records(vec![
+            write("gone", 1),
+            Op::Unlink { path: path("gone") },
+            write("replaced", 2),
+            write("other", 3),
+            rename("other", "replaced"),
+            write("linked", 4),
+            Op::Link {
+                path: path("linked"),
+                new_path: path("alias"),
+            },
+            Op::Unlink {
+                path: path("linked"),
+            },
+        ]));
+        assert_eq!(
+            summary(plan),
+            vec![
+                ("replaced".to_string(), vec![3]),
+                ("alias".to_string(), vec![4])
+            ]
+        );
+    }
+
+    #[test]
+    fn prefixes_match_whole_components_only() {
+        let plan = plan(records(vec![
+            write("dir/x", 1),
+            write("dirt", 2),
+            rename("dir", "moved"),
+        ]));
+        assert_eq!(
+            summary(plan),
+            vec![
+                ("moved/x".to_string(), vec![1]),
+                ("dirt".to_string(), vec![2])
+            ]
+        );
+    }
+}
