@@ -6,6 +6,8 @@
 
 #![allow(dead_code)]
 
+pub mod workload;
+
 use std::ffi::CString;
 use std::fs;
 use std::os::unix::ffi::OsStrExt;
@@ -76,6 +78,17 @@ impl Mount {
         let origin = dir.path().join("origin");
         fs::create_dir(&origin).unwrap();
         Mount::over(dir, origin, extra)
+    }
+
+    /// Mounts a new empty origin with `config` as its mount config file.
+    pub fn with_config(config: &str) -> Mount {
+        let dir = scratch();
+        let origin = dir.path().join("origin");
+        fs::create_dir(&origin).unwrap();
+        let file = dir.path().join("mount.toml");
+        fs::write(&file, config).unwrap();
+        let file = file.to_str().unwrap().to_string();
+        Mount::over(dir, origin, &["--config", &file])
     }
 
     /// Mounts `origin` (kept in `dir`, which the guard removes at the end).
@@ -183,6 +196,15 @@ impl Mount {
         if let Some(mut child) = self.child.take() {
             signal(child.id(), libc::SIGKILL);
             let _ = child.wait();
+        }
+    }
+
+    /// Kills the daemon with SIGKILL and detaches the dead mount it leaves, ready for
+    /// `restart`.
+    pub fn crash(&mut self) {
+        self.kill();
+        if mount_type(&self.mountpoint).is_some() {
+            detach(&self.mountpoint);
         }
     }
 }
