@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 pub use frame::FrameError;
 pub use record::{LogPath, Op, PathError, Record, Timestamp};
-pub use segment::{FORMAT_VERSION, ScanError};
+pub use segment::{FORMAT_VERSION, ScanError, header as segment_header};
 
 use segment::{FrameReader, Segment, Tail};
 
