@@ -104,7 +104,7 @@ fn replaying_the_log_into_an_empty_directory_rebuilds_the_origin() {
 }
 
 #[test]
-fn log_command_lists_records_and_stats() {
+fn log_and_status_commands_show_the_volume() {
     let mut mount = Mount::new();
     fs::write(mount.path("one.txt"), b"12345").unwrap();
     fs::rename(mount.path("one.txt"), mount.path("two.txt")).unwrap();
@@ -157,7 +157,22 @@ fn log_command_lists_records_and_stats() {
         let stderr = String::from_utf8(output.stderr).unwrap();
         assert_eq!(stderr.lines().count(), 1, "{args:?}: {stderr}");
     }
+    let output = run(&["status", "--state-dir", &state]);
+    let text = String::from_utf8(output.stdout).unwrap();
+    assert!(
+        text.contains("write-through") && text.contains("offsets 0 to 4"),
+        "{text}"
+    );
     mount.stop_with(libc::SIGTERM);
+
+    // Not mounted: one line, exit 1.
+    let output = run(&["status", "--state-dir", &state]);
+    assert_eq!(output.status.code(), Some(1), "{output:?}");
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert!(
+        stderr.contains("not mounted") && stderr.lines().count() == 1,
+        "{stderr}"
+    );
 }
 
 #[test]

@@ -174,16 +174,52 @@ fn a_failing_origin_keeps_the_data_and_the_flusher_retries() {
     );
     assert_eq!(read_direct(&mount.path("large")), data, "still served");
 
-    let status = std::process::Command::new("mount")
+    let status = status_json(&mount);
+    let behind = &status["write_behind"];
+    assert!(
+        behind["flush_error"]
+            .as_str()
+            .is_some_and(|error| error.contains("No space left")),
+        "{status}"
+    );
+    assert!(behind["dirty_bytes"].as_u64().unwrap() > 0, "{status}");
+
+    let grown = std::process::Command::new("mount")
         .args(["-o", "remount,size=16m"])
         .arg(&origin)
         .status()
         .unwrap();
-    assert!(status.success());
+    assert!(grown.success());
+    // The flusher retries by itself, while still mounted.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let status = status_json(&mount);
+        let behind = &status["write_behind"];
+        if behind["dirty_bytes"] == 0 && behind["flush_error"].is_null() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never recovered: {status}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(fs::read(origin.join("large")).unwrap(), data);
     assert_eq!(mount.stop_with(libc::SIGTERM), Some(0));
     assert_eq!(fs::read(origin.join("large")).unwrap(), data);
     drop(mount);
     drop(tmpfs);
+}
+
+fn status_json(mount: &Mount) -> serde_json::Value {
+    let output = common::run(&[
+        "status",
+        "--state-dir",
+        mount.state.to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(output.status.success(), "{output:?}");
+    serde_json::from_slice(&output.stdout).unwrap()
 }
 
 /// Seeds per crash test; `MIRRORFS_CRASH_SEEDS` runs more.

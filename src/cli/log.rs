@@ -2,11 +2,9 @@
 //! it, so it works while the volume is mounted (a record being appended is not shown yet).
 
 use std::io::{self, Write};
-use std::path::PathBuf;
 
 use serde_json::json;
 
-use crate::config::Config;
 use crate::log::{self, Op, Record};
 use crate::write::log_dir;
 
@@ -14,7 +12,7 @@ use super::{CliError, LogArgs};
 
 /// Runs `mirrorfs log`.
 pub fn run(args: LogArgs) -> Result<(), CliError> {
-    let state_dir = state_dir(&args)?;
+    let state_dir = args.volume.state_dir()?;
     let dir = log_dir(&state_dir);
     if !dir.is_dir() {
         return Err(CliError::Usage(format!(
@@ -47,25 +45,6 @@ pub fn run(args: LogArgs) -> Result<(), CliError> {
         Err(Printed::Io(error)) => Err(CliError::Failure(format!("cannot write output: {error}"))),
         Err(Printed::Log(error)) => Err(CliError::Failure(error.to_string())),
     }
-}
-
-/// The state directory named by `--state-dir`, or by the config's `[volume]`.
-fn state_dir(args: &LogArgs) -> Result<PathBuf, CliError> {
-    if let Some(dir) = &args.state_dir {
-        return Ok(dir.clone());
-    }
-    let Some(path) = &args.config else {
-        return Err(CliError::Usage(
-            "give --config FILE or --state-dir DIR to name the volume".to_string(),
-        ));
-    };
-    let usage = |error: crate::config::ConfigError| CliError::Usage(error.to_string());
-    let raw = Config::read(path).map_err(usage)?;
-    let cwd = std::env::current_dir().map_err(|error| {
-        CliError::Failure(format!("cannot read the current directory: {error}"))
-    })?;
-    let config = Config::resolve(raw, Default::default(), &cwd).map_err(usage)?;
-    Ok(config.volume.state_dir)
 }
 
 enum Printed {

@@ -4,6 +4,7 @@
 mod log;
 mod mount;
 pub mod mountinfo;
+mod status;
 mod unmount;
 
 use std::ffi::OsString;
@@ -28,6 +29,8 @@ enum Command {
     Unmount(UnmountArgs),
     /// Print a volume's change log, or its sizes with --stats (works while mounted).
     Log(LogArgs),
+    /// Show a mounted volume's state: write policy, dirty data, flushing, the log.
+    Status(StatusArgs),
 }
 
 /// Arguments of `mirrorfs mount`.
@@ -61,15 +64,52 @@ pub struct UnmountArgs {
     lazy: bool,
 }
 
-/// Arguments of `mirrorfs log`.
+/// Which volume a command is about: its mount config, or its state directory.
 #[derive(Debug, Args)]
-pub struct LogArgs {
+pub struct VolumeArgs {
     /// The volume's mount config.
     #[arg(long, value_name = "FILE", required_unless_present = "state_dir")]
     config: Option<PathBuf>,
     /// The volume's state directory (instead of --config).
     #[arg(long, value_name = "DIR", conflicts_with = "config")]
     state_dir: Option<PathBuf>,
+}
+
+impl VolumeArgs {
+    /// The state directory named by `--state-dir`, or by the config's `[volume]`.
+    fn state_dir(&self) -> Result<PathBuf, CliError> {
+        if let Some(dir) = &self.state_dir {
+            return Ok(dir.clone());
+        }
+        let path = self.config.as_ref().ok_or_else(|| {
+            CliError::Usage("give --config FILE or --state-dir DIR to name the volume".to_string())
+        })?;
+        let usage = |error: crate::config::ConfigError| CliError::Usage(error.to_string());
+        let raw = crate::config::Config::read(path).map_err(usage)?;
+        let cwd = std::env::current_dir().map_err(|error| {
+            CliError::Failure(format!("cannot read the current directory: {error}"))
+        })?;
+        let config =
+            crate::config::Config::resolve(raw, Default::default(), &cwd).map_err(usage)?;
+        Ok(config.volume.state_dir)
+    }
+}
+
+/// Arguments of `mirrorfs status`.
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    volume: VolumeArgs,
+    /// One JSON object.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Arguments of `mirrorfs log`.
+#[derive(Debug, Args)]
+pub struct LogArgs {
+    #[command(flatten)]
+    volume: VolumeArgs,
     /// The first offset to print (default: the oldest kept).
     #[arg(long, value_name = "OFFSET", conflicts_with = "stats")]
     from: Option<u64>,
@@ -101,6 +141,7 @@ pub fn run(args: impl IntoIterator<Item = OsString>) -> ExitCode {
         Command::Mount(args) => mount::run(args),
         Command::Unmount(args) => unmount::run(args),
         Command::Log(args) => log::run(args),
+        Command::Status(args) => status::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -4,7 +4,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::config::raw::RawConfig;
-use crate::config::{Config, Overrides, normalize};
+use crate::config::{Config, Overrides, WriteMode, normalize};
+use crate::control::{ControlSocket, LogStatus, Status};
 use crate::fuse::{self, FS_TYPE, MountOptions, StopSignals};
 use crate::origin::Origin;
 use crate::state::{StateDir, StateError};
@@ -75,11 +76,50 @@ pub fn run(args: MountArgs) -> Result<(), CliError> {
     )
     .map_err(|error| CliError::Failure(error.to_string()))?;
     let served = Arc::new(Volume::new(origin, journal));
+    let _control = start_control(&config, state.path(), &served);
     let outcome = fuse::serve(Arc::clone(&served), &volume.mountpoint, &options, signals)
         .map_err(|error| CliError::Failure(error.to_string()));
     // Unmounted: no request can come any more; bring the origin up to date.
     served.journal().shutdown();
     outcome
+}
+
+/// Answers `mirrorfs status` while mounted. A volume without it still works, so a socket
+/// that cannot be made (a state path too long for a socket name) is only a warning.
+fn start_control(config: &Config, state_dir: &Path, volume: &Arc<Volume>) -> Option<ControlSocket> {
+    let volume = Arc::clone(volume);
+    let (id, source, mountpoint) = (
+        config.volume.id.to_string(),
+        config.volume.source.clone(),
+        config.volume.mountpoint.clone(),
+    );
+    let status = move || {
+        let journal = volume.journal();
+        let log = journal.log();
+        Status {
+            volume: id.clone(),
+            source: source.clone(),
+            mountpoint: mountpoint.clone(),
+            pid: std::process::id(),
+            write_mode: match journal.mode() {
+                WriteMode::WriteThrough => "write-through",
+                WriteMode::WriteBehind => "write-behind",
+            }
+            .to_string(),
+            log: LogStatus {
+                stats: log.snapshot().stats(),
+                durable_offset: log.durable_offset(),
+            },
+            write_behind: journal.behind_status(),
+        }
+    };
+    match ControlSocket::serve(state_dir, status) {
+        Ok(socket) => Some(socket),
+        Err(error) => {
+            tracing::warn!(%error, "no control socket; 'mirrorfs status' will not reach this mount");
+            None
+        }
+    }
 }
 
 fn usage(error: impl std::fmt::Display) -> CliError {

@@ -95,7 +95,7 @@ pub struct LogOptions {
 }
 
 /// Sizes and positions of a log, for operators.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct LogStats {
     /// Oldest offset kept.
     pub first_offset: u64,

@@ -35,7 +35,7 @@ pub struct Tuning {
 }
 
 /// What write-behind is holding and how flushing goes, for `mirrorfs status`.
-#[derive(Clone, Debug, Default, serde::Serialize)]
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct BehindStatus {
     /// Bytes written through the mount and not yet in the origin.
     pub dirty_bytes: u64,

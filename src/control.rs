@@ -1,0 +1,149 @@
+//! The control socket: a mounted volume's daemon answers questions on
+//! `state_dir/control.sock` (mode 0600, so only the owner of the state directory asks).
+//! One request line in, one JSON line out; `mirrorfs status` is the client.
+
+use std::io::{self, BufRead, BufReader, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::log::LogStats;
+use crate::write::behind::BehindStatus;
+
+/// The socket's name inside the state directory.
+pub const SOCKET_NAME: &str = "control.sock";
+
+/// How long a client waits for an answer.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What `mirrorfs status` shows of a mounted volume.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Status {
+    /// The volume id.
+    pub volume: String,
+    /// The origin.
+    pub source: PathBuf,
+    /// Where it is mounted.
+    pub mountpoint: PathBuf,
+    /// The daemon's process id.
+    pub pid: u32,
+    /// "write-through" or "write-behind".
+    pub write_mode: String,
+    /// The change log's positions and size.
+    pub log: LogStatus,
+    /// Write-behind's dirty data and flushing, for a write-behind volume.
+    pub write_behind: Option<BehindStatus>,
+}
+
+/// The change log as status shows it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct LogStatus {
+    /// Positions and sizes.
+    #[serde(flatten)]
+    pub stats: LogStats,
+    /// Every record below this offset is on stable storage.
+    pub durable_offset: u64,
+}
+
+/// Why a daemon could not be asked.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    /// Nothing listens: the volume is not mounted (or its daemon died).
+    #[error("volume is not mounted: no daemon answers at {path} ({source})")]
+    NotRunning {
+        /// The socket.
+        path: PathBuf,
+        /// What connecting said.
+        source: io::Error,
+    },
+    /// The daemon answered something unexpected or not at all.
+    #[error("the daemon at {path} did not answer properly: {reason}")]
+    Answer {
+        /// The socket.
+        path: PathBuf,
+        /// What went wrong.
+        reason: String,
+    },
+}
+
+/// A listening control socket; removed when dropped.
+#[derive(Debug)]
+pub struct ControlSocket {
+    path: PathBuf,
+}
+
+impl ControlSocket {
+    /// Listens in `state_dir` and answers from a thread with what `status` returns. A
+    /// socket left by a daemon that died is replaced (the state lock says it is ours).
+    pub fn serve(
+        state_dir: &Path,
+        status: impl Fn() -> Status + Send + 'static,
+    ) -> io::Result<ControlSocket> {
+        let path = state_dir.join(SOCKET_NAME);
+        match std::fs::remove_file(&path) {
+            Err(error) if error.kind() != io::ErrorKind::NotFound => return Err(error),
+            _ => {}
+        }
+        let listener = UnixListener::bind(&path)?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+        std::thread::Builder::new()
+            .name("control".to_string())
+            .spawn(move || {
+                for stream in listener.incoming() {
+                    match stream {
+                        Ok(stream) => {
+                            if let Err(error) = answer(stream, &status) {
+                                tracing::debug!(%error, "control client went away");
+                            }
+                        }
+                        Err(error) => tracing::warn!(%error, "control socket accept failed"),
+                    }
+                }
+            })?;
+        Ok(ControlSocket { path })
+    }
+}
+
+impl Drop for ControlSocket {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+fn answer(stream: UnixStream, status: &impl Fn() -> Status) -> io::Result<()> {
+    stream.set_read_timeout(Some(ANSWER_TIMEOUT))?;
+    let mut request = String::new();
+    // Bounded, so a client cannot make the daemon buffer without end.
+    io::Read::take(BufReader::new(&stream), 4096).read_line(&mut request)?;
+    let reply = match request.trim() {
+        "status" => serde_json::to_string(&status()).map_err(io::Error::other)?,
+        other => serde_json::json!({ "error": format!("unknown request {other:?}") }).to_string(),
+    };
+    let mut stream = stream;
+    writeln!(stream, "{reply}")
+}
+
+/// Asks the daemon of the volume whose state directory is `state_dir` for its status.
+pub fn query(state_dir: &Path) -> Result<Status, ControlError> {
+    let path = state_dir.join(SOCKET_NAME);
+    let answer_error = |reason: String| ControlError::Answer {
+        path: path.clone(),
+        reason,
+    };
+    let mut stream = UnixStream::connect(&path).map_err(|source| ControlError::NotRunning {
+        path: path.clone(),
+        source,
+    })?;
+    stream
+        .set_read_timeout(Some(ANSWER_TIMEOUT))
+        .and_then(|()| stream.write_all(b"status\n"))
+        .map_err(|error| answer_error(error.to_string()))?;
+    let mut line = String::new();
+    BufReader::new(&stream)
+        .read_line(&mut line)
+        .map_err(|error| answer_error(error.to_string()))?;
+    serde_json::from_str(&line).map_err(|error| answer_error(error.to_string()))
+}
