@@ -4,7 +4,8 @@
 #
 #   scripts/install-deps.sh            fuse3 (to mount) and the Rust toolchain check
 #   scripts/install-deps.sh --test     + the conformance judges (pjdfstest, fsx) and a test user
-#   scripts/install-deps.sh --bench    + fio and libfuse's C example source (the peer)
+#   scripts/install-deps.sh --bench    + fio, libfuse's C example source and rclone (the peers),
+#                                        e2fsprogs for the slow-origin image
 set -euo pipefail
 
 want_test=false
@@ -25,6 +26,9 @@ if $want_bench; then
   [ -f /usr/share/doc/libfuse3-dev/examples/passthrough_ll.c ] || packages+=(libfuse3-dev)
   command -v pkg-config >/dev/null || packages+=(pkg-config)
   command -v gcc >/dev/null || packages+=(gcc)
+  command -v rclone >/dev/null || packages+=(rclone)
+  command -v mkfs.ext4 >/dev/null || packages+=(e2fsprogs)
+  command -v losetup >/dev/null || packages+=(mount)
 fi
 if [ ${#packages[@]} -gt 0 ]; then
   echo "install-deps: apt-get install ${packages[*]}"

@@ -7,7 +7,7 @@
 //! The checksum is the first 8 bytes of blake3 over the length and the payload, so a torn
 //! or flipped length is caught as surely as a flipped payload byte.
 
-use super::record::Record;
+use super::record::{Op, Record};
 
 /// Bytes before the payload.
 pub const HEADER_LEN: usize = 4 + 8;
@@ -51,9 +51,20 @@ pub enum FrameError {
 /// Appends `record` to `out` as one frame and returns the frame's length.
 /// A record too large for a frame is refused, leaving `out` as it was.
 pub fn encode(record: &Record, out: &mut Vec<u8>) -> Result<usize, FrameError> {
+    encode_parts(record.offset, record.epoch, &record.op, out)
+}
+
+/// [`encode`] for a record given by its parts, so the operation (and the bytes of a write)
+/// need not be moved or copied into a `Record` first. A tuple encodes as the struct does.
+pub fn encode_parts(
+    offset: u64,
+    epoch: u32,
+    op: &Op,
+    out: &mut Vec<u8>,
+) -> Result<usize, FrameError> {
     let start = out.len();
     out.resize(start + HEADER_LEN, 0);
-    if let Err(error) = postcard::to_io(record, &mut *out) {
+    if let Err(error) = postcard::to_io(&(offset, epoch, op), &mut *out) {
         out.truncate(start);
         return Err(FrameError::Payload(error.to_string()));
     }

@@ -194,17 +194,12 @@ impl Log {
 
     /// Appends `op` as the next record and returns its offset. The record survives the
     /// process dying once this returns, and the machine dying once [`Log::sync_to`] says so.
-    pub fn append(&self, op: Op) -> Result<u64> {
+    pub fn append(&self, op: &Op) -> Result<u64> {
         let mut appender = self.appender();
         let appender = &mut *appender;
         let offset = appender.active().next;
-        let record = Record {
-            offset,
-            epoch: self.options.epoch,
-            op,
-        };
         appender.buf.clear();
-        let len = frame::encode(&record, &mut appender.buf)
+        let len = frame::encode_parts(offset, self.options.epoch, op, &mut appender.buf)
             .map_err(|error| LogError::Encode { offset, error })? as u64;
         let active = appender.active();
         if active.len + len > self.options.segment_bytes && active.next > active.first {

@@ -70,6 +70,7 @@ pub enum Op {
         /// Where.
         path: LogPath,
         /// What it points to (stored, never followed by mirrorfs).
+        #[serde(with = "serde_bytes")]
         target: Vec<u8>,
         /// Owner.
         uid: u32,
@@ -109,6 +110,7 @@ pub enum Op {
         /// Where in it.
         offset: u64,
         /// What.
+        #[serde(with = "serde_bytes")]
         data: Vec<u8>,
     },
     /// A file's size set.
@@ -138,8 +140,10 @@ pub enum Op {
         /// Which object.
         path: LogPath,
         /// Attribute name, with its namespace prefix.
+        #[serde(with = "serde_bytes")]
         name: Vec<u8>,
         /// Its value.
+        #[serde(with = "serde_bytes")]
         value: Vec<u8>,
     },
     /// An extended attribute removed.
@@ -147,6 +151,7 @@ pub enum Op {
         /// Which object.
         path: LogPath,
         /// Attribute name.
+        #[serde(with = "serde_bytes")]
         name: Vec<u8>,
     },
     /// Space allocated or deallocated, as fallocate(2) with `mode`.
@@ -247,7 +252,7 @@ impl Op {
 /// A path relative to the volume root: components separated by `/`, each a valid name
 /// (no `.`, `..`, NUL or empty component); the empty path is the root itself.
 #[derive(Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(try_from = "Vec<u8>", into = "Vec<u8>")]
+#[serde(try_from = "serde_bytes::ByteBuf", into = "serde_bytes::ByteBuf")]
 pub struct LogPath(Vec<u8>);
 
 /// Why bytes are not a volume-relative path.
@@ -316,6 +321,20 @@ impl TryFrom<Vec<u8>> for LogPath {
 impl From<LogPath> for Vec<u8> {
     fn from(path: LogPath) -> Vec<u8> {
         path.0
+    }
+}
+
+impl TryFrom<serde_bytes::ByteBuf> for LogPath {
+    type Error = PathError;
+
+    fn try_from(bytes: serde_bytes::ByteBuf) -> Result<LogPath, PathError> {
+        LogPath::try_from(bytes.into_vec())
+    }
+}
+
+impl From<LogPath> for serde_bytes::ByteBuf {
+    fn from(path: LogPath) -> serde_bytes::ByteBuf {
+        serde_bytes::ByteBuf::from(path.0)
     }
 }
 

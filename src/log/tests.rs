@@ -92,7 +92,7 @@ fn appends_read_back_across_segments_and_survive_reopen() {
     let dir = tempfile::tempdir().unwrap();
     let log = Log::open(dir.path(), options(64 * 1024)).unwrap();
     for i in 0..200 {
-        assert_eq!(log.append(write_op("a", i, 1000)).unwrap(), i);
+        assert_eq!(log.append(&write_op("a", i, 1000)).unwrap(), i);
     }
     let stats = log.snapshot().stats();
     assert_eq!((stats.first_offset, stats.next_offset), (0, 200));
@@ -118,7 +118,7 @@ fn appends_read_back_across_segments_and_survive_reopen() {
 
     let log = Log::open(dir.path(), options(64 * 1024)).unwrap();
     assert_eq!(log.torn_bytes(), 0);
-    assert_eq!(log.append(write_op("a", 200, 10)).unwrap(), 200);
+    assert_eq!(log.append(&write_op("a", 200, 10)).unwrap(), 200);
     assert_eq!(all(&log).len(), 201);
 }
 
@@ -127,7 +127,7 @@ fn a_torn_tail_is_cut_and_counted() {
     let dir = tempfile::tempdir().unwrap();
     let log = Log::open(dir.path(), options(1 << 20)).unwrap();
     for i in 0..10 {
-        log.append(write_op("t", i, 100)).unwrap();
+        log.append(&write_op("t", i, 100)).unwrap();
     }
     let segment = log.snapshot().segments[0].clone();
     drop(log);
@@ -141,7 +141,7 @@ fn a_torn_tail_is_cut_and_counted() {
     let kept = all(&log);
     assert_eq!(kept.len(), 9);
     assert!(log.torn_bytes() > 0 && log.torn_bytes() < 200);
-    assert_eq!(log.append(write_op("t", 9, 1)).unwrap(), 9);
+    assert_eq!(log.append(&write_op("t", 9, 1)).unwrap(), 9);
     assert_eq!(all(&log).len(), 10);
 }
 
@@ -149,7 +149,7 @@ fn a_torn_tail_is_cut_and_counted() {
 fn zeros_after_the_last_record_are_a_torn_tail() {
     let dir = tempfile::tempdir().unwrap();
     let log = Log::open(dir.path(), options(1 << 20)).unwrap();
-    log.append(write_op("z", 0, 100)).unwrap();
+    log.append(&write_op("z", 0, 100)).unwrap();
     let segment = log.snapshot().segments[0].clone();
     drop(log);
     let file = OpenOptions::new().write(true).open(&segment.path).unwrap();
@@ -165,7 +165,7 @@ fn a_flipped_bit_before_the_tail_stops_recovery_and_names_the_place() {
     let dir = tempfile::tempdir().unwrap();
     let log = Log::open(dir.path(), options(1 << 20)).unwrap();
     for i in 0..10 {
-        log.append(write_op("f", i, 100)).unwrap();
+        log.append(&write_op("f", i, 100)).unwrap();
     }
     let segment = log.snapshot().segments[0].clone();
     drop(log);
@@ -207,7 +207,7 @@ fn a_damaged_sealed_segment_is_refused_even_at_its_end() {
     let dir = tempfile::tempdir().unwrap();
     let log = Log::open(dir.path(), options(4096)).unwrap();
     for i in 0..20 {
-        log.append(write_op("s", i, 1000)).unwrap();
+        log.append(&write_op("s", i, 1000)).unwrap();
     }
     let sealed = log.snapshot().segments[0].clone();
     drop(log);
@@ -225,7 +225,7 @@ fn an_offset_gap_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let log = Log::open(dir.path(), options(4096)).unwrap();
     for i in 0..20 {
-        log.append(write_op("g", i, 1000)).unwrap();
+        log.append(&write_op("g", i, 1000)).unwrap();
     }
     let segments = log.snapshot().segments.clone();
     drop(log);
@@ -269,7 +269,7 @@ fn a_missing_or_wrong_index_is_rebuilt_from_the_segment() {
     let dir = tempfile::tempdir().unwrap();
     let log = Log::open(dir.path(), options(200 * 1024)).unwrap();
     for i in 0..500 {
-        log.append(write_op("i", i, 1000)).unwrap();
+        log.append(&write_op("i", i, 1000)).unwrap();
     }
     let sealed = log.snapshot().segments[0].clone();
     assert!(sealed.index.len() > 1);
@@ -285,7 +285,7 @@ fn delete_before_keeps_what_a_consumer_still_needs() {
     let dir = tempfile::tempdir().unwrap();
     let log = Log::open(dir.path(), options(4096)).unwrap();
     for i in 0..20 {
-        log.append(write_op("r", i, 1000)).unwrap();
+        log.append(&write_op("r", i, 1000)).unwrap();
     }
     let before = log.snapshot().segments.clone();
     let deleted = log.delete_before(before[2].first + 1).unwrap();
@@ -299,7 +299,7 @@ fn delete_before_keeps_what_a_consumer_still_needs() {
     // Never the active segment, whatever the offset.
     log.delete_before(u64::MAX).unwrap();
     assert_eq!(log.snapshot().stats().segments, 1);
-    assert_eq!(log.append(write_op("r", 20, 1)).unwrap(), 20);
+    assert_eq!(log.append(&write_op("r", 20, 1)).unwrap(), 20);
     drop(log);
     let log = Log::open(dir.path(), options(4096)).unwrap();
     assert_eq!(log.next_offset(), 21);
@@ -314,7 +314,7 @@ fn group_commit_makes_every_waiter_durable() {
             let log = Arc::clone(&log);
             std::thread::spawn(move || {
                 for i in 0..50 {
-                    let offset = log.append(write_op("c", t * 100 + i, 64)).unwrap();
+                    let offset = log.append(&write_op("c", t * 100 + i, 64)).unwrap();
                     log.sync_to(offset).unwrap();
                     assert!(log.durable_offset() > offset);
                 }
@@ -333,10 +333,10 @@ fn inspect_reads_a_log_that_is_still_being_written() {
     let dir = tempfile::tempdir().unwrap();
     let log = Log::open(dir.path(), options(1 << 20)).unwrap();
     for i in 0..5 {
-        log.append(write_op("l", i, 10)).unwrap();
+        log.append(&write_op("l", i, 10)).unwrap();
     }
     let view = inspect(dir.path()).unwrap();
-    log.append(write_op("l", 5, 10)).unwrap();
+    log.append(&write_op("l", 5, 10)).unwrap();
     assert_eq!(view.stats().next_offset, 5);
     let offsets: Vec<u64> = view
         .records(2)
@@ -351,7 +351,7 @@ fn a_record_too_large_is_refused_and_leaves_the_log_usable() {
     let dir = tempfile::tempdir().unwrap();
     let log = Log::open(dir.path(), options(1 << 20)).unwrap();
     let huge = write_op("h", 0, frame::PAYLOAD_LEN_MAX + 1);
-    assert!(matches!(log.append(huge), Err(LogError::Encode { .. })));
-    assert_eq!(log.append(write_op("h", 0, 1)).unwrap(), 0);
+    assert!(matches!(log.append(&huge), Err(LogError::Encode { .. })));
+    assert_eq!(log.append(&write_op("h", 0, 1)).unwrap(), 0);
     assert_eq!(all(&log).len(), 1);
 }

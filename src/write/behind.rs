@@ -159,11 +159,15 @@ impl WriteBehind {
                 .unwrap_or_else(|poisoned| poisoned.into_inner());
         }
         // Appended under the state lock, so the overlay and the log agree on order.
-        let record = self.log.append(Op::Write {
+        let op = Op::Write {
             path,
             offset: position,
             data: data.to_vec(),
-        })?;
+        };
+        let record = self.log.append(&op)?;
+        let Op::Write { data, .. } = op else {
+            unreachable!("built as a write just above")
+        };
         let pending = state.files.entry(id).or_insert_with(|| Pending {
             dirty: DirtyFile::new(),
             file: Arc::clone(file),

@@ -70,7 +70,7 @@ impl DirtyFile {
 
     /// Takes `data` written at `position` by log record `record`. Returns how many bytes
     /// the file holds now minus before (new bytes minus overwritten ones).
-    pub fn write(&mut self, position: u64, data: &[u8], record: u64, now: SystemTime) -> i64 {
+    pub fn write(&mut self, position: u64, data: Vec<u8>, record: u64, now: SystemTime) -> i64 {
         let before = self.bytes;
         self.mtime = now;
         if data.is_empty() {
@@ -79,7 +79,7 @@ impl DirtyFile {
         let end = position + data.len() as u64;
         self.cut(position, end);
         let mut start = position;
-        let mut bytes = data.to_vec();
+        let mut bytes = data;
         let mut first_record = record;
         // Join the extent ending exactly here, and the one starting exactly at the end.
         if let Some((&left, extent)) = self.extents.range(..position).next_back()
@@ -239,22 +239,22 @@ mod tests {
     #[test]
     fn writes_overlay_and_merge() {
         let mut file = DirtyFile::new();
-        assert_eq!(file.write(2, b"abcd", 10, now()), 4);
-        assert_eq!(file.write(6, b"ef", 11, now()), 2);
+        assert_eq!(file.write(2, b"abcd".to_vec(), 10, now()), 4);
+        assert_eq!(file.write(6, b"ef".to_vec(), 11, now()), 2);
         assert_eq!(file.snapshot().len(), 1, "adjacent writes are one extent");
         assert_eq!(render(&file, 10), "..abcdef..");
         // Overwrite the middle: bytes held stay the same.
-        assert_eq!(file.write(3, b"XY", 12, now()), 0);
+        assert_eq!(file.write(3, b"XY".to_vec(), 12, now()), 0);
         assert_eq!(render(&file, 10), "..aXYdef..");
         assert_eq!(file.bytes(), 6);
         assert_eq!(file.end(), 8);
         assert_eq!(file.first_record(), Some(10));
         // A separate extent further out.
-        file.write(12, b"zz", 13, now());
+        file.write(12, b"zz".to_vec(), 13, now());
         assert_eq!(render(&file, 16), "..aXYdef....zz..");
         assert_eq!(file.end(), 14);
         // Bridging the gap joins at most the neighbours it touches exactly.
-        file.write(8, b"1234", 14, now());
+        file.write(8, b"1234".to_vec(), 14, now());
         assert_eq!(render(&file, 16), "..aXYdef1234zz..");
         assert_eq!(file.bytes(), 12);
     }
@@ -262,7 +262,7 @@ mod tests {
     #[test]
     fn patch_reports_how_far_dirty_data_reaches() {
         let mut file = DirtyFile::new();
-        file.write(100, b"hello", 1, now());
+        file.write(100, b"hello".to_vec(), 1, now());
         let mut buffer = [0u8; 10];
         assert_eq!(file.patch(98, &mut buffer), 105);
         assert_eq!(&buffer, b"\0\0hello\0\0\0");
@@ -275,11 +275,11 @@ mod tests {
     #[test]
     fn only_extents_unchanged_since_the_snapshot_are_forgotten() {
         let mut file = DirtyFile::new();
-        file.write(0, b"aaaa", 1, now());
-        file.write(100, b"bbbb", 2, now());
+        file.write(0, b"aaaa".to_vec(), 1, now());
+        file.write(100, b"bbbb".to_vec(), 2, now());
         let written = file.snapshot();
         // A write lands on the first extent while the flusher is busy.
-        file.write(1, b"X", 3, now());
+        file.write(1, b"X".to_vec(), 3, now());
         assert_eq!(file.forget_written(&written), 4);
         assert_eq!(render(&file, 4), "aXaa");
         assert_eq!(file.first_record(), Some(1));
@@ -294,7 +294,7 @@ mod tests {
         let mut file = DirtyFile::new();
         let chunk = vec![1u8; 1 << 20];
         for i in 0..20u64 {
-            file.write(i << 20, &chunk, i, now());
+            file.write(i << 20, chunk.clone(), i, now());
         }
         assert_eq!(file.bytes(), 20 << 20);
         assert!(

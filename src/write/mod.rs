@@ -148,7 +148,7 @@ impl Journal {
 
     /// Records a change the origin already has.
     pub fn record(&self, op: Op) -> Result<u64, LogError> {
-        let offset = self.log.append(op)?;
+        let offset = self.log.append(&op)?;
         // Write-through: the origin is the only consumer so far, and it has everything.
         // Write-behind's flusher deletes what it has applied.
         if self.behind.is_none() && self.log.sealed_segments() > 0 {
