@@ -40,6 +40,8 @@ say "mv $demo/mnt/photos/numbers.txt $demo/mnt/photos/renamed.txt"
 say "ls -li $demo/mnt/photos $demo/origin/photos"
 say "sha256sum $demo/mnt/photos/renamed.txt $demo/origin/photos/renamed.txt"
 say "grep fuse.mirrorfs /proc/self/mountinfo"
+say "$mirrorfs log --config $config | tail -n 6"
+say "$mirrorfs status --config $config"
 
 if $keep; then
   echo
