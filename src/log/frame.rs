@@ -7,7 +7,7 @@
 //! The checksum is the first 8 bytes of blake3 over the length and the payload, so a torn
 //! or flipped length is caught as surely as a flipped payload byte.
 
-use super::record::{Op, Record};
+use super::record::{LogPath, Op, Record};
 
 /// Bytes before the payload.
 pub const HEADER_LEN: usize = 4 + 8;
@@ -62,9 +62,16 @@ pub fn encode_parts(
     op: &Op,
     out: &mut Vec<u8>,
 ) -> Result<usize, FrameError> {
+    encode_serialized(&(offset, epoch, op), out)
+}
+
+fn encode_serialized(
+    record: &impl serde::Serialize,
+    out: &mut Vec<u8>,
+) -> Result<usize, FrameError> {
     let start = out.len();
     out.resize(start + HEADER_LEN, 0);
-    if let Err(error) = postcard::to_io(&(offset, epoch, op), &mut *out) {
+    if let Err(error) = postcard::to_io(record, &mut *out) {
         out.truncate(start);
         return Err(FrameError::Payload(error.to_string()));
     }
@@ -78,6 +85,44 @@ pub fn encode_parts(
     out[start..start + 4].copy_from_slice(&length);
     out[start + 4..start + HEADER_LEN].copy_from_slice(&checksum.to_le_bytes());
     Ok(out.len() - start)
+}
+
+/// The index of `Op::Write` among `Op`'s variants, as postcard writes it.
+const WRITE_VARIANT: u32 = 8;
+
+/// The frame of a write record, encoded from borrowed bytes: the same bytes [`encode`]
+/// makes of `Op::Write`, without first copying the data into an `Op`.
+pub fn encode_write(
+    offset: u64,
+    epoch: u32,
+    path: &LogPath,
+    file_offset: u64,
+    data: &[u8],
+    out: &mut Vec<u8>,
+) -> Result<usize, FrameError> {
+    let write = WriteRef {
+        path,
+        offset: file_offset,
+        data,
+    };
+    encode_serialized(&(offset, epoch, write), out)
+}
+
+struct WriteRef<'a> {
+    path: &'a LogPath,
+    offset: u64,
+    data: &'a [u8],
+}
+
+impl serde::Serialize for WriteRef<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStructVariant;
+        let mut variant = serializer.serialize_struct_variant("Op", WRITE_VARIANT, "Write", 3)?;
+        variant.serialize_field("path", self.path)?;
+        variant.serialize_field("offset", &self.offset)?;
+        variant.serialize_field("data", serde_bytes::Bytes::new(self.data))?;
+        variant.end()
+    }
 }
 
 /// Reads the frame at the start of `bytes`.

@@ -107,6 +107,19 @@ pub struct LogStats {
     pub bytes: u64,
 }
 
+/// Where an appended record lies.
+#[derive(Clone, Debug)]
+pub struct Appended {
+    /// Its offset.
+    pub offset: u64,
+    /// The segment file holding it, open for reading (it is never rewritten, and stays
+    /// readable through this handle even once retention deletes it).
+    pub file: Arc<File>,
+    /// The byte position just past its frame. A write's bytes are the frame's last bytes
+    /// (the record ends with the operation, a write with its data, encoded as raw bytes).
+    pub end: u64,
+}
+
 /// An open, writable change log. One per volume, held by the mount daemon.
 pub struct Log {
     dir: PathBuf,
@@ -159,7 +172,9 @@ impl Log {
             torn_bytes = bytes;
         }
         let active = segments.last().expect("not empty");
+        // Readable too: write-behind reads unflushed bytes back from the log.
         let file = OpenOptions::new()
+            .read(true)
             .write(true)
             .open(&active.path)
             .map_err(io_error(&active.path))?;
@@ -195,11 +210,32 @@ impl Log {
     /// Appends `op` as the next record and returns its offset. The record survives the
     /// process dying once this returns, and the machine dying once [`Log::sync_to`] says so.
     pub fn append(&self, op: &Op) -> Result<u64> {
+        self.append_located(op).map(|appended| appended.offset)
+    }
+
+    /// [`Log::append`], also saying where the frame lies, so that bytes it carries can be
+    /// read back from the log instead of being kept elsewhere.
+    pub fn append_located(&self, op: &Op) -> Result<Appended> {
+        self.append_with(|offset, epoch, buf| frame::encode_parts(offset, epoch, op, buf))
+    }
+
+    /// Appends a write of `data` at `file_offset` of `path`, encoded straight from the
+    /// borrowed bytes. The bytes then lie at `end - data.len()..end` of the segment.
+    pub fn append_write(&self, path: &LogPath, file_offset: u64, data: &[u8]) -> Result<Appended> {
+        self.append_with(|offset, epoch, buf| {
+            frame::encode_write(offset, epoch, path, file_offset, data, buf)
+        })
+    }
+
+    fn append_with(
+        &self,
+        encode: impl FnOnce(u64, u32, &mut Vec<u8>) -> std::result::Result<usize, FrameError>,
+    ) -> Result<Appended> {
         let mut appender = self.appender();
         let appender = &mut *appender;
         let offset = appender.active().next;
         appender.buf.clear();
-        let len = frame::encode_parts(offset, self.options.epoch, op, &mut appender.buf)
+        let len = encode(offset, self.options.epoch, &mut appender.buf)
             .map_err(|error| LogError::Encode { offset, error })? as u64;
         let active = appender.active();
         if active.len + len > self.options.segment_bytes && active.next > active.first {
@@ -215,7 +251,11 @@ impl Log {
             });
         }
         appender.active().note_appended(offset, len);
-        Ok(offset)
+        Ok(Appended {
+            offset,
+            file: Arc::clone(&appender.active),
+            end: position + len,
+        })
     }
 
     /// Seals the active segment (fsynced, indexed) and starts the next one.
@@ -228,6 +268,7 @@ impl Log {
         segment::write_index(&sealed).map_err(io_error(&sealed.path))?;
         let next = create_segment(&self.dir, sealed.next)?;
         let file = OpenOptions::new()
+            .read(true)
             .write(true)
             .open(&next.path)
             .map_err(io_error(&next.path))?;

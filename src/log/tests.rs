@@ -355,3 +355,31 @@ fn a_record_too_large_is_refused_and_leaves_the_log_usable() {
     assert_eq!(log.append(&write_op("h", 0, 1)).unwrap(), 0);
     assert_eq!(all(&log).len(), 1);
 }
+
+#[test]
+fn a_write_encoded_from_borrowed_bytes_is_the_same_record_and_ends_its_frame() {
+    let (path, data) = (path("d/f"), b"borrowed bytes".to_vec());
+    let mut owned = Vec::new();
+    let op = Op::Write {
+        path: path.clone(),
+        offset: 77,
+        data: data.clone(),
+    };
+    frame::encode_parts(9, 1, &op, &mut owned).unwrap();
+    let mut borrowed = Vec::new();
+    frame::encode_write(9, 1, &path, 77, &data, &mut borrowed).unwrap();
+    assert_eq!(owned, borrowed);
+
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path(), options(1 << 20)).unwrap();
+    log.append(&Op::Unlink { path: path.clone() }).unwrap();
+    let appended = log.append_write(&path, 77, &data).unwrap();
+    assert_eq!(appended.offset, 1);
+    let mut back = vec![0; data.len()];
+    appended
+        .file
+        .read_exact_at(&mut back, appended.end - data.len() as u64)
+        .unwrap();
+    assert_eq!(back, data);
+    assert_eq!(all(&log)[1].op, op);
+}

@@ -73,7 +73,7 @@ impl Volume {
         let overlay = self.journal.overlay(open.inode, offset, size);
         let read = open.file.read_at(&mut buffer[..size], offset)?;
         Ok(match overlay {
-            Some(overlay) => overlay.apply(offset, &mut buffer[..size], read),
+            Some(overlay) => overlay.apply(offset, &mut buffer[..size], read)?,
             None => read,
         })
     }

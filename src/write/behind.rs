@@ -1,6 +1,6 @@
-//! Write-behind: a write returns once its record is in the log; its bytes wait in memory
-//! (and in the log) until a flusher thread writes them to the origin, oldest first,
-//! merged into large writes.
+//! Write-behind: a write returns once its record is in the log; its bytes stay there, mapped
+//! by each file's dirty extents, until a flusher thread copies them to the origin, oldest
+//! file first, adjacent extents merged into large writes.
 //!
 //! - Reads see unflushed bytes: the overlay of dirty extents is taken before the origin is
 //!   read, and an extent leaves the overlay only after it is in the origin.
@@ -15,15 +15,18 @@ use std::path::PathBuf;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
-use crate::log::{Log, LogError, LogPath, Op};
+use crate::log::{Log, LogError, LogPath};
 use crate::origin::{Origin, OriginFile, TimeSet, TimesUpdate};
 use crate::types::InodeId;
 
 use super::applied;
-use super::dirty::{self, DirtyFile, Extent};
+use super::dirty::{DirtyFile, Extent};
 
 /// After a failed flush, the flusher waits this long before trying again.
 const RETRY_AFTER: Duration = Duration::from_secs(1);
+
+/// Adjacent dirty extents are gathered into one origin write of up to this many bytes.
+const FLUSH_WRITE_MAX: u64 = 8 << 20;
 
 /// How a write-behind volume is tuned.
 #[derive(Clone, Copy, Debug)]
@@ -94,15 +97,17 @@ pub struct Overlay {
 impl Overlay {
     /// Lays the dirty bytes over `buffer`, whose first `read` bytes came from the origin
     /// at `position`, and returns how many bytes of `buffer` the file now has.
-    pub fn apply(&self, position: u64, buffer: &mut [u8], read: usize) -> usize {
+    pub fn apply(&self, position: u64, buffer: &mut [u8], read: usize) -> io::Result<usize> {
         let wanted_end = position + buffer.len() as u64;
         let end = (position + read as u64).max(self.end.min(wanted_end));
         let len = (end - position) as usize;
         // Past the origin's end and before the dirty bytes is a hole.
         buffer[read.min(len)..len].fill(0);
-        let extents = self.extents.iter().map(|(start, extent)| (*start, extent));
-        dirty::lay(extents, position, &mut buffer[..len]);
-        len
+        for (from, extent) in &self.extents {
+            let at = (from - position) as usize;
+            extent.read(0, &mut buffer[at..at + extent.len as usize])?;
+        }
+        Ok(len)
     }
 }
 
@@ -159,23 +164,19 @@ impl WriteBehind {
                 .unwrap_or_else(|poisoned| poisoned.into_inner());
         }
         // Appended under the state lock, so the overlay and the log agree on order.
-        let op = Op::Write {
-            path,
-            offset: position,
-            data: data.to_vec(),
-        };
-        let record = self.log.append(&op)?;
-        let Op::Write { data, .. } = op else {
-            unreachable!("built as a write just above")
+        let appended = self.log.append_write(&path, position, data)?;
+        let extent = Extent {
+            source: appended.file,
+            source_position: appended.end - data.len() as u64,
+            len: data.len() as u64,
+            record: appended.offset,
         };
         let pending = state.files.entry(id).or_insert_with(|| Pending {
             dirty: DirtyFile::new(),
             file: Arc::clone(file),
             since: Instant::now(),
         });
-        let grown = pending
-            .dirty
-            .write(position, data, record, SystemTime::now());
+        let grown = pending.dirty.write(position, extent, SystemTime::now());
         state.bytes = state.bytes.saturating_add_signed(grown);
         if state.bytes > self.tuning.dirty_bytes_max / 2 {
             // Start early so writers rarely have to wait.
@@ -190,7 +191,7 @@ impl WriteBehind {
         let state = self.state();
         let dirty = &state.files.get(&id)?.dirty;
         Some(Overlay {
-            extents: dirty.overlapping_snapshot(position, position + len as u64),
+            extents: dirty.overlapping(position, position + len as u64),
             end: dirty.end(),
         })
     }
@@ -205,6 +206,14 @@ impl WriteBehind {
     /// Writes `id`'s unflushed bytes to the origin now (before a change that must come
     /// after them: truncate, explicit times, rename).
     pub fn flush_file(&self, id: InodeId) -> io::Result<()> {
+        self.flush_one(id, false)
+    }
+
+    /// Copies `id`'s unflushed bytes to the origin; with `durable`, also fdatasyncs them.
+    /// The flusher thread asks for that: the sync then runs in this thread, so it is paced
+    /// (and, in the benchmark, throttled) like the daemon's other I/O, not by the kernel's
+    /// writeback threads.
+    fn flush_one(&self, id: InodeId, durable: bool) -> io::Result<()> {
         let _turn = self
             .flush_turn
             .lock()
@@ -216,8 +225,9 @@ impl WriteBehind {
                 None => return Ok(()),
             }
         };
-        for (start, extent) in &written {
-            file.write_at(&extent.data, *start)?;
+        copy_out(&written, &file)?;
+        if durable {
+            file.sync(true)?;
         }
         let mut state = self.state();
         let Some(pending) = state.files.get_mut(&id) else {
@@ -247,8 +257,12 @@ impl WriteBehind {
 
     /// Writes every file's unflushed bytes to the origin now (before a directory moves).
     pub fn flush_all(&self) -> io::Result<()> {
+        self.flush_each(false)
+    }
+
+    fn flush_each(&self, durable: bool) -> io::Result<()> {
         for id in self.dirty_ids() {
-            self.flush_file(id)?;
+            self.flush_one(id, durable)?;
         }
         Ok(())
     }
@@ -282,7 +296,7 @@ impl WriteBehind {
             if !self.wait_for_work() {
                 return;
             }
-            let outcome = self.flush_all().and_then(|()| self.advance_applied());
+            let outcome = self.flush_each(true).and_then(|()| self.advance_applied());
             let mut state = self.state();
             match outcome {
                 Ok(()) => state.status.flush_error = None,
@@ -356,4 +370,28 @@ impl WriteBehind {
         self.state().stopping = true;
         self.changed.notify_all();
     }
+}
+
+/// Copies `extents` (by file position, ascending) from the log to `file`, gathering runs
+/// of adjacent extents into writes of up to [`FLUSH_WRITE_MAX`] bytes.
+fn copy_out(extents: &[(u64, Extent)], file: &OriginFile) -> io::Result<()> {
+    let mut buffer: Vec<u8> = Vec::new();
+    let mut run_start = 0;
+    for (start, extent) in extents {
+        let adjacent = run_start + buffer.len() as u64 == *start;
+        if !buffer.is_empty() && (!adjacent || buffer.len() as u64 + extent.len > FLUSH_WRITE_MAX) {
+            file.write_at(&buffer, run_start)?;
+            buffer.clear();
+        }
+        if buffer.is_empty() {
+            run_start = *start;
+        }
+        let at = buffer.len();
+        buffer.resize(at + extent.len as usize, 0);
+        extent.read(0, &mut buffer[at..])?;
+    }
+    if !buffer.is_empty() {
+        file.write_at(&buffer, run_start)?;
+    }
+    Ok(())
 }

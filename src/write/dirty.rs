@@ -1,31 +1,61 @@
-//! One file's data written through the mount but not yet in the origin (write-behind):
-//! non-overlapping extents, merged as they are written so the flusher issues large writes.
+//! One file's data written through the mount but not yet in the origin (write-behind). The
+//! bytes themselves stay where the write put them, in the change log: an extent says which
+//! bytes of the file lie at which position of which log segment. So unflushed data costs no
+//! memory beyond this map, and nothing is copied to keep it.
 //!
-//! Extent data is shared (`Arc`) with a flusher that is writing it out; a later write to
-//! the same bytes makes a new extent instead of changing the shared one, so the flusher can
-//! tell afterwards which extents it wrote are still current and drop only those.
+//! Extents never overlap: a write cuts the parts of older extents it covers. Each extent is
+//! unique (a log position is written once), which is how a flusher tells afterwards whether
+//! an extent it wrote out is still current.
 
 use std::collections::BTreeMap;
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-/// Extents are not merged past this size, so a long sequential writer does not copy an
-/// ever-growing buffer, and the flusher's writes stay a sensible size.
-const EXTENT_BYTES_MAX: usize = 8 << 20;
-
-/// Written bytes at a position in the file, with the oldest log offset they carry.
+/// Bytes of the file at some position, held in a log segment.
 #[derive(Clone, Debug)]
 pub struct Extent {
-    /// The bytes.
-    pub data: Arc<Vec<u8>>,
-    /// The offset of the oldest log record whose bytes are in `data`.
-    pub first_record: u64,
+    /// The log segment holding the bytes.
+    pub source: Arc<File>,
+    /// Where in the segment they start.
+    pub source_position: u64,
+    /// How many.
+    pub len: u64,
+    /// The offset of the log record that wrote them.
+    pub record: u64,
+}
+
+impl Extent {
+    /// Whether `other` is this very extent (not merely equal bytes).
+    fn same(&self, other: &Extent) -> bool {
+        Arc::ptr_eq(&self.source, &other.source)
+            && self.source_position == other.source_position
+            && self.len == other.len
+    }
+
+    /// The part of this extent from `skip` bytes in, `len` long.
+    fn part(&self, skip: u64, len: u64) -> Extent {
+        Extent {
+            source: Arc::clone(&self.source),
+            source_position: self.source_position + skip,
+            len,
+            record: self.record,
+        }
+    }
+
+    /// Reads this extent's bytes from `skip` on into `buffer` (which it fills).
+    pub fn read(&self, skip: u64, buffer: &mut [u8]) -> io::Result<()> {
+        self.source
+            .read_exact_at(buffer, self.source_position + skip)
+    }
 }
 
 /// A file's unflushed writes.
 #[derive(Debug)]
 pub struct DirtyFile {
-    /// By starting byte position; never overlapping.
+    /// By starting byte position in the file; never overlapping.
     extents: BTreeMap<u64, Extent>,
     bytes: u64,
     /// The time of the newest write: the file's mtime as the mount shows it.
@@ -42,80 +72,57 @@ impl DirtyFile {
         }
     }
 
+    /// Whether nothing is held.
+    pub fn is_empty(&self) -> bool {
+        self.extents.is_empty()
+    }
+
     /// Bytes held.
     #[cfg(test)]
     pub fn bytes(&self) -> u64 {
         self.bytes
     }
 
-    /// Whether nothing is held.
-    pub fn is_empty(&self) -> bool {
-        self.extents.is_empty()
-    }
-
     /// One past the last dirty byte (0 when clean).
     pub fn end(&self) -> u64 {
         self.extents
             .last_key_value()
-            .map_or(0, |(start, extent)| start + extent.data.len() as u64)
+            .map_or(0, |(start, extent)| start + extent.len)
     }
 
     /// The oldest log record not yet in the origin.
     pub fn first_record(&self) -> Option<u64> {
-        self.extents
-            .values()
-            .map(|extent| extent.first_record)
-            .min()
+        self.extents.values().map(|extent| extent.record).min()
     }
 
-    /// Takes `data` written at `position` by log record `record`. Returns how many bytes
-    /// the file holds now minus before (new bytes minus overwritten ones).
-    pub fn write(&mut self, position: u64, data: Vec<u8>, record: u64, now: SystemTime) -> i64 {
+    /// Takes `extent`, written at `position` of the file. Returns how many bytes the file
+    /// holds now minus before (new bytes minus overwritten ones).
+    pub fn write(&mut self, position: u64, extent: Extent, now: SystemTime) -> i64 {
         let before = self.bytes;
         self.mtime = now;
-        if data.is_empty() {
-            return 0;
+        if extent.len > 0 {
+            self.cut(position, position + extent.len);
+            self.insert(position, extent);
         }
-        let end = position + data.len() as u64;
-        self.cut(position, end);
-        let mut start = position;
-        let mut bytes = data;
-        let mut first_record = record;
-        // Join the extent ending exactly here, and the one starting exactly at the end.
-        if let Some((&left, extent)) = self.extents.range(..position).next_back()
-            && left + extent.data.len() as u64 == position
-            && extent.data.len() + bytes.len() <= EXTENT_BYTES_MAX
-        {
-            let extent = self.take(left);
-            let mut joined = Arc::unwrap_or_clone(extent.data);
-            joined.extend_from_slice(&bytes);
-            bytes = joined;
-            start = left;
-            first_record = first_record.min(extent.first_record);
-        }
-        if let Some(extent) = self.extents.get(&end)
-            && extent.data.len() + bytes.len() <= EXTENT_BYTES_MAX
-        {
-            let extent = self.take(end);
-            bytes.extend_from_slice(&extent.data);
-            first_record = first_record.min(extent.first_record);
-        }
-        self.insert(start, bytes, first_record);
         self.bytes as i64 - before as i64
     }
 
-    /// Copies the dirty bytes within `[position, position + buffer.len())` into `buffer`
-    /// and returns one past the last byte position any of them covers (0 if none).
-    #[cfg(test)]
-    pub fn patch(&self, position: u64, buffer: &mut [u8]) -> u64 {
-        let end = position + buffer.len() as u64;
-        lay(self.overlapping(position, end), position, buffer)
-    }
-
-    /// The extents overlapping `[position, end)`, shared.
-    pub fn overlapping_snapshot(&self, position: u64, end: u64) -> Vec<(u64, Extent)> {
-        self.overlapping(position, end)
-            .map(|(start, extent)| (start, extent.clone()))
+    /// The extents overlapping `[position, end)`, clipped to it, by file position.
+    pub fn overlapping(&self, position: u64, end: u64) -> Vec<(u64, Extent)> {
+        let first = self
+            .extents
+            .range(..=position)
+            .next_back()
+            .filter(|(start, extent)| *start + extent.len > position)
+            .map(|(start, _)| *start)
+            .unwrap_or(position);
+        self.extents
+            .range(first..end)
+            .map(|(start, extent)| {
+                let from = (*start).max(position);
+                let to = (start + extent.len).min(end);
+                (from, extent.part(from - start, to - from))
+            })
             .collect()
     }
 
@@ -128,91 +135,60 @@ impl DirtyFile {
     }
 
     /// Drops the extents of `written` that are still exactly as they were (no later write
-    /// replaced them). Returns the bytes dropped.
+    /// cut them). Returns the bytes dropped.
     pub fn forget_written(&mut self, written: &[(u64, Extent)]) -> u64 {
         let mut dropped = 0;
         for (start, extent) in written {
             if self
                 .extents
                 .get(start)
-                .is_some_and(|current| Arc::ptr_eq(&current.data, &extent.data))
+                .is_some_and(|current| current.same(extent))
             {
-                dropped += self.take(*start).data.len() as u64;
+                dropped += self.take(*start).len;
             }
         }
         dropped
-    }
-
-    fn overlapping(&self, position: u64, end: u64) -> impl Iterator<Item = (u64, &Extent)> {
-        let first = self
-            .extents
-            .range(..=position)
-            .next_back()
-            .filter(|(start, extent)| *start + extent.data.len() as u64 > position)
-            .map(|(start, _)| *start)
-            .unwrap_or(position);
-        self.extents
-            .range(first..end)
-            .map(|(start, extent)| (*start, extent))
     }
 
     /// Removes the bytes in `[position, end)`, keeping the parts of extents outside it.
     fn cut(&mut self, position: u64, end: u64) {
         let hit: Vec<u64> = self
             .overlapping(position, end)
-            .map(|(start, _)| start)
+            .into_iter()
+            .map(|(from, _)| from)
             .collect();
-        for start in hit {
+        for from in hit {
+            let start = if self.extents.contains_key(&from) {
+                from
+            } else {
+                *self
+                    .extents
+                    .range(..from)
+                    .next_back()
+                    .expect("an overlapping extent starts at or before its clipped start")
+                    .0
+            };
             let extent = self.take(start);
-            let extent_end = start + extent.data.len() as u64;
+            let extent_end = start + extent.len;
             if start < position {
-                let keep = extent.data[..(position - start) as usize].to_vec();
-                self.insert(start, keep, extent.first_record);
+                self.insert(start, extent.part(0, position - start));
             }
             if extent_end > end {
-                let keep = extent.data[(end - start) as usize..].to_vec();
-                self.insert(end, keep, extent.first_record);
+                self.insert(end, extent.part(end - start, extent_end - end));
             }
         }
     }
 
     fn take(&mut self, start: u64) -> Extent {
         let extent = self.extents.remove(&start).expect("extent exists");
-        self.bytes -= extent.data.len() as u64;
+        self.bytes -= extent.len;
         extent
     }
 
-    fn insert(&mut self, start: u64, data: Vec<u8>, first_record: u64) {
-        self.bytes += data.len() as u64;
-        self.extents.insert(
-            start,
-            Extent {
-                data: Arc::new(data),
-                first_record,
-            },
-        );
+    fn insert(&mut self, start: u64, extent: Extent) {
+        self.bytes += extent.len;
+        self.extents.insert(start, extent);
     }
-}
-
-/// Copies the parts of `extents` within `[position, position + buffer.len())` into
-/// `buffer`; returns one past the last byte position they cover (0 if none).
-pub fn lay<'a>(
-    extents: impl IntoIterator<Item = (u64, &'a Extent)>,
-    position: u64,
-    buffer: &mut [u8],
-) -> u64 {
-    let end = position + buffer.len() as u64;
-    let mut covered = 0;
-    for (start, extent) in extents {
-        let from = start.max(position);
-        let to = (start + extent.data.len() as u64).min(end);
-        if from < to {
-            buffer[(from - position) as usize..(to - position) as usize]
-                .copy_from_slice(&extent.data[(from - start) as usize..(to - start) as usize]);
-            covered = to;
-        }
-    }
-    covered
 }
 
 impl Default for DirtyFile {
@@ -223,12 +199,59 @@ impl Default for DirtyFile {
 
 #[cfg(test)]
 mod tests {
+    use std::io::Write;
+
     use super::*;
 
-    /// The file as a byte vector of `len`, unwritten bytes as `.`.
-    fn render(file: &DirtyFile, len: usize) -> String {
-        let mut buffer = vec![b'.'; len];
-        file.patch(0, &mut buffer);
+    /// A stand-in log segment: appends bytes and hands out extents over them.
+    struct Source {
+        file: Arc<File>,
+        len: u64,
+        records: u64,
+        _dir: tempfile::TempDir,
+    }
+
+    impl Source {
+        fn new() -> Source {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("segment");
+            let file = std::fs::OpenOptions::new()
+                .read(true)
+                .append(true)
+                .create(true)
+                .open(path)
+                .unwrap();
+            Source {
+                file: Arc::new(file),
+                len: 0,
+                records: 0,
+                _dir: dir,
+            }
+        }
+
+        fn extent(&mut self, bytes: &[u8]) -> Extent {
+            (&*self.file).write_all(bytes).unwrap();
+            let extent = Extent {
+                source: Arc::clone(&self.file),
+                source_position: self.len,
+                len: bytes.len() as u64,
+                record: self.records,
+            };
+            self.len += bytes.len() as u64;
+            self.records += 1;
+            extent
+        }
+    }
+
+    /// The file as text of `len` bytes, unwritten bytes as `.`.
+    fn render(file: &DirtyFile, len: u64) -> String {
+        let mut buffer = vec![b'.'; len as usize];
+        for (from, extent) in file.overlapping(0, len) {
+            let at = from as usize;
+            extent
+                .read(0, &mut buffer[at..at + extent.len as usize])
+                .unwrap();
+        }
         String::from_utf8(buffer).unwrap()
     }
 
@@ -237,71 +260,60 @@ mod tests {
     }
 
     #[test]
-    fn writes_overlay_and_merge() {
+    fn writes_overlay_one_another() {
+        let mut log = Source::new();
         let mut file = DirtyFile::new();
-        assert_eq!(file.write(2, b"abcd".to_vec(), 10, now()), 4);
-        assert_eq!(file.write(6, b"ef".to_vec(), 11, now()), 2);
-        assert_eq!(file.snapshot().len(), 1, "adjacent writes are one extent");
+        assert_eq!(file.write(2, log.extent(b"abcd"), now()), 4);
+        assert_eq!(file.write(6, log.extent(b"ef"), now()), 2);
         assert_eq!(render(&file, 10), "..abcdef..");
-        // Overwrite the middle: bytes held stay the same.
-        assert_eq!(file.write(3, b"XY".to_vec(), 12, now()), 0);
+        // Overwrite the middle of one extent: it splits around the new one.
+        assert_eq!(file.write(3, log.extent(b"XY"), now()), 0);
         assert_eq!(render(&file, 10), "..aXYdef..");
         assert_eq!(file.bytes(), 6);
         assert_eq!(file.end(), 8);
-        assert_eq!(file.first_record(), Some(10));
-        // A separate extent further out.
-        file.write(12, b"zz".to_vec(), 13, now());
-        assert_eq!(render(&file, 16), "..aXYdef....zz..");
-        assert_eq!(file.end(), 14);
-        // Bridging the gap joins at most the neighbours it touches exactly.
-        file.write(8, b"1234".to_vec(), 14, now());
-        assert_eq!(render(&file, 16), "..aXYdef1234zz..");
-        assert_eq!(file.bytes(), 12);
+        assert_eq!(file.first_record(), Some(0));
+        // Across two extents and beyond.
+        file.write(5, log.extent(b"1234"), now());
+        assert_eq!(render(&file, 10), "..aXY1234.");
+        assert_eq!(file.bytes(), 7);
+        // Covering everything.
+        file.write(0, log.extent(b"0123456789"), now());
+        assert_eq!(render(&file, 12), "0123456789..");
+        assert_eq!(file.snapshot().len(), 1);
+        assert_eq!(file.first_record(), Some(4));
     }
 
     #[test]
-    fn patch_reports_how_far_dirty_data_reaches() {
+    fn overlapping_clips_to_the_range() {
+        let mut log = Source::new();
         let mut file = DirtyFile::new();
-        file.write(100, b"hello".to_vec(), 1, now());
-        let mut buffer = [0u8; 10];
-        assert_eq!(file.patch(98, &mut buffer), 105);
-        assert_eq!(&buffer, b"\0\0hello\0\0\0");
-        assert_eq!(file.patch(0, &mut [0u8; 50]), 0);
-        let mut tail = [0u8; 3];
-        assert_eq!(file.patch(103, &mut tail), 105);
-        assert_eq!(&tail[..2], b"lo");
+        file.write(100, log.extent(b"hello"), now());
+        let parts = file.overlapping(102, 110);
+        assert_eq!(parts.len(), 1);
+        let (from, extent) = &parts[0];
+        assert_eq!((*from, extent.len), (102, 3));
+        let mut bytes = [0u8; 3];
+        extent.read(0, &mut bytes).unwrap();
+        assert_eq!(&bytes, b"llo");
+        assert!(file.overlapping(0, 100).is_empty());
+        assert!(file.overlapping(105, 200).is_empty());
     }
 
     #[test]
     fn only_extents_unchanged_since_the_snapshot_are_forgotten() {
+        let mut log = Source::new();
         let mut file = DirtyFile::new();
-        file.write(0, b"aaaa".to_vec(), 1, now());
-        file.write(100, b"bbbb".to_vec(), 2, now());
+        file.write(0, log.extent(b"aaaa"), now());
+        file.write(100, log.extent(b"bbbb"), now());
         let written = file.snapshot();
         // A write lands on the first extent while the flusher is busy.
-        file.write(1, b"X".to_vec(), 3, now());
+        file.write(1, log.extent(b"X"), now());
         assert_eq!(file.forget_written(&written), 4);
         assert_eq!(render(&file, 4), "aXaa");
-        assert_eq!(file.first_record(), Some(1));
+        assert_eq!(file.first_record(), Some(0));
         let rest = file.snapshot();
         assert_eq!(file.forget_written(&rest), 4);
         assert!(file.is_empty());
         assert_eq!(file.bytes(), 0);
-    }
-
-    #[test]
-    fn extents_stop_growing_at_the_cap() {
-        let mut file = DirtyFile::new();
-        let chunk = vec![1u8; 1 << 20];
-        for i in 0..20u64 {
-            file.write(i << 20, chunk.clone(), i, now());
-        }
-        assert_eq!(file.bytes(), 20 << 20);
-        assert!(
-            file.snapshot()
-                .iter()
-                .all(|(_, e)| e.data.len() <= EXTENT_BYTES_MAX)
-        );
-        assert_eq!(file.snapshot().len(), 3);
     }
 }
