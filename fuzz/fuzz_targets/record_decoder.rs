@@ -16,11 +16,11 @@ fuzz_target!(|data: &[u8]| {
         rest.to_vec()
     } else {
         let length = (rest.len() as u32).to_le_bytes();
-        let mut hasher = blake3::Hasher::new();
+        let mut hasher = crc32fast::Hasher::new();
         hasher.update(&length);
         hasher.update(rest);
         let mut framed = length.to_vec();
-        framed.extend_from_slice(&hasher.finalize().as_bytes()[..8]);
+        framed.extend_from_slice(&hasher.finalize().to_le_bytes());
         framed.extend_from_slice(rest);
         framed
     };

@@ -45,7 +45,8 @@ fn golden_bytes() {
     let mut bytes = Vec::new();
     let len = frame::encode(&record, &mut bytes).unwrap();
     assert_eq!(len, bytes.len());
-    let golden = "0c0000007f64aff2506da169ac02010803642f6605026869";
+    // length 12 | crc32 (= Python's zlib.crc32 of length and payload) | payload
+    let golden = "0c000000f757fd86ac02010803642f6605026869";
     assert_eq!(to_hex(&bytes), golden);
     match frame::decode(&bytes) {
         frame::Decoded::Record(decoded, used) => {
@@ -76,10 +77,10 @@ fn decoding_rejects_paths_outside_the_volume() {
     payload.extend_from_slice(&[2, b'.', b'.']);
     let mut forged = Vec::new();
     forged.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-    let mut hasher = blake3::Hasher::new();
+    let mut hasher = crc32fast::Hasher::new();
     hasher.update(&(payload.len() as u32).to_le_bytes());
     hasher.update(&payload);
-    forged.extend_from_slice(&hasher.finalize().as_bytes()[..8]);
+    forged.extend_from_slice(&hasher.finalize().to_le_bytes());
     forged.extend_from_slice(&payload);
     assert!(matches!(
         frame::decode(&forged),
