@@ -10,12 +10,15 @@
 # mount --vfs-cache-mode full --vfs-write-back 2s (write-behind without a journal: its
 # fsync does not wait for anything durable). Prints files/s and MB/s, and the ratios the
 # targets are set in: write-behind / write-through and write-behind / fast disk. Also how
-# long write-behind's unmount takes to bring the slow origin up to date.
+# long write-behind's unmount takes to bring the slow origin up to date. The fast disk and
+# write-behind, the two a target compares, run ROUNDS times interleaved (write-behind on a
+# fresh mount each time) and their medians are reported: this machine is noisy.
 #
-#   scripts/bench-write.sh [FILES]      (default 160, about 330 MB)
+#   scripts/bench-write.sh [FILES] [ROUNDS]      (defaults 160 files, about 330 MB; 3 rounds)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 files=${1:-160}
+rounds=${2:-3}
 limit_bps=$((20 * 1000 * 1000))
 limit_iops=200
 
@@ -72,22 +75,23 @@ settle() {
 
 declare -A result
 run() {
-  local name=$1 dir=$2 throttle=$3
+  local name=$1 dir=$2 throttle=$3 out
   settle
   if [ "$throttle" = yes ]; then
-    result[$name]=$("${throttled[@]}" "$burst" "$dir" "$files")
+    out=$("${throttled[@]}" "$burst" "$dir" "$files")
   else
-    result[$name]=$("$burst" "$dir" "$files")
+    out=$("$burst" "$dir" "$files")
   fi
-  echo "bench-write: $name ${result[$name]}"
+  result[$name]="${result[$name]:-}$out"$'\n'
+  echo "bench-write: $name $out"
 }
 
-run fast-disk "$work/fast" no
 mkdir "$work/slow/direct"
 run slow-origin "$work/slow/direct" yes
 
 mirrorfs_run() {
   local mode=$1
+  rm -rf "${work:?}/slow/$mode" "$work/$mode-state"
   mkdir -p "$work/slow/$mode" "$work/$mode-mnt"
   printf '[write]\nmode = "%s"\ndirty_bytes_max = "1GiB"\nflush_interval = "2s"\n' "$mode" > "$work/$mode.toml"
   "${throttled[@]}" target/release/mirrorfs mount "$work/slow/$mode" "$work/$mode-mnt" \
@@ -96,13 +100,17 @@ mirrorfs_run() {
   pids+=("$pid")
   wait_mounted "$work/$mode-mnt"
   run "$mode" "$work/$mode-mnt" no
-  local start=$SECONDS
+  local start
+  start=$(date +%s.%N)
   kill -TERM "$pid"
   wait "$pid" || { echo "bench-write: $mode daemon failed:" >&2; cat "$work/$mode.log" >&2; exit 1; }
-  echo "bench-write: $mode unmount (origin brought up to date) took $((SECONDS - start)) s"
+  echo "bench-write: $mode unmount (origin brought up to date) took $(echo "$(date +%s.%N) - $start" | bc) s"
 }
 mirrorfs_run write-through
-mirrorfs_run write-behind
+for _ in $(seq "$rounds"); do
+  run fast-disk "$work/fast" no
+  mirrorfs_run write-behind
+done
 
 mkdir -p "$work/slow/rclone" "$work/rclone-mnt"
 RCLONE_CONFIG=/dev/null "${throttled[@]}" rclone mount "$work/slow/rclone" "$work/rclone-mnt" \
@@ -111,9 +119,14 @@ pids+=("$!")
 wait_mounted "$work/rclone-mnt"
 run rclone "$work/rclone-mnt" no
 
-python3 - "$files" <<PY
-import json, sys
-r = {k: json.loads(v) for k, v in {
+python3 - "$files" "$rounds" <<PY
+import json, statistics, sys
+def median(lines):
+    runs = [json.loads(line) for line in lines.strip().splitlines()]
+    if any("error" in run for run in runs):
+        return next(run for run in runs if "error" in run)
+    return {key: statistics.median(run[key] for run in runs) for key in ("files_per_s", "mb_per_s")}
+r = {k: median(v) for k, v in {
     "fast disk directly": '''${result[fast-disk]}''',
     "slow origin directly": '''${result[slow-origin]}''',
     "mirrorfs write-through": '''${result[write-through]}''',
@@ -121,6 +134,7 @@ r = {k: json.loads(v) for k, v in {
     "rclone vfs full, write-back": '''${result[rclone]}''',
 }.items()}
 print(f"\n{sys.argv[1]} files of 64 KiB-4 MiB, each fsynced; origin limited to 20 MB/s, 200 IOPS")
+print(f"fast disk and write-behind: medians of {sys.argv[2]} interleaved rounds")
 print(f"{'target':30} {'files/s':>9} {'MB/s':>8}")
 for name, v in r.items():
     if "error" in v:

@@ -92,9 +92,12 @@ fn encode_serialized(
 /// The index of `Op::Write` among `Op`'s variants, as postcard writes it.
 const WRITE_VARIANT: u32 = 8;
 
-/// The frame of a write record, encoded from borrowed bytes: the same bytes [`encode`]
-/// makes of `Op::Write`, without first copying the data into an `Op`.
-pub fn encode_write(
+/// The frame of a write record, encoded from borrowed bytes and without them: appends to
+/// `out` the frame's header and the payload up to the data, such that `out`'s new bytes
+/// followed by `data` are exactly the frame [`encode`] makes of `Op::Write`. Returns the
+/// whole frame's length. So a write's bytes go from the caller's buffer to the log file
+/// without being copied into an `Op` or an encoding buffer.
+pub fn encode_write_head(
     offset: u64,
     epoch: u32,
     path: &LogPath,
@@ -102,27 +105,54 @@ pub fn encode_write(
     data: &[u8],
     out: &mut Vec<u8>,
 ) -> Result<usize, FrameError> {
-    let write = WriteRef {
+    let start = out.len();
+    out.resize(start + HEADER_LEN, 0);
+    let head = WriteHead {
         path,
         offset: file_offset,
-        data,
     };
-    encode_serialized(&(offset, epoch, write), out)
+    if let Err(error) = postcard::to_io(&(offset, epoch, head), &mut *out) {
+        out.truncate(start);
+        return Err(FrameError::Payload(error.to_string()));
+    }
+    // The data field as postcard writes bytes: a LEB128 length, then the bytes.
+    let mut len = data.len();
+    loop {
+        let low = (len & 0x7f) as u8;
+        len >>= 7;
+        if len == 0 {
+            out.push(low);
+            break;
+        }
+        out.push(low | 0x80);
+    }
+    let payload_len = out.len() - start - HEADER_LEN + data.len();
+    if payload_len > PAYLOAD_LEN_MAX {
+        out.truncate(start);
+        return Err(FrameError::Length(payload_len as u64));
+    }
+    let length = (payload_len as u32).to_le_bytes();
+    let mut hasher = crc32fast::Hasher::new();
+    hasher.update(&length);
+    hasher.update(&out[start + HEADER_LEN..]);
+    hasher.update(data);
+    out[start..start + 4].copy_from_slice(&length);
+    out[start + 4..start + HEADER_LEN].copy_from_slice(&hasher.finalize().to_le_bytes());
+    Ok(HEADER_LEN + payload_len)
 }
 
-struct WriteRef<'a> {
+/// `Op::Write` without its last field, the data.
+struct WriteHead<'a> {
     path: &'a LogPath,
     offset: u64,
-    data: &'a [u8],
 }
 
-impl serde::Serialize for WriteRef<'_> {
+impl serde::Serialize for WriteHead<'_> {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeStructVariant;
         let mut variant = serializer.serialize_struct_variant("Op", WRITE_VARIANT, "Write", 3)?;
         variant.serialize_field("path", self.path)?;
         variant.serialize_field("offset", &self.offset)?;
-        variant.serialize_field("data", serde_bytes::Bytes::new(self.data))?;
         variant.end()
     }
 }

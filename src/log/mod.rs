@@ -120,6 +120,24 @@ pub struct Appended {
     pub end: u64,
 }
 
+impl Appended {
+    /// Starts writing the last `len` bytes of the record to disk without waiting, so that
+    /// a later fsync finds them already on their way (sync_file_range; advisory: errors
+    /// are left for the fsync to report).
+    pub fn start_writeback(&self, len: u64) {
+        let start = self.end.saturating_sub(len);
+        // SAFETY: a valid fd and a byte range of it; the call only schedules writeback.
+        unsafe {
+            libc::sync_file_range(
+                std::os::fd::AsRawFd::as_raw_fd(&*self.file),
+                start as libc::off64_t,
+                len as libc::off64_t,
+                libc::SYNC_FILE_RANGE_WRITE,
+            );
+        }
+    }
+}
+
 /// An open, writable change log. One per volume, held by the mount daemon.
 pub struct Log {
     dir: PathBuf,
@@ -216,19 +234,24 @@ impl Log {
     /// [`Log::append`], also saying where the frame lies, so that bytes it carries can be
     /// read back from the log instead of being kept elsewhere.
     pub fn append_located(&self, op: &Op) -> Result<Appended> {
-        self.append_with(|offset, epoch, buf| frame::encode_parts(offset, epoch, op, buf))
-    }
-
-    /// Appends a write of `data` at `file_offset` of `path`, encoded straight from the
-    /// borrowed bytes. The bytes then lie at `end - data.len()..end` of the segment.
-    pub fn append_write(&self, path: &LogPath, file_offset: u64, data: &[u8]) -> Result<Appended> {
-        self.append_with(|offset, epoch, buf| {
-            frame::encode_write(offset, epoch, path, file_offset, data, buf)
+        self.append_with(&[], |offset, epoch, buf| {
+            frame::encode_parts(offset, epoch, op, buf)
         })
     }
 
+    /// Appends a write of `data` at `file_offset` of `path`. The bytes go from `data` to
+    /// the segment file without another copy, and then lie at `end - data.len()..end`.
+    pub fn append_write(&self, path: &LogPath, file_offset: u64, data: &[u8]) -> Result<Appended> {
+        self.append_with(data, |offset, epoch, buf| {
+            frame::encode_write_head(offset, epoch, path, file_offset, data, buf)
+        })
+    }
+
+    /// Appends the frame whose first bytes `encode` puts in the buffer and whose last
+    /// bytes are `tail`.
     fn append_with(
         &self,
+        tail: &[u8],
         encode: impl FnOnce(u64, u32, &mut Vec<u8>) -> std::result::Result<usize, FrameError>,
     ) -> Result<Appended> {
         let mut appender = self.appender();
@@ -242,7 +265,14 @@ impl Log {
             self.roll(appender)?;
         }
         let position = appender.active().len;
-        if let Err(source) = appender.active.write_all_at(&appender.buf, position) {
+        let written = appender
+            .active
+            .write_all_at(&appender.buf, position)
+            .and_then(|()| {
+                let at = position + appender.buf.len() as u64;
+                appender.active.write_all_at(tail, at)
+            });
+        if let Err(source) = written {
             // Leave no partial frame for the next append to land after.
             let _ = appender.active.set_len(position);
             return Err(LogError::Io {

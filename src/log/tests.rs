@@ -368,8 +368,23 @@ fn a_write_encoded_from_borrowed_bytes_is_the_same_record_and_ends_its_frame() {
     };
     frame::encode_parts(9, 1, &op, &mut owned).unwrap();
     let mut borrowed = Vec::new();
-    frame::encode_write(9, 1, &path, 77, &data, &mut borrowed).unwrap();
+    let len = frame::encode_write_head(9, 1, &path, 77, &data, &mut borrowed).unwrap();
+    borrowed.extend_from_slice(&data);
     assert_eq!(owned, borrowed);
+    assert_eq!(len, owned.len());
+    // A length of several LEB128 bytes too.
+    let big = vec![3u8; 300_000];
+    let mut owned = Vec::new();
+    let op_big = Op::Write {
+        path: path.clone(),
+        offset: 1 << 40,
+        data: big.clone(),
+    };
+    frame::encode_parts(1 << 33, 7, &op_big, &mut owned).unwrap();
+    let mut head = Vec::new();
+    frame::encode_write_head(1 << 33, 7, &path, 1 << 40, &big, &mut head).unwrap();
+    head.extend_from_slice(&big);
+    assert_eq!(owned, head);
 
     let dir = tempfile::tempdir().unwrap();
     let log = Log::open(dir.path(), options(1 << 20)).unwrap();

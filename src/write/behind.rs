@@ -25,6 +25,10 @@ use super::dirty::{DirtyFile, Extent};
 /// After a failed flush, the flusher waits this long before trying again.
 const RETRY_AFTER: Duration = Duration::from_secs(1);
 
+/// Writes at least this large have their log bytes sent to disk at once (small ones wait
+/// for the kernel's writeback or an fsync, as they would on a local filesystem).
+const WRITEBACK_EARLY_MIN: usize = 128 << 10;
+
 /// Adjacent dirty extents are gathered into one origin write of up to this many bytes.
 const FLUSH_WRITE_MAX: u64 = 8 << 20;
 
@@ -165,6 +169,7 @@ impl WriteBehind {
         }
         // Appended under the state lock, so the overlay and the log agree on order.
         let appended = self.log.append_write(&path, position, data)?;
+        let extent_writeback = appended.clone();
         let extent = Extent {
             source: appended.file,
             source_position: appended.end - data.len() as u64,
@@ -182,6 +187,12 @@ impl WriteBehind {
             // Start early so writers rarely have to wait.
             state.urgent = true;
             self.changed.notify_all();
+        }
+        drop(state);
+        // The bytes will be fsynced soon if the writer cares; let the disk start now,
+        // while the next write travels through FUSE.
+        if data.len() >= WRITEBACK_EARLY_MIN {
+            extent_writeback.start_writeback(data.len() as u64);
         }
         Ok(())
     }
