@@ -33,9 +33,12 @@ impl Volume {
             mtime: changes.mtime,
         };
         let has_times = times.atime.is_some() || times.mtime.is_some();
-        if changes.size.is_some() || has_times {
-            // Unflushed bytes must land first, or they would land after: past a new
-            // end of file, or with a later mtime than the one set.
+        if changes.size.is_some() {
+            // Unflushed bytes must land first, or they would land past the new end; and
+            // recovery must never replay them across it.
+            self.journal.barrier()?;
+        } else if has_times {
+            // Unflushed bytes must land first, or the flush would move mtime again.
             self.journal.flush_file(id)?;
         }
         // No name: an unlinked file still open, which no copy of the volume can see.

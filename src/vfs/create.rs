@@ -136,8 +136,8 @@ impl Volume {
                 let mut stat = file.stat()?;
                 let id = self.table().remember(parent, &entry, &stat);
                 if flags & libc::O_TRUNC != 0 {
-                    // Unflushed bytes land first, so none lands past the new end.
-                    self.journal.flush_file(id)?;
+                    // As for any truncate: see `setattr`.
+                    self.journal.barrier()?;
                     file.set_len(0)?;
                     stat = file.stat()?;
                     self.record(Op::Truncate { path, size: 0 })?;

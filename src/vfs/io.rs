@@ -137,8 +137,9 @@ impl Volume {
     pub fn fallocate(&self, handle: u64, offset: u64, length: u64, mode: i32) -> Result<()> {
         let open = self.file_handle(handle)?;
         let path = self.inode_path(open.inode)?;
-        // Unflushed bytes in the range must land before the range changes under them.
-        self.journal.flush_file(open.inode)?;
+        // Unflushed bytes in the range must land before the range changes under them,
+        // and recovery must never replay them across it (see `setattr`).
+        self.journal.barrier()?;
         open.file.allocate(offset, length, mode)?;
         open.wrote.store(true, Ordering::Relaxed);
         match path {

@@ -90,20 +90,23 @@ impl Volume {
         })
     }
 
-    /// Write-behind: brings unflushed bytes of what a rename moves or replaces into the
-    /// origin first. Recovery finds a file's bytes by following the log's renames; a
-    /// rename the origin made but the log missed (a crash between the two) would send
-    /// them to the wrong file, unless they were already in the origin.
+    /// Write-behind: makes a rename safe to lose in a crash. Recovery finds a file's
+    /// bytes by following the log's renames, and the origin is renamed before the record
+    /// is appended. If the daemon dies between the two:
+    /// - the moved file's bytes would be replayed at its old name, which no longer exists,
+    ///   so they must already be in the origin: flushed first;
+    /// - a replaced file's older writes would be replayed into the file that now has its
+    ///   name, so no record older than the rename may be replayed at all: a barrier.
     fn flush_before_rename(&self, moved: &Stat, replaced: Option<&Stat>) -> Result<()> {
-        let is_dir = |stat: &Stat| stat.kind() == Some(FileKind::Directory);
-        if is_dir(moved) || replaced.is_some_and(is_dir) {
+        if replaced.is_some() {
+            return Ok(self.journal.barrier()?);
+        }
+        if moved.kind() == Some(FileKind::Directory) {
             return Ok(self.journal.flush_all()?);
         }
-        for stat in std::iter::once(moved).chain(replaced) {
-            let id = self.table().id_of((stat.dev, stat.ino));
-            if let Some(id) = id {
-                self.journal.flush_file(id)?;
-            }
+        let id = self.table().id_of((moved.dev, moved.ino));
+        if let Some(id) = id {
+            self.journal.flush_file(id)?;
         }
         Ok(())
     }

@@ -266,6 +266,16 @@ impl WriteBehind {
         Ok(())
     }
 
+    /// Brings every unflushed byte into the origin and moves the stored applied offset past
+    /// every record so far, before a change recovery must never replay older content
+    /// records across: a truncate or fallocate is made in the origin before its record
+    /// is appended, and if the daemon died between the two, replaying earlier writes of
+    /// the file over it would bring back bytes it cut.
+    pub fn barrier(&self) -> io::Result<()> {
+        self.flush_each(false)?;
+        self.advance_applied()
+    }
+
     /// Writes every file's unflushed bytes to the origin now (before a directory moves).
     pub fn flush_all(&self) -> io::Result<()> {
         self.flush_each(false)

@@ -201,6 +201,15 @@ impl Journal {
         }
     }
 
+    /// Write-behind: makes the origin hold every record so far, durably (see
+    /// [`WriteBehind::barrier`]).
+    pub fn barrier(&self) -> io::Result<()> {
+        match &self.behind {
+            Some(behind) => behind.barrier(),
+            None => Ok(()),
+        }
+    }
+
     /// Brings every unflushed byte into the origin now.
     pub fn flush_all(&self) -> io::Result<()> {
         match &self.behind {
