@@ -349,8 +349,13 @@ fn write_through_and_write_behind_leave_the_same_origin() {
         ] {
             let mut mount = Mount::with_config(&config);
             workload::prepare(&mount.mountpoint);
-            for step in &steps {
-                workload::perform(&mount.mountpoint, step).unwrap();
+            for (i, step) in steps.iter().enumerate() {
+                if let Err(error) = workload::perform(&mount.mountpoint, step) {
+                    panic!(
+                        "seed {seed}, {config:?}: step {i} {step:?}: {error}\n{}",
+                        mount.log()
+                    );
+                }
             }
             assert_eq!(mount.stop_with(libc::SIGTERM), Some(0));
             origins.push(workload::contents(&mount.origin));

@@ -69,6 +69,9 @@ pub struct WriteBehind {
     /// One file is flushed at a time, so an older snapshot of a file never lands after a
     /// newer one.
     flush_turn: Mutex<()>,
+    /// One applied offset is stored at a time (the flusher's and a barrier's), so the file
+    /// never goes back to an older value and its temporary file has one writer.
+    storing_applied: Mutex<()>,
 }
 
 #[derive(Debug, Default)]
@@ -139,6 +142,7 @@ impl WriteBehind {
             }),
             changed: Condvar::new(),
             flush_turn: Mutex::new(()),
+            storing_applied: Mutex::new(()),
         }
     }
 
@@ -365,6 +369,10 @@ impl WriteBehind {
     /// Makes what was flushed durable in the origin and moves the applied offset past it,
     /// which lets the log delete what no consumer needs.
     fn advance_applied(&self) -> io::Result<()> {
+        let _turn = self
+            .storing_applied
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         let applied = {
             let state = self.state();
             state

@@ -149,12 +149,17 @@ impl Journal {
     /// Records a change the origin already has.
     pub fn record(&self, op: Op) -> Result<u64, LogError> {
         let offset = self.log.append(&op)?;
-        // Write-through: the origin is the only consumer so far, and it has everything.
-        // Write-behind's flusher deletes what it has applied.
-        if self.behind.is_none() && self.log.sealed_segments() > 0 {
-            self.log.delete_before(offset)?;
-        }
+        self.release_applied()?;
         Ok(offset)
+    }
+
+    /// Write-through: the origin is the only consumer so far, and it has everything, so
+    /// sealed segments go. Write-behind's flusher deletes what it has applied.
+    fn release_applied(&self) -> Result<(), LogError> {
+        if self.behind.is_none() && self.log.sealed_segments() > 0 {
+            self.log.delete_before(self.log.next_offset())?;
+        }
+        Ok(())
     }
 
     /// Writes `data` at `position` of file `id`, open as `file` and named `path` (`None`
@@ -172,11 +177,8 @@ impl Journal {
             (_, path) => {
                 file.write_at(data, position)?;
                 if let Some(path) = path {
-                    self.record(Op::Write {
-                        path,
-                        offset: position,
-                        data: data.to_vec(),
-                    })?;
+                    self.log.append_write(&path, position, data)?;
+                    self.release_applied()?;
                 }
                 Ok(())
             }
