@@ -29,8 +29,9 @@ const DIRTY_BYTES_DEFAULT: u64 = 1 << 30;
 /// Least `dirty_bytes_max`: one full-size write must fit.
 const DIRTY_BYTES_MIN: u64 = 1 << 20;
 
-/// Most `dirty_bytes_max`: unflushed data is held in memory as well as in the log.
-const DIRTY_BYTES_MAX: u64 = 64 << 30;
+/// Most `dirty_bytes_max`: unflushed data stays in the log on the state disk (memory holds
+/// only its map), so this bounds how far the origin may fall behind.
+const DIRTY_BYTES_MAX: u64 = 1 << 40;
 
 /// Default `[write] flush_interval`.
 const FLUSH_INTERVAL_DEFAULT: Duration = Duration::from_secs(2);
