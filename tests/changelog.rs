@@ -195,3 +195,83 @@ fn fsync_makes_the_change_durable_in_the_log_before_the_daemon_dies() {
         b"acknowledged"
     );
 }
+
+/// The active segment file of a stopped volume's log.
+fn active_segment(state: &std::path::Path) -> std::path::PathBuf {
+    let mut segments: Vec<_> = fs::read_dir(mirrorfs::write::log_dir(state))
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| path.extension().is_some_and(|ext| ext == "log"))
+        .collect();
+    segments.sort();
+    segments.pop().unwrap()
+}
+
+#[test]
+fn a_torn_tail_is_cut_at_mount_and_said_how_many_bytes() {
+    let mut mount =
+        Mount::with_config("[write]\nmode = \"write-behind\"\nflush_interval = \"1h\"\n");
+    fs::write(mount.path("kept"), b"acknowledged").unwrap();
+    mount.crash();
+    // What a crash in the middle of an append leaves: the start of a frame.
+    let segment = active_segment(&mount.state);
+    let mut file = fs::OpenOptions::new().append(true).open(&segment).unwrap();
+    file.write_all(&[200, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7])
+        .unwrap();
+    drop(file);
+
+    mount.restart();
+    assert!(
+        mount.log().contains("cut a torn record") && mount.log().contains("bytes=11"),
+        "{}",
+        mount.log()
+    );
+    assert_eq!(fs::read(mount.path("kept")).unwrap(), b"acknowledged");
+    assert_eq!(mount.stop_with(libc::SIGTERM), Some(0));
+    assert_eq!(
+        fs::read(mount.origin_path("kept")).unwrap(),
+        b"acknowledged"
+    );
+}
+
+#[test]
+fn a_damaged_record_before_the_tail_stops_the_mount_with_its_place() {
+    let mut mount =
+        Mount::with_config("[write]\nmode = \"write-behind\"\nflush_interval = \"1h\"\n");
+    fs::write(mount.path("first"), vec![1u8; 10_000]).unwrap();
+    fs::write(mount.path("second"), b"later").unwrap();
+    mount.crash();
+    let segment = active_segment(&mount.state);
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&segment)
+        .unwrap();
+    // A byte inside the first file's data, which is followed by more records.
+    let at = 16 + 200;
+    let mut byte = [0u8];
+    file.read_exact_at(&mut byte, at).unwrap();
+    file.write_all_at(&[byte[0] ^ 0xff], at).unwrap();
+    drop(file);
+
+    let output = common::run_expecting_exit(
+        &[
+            "mount".as_ref(),
+            mount.origin.as_os_str(),
+            mount.mountpoint.as_os_str(),
+            "--state-dir".as_ref(),
+            mount.state.as_os_str(),
+        ],
+        None,
+    );
+    assert_eq!(output.status.code(), Some(1), "{output:?}");
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    let last = stderr.lines().last().unwrap_or_default();
+    assert!(
+        last.contains("bad record at offset") && last.contains(&*segment.to_string_lossy()),
+        "{stderr}"
+    );
+    assert!(common::mount_type(&mount.mountpoint).is_none());
+    // Nothing after the damage reached the origin.
+    assert_eq!(fs::metadata(mount.origin_path("second")).unwrap().len(), 0);
+}
