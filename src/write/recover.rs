@@ -18,21 +18,29 @@ use super::JournalError;
 use super::apply::apply;
 
 /// Replays into `origin` the content records from offset `from` on, each file's at its
-/// name now, and makes the origin durable.
+/// name now, and makes the origin durable. Two passes over the log, so that only the plan
+/// (an offset and a name per record), never the records' bytes, is held in memory.
 pub fn replay(log: &Log, origin: &Origin, from: u64, as_root: bool) -> Result<(), JournalError> {
     let end = log.next_offset();
     if from >= end {
         return Ok(());
     }
-    let records = log
-        .snapshot()
-        .records(from)?
-        .collect::<Result<Vec<Record>, _>>()?;
-    let plan = plan(records);
+    let snapshot = log.snapshot();
+    let mut failure = None;
+    let names = plan(
+        snapshot
+            .records(from)?
+            .map_while(|record| record.map_err(|error| failure = Some(error)).ok()),
+    );
+    if let Some(error) = failure {
+        return Err(error.into());
+    }
     let mut applied = 0;
-    for (_, records) in &plan {
-        for record in records {
-            apply(origin, record, as_root)?;
+    for record in snapshot.records(from)? {
+        let mut record = record?;
+        if let Some(name) = names.get(&record.offset) {
+            record.op.set_path(name.clone());
+            apply(origin, &record, as_root)?;
             applied += 1;
         }
     }
@@ -41,14 +49,14 @@ pub fn replay(log: &Log, origin: &Origin, from: u64, as_root: bool) -> Result<()
         from,
         to = end,
         records = applied,
-        files = plan.len(),
         "replayed what write-behind had not yet brought into the origin"
     );
     Ok(())
 }
 
-/// What to apply: each file's content records, in log order, at its name now.
-pub fn plan(records: impl IntoIterator<Item = Record>) -> Vec<(LogPath, Vec<Record>)> {
+/// Where to apply each content record: its file's name now, by record offset. Records of a
+/// file no name leads to any more are left out.
+pub fn plan(records: impl IntoIterator<Item = Record>) -> HashMap<u64, LogPath> {
     let mut files: Vec<Tracked> = Vec::new();
     let mut by_name: HashMap<LogPath, usize> = HashMap::new();
     for record in records {
@@ -64,7 +72,7 @@ pub fn plan(records: impl IntoIterator<Item = Record>) -> Vec<(LogPath, Vec<Reco
                     });
                     files.len() - 1
                 });
-                files[file].records.push(record);
+                files[file].records.push(record.offset);
             }
             Op::Rename { from, to, .. } => {
                 drop_names(&mut files, &mut by_name, to);
@@ -87,28 +95,25 @@ pub fn plan(records: impl IntoIterator<Item = Record>) -> Vec<(LogPath, Vec<Reco
             Op::SetXattr { .. } | Op::RemoveXattr { .. } => {}
         }
     }
-    files
-        .into_iter()
-        .filter_map(|file| {
-            let name = file.names.into_iter().next()?;
-            let records = file
-                .records
-                .into_iter()
-                .map(|mut record| {
-                    record.op.set_path(name.clone());
-                    record
-                })
-                .collect();
-            Some((name, records))
-        })
-        .collect()
+    let mut names = HashMap::new();
+    for file in files {
+        if let Some(name) = file.names.into_iter().next() {
+            names.extend(
+                file.records
+                    .into_iter()
+                    .map(|offset| (offset, name.clone())),
+            );
+        }
+    }
+    names
 }
 
 /// A file whose content records are being replayed.
 struct Tracked {
     /// Its names as of the records read so far, oldest first.
     names: Vec<LogPath>,
-    records: Vec<Record>,
+    /// Offsets of its content records.
+    records: Vec<u64>,
 }
 
 /// Whether `path` is `prefix` or lies beneath it.
@@ -198,28 +203,29 @@ mod tests {
         }
     }
 
-    /// (name, data bytes written) per planned file.
-    fn summary(plan: Vec<(LogPath, Vec<Record>)>) -> Vec<(String, Vec<u8>)> {
-        plan.into_iter()
-            .map(|(name, records)| {
-                let bytes = records
-                    .iter()
-                    .filter_map(|record| match &record.op {
-                        Op::Write { path, data, .. } => {
-                            assert_eq!(*path, name);
-                            Some(data[0])
-                        }
-                        _ => None,
-                    })
-                    .collect();
-                (name.as_bytes().escape_ascii().to_string(), bytes)
-            })
-            .collect()
+    /// (name, data bytes written) per planned file, files in the order their first
+    /// record comes.
+    fn summary(ops: Vec<Op>) -> Vec<(String, Vec<u8>)> {
+        let records = records(ops);
+        let names = plan(records.clone());
+        let mut files: Vec<(String, Vec<u8>)> = Vec::new();
+        for record in &records {
+            let (Some(name), Op::Write { data, .. }) = (names.get(&record.offset), &record.op)
+            else {
+                continue;
+            };
+            let name = name.as_bytes().escape_ascii().to_string();
+            match files.iter_mut().find(|(known, _)| *known == name) {
+                Some((_, bytes)) => bytes.push(data[0]),
+                None => files.push((name, vec![data[0]])),
+            }
+        }
+        files
     }
 
     #[test]
     fn writes_follow_their_file_through_renames() {
-        let plan = plan(records(vec![
+        let plan = summary(vec![
             write("a", 1),
             rename("a", "b"),
             write("b", 2),
@@ -231,13 +237,13 @@ mod tests {
             },
             rename("b", "d/c"),
             rename("d", "e"),
-        ]));
-        assert_eq!(summary(plan), vec![("e/c".to_string(), vec![1, 2])]);
+        ]);
+        assert_eq!(plan, vec![("e/c".to_string(), vec![1, 2])]);
     }
 
     #[test]
     fn a_name_reused_after_a_rename_is_another_file() {
-        let plan = plan(records(vec![
+        let plan = summary(vec![
             write("a", 1),
             rename("a", "b"),
             Op::Create {
@@ -247,16 +253,16 @@ mod tests {
                 gid: 0,
             },
             write("a", 2),
-        ]));
+        ]);
         assert_eq!(
-            summary(plan),
+            plan,
             vec![("b".to_string(), vec![1]), ("a".to_string(), vec![2])]
         );
     }
 
     #[test]
     fn unlinked_and_replaced_files_are_skipped_but_hard_links_keep_them() {
-        let plan = plan(records(vec![
+        let plan = summary(vec![
             write("gone", 1),
             Op::Unlink { path: path("gone") },
             write("replaced", 2),
@@ -270,9 +276,9 @@ mod tests {
             Op::Unlink {
                 path: path("linked"),
             },
-        ]));
+        ]);
         assert_eq!(
-            summary(plan),
+            plan,
             vec![
                 ("replaced".to_string(), vec![3]),
                 ("alias".to_string(), vec![4])
@@ -282,13 +288,13 @@ mod tests {
 
     #[test]
     fn prefixes_match_whole_components_only() {
-        let plan = plan(records(vec![
+        let plan = summary(vec![
             write("dir/x", 1),
             write("dirt", 2),
             rename("dir", "moved"),
-        ]));
+        ]);
         assert_eq!(
-            summary(plan),
+            plan,
             vec![
                 ("moved/x".to_string(), vec![1]),
                 ("dirt".to_string(), vec![2])
