@@ -11,6 +11,10 @@
 # (1 MiB), warm 4 KiB random read, and a small-file workload (create, stat, read, delete
 # files of 0-16 KiB; benches/smallfiles.rs) at 15,000 files, a count the peer can hold
 # (it keeps one descriptor per known inode), then a 20,000-file scale check on each target.
+# Every target's origin is a freshly made ext4 filesystem of its own (an image on a loop
+# device): on one shared filesystem, each target inherited the inode allocator state the
+# previous ones left (after many creates and deletes, ext4 spent most of a later target's
+# create time searching for free inodes), which made the order of targets matter.
 # Prints each figure and its ratio to native, because this machine is noisy: compare
 # ratios, not absolute numbers.
 #
@@ -33,17 +37,31 @@ if [ ! -x "$peer" ] || [ "$examples/passthrough_ll.c" -nt "$peer" ]; then
 fi
 
 work=$(mktemp -d /var/tmp/mirrorfs-bench.XXXXXX)
-mkdir -p "$work/native"
 pids=()
+loops=()
 cleanup() {
   for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
   for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
-  for mnt in "$work"/*-mnt; do
+  for mnt in "$work"/*-mnt "$work"/native "$work"/*-origin; do
     if grep -q " $mnt " /proc/self/mountinfo; then umount -l "$mnt"; fi
   done
+  for loop in "${loops[@]}"; do losetup -d "$loop" 2>/dev/null || true; done
   rm -rf "$work"
 }
 trap cleanup EXIT
+
+# A new, empty ext4 filesystem mounted at $1.
+fresh_fs() {
+  local dir=$1 image loop
+  image="$work/$(basename "$dir").img"
+  truncate -s 4G "$image"
+  mkfs.ext4 -q -F "$image"
+  loop=$(losetup --find --show "$image")
+  loops+=("$loop")
+  mkdir -p "$dir"
+  mount "$loop" "$dir"
+}
+fresh_fs "$work/native"
 
 wait_mounted() {
   for _ in $(seq 100); do
@@ -54,14 +72,16 @@ wait_mounted() {
 }
 targets=("native:$work/native")
 for mode in 1s 1d; do
-  mkdir -p "$work/mirrorfs-$mode-origin" "$work/mirrorfs-$mode-mnt"
+  fresh_fs "$work/mirrorfs-$mode-origin"
+  mkdir -p "$work/mirrorfs-$mode-mnt"
   printf '[cache]\nrevalidate_after = "%s"\n' "$mode" > "$work/mirrorfs-$mode.toml"
   target/release/mirrorfs mount "$work/mirrorfs-$mode-origin" "$work/mirrorfs-$mode-mnt" \
     --state-dir "$work/mirrorfs-$mode-state" --config "$work/mirrorfs-$mode.toml" \
     2>"$work/mirrorfs-$mode.log" &
   pids+=($!)
   peer_cache=$([ "$mode" = 1s ] && echo auto || echo always)
-  mkdir -p "$work/peer-$mode-origin" "$work/peer-$mode-mnt"
+  fresh_fs "$work/peer-$mode-origin"
+  mkdir -p "$work/peer-$mode-mnt"
   # default_permissions, as mirrorfs mounts: the kernel checks permissions for both, which
   # costs a GETATTR of a directory after each change in it (its attributes are invalidated).
   "$peer" -f -o "source=$work/peer-$mode-origin,cache=$peer_cache,default_permissions" \
