@@ -207,8 +207,10 @@ fn a_failing_origin_keeps_the_data_and_the_flusher_retries() {
     assert_eq!(fs::read(origin.join("large")).unwrap(), data);
     assert_eq!(mount.stop_with(libc::SIGTERM), Some(0));
     assert_eq!(fs::read(origin.join("large")).unwrap(), data);
-    drop(mount);
+    // The tmpfs goes before the scratch directory holding it (which the mount guard owns),
+    // or removing the directory would fail on the mounted origin and leave it behind.
     drop(tmpfs);
+    drop(mount);
 }
 
 fn status_json(mount: &Mount) -> serde_json::Value {
