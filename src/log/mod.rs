@@ -228,15 +228,10 @@ impl Log {
     /// Appends `op` as the next record and returns its offset. The record survives the
     /// process dying once this returns, and the machine dying once [`Log::sync_to`] says so.
     pub fn append(&self, op: &Op) -> Result<u64> {
-        self.append_located(op).map(|appended| appended.offset)
-    }
-
-    /// [`Log::append`], also saying where the frame lies, so that bytes it carries can be
-    /// read back from the log instead of being kept elsewhere.
-    pub fn append_located(&self, op: &Op) -> Result<Appended> {
         self.append_with(&[], |offset, epoch, buf| {
             frame::encode_parts(offset, epoch, op, buf)
         })
+        .map(|appended| appended.offset)
     }
 
     /// Appends a write of `data` at `file_offset` of `path`. The bytes go from `data` to
@@ -335,11 +330,6 @@ impl Log {
     /// The offset the next record will get.
     pub fn next_offset(&self) -> u64 {
         self.appender().active().next
-    }
-
-    /// Segments no longer written to.
-    pub fn sealed_segments(&self) -> usize {
-        self.appender().segments.len() - 1
     }
 
     /// Every record below this offset is on stable storage.
