@@ -4,24 +4,19 @@
 //! with a message naming the key. Nothing here touches the filesystem except reading the
 //! file; checks against the live system (does SOURCE exist?) belong to the command.
 
+pub mod cache;
 pub mod raw;
 pub mod units;
 
 use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
+pub use cache::{CacheConfig, DiskTierConfig};
 use raw::RawConfig;
-pub use raw::WriteMode;
+pub use raw::{Admission, Passthrough, WriteMode};
 
 /// Longest volume id; ids name directories on replica nodes.
 const VOLUME_ID_LEN_MAX: usize = 64;
-
-/// Default `[cache] revalidate_after`: origin changes made by other programs show within 1 s.
-const REVALIDATE_AFTER_DEFAULT: Duration = Duration::from_secs(1);
-
-/// Longest `revalidate_after` (the kernel keeps TTLs in whole seconds up to this and beyond,
-/// but a year is already "never"; longer values are surely typos).
-const REVALIDATE_AFTER_MAX: Duration = Duration::from_secs(365 * 86_400);
 
 /// Default `[write] dirty_bytes_max`.
 const DIRTY_BYTES_DEFAULT: u64 = 1 << 30;
@@ -191,15 +186,6 @@ pub struct LogConfig {
     pub segment_bytes: u64,
 }
 
-/// The validated `[cache]` section.
-#[derive(Clone, Copy, Debug)]
-pub struct CacheConfig {
-    /// How long the kernel may trust names and attributes without asking again, which is
-    /// how late a change made directly in the origin by another program can be seen.
-    /// Changes made through the mount are seen at once whatever this is.
-    pub revalidate_after: Duration,
-}
-
 /// The validated `[volume]` section. Paths are absolute and free of `.` and `..`.
 #[derive(Clone, Debug)]
 pub struct VolumeConfig {
@@ -316,16 +302,14 @@ impl Config {
                 ),
             ));
         }
-        let revalidate_after = raw
-            .cache
-            .revalidate_after
-            .map_or(REVALIDATE_AFTER_DEFAULT, |span| span.0);
-        if revalidate_after > REVALIDATE_AFTER_MAX {
-            return Err(invalid(
-                "cache.revalidate_after",
-                format!("{} is longer than a year", units::Span(revalidate_after)),
-            ));
-        }
+        let cache = cache::resolve(
+            &raw.cache,
+            [
+                ("origin", &source),
+                ("mount point", &mountpoint),
+                ("state directory", &state_dir),
+            ],
+        )?;
         Ok(Config {
             volume: VolumeConfig {
                 id,
@@ -334,7 +318,7 @@ impl Config {
                 state_dir,
                 allow_other,
             },
-            cache: CacheConfig { revalidate_after },
+            cache,
             write: resolve_write(&raw.write)?,
             log: LogConfig {
                 segment_bytes: within(
@@ -636,6 +620,75 @@ mod tests {
             ("log", "segment_size = \"5MiB\"", "log"),
         ] {
             let message = resolve(&format!("{base}[{section}]\n{bad}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(message.contains(key), "{bad}: {message}");
+            assert_eq!(message.lines().count(), 1, "{message}");
+        }
+    }
+
+    #[test]
+    fn cache_section_defaults_and_rejects_nonsense() {
+        let base = "[volume]\nsource = \"/s\"\nmountpoint = \"/m\"\nstate_dir = \"/st\"\n";
+        let cache = resolve(base).unwrap().cache;
+        assert_eq!(cache.memory_bytes, 256 << 20);
+        assert!(cache.disk.is_none());
+        assert_eq!(cache.block_size, 1 << 20);
+        assert_eq!(
+            (cache.readahead_min, cache.readahead_max),
+            (128 << 10, 32 << 20)
+        );
+        assert_eq!(cache.admission, Admission::ScanResistant);
+        assert_eq!(cache.passthrough, Passthrough::Off);
+        assert!(!cache.refresh_ahead);
+        let cache = resolve(&format!(
+            "{base}[cache]\nmemory_bytes = \"16MiB\"\ndisk_dir = \"/fast/c\"\n\
+             disk_bytes = \"1GiB\"\nblock_size = \"256KiB\"\nadmission = \"always\"\n\
+             refresh_ahead = true\npassthrough = \"auto\"\n"
+        ))
+        .unwrap()
+        .cache;
+        let disk = cache.disk.unwrap();
+        assert_eq!(
+            (disk.dir.as_path(), disk.bytes),
+            (Path::new("/fast/c"), 1 << 30)
+        );
+        assert_eq!(cache.block_size, 256 << 10);
+        assert_eq!(
+            cache.readahead_max,
+            4 << 20,
+            "a quarter of a small memory tier"
+        );
+        assert_eq!(cache.admission, Admission::Always);
+        assert!(cache.refresh_ahead && cache.passthrough == Passthrough::Auto);
+        let off = resolve(&format!("{base}[cache]\nmemory_bytes = 0\n")).unwrap();
+        assert!(!off.cache.enabled());
+        for (bad, key) in [
+            ("memory_bytes = \"1MiB\"", "cache.memory_bytes"),
+            ("block_size = \"100KiB\"", "power of two"),
+            ("block_size = \"1GiB\"", "cache.block_size"),
+            (
+                "readahead_min = \"8MiB\"\nreadahead_max = \"1MiB\"",
+                "cache.readahead_min",
+            ),
+            (
+                "memory_bytes = \"64MiB\"\nreadahead_max = \"32MiB\"",
+                "quarter",
+            ),
+            ("disk_dir = \"rel/dir\"", "absolute"),
+            ("disk_dir = \"/s/cache\"", "origin"),
+            ("disk_dir = \"/st\"", "state directory"),
+            ("disk_dir = \"/\"", "cache.disk_dir"),
+            ("disk_bytes = \"1GiB\"", "disk_dir"),
+            ("memory_bytes = 0\ndisk_dir = \"/c\"", "memory tier"),
+            (
+                "disk_dir = \"/c\"\ndisk_bytes = \"1MiB\"",
+                "cache.disk_bytes",
+            ),
+            ("admission = \"lfu\"", "cache.admission"),
+            ("passthrough = \"on\"", "cache.passthrough"),
+        ] {
+            let message = resolve(&format!("{base}[cache]\n{bad}\n"))
                 .unwrap_err()
                 .to_string();
             assert!(message.contains(key), "{bad}: {message}");

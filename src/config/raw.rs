@@ -55,12 +55,50 @@ pub struct RawLog {
     pub segment_bytes: Option<ByteSize>,
 }
 
-/// The `[cache]` section (the read cache's tiers arrive with issue 4).
+/// Which blocks the cache tiers let in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Admission {
+    /// Blocks read only once (scans) cannot push out blocks read again and again (2Q).
+    ScanResistant,
+    /// Every block read is kept, least recently used out first (plain LRU).
+    Always,
+}
+
+/// Whether read-only opens may be handed to the kernel (FUSE passthrough).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Passthrough {
+    /// Every read comes to the daemon and its cache.
+    Off,
+    /// Read-only opens of files with no unflushed writes read the origin directly.
+    Auto,
+}
+
+/// The `[cache]` section.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawCache {
+    /// The memory tier's budget; 0 turns the read cache off.
+    pub memory_bytes: Option<ByteSize>,
+    /// The disk tier's directory, on a fast local disk; none, no disk tier.
+    pub disk_dir: Option<PathBuf>,
+    /// The disk tier's budget.
+    pub disk_bytes: Option<ByteSize>,
+    /// The unit the tiers keep and the origin is read in for sequential streams.
+    pub block_size: Option<ByteSize>,
+    /// Read-ahead's first window, once a stream is seen.
+    pub readahead_min: Option<ByteSize>,
+    /// The largest window read-ahead grows to.
+    pub readahead_max: Option<ByteSize>,
+    /// scan-resistant or always.
+    pub admission: Option<Admission>,
     /// How stale a change made directly in the origin (not through the mount) may be seen.
     pub revalidate_after: Option<Span>,
+    /// Revalidate hot files in the background before `revalidate_after` runs out.
+    pub refresh_ahead: Option<bool>,
+    /// off or auto.
+    pub passthrough: Option<Passthrough>,
 }
 
 /// The `[volume]` section.
