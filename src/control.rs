@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::cache::CacheStats;
 use crate::log::LogStats;
 use crate::write::behind::BehindStatus;
 
@@ -36,6 +37,8 @@ pub struct Status {
     pub log: LogStatus,
     /// Write-behind's dirty data and flushing, for a write-behind volume.
     pub write_behind: Option<BehindStatus>,
+    /// The read cache's tiers and what they did, when reads go through one.
+    pub cache: Option<CacheStats>,
 }
 
 /// The change log as status shows it.

@@ -88,7 +88,7 @@ fn change_everything(mount: &Mount) {
 fn replaying_the_log_into_an_empty_directory_rebuilds_the_origin() {
     let mut mount = Mount::new();
     change_everything(&mount);
-    assert_eq!(mount.stop_with(libc::SIGTERM), Some(0));
+    assert_eq!(mount.stop_with(libc::SIGTERM), Some(0), "{}", mount.log());
 
     let copy = mount.dir.path().join("copy");
     fs::create_dir(&copy).unwrap();
@@ -227,7 +227,7 @@ fn a_torn_tail_is_cut_at_mount_and_said_how_many_bytes() {
         mount.log()
     );
     assert_eq!(fs::read(mount.path("kept")).unwrap(), b"acknowledged");
-    assert_eq!(mount.stop_with(libc::SIGTERM), Some(0));
+    assert_eq!(mount.stop_with(libc::SIGTERM), Some(0), "{}", mount.log());
     assert_eq!(
         fs::read(mount.origin_path("kept")).unwrap(),
         b"acknowledged"

@@ -107,7 +107,7 @@ fn reads_see_unflushed_writes_through_rename_link_truncate_and_other_processes()
     assert_eq!(seen, expected);
     drop((file, cut, reader));
 
-    assert_eq!(mount.stop_with(libc::SIGTERM), Some(0));
+    assert_eq!(mount.stop_with(libc::SIGTERM), Some(0), "{}", mount.log());
     assert_eq!(fs::read(mount.origin_path("d")).unwrap(), b"kept");
     assert!(!mount.origin_path("b").exists());
 }
@@ -149,7 +149,7 @@ fn writers_wait_at_dirty_bytes_max_and_the_flusher_keeps_up() {
     // Far beyond 2 MiB went through, so the flusher ran long before its interval.
     let flushed = fs::metadata(mount.origin_path("big")).unwrap().len();
     assert!(flushed >= 38 << 20, "only {flushed} bytes in the origin");
-    assert_eq!(mount.stop_with(libc::SIGTERM), Some(0));
+    assert_eq!(mount.stop_with(libc::SIGTERM), Some(0), "{}", mount.log());
     assert_eq!(fs::read(mount.origin_path("big")).unwrap(), data);
 }
 
@@ -205,7 +205,7 @@ fn a_failing_origin_keeps_the_data_and_the_flusher_retries() {
         std::thread::sleep(Duration::from_millis(100));
     }
     assert_eq!(fs::read(origin.join("large")).unwrap(), data);
-    assert_eq!(mount.stop_with(libc::SIGTERM), Some(0));
+    assert_eq!(mount.stop_with(libc::SIGTERM), Some(0), "{}", mount.log());
     assert_eq!(fs::read(origin.join("large")).unwrap(), data);
     // The tmpfs goes before the scratch directory holding it (which the mount guard owns),
     // or removing the directory would fail on the mounted origin and leave it behind.
@@ -359,7 +359,7 @@ fn write_through_and_write_behind_leave_the_same_origin() {
                     );
                 }
             }
-            assert_eq!(mount.stop_with(libc::SIGTERM), Some(0));
+            assert_eq!(mount.stop_with(libc::SIGTERM), Some(0), "{}", mount.log());
             origins.push(workload::contents(&mount.origin));
         }
         let mut model = Model::new();

@@ -3,6 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use crate::cache::Cache;
 use crate::config::raw::RawConfig;
 use crate::config::{Config, Overrides, WriteMode, normalize};
 use crate::control::{ControlSocket, LogStatus, Status};
@@ -75,12 +76,17 @@ pub fn run(args: MountArgs) -> Result<(), CliError> {
         as_root,
     )
     .map_err(|error| CliError::Failure(error.to_string()))?;
-    let served = Arc::new(Volume::new(origin, journal));
+    let cache = Cache::start(&config.cache)
+        .map_err(|error| CliError::Failure(format!("cannot start the read cache: {error}")))?;
+    let served = Arc::new(Volume::new(origin, journal, cache));
     let _control = start_control(&config, state.path(), &served);
     let outcome = fuse::serve(Arc::clone(&served), &volume.mountpoint, &options, signals)
         .map_err(|error| CliError::Failure(error.to_string()));
     // Unmounted: no request can come any more; bring the origin up to date.
     served.journal().shutdown();
+    if let Some(cache) = served.cache() {
+        cache.shutdown();
+    }
     outcome
 }
 
@@ -111,6 +117,7 @@ fn start_control(config: &Config, state_dir: &Path, volume: &Arc<Volume>) -> Opt
                 durable_offset: log.durable_offset(),
             },
             write_behind: journal.behind_status(),
+            cache: volume.cache().map(|cache| cache.stats()),
         }
     };
     match ControlSocket::serve(state_dir, status) {

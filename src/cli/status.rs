@@ -1,5 +1,6 @@
 //! `mirrorfs status`: asks a mounted volume's daemon how it stands.
 
+use crate::cache::{CacheStats, TierStats};
 use crate::control::{self, Status};
 
 use super::{CliError, StatusArgs};
@@ -51,6 +52,48 @@ fn render(status: &Status) -> String {
             text += &format!("flush error  {error} (retrying; nothing is lost)\n");
         }
     }
+    match &status.cache {
+        None => text += "read cache   off\n",
+        Some(cache) => text += &cache_text(cache),
+    }
+    text
+}
+
+/// The read cache's lines of `status`.
+fn cache_text(cache: &CacheStats) -> String {
+    let tier = |name: &str, tier: &TierStats| {
+        let looked = tier.hits + tier.misses;
+        let ratio = if looked == 0 {
+            "-".to_string()
+        } else {
+            format!("{:.1}%", 100.0 * tier.hits as f64 / looked as f64)
+        };
+        format!(
+            "{name:<13}{} of {} in {} blocks; {} hits, {} misses ({ratio} hit), {} evicted, {} promoted\n",
+            human(tier.bytes),
+            human(tier.budget),
+            tier.blocks,
+            tier.hits,
+            tier.misses,
+            tier.evictions,
+            tier.promotions,
+        )
+    };
+    let mut text = tier("cache memory", &cache.memory);
+    if let Some(disk) = &cache.disk {
+        text += &tier("cache disk", disk);
+    }
+    text += &format!(
+        "origin reads {} ({}); read ahead {}, {} of it used, {} dropped unused\n\
+         invalidated  {} file(s) changed in the origin; {} corrupt block(s) dropped\n",
+        cache.origin_reads,
+        human(cache.origin_bytes),
+        human(cache.prefetched_bytes),
+        human(cache.prefetch_used_bytes),
+        human(cache.prefetch_unused_bytes),
+        cache.invalidations,
+        cache.corrupt_blocks,
+    );
     text
 }
 

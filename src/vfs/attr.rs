@@ -1,5 +1,6 @@
 //! Changing attributes: chmod, chown, truncate, utimens.
 
+use crate::cache::Change;
 use crate::log::{Op, Timestamp};
 use crate::origin::{Stat, TimeSet, TimesUpdate};
 use crate::types::{FileKind, InodeId};
@@ -59,6 +60,7 @@ impl Volume {
                 if has_times {
                     file.set_times(times)?;
                 }
+                self.cache_changed(id, cache_change(&changes));
                 let stat = file.stat()?;
                 if let Some(path) = path {
                     self.record_setattr(path, &changes, &stat)?;
@@ -82,6 +84,7 @@ impl Volume {
         if has_times {
             self.origin.set_times(at, times)?;
         }
+        self.cache_changed(id, cache_change(&changes));
         let stat = self.origin.stat(at)?;
         if let Some(path) = path {
             self.record_setattr(path, &changes, &stat)?;
@@ -118,5 +121,13 @@ impl Volume {
             atime: changes.atime.map(|_| Timestamp::from(now.atime)),
             mtime: mtime_moved.then(|| Timestamp::from(now.mtime)),
         })
+    }
+}
+
+/// What a setattr did to the content, as the read cache must hear of it.
+fn cache_change(changes: &SetAttr) -> Change {
+    match changes.size {
+        Some(size) => Change::Truncated(size),
+        None => Change::Attributes,
     }
 }

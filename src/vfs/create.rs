@@ -1,15 +1,12 @@
 //! Making new names: mknod, mkdir, symlink, create, link; and the ownership they get.
 
-use std::ffi::OsStr;
-use std::os::unix::ffi::OsStrExt;
-use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
-
+use crate::cache::Change;
 use crate::log::Op;
 use crate::origin::{At, DirFd, OriginFile, Stat};
 use crate::types::{FileKind, InodeId, Name};
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
 
-use super::handles::FileHandle;
 use super::io::{Opened, origin_flags};
 use super::{Attr, Caller, Result, VfsError, Volume, name};
 
@@ -139,6 +136,7 @@ impl Volume {
                     // As for any truncate: see `setattr`.
                     self.journal.barrier()?;
                     file.set_len(0)?;
+                    self.cache_changed(id, Change::Truncated(0));
                     stat = file.stat()?;
                     self.record(Op::Truncate { path, size: 0 })?;
                 }
@@ -147,11 +145,9 @@ impl Volume {
             Err(error) => return Err(error.into()),
         };
         let keep_cache = self.keep_cache(attr.id, attr.mtime, attr.size);
-        let handle = self.files.insert(FileHandle {
-            inode: attr.id,
-            file: Arc::new(file),
-            wrote: AtomicBool::new(false),
-        });
+        let handle = self
+            .files
+            .insert(self.file_handle_for(attr.id, file, None)?);
         Ok((attr, Opened { handle, keep_cache }))
     }
 
@@ -167,6 +163,7 @@ impl Volume {
         self.origin.link(located.at(), to)?;
         let stat = self.origin.stat(to)?;
         let linked = self.table().remember(new_parent, &new_entry, &stat);
+        self.cache_changed(linked, Change::Attributes);
         self.record(Op::Link { path, new_path })?;
         self.attr(linked, &stat)
     }

@@ -4,6 +4,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use crate::cache::CachedFile;
 use crate::origin::{DirStream, OriginFile};
 use crate::types::InodeId;
 
@@ -16,6 +17,8 @@ pub(crate) struct FileHandle {
     pub(crate) file: Arc<OriginFile>,
     /// Set by the first write: release then records the content version the kernel holds.
     pub(crate) wrote: AtomicBool,
+    /// The file as the read cache knows it, when reads go through one.
+    pub(crate) cached: Option<Arc<CachedFile>>,
 }
 
 /// An open directory being listed.

@@ -4,9 +4,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::SystemTime;
 
+use crate::cache::Change;
 use crate::config::WriteMode;
 use crate::log::Op;
-use crate::origin::At;
+use crate::origin::{At, OriginFile, Stat};
 use crate::types::{FileKind, InodeId};
 
 use super::handles::FileHandle;
@@ -47,12 +48,38 @@ impl Volume {
         })?;
         let attr = self.attr(id, &stat)?;
         let keep_cache = self.keep_cache(id, attr.mtime, attr.size);
-        let handle = self.files.insert(FileHandle {
-            inode: id,
-            file: Arc::new(file),
-            wrote: AtomicBool::new(false),
-        });
+        let handle = self
+            .files
+            .insert(self.file_handle_for(id, file, Some(&stat))?);
         Ok(Opened { handle, keep_cache })
+    }
+
+    /// A handle for `file`, opened as `id`, reading through the cache. `stat` is the
+    /// file's metadata if the caller has it at hand.
+    pub(super) fn file_handle_for(
+        &self,
+        id: InodeId,
+        file: OriginFile,
+        stat: Option<&Stat>,
+    ) -> Result<FileHandle> {
+        let file = Arc::new(file);
+        let cached = match &self.cache {
+            None => None,
+            Some(cache) => {
+                let stat = match stat {
+                    Some(stat) => *stat,
+                    None => file.stat()?,
+                };
+                let dirty = self.journal.dirty_attr(id).is_some();
+                Some(cache.open(Arc::clone(&file), &stat, dirty))
+            }
+        };
+        Ok(FileHandle {
+            inode: id,
+            file,
+            wrote: AtomicBool::new(false),
+            cached,
+        })
     }
 
     /// Reads up to `size` bytes at `offset` into `buffer[..n]` and returns n (short only at
@@ -71,7 +98,13 @@ impl Volume {
         }
         // Taken before the origin is read: a byte leaves it only once the origin has it.
         let overlay = self.journal.overlay(open.inode, offset, size);
-        let read = open.file.read_at(&mut buffer[..size], offset)?;
+        let read = match (&self.cache, &open.cached) {
+            (Some(cache), Some(cached)) => {
+                let dirty = || self.journal.dirty_attr(open.inode).is_some();
+                cache.read(cached, offset, &mut buffer[..size], dirty)?
+            }
+            _ => open.file.read_at(&mut buffer[..size], offset)?,
+        };
         Ok(match overlay {
             Some(overlay) => overlay.apply(offset, &mut buffer[..size], read)?,
             None => read,
@@ -84,6 +117,12 @@ impl Volume {
         let path = self.inode_path(open.inode)?;
         self.journal
             .write(open.inode, &open.file, path, offset, data)?;
+        if let (Some(cache), Some(cached)) = (&self.cache, &open.cached) {
+            cache.changed(
+                cached.key(),
+                Change::Written(offset..offset + data.len() as u64),
+            );
+        }
         open.wrote.store(true, Ordering::Relaxed);
         Ok(data.len())
     }
@@ -101,6 +140,9 @@ impl Volume {
             .files
             .remove(handle)
             .ok_or(VfsError::UnknownHandle(handle))?;
+        if let (Some(cache), Some(cached)) = (&self.cache, &open.cached) {
+            cache.release(cached);
+        }
         if open.wrote.load(Ordering::Relaxed) {
             let stat = self.attr(open.inode, &open.file.stat()?)?;
             if let Some(inode) = self.table().get_mut(open.inode) {
@@ -141,6 +183,7 @@ impl Volume {
         // and recovery must never replay them across it (see `setattr`).
         self.journal.barrier()?;
         open.file.allocate(offset, length, mode)?;
+        self.cache_changed(open.inode, Change::Content);
         open.wrote.store(true, Ordering::Relaxed);
         match path {
             Some(path) => self.record(Op::Fallocate {

@@ -27,6 +27,8 @@ pub use attr::SetAttr;
 pub use dir::ListedEntry;
 pub use io::Opened;
 
+use crate::cache::block::FileKey;
+use crate::cache::{Cache, Change};
 use crate::log::{LogError, LogPath, Op, PathError};
 use crate::origin::{At, DirFd, Origin, Stat};
 use crate::types::{FileKind, InodeId, Name, NameError};
@@ -188,11 +190,13 @@ pub struct Volume {
     dirs: HandleTable<DirHandle>,
     daemon: Daemon,
     journal: Journal,
+    cache: Option<Arc<Cache>>,
 }
 
 impl Volume {
-    /// A volume over an opened origin, recording its changes in `journal`.
-    pub fn new(origin: Arc<Origin>, journal: Journal) -> Volume {
+    /// A volume over an opened origin, recording its changes in `journal` and reading
+    /// through `cache` when there is one.
+    pub fn new(origin: Arc<Origin>, journal: Journal, cache: Option<Arc<Cache>>) -> Volume {
         let inodes = InodeTable::new(origin.root_stat());
         // SAFETY: geteuid and getegid cannot fail.
         let daemon = unsafe {
@@ -211,6 +215,23 @@ impl Volume {
             dirs: HandleTable::new(),
             daemon,
             journal,
+            cache,
+        }
+    }
+
+    /// The read cache, if reads go through one.
+    pub fn cache(&self) -> Option<&Arc<Cache>> {
+        self.cache.as_ref()
+    }
+
+    /// Tells the read cache of a change made to `id` through the mount.
+    fn cache_changed(&self, id: InodeId, change: Change) {
+        let Some(cache) = &self.cache else {
+            return;
+        };
+        let key = self.table().get(id).map(|inode| inode.key);
+        if let Some((dev, ino)) = key {
+            cache.changed(FileKey { dev, ino }, change);
         }
     }
 

@@ -2,6 +2,7 @@
 
 use std::ffi::OsStr;
 
+use crate::cache::Change;
 use crate::log::{LogPath, Op};
 use crate::origin::{At, Stat};
 use crate::types::{FileKind, InodeId};
@@ -15,7 +16,11 @@ impl Volume {
         let path = self.entry_path(parent, &entry)?;
         let parent_fd = self.dir_fd(parent)?;
         self.origin.unlink(At::Entry(&parent_fd, &entry))?;
-        self.table().drop_name(parent, &entry);
+        let unlinked = self.table().drop_name(parent, &entry);
+        if let Some(id) = unlinked {
+            // The inode number may soon name another file; its blocks must not be found.
+            self.cache_changed(id, Change::Content);
+        }
         self.record(Op::Unlink { path })
     }
 
@@ -76,6 +81,17 @@ impl Volume {
             }
         }
         drop(table);
+        if let Some(id) = moved_id {
+            self.cache_changed(id, Change::Attributes);
+        }
+        if let Some(id) = replaced_id.filter(|id| Some(*id) != moved_id) {
+            let change = if exchange {
+                Change::Attributes
+            } else {
+                Change::Content
+            };
+            self.cache_changed(id, change);
+        }
         let replaced_dir = replaced.is_some_and(|stat| stat.kind() == Some(FileKind::Directory));
         if let Some(id) = replaced_id.filter(|_| replaced_dir && !exchange) {
             self.evict_dir_fd(id);

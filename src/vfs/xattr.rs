@@ -3,6 +3,7 @@
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 
+use crate::cache::Change;
 use crate::log::Op;
 use crate::types::InodeId;
 
@@ -24,6 +25,7 @@ impl Volume {
             Target::Place(located, _) => self.origin.set_xattr(located.at(), key, value, flags)?,
             Target::Open(open) => open.file.set_xattr(key, value, flags)?,
         }
+        self.cache_changed(id, Change::Attributes);
         match path {
             Some(path) => self.record(Op::SetXattr {
                 path,
@@ -49,6 +51,7 @@ impl Volume {
             Target::Place(located, _) => self.origin.remove_xattr(located.at(), key)?,
             Target::Open(open) => open.file.remove_xattr(key)?,
         }
+        self.cache_changed(id, Change::Attributes);
         match path {
             Some(path) => self.record(Op::RemoveXattr {
                 path,

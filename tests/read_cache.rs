@@ -1,0 +1,283 @@
+//! The read cache through real mounts: the same bytes as a reference in every cache
+//! configuration and write policy, coherence with the origin, read-ahead that follows
+//! streams and leaves random readers alone, scan resistance, and budgets that hold.
+//! Reads use O_DIRECT so the daemon answers them, not the kernel's page cache.
+
+mod common;
+
+use std::fs;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::Path;
+use std::time::Duration;
+
+use common::workload::{self, Model, Rng};
+use common::{Mount, run};
+use mirrorfs::cache::CacheStats;
+use mirrorfs::control::Status;
+
+const KIB: u64 = 1024;
+const MIB: u64 = 1024 * KIB;
+
+/// The cache configurations every correctness test runs under.
+fn cache_configs() -> Vec<(&'static str, String)> {
+    vec![
+        ("no cache", "memory_bytes = 0\n".to_string()),
+        (
+            "memory",
+            // Small enough that the workload's files do not fit: blocks are evicted and
+            // read back all the time.
+            "memory_bytes = \"1MiB\"\nblock_size = \"64KiB\"\n\
+             readahead_min = \"16KiB\"\nreadahead_max = \"256KiB\"\n"
+                .to_string(),
+        ),
+    ]
+}
+
+fn config(mode: &str, cache: &str) -> String {
+    format!("[write]\nmode = \"{mode}\"\nflush_interval = \"50ms\"\n[cache]\n{cache}")
+}
+
+fn open_direct(path: &Path) -> std::io::Result<fs::File> {
+    fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(path)
+}
+
+/// Reads `len` bytes at `offset` with O_DIRECT; fewer at the end of the file.
+fn pread_direct(path: &Path, offset: u64, len: usize) -> std::io::Result<Vec<u8>> {
+    let file = open_direct(path)?;
+    let mut data = vec![0; len];
+    let mut done = 0;
+    while done < len {
+        let count = file.read_at(&mut data[done..], offset + done as u64)?;
+        if count == 0 {
+            break;
+        }
+        done += count;
+    }
+    data.truncate(done);
+    Ok(data)
+}
+
+fn read_direct(path: &Path) -> Vec<u8> {
+    pread_direct(path, 0, 64 << 20).unwrap()
+}
+
+/// The cache's counters now, from `mirrorfs status --json`.
+fn cache_stats(mount: &Mount) -> CacheStats {
+    let output = run(&[
+        "status",
+        "--state-dir",
+        mount.state.to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(output.status.success(), "{output:?}");
+    let status: Status = serde_json::from_slice(&output.stdout).unwrap();
+    status.cache.expect("the cache is on")
+}
+
+fn pattern(len: u64, seed: u64) -> Vec<u8> {
+    let mut rng = Rng::new(seed);
+    (0..len).map(|_| rng.below(256) as u8).collect()
+}
+
+/// Every cache configuration × write policy: a random workload of writes, appends,
+/// truncates, renames and unlinks, with a random O_DIRECT read checked against the
+/// reference model after every step, and the whole tree checked at the end.
+#[test]
+fn every_cache_configuration_reads_what_was_written() {
+    for mode in ["write-through", "write-behind"] {
+        for (name, cache) in cache_configs() {
+            let mount = Mount::with_config(&config(mode, &cache));
+            workload::prepare(&mount.mountpoint);
+            for seed in 1..=3u64 {
+                let mut model = Model::new();
+                // Each seed starts from what the last left; the model does too.
+                for name in ["f0", "f1", "f2", "d/g0", "d/g1", "d/g2"] {
+                    if let Ok(data) = fs::read(mount.path(name)) {
+                        model.insert(name.to_string(), data);
+                    }
+                }
+                let mut rng = Rng::new(seed * 7919);
+                for (number, step) in workload::steps(seed, 300).iter().enumerate() {
+                    workload::perform(&mount.mountpoint, step).unwrap();
+                    workload::model(&mut model, step);
+                    let names: Vec<&String> = model.keys().collect();
+                    if names.is_empty() {
+                        continue;
+                    }
+                    let file = names[rng.below(names.len() as u64) as usize];
+                    let expected = &model[file];
+                    let offset = rng.below(expected.len() as u64 + 4096);
+                    let len = 1 + rng.below(200 * KIB) as usize;
+                    let seen = pread_direct(&mount.path(file), offset, len).unwrap();
+                    let from = (offset as usize).min(expected.len());
+                    let to = (from + len).min(expected.len());
+                    assert!(
+                        seen == expected[from..to],
+                        "{mode}, {name}, seed {seed}, step {number} ({step:?}): {file} at {offset}+{len}: \
+                         {} bytes read, {} expected, first difference at {:?}",
+                        seen.len(),
+                        to - from,
+                        seen.iter()
+                            .zip(&expected[from..to])
+                            .position(|(a, b)| a != b)
+                    );
+                }
+                let mut seen = Model::new();
+                for file in model.keys() {
+                    seen.insert(file.clone(), read_direct(&mount.path(file)));
+                }
+                if let Some(difference) = workload::difference(&model, &seen) {
+                    panic!("{mode}, {name}, seed {seed}: {difference}");
+                }
+            }
+        }
+    }
+}
+
+/// Another program changes a cached file in the origin (same size, so only mtime and
+/// ctime tell): the mount shows the new bytes once revalidate_after has passed.
+#[test]
+fn an_origin_change_is_seen_after_revalidate_after() {
+    let mount = Mount::with_config("[cache]\nrevalidate_after = \"1s\"\n");
+    let before = pattern(3 * MIB, 1);
+    fs::write(mount.path("f"), &before).unwrap();
+    assert_eq!(read_direct(&mount.path("f")), before);
+    assert_eq!(read_direct(&mount.path("f")), before);
+    let after = pattern(3 * MIB, 2);
+    fs::OpenOptions::new()
+        .write(true)
+        .open(mount.origin_path("f"))
+        .unwrap()
+        .write_all_at(&after, 0)
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    // The same open file, and a new one, both see it.
+    assert_eq!(read_direct(&mount.path("f")), after);
+    assert_eq!(cache_stats(&mount).invalidations, 1);
+}
+
+/// A sequential reader gets read-ahead that it then uses, in large origin reads; a
+/// random reader gets none, and the origin is asked for no more than it read.
+#[test]
+fn read_ahead_follows_a_stream_and_leaves_random_readers_alone() {
+    let mount = Mount::with_config(
+        "[cache]\nmemory_bytes = \"64MiB\"\nblock_size = \"1MiB\"\n\
+         readahead_min = \"128KiB\"\nreadahead_max = \"8MiB\"\n",
+    );
+    let size = 48 * MIB;
+    let data = pattern(size, 3);
+    fs::write(mount.origin_path("seq"), &data).unwrap();
+    fs::write(mount.origin_path("rand"), &data).unwrap();
+
+    let file = open_direct(&mount.path("seq")).unwrap();
+    let mut chunk = vec![0; 128 * KIB as usize];
+    for offset in (0..size).step_by(chunk.len()) {
+        file.read_exact_at(&mut chunk, offset).unwrap();
+        assert!(chunk == data[offset as usize..offset as usize + chunk.len()]);
+    }
+    let streamed = cache_stats(&mount);
+    assert!(streamed.prefetched_bytes >= size / 2, "{streamed:?}");
+    assert!(
+        streamed.prefetch_used_bytes * 10 >= streamed.prefetched_bytes * 9,
+        "read-ahead was not used: {streamed:?}"
+    );
+    // Most origin reads were read-ahead's, each far larger than the reader's 128 KiB.
+    let average = streamed.origin_bytes / streamed.origin_reads;
+    assert!(
+        average >= MIB,
+        "average origin read {average} bytes: {streamed:?}"
+    );
+    assert!(streamed.origin_bytes <= size + 8 * MIB, "{streamed:?}");
+
+    let file = open_direct(&mount.path("rand")).unwrap();
+    let mut rng = Rng::new(5);
+    let mut page = vec![0; 4096];
+    let reads = 2000u64;
+    for _ in 0..reads {
+        let offset = rng.below(size / 4096) * 4096;
+        file.read_exact_at(&mut page, offset).unwrap();
+        assert!(page == data[offset as usize..offset as usize + 4096]);
+    }
+    let random = cache_stats(&mount);
+    // Two random reads that happen to be neighbours look like the start of a stream and
+    // get one small window (in a 48 MiB file, a few of 2000 do); nothing more.
+    let fetched = random.origin_bytes - streamed.origin_bytes;
+    assert!(
+        fetched * 10 <= reads * 4096 * 11,
+        "{fetched} bytes fetched for {reads} random 4 KiB reads: {random:?}"
+    );
+}
+
+/// A hot file, read again after other reads (more than the memory tier holds) pushed
+/// it out once, so that 2Q has seen its reuse, keeps its blocks in memory through a once-only scan four times the memory
+/// tier under scan-resistant admission, and loses them under "always".
+#[test]
+fn a_scan_does_not_flush_the_hot_set() {
+    for (admission, hot_survives) in [("scan-resistant", true), ("always", false)] {
+        let mount = Mount::with_config(&format!(
+            "[cache]\nmemory_bytes = \"8MiB\"\nblock_size = \"64KiB\"\n\
+             readahead_max = \"1MiB\"\nadmission = \"{admission}\"\n"
+        ));
+        let hot = pattern(MIB, 6);
+        fs::write(mount.origin_path("hot"), &hot).unwrap();
+        fs::write(mount.origin_path("other"), pattern(12 * MIB, 7)).unwrap();
+        fs::write(mount.origin_path("scan"), pattern(32 * MIB, 8)).unwrap();
+        assert_eq!(read_direct(&mount.path("hot")), hot);
+        read_direct(&mount.path("other"));
+        assert_eq!(read_direct(&mount.path("hot")), hot);
+        read_direct(&mount.path("scan"));
+        let before = cache_stats(&mount);
+        assert_eq!(read_direct(&mount.path("hot")), hot);
+        let after = cache_stats(&mount);
+        let fetched = after.origin_bytes - before.origin_bytes;
+        if hot_survives {
+            assert_eq!(
+                fetched, 0,
+                "{admission}: the hot file was read from the origin again"
+            );
+            assert!(after.memory.promotions >= 16, "{after:?}");
+        } else {
+            assert!(
+                fetched >= MIB,
+                "{admission}: the hot file should have been evicted"
+            );
+        }
+    }
+}
+
+/// Many random reads over files far larger than the memory tier: its bytes never exceed
+/// the budget, and the reads stay correct.
+#[test]
+fn the_memory_budget_holds_under_a_long_random_load() {
+    let mount = Mount::with_config(
+        "[cache]\nmemory_bytes = \"4MiB\"\nblock_size = \"64KiB\"\nreadahead_max = \"1MiB\"\n",
+    );
+    let files: Vec<Vec<u8>> = (0..4).map(|n| pattern(8 * MIB, 10 + n)).collect();
+    for (n, data) in files.iter().enumerate() {
+        fs::write(mount.origin_path(&format!("f{n}")), data).unwrap();
+    }
+    let mut rng = Rng::new(11);
+    for round in 0..40 {
+        for _ in 0..100 {
+            let n = rng.below(4) as usize;
+            let offset = rng.below(8 * MIB - 256 * KIB);
+            let len = 1 + rng.below(256 * KIB) as usize;
+            let seen = pread_direct(&mount.path(&format!("f{n}")), offset, len).unwrap();
+            assert!(seen == files[n][offset as usize..offset as usize + len]);
+        }
+        // And a sequential pass now and then, so read-ahead fills memory too.
+        if round % 10 == 0 {
+            read_direct(&mount.path(&format!("f{}", round / 10)));
+        }
+        let stats = cache_stats(&mount);
+        assert!(stats.memory.bytes <= 4 * MIB, "round {round}: {stats:?}");
+    }
+    let stats = cache_stats(&mount);
+    assert!(
+        stats.memory.evictions > 0 && stats.memory.hits > 0,
+        "{stats:?}"
+    );
+}
