@@ -11,24 +11,28 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::workload::{self, Model, Rng};
-use common::{Mount, run};
+use common::{Mount, run, scratch};
 use mirrorfs::cache::CacheStats;
 use mirrorfs::control::Status;
 
 const KIB: u64 = 1024;
 const MIB: u64 = 1024 * KIB;
 
-/// The cache configurations every correctness test runs under.
-fn cache_configs() -> Vec<(&'static str, String)> {
+/// The cache configurations every correctness test runs under; the disk tier in `disk`.
+fn cache_configs(disk: &Path) -> Vec<(&'static str, String)> {
+    // Small enough that the workload's files do not fit: blocks are evicted and read back
+    // all the time.
+    let memory = "memory_bytes = \"1MiB\"\nblock_size = \"64KiB\"\n\
+                  readahead_min = \"16KiB\"\nreadahead_max = \"256KiB\"\n";
     vec![
         ("no cache", "memory_bytes = 0\n".to_string()),
+        ("memory", memory.to_string()),
         (
-            "memory",
-            // Small enough that the workload's files do not fit: blocks are evicted and
-            // read back all the time.
-            "memory_bytes = \"1MiB\"\nblock_size = \"64KiB\"\n\
-             readahead_min = \"16KiB\"\nreadahead_max = \"256KiB\"\n"
-                .to_string(),
+            "memory + disk",
+            format!(
+                "{memory}disk_dir = \"{}\"\ndisk_bytes = \"2MiB\"\n",
+                disk.display()
+            ),
         ),
     ]
 }
@@ -88,7 +92,8 @@ fn pattern(len: u64, seed: u64) -> Vec<u8> {
 #[test]
 fn every_cache_configuration_reads_what_was_written() {
     for mode in ["write-through", "write-behind"] {
-        for (name, cache) in cache_configs() {
+        let disk = scratch();
+        for (name, cache) in cache_configs(disk.path()) {
             let mount = Mount::with_config(&config(mode, &cache));
             workload::prepare(&mount.mountpoint);
             for seed in 1..=3u64 {
@@ -248,6 +253,27 @@ fn a_scan_does_not_flush_the_hot_set() {
     }
 }
 
+/// Four files `f0`..`f3` of `size` random bytes in the origin; their contents.
+fn origin_files(mount: &Mount, size: u64, seed: u64) -> Vec<Vec<u8>> {
+    let files: Vec<Vec<u8>> = (0..4).map(|n| pattern(size, seed + n)).collect();
+    for (n, data) in files.iter().enumerate() {
+        fs::write(mount.origin_path(&format!("f{n}")), data).unwrap();
+    }
+    files
+}
+
+/// `count` O_DIRECT reads of up to `len_max` bytes at random places of `files`, each
+/// checked.
+fn random_reads(mount: &Mount, files: &[Vec<u8>], rng: &mut Rng, count: usize, len_max: u64) {
+    for _ in 0..count {
+        let n = rng.below(files.len() as u64) as usize;
+        let offset = rng.below(files[n].len() as u64 - len_max);
+        let len = 1 + rng.below(len_max) as usize;
+        let seen = pread_direct(&mount.path(&format!("f{n}")), offset, len).unwrap();
+        assert!(seen == files[n][offset as usize..offset as usize + len]);
+    }
+}
+
 /// Many random reads over files far larger than the memory tier: its bytes never exceed
 /// the budget, and the reads stay correct.
 #[test]
@@ -255,19 +281,10 @@ fn the_memory_budget_holds_under_a_long_random_load() {
     let mount = Mount::with_config(
         "[cache]\nmemory_bytes = \"4MiB\"\nblock_size = \"64KiB\"\nreadahead_max = \"1MiB\"\n",
     );
-    let files: Vec<Vec<u8>> = (0..4).map(|n| pattern(8 * MIB, 10 + n)).collect();
-    for (n, data) in files.iter().enumerate() {
-        fs::write(mount.origin_path(&format!("f{n}")), data).unwrap();
-    }
+    let files = origin_files(&mount, 8 * MIB, 10);
     let mut rng = Rng::new(11);
     for round in 0..40 {
-        for _ in 0..100 {
-            let n = rng.below(4) as usize;
-            let offset = rng.below(8 * MIB - 256 * KIB);
-            let len = 1 + rng.below(256 * KIB) as usize;
-            let seen = pread_direct(&mount.path(&format!("f{n}")), offset, len).unwrap();
-            assert!(seen == files[n][offset as usize..offset as usize + len]);
-        }
+        random_reads(&mount, &files, &mut rng, 100, 256 * KIB);
         // And a sequential pass now and then, so read-ahead fills memory too.
         if round % 10 == 0 {
             read_direct(&mount.path(&format!("f{}", round / 10)));
@@ -279,5 +296,128 @@ fn the_memory_budget_holds_under_a_long_random_load() {
     assert!(
         stats.memory.evictions > 0 && stats.memory.hits > 0,
         "{stats:?}"
+    );
+}
+
+/// A config with a disk tier in `disk` and small blocks, so files span many of them.
+fn disk_config(disk: &Path, disk_bytes: &str) -> String {
+    format!(
+        "[cache]\nmemory_bytes = \"1MiB\"\nblock_size = \"64KiB\"\nreadahead_max = \"256KiB\"\n\
+         disk_dir = \"{}\"\ndisk_bytes = \"{disk_bytes}\"\n",
+        disk.display()
+    )
+}
+
+/// Mounts with a disk tier, reads `file` through the mount once, and unmounts (which
+/// waits for the disk tier's writes).
+fn warm_disk_tier(disk: &Path, data: &[u8]) -> Mount {
+    let mut mount = Mount::with_config(&disk_config(disk, "64MiB"));
+    fs::write(mount.origin_path("file"), data).unwrap();
+    assert_eq!(read_direct(&mount.path("file")), data);
+    let stats = cache_stats(&mount);
+    assert!(stats.disk_written_bytes > 0, "{stats:?}");
+    assert_eq!(mount.stop_with(libc::SIGTERM), Some(0), "{}", mount.log());
+    mount
+}
+
+/// The block files of the disk tier in `disk`, with their sizes on disk.
+fn block_files(disk: &Path) -> Vec<(std::path::PathBuf, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let mut files = Vec::new();
+    for dir in fs::read_dir(disk.join("blocks")).unwrap() {
+        for entry in fs::read_dir(dir.unwrap().path()).unwrap() {
+            let entry = entry.unwrap();
+            if entry.file_name() != "meta" {
+                files.push((entry.path(), entry.metadata().unwrap().blocks() * 512));
+            }
+        }
+    }
+    files.sort();
+    files
+}
+
+/// A second mount reads a file the first one read without reading the origin at all:
+/// every block comes back from the disk tier.
+#[test]
+fn the_disk_tier_is_reused_after_a_remount() {
+    let disk = scratch();
+    let data = pattern(4 * MIB, 20);
+    let mut mount = warm_disk_tier(disk.path(), &data);
+    assert_eq!(
+        block_files(disk.path()).len(),
+        64,
+        "every 64 KiB block is on disk"
+    );
+    mount.restart();
+    assert_eq!(read_direct(&mount.path("file")), data);
+    let stats = cache_stats(&mount);
+    assert_eq!(stats.origin_bytes, 0, "{stats:?}");
+    let disk_stats = stats.disk.clone().unwrap();
+    assert!(disk_stats.hits > 0 && disk_stats.blocks == 64, "{stats:?}");
+}
+
+/// One flipped byte in a block file on disk: the block fails its hash, is dropped and
+/// counted, and its bytes come from the origin instead; the reader sees only good data.
+#[test]
+fn a_corrupt_disk_block_is_detected_not_served_and_refetched() {
+    let disk = scratch();
+    let data = pattern(4 * MIB, 21);
+    let mut mount = warm_disk_tier(disk.path(), &data);
+    let blocks = block_files(disk.path());
+    let (victim, _) = &blocks[blocks.len() / 2];
+    let file = fs::OpenOptions::new()
+        .write(true)
+        .read(true)
+        .open(victim)
+        .unwrap();
+    let mut byte = [0u8];
+    // Past the header (one page for 64 KiB blocks), inside the first data page.
+    file.read_exact_at(&mut byte, 4096 + 100).unwrap();
+    file.write_all_at(&[byte[0] ^ 0x40], 4096 + 100).unwrap();
+    drop(file);
+    mount.restart();
+    assert_eq!(read_direct(&mount.path("file")), data);
+    let stats = cache_stats(&mount);
+    assert_eq!(stats.corrupt_blocks, 1, "{stats:?}");
+    assert!(
+        stats.origin_bytes > 0 && stats.origin_bytes <= 64 * KIB,
+        "only the damaged block is read from the origin: {stats:?}"
+    );
+    assert!(mount.log().contains("failed its hash"), "{}", mount.log());
+    // The block was written again from the origin's bytes.
+    assert_eq!(mount.stop_with(libc::SIGTERM), Some(0), "{}", mount.log());
+    let mut again = [0u8];
+    fs::File::open(victim)
+        .unwrap()
+        .read_exact_at(&mut again, 4096 + 100)
+        .unwrap();
+    assert_eq!(
+        again, byte,
+        "the damaged block is stored again, from the origin"
+    );
+}
+
+/// Random reads over files far larger than the disk tier: the tier's files never take
+/// more than its budget, counted in the status and on disk.
+#[test]
+fn the_disk_budget_holds_under_a_long_random_load() {
+    let disk = scratch();
+    let budget = 2 * MIB;
+    let mut mount = Mount::with_config(&disk_config(disk.path(), "2MiB"));
+    let files = origin_files(&mount, 4 * MIB, 30);
+    let mut rng = Rng::new(31);
+    for round in 0..30 {
+        random_reads(&mount, &files, &mut rng, 50, 128 * KIB);
+        let stats = cache_stats(&mount);
+        let disk_stats = stats.disk.clone().unwrap();
+        assert!(disk_stats.bytes <= budget, "round {round}: {stats:?}");
+    }
+    let stats = cache_stats(&mount);
+    assert!(stats.disk.as_ref().unwrap().evictions > 0, "{stats:?}");
+    assert_eq!(mount.stop_with(libc::SIGTERM), Some(0), "{}", mount.log());
+    let on_disk: u64 = block_files(disk.path()).iter().map(|(_, size)| size).sum();
+    assert!(
+        on_disk <= budget,
+        "{on_disk} bytes of blocks on disk, budget {budget}"
     );
 }

@@ -86,6 +86,8 @@ pub struct Block {
     /// Filled by read-ahead rather than by a reader.
     pub prefetched: bool,
     used: AtomicBool,
+    /// The disk tier has (or has been sent) every page of it.
+    spilled: AtomicBool,
 }
 
 impl Block {
@@ -133,6 +135,7 @@ impl Block {
             end: end.or(self.end),
             prefetched: prefetched && (self.runs.is_empty() || self.prefetched),
             used: AtomicBool::new(self.used.load(Ordering::Relaxed)),
+            spilled: AtomicBool::new(false),
         }
     }
 
@@ -184,6 +187,16 @@ impl Block {
     /// Marks the block used by a reader; true the first time.
     pub fn first_use(&self) -> bool {
         !self.used.swap(true, Ordering::Relaxed)
+    }
+
+    /// Whether the disk tier has been sent this block.
+    pub fn spilled(&self) -> bool {
+        self.spilled.load(Ordering::Relaxed)
+    }
+
+    /// Notes that the disk tier has been sent (or read back) this block.
+    pub fn mark_spilled(&self) {
+        self.spilled.store(true, Ordering::Relaxed);
     }
 
     /// Whether a reader has used the block.

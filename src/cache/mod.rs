@@ -1,22 +1,28 @@
-//! The read cache: blocks of origin files kept in memory (and, with issue 4's disk tier,
-//! on a fast local disk) between `vfs` and the origin, with read-ahead.
+//! The read cache: blocks of origin files in memory and on a fast local disk, between
+//! `vfs` and the origin, with read-ahead.
 //!
 //! `vfs` opens a [`CachedFile`] per open file and reads through [`Cache::read`]; it tells
-//! the cache of every change it makes ([`Cache::changed`]). The cache holds origin content
-//! only: write-behind's unflushed bytes are laid over by `vfs` afterwards, and a block is
-//! never filled while its file has unflushed bytes, so a flush can never leave a stale
-//! block behind. Coherence rests on two numbers per file:
+//! the cache of every change it makes ([`Cache::changed`]). A read looks in memory, then
+//! on disk, then reads the origin. The cache holds origin content only: write-behind's
+//! unflushed bytes are laid over by `vfs` afterwards, and no block is kept while its file
+//! has unflushed bytes, so a flush can never leave a stale block behind.
 //!
-//! - the *epoch*, part of every block's key: when the origin changed under the cache
-//!   (another program wrote it: its size, mtime or ctime moved and no change of ours
-//!   explains that) the epoch moves on and the old blocks are never asked for again;
+//! Coherence rests on two numbers per file (see `files.rs`):
+//! - the *epoch*, part of every memory block's key: when the origin changed under the
+//!   cache (another program wrote: size, mtime or ctime moved, and no change of ours
+//!   explains it) the epoch moves on, the old blocks are never asked for again, and the
+//!   disk tier forgets the file;
 //! - the *generation*, bumped by every change made through the mount: a fill that began
 //!   before a change is not kept, so a reader racing a writer cannot cache old bytes.
 
 pub mod block;
+pub mod disk;
+mod files;
 pub mod policy;
 mod prefetch;
+mod queue;
 pub mod readahead;
+mod spill;
 pub mod stats;
 
 use std::collections::{HashMap, HashSet};
@@ -24,13 +30,17 @@ use std::io;
 use std::ops::Range;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::config::CacheConfig;
 use crate::origin::{OriginFile, Stat};
 use block::{Block, BlockKey, FileKey, Version, page_aligned};
+use disk::{DiskError, DiskTier, Found};
+use files::{FileState, Revalidated};
 use policy::TwoQ;
+use queue::WorkQueue;
 use readahead::Readahead;
+use spill::{Disk, DiskIndex, DiskOp};
 use stats::{Counters, bump};
 
 pub use stats::{CacheStats, TierStats};
@@ -51,6 +61,17 @@ const FILES_REMEMBERED_MAX: usize = 65_536;
 /// A change touching more blocks than this drops the whole file (a new epoch) instead of
 /// looking each block up.
 const DROP_ONE_BY_ONE_MAX: u64 = 256;
+
+/// Why the cache could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum CacheError {
+    /// The disk tier's directory cannot be used.
+    #[error(transparent)]
+    Disk(#[from] DiskError),
+    /// A background thread could not be started.
+    #[error("cannot start a cache thread: {0}")]
+    Thread(#[from] io::Error),
+}
 
 /// A change made through the mount, as the cache must hear of it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -76,38 +97,19 @@ pub struct Cache {
     /// Signalled whenever an in-flight fill ends.
     filled: Condvar,
     counters: Counters,
-    jobs: prefetch::Queue,
-    workers: Mutex<Vec<JoinHandle<()>>>,
+    jobs: WorkQueue<prefetch::Job>,
+    disk: Option<Disk>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
 }
 
 #[derive(Debug)]
 struct State {
     memory: TwoQ<BlockKey, Arc<Block>>,
     files: HashMap<FileKey, FileState>,
-    /// Blocks an origin read is filling now; readers of them wait instead of reading too.
+    /// Blocks a read is filling now; readers of them wait instead of reading too.
     inflight: HashSet<BlockKey>,
     next_epoch: u64,
-}
-
-/// What the cache knows of one origin file.
-#[derive(Debug)]
-struct FileState {
-    epoch: u64,
-    /// The origin's version the cached blocks belong to.
-    version: Version,
-    /// When the version was last compared with the origin's.
-    checked: Instant,
-    generation: u64,
-    /// A change through the mount moved the origin's version since it was last checked.
-    changed_locally: bool,
-    /// The block a read found the end of the file in.
-    eof_block: Option<u64>,
-    /// Blocks held under the current epoch.
-    blocks: usize,
-    /// The highest block number filled under the current epoch.
-    last_index: u64,
-    /// Open files reading through the cache.
-    opens: usize,
+    disk: Option<DiskIndex>,
 }
 
 /// One open file reading through the cache.
@@ -118,6 +120,13 @@ pub struct CachedFile {
     readahead: Mutex<Readahead>,
 }
 
+impl CachedFile {
+    /// The origin file's identity.
+    pub fn key(&self) -> FileKey {
+        self.key
+    }
+}
+
 /// What a read needs to know of its file, taken under the lock once.
 #[derive(Clone, Copy, Debug)]
 struct Snapshot {
@@ -126,19 +135,50 @@ struct Snapshot {
     size: u64,
 }
 
-impl CachedFile {
-    /// The origin file's identity.
-    pub fn key(&self) -> FileKey {
-        self.key
-    }
+/// Where the bytes of a fill came from, and whether they may be kept.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Fill {
+    /// Read ahead, not for a reader waiting now.
+    prefetched: bool,
+    /// Read back from the disk tier.
+    from_disk: bool,
+    /// The file's generation when the fetch began (see `Cache::read`).
+    generation: u64,
+    /// False while the file has unflushed writes.
+    keep: bool,
+}
+
+/// Fetched bytes of one block.
+#[derive(Debug)]
+struct Piece {
+    /// Offset in the block.
+    start: u32,
+    /// The bytes.
+    data: Vec<u8>,
+    /// Where the file ended in the block, if the fetch saw it.
+    end: Option<u32>,
 }
 
 impl Cache {
-    /// The cache `config` describes, with its read-ahead threads running; `None` when the
-    /// config turns caching off.
-    pub fn start(config: &CacheConfig) -> io::Result<Option<Arc<Cache>>> {
+    /// The cache `config` describes, with its background threads running; `None` when
+    /// the config turns caching off.
+    pub fn start(config: &CacheConfig) -> Result<Option<Arc<Cache>>, CacheError> {
         if !config.enabled() {
             return Ok(None);
+        }
+        let mut index = None;
+        let mut disk = None;
+        let mut evicted = Vec::new();
+        if let Some(tier) = &config.disk {
+            let (opened, inventory) = DiskTier::open(&tier.dir, config.block_size)?;
+            let (built, over_budget) =
+                DiskIndex::new(inventory, tier.bytes, config.block_size, config.admission);
+            index = Some(built);
+            evicted = over_budget;
+            disk = Some(Disk {
+                tier: opened,
+                queue: WorkQueue::new(usize::MAX),
+            });
         }
         let cache = Arc::new(Cache {
             block_size: config.block_size,
@@ -149,31 +189,51 @@ impl Cache {
                 files: HashMap::new(),
                 inflight: HashSet::new(),
                 next_epoch: 1,
+                disk: index,
             }),
             filled: Condvar::new(),
             counters: Counters::default(),
-            jobs: prefetch::Queue::new(PREFETCH_QUEUE_MAX),
-            workers: Mutex::new(Vec::new()),
+            jobs: WorkQueue::new(PREFETCH_QUEUE_MAX),
+            disk,
+            threads: Mutex::new(Vec::new()),
         });
-        let mut workers = Vec::new();
+        {
+            let mut state = cache.lock();
+            for key in evicted {
+                cache.disk_op(&mut state, DiskOp::Delete(key));
+            }
+        }
+        let mut threads = Vec::new();
         for number in 0..PREFETCH_THREADS {
             let worker = Arc::clone(&cache);
-            workers.push(
+            threads.push(
                 std::thread::Builder::new()
                     .name(format!("prefetch-{number}"))
                     .spawn(move || worker.prefetch_worker())?,
             );
         }
-        *lock(&cache.workers) = workers;
+        if cache.disk.is_some() {
+            let writer = Arc::clone(&cache);
+            threads.push(
+                std::thread::Builder::new()
+                    .name("disk-tier".to_string())
+                    .spawn(move || writer.disk_writer())?,
+            );
+        }
+        *lock(&cache.threads) = threads;
         Ok(Some(cache))
     }
 
-    /// Stops the read-ahead threads (queued read-ahead is dropped).
+    /// Stops the background threads: queued read-ahead is dropped, the disk tier's queued
+    /// writes and removals are done first.
     pub fn shutdown(&self) {
         self.jobs.stop();
-        for worker in std::mem::take(&mut *lock(&self.workers)) {
-            if worker.join().is_err() {
-                tracing::error!("a read-ahead thread panicked");
+        if let Some(disk) = &self.disk {
+            disk.queue.stop();
+        }
+        for thread in std::mem::take(&mut *lock(&self.threads)) {
+            if thread.join().is_err() {
+                tracing::error!("a cache thread panicked");
             }
         }
     }
@@ -182,13 +242,16 @@ impl Cache {
     /// file has unflushed writes, so a changed origin version may be ours.
     pub fn open(&self, origin: Arc<OriginFile>, stat: &Stat, dirty: bool) -> Arc<CachedFile> {
         let key = FileKey::of(stat);
+        let version = Version::of(stat);
         let mut state = self.lock();
-        let State {
-            files, next_epoch, ..
-        } = &mut *state;
-        let file = file_state(files, next_epoch, key, Version::of(stat));
-        file.opens += 1;
-        self.revalidate(key, file, Version::of(stat), dirty, next_epoch);
+        let first_sight = !state.files.contains_key(&key);
+        self.revalidate(&mut state, key, version, dirty);
+        if let Some(file) = state.files.get_mut(&key) {
+            file.opens += 1;
+        }
+        if first_sight {
+            self.first_sight_on_disk(&mut state, key, version);
+        }
         Arc::new(CachedFile {
             key,
             origin,
@@ -230,24 +293,21 @@ impl Cache {
         if due {
             let version = Version::of(&file.origin.stat()?);
             let mut state = self.lock();
-            let State {
-                files, next_epoch, ..
-            } = &mut *state;
-            let known = file_state(files, next_epoch, file.key, version);
-            self.revalidate(file.key, known, version, dirty, next_epoch);
+            self.revalidate(&mut state, file.key, version, dirty);
+            let known = &state.files[&file.key];
             // Fills keep the generation noted before `dirty` was asked (see above).
             snapshot = Snapshot {
                 epoch: known.epoch,
-                size: known.version.size,
+                size: known.size,
                 ..snapshot
             };
         }
         if !dirty && !advice.prefetch.is_empty() {
-            self.jobs.push(prefetch::Job {
+            self.jobs.offer(prefetch::Job {
                 file: Arc::clone(file),
                 epoch: snapshot.epoch,
                 generation: snapshot.generation,
-                ranges: self.clip(advice.prefetch, snapshot.size),
+                ranges: clip(advice.prefetch, snapshot.size),
             });
         }
         let mut done = 0u64;
@@ -260,33 +320,32 @@ impl Cache {
                 epoch: snapshot.epoch,
                 index: position / self.block_size,
             };
+            let wanted = within as u32..(within + piece) as u32;
             let slot = &mut into[done as usize..(done + piece) as usize];
-            let count = match self.held(
-                key,
-                within as u32..(within + piece) as u32,
-                advice.streaming,
-            ) {
+            let count = match self.held(key, wanted.clone(), advice.streaming) {
                 Held::Block(block) => {
                     bump(&self.counters.memory_hits, 1);
-                    if block.first_use() && block.prefetched {
-                        bump(&self.counters.prefetch_used_bytes, block.weight());
-                    }
                     block
                         .read(within as u32, slot)
                         .expect("the block covers the range")
                 }
-                Held::Nothing { claimed } => {
+                Held::Nothing(claim) => {
                     bump(&self.counters.memory_misses, 1);
-                    // Only what was asked for: read-ahead fetches the rest of a stream,
-                    // and a random reader must pay for nothing more.
-                    let fetch = page_aligned(position..position + piece);
-                    let fetched =
-                        self.fill(file, key, fetch.clone(), claimed, !dirty, snapshot, false);
-                    let data = fetched?;
-                    let from = ((position - fetch.start) as usize).min(data.len());
-                    let count = (data.len() - from).min(slot.len());
-                    slot[..count].copy_from_slice(&data[from..from + count]);
-                    count
+                    let keep = !dirty;
+                    let block = match self.read_disk(key, wanted, snapshot, keep, false) {
+                        Some(block) => block,
+                        // Only what was asked for: read-ahead fetches the rest of a
+                        // stream, and a random reader must pay for nothing more.
+                        None => self.read_origin_block(
+                            file,
+                            key,
+                            page_aligned(position..position + piece),
+                            snapshot,
+                            keep,
+                        )?,
+                    };
+                    drop(claim);
+                    block.read(within as u32, slot).unwrap_or(0)
                 }
             };
             done += count as u64;
@@ -302,145 +361,180 @@ impl Cache {
         let mut state = self.lock();
         let state = &mut *state;
         let Some(file) = state.files.get_mut(&key) else {
+            // Never read through the cache in this mount; the disk tier may still hold
+            // blocks of it, which only an unchanged version would let anyone read.
+            if change != Change::Attributes {
+                self.forget_on_disk(state, key);
+            }
             return;
         };
         file.changed_locally = true;
+        let old_size = file.size;
         let (first, last) = match change {
             Change::Attributes => return,
-            Change::Written(range) => (
-                range.start / self.block_size,
-                range.end.saturating_sub(1) / self.block_size,
-            ),
-            Change::Truncated(size) => (size / self.block_size, file.last_index),
-            Change::Content => (0, u64::MAX),
+            Change::Written(range) => {
+                file.size = file.size.max(range.end);
+                (
+                    range.start / self.block_size,
+                    range.end.saturating_sub(1) / self.block_size,
+                )
+            }
+            Change::Truncated(size) => {
+                file.size = size;
+                (size / self.block_size, u64::MAX)
+            }
+            Change::Content => {
+                file.generation += 1;
+                file.new_epoch(&mut state.next_epoch);
+                self.forget_on_disk(state, key);
+                return;
+            }
         };
         file.generation += 1;
-        if last.saturating_sub(first) >= DROP_ONE_BY_ONE_MAX {
-            new_epoch(file, &mut state.next_epoch);
-            return;
-        }
-        let epoch = file.epoch;
-        let doomed = (first..=last).chain(file.eof_block.take());
-        let mut dropped = 0;
-        for index in doomed {
-            let block = BlockKey {
-                file: key,
-                epoch,
-                index,
-            };
-            if let Some(block) = state.memory.remove(&block) {
-                dropped += 1;
-                self.count_unused(&block);
+        // The block that held the old end of file says the file ends there.
+        let stale_end = (file.size != old_size).then_some(old_size / self.block_size);
+        let memory_last = last.min(file.last_index);
+        if memory_last.saturating_sub(first) >= DROP_ONE_BY_ONE_MAX {
+            file.new_epoch(&mut state.next_epoch);
+        } else {
+            let epoch = file.epoch;
+            let mut dropped = 0;
+            for index in (first..=memory_last).chain(stale_end) {
+                let block = BlockKey {
+                    file: key,
+                    epoch,
+                    index,
+                };
+                if let Some(block) = state.memory.remove(&block) {
+                    dropped += 1;
+                    self.count_unused(&block);
+                }
+            }
+            if let Some(file) = state.files.get_mut(&key) {
+                file.blocks -= dropped;
             }
         }
-        if let Some(file) = state.files.get_mut(&key) {
-            file.blocks -= dropped;
+        if last.saturating_sub(first) >= DROP_ONE_BY_ONE_MAX {
+            let doomed = |disk_key: &(FileKey, u64)| {
+                disk_key.0 == key
+                    && ((first..=last).contains(&disk_key.1) || Some(disk_key.1) == stale_end)
+            };
+            let keys: Vec<_> = state.disk.as_ref().map_or(Vec::new(), |index| {
+                index.policy.keys().filter(|k| doomed(k)).copied().collect()
+            });
+            self.drop_on_disk(state, keys);
+        } else {
+            let keys = (first..=last).chain(stale_end).map(|index| (key, index));
+            self.drop_on_disk(state, keys.collect::<Vec<_>>());
         }
     }
 
     /// What the cache did since it started.
     pub fn stats(&self) -> CacheStats {
         let state = self.lock();
-        let memory = TierStats {
-            bytes: state.memory.bytes(),
-            budget: state.memory.budget(),
-            blocks: state.memory.len() as u64,
-            evictions: state.memory.stats.evictions,
-            promotions: state.memory.stats.promotions,
+        let tier = |policy_bytes, budget, blocks, stats: policy::PolicyStats| TierStats {
+            bytes: policy_bytes,
+            budget,
+            blocks,
+            evictions: stats.evictions,
+            promotions: stats.promotions,
             ..TierStats::default()
         };
+        let memory = tier(
+            state.memory.bytes(),
+            state.memory.budget(),
+            state.memory.len() as u64,
+            state.memory.stats,
+        );
+        let disk = state.disk.as_ref().map(|index| {
+            tier(
+                index.policy.bytes(),
+                index.policy.budget(),
+                index.policy.len() as u64,
+                index.policy.stats,
+            )
+        });
         drop(state);
-        self.counters.snapshot(memory, None)
-    }
-
-    /// The block size.
-    pub fn block_size(&self) -> u64 {
-        self.block_size
+        self.counters.snapshot(memory, disk)
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
         lock(&self.state)
     }
 
-    /// The file's epoch and generation now, and whether its version is due for a check.
+    /// The file's epoch, generation and size now, and whether its version is due for a
+    /// check against the origin.
     fn snapshot(&self, file: &CachedFile) -> io::Result<(bool, Snapshot)> {
         let mut state = self.lock();
-        let State {
-            files, next_epoch, ..
-        } = &mut *state;
-        // Forgotten while open cannot happen (`opens` holds it); a new file otherwise.
-        let known = match files.contains_key(&file.key) {
-            true => files.get_mut(&file.key).expect("present"),
-            false => file_state(
-                files,
-                next_epoch,
-                file.key,
-                Version::of(&file.origin.stat()?),
-            ),
-        };
-        let due = known.checked.elapsed() >= self.revalidate_after;
+        if !state.files.contains_key(&file.key) {
+            // Forgotten while open cannot happen (`opens` holds it); a new file otherwise.
+            let version = Version::of(&file.origin.stat()?);
+            self.revalidate(&mut state, file.key, version, false);
+        }
+        let known = &state.files[&file.key];
         Ok((
-            due,
+            known.checked.elapsed() >= self.revalidate_after,
             Snapshot {
                 epoch: known.epoch,
                 generation: known.generation,
-                size: known.version.size,
+                size: known.size,
             },
         ))
     }
 
-    /// Compares the origin's `version` of `key` with the cached one. A difference that no
-    /// change of ours explains makes the cached blocks stale: the epoch moves on.
-    fn revalidate(
-        &self,
-        key: FileKey,
-        file: &mut FileState,
-        version: Version,
-        dirty: bool,
-        next_epoch: &mut u64,
-    ) {
-        if version != file.version {
-            if !file.changed_locally && !dirty {
+    /// Compares the origin's `version` of `key` with the cached one (creating the file's
+    /// state if new), and makes both tiers follow.
+    fn revalidate(&self, state: &mut State, key: FileKey, version: Version, dirty: bool) {
+        let State {
+            files, next_epoch, ..
+        } = state;
+        let file = files.entry(key).or_insert_with(|| {
+            *next_epoch += 1;
+            FileState::new(version, *next_epoch - 1)
+        });
+        match file.revalidate(version, dirty, next_epoch) {
+            Revalidated::Same => {}
+            Revalidated::Adopted => self.adopt_on_disk(state, key, version),
+            Revalidated::Stale => {
                 tracing::debug!(
                     dev = key.dev,
                     ino = key.ino,
                     "origin file changed; its cached blocks are dropped"
                 );
                 bump(&self.counters.invalidations, 1);
-                new_epoch(file, next_epoch);
-                file.generation += 1;
+                self.forget_on_disk(state, key);
             }
-            file.version = version;
-        }
-        file.checked = Instant::now();
-        if !dirty {
-            file.changed_locally = false;
         }
     }
 
-    /// Prefetch ranges cut at the origin's end of file (as last seen).
-    fn clip(&self, ranges: Vec<Range<u64>>, size: u64) -> Vec<Range<u64>> {
-        let end = size.div_ceil(block::PAGE) * block::PAGE;
-        ranges
-            .into_iter()
-            .filter(|range| range.start < end)
-            .map(|range| range.start..range.end.min(end))
-            .collect()
-    }
-
-    /// Looks `key` up for `range`, waiting while another thread fills it. On a miss, a
-    /// streaming reader claims the block so others wait for its fill.
-    fn held(&self, key: BlockKey, range: Range<u32>, streaming: bool) -> Held {
+    /// Looks `key` up in memory for `range`, waiting while another read fills it. On a
+    /// miss, a streaming reader claims the block so that others wait for its fill. A block
+    /// used for the first time is counted, and offered to the disk tier.
+    fn held(&self, key: BlockKey, range: Range<u32>, streaming: bool) -> Held<'_> {
         let mut state = self.lock();
         loop {
             if let Some(block) = state.memory.get(&key)
                 && block.covers(range.clone())
             {
-                return Held::Block(Arc::clone(block));
+                let block = Arc::clone(block);
+                if block.first_use() && block.prefetched {
+                    bump(&self.counters.prefetch_used_bytes, block.weight());
+                }
+                if !block.spilled()
+                    && let Some(file) = state.files.get(&key.file)
+                    && file.epoch == key.epoch
+                {
+                    let version = file.version;
+                    self.spill(&mut state, (key.file, key.index), &block, version);
+                }
+                return Held::Block(block);
             }
             if !state.inflight.contains(&key) {
                 let claimed = streaming && state.inflight.insert(key);
-                return Held::Nothing { claimed };
+                return Held::Nothing(Claim {
+                    cache: self,
+                    keys: if claimed { vec![key] } else { Vec::new() },
+                });
             }
             state = self
                 .filled
@@ -449,40 +543,90 @@ impl Cache {
         }
     }
 
-    /// Reads `range` (within one block) of the origin and keeps it if `keep` and nothing
-    /// changed the file since `snapshot`; releases the claim on `key` either way.
-    #[allow(clippy::too_many_arguments)]
-    fn fill(
+    /// The pages covering `range` of `key` from the disk tier, kept in memory if `keep`;
+    /// `None` if the tier does not have them all (or has them damaged).
+    fn read_disk(
+        &self,
+        key: BlockKey,
+        range: Range<u32>,
+        snapshot: Snapshot,
+        keep: bool,
+        prefetched: bool,
+    ) -> Option<Arc<Block>> {
+        let disk = self.disk.as_ref()?;
+        let disk_key = (key.file, key.index);
+        let readable = {
+            let state = self.lock();
+            let index = state.disk.as_ref()?;
+            let known = state.files.get(&key.file)?;
+            known.epoch == key.epoch && index.readable(disk_key, known.version)
+        };
+        if !readable {
+            if !prefetched {
+                bump(&self.counters.disk_misses, 1);
+            }
+            return None;
+        }
+        let found = disk.tier.read(disk_key, range);
+        let mut state = self.lock();
+        match found {
+            Ok(Found::Pages { start, data, end }) => {
+                if let Some(index) = &mut state.disk {
+                    index.policy.get(&disk_key);
+                    index.policy.promote(&disk_key);
+                }
+                if !prefetched {
+                    bump(&self.counters.disk_hits, 1);
+                }
+                let fill = Fill {
+                    prefetched,
+                    from_disk: true,
+                    generation: snapshot.generation,
+                    keep,
+                };
+                Some(self.keep(&mut state, key, Piece { start, data, end }, fill))
+            }
+            Ok(Found::Missing) => {
+                bump(&self.counters.disk_misses, 1);
+                None
+            }
+            Ok(Found::Corrupt) => {
+                bump(&self.counters.disk_corrupt, 1);
+                bump(&self.counters.disk_misses, 1);
+                if let Some(index) = &mut state.disk {
+                    index.policy.remove(&disk_key);
+                }
+                None
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cannot read the disk tier; reading the origin");
+                bump(&self.counters.disk_misses, 1);
+                None
+            }
+        }
+    }
+
+    /// Reads `range` (within one block) of the origin, and keeps it if `keep` and nothing
+    /// changed the file since `snapshot`.
+    fn read_origin_block(
         &self,
         file: &CachedFile,
         key: BlockKey,
         range: Range<u64>,
-        claimed: bool,
-        keep: bool,
         snapshot: Snapshot,
-        prefetched: bool,
-    ) -> io::Result<Vec<u8>> {
-        let read = self.read_origin(&file.origin, range.clone());
-        let mut state = self.lock();
-        if claimed {
-            state.inflight.remove(&key);
-            self.filled.notify_all();
-        }
-        let data = read?;
-        if keep {
-            let hit_end = (data.len() as u64) < range.end - range.start;
-            let start = (range.start % self.block_size) as u32;
-            self.keep(
-                &mut state,
-                key,
-                start,
-                data.clone(),
-                hit_end,
-                snapshot.generation,
-                prefetched,
-            );
-        }
-        Ok(data)
+        keep: bool,
+    ) -> io::Result<Arc<Block>> {
+        let data = self.read_origin(&file.origin, range.clone())?;
+        let start = (range.start % self.block_size) as u32;
+        let end =
+            ((data.len() as u64) < range.end - range.start).then_some(start + data.len() as u32);
+        let fill = Fill {
+            prefetched: false,
+            from_disk: false,
+            generation: snapshot.generation,
+            keep,
+        };
+        Ok(self.keep(&mut self.lock(), key, Piece { start, data, end }, fill))
     }
 
     /// One origin read of `range`; short only at the end of the file.
@@ -502,39 +646,38 @@ impl Cache {
         Ok(data)
     }
 
-    /// Puts fetched bytes into the memory tier, unless the file changed since the fetch
-    /// began (its generation moved) or the block belongs to an old epoch.
-    #[allow(clippy::too_many_arguments)]
-    fn keep(
-        &self,
-        state: &mut State,
-        key: BlockKey,
-        start: u32,
-        data: Vec<u8>,
-        hit_end: bool,
-        generation: u64,
-        prefetched: bool,
-    ) {
-        let Some(file) = state.files.get_mut(&key.file) else {
-            return;
-        };
-        if file.epoch != key.epoch || file.generation != generation {
-            return;
+    /// Adds fetched bytes to block `key` in memory, unless the file changed since the
+    /// fetch began (its generation moved), the block's epoch is past, or the fill may not
+    /// be kept.
+    /// Returns the block as it now is (or a block of just these bytes, if not kept).
+    fn keep(&self, state: &mut State, key: BlockKey, piece: Piece, fill: Fill) -> Arc<Block> {
+        let Piece { start, data, end } = piece;
+        let current = state
+            .files
+            .get(&key.file)
+            .is_some_and(|file| file.epoch == key.epoch && file.generation == fill.generation);
+        if !fill.keep || !current {
+            return Arc::new(Block::new(start, data, end, fill.prefetched));
         }
-        let end = hit_end.then_some(start + data.len() as u32);
-        if hit_end {
-            file.eof_block = Some(key.index);
-        }
-        file.last_index = file.last_index.max(key.index);
         let block = match state.memory.peek(&key) {
-            Some(old) => old.with(start, data, end, prefetched),
+            Some(old) => old.with(start, data, end, fill.prefetched),
             None => {
-                file.blocks += 1;
-                Block::new(start, data, end, prefetched)
+                if let Some(file) = state.files.get_mut(&key.file) {
+                    file.blocks += 1;
+                }
+                Block::new(start, data, end, fill.prefetched)
             }
         };
+        if fill.from_disk {
+            block.mark_spilled();
+        }
+        let block = Arc::new(block);
         let weight = block.weight();
-        for (evicted, block) in state.memory.insert(key, Arc::new(block), weight) {
+        let version = state.files.get_mut(&key.file).map(|file| {
+            file.last_index = file.last_index.max(key.index);
+            file.version
+        });
+        for (evicted, block) in state.memory.insert(key, Arc::clone(&block), weight) {
             self.count_unused(&block);
             if let Some(file) = state.files.get_mut(&evicted.file)
                 && file.epoch == evicted.epoch
@@ -542,6 +685,14 @@ impl Cache {
                 file.blocks -= 1;
             }
         }
+        if !fill.prefetched
+            && !fill.from_disk
+            && let Some(version) = version
+        {
+            block.first_use();
+            self.spill(state, (key.file, key.index), &block, version);
+        }
+        block
     }
 
     fn count_unused(&self, block: &Block) {
@@ -551,45 +702,41 @@ impl Cache {
     }
 }
 
-/// What a lookup found.
-enum Held {
+/// What a memory lookup found.
+enum Held<'a> {
     /// A block holding the whole range.
     Block(Arc<Block>),
-    /// Nothing; `claimed` if this reader now fills the block for everyone.
-    Nothing { claimed: bool },
+    /// Nothing; with a claim on the block if this reader now fills it for everyone.
+    Nothing(Claim<'a>),
 }
 
-/// Makes every cached block of `file` unreachable: they age out of the tiers unasked.
-fn new_epoch(file: &mut FileState, next_epoch: &mut u64) {
-    file.epoch = *next_epoch;
-    *next_epoch += 1;
-    file.blocks = 0;
-    file.last_index = 0;
-    file.eof_block = None;
+/// Blocks being filled by one read; others wait. Released when dropped.
+struct Claim<'a> {
+    cache: &'a Cache,
+    keys: Vec<BlockKey>,
 }
 
-/// The state of `key`, created at `version` if the cache knew nothing of it.
-fn file_state<'a>(
-    files: &'a mut HashMap<FileKey, FileState>,
-    next_epoch: &mut u64,
-    key: FileKey,
-    version: Version,
-) -> &'a mut FileState {
-    files.entry(key).or_insert_with(|| {
-        let epoch = *next_epoch;
-        *next_epoch += 1;
-        FileState {
-            epoch,
-            version,
-            checked: Instant::now(),
-            generation: 0,
-            changed_locally: false,
-            eof_block: None,
-            blocks: 0,
-            last_index: 0,
-            opens: 0,
+impl Drop for Claim<'_> {
+    fn drop(&mut self) {
+        if self.keys.is_empty() {
+            return;
         }
-    })
+        let mut state = self.cache.lock();
+        for key in &self.keys {
+            state.inflight.remove(key);
+        }
+        self.cache.filled.notify_all();
+    }
+}
+
+/// Prefetch ranges cut at the origin's end of file (as last known).
+fn clip(ranges: Vec<Range<u64>>, size: u64) -> Vec<Range<u64>> {
+    let end = size.div_ceil(block::PAGE) * block::PAGE;
+    ranges
+        .into_iter()
+        .filter(|range| range.start < end)
+        .map(|range| range.start..range.end.min(end))
+        .collect()
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {

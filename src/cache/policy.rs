@@ -112,12 +112,28 @@ impl<K: Hash + Eq + Clone, V> TwoQ<K, V> {
         }
     }
 
+    /// Every key held.
+    pub fn keys(&self) -> impl Iterator<Item = &K> {
+        self.protected
+            .iter()
+            .chain(self.probation.iter())
+            .map(|(key, _)| key)
+    }
+
     /// The entry under `key`, if held, without counting or reordering anything.
     pub fn peek(&self, key: &K) -> Option<&V> {
         self.protected
             .peek(key)
             .or_else(|| self.probation.peek(key))
             .map(|(value, _)| value)
+    }
+
+    /// The weight of the entry under `key`, if held.
+    pub fn weight(&self, key: &K) -> Option<u64> {
+        self.protected
+            .peek(key)
+            .or_else(|| self.probation.peek(key))
+            .map(|(_, weight)| *weight)
     }
 
     /// Moves a probation entry to the main list: its owner saw it reused.

@@ -1,13 +1,14 @@
-//! Read-ahead in the background: a bounded queue of ranges to fetch and the threads that
-//! fetch them, as few large origin reads as possible, into the memory tier.
+//! Read-ahead in the background: threads that fetch the ranges readers will want next
+//! into the memory tier, from the disk tier where it has them and otherwise from the
+//! origin in as few large reads as possible.
 
-use std::collections::VecDeque;
+use std::io;
 use std::ops::Range;
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::Arc;
 
 use super::block::{BlockKey, page_aligned};
 use super::stats::bump;
-use super::{Cache, CachedFile, ORIGIN_READ_MAX, Snapshot, lock};
+use super::{Cache, CachedFile, Claim, Fill, ORIGIN_READ_MAX, Piece, Snapshot};
 
 /// Ranges of one file to fetch ahead of its reader.
 #[derive(Debug)]
@@ -23,62 +24,10 @@ pub(super) struct Job {
     pub(super) ranges: Vec<Range<u64>>,
 }
 
-/// Jobs waiting for a thread.
-#[derive(Debug)]
-pub(super) struct Queue {
-    waiting: Mutex<(VecDeque<Job>, bool)>,
-    ready: Condvar,
-    max: usize,
-}
-
-impl Queue {
-    pub(super) fn new(max: usize) -> Queue {
-        Queue {
-            waiting: Mutex::new((VecDeque::new(), false)),
-            ready: Condvar::new(),
-            max,
-        }
-    }
-
-    /// Queues `job`, or drops it when the queue is full: read-ahead is only ever a hint.
-    pub(super) fn push(&self, job: Job) {
-        let mut waiting = lock(&self.waiting);
-        if waiting.0.len() < self.max && !waiting.1 {
-            waiting.0.push_back(job);
-            self.ready.notify_one();
-        }
-    }
-
-    /// The next job; `None` once stopped.
-    fn pop(&self) -> Option<Job> {
-        let mut waiting = lock(&self.waiting);
-        loop {
-            if waiting.1 {
-                return None;
-            }
-            if let Some(job) = waiting.0.pop_front() {
-                return Some(job);
-            }
-            waiting = self
-                .ready
-                .wait(waiting)
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
-        }
-    }
-
-    /// Wakes every thread to end.
-    pub(super) fn stop(&self) {
-        let mut waiting = lock(&self.waiting);
-        waiting.1 = true;
-        waiting.0.clear();
-        self.ready.notify_all();
-    }
-}
-
 impl Cache {
     /// A read-ahead thread's life.
     pub(super) fn prefetch_worker(&self) {
-        while let Some(job) = self.jobs.pop() {
+        while let Some(job) = self.jobs.pop(false) {
             if let Err(error) = self.prefetch(&job) {
                 // The reader will meet the same error on its own read, and report it.
                 tracing::debug!(%error, "read-ahead failed");
@@ -86,7 +35,7 @@ impl Cache {
         }
     }
 
-    fn prefetch(&self, job: &Job) -> std::io::Result<()> {
+    fn prefetch(&self, job: &Job) -> io::Result<()> {
         let snapshot = Snapshot {
             epoch: job.epoch,
             generation: job.generation,
@@ -96,65 +45,101 @@ impl Cache {
             let range = page_aligned(range.clone());
             let mut position = range.start;
             while position < range.end {
-                let Some(claimed) = self.claim(job, &mut position, range.end) else {
+                let Some(claim) = self.claim(job, &mut position, range.end) else {
                     return Ok(());
                 };
-                let Some(first) = claimed.first() else {
-                    continue;
-                };
-                let span = first.1.start..claimed.last().expect("not empty").1.end;
-                let read = self.read_origin(&job.file.origin, span.clone());
-                let mut state = self.lock();
-                for (key, _) in &claimed {
-                    state.inflight.remove(key);
-                }
-                self.filled.notify_all();
-                let data = read?;
-                bump(&self.counters.prefetched_bytes, data.len() as u64);
-                let read_end = span.start + data.len() as u64;
-                for (key, piece) in claimed {
-                    if piece.start >= read_end && piece.start != span.start {
-                        break;
+                let mut from_origin: Vec<(BlockKey, Range<u64>)> = Vec::new();
+                for (key, piece) in claim.keys.iter().zip(self.pieces(&claim.keys, &range)) {
+                    let block_start = key.index * self.block_size;
+                    let within =
+                        (piece.start - block_start) as u32..(piece.end - block_start) as u32;
+                    match self.read_disk(*key, within, snapshot, true, true) {
+                        Some(_) => bump(&self.counters.prefetched_bytes, piece.end - piece.start),
+                        None => from_origin.push((*key, piece)),
                     }
-                    let stop = piece.end.min(read_end);
-                    let bytes = data
-                        [(piece.start - span.start) as usize..(stop - span.start) as usize]
-                        .to_vec();
-                    let start = (piece.start % self.block_size) as u32;
-                    let hit_end = stop < piece.end;
-                    self.keep(
-                        &mut state,
-                        key,
-                        start,
-                        bytes,
-                        hit_end,
-                        snapshot.generation,
-                        true,
-                    );
                 }
-                if read_end < span.end {
+                if !self.prefetch_from_origin(job, snapshot, &from_origin)? {
                     return Ok(());
                 }
+                drop(claim);
             }
         }
         Ok(())
     }
 
+    /// Reads `pieces` from the origin, one request per contiguous run; false once the
+    /// end of the file was reached.
+    fn prefetch_from_origin(
+        &self,
+        job: &Job,
+        snapshot: Snapshot,
+        pieces: &[(BlockKey, Range<u64>)],
+    ) -> io::Result<bool> {
+        let mut at = 0;
+        while at < pieces.len() {
+            let mut until = at + 1;
+            while until < pieces.len() && pieces[until].1.start == pieces[until - 1].1.end {
+                until += 1;
+            }
+            let span = pieces[at].1.start..pieces[until - 1].1.end;
+            let data = self.read_origin(&job.file.origin, span.clone())?;
+            bump(&self.counters.prefetched_bytes, data.len() as u64);
+            let read_end = span.start + data.len() as u64;
+            let mut state = self.lock();
+            for (key, piece) in &pieces[at..until] {
+                let stop = piece.end.min(read_end);
+                if stop <= piece.start && piece.start != span.start {
+                    break;
+                }
+                let bytes = data[(piece.start - span.start) as usize
+                    ..(stop.max(piece.start) - span.start) as usize]
+                    .to_vec();
+                let start = (piece.start % self.block_size) as u32;
+                let end = (stop < piece.end).then_some(start + bytes.len() as u32);
+                let fill = Fill {
+                    prefetched: true,
+                    from_disk: false,
+                    generation: snapshot.generation,
+                    keep: true,
+                };
+                let piece = Piece {
+                    start,
+                    data: bytes,
+                    end,
+                };
+                self.keep(&mut state, *key, piece, fill);
+            }
+            if read_end < span.end {
+                return Ok(false);
+            }
+            at = until;
+        }
+        Ok(true)
+    }
+
+    /// The byte ranges of `range` that the claimed blocks `keys` stand for.
+    fn pieces(&self, keys: &[BlockKey], range: &Range<u64>) -> Vec<Range<u64>> {
+        keys.iter()
+            .map(|key| {
+                let block_start = key.index * self.block_size;
+                range.start.max(block_start)..range.end.min(block_start + self.block_size)
+            })
+            .collect()
+    }
+
     /// Claims the blocks from `position` on that neither the memory tier nor another fill
     /// has, as one contiguous run of at most [`ORIGIN_READ_MAX`] bytes; skips the ones
     /// already there. `None` when the job is void (the file changed since it was made).
-    fn claim(
-        &self,
-        job: &Job,
-        position: &mut u64,
-        end: u64,
-    ) -> Option<Vec<(BlockKey, Range<u64>)>> {
+    fn claim(&self, job: &Job, position: &mut u64, end: u64) -> Option<Claim<'_>> {
         let mut state = self.lock();
         let file = state.files.get(&job.file.key)?;
         if file.epoch != job.epoch || file.generation != job.generation {
             return None;
         }
-        let mut claimed: Vec<(BlockKey, Range<u64>)> = Vec::new();
+        let mut claim = Claim {
+            cache: self,
+            keys: Vec::new(),
+        };
         let mut bytes = 0;
         while *position < end && bytes < ORIGIN_READ_MAX {
             let index = *position / self.block_size;
@@ -171,7 +156,7 @@ impl Cache {
                 .peek(&key)
                 .is_some_and(|block| block.covers(within));
             if held || state.inflight.contains(&key) {
-                if !claimed.is_empty() {
+                if !claim.keys.is_empty() {
                     break;
                 }
                 *position = piece.end;
@@ -180,8 +165,9 @@ impl Cache {
             state.inflight.insert(key);
             bytes += piece.end - piece.start;
             *position = piece.end;
-            claimed.push((key, piece));
+            claim.keys.push(key);
         }
-        Some(claimed)
+        drop(state);
+        Some(claim)
     }
 }

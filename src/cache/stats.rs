@@ -13,6 +13,7 @@ pub(super) struct Counters {
     pub(super) disk_hits: AtomicU64,
     pub(super) disk_misses: AtomicU64,
     pub(super) disk_corrupt: AtomicU64,
+    pub(super) disk_written_bytes: AtomicU64,
     pub(super) origin_reads: AtomicU64,
     pub(super) origin_bytes: AtomicU64,
     pub(super) prefetched_bytes: AtomicU64,
@@ -51,6 +52,8 @@ pub struct CacheStats {
     pub invalidations: u64,
     /// Blocks read back from the disk tier that failed their hash (dropped, never served).
     pub corrupt_blocks: u64,
+    /// Bytes written to the disk tier.
+    pub disk_written_bytes: u64,
 }
 
 /// One tier's use and effect.
@@ -95,6 +98,7 @@ impl Counters {
             prefetch_unused_bytes: load(&self.prefetch_unused_bytes),
             invalidations: load(&self.invalidations),
             corrupt_blocks: load(&self.disk_corrupt),
+            disk_written_bytes: load(&self.disk_written_bytes),
         }
     }
 }

@@ -77,7 +77,7 @@ pub fn run(args: MountArgs) -> Result<(), CliError> {
     )
     .map_err(|error| CliError::Failure(error.to_string()))?;
     let cache = Cache::start(&config.cache)
-        .map_err(|error| CliError::Failure(format!("cannot start the read cache: {error}")))?;
+        .map_err(|error| CliError::Failure(format!("read cache: {error}")))?;
     let served = Arc::new(Volume::new(origin, journal, cache));
     let _control = start_control(&config, state.path(), &served);
     let outcome = fuse::serve(Arc::clone(&served), &volume.mountpoint, &options, signals)
