@@ -39,6 +39,8 @@ pub struct Status {
     pub write_behind: Option<BehindStatus>,
     /// The read cache's tiers and what they did, when reads go through one.
     pub cache: Option<CacheStats>,
+    /// Read-only opens passed through to the kernel since the mount.
+    pub passthrough_opens: u64,
 }
 
 /// The change log as status shows it.

@@ -421,3 +421,102 @@ fn the_disk_budget_holds_under_a_long_random_load() {
         "{on_disk} bytes of blocks on disk, budget {budget}"
     );
 }
+
+/// The volume's status now.
+fn status(mount: &Mount) -> Status {
+    let output = run(&[
+        "status",
+        "--state-dir",
+        mount.state.to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(output.status.success(), "{output:?}");
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
+/// Waits until write-behind has brought every write to the origin.
+fn wait_flushed(mount: &Mount) {
+    for _ in 0..200 {
+        if status(mount).write_behind.unwrap().dirty_bytes == 0 {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    panic!("write-behind did not flush within 5 s");
+}
+
+/// `passthrough = "auto"` under write-behind: a read-only open of a file with nothing
+/// unflushed is handed to the kernel (the daemon serves none of its reads) and sees
+/// changes to the origin at once; while it is open a writer is refused with ETXTBSY
+/// rather than writing past the change log; a file with unflushed writes is served by the
+/// daemon, with those writes, until they are flushed.
+#[test]
+fn passthrough_reads_the_origin_directly_and_stays_coherent() {
+    let mount = Mount::with_config(
+        "[cache]\npassthrough = \"auto\"\n[write]\nmode = \"write-behind\"\nflush_interval = \"50ms\"\n",
+    );
+    let data = pattern(MIB, 40);
+    fs::write(mount.path("f"), &data).unwrap();
+    wait_flushed(&mount);
+    let before = status(&mount);
+    let reader = fs::File::open(mount.path("f")).unwrap();
+    let mut seen = vec![0; MIB as usize];
+    reader.read_exact_at(&mut seen, 0).unwrap();
+    assert!(seen == data);
+    let after = status(&mount);
+    assert_eq!(after.passthrough_opens, before.passthrough_opens + 1);
+    let (cache_before, cache_after) = (before.cache.unwrap(), after.cache.unwrap());
+    assert_eq!(
+        cache_after.memory.hits + cache_after.memory.misses,
+        cache_before.memory.hits + cache_before.memory.misses,
+        "the daemon served reads of a passthrough open"
+    );
+
+    let refused = fs::OpenOptions::new().write(true).open(mount.path("f"));
+    assert_eq!(refused.unwrap_err().raw_os_error(), Some(libc::ETXTBSY));
+    // Another program writes the origin: the passthrough reader sees it at once.
+    fs::OpenOptions::new()
+        .write(true)
+        .open(mount.origin_path("f"))
+        .unwrap()
+        .write_all_at(b"changed", 0)
+        .unwrap();
+    let mut head = [0u8; 7];
+    reader.read_exact_at(&mut head, 0).unwrap();
+    assert_eq!(&head, b"changed");
+    // A truncate by path through the mount reaches the origin, so the reader sees it.
+    let path = std::ffi::CString::new(mount.path("f").as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: a NUL-terminated path.
+    assert_eq!(
+        unsafe { libc::truncate(path.as_ptr(), 4096) },
+        0,
+        "{}",
+        common::errno()
+    );
+    assert_eq!(reader.read_at(&mut seen, 4000).unwrap(), 96);
+    drop(reader);
+    fs::OpenOptions::new()
+        .write(true)
+        .open(mount.path("f"))
+        .unwrap()
+        .set_len(MIB)
+        .unwrap();
+
+    // Unflushed writes: the next reader is served by the daemon, and sees them.
+    let writer = fs::OpenOptions::new()
+        .write(true)
+        .open(mount.path("f"))
+        .unwrap();
+    writer.write_all_at(b"through the mount", 100).unwrap();
+    let opens = status(&mount).passthrough_opens;
+    let mut expected = data.clone();
+    expected[..7].copy_from_slice(b"changed");
+    expected[4096..].fill(0);
+    expected[100..117].copy_from_slice(b"through the mount");
+    assert!(fs::read(mount.path("f")).unwrap() == expected);
+    assert_eq!(status(&mount).passthrough_opens, opens, "a writer is open");
+    drop(writer);
+    wait_flushed(&mount);
+    assert!(fs::read(mount.path("f")).unwrap() == expected);
+    assert_eq!(status(&mount).passthrough_opens, opens + 1);
+}

@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::cache::Cache;
+use crate::config::Passthrough;
 use crate::config::raw::RawConfig;
 use crate::config::{Config, Overrides, WriteMode, normalize};
 use crate::control::{ControlSocket, LogStatus, Status};
@@ -65,6 +66,7 @@ pub fn run(args: MountArgs) -> Result<(), CliError> {
         allow_other: volume.allow_other,
         threads: worker_threads(),
         ttl: config.cache.revalidate_after,
+        passthrough: config.cache.passthrough == Passthrough::Auto,
     };
     // SAFETY: geteuid cannot fail.
     let as_root = unsafe { libc::geteuid() } == 0;
@@ -118,6 +120,7 @@ fn start_control(config: &Config, state_dir: &Path, volume: &Arc<Volume>) -> Opt
             },
             write_behind: journal.behind_status(),
             cache: volume.cache().map(|cache| cache.stats()),
+            passthrough_opens: volume.passthrough_opens(),
         }
     };
     match ControlSocket::serve(state_dir, status) {

@@ -56,6 +56,12 @@ fn render(status: &Status) -> String {
         None => text += "read cache   off\n",
         Some(cache) => text += &cache_text(cache),
     }
+    if status.passthrough_opens > 0 {
+        text += &format!(
+            "passthrough  {} open(s) read the origin directly\n",
+            status.passthrough_opens
+        );
+    }
     text
 }
 

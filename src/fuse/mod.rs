@@ -3,6 +3,7 @@
 
 mod attr;
 mod errno;
+mod passthrough;
 mod session;
 
 use std::cell::RefCell;
@@ -52,12 +53,21 @@ pub struct MirrorFs {
     volume: Arc<Volume>,
     /// How long the kernel may trust entries and attributes without asking again.
     ttl: Duration,
+    /// Whether to ask the kernel for FUSE passthrough.
+    passthrough: bool,
+    backings: passthrough::Backings,
 }
 
 impl MirrorFs {
-    /// Serves `volume`, letting the kernel cache names and attributes for `ttl`.
-    pub fn new(volume: Arc<Volume>, ttl: Duration) -> MirrorFs {
-        MirrorFs { volume, ttl }
+    /// Serves `volume`, letting the kernel cache names and attributes for `ttl`, and
+    /// passing read-only opens through to the kernel if `passthrough` and it can.
+    pub fn new(volume: Arc<Volume>, ttl: Duration, passthrough: bool) -> MirrorFs {
+        MirrorFs {
+            volume,
+            ttl,
+            passthrough,
+            backings: passthrough::Backings::default(),
+        }
     }
 
     fn entry(&self, reply: ReplyEntry, result: crate::vfs::Result<crate::vfs::Attr>) {
@@ -135,6 +145,16 @@ impl Filesystem for MirrorFs {
         for capability in WANTED_CAPABILITIES {
             if config.add_capabilities(capability).is_err() {
                 tracing::info!(?capability, "kernel lacks capability");
+            }
+        }
+        if self.passthrough {
+            // Depth 1: the origin must not itself be a stacked filesystem.
+            let offered = config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
+                && config.set_max_stack_depth(1).is_ok();
+            if offered {
+                self.volume.allow_passthrough();
+            } else {
+                tracing::warn!("the kernel lacks FUSE passthrough; reads go through the daemon");
             }
         }
         Ok(())
@@ -304,6 +324,22 @@ impl Filesystem for MirrorFs {
 
     fn open(&self, _request: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         match self.volume.open(id(ino), flags.0) {
+            Ok(opened) if opened.passthrough => {
+                match self
+                    .backings
+                    .open(&self.volume, &reply, ino.0, opened.handle)
+                {
+                    Some(backing) => reply.opened_passthrough(
+                        FileHandle(opened.handle),
+                        open_flags(&opened),
+                        &backing,
+                    ),
+                    None => {
+                        self.volume.passthrough_refused(opened.handle);
+                        reply.opened(FileHandle(opened.handle), open_flags(&opened));
+                    }
+                }
+            }
             Ok(opened) => reply.opened(FileHandle(opened.handle), open_flags(&opened)),
             Err(error) => reply.error(fail("open", &error)),
         }
@@ -367,6 +403,7 @@ impl Filesystem for MirrorFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        self.backings.release(fh.0);
         empty(reply, "release", self.volume.release(fh.0));
     }
 

@@ -25,6 +25,8 @@ pub struct MountOptions {
     pub threads: usize,
     /// How long the kernel may cache entries and attributes.
     pub ttl: Duration,
+    /// Ask the kernel for FUSE passthrough of read-only opens.
+    pub passthrough: bool,
 }
 
 /// Why serving a mount failed.
@@ -71,7 +73,7 @@ pub fn serve(
     };
     config.n_threads = Some(options.threads.max(1));
     config.clone_fd = true;
-    let filesystem = MirrorFs::new(volume, options.ttl);
+    let filesystem = MirrorFs::new(volume, options.ttl, options.passthrough);
 
     // SAFETY: geteuid cannot fail.
     let session = if unsafe { libc::geteuid() } == 0 {

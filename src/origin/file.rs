@@ -164,3 +164,9 @@ pub(super) fn time_spec(time: Option<TimeSet>) -> libc::timespec {
         Some(TimeSet::At(time)) => sys::timespec(time),
     }
 }
+
+impl AsFd for OriginFile {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.0.as_fd()
+    }
+}

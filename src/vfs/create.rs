@@ -108,7 +108,7 @@ impl Volume {
         let access = origin_flags(flags);
         // Always O_EXCL on the origin, so a file created by someone else in the meantime is
         // never mistaken for ours and given the caller's ownership.
-        let (file, attr) = match self.origin.create_file(at, access | libc::O_EXCL, mode) {
+        let (file, attr, opening) = match self.origin.create_file(at, access | libc::O_EXCL, mode) {
             Ok(file) => {
                 let attr = self.finish_new(
                     caller,
@@ -124,7 +124,8 @@ impl Volume {
                     uid: attr.uid,
                     gid: attr.gid,
                 })?;
-                (file, attr)
+                let opening = self.open_mode(attr.id, access)?;
+                (file, attr, opening)
             }
             Err(error)
                 if error.raw_os_error() == Some(libc::EEXIST) && flags & libc::O_EXCL == 0 =>
@@ -132,23 +133,30 @@ impl Volume {
                 let file = self.origin.open_file(at, access)?;
                 let mut stat = file.stat()?;
                 let id = self.table().remember(parent, &entry, &stat);
-                if flags & libc::O_TRUNC != 0 {
+                // Refused before anything changes (a writer of a passed-through file).
+                let opening = self.open_mode(id, access)?;
+                let truncate = || -> Result<Stat> {
                     // As for any truncate: see `setattr`.
                     self.journal.barrier()?;
                     file.set_len(0)?;
                     self.cache_changed(id, Change::Truncated(0));
-                    stat = file.stat()?;
+                    let stat = file.stat()?;
                     self.record(Op::Truncate { path, size: 0 })?;
+                    Ok(stat)
+                };
+                if flags & libc::O_TRUNC != 0 {
+                    stat = truncate().inspect_err(|_| self.count_closed(id, &opening))?;
                 }
-                (file, self.attr(id, &stat)?)
+                (file, self.attr(id, &stat)?, opening)
             }
             Err(error) => return Err(error.into()),
         };
         let keep_cache = self.keep_cache(attr.id, attr.mtime, attr.size);
+        let opened = super::io::opened(keep_cache, &opening);
         let handle = self
             .files
-            .insert(self.file_handle_for(attr.id, file, None)?);
-        Ok((attr, Opened { handle, keep_cache }))
+            .insert(self.file_handle_for(attr.id, file, None, opening)?);
+        Ok((attr, Opened { handle, ..opened }))
     }
 
     /// `link(2)`: `new_entry` in `new_parent` becomes another name of `id`.

@@ -19,6 +19,24 @@ pub(crate) struct FileHandle {
     pub(crate) wrote: AtomicBool,
     /// The file as the read cache knows it, when reads go through one.
     pub(crate) cached: Option<Arc<CachedFile>>,
+    /// How the kernel was told to treat this open.
+    pub(crate) mode: OpenMode,
+}
+
+/// How an open file is served, and what that means for other opens of the same inode.
+#[derive(Debug, Default)]
+pub(crate) struct OpenMode {
+    /// Reads go from the kernel straight to the origin file (FUSE passthrough); cleared
+    /// if the kernel refuses.
+    pub(crate) passthrough: AtomicBool,
+}
+
+/// Opens of one inode by how they are served, to decide how a new open may be: the
+/// kernel takes an inode's opens either all passed through or none.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct OpenCounts {
+    pub(crate) passthrough: u32,
+    pub(crate) served: u32,
 }
 
 /// An open directory being listed.

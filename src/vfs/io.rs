@@ -1,8 +1,9 @@
 //! Open files: open, read, write, flush, release, fsync, fallocate, lseek.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use crate::cache::Change;
 use crate::config::WriteMode;
@@ -10,7 +11,7 @@ use crate::log::Op;
 use crate::origin::{At, OriginFile, Stat};
 use crate::types::{FileKind, InodeId};
 
-use super::handles::FileHandle;
+use super::handles::{FileHandle, OpenCounts, OpenMode};
 use super::{Result, VfsError, Volume};
 
 /// An opened file as the kernel should treat it.
@@ -21,7 +22,14 @@ pub struct Opened {
     /// True when the kernel may keep the pages it cached from an earlier open: the file
     /// has not changed since (same mtime and size).
     pub keep_cache: bool,
+    /// The kernel may read the origin file directly (see [`Volume::backing_file`]).
+    pub passthrough: bool,
 }
+
+/// How long a writer waits for passthrough readers of its file to be released before it
+/// is refused: the kernel sends RELEASE after close(2) returns, so a reader that closed just
+/// before the writer opened may not have been heard of yet.
+const RELEASE_WAIT: Duration = Duration::from_millis(200);
 
 /// Open flags that may pass to the origin. O_APPEND is dropped because the kernel already
 /// places every write at its offset (it serializes appends under the inode lock), and
@@ -48,10 +56,89 @@ impl Volume {
         })?;
         let attr = self.attr(id, &stat)?;
         let keep_cache = self.keep_cache(id, attr.mtime, attr.size);
+        let mode = self.open_mode(id, access)?;
+        let opened = opened(keep_cache, &mode);
         let handle = self
             .files
-            .insert(self.file_handle_for(id, file, Some(&stat))?);
-        Ok(Opened { handle, keep_cache })
+            .insert(self.file_handle_for(id, file, Some(&stat), mode)?);
+        Ok(Opened { handle, ..opened })
+    }
+
+    /// How a new open of `id` with `access` is served, counted among the inode's opens.
+    /// A read-only open is passed through to the kernel when allowed and nothing could
+    /// make the origin differ from what the mount shows: no unflushed bytes, no other
+    /// open served by the daemon (the kernel takes an inode's opens all passed through or
+    /// none). The kernel then wants every open of the inode passed through, writers too,
+    /// whose writes would bypass the change log; so while passthrough readers are open,
+    /// a writer is refused with ETXTBSY, as Linux refuses writers of a running program.
+    pub(super) fn open_mode(&self, id: InodeId, access: i32) -> Result<OpenMode> {
+        let writable = access & libc::O_ACCMODE != libc::O_RDONLY;
+        let mut modes = self.open_modes();
+        if writable {
+            // The kernel tells of a close only afterwards (RELEASE is sent in the
+            // background), so a reader that has just closed is waited for a moment.
+            let passed = |modes: &mut HashMap<InodeId, OpenCounts>| {
+                modes.get(&id).is_some_and(|counts| counts.passthrough > 0)
+            };
+            let (waited, _) = self
+                .open_closed
+                .wait_timeout_while(modes, RELEASE_WAIT, passed)
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            modes = waited;
+            if passed(&mut modes) {
+                return Err(std::io::Error::from_raw_os_error(libc::ETXTBSY).into());
+            }
+        }
+        let counts = modes.entry(id).or_default();
+        let passthrough = !writable
+            && (counts.passthrough > 0
+                || (self.passthrough.load(Ordering::Relaxed)
+                    && counts.served == 0
+                    && self.journal.dirty_attr(id).is_none()));
+        if passthrough {
+            counts.passthrough += 1;
+            self.passthrough_opens.fetch_add(1, Ordering::Relaxed);
+        } else {
+            counts.served += 1;
+        }
+        Ok(OpenMode {
+            passthrough: AtomicBool::new(passthrough),
+        })
+    }
+
+    /// The origin file of a passthrough open, for the kernel to read directly.
+    pub fn backing_file(&self, handle: u64) -> Result<Arc<OriginFile>> {
+        Ok(Arc::clone(&self.file_handle(handle)?.file))
+    }
+
+    /// The kernel refused to pass `handle` through: it is served by the daemon instead,
+    /// and no later open is offered passthrough.
+    pub fn passthrough_refused(&self, handle: u64) {
+        self.passthrough.store(false, Ordering::Relaxed);
+        if let Ok(open) = self.file_handle(handle)
+            && open.mode.passthrough.swap(false, Ordering::Relaxed)
+            && let Some(counts) = self.open_modes().get_mut(&open.inode)
+        {
+            counts.passthrough -= 1;
+            counts.served += 1;
+            self.passthrough_opens.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Takes a closed open of `id` in `mode` out of the inode's open counts.
+    pub(super) fn count_closed(&self, id: InodeId, mode: &OpenMode) {
+        let mut modes = self.open_modes();
+        if let Some(counts) = modes.get_mut(&id) {
+            if mode.passthrough.load(Ordering::Relaxed) {
+                counts.passthrough -= 1;
+            } else {
+                counts.served -= 1;
+            }
+            if counts.passthrough == 0 && counts.served == 0 {
+                modes.remove(&id);
+            }
+            self.open_closed.notify_all();
+        }
     }
 
     /// A handle for `file`, opened as `id`, reading through the cache. `stat` is the
@@ -61,6 +148,7 @@ impl Volume {
         id: InodeId,
         file: OriginFile,
         stat: Option<&Stat>,
+        mode: OpenMode,
     ) -> Result<FileHandle> {
         let file = Arc::new(file);
         let cached = match &self.cache {
@@ -68,7 +156,7 @@ impl Volume {
             Some(cache) => {
                 let stat = match stat {
                     Some(stat) => *stat,
-                    None => file.stat()?,
+                    None => file.stat().inspect_err(|_| self.count_closed(id, &mode))?,
                 };
                 let dirty = self.journal.dirty_attr(id).is_some();
                 Some(cache.open(Arc::clone(&file), &stat, dirty))
@@ -79,6 +167,7 @@ impl Volume {
             file,
             wrote: AtomicBool::new(false),
             cached,
+            mode,
         })
     }
 
@@ -143,6 +232,7 @@ impl Volume {
         if let (Some(cache), Some(cached)) = (&self.cache, &open.cached) {
             cache.release(cached);
         }
+        self.count_closed(open.inode, &open.mode);
         if open.wrote.load(Ordering::Relaxed) {
             let stat = self.attr(open.inode, &open.file.stat()?)?;
             if let Some(inode) = self.table().get_mut(open.inode) {
@@ -218,5 +308,16 @@ impl Volume {
         let keep = inode.cached_version == version;
         inode.cached_version = version;
         keep
+    }
+}
+
+/// What the kernel is told of an open in `mode`.
+pub(super) fn opened(keep_cache: bool, mode: &OpenMode) -> Opened {
+    let passthrough = mode.passthrough.load(Ordering::Relaxed);
+    Opened {
+        handle: 0,
+        // The kernel refuses to keep pages for a passthrough open: it caches none.
+        keep_cache: keep_cache && !passthrough,
+        passthrough,
     }
 }

@@ -16,9 +16,11 @@ mod lookup;
 mod remove;
 mod xattr;
 
+use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::num::NonZeroUsize;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::SystemTime;
 
 use lru::LruCache;
@@ -33,7 +35,7 @@ use crate::log::{LogError, LogPath, Op, PathError};
 use crate::origin::{At, DirFd, Origin, Stat};
 use crate::types::{FileKind, InodeId, Name, NameError};
 use crate::write::{Journal, WriteError};
-use handles::{DirHandle, FileHandle, HandleTable};
+use handles::{DirHandle, FileHandle, HandleTable, OpenCounts};
 use inodes::{InodeTable, LinkHint, OriginKey};
 
 /// Directory fds kept open for path resolution (O_PATH, cheap). Far below RLIMIT_NOFILE,
@@ -191,6 +193,14 @@ pub struct Volume {
     daemon: Daemon,
     journal: Journal,
     cache: Option<Arc<Cache>>,
+    /// Read-only opens may be passed through to the kernel.
+    passthrough: AtomicBool,
+    /// Opens passed through since the mount.
+    passthrough_opens: AtomicU64,
+    /// Opens by mode, per inode that has any.
+    open_modes: Mutex<HashMap<InodeId, OpenCounts>>,
+    /// Signalled when an open is counted out.
+    open_closed: Condvar,
 }
 
 impl Volume {
@@ -216,7 +226,28 @@ impl Volume {
             daemon,
             journal,
             cache,
+            passthrough: AtomicBool::new(false),
+            passthrough_opens: AtomicU64::new(0),
+            open_modes: Mutex::new(HashMap::new()),
+            open_closed: Condvar::new(),
         }
+    }
+
+    /// Lets read-only opens of files that nothing could make differ from the origin be
+    /// passed through to the kernel (`[cache] passthrough = "auto"`).
+    pub fn allow_passthrough(&self) {
+        self.passthrough.store(true, Ordering::Relaxed);
+    }
+
+    /// Opens passed through to the kernel since the mount.
+    pub fn passthrough_opens(&self) -> u64 {
+        self.passthrough_opens.load(Ordering::Relaxed)
+    }
+
+    fn open_modes(&self) -> MutexGuard<'_, HashMap<InodeId, OpenCounts>> {
+        self.open_modes
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// The read cache, if reads go through one.
