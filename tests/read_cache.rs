@@ -11,9 +11,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::workload::{self, Model, Rng};
-use common::{Mount, run, scratch};
+use common::{Mount, scratch};
 use mirrorfs::cache::CacheStats;
-use mirrorfs::control::Status;
 
 const KIB: u64 = 1024;
 const MIB: u64 = 1024 * KIB;
@@ -70,15 +69,7 @@ fn read_direct(path: &Path) -> Vec<u8> {
 
 /// The cache's counters now, from `mirrorfs status --json`.
 fn cache_stats(mount: &Mount) -> CacheStats {
-    let output = run(&[
-        "status",
-        "--state-dir",
-        mount.state.to_str().unwrap(),
-        "--json",
-    ]);
-    assert!(output.status.success(), "{output:?}");
-    let status: Status = serde_json::from_slice(&output.stdout).unwrap();
-    status.cache.expect("the cache is on")
+    mount.status().cache.expect("the cache is on")
 }
 
 fn pattern(len: u64, seed: u64) -> Vec<u8> {
@@ -422,22 +413,10 @@ fn the_disk_budget_holds_under_a_long_random_load() {
     );
 }
 
-/// The volume's status now.
-fn status(mount: &Mount) -> Status {
-    let output = run(&[
-        "status",
-        "--state-dir",
-        mount.state.to_str().unwrap(),
-        "--json",
-    ]);
-    assert!(output.status.success(), "{output:?}");
-    serde_json::from_slice(&output.stdout).unwrap()
-}
-
 /// Waits until write-behind has brought every write to the origin.
 fn wait_flushed(mount: &Mount) {
     for _ in 0..200 {
-        if status(mount).write_behind.unwrap().dirty_bytes == 0 {
+        if mount.status().write_behind.unwrap().dirty_bytes == 0 {
             return;
         }
         std::thread::sleep(Duration::from_millis(25));
@@ -458,12 +437,12 @@ fn passthrough_reads_the_origin_directly_and_stays_coherent() {
     let data = pattern(MIB, 40);
     fs::write(mount.path("f"), &data).unwrap();
     wait_flushed(&mount);
-    let before = status(&mount);
+    let before = mount.status();
     let reader = fs::File::open(mount.path("f")).unwrap();
     let mut seen = vec![0; MIB as usize];
     reader.read_exact_at(&mut seen, 0).unwrap();
     assert!(seen == data);
-    let after = status(&mount);
+    let after = mount.status();
     assert_eq!(after.passthrough_opens, before.passthrough_opens + 1);
     let (cache_before, cache_after) = (before.cache.unwrap(), after.cache.unwrap());
     assert_eq!(
@@ -508,15 +487,15 @@ fn passthrough_reads_the_origin_directly_and_stays_coherent() {
         .open(mount.path("f"))
         .unwrap();
     writer.write_all_at(b"through the mount", 100).unwrap();
-    let opens = status(&mount).passthrough_opens;
+    let opens = mount.status().passthrough_opens;
     let mut expected = data.clone();
     expected[..7].copy_from_slice(b"changed");
     expected[4096..].fill(0);
     expected[100..117].copy_from_slice(b"through the mount");
     assert!(fs::read(mount.path("f")).unwrap() == expected);
-    assert_eq!(status(&mount).passthrough_opens, opens, "a writer is open");
+    assert_eq!(mount.status().passthrough_opens, opens, "a writer is open");
     drop(writer);
     wait_flushed(&mount);
     assert!(fs::read(mount.path("f")).unwrap() == expected);
-    assert_eq!(status(&mount).passthrough_opens, opens + 1);
+    assert_eq!(mount.status().passthrough_opens, opens + 1);
 }

@@ -174,7 +174,7 @@ fn a_failing_origin_keeps_the_data_and_the_flusher_retries() {
     );
     assert_eq!(read_direct(&mount.path("large")), data, "still served");
 
-    let status = status_json(&mount);
+    let status = mount.status_json();
     let behind = &status["write_behind"];
     assert!(
         behind["flush_error"]
@@ -193,7 +193,7 @@ fn a_failing_origin_keeps_the_data_and_the_flusher_retries() {
     // The flusher retries by itself, while still mounted.
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     loop {
-        let status = status_json(&mount);
+        let status = mount.status_json();
         let behind = &status["write_behind"];
         if behind["dirty_bytes"] == 0 && behind["flush_error"].is_null() {
             break;
@@ -211,17 +211,6 @@ fn a_failing_origin_keeps_the_data_and_the_flusher_retries() {
     // or removing the directory would fail on the mounted origin and leave it behind.
     drop(tmpfs);
     drop(mount);
-}
-
-fn status_json(mount: &Mount) -> serde_json::Value {
-    let output = common::run(&[
-        "status",
-        "--state-dir",
-        mount.state.to_str().unwrap(),
-        "--json",
-    ]);
-    assert!(output.status.success(), "{output:?}");
-    serde_json::from_slice(&output.stdout).unwrap()
 }
 
 /// Seeds per crash test; `MIRRORFS_CRASH_SEEDS` runs more.

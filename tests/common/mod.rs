@@ -167,6 +167,23 @@ impl Mount {
         fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// `mirrorfs status --json` of this volume, as JSON.
+    pub fn status_json(&self) -> serde_json::Value {
+        let output = run(&[
+            "status",
+            "--state-dir",
+            self.state.to_str().unwrap(),
+            "--json",
+        ]);
+        assert!(output.status.success(), "{output:?}");
+        serde_json::from_slice(&output.stdout).unwrap()
+    }
+
+    /// `mirrorfs status --json` of this volume.
+    pub fn status(&self) -> mirrorfs::control::Status {
+        serde_json::from_value(self.status_json()).unwrap()
+    }
+
     /// The daemon's pid.
     pub fn pid(&self) -> u32 {
         self.child.as_ref().unwrap().id()
