@@ -72,6 +72,16 @@ fn cache_stats(mount: &Mount) -> CacheStats {
     mount.status().cache.expect("the cache is on")
 }
 
+/// Another program overwrites the start of `name` in the origin with `data`.
+fn overwrite_in_origin(mount: &Mount, name: &str, data: &[u8]) {
+    fs::OpenOptions::new()
+        .write(true)
+        .open(mount.origin_path(name))
+        .unwrap()
+        .write_all_at(data, 0)
+        .unwrap();
+}
+
 fn pattern(len: u64, seed: u64) -> Vec<u8> {
     let mut rng = Rng::new(seed);
     (0..len).map(|_| rng.below(256) as u8).collect()
@@ -143,12 +153,7 @@ fn an_origin_change_is_seen_after_revalidate_after() {
     assert_eq!(read_direct(&mount.path("f")), before);
     assert_eq!(read_direct(&mount.path("f")), before);
     let after = pattern(3 * MIB, 2);
-    fs::OpenOptions::new()
-        .write(true)
-        .open(mount.origin_path("f"))
-        .unwrap()
-        .write_all_at(&after, 0)
-        .unwrap();
+    overwrite_in_origin(&mount, "f", &after);
     std::thread::sleep(Duration::from_millis(1500));
     // The same open file, and a new one, both see it.
     assert_eq!(read_direct(&mount.path("f")), after);
@@ -454,12 +459,7 @@ fn passthrough_reads_the_origin_directly_and_stays_coherent() {
     let refused = fs::OpenOptions::new().write(true).open(mount.path("f"));
     assert_eq!(refused.unwrap_err().raw_os_error(), Some(libc::ETXTBSY));
     // Another program writes the origin: the passthrough reader sees it at once.
-    fs::OpenOptions::new()
-        .write(true)
-        .open(mount.origin_path("f"))
-        .unwrap()
-        .write_all_at(b"changed", 0)
-        .unwrap();
+    overwrite_in_origin(&mount, "f", b"changed");
     let mut head = [0u8; 7];
     reader.read_exact_at(&mut head, 0).unwrap();
     assert_eq!(&head, b"changed");
@@ -498,4 +498,40 @@ fn passthrough_reads_the_origin_directly_and_stays_coherent() {
     wait_flushed(&mount);
     assert!(fs::read(mount.path("f")).unwrap() == expected);
     assert_eq!(mount.status().passthrough_opens, opens + 1);
+}
+
+/// A file kept open and read, changed in the origin by another program: with
+/// refresh-ahead, the background check finds the change and fetches the file's cached
+/// blocks again before the reader comes back, so the reader gets the new bytes without an
+/// origin read of its own; without it, the reader's read goes to the origin.
+#[test]
+fn refresh_ahead_refetches_a_changed_hot_file_before_the_reader_asks() {
+    for refresh_ahead in [true, false] {
+        let mount = Mount::with_config(&format!(
+            "[cache]\nrevalidate_after = \"1s\"\nrefresh_ahead = {refresh_ahead}\n"
+        ));
+        let before = pattern(2 * MIB, 50);
+        fs::write(mount.origin_path("f"), &before).unwrap();
+        let reader = open_direct(&mount.path("f")).unwrap();
+        let mut seen = vec![0; 2 * MIB as usize];
+        reader.read_exact_at(&mut seen, 0).unwrap();
+        assert!(seen == before);
+        let after = pattern(2 * MIB, 51);
+        overwrite_in_origin(&mount, "f", &after);
+        std::thread::sleep(Duration::from_millis(1600));
+        let stats = cache_stats(&mount);
+        reader.read_exact_at(&mut seen, 0).unwrap();
+        assert!(
+            seen == after,
+            "refresh_ahead = {refresh_ahead}: stale bytes"
+        );
+        let later = cache_stats(&mount);
+        let fetched = later.origin_bytes - stats.origin_bytes;
+        if refresh_ahead {
+            assert!(later.refreshes > 0 && later.invalidations == 1, "{later:?}");
+            assert_eq!(fetched, 0, "the reader waited for the origin: {later:?}");
+        } else {
+            assert!(fetched >= 2 * MIB, "{later:?}");
+        }
+    }
 }

@@ -1,8 +1,10 @@
 //! What the cache knows of each origin file: which epoch its blocks are under, which
 //! origin version they belong to, and how to tell a change of ours from another program's.
 
+use std::sync::Weak;
 use std::time::Instant;
 
+use super::CachedFile;
 use super::block::Version;
 
 /// What the cache knows of one origin file.
@@ -27,6 +29,10 @@ pub(super) struct FileState {
     pub(super) last_index: u64,
     /// Open files reading through the cache.
     pub(super) opens: usize,
+    /// The most recent of them, for refresh-ahead to check and refill the file with.
+    pub(super) open: Weak<CachedFile>,
+    /// When a reader last read it, for refresh-ahead to tell hot files from idle ones.
+    pub(super) read: Instant,
 }
 
 /// What comparing the origin's version with the cached one found.
@@ -53,6 +59,8 @@ impl FileState {
             blocks: 0,
             last_index: 0,
             opens: 0,
+            open: Weak::new(),
+            read: Instant::now(),
         }
     }
 

@@ -22,6 +22,7 @@ pub mod policy;
 mod prefetch;
 mod queue;
 pub mod readahead;
+mod refresh;
 mod spill;
 pub mod stats;
 
@@ -99,6 +100,8 @@ pub struct Cache {
     counters: Counters,
     jobs: WorkQueue<prefetch::Job>,
     disk: Option<Disk>,
+    /// Set to stop the refresh-ahead thread, which sleeps on it.
+    refresh_stop: (Mutex<bool>, Condvar),
     threads: Mutex<Vec<JoinHandle<()>>>,
 }
 
@@ -195,6 +198,7 @@ impl Cache {
             counters: Counters::default(),
             jobs: WorkQueue::new(PREFETCH_QUEUE_MAX),
             disk,
+            refresh_stop: (Mutex::new(false), Condvar::new()),
             threads: Mutex::new(Vec::new()),
         });
         {
@@ -210,6 +214,14 @@ impl Cache {
                 std::thread::Builder::new()
                     .name(format!("prefetch-{number}"))
                     .spawn(move || worker.prefetch_worker())?,
+            );
+        }
+        if config.refresh_ahead {
+            let refresher = Arc::clone(&cache);
+            threads.push(
+                std::thread::Builder::new()
+                    .name("refresh-ahead".to_string())
+                    .spawn(move || refresher.refresher())?,
             );
         }
         if cache.disk.is_some() {
@@ -231,6 +243,8 @@ impl Cache {
         if let Some(disk) = &self.disk {
             disk.queue.stop();
         }
+        *lock(&self.refresh_stop.0) = true;
+        self.refresh_stop.1.notify_all();
         for thread in std::mem::take(&mut *lock(&self.threads)) {
             if thread.join().is_err() {
                 tracing::error!("a cache thread panicked");
@@ -252,11 +266,15 @@ impl Cache {
         if first_sight {
             self.first_sight_on_disk(&mut state, key, version);
         }
-        Arc::new(CachedFile {
+        let file = Arc::new(CachedFile {
             key,
             origin,
             readahead: Mutex::new(Readahead::new(self.readahead.0, self.readahead.1)),
-        })
+        });
+        if let Some(known) = state.files.get_mut(&key) {
+            known.open = Arc::downgrade(&file);
+        }
+        file
     }
 
     /// The open file is closed.
@@ -471,7 +489,8 @@ impl Cache {
             let version = Version::of(&file.origin.stat()?);
             self.revalidate(&mut state, file.key, version, false);
         }
-        let known = &state.files[&file.key];
+        let known = state.files.get_mut(&file.key).expect("just made sure");
+        known.read = std::time::Instant::now();
         Ok((
             known.checked.elapsed() >= self.revalidate_after,
             Snapshot {
@@ -484,7 +503,13 @@ impl Cache {
 
     /// Compares the origin's `version` of `key` with the cached one (creating the file's
     /// state if new), and makes both tiers follow.
-    fn revalidate(&self, state: &mut State, key: FileKey, version: Version, dirty: bool) {
+    fn revalidate(
+        &self,
+        state: &mut State,
+        key: FileKey,
+        version: Version,
+        dirty: bool,
+    ) -> Revalidated {
         let State {
             files, next_epoch, ..
         } = state;
@@ -492,7 +517,8 @@ impl Cache {
             *next_epoch += 1;
             FileState::new(version, *next_epoch - 1)
         });
-        match file.revalidate(version, dirty, next_epoch) {
+        let outcome = file.revalidate(version, dirty, next_epoch);
+        match outcome {
             Revalidated::Same => {}
             Revalidated::Adopted => self.adopt_on_disk(state, key, version),
             Revalidated::Stale => {
@@ -505,6 +531,7 @@ impl Cache {
                 self.forget_on_disk(state, key);
             }
         }
+        outcome
     }
 
     /// Looks `key` up in memory for `range`, waiting while another read fills it. On a

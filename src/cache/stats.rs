@@ -20,6 +20,7 @@ pub(super) struct Counters {
     pub(super) prefetch_used_bytes: AtomicU64,
     pub(super) prefetch_unused_bytes: AtomicU64,
     pub(super) invalidations: AtomicU64,
+    pub(super) refreshes: AtomicU64,
 }
 
 /// Adds `amount` to `counter`.
@@ -50,6 +51,8 @@ pub struct CacheStats {
     pub prefetch_unused_bytes: u64,
     /// Files whose cached blocks were dropped because the origin changed under them.
     pub invalidations: u64,
+    /// Hot files checked against the origin in the background (refresh-ahead).
+    pub refreshes: u64,
     /// Blocks read back from the disk tier that failed their hash (dropped, never served).
     pub corrupt_blocks: u64,
     /// Bytes written to the disk tier.
@@ -97,6 +100,7 @@ impl Counters {
             prefetch_used_bytes: load(&self.prefetch_used_bytes),
             prefetch_unused_bytes: load(&self.prefetch_unused_bytes),
             invalidations: load(&self.invalidations),
+            refreshes: load(&self.refreshes),
             corrupt_blocks: load(&self.disk_corrupt),
             disk_written_bytes: load(&self.disk_written_bytes),
         }
