@@ -4,7 +4,7 @@
 #   1. install what is missing (fuse3, pjdfstest, fsx, the test user `tests`);
 #   2. cargo fmt --check and cargo clippy -D warnings;
 #   3. the external judges, pjdfstest and fsx, on a real mirrorfs mount in each write
-#      policy (scripts/conformance.sh);
+#      policy and several cache configurations (scripts/conformance.sh);
 #   4. cargo test: unit tests and the real-mount integration tests, last, so that its
 #      summary closes the output.
 set -euo pipefail
@@ -16,15 +16,18 @@ cargo fmt --all -- --check
 cargo clippy --all-targets --locked -- -D warnings
 
 cargo build --release --locked
-# Both write policies face the judges: write-behind with a short flush interval, so the
-# flusher runs under the workload rather than only at unmount.
+# The judges run against several configurations. Both write policies face pjdfstest and
+# fsx with the default cache (a 256 MiB memory tier); write-behind with a short flush
+# interval, so the flusher runs under the workload rather than only at unmount. fsx alone
+# then runs with the cache off, with a tiny memory and disk tier (blocks evicted, written
+# to disk and read back all the time) in each policy, and with FUSE passthrough.
 conformance_on() {
-  local mode=$1 work daemon
-  echo "== conformance on a mirrorfs mount, $mode"
+  local name=$1 config=$2 work daemon
+  echo "== conformance on a mirrorfs mount: $name"
   work=$(mktemp -d /tmp/mirrorfs-ci.XXXXXX)
   chmod 755 "$work"
   mkdir -m 755 "$work/origin" "$work/mnt"
-  printf '[write]\nmode = "%s"\nflush_interval = "200ms"\n' "$mode" > "$work/mount.toml"
+  printf '%b' "${config//@DISK@/$work/disk}" > "$work/mount.toml"
   target/release/mirrorfs mount "$work/origin" "$work/mnt" --state-dir "$work/state" \
     --allow-other --config "$work/mount.toml" 2>"$work/daemon.log" &
   daemon=$!
@@ -41,8 +44,17 @@ conformance_on() {
   trap - EXIT
   rm -rf "$work"
 }
-conformance_on write-through
-conformance_on write-behind
+behind='[write]\nmode = "write-behind"\nflush_interval = "200ms"\n'
+tiny='[cache]\nmemory_bytes = "1MiB"\nblock_size = "64KiB"\nreadahead_max = "256KiB"\n'
+disk='disk_dir = "@DISK@"\ndisk_bytes = "2MiB"\n'
+conformance_on "write-through" '[write]\nmode = "write-through"\n'
+conformance_on "write-behind" "$behind"
+export PJDFSTEST=0 FSX_OPS=30000
+conformance_on "write-through, no cache" '[cache]\nmemory_bytes = 0\n'
+conformance_on "write-through, tiny memory and disk tiers" "$tiny$disk"
+conformance_on "write-behind, tiny memory and disk tiers" "$tiny$disk$behind"
+conformance_on "write-through, passthrough" '[cache]\npassthrough = "auto"\n'
+unset PJDFSTEST FSX_OPS
 
 echo "== cargo test"
 cargo test --locked
