@@ -93,7 +93,9 @@ fn sequential(path: &str) {
     let start = Instant::now();
     let mut total = 0u64;
     loop {
-        let count = file.read(&mut buffer).unwrap_or_else(|error| fail(&format!("read: {error}")));
+        let count = file
+            .read(&mut buffer)
+            .unwrap_or_else(|error| fail(&format!("read: {error}")));
         if count == 0 {
             break;
         }
@@ -144,7 +146,8 @@ fn hot(hot: &str, span: u64, scan: &str, seconds: u64) {
     let file = open_direct(hot);
     let mut rng = Rng(0x2545_F491_4F6C_DD1D);
     let alone_until = Instant::now() + Duration::from_secs(seconds);
-    let (alone_reads, alone_hits) = hot_reads(&file, span, &mut rng, |_| Instant::now() >= alone_until);
+    let (alone_reads, alone_hits) =
+        hot_reads(&file, span, &mut rng, |_| Instant::now() >= alone_until);
 
     let scanning = Arc::new(AtomicBool::new(true));
     let scanner = {
@@ -200,7 +203,11 @@ fn main() {
     match args.first().map(String::as_str) {
         Some("seq") if args.len() == 2 => sequential(&args[1]),
         Some("rand") if args.len() == 4 => {
-            random(&args[1], number(args.get(2), "SPAN"), number(args.get(3), "COUNT"));
+            random(
+                &args[1],
+                number(args.get(2), "SPAN"),
+                number(args.get(3), "COUNT"),
+            );
         }
         Some("hot") if args.len() == 5 => hot(
             &args[1],

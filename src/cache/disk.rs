@@ -10,8 +10,9 @@
 //! blocks/<dev>-<ino>/<n>    block n: a header, then the block's pages at their offsets
 //! ```
 //!
-//! A block file's header is the magic, the block's end of file (if a read saw it), and one
-//! blake3 hash per page (all zeros: page absent), padded to a page. The pages present
+//! A block file's header is the magic, the block's end of file (if a read saw it), a hash
+//! sealing the header, and one blake3 hash per page (all zeros: page absent), padded to a
+//! page. The pages present
 //! follow in order, densely (the n-th present page is at `header + n * PAGE`). A block is
 //! written to
 //! a temporary name and renamed over the old one, so a reader always sees one whole
@@ -31,8 +32,13 @@ use super::block::{FileKey, PAGE, Version};
 /// First bytes of every block file.
 const MAGIC: &[u8; 8] = b"MFSBLK1\0";
 
-/// Bytes before the hashes in a header: magic, end of file.
-const HEADER_FIXED: usize = 16;
+/// Bytes before the page hashes in a header: magic, end of file, 4 zero bytes, and the
+/// blake3 hash of the end of file and the page hashes, so that no bit of a header that
+/// decides what is served goes unchecked.
+const HEADER_FIXED: usize = 48;
+
+/// Where the header's own hash lies.
+const HEADER_HASH: std::ops::Range<usize> = 16..48;
 
 /// `end` in a header when no read saw the end of the file in this block.
 const NO_END: u32 = u32::MAX;
@@ -257,6 +263,8 @@ impl DiskTier {
             whole[at..at + 32].copy_from_slice(blake3::hash(bytes).as_bytes());
             whole.extend_from_slice(bytes);
         }
+        let sealed = header_hash(&whole[..self.header_len]);
+        whole[HEADER_HASH].copy_from_slice(&sealed);
         file.write_all(&whole)?;
         let held = self.footprint(data_len as u64);
         // What the filesystem charges for the file, extent blocks of a sparse file
@@ -329,6 +337,9 @@ impl DiskTier {
         if &header[..8] != MAGIC {
             return Ok(None);
         }
+        if header[HEADER_HASH] != header_hash(&header) {
+            return Ok(None);
+        }
         let end = u32::from_le_bytes(header[8..12].try_into().expect("4 bytes"));
         let end = (end != NO_END).then_some(end);
         if end.is_some_and(|end| end as u64 > self.block_size) {
@@ -387,6 +398,14 @@ impl DiskTier {
             .collect();
         Ok(inventory)
     }
+}
+
+/// The hash that seals a header: over its end of file and page hashes.
+fn header_hash(header: &[u8]) -> [u8; 32] {
+    let mut hasher = blake3::Hasher::new();
+    hasher.update(&header[8..16]);
+    hasher.update(&header[HEADER_FIXED..]);
+    *hasher.finalize().as_bytes()
 }
 
 fn parse_file_dir(name: &str) -> Option<FileKey> {
@@ -483,6 +502,15 @@ mod tests {
             Found::Corrupt
         ));
         assert!(!path.exists(), "a corrupt block is removed");
+        // So is a header whose end of file was changed (it decides how much is served).
+        tier.store(key(2), &[(0, &[7u8; 4096])], Some(4096))
+            .unwrap();
+        let file = OpenOptions::new()
+            .write(true)
+            .open(tier.block_path(key(2)))
+            .unwrap();
+        file.write_all_at(&100u32.to_le_bytes(), 8).unwrap();
+        assert!(matches!(tier.read(key(2), 0..10).unwrap(), Found::Corrupt));
         // A header that is not ours is corrupt too.
         tier.store(key(1), &[(0, &[7u8; 4096])], None).unwrap();
         fs::write(tier.block_path(key(1)), b"garbage").unwrap();
