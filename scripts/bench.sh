@@ -19,6 +19,7 @@
 # ratios, not absolute numbers.
 #
 #   scripts/bench.sh [--quick]      (--quick: 256 MiB files, 5,000 small files)
+#   BENCH_CACHE='memory_bytes = 0\n' scripts/bench.sh    (extra [cache] lines for mirrorfs)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -74,7 +75,7 @@ targets=("native:$work/native")
 for mode in 1s 1d; do
   fresh_fs "$work/mirrorfs-$mode-origin"
   mkdir -p "$work/mirrorfs-$mode-mnt"
-  printf '[cache]\nrevalidate_after = "%s"\n' "$mode" > "$work/mirrorfs-$mode.toml"
+  printf '[cache]\nrevalidate_after = "%s"\n%b' "$mode" "${BENCH_CACHE:-}" > "$work/mirrorfs-$mode.toml"
   target/release/mirrorfs mount "$work/mirrorfs-$mode-origin" "$work/mirrorfs-$mode-mnt" \
     --state-dir "$work/mirrorfs-$mode-state" --config "$work/mirrorfs-$mode.toml" \
     2>"$work/mirrorfs-$mode.log" &

@@ -10,6 +10,7 @@ pub mod control;
 pub mod fuse;
 pub mod log;
 pub mod origin;
+pub mod replication;
 pub mod state;
 pub mod types;
 pub mod vfs;

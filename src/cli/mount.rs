@@ -41,6 +41,13 @@ pub fn run(args: MountArgs) -> Result<(), CliError> {
         allow_other: args.allow_other.then_some(true),
     };
     let config = Config::resolve(raw, overrides, &cwd).map_err(usage)?;
+    if config.replication.is_some() {
+        // Parsed and checked already, so configs can be written now; refused rather than
+        // silently not replicating.
+        return Err(CliError::Usage(
+            "[replication] is not served yet: replica nodes arrive with issue 5".to_string(),
+        ));
+    }
     let volume = &config.volume;
     check_system(&volume.source, &volume.mountpoint, &volume.state_dir)?;
     let state = StateDir::open(&volume.state_dir).map_err(|error| match error {

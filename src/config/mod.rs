@@ -5,7 +5,9 @@
 //! file; checks against the live system (does SOURCE exist?) belong to the command.
 
 pub mod cache;
+pub mod node;
 pub mod raw;
+pub mod replication;
 pub mod units;
 
 use std::path::{Component, Path, PathBuf};
@@ -14,6 +16,7 @@ use std::time::Duration;
 pub use cache::{CacheConfig, DiskTierConfig};
 use raw::RawConfig;
 pub use raw::{Admission, Passthrough, WriteMode};
+pub use replication::{Acks, OnInsufficient, ReplicationConfig};
 
 /// Longest volume id; ids name directories on replica nodes.
 const VOLUME_ID_LEN_MAX: usize = 64;
@@ -166,6 +169,8 @@ pub struct Config {
     pub write: WriteConfig,
     /// The `[log]` section.
     pub log: LogConfig,
+    /// The `[replication]` section, if it lists replicas.
+    pub replication: Option<ReplicationConfig>,
 }
 
 /// The validated `[write]` section.
@@ -319,6 +324,7 @@ impl Config {
                 allow_other,
             },
             cache,
+            replication: replication::resolve(&raw.replication)?,
             write: resolve_write(&raw.write)?,
             log: LogConfig {
                 segment_bytes: within(
@@ -692,6 +698,74 @@ mod tests {
                 .unwrap_err()
                 .to_string();
             assert!(message.contains(key), "{bad}: {message}");
+            assert_eq!(message.lines().count(), 1, "{message}");
+        }
+    }
+
+    #[test]
+    fn replication_section_defaults_and_rejects_nonsense() {
+        let base = "[volume]\nsource = \"/s\"\nmountpoint = \"/m\"\n";
+        assert!(resolve(base).unwrap().replication.is_none());
+        let replicas = "[[replication.replicas]]\nname = \"r1\"\naddress = \"127.0.0.1:7071\"\n\
+                        [[replication.replicas]]\nname = \"r2\"\naddress = \"backup.example:7071\"\n";
+        let config = resolve(&format!(
+            "{base}[replication]\nkey_file = \"/etc/k\"\n{replicas}"
+        ))
+        .unwrap()
+        .replication
+        .unwrap();
+        assert_eq!(config.acks, Acks::All);
+        assert_eq!(config.min_insync, 1);
+        assert_eq!(config.on_insufficient, OnInsufficient::Wait);
+        assert_eq!(config.lag_max, Duration::from_secs(10));
+        assert_eq!(config.ack_timeout, Duration::from_secs(30));
+        assert_eq!(config.retain_bytes_max, 20 << 30);
+        assert_eq!(config.replicas.len(), 2);
+        assert!(!config.plaintext);
+        let config = resolve(&format!(
+            "{base}[replication]\nacks = \"quorum\"\nmin_insync = 2\nlag_max = \"2s\"\n\
+             on_insufficient = \"fail\"\nack_timeout = \"500ms\"\nretain_bytes_max = \"1GiB\"\n\
+             key_file = \"/etc/k\"\nplaintext = true\n{replicas}"
+        ))
+        .unwrap()
+        .replication
+        .unwrap();
+        assert_eq!((config.acks, config.min_insync), (Acks::Quorum, 2));
+        assert_eq!(config.on_insufficient, OnInsufficient::Fail);
+        assert!(config.plaintext);
+        for (body, key) in [
+            (
+                "acks = \"all\"\nkey_file = \"/k\"\n",
+                "replication.replicas",
+            ),
+            (replicas, "replication.key_file"),
+            (&format!("key_file = \"k\"\n{replicas}"), "absolute"),
+            (
+                &format!("key_file = \"/k\"\nmin_insync = 3\n{replicas}"),
+                "replication.min_insync",
+            ),
+            (
+                &format!("key_file = \"/k\"\nacks = \"some\"\n{replicas}"),
+                "replication.acks",
+            ),
+            (
+                &format!("key_file = \"/k\"\nlag_max = \"0s\"\n{replicas}"),
+                "replication.lag_max",
+            ),
+            (
+                "key_file = \"/k\"\n[[replication.replicas]]\nname = \"r\"\naddress = \"nowhere\"\n",
+                "replication.replicas.address",
+            ),
+            (
+                "key_file = \"/k\"\n[[replication.replicas]]\nname = \"r\"\naddress = \"h:1\"\n\
+                 [[replication.replicas]]\nname = \"r\"\naddress = \"h:2\"\n",
+                "twice",
+            ),
+        ] {
+            let message = resolve(&format!("{base}[replication]\n{body}"))
+                .unwrap_err()
+                .to_string();
+            assert!(message.contains(key), "{body}: {message}");
             assert_eq!(message.lines().count(), 1, "{message}");
         }
     }

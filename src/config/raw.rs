@@ -23,6 +23,9 @@ pub struct RawConfig {
     /// `[log]`: the change log's files.
     #[serde(default)]
     pub log: RawLog,
+    /// `[replication]`: the replica nodes the log is streamed to.
+    #[serde(default)]
+    pub replication: super::replication::RawReplication,
 }
 
 /// How writes reach the origin.

@@ -1,0 +1,214 @@
+//! The `[replication]` section: which replica nodes a primary streams its log to, and what
+//! fsync waits for. Resolved here, checked against itself; the key file is read by the
+//! mount command (this module touches no file).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::units::{ByteSize, Span};
+use super::{ConfigError, invalid, within};
+
+/// What fsync waits for beyond the local log.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Acks {
+    /// Nothing: replicas catch up on their own.
+    None,
+    /// Any `min_insync` replicas holding the records.
+    Quorum,
+    /// Every replica in the in-sync set, and at least `min_insync` of them.
+    All,
+}
+
+/// What fsync does when too few replicas are in sync.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OnInsufficient {
+    /// Wait until enough are.
+    Wait,
+    /// Fail with EIO after `ack_timeout`.
+    Fail,
+}
+
+/// `[replication]` as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawReplication {
+    /// none, quorum or all.
+    pub acks: Option<Acks>,
+    /// Replicas that must hold a record for quorum, and at least for all.
+    pub min_insync: Option<u32>,
+    /// A replica further behind than this leaves the in-sync set.
+    pub lag_max: Option<Span>,
+    /// wait or fail.
+    pub on_insufficient: Option<OnInsufficient>,
+    /// How long fsync waits before failing, with on_insufficient = "fail".
+    pub ack_timeout: Option<Span>,
+    /// Log kept for a replica that is away; past this it gets a snapshot on return.
+    pub retain_bytes_max: Option<ByteSize>,
+    /// The volume's pre-shared key.
+    pub key_file: Option<PathBuf>,
+    /// Send records unencrypted (still authenticated). Only for trusted networks.
+    pub plaintext: Option<bool>,
+    /// The replica nodes.
+    #[serde(default)]
+    pub replicas: Vec<RawReplica>,
+}
+
+/// One `[[replication.replicas]]` entry as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawReplica {
+    /// A name for status and logs.
+    pub name: String,
+    /// host:port of the replica node.
+    pub address: String,
+}
+
+/// The validated `[replication]` section.
+#[derive(Clone, Debug)]
+pub struct ReplicationConfig {
+    /// What fsync waits for.
+    pub acks: Acks,
+    /// See [`RawReplication::min_insync`].
+    pub min_insync: u32,
+    /// See [`RawReplication::lag_max`].
+    pub lag_max: Duration,
+    /// See [`RawReplication::on_insufficient`].
+    pub on_insufficient: OnInsufficient,
+    /// See [`RawReplication::ack_timeout`].
+    pub ack_timeout: Duration,
+    /// See [`RawReplication::retain_bytes_max`].
+    pub retain_bytes_max: u64,
+    /// The key file (absolute).
+    pub key_file: PathBuf,
+    /// Records cross the network unencrypted.
+    pub plaintext: bool,
+    /// The replica nodes, in config order.
+    pub replicas: Vec<Replica>,
+}
+
+/// One replica node.
+#[derive(Clone, Debug)]
+pub struct Replica {
+    /// Its name (1-64 of `A-Z a-z 0-9 . _ -`).
+    pub name: String,
+    /// Where it listens (`host:port`, resolved when connecting).
+    pub address: String,
+}
+
+const LAG_MAX_DEFAULT: Duration = Duration::from_secs(10);
+const ACK_TIMEOUT_DEFAULT: Duration = Duration::from_secs(30);
+const RETAIN_BYTES_DEFAULT: u64 = 20 << 30;
+const SPAN_RANGE: (Duration, Duration) = (Duration::from_millis(10), Duration::from_secs(86_400));
+
+/// Resolves `[replication]`; `None` when the section lists no replicas.
+pub(super) fn resolve(raw: &RawReplication) -> Result<Option<ReplicationConfig>, ConfigError> {
+    if raw.replicas.is_empty() {
+        let set = raw.acks.is_some() || raw.key_file.is_some() || raw.min_insync.is_some();
+        if set {
+            return Err(invalid(
+                "replication.replicas",
+                "no replica is listed; add [[replication.replicas]] entries or remove [replication]",
+            ));
+        }
+        return Ok(None);
+    }
+    let show_span = |span: Duration| Span(span).to_string();
+    let acks = raw.acks.unwrap_or(Acks::All);
+    let min_insync = raw.min_insync.unwrap_or(1);
+    if min_insync as usize > raw.replicas.len() {
+        return Err(invalid(
+            "replication.min_insync",
+            format!(
+                "{min_insync} is more than the {} replica(s) listed",
+                raw.replicas.len()
+            ),
+        ));
+    }
+    if min_insync == 0 && acks == Acks::Quorum {
+        return Err(invalid("replication.min_insync", "quorum needs at least 1"));
+    }
+    let key_file = raw.key_file.clone().ok_or(ConfigError::Missing {
+        key: "replication.key_file",
+        hint: "give the volume's key file (`mirrorfs keygen > FILE` makes one)",
+    })?;
+    if !key_file.is_absolute() {
+        return Err(invalid(
+            "replication.key_file",
+            format!(
+                "{:?} must be an absolute path",
+                key_file.display().to_string()
+            ),
+        ));
+    }
+    let mut replicas: Vec<Replica> = Vec::new();
+    for replica in &raw.replicas {
+        if let Err(reason) = super::VolumeId::new(&replica.name) {
+            return Err(invalid("replication.replicas.name", reason));
+        }
+        if replicas.iter().any(|other| other.name == replica.name) {
+            return Err(invalid(
+                "replication.replicas.name",
+                format!("{:?} is listed twice", replica.name),
+            ));
+        }
+        if !valid_address(&replica.address) {
+            return Err(invalid(
+                "replication.replicas.address",
+                format!("{:?} is not host:port", replica.address),
+            ));
+        }
+        replicas.push(Replica {
+            name: replica.name.clone(),
+            address: replica.address.clone(),
+        });
+    }
+    Ok(Some(ReplicationConfig {
+        acks,
+        min_insync,
+        lag_max: within(
+            "replication.lag_max",
+            raw.lag_max.map(|span| span.0),
+            LAG_MAX_DEFAULT,
+            SPAN_RANGE,
+            show_span,
+        )?,
+        on_insufficient: raw.on_insufficient.unwrap_or(OnInsufficient::Wait),
+        ack_timeout: within(
+            "replication.ack_timeout",
+            raw.ack_timeout.map(|span| span.0),
+            ACK_TIMEOUT_DEFAULT,
+            SPAN_RANGE,
+            show_span,
+        )?,
+        retain_bytes_max: within(
+            "replication.retain_bytes_max",
+            raw.retain_bytes_max.map(|size| size.0),
+            RETAIN_BYTES_DEFAULT,
+            (1 << 20, 1 << 50),
+            |bytes| ByteSize(bytes).to_string(),
+        )?,
+        key_file,
+        plaintext: raw.plaintext.unwrap_or(false),
+        replicas,
+    }))
+}
+
+/// `host:port` with a port number, as a socket address or a host name.
+pub fn valid_address(text: &str) -> bool {
+    if text.parse::<SocketAddr>().is_ok() {
+        return true;
+    }
+    let Some((host, port)) = text.rsplit_once(':') else {
+        return false;
+    };
+    port.parse::<u16>().is_ok_and(|port| port != 0)
+        && !host.is_empty()
+        && host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-')
+}

@@ -1,0 +1,3 @@
+//! Replication (issue 5, under construction): the volume key so far.
+
+pub mod key;
