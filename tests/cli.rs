@@ -341,3 +341,33 @@ fn a_dead_daemons_mount_is_named_and_can_be_cleared() {
     fs::write(mount.path("back"), b"1").unwrap();
     assert!(mount.origin_path("back").exists());
 }
+
+/// `mirrorfs keygen > FILE` makes a private key file that a key reader accepts, a new key
+/// each time; extra arguments are a usage error.
+#[test]
+fn keygen_writes_a_private_key_file() {
+    use std::os::unix::fs::OpenOptionsExt;
+    let dir = scratch();
+    let mut keys = Vec::new();
+    for name in ["a.key", "b.key"] {
+        let path = dir.path().join(name);
+        // As a shell's `>` would create it: readable by everyone.
+        let file = fs::OpenOptions::new()
+            .create(true)
+            .write(true)
+            .mode(0o644)
+            .open(&path)
+            .unwrap();
+        let status = Command::new(common::binary())
+            .arg("keygen")
+            .stdout(file)
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        keys.push(mirrorfs::replication::key::VolumeKey::read(&path).unwrap());
+    }
+    assert_ne!(keys[0], keys[1]);
+    assert_usage_error(&run(&["keygen", "extra"]), "unexpected argument");
+}

@@ -1,6 +1,7 @@
 //! The command line: parsing, dispatch to one module per command, and exit codes
 //! (0 success, 2 usage or config error, 1 any other failure; one line on stderr).
 
+mod keygen;
 mod log;
 mod mount;
 pub mod mountinfo;
@@ -31,6 +32,9 @@ enum Command {
     Log(LogArgs),
     /// Show a mounted volume's state: write policy, dirty data, flushing, the log.
     Status(StatusArgs),
+    /// Write a new random volume key to standard output (`mirrorfs keygen > FILE`; the file
+    /// is made mode 0600).
+    Keygen,
 }
 
 /// Arguments of `mirrorfs mount`.
@@ -142,6 +146,7 @@ pub fn run(args: impl IntoIterator<Item = OsString>) -> ExitCode {
         Command::Unmount(args) => unmount::run(args),
         Command::Log(args) => log::run(args),
         Command::Status(args) => status::run(args),
+        Command::Keygen => keygen::run(),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
