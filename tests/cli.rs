@@ -354,6 +354,7 @@ fn keygen_writes_a_private_key_file() {
         // As a shell's `>` would create it: readable by everyone.
         let file = fs::OpenOptions::new()
             .create(true)
+            .truncate(true)
             .write(true)
             .mode(0o644)
             .open(&path)

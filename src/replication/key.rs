@@ -120,6 +120,7 @@ mod tests {
         let _ = fs::remove_file(path);
         let mut file = fs::OpenOptions::new()
             .create(true)
+            .truncate(true)
             .write(true)
             .mode(mode)
             .open(path)
