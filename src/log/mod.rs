@@ -65,6 +65,14 @@ pub enum LogError {
         /// Why not.
         error: FrameError,
     },
+    /// A record appended out of order.
+    #[error("record {offset} appended where record {next} belongs")]
+    OutOfOrder {
+        /// The record's offset.
+        offset: u64,
+        /// The log's next offset.
+        next: u64,
+    },
     /// Records asked for that retention already deleted.
     #[error("offset {offset} is no longer in the log, which starts at {first}")]
     Deleted {
@@ -175,6 +183,12 @@ impl Log {
     /// Opens the log in `dir` (made if missing), recovering it: a torn tail is cut off
     /// (logged with its size); damage anywhere else is an error.
     pub fn open(dir: &Path, options: LogOptions) -> Result<Log> {
+        Log::open_at(dir, options, 0)
+    }
+
+    /// [`Log::open`], with `first` as the first offset of a log that is new (a replica's
+    /// log begins where the snapshot it started from ends).
+    pub fn open_at(dir: &Path, options: LogOptions, first: u64) -> Result<Log> {
         std::fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
@@ -183,7 +197,7 @@ impl Log {
         let (mut segments, tail) = load(dir)?;
         let mut torn_bytes = 0;
         if segments.is_empty() {
-            segments.push(create_segment(dir, 0)?);
+            segments.push(create_segment(dir, first)?);
         } else if let Tail::Torn { bytes } = tail {
             let active = segments.last_mut().expect("not empty");
             cut_torn_tail(active, bytes)?;
@@ -232,6 +246,20 @@ impl Log {
             frame::encode_parts(offset, epoch, op, buf)
         })
         .map(|appended| appended.offset)
+    }
+
+    /// Appends a record made elsewhere (a replica copying its primary's log), keeping its
+    /// offset and epoch. It must be the next offset: a log has no gaps. One writer at a time.
+    pub fn append_record(&self, record: &Record) -> Result<u64> {
+        let next = self.next_offset();
+        if record.offset != next {
+            return Err(LogError::OutOfOrder {
+                offset: record.offset,
+                next,
+            });
+        }
+        self.append_with(&[], |_, _, buf| frame::encode(record, buf))
+            .map(|appended| appended.offset)
     }
 
     /// Appends a write of `data` at `file_offset` of `path`. The bytes go from `data` to

@@ -399,3 +399,42 @@ fn a_write_encoded_from_borrowed_bytes_is_the_same_record_and_ends_its_frame() {
     assert_eq!(back, data);
     assert_eq!(all(&log)[1].op, op);
 }
+
+/// A replica's log: it begins where its snapshot ended and keeps the primary's offsets and
+/// epochs; a record out of order is refused and changes nothing.
+#[test]
+fn a_copied_log_keeps_offsets_and_epochs_and_refuses_gaps() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open_at(dir.path(), options(1 << 20), 500).unwrap();
+    assert_eq!(log.next_offset(), 500);
+    for offset in 500..510u64 {
+        let record = Record {
+            offset,
+            epoch: 3,
+            op: write_op("f", offset, 10),
+        };
+        assert_eq!(log.append_record(&record).unwrap(), offset);
+    }
+    let gap = Record {
+        offset: 512,
+        epoch: 3,
+        op: write_op("f", 0, 1),
+    };
+    let error = log.append_record(&gap).unwrap_err();
+    assert!(
+        matches!(
+            error,
+            LogError::OutOfOrder {
+                offset: 512,
+                next: 510
+            }
+        ),
+        "{error}"
+    );
+    drop(log);
+    let log = Log::open_at(dir.path(), options(1 << 20), 0).unwrap();
+    let records = all(&log);
+    assert_eq!(records.len(), 10);
+    assert_eq!((records[0].offset, records[0].epoch), (500, 3));
+    assert_eq!(log.next_offset(), 510, "an existing log keeps its offsets");
+}
