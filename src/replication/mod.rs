@@ -1,4 +1,8 @@
-//! Replication (issue 5, under construction): the volume key so far.
+//! Replication (issue 5, under construction): shipping the change log to replica nodes.
+//! So far: the volume key, the authenticated and encrypted channel, the messages, and a
+//! replica node's copy of a volume. The node server and the primary's senders are next.
 
 pub mod channel;
+pub mod copy;
 pub mod key;
+pub mod protocol;

@@ -8,7 +8,7 @@
 //!   is appended to the log and kept in memory, and a flusher brings the origin up to date.
 //!   Recovery ([`recover`]) replays what the flusher had not applied.
 
-mod applied;
+pub mod applied;
 pub mod apply;
 pub mod behind;
 mod dirty;

@@ -1,0 +1,123 @@
+//! The messages a primary and a replica node exchange over a [`Channel`](super::channel),
+//! encoded with postcard. Records travel as the log holds them, and decoding one checks
+//! its paths as reading the log does: no path with `..`, no absolute path, no NUL.
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::log::{Op, Record};
+
+/// Why a message could not be decoded.
+#[derive(Debug, thiserror::Error)]
+#[error("malformed message: {0}")]
+pub struct ProtocolError(String);
+
+/// What a primary sends.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ToNode {
+    /// First, after the handshake: the primary's epoch and the offsets its log holds.
+    Open {
+        /// The primary's leader epoch.
+        epoch: u32,
+        /// The oldest offset the primary's log still has.
+        log_start: u64,
+        /// The offset its next record will get.
+        log_end: u64,
+    },
+    /// Records in offset order, continuing from the node's position.
+    Records(Vec<Record>),
+    /// A snapshot of the volume follows; with the records from `offset` on applied after
+    /// it, the copy equals the volume.
+    SnapshotBegin {
+        /// The log offset the snapshot is consistent from.
+        offset: u64,
+    },
+    /// Part of a snapshot: operations that rebuild the volume in an empty directory.
+    SnapshotOps(Vec<Op>),
+    /// The snapshot is complete.
+    SnapshotEnd,
+}
+
+/// What a replica node answers.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ToPrimary {
+    /// Its answer to `Open`: it holds every record below `next` durably, and has seen
+    /// records of epochs up to `epoch`.
+    Position {
+        /// The offset of the first record it lacks.
+        next: u64,
+        /// The highest epoch it has seen.
+        epoch: u32,
+    },
+    /// Every record below `next` is durable on the node.
+    Ack {
+        /// The offset of the first record it lacks.
+        next: u64,
+    },
+    /// The node will not take what it was sent; the connection closes after this.
+    Refuse {
+        /// Why, in one line.
+        reason: String,
+    },
+}
+
+/// `message` as bytes for [`Channel::send`](super::channel::Channel::send).
+pub fn encode<T: Serialize>(message: &T) -> Vec<u8> {
+    postcard::to_allocvec(message).expect("messages always encode")
+}
+
+/// A message from bytes received.
+pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ProtocolError> {
+    match postcard::take_from_bytes(bytes) {
+        Ok((message, [])) => Ok(message),
+        Ok((_, rest)) => Err(ProtocolError(format!(
+            "{} bytes after the message",
+            rest.len()
+        ))),
+        Err(error) => Err(ProtocolError(error.to_string())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::log::LogPath;
+
+    #[test]
+    fn messages_round_trip_and_bad_paths_do_not_decode() {
+        let record = Record {
+            offset: 7,
+            epoch: 2,
+            op: Op::Unlink {
+                path: LogPath::try_from(b"d/f".to_vec()).unwrap(),
+            },
+        };
+        for message in [
+            ToNode::Open {
+                epoch: 2,
+                log_start: 0,
+                log_end: 8,
+            },
+            ToNode::Records(vec![record.clone()]),
+            ToNode::SnapshotBegin { offset: 3 },
+            ToNode::SnapshotOps(vec![record.op.clone()]),
+            ToNode::SnapshotEnd,
+        ] {
+            assert_eq!(decode::<ToNode>(&encode(&message)).unwrap(), message);
+        }
+        let ack = ToPrimary::Ack { next: 8 };
+        assert_eq!(decode::<ToPrimary>(&encode(&ack)).unwrap(), ack);
+        // The same record naming "../f": the bytes are well-formed postcard, the path is not.
+        let bytes = encode(&ToNode::Records(vec![record]));
+        let at = bytes.windows(3).position(|w| w == b"d/f").unwrap();
+        for evil in [&b"../"[..], b"/et", b"d/\0"] {
+            let mut bad = bytes.clone();
+            bad[at..at + 3].copy_from_slice(evil);
+            assert!(decode::<ToNode>(&bad).is_err(), "{evil:?}");
+        }
+        assert!(decode::<ToNode>(b"\xff\xff\xff").is_err());
+        let mut trailing = encode(&ToNode::SnapshotEnd);
+        trailing.push(0);
+        assert!(decode::<ToNode>(&trailing).is_err());
+    }
+}
