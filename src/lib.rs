@@ -11,6 +11,7 @@ pub mod fuse;
 pub mod log;
 pub mod origin;
 pub mod replication;
+pub mod signals;
 pub mod state;
 pub mod types;
 pub mod vfs;

@@ -19,7 +19,7 @@ use fuser::{
     ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 
-pub use session::{FS_TYPE, MountError, MountOptions, StopSignals, serve};
+pub use session::{FS_TYPE, MountError, MountOptions, serve};
 
 use crate::origin::TimeSet;
 use crate::types::InodeId;

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use fuser::{Config, MountOption, Session, SessionACL};
 
+use crate::signals::StopSignals;
 use crate::vfs::Volume;
 
 use super::MirrorFs;
@@ -150,58 +151,19 @@ fn mount_directly(path: &CString, options: &MountOptions) -> io::Result<OwnedFd>
     Ok(device)
 }
 
-/// SIGINT, SIGTERM and SIGHUP, blocked in the calling thread and so in every thread it
-/// starts afterwards; `serve` waits for them on one thread and unmounts. Take this before
-/// any other thread exists: a thread started earlier keeps the default action, and a stop
-/// signal delivered to it would kill the daemon without unmounting.
-#[derive(Clone, Copy)]
-pub struct StopSignals(libc::sigset_t);
-
-impl std::fmt::Debug for StopSignals {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("StopSignals(SIGINT, SIGTERM, SIGHUP)")
-    }
-}
-
-impl StopSignals {
-    /// Blocks the stop signals in this thread (and the threads it will start).
-    pub fn block() -> io::Result<StopSignals> {
-        // SAFETY: sigset operations on a local set; pthread_sigmask on the current thread.
-        unsafe {
-            let mut set = std::mem::zeroed::<libc::sigset_t>();
-            libc::sigemptyset(&mut set);
-            for signal in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
-                libc::sigaddset(&mut set, signal);
-            }
-            let error = libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
-            if error != 0 {
-                return Err(io::Error::from_raw_os_error(error));
-            }
-            Ok(StopSignals(set))
-        }
-    }
-}
-
 /// Waits for a stop signal, then unmounts. If files are still open (EBUSY), the mount is
 /// detached instead: new opens fail at once, and the session ends when the last open file
 /// is closed, so nothing in flight is cut off.
 fn unmount_on_signal(signals: StopSignals, path: CString) {
-    let signals = signals.0;
-    let mut signal = 0;
-    // SAFETY: a valid signal set and out-pointer.
-    if unsafe { libc::sigwait(&signals, &mut signal) } != 0 {
+    let Some(signal) = signals.wait() else {
         return;
-    }
+    };
     tracing::info!(signal, "stop signal received: unmounting");
     if let Err(error) = unmount(&path) {
         tracing::error!(%error, "cannot unmount");
     }
     // Later signals are ignored: the unmount is under way.
-    loop {
-        // SAFETY: as above.
-        if unsafe { libc::sigwait(&signals, &mut signal) } != 0 {
-            return;
-        }
+    while let Some(signal) = signals.wait() {
         tracing::info!(signal, "already unmounting");
     }
 }
