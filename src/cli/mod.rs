@@ -5,6 +5,7 @@ mod keygen;
 mod log;
 mod mount;
 pub mod mountinfo;
+mod replica;
 mod status;
 mod unmount;
 
@@ -35,6 +36,34 @@ enum Command {
     /// Write a new random volume key to standard output (`mirrorfs keygen > FILE`; the file
     /// is made mode 0600).
     Keygen,
+    /// Run a replica node, which keeps copies of volumes for their primaries.
+    #[command(subcommand)]
+    Replica(ReplicaCommand),
+}
+
+/// `mirrorfs replica ...`.
+#[derive(Debug, Subcommand)]
+enum ReplicaCommand {
+    /// Serve volumes' copies until SIGINT/SIGTERM: `--config FILE`, or `--listen`, `--dir`
+    /// and `--volume ID=KEY_FILE` (repeatable); command-line values win over the file.
+    Serve(ServeArgs),
+}
+
+/// Arguments of `mirrorfs replica serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// A node config (TOML: listen, dir, [[volumes]] id and key_file).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Address to listen on, ip:port.
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<String>,
+    /// The directory holding one copy per volume.
+    #[arg(long, value_name = "DIR")]
+    dir: Option<PathBuf>,
+    /// A volume to keep, and its key file.
+    #[arg(long = "volume", value_name = "ID=KEY_FILE")]
+    volumes: Vec<String>,
 }
 
 /// Arguments of `mirrorfs mount`.
@@ -147,6 +176,7 @@ pub fn run(args: impl IntoIterator<Item = OsString>) -> ExitCode {
         Command::Log(args) => log::run(args),
         Command::Status(args) => status::run(args),
         Command::Keygen => keygen::run(),
+        Command::Replica(ReplicaCommand::Serve(args)) => replica::serve(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -482,6 +482,20 @@ mod tests {
         let key = VolumeKey::generate().unwrap();
         let (primary, node) = pair(key.clone(), key, (false, false), "demo").await;
         let (mut primary, (_, mut node)) = (primary.unwrap(), node.unwrap());
+        // A message announcing more than the limit is refused before anything is read.
+        let key = VolumeKey::generate().unwrap();
+        let (primary_plain, node_plain) = pair(key.clone(), key, (true, true), "demo").await;
+        let (mut primary_plain, (_, mut node_plain)) =
+            (primary_plain.unwrap(), node_plain.unwrap());
+        let announced = ((MESSAGE_MAX + 1) as u32).to_le_bytes();
+        write_frame(&mut primary_plain.stream, &announced)
+            .await
+            .unwrap();
+        assert!(matches!(
+            node_plain.receive().await,
+            Err(ChannelError::TooLarge(_))
+        ));
+
         // A frame sealed for another position in the stream does not open.
         let mut sealed = vec![0u8; FRAME_MAX];
         let noise = primary.noise.as_mut().unwrap();

@@ -5,4 +5,5 @@
 pub mod channel;
 pub mod copy;
 pub mod key;
+pub mod node;
 pub mod protocol;

@@ -1,0 +1,281 @@
+//! A replica node: keeps a copy of any number of volumes, each in `DIR/<volume id>/`,
+//! for the primaries that hold their keys. Each connection is one primary streaming one
+//! volume; a bad connection (wrong key, garbage, a record it cannot take) is closed with
+//! one log line, and the node keeps serving everyone else.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::SocketAddr;
+use std::os::unix::fs::DirBuilderExt;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::SystemTime;
+
+use tokio::net::{TcpListener, TcpStream};
+
+use super::channel::{Admission, Channel, ChannelError};
+use super::copy::{CopyError, VolumeCopy};
+use super::key::{KeyError, VolumeKey};
+use super::protocol::{ProtocolError, ToNode, ToPrimary, decode, encode};
+use crate::config::node::NodeConfig;
+use crate::signals::StopSignals;
+
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// A volume's key file cannot be used.
+    #[error(transparent)]
+    Key(#[from] KeyError),
+    /// A volume's copy could not be opened.
+    #[error("volume {volume}: {source}")]
+    Copy {
+        /// The volume.
+        volume: String,
+        /// Why.
+        source: CopyError,
+    },
+    /// The node's directory could not be made.
+    #[error("cannot make {path}: {source}")]
+    Dir {
+        /// The directory.
+        path: PathBuf,
+        /// Why.
+        source: io::Error,
+    },
+    /// The listening address could not be bound.
+    #[error("cannot listen on {address}: {source}")]
+    Listen {
+        /// The address.
+        address: SocketAddr,
+        /// Why.
+        source: io::Error,
+    },
+    /// The runtime could not start.
+    #[error("cannot start: {0}")]
+    Runtime(io::Error),
+}
+
+/// Why one connection ended.
+#[derive(Debug, thiserror::Error)]
+enum SessionError {
+    #[error(transparent)]
+    Channel(#[from] ChannelError),
+    #[error(transparent)]
+    Protocol(#[from] ProtocolError),
+    #[error("refused: {0}")]
+    Refused(String),
+    #[error("a newer connection for volume {0} took over")]
+    Superseded(String),
+}
+
+/// One volume the node keeps.
+#[derive(Debug)]
+struct Hosted {
+    key: VolumeKey,
+    plaintext: bool,
+    copy: Mutex<VolumeCopy>,
+    /// The newest connection's number; older ones stop at their next message.
+    session: AtomicU64,
+    /// When a primary last sent something.
+    contact: Mutex<Option<SystemTime>>,
+}
+
+impl Hosted {
+    fn copy(&self) -> MutexGuard<'_, VolumeCopy> {
+        self.copy
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// Runs the node described by `config` until a stop signal.
+pub fn serve(config: NodeConfig, signals: StopSignals) -> Result<(), NodeError> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&config.dir)
+        .map_err(|source| NodeError::Dir {
+            path: config.dir.clone(),
+            source,
+        })?;
+    let mut volumes = HashMap::new();
+    for volume in &config.volumes {
+        let key = VolumeKey::read(&volume.key_file)?;
+        let copy = VolumeCopy::open(&config.dir.join(volume.id.as_str())).map_err(|source| {
+            NodeError::Copy {
+                volume: volume.id.to_string(),
+                source,
+            }
+        })?;
+        tracing::info!(volume = %volume.id, next = copy.next(), "volume copy opened");
+        volumes.insert(
+            volume.id.to_string(),
+            Arc::new(Hosted {
+                key,
+                plaintext: volume.plaintext,
+                copy: Mutex::new(copy),
+                session: AtomicU64::new(0),
+                contact: Mutex::new(None),
+            }),
+        );
+    }
+    let volumes = Arc::new(volumes);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(NodeError::Runtime)?;
+    let listening = Arc::clone(&volumes);
+    runtime.block_on(async move {
+        let listener =
+            TcpListener::bind(config.listen)
+                .await
+                .map_err(|source| NodeError::Listen {
+                    address: config.listen,
+                    source,
+                })?;
+        let address = listener.local_addr().map_err(NodeError::Runtime)?;
+        tracing::info!(%address, volumes = listening.len(), "replica node serving");
+        let (stop, mut stopped) = tokio::sync::watch::channel(false);
+        std::thread::Builder::new()
+            .name("stop".to_string())
+            .spawn(move || {
+                if let Some(signal) = signals.wait() {
+                    tracing::info!(signal, "stop signal received");
+                }
+                let _ = stop.send(true);
+            })
+            .map_err(NodeError::Runtime)?;
+        loop {
+            tokio::select! {
+                _ = stopped.changed() => return Ok::<(), NodeError>(()),
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, peer)) => {
+                        let volumes = Arc::clone(&listening);
+                        tokio::spawn(async move {
+                            if let Err(error) = session(stream, &volumes).await {
+                                tracing::warn!(%peer, %error, "replication connection closed");
+                            }
+                        });
+                    }
+                    Err(error) => tracing::warn!(%error, "cannot accept a connection"),
+                },
+            }
+        }
+    })?;
+    drop(runtime);
+    for (id, hosted) in volumes.iter() {
+        if let Err(error) = hosted.copy().store_applied() {
+            tracing::error!(volume = %id, %error, "cannot store the applied offset");
+        }
+    }
+    Ok(())
+}
+
+/// One primary's connection, from handshake to close.
+async fn session(
+    stream: TcpStream,
+    volumes: &HashMap<String, Arc<Hosted>>,
+) -> Result<(), SessionError> {
+    stream.set_nodelay(true).map_err(ChannelError::Io)?;
+    let (volume, mut channel) = Channel::accept(stream, |id| match volumes.get(id) {
+        Some(hosted) => Ok(Admission {
+            key: hosted.key.clone(),
+            plaintext: hosted.plaintext,
+        }),
+        None => Err(format!("volume {id:?} is not kept on this node")),
+    })
+    .await?;
+    let hosted = Arc::clone(&volumes[&volume]);
+    let number = hosted.session.fetch_add(1, Ordering::SeqCst) + 1;
+    let ToNode::Open { epoch, .. } = decode(&channel.receive().await?)? else {
+        let reason = "the first message must be Open".to_string();
+        let _ = channel_send(
+            &mut channel,
+            &ToPrimary::Refuse {
+                reason: reason.clone(),
+            },
+        )
+        .await;
+        return Err(SessionError::Refused(reason));
+    };
+    let (next, seen) = {
+        let copy = hosted.copy();
+        (copy.next(), copy.epoch())
+    };
+    if epoch < seen {
+        let reason = format!("epoch {epoch} is older than epoch {seen} already seen");
+        channel_send(
+            &mut channel,
+            &ToPrimary::Refuse {
+                reason: reason.clone(),
+            },
+        )
+        .await?;
+        return Err(SessionError::Refused(reason));
+    }
+    tracing::info!(%volume, epoch, next, "primary connected");
+    channel_send(&mut channel, &ToPrimary::Position { next, epoch: seen }).await?;
+    loop {
+        let bytes = match channel.receive().await {
+            Ok(bytes) => bytes,
+            Err(ChannelError::Io(error)) if error.kind() == io::ErrorKind::UnexpectedEof => {
+                tracing::info!(%volume, "primary disconnected");
+                return Ok(());
+            }
+            Err(error) => return Err(error.into()),
+        };
+        if hosted.session.load(Ordering::SeqCst) != number {
+            return Err(SessionError::Superseded(volume));
+        }
+        *hosted.contact.lock().unwrap_or_else(|p| p.into_inner()) = Some(SystemTime::now());
+        let message = match decode::<ToNode>(&bytes) {
+            Ok(message) => message,
+            Err(error) => {
+                let reason = error.to_string();
+                channel_send(
+                    &mut channel,
+                    &ToPrimary::Refuse {
+                        reason: reason.clone(),
+                    },
+                )
+                .await?;
+                return Err(SessionError::Refused(reason));
+            }
+        };
+        let reply = match message {
+            ToNode::Records(records) => {
+                let taking = Arc::clone(&hosted);
+                let taken = tokio::task::spawn_blocking(move || taking.copy().receive(&records))
+                    .await
+                    .map_err(|error| ChannelError::Io(io::Error::other(error)))?;
+                match taken {
+                    Ok(next) => ToPrimary::Ack { next },
+                    Err(error) => ToPrimary::Refuse {
+                        reason: error.to_string(),
+                    },
+                }
+            }
+            ToNode::Open { .. } => ToPrimary::Refuse {
+                reason: "Open sent twice".to_string(),
+            },
+            ToNode::SnapshotBegin { .. } | ToNode::SnapshotOps(_) | ToNode::SnapshotEnd => {
+                ToPrimary::Refuse {
+                    reason: "snapshots are not served yet".to_string(),
+                }
+            }
+        };
+        channel_send(&mut channel, &reply).await?;
+        if let ToPrimary::Refuse { reason } = reply {
+            return Err(SessionError::Refused(reason));
+        }
+    }
+}
+
+async fn channel_send(
+    channel: &mut Channel<TcpStream>,
+    message: &ToPrimary,
+) -> Result<(), ChannelError> {
+    channel.send(&encode(message)).await
+}

@@ -1,0 +1,278 @@
+//! A replica node as a real process over real TCP: records sent by an authenticated
+//! primary land in the volume's copy; bad input of every kind is refused, logged and
+//! harmless, and the node keeps serving.
+
+mod common;
+
+use std::fs;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use mirrorfs::log::{LogPath, Op, Record};
+use mirrorfs::replication::channel::{Channel, ChannelError};
+use mirrorfs::replication::key::VolumeKey;
+use mirrorfs::replication::protocol::{ToNode, ToPrimary, decode, encode};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+/// A running `mirrorfs replica serve`, stopped (by its pid) when dropped.
+struct Node {
+    child: Child,
+    address: String,
+    log: PathBuf,
+    dir: PathBuf,
+}
+
+impl Node {
+    fn start(scratch: &Path, volumes: &[(&str, &Path)]) -> Node {
+        let dir = scratch.join("replicas");
+        let log = scratch.join("node.log");
+        let mut command = Command::new(common::binary());
+        command
+            .args(["replica", "serve", "--listen", "127.0.0.1:0", "--dir"])
+            .arg(&dir);
+        for (id, key) in volumes {
+            command
+                .arg("--volume")
+                .arg(format!("{id}={}", key.display()));
+        }
+        let child = command
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        // The guard first, so a node that fails to start is still stopped.
+        let mut node = Node {
+            child,
+            address: String::new(),
+            log,
+            dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let text = node.log();
+            if let Some(at) = text.find("address=") {
+                node.address = text[at + 8..]
+                    .split_whitespace()
+                    .next()
+                    .unwrap()
+                    .to_string();
+                return node;
+            }
+            assert!(Instant::now() < deadline, "the node did not start:\n{text}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn log(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) on the pid of the child this guard started.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let _ = self.child.wait();
+    }
+}
+
+fn key_file(dir: &Path, name: &str) -> (PathBuf, VolumeKey) {
+    let key = VolumeKey::generate().unwrap();
+    let path = dir.join(name);
+    let mut file = fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .mode(0o600)
+        .open(&path)
+        .unwrap();
+    std::io::Write::write_all(&mut file, format!("{}\n", key.to_hex()).as_bytes()).unwrap();
+    (path, key)
+}
+
+fn path(text: &str) -> LogPath {
+    LogPath::try_from(text.as_bytes().to_vec()).unwrap()
+}
+
+fn records(from: u64) -> Vec<Record> {
+    [
+        Op::Mkdir {
+            path: path("d"),
+            mode: 0o755,
+            uid: 0,
+            gid: 0,
+        },
+        Op::Create {
+            path: path("d/f"),
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+        },
+        Op::Write {
+            path: path("d/f"),
+            offset: 0,
+            data: b"hello".to_vec(),
+        },
+    ]
+    .into_iter()
+    .enumerate()
+    .map(|(n, op)| Record {
+        offset: from + n as u64,
+        epoch: 1,
+        op,
+    })
+    .collect()
+}
+
+async fn connect(
+    node: &Node,
+    volume: &str,
+    key: &VolumeKey,
+) -> Result<Channel<TcpStream>, ChannelError> {
+    let stream = TcpStream::connect(&node.address).await.unwrap();
+    Channel::connect(stream, volume, key, false).await
+}
+
+async fn ask(channel: &mut Channel<TcpStream>, message: &ToNode) -> ToPrimary {
+    channel.send(&encode(message)).await.unwrap();
+    decode(&channel.receive().await.unwrap()).unwrap()
+}
+
+async fn open(channel: &mut Channel<TcpStream>) -> ToPrimary {
+    ask(
+        channel,
+        &ToNode::Open {
+            epoch: 1,
+            log_start: 0,
+            log_end: 0,
+        },
+    )
+    .await
+}
+
+#[tokio::test]
+async fn records_from_an_authenticated_primary_land_in_the_copy() {
+    let scratch = common::scratch();
+    let (key_path, key) = key_file(scratch.path(), "demo.key");
+    let node = Node::start(scratch.path(), &[("demo", &key_path)]);
+    let mut channel = connect(&node, "demo", &key).await.unwrap();
+    assert_eq!(
+        open(&mut channel).await,
+        ToPrimary::Position { next: 0, epoch: 0 }
+    );
+    assert_eq!(
+        ask(&mut channel, &ToNode::Records(records(0))).await,
+        ToPrimary::Ack { next: 3 }
+    );
+    let copy = node.dir.join("demo/data/d/f");
+    assert_eq!(fs::read(&copy).unwrap(), b"hello");
+    drop(channel);
+    // A new connection learns where the copy is.
+    let mut channel = connect(&node, "demo", &key).await.unwrap();
+    assert_eq!(
+        open(&mut channel).await,
+        ToPrimary::Position { next: 3, epoch: 1 }
+    );
+}
+
+#[tokio::test]
+async fn bad_input_is_refused_logged_and_harmless() {
+    let scratch = common::scratch();
+    let (key_path, key) = key_file(scratch.path(), "demo.key");
+    let (other_path, other_key) = key_file(scratch.path(), "other.key");
+    let node = Node::start(
+        scratch.path(),
+        &[("demo", &key_path), ("other", &other_path)],
+    );
+
+    // Another volume's key, and a volume the node does not keep.
+    let wrong = connect(&node, "demo", &other_key).await;
+    assert!(
+        matches!(wrong, Err(ChannelError::Authentication(_))),
+        "{wrong:?}"
+    );
+    let unknown = connect(&node, "nobody", &key)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(unknown.contains("not kept on this node"), "{unknown}");
+
+    // Garbage instead of a hello.
+    let mut stream = TcpStream::connect(&node.address).await.unwrap();
+    stream
+        .write_all(b"\x10\x00GET / HTTP/1.1\r\n\r\n")
+        .await
+        .unwrap();
+    drop(stream);
+
+    // A record whose path climbs out of the volume: the message does not decode.
+    let mut channel = connect(&node, "demo", &key).await.unwrap();
+    open(&mut channel).await;
+    let mut bytes = encode(&ToNode::Records(records(0)));
+    let at = bytes.windows(3).position(|w| w == b"d/f").unwrap();
+    bytes[at..at + 3].copy_from_slice(b"../");
+    channel.send(&bytes).await.unwrap();
+    let reply: ToPrimary = decode(&channel.receive().await.unwrap()).unwrap();
+    assert!(matches!(reply, ToPrimary::Refuse { .. }), "{reply:?}");
+
+    // An oversized message: its announced length is past the limit.
+    let mut channel = connect(&node, "demo", &key).await.unwrap();
+    open(&mut channel).await;
+    let too_big = vec![0u8; mirrorfs::replication::channel::MESSAGE_MAX + 1];
+    assert!(
+        channel.send(&too_big).await.is_err(),
+        "refused before sending"
+    );
+
+    // A record from an older epoch than the copy has seen.
+    let mut channel = connect(&node, "other", &other_key).await.unwrap();
+    open(&mut channel).await;
+    let mut newer = records(0);
+    for record in &mut newer {
+        record.epoch = 5;
+    }
+    assert_eq!(
+        ask(&mut channel, &ToNode::Records(newer)).await,
+        ToPrimary::Ack { next: 3 }
+    );
+    let mut older = records(3);
+    for record in &mut older {
+        record.epoch = 4;
+    }
+    let reply = ask(&mut channel, &ToNode::Records(older)).await;
+    assert!(
+        matches!(&reply, ToPrimary::Refuse { reason } if reason.contains("epoch")),
+        "{reply:?}"
+    );
+
+    // Nothing was written outside the volumes' copies, and the node still serves.
+    let mut entries: Vec<String> = fs::read_dir(&node.dir)
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    entries.sort();
+    assert_eq!(entries, ["demo", "other"]);
+    assert!(!node.dir.join("demo/f").exists() && !node.dir.join("demo/data/f").exists());
+    let mut channel = connect(&node, "demo", &key).await.unwrap();
+    assert_eq!(
+        open(&mut channel).await,
+        ToPrimary::Position { next: 0, epoch: 0 }
+    );
+    assert_eq!(
+        ask(&mut channel, &ToNode::Records(records(0))).await,
+        ToPrimary::Ack { next: 3 }
+    );
+    let log = node.log();
+    for expected in [
+        "authentication failed",
+        "not kept on this node",
+        "not a mirrorfs replication peer",
+        "malformed message",
+    ] {
+        assert!(log.contains(expected), "{expected:?} not logged:\n{log}");
+    }
+}
