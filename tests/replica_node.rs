@@ -142,6 +142,17 @@ async fn ask(channel: &mut Channel<TcpStream>, message: &ToNode) -> ToPrimary {
     decode(&channel.receive().await.unwrap()).unwrap()
 }
 
+/// A fresh volume's copy is at 0, takes the first three records, and acknowledges them.
+async fn first_records_taken(node: &Node, volume: &str, key: &VolumeKey) {
+    let mut channel = connect(node, volume, key).await.unwrap();
+    assert_eq!(
+        open(&mut channel).await,
+        ToPrimary::Position { next: 0, epoch: 0 }
+    );
+    let taken = ask(&mut channel, &ToNode::Records(records(0))).await;
+    assert_eq!(taken, ToPrimary::Ack { next: 3 });
+}
+
 async fn open(channel: &mut Channel<TcpStream>) -> ToPrimary {
     ask(
         channel,
@@ -159,18 +170,9 @@ async fn records_from_an_authenticated_primary_land_in_the_copy() {
     let scratch = common::scratch();
     let (key_path, key) = key_file(scratch.path(), "demo.key");
     let node = Node::start(scratch.path(), &[("demo", &key_path)]);
-    let mut channel = connect(&node, "demo", &key).await.unwrap();
-    assert_eq!(
-        open(&mut channel).await,
-        ToPrimary::Position { next: 0, epoch: 0 }
-    );
-    assert_eq!(
-        ask(&mut channel, &ToNode::Records(records(0))).await,
-        ToPrimary::Ack { next: 3 }
-    );
+    first_records_taken(&node, "demo", &key).await;
     let copy = node.dir.join("demo/data/d/f");
     assert_eq!(fs::read(&copy).unwrap(), b"hello");
-    drop(channel);
     // A new connection learns where the copy is.
     let mut channel = connect(&node, "demo", &key).await.unwrap();
     assert_eq!(
@@ -257,15 +259,7 @@ async fn bad_input_is_refused_logged_and_harmless() {
     entries.sort();
     assert_eq!(entries, ["demo", "other"]);
     assert!(!node.dir.join("demo/f").exists() && !node.dir.join("demo/data/f").exists());
-    let mut channel = connect(&node, "demo", &key).await.unwrap();
-    assert_eq!(
-        open(&mut channel).await,
-        ToPrimary::Position { next: 0, epoch: 0 }
-    );
-    assert_eq!(
-        ask(&mut channel, &ToNode::Records(records(0))).await,
-        ToPrimary::Ack { next: 3 }
-    );
+    first_records_taken(&node, "demo", &key).await;
     let log = node.log();
     for expected in [
         "authentication failed",

@@ -191,14 +191,7 @@ async fn session(
     let number = hosted.session.fetch_add(1, Ordering::SeqCst) + 1;
     let ToNode::Open { epoch, .. } = decode(&channel.receive().await?)? else {
         let reason = "the first message must be Open".to_string();
-        let _ = channel_send(
-            &mut channel,
-            &ToPrimary::Refuse {
-                reason: reason.clone(),
-            },
-        )
-        .await;
-        return Err(SessionError::Refused(reason));
+        return Err(refuse(&mut channel, reason).await);
     };
     let (next, seen) = {
         let copy = hosted.copy();
@@ -206,14 +199,7 @@ async fn session(
     };
     if epoch < seen {
         let reason = format!("epoch {epoch} is older than epoch {seen} already seen");
-        channel_send(
-            &mut channel,
-            &ToPrimary::Refuse {
-                reason: reason.clone(),
-            },
-        )
-        .await?;
-        return Err(SessionError::Refused(reason));
+        return Err(refuse(&mut channel, reason).await);
     }
     tracing::info!(%volume, epoch, next, "primary connected");
     channel_send(&mut channel, &ToPrimary::Position { next, epoch: seen }).await?;
@@ -234,14 +220,7 @@ async fn session(
             Ok(message) => message,
             Err(error) => {
                 let reason = error.to_string();
-                channel_send(
-                    &mut channel,
-                    &ToPrimary::Refuse {
-                        reason: reason.clone(),
-                    },
-                )
-                .await?;
-                return Err(SessionError::Refused(reason));
+                return Err(refuse(&mut channel, reason).await);
             }
         };
         let reply = match message {
@@ -271,6 +250,21 @@ async fn session(
             return Err(SessionError::Refused(reason));
         }
     }
+}
+
+/// Tells the primary why the node will not go on, and ends the session.
+async fn refuse(channel: &mut Channel<TcpStream>, reason: String) -> SessionError {
+    if let Err(error) = channel_send(
+        channel,
+        &ToPrimary::Refuse {
+            reason: reason.clone(),
+        },
+    )
+    .await
+    {
+        return error.into();
+    }
+    SessionError::Refused(reason)
 }
 
 async fn channel_send(
