@@ -4,6 +4,7 @@
 
 pub mod channel;
 pub mod copy;
+pub mod isr;
 pub mod key;
 pub mod node;
 pub mod protocol;
