@@ -156,6 +156,9 @@ pub struct Log {
     /// Held while fsyncing, so waiters queue behind one fsync instead of issuing their own.
     syncing: Mutex<()>,
     torn_bytes: u64,
+    /// Records from this offset on are kept whatever `delete_before` is asked (replicas
+    /// that still need them).
+    retained_from: AtomicU64,
 }
 
 struct Appender {
@@ -224,6 +227,7 @@ impl Log {
             durable: AtomicU64::new(next),
             syncing: Mutex::new(()),
             torn_bytes,
+            retained_from: AtomicU64::new(u64::MAX),
         })
     }
 
@@ -331,6 +335,12 @@ impl Log {
         Ok(())
     }
 
+    /// Keeps every record from `offset` on, whatever later `delete_before` calls ask: the
+    /// oldest record a replica still needs. `u64::MAX` keeps nothing back.
+    pub fn retain_from(&self, offset: u64) {
+        self.retained_from.store(offset, Ordering::Release);
+    }
+
     /// Returns once every record up to and including `offset` is on stable storage. One
     /// fsync covers all records appended before it starts, for every waiting caller.
     pub fn sync_to(&self, offset: u64) -> Result<()> {
@@ -368,6 +378,7 @@ impl Log {
     /// Deletes sealed segments whose records are all below `offset` (every consumer has
     /// them). Returns how many were deleted.
     pub fn delete_before(&self, offset: u64) -> Result<usize> {
+        let offset = offset.min(self.retained_from.load(Ordering::Acquire));
         let mut appender = self.appender();
         let sealed = appender.segments.len() - 1;
         let doomed = appender.segments[..sealed]

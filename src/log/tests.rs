@@ -289,8 +289,13 @@ fn delete_before_keeps_what_a_consumer_still_needs() {
         log.append(&write_op("r", i, 1000)).unwrap();
     }
     let before = log.snapshot().segments.clone();
+    // A replica still needs record before[1].first: its segment and later ones stay.
+    log.retain_from(before[1].first);
+    assert_eq!(log.delete_before(u64::MAX).unwrap(), 1);
+    assert!(!before[0].path.exists() && before[1].path.exists());
+    log.retain_from(u64::MAX);
     let deleted = log.delete_before(before[2].first + 1).unwrap();
-    assert_eq!(deleted, 2);
+    assert_eq!(deleted, 1);
     assert!(!before[0].path.exists() && !before[0].index_path().exists());
     assert_eq!(log.snapshot().stats().first_offset, before[2].first);
     assert!(matches!(
