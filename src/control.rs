@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::cache::CacheStats;
 use crate::log::LogStats;
+use crate::replication::primary::ReplicationStatus;
 use crate::write::behind::BehindStatus;
 
 /// The socket's name inside the state directory.
@@ -41,6 +42,8 @@ pub struct Status {
     pub cache: Option<CacheStats>,
     /// Read-only opens passed through to the kernel since the mount.
     pub passthrough_opens: u64,
+    /// The replicas and their positions, when the volume has replicas.
+    pub replication: Option<ReplicationStatus>,
 }
 
 /// The change log as status shows it.

@@ -4,11 +4,9 @@
 
 mod common;
 
+use common::replica::{Node, key_file};
+
 use std::fs;
-use std::os::unix::fs::OpenOptionsExt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
 
 use mirrorfs::log::{LogPath, Op, Record};
 use mirrorfs::replication::channel::{Channel, ChannelError};
@@ -16,83 +14,6 @@ use mirrorfs::replication::key::VolumeKey;
 use mirrorfs::replication::protocol::{ToNode, ToPrimary, decode, encode};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
-
-/// A running `mirrorfs replica serve`, stopped (by its pid) when dropped.
-struct Node {
-    child: Child,
-    address: String,
-    log: PathBuf,
-    dir: PathBuf,
-}
-
-impl Node {
-    fn start(scratch: &Path, volumes: &[(&str, &Path)]) -> Node {
-        let dir = scratch.join("replicas");
-        let log = scratch.join("node.log");
-        let mut command = Command::new(common::binary());
-        command
-            .args(["replica", "serve", "--listen", "127.0.0.1:0", "--dir"])
-            .arg(&dir);
-        for (id, key) in volumes {
-            command
-                .arg("--volume")
-                .arg(format!("{id}={}", key.display()));
-        }
-        let child = command
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        // The guard first, so a node that fails to start is still stopped.
-        let mut node = Node {
-            child,
-            address: String::new(),
-            log,
-            dir,
-        };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let text = node.log();
-            if let Some(at) = text.find("address=") {
-                node.address = text[at + 8..]
-                    .split_whitespace()
-                    .next()
-                    .unwrap()
-                    .to_string();
-                return node;
-            }
-            assert!(Instant::now() < deadline, "the node did not start:\n{text}");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn log(&self) -> String {
-        fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        // SAFETY: kill(2) on the pid of the child this guard started.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let _ = self.child.wait();
-    }
-}
-
-fn key_file(dir: &Path, name: &str) -> (PathBuf, VolumeKey) {
-    let key = VolumeKey::generate().unwrap();
-    let path = dir.join(name);
-    let mut file = fs::OpenOptions::new()
-        .create(true)
-        .truncate(true)
-        .write(true)
-        .mode(0o600)
-        .open(&path)
-        .unwrap();
-    std::io::Write::write_all(&mut file, format!("{}\n", key.to_hex()).as_bytes()).unwrap();
-    (path, key)
-}
 
 fn path(text: &str) -> LogPath {
     LogPath::try_from(text.as_bytes().to_vec()).unwrap()
@@ -169,7 +90,7 @@ async fn open(channel: &mut Channel<TcpStream>) -> ToPrimary {
 async fn records_from_an_authenticated_primary_land_in_the_copy() {
     let scratch = common::scratch();
     let (key_path, key) = key_file(scratch.path(), "demo.key");
-    let node = Node::start(scratch.path(), &[("demo", &key_path)]);
+    let node = Node::start(scratch.path(), "127.0.0.1:0", &[("demo", &key_path)]);
     first_records_taken(&node, "demo", &key).await;
     let copy = node.dir.join("demo/data/d/f");
     assert_eq!(fs::read(&copy).unwrap(), b"hello");
@@ -188,6 +109,7 @@ async fn bad_input_is_refused_logged_and_harmless() {
     let (other_path, other_key) = key_file(scratch.path(), "other.key");
     let node = Node::start(
         scratch.path(),
+        "127.0.0.1:0",
         &[("demo", &key_path), ("other", &other_path)],
     );
 

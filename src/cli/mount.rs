@@ -10,6 +10,7 @@ use crate::config::{Config, Overrides, WriteMode, normalize};
 use crate::control::{ControlSocket, LogStatus, Status};
 use crate::fuse::{self, FS_TYPE, MountOptions};
 use crate::origin::Origin;
+use crate::replication::primary::{Replication, ReplicationError};
 use crate::signals::StopSignals;
 use crate::state::{StateDir, StateError};
 use crate::vfs::Volume;
@@ -42,13 +43,6 @@ pub fn run(args: MountArgs) -> Result<(), CliError> {
         allow_other: args.allow_other.then_some(true),
     };
     let config = Config::resolve(raw, overrides, &cwd).map_err(usage)?;
-    if config.replication.is_some() {
-        // Parsed and checked already, so configs can be written now; refused rather than
-        // silently not replicating.
-        return Err(CliError::Usage(
-            "[replication] is not served yet: replica nodes arrive with issue 5".to_string(),
-        ));
-    }
     let volume = &config.volume;
     check_system(&volume.source, &volume.mountpoint, &volume.state_dir)?;
     let state = StateDir::open(&volume.state_dir).map_err(|error| match error {
@@ -88,7 +82,22 @@ pub fn run(args: MountArgs) -> Result<(), CliError> {
     .map_err(|error| CliError::Failure(error.to_string()))?;
     let cache = Cache::start(&config.cache)
         .map_err(|error| CliError::Failure(format!("read cache: {error}")))?;
-    let served = Arc::new(Volume::new(origin, journal, cache));
+    let replication = match &config.replication {
+        None => None,
+        Some(replication) => Some(
+            Replication::start(
+                replication,
+                volume.id.as_str(),
+                journal.shared_log(),
+                LEADER_EPOCH,
+            )
+            .map_err(|error| match error {
+                ReplicationError::Key(_) => CliError::Usage(error.to_string()),
+                other => CliError::Failure(other.to_string()),
+            })?,
+        ),
+    };
+    let served = Arc::new(Volume::new(origin, journal, cache, replication));
     let _control = start_control(&config, state.path(), &served);
     let outcome = fuse::serve(Arc::clone(&served), &volume.mountpoint, &options, signals)
         .map_err(|error| CliError::Failure(error.to_string()));
@@ -97,8 +106,15 @@ pub fn run(args: MountArgs) -> Result<(), CliError> {
     if let Some(cache) = served.cache() {
         cache.shutdown();
     }
+    if let Some(replication) = served.replication() {
+        replication.shutdown();
+    }
     outcome
 }
+
+/// The leader epoch of records this daemon writes (failover, which moves it on, is a
+/// later issue).
+const LEADER_EPOCH: u32 = 1;
 
 /// Answers `mirrorfs status` while mounted. A volume without it still works, so a socket
 /// that cannot be made (a state path too long for a socket name) is only a warning.
@@ -129,6 +145,7 @@ fn start_control(config: &Config, state_dir: &Path, volume: &Arc<Volume>) -> Opt
             write_behind: journal.behind_status(),
             cache: volume.cache().map(|cache| cache.stats()),
             passthrough_opens: volume.passthrough_opens(),
+            replication: volume.replication().map(|replication| replication.status()),
         }
     };
     match ControlSocket::serve(state_dir, status) {

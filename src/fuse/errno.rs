@@ -24,6 +24,8 @@ pub(crate) fn errno(error: &VfsError) -> Errno {
         }
         VfsError::Log(_) => Errno::EIO,
         VfsError::Path(_) => Errno::ENAMETOOLONG,
+        // The data is safe locally, but not where the volume's config says it must be.
+        VfsError::Replication(_) => Errno::EIO,
     }
 }
 
@@ -39,7 +41,8 @@ pub(crate) fn is_notable(error: &VfsError) -> bool {
         | VfsError::Stale(_)
         | VfsError::UnknownHandle(_)
         | VfsError::UnsupportedKind
-        | VfsError::Log(_) => true,
+        | VfsError::Log(_)
+        | VfsError::Replication(_) => true,
         VfsError::Name(_) | VfsError::NotDirectory | VfsError::Path(_) => false,
     }
 }

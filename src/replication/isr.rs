@@ -140,10 +140,22 @@ mod tests {
     #[test]
     fn the_in_sync_set_follows_lag_and_connection() {
         let now = Instant::now();
-        assert!(replica(100, None, true, now).in_sync(LAG, 100, now), "at the end");
-        assert!(replica(90, Some(5), true, now).in_sync(LAG, 100, now), "caught up lately");
-        assert!(!replica(90, Some(11), true, now).in_sync(LAG, 100, now), "too long behind");
-        assert!(!replica(100, Some(0), false, now).in_sync(LAG, 100, now), "disconnected");
+        assert!(
+            replica(100, None, true, now).in_sync(LAG, 100, now),
+            "at the end"
+        );
+        assert!(
+            replica(90, Some(5), true, now).in_sync(LAG, 100, now),
+            "caught up lately"
+        );
+        assert!(
+            !replica(90, Some(11), true, now).in_sync(LAG, 100, now),
+            "too long behind"
+        );
+        assert!(
+            !replica(100, Some(0), false, now).in_sync(LAG, 100, now),
+            "disconnected"
+        );
         let mut rejoining = replica(50, Some(60), true, now);
         assert!(!rejoining.in_sync(LAG, 100, now));
         rejoining.acknowledged(100, 100, now);
@@ -158,13 +170,31 @@ mod tests {
         let gone = replica(10, Some(600), false, now);
         let replicas = [fast.clone(), slow.clone(), gone.clone()];
         // Record 85: the fast replica has it, the slow (in sync) one not yet.
-        assert_eq!(satisfied(rule(Acks::All, 1), &replicas, 85, 100, now), Ok(false));
-        assert_eq!(satisfied(rule(Acks::Quorum, 1), &replicas, 85, 100, now), Ok(true));
-        assert_eq!(satisfied(rule(Acks::None, 1), &replicas, 85, 100, now), Ok(true));
-        assert_eq!(satisfied(rule(Acks::All, 1), &replicas, 50, 100, now), Ok(true));
+        assert_eq!(
+            satisfied(rule(Acks::All, 1), &replicas, 85, 100, now),
+            Ok(false)
+        );
+        assert_eq!(
+            satisfied(rule(Acks::Quorum, 1), &replicas, 85, 100, now),
+            Ok(true)
+        );
+        assert_eq!(
+            satisfied(rule(Acks::None, 1), &replicas, 85, 100, now),
+            Ok(true)
+        );
+        assert_eq!(
+            satisfied(rule(Acks::All, 1), &replicas, 50, 100, now),
+            Ok(true)
+        );
         // Three must be in sync; one is gone.
-        assert_eq!(satisfied(rule(Acks::All, 3), &replicas, 50, 100, now), Err(2));
-        assert_eq!(satisfied(rule(Acks::Quorum, 3), &replicas, 50, 100, now), Err(2));
+        assert_eq!(
+            satisfied(rule(Acks::All, 3), &replicas, 50, 100, now),
+            Err(2)
+        );
+        assert_eq!(
+            satisfied(rule(Acks::Quorum, 3), &replicas, 50, 100, now),
+            Err(2)
+        );
         assert_eq!(high_watermark(rule(Acks::All, 1), &replicas, 100, now), 80);
         assert_eq!(high_watermark(rule(Acks::All, 1), &[gone], 100, now), 100);
     }

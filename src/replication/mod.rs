@@ -7,4 +7,5 @@ pub mod copy;
 pub mod isr;
 pub mod key;
 pub mod node;
+pub mod primary;
 pub mod protocol;

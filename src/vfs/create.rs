@@ -6,6 +6,7 @@ use crate::origin::{At, DirFd, OriginFile, Stat};
 use crate::types::{FileKind, InodeId, Name};
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
+use std::sync::atomic::Ordering;
 
 use super::io::{Opened, origin_flags};
 use super::{Attr, Caller, Result, VfsError, Volume, name};
@@ -27,22 +28,34 @@ impl Volume {
             .mknod(At::Entry(&parent_fd, &entry), mode, rdev)?;
         let attr = self.finish_new(caller, parent, &parent_fd, &entry, mode, None)?;
         let (perm, uid, gid) = (u32::from(attr.perm), attr.uid, attr.gid);
-        self.record(if attr.kind == FileKind::Regular {
+        let regular = attr.kind == FileKind::Regular;
+        self.record(if regular {
             Op::Create {
-                path,
+                path: path.clone(),
                 mode: perm,
                 uid,
                 gid,
             }
         } else {
             Op::Mknod {
-                path,
+                path: path.clone(),
                 mode: (mode & libc::S_IFMT) | perm,
                 rdev,
                 uid,
                 gid,
             }
         })?;
+        if regular {
+            // A copy creates the file later than the origin did: it gets the origin's time.
+            self.record(Op::SetAttr {
+                path,
+                mode: None,
+                uid: None,
+                gid: None,
+                atime: None,
+                mtime: Some(attr.mtime.into()),
+            })?;
+        }
         Ok(attr)
     }
 
@@ -108,54 +121,57 @@ impl Volume {
         let access = origin_flags(flags);
         // Always O_EXCL on the origin, so a file created by someone else in the meantime is
         // never mistaken for ours and given the caller's ownership.
-        let (file, attr, opening) = match self.origin.create_file(at, access | libc::O_EXCL, mode) {
-            Ok(file) => {
-                let attr = self.finish_new(
-                    caller,
-                    parent,
-                    &parent_fd,
-                    &entry,
-                    libc::S_IFREG | mode,
-                    Some(&file),
-                )?;
-                self.record(Op::Create {
-                    path,
-                    mode: attr.perm.into(),
-                    uid: attr.uid,
-                    gid: attr.gid,
-                })?;
-                let opening = self.open_mode(attr.id, access)?;
-                (file, attr, opening)
-            }
-            Err(error)
-                if error.raw_os_error() == Some(libc::EEXIST) && flags & libc::O_EXCL == 0 =>
-            {
-                let file = self.origin.open_file(at, access)?;
-                let mut stat = file.stat()?;
-                let id = self.table().remember(parent, &entry, &stat);
-                // Refused before anything changes (a writer of a passed-through file).
-                let opening = self.open_mode(id, access)?;
-                let truncate = || -> Result<Stat> {
-                    // As for any truncate: see `setattr`.
-                    self.journal.barrier()?;
-                    file.set_len(0)?;
-                    self.cache_changed(id, Change::Truncated(0));
-                    let stat = file.stat()?;
-                    self.record(Op::Truncate { path, size: 0 })?;
-                    Ok(stat)
-                };
-                if flags & libc::O_TRUNC != 0 {
-                    stat = truncate().inspect_err(|_| self.count_closed(id, &opening))?;
+        let (file, attr, opening, created) =
+            match self.origin.create_file(at, access | libc::O_EXCL, mode) {
+                Ok(file) => {
+                    let attr = self.finish_new(
+                        caller,
+                        parent,
+                        &parent_fd,
+                        &entry,
+                        libc::S_IFREG | mode,
+                        Some(&file),
+                    )?;
+                    self.record(Op::Create {
+                        path,
+                        mode: attr.perm.into(),
+                        uid: attr.uid,
+                        gid: attr.gid,
+                    })?;
+                    let opening = self.open_mode(attr.id, access)?;
+                    (file, attr, opening, true)
                 }
-                (file, self.attr(id, &stat)?, opening)
-            }
-            Err(error) => return Err(error.into()),
-        };
+                Err(error)
+                    if error.raw_os_error() == Some(libc::EEXIST) && flags & libc::O_EXCL == 0 =>
+                {
+                    let file = self.origin.open_file(at, access)?;
+                    let mut stat = file.stat()?;
+                    let id = self.table().remember(parent, &entry, &stat);
+                    // Refused before anything changes (a writer of a passed-through file).
+                    let opening = self.open_mode(id, access)?;
+                    let truncate = || -> Result<Stat> {
+                        // As for any truncate: see `setattr`.
+                        self.journal.barrier()?;
+                        file.set_len(0)?;
+                        self.cache_changed(id, Change::Truncated(0));
+                        let stat = file.stat()?;
+                        self.record(Op::Truncate { path, size: 0 })?;
+                        Ok(stat)
+                    };
+                    if flags & libc::O_TRUNC != 0 {
+                        stat = truncate().inspect_err(|_| self.count_closed(id, &opening))?;
+                    }
+                    (file, self.attr(id, &stat)?, opening, false)
+                }
+                Err(error) => return Err(error.into()),
+            };
         let keep_cache = self.keep_cache(attr.id, attr.mtime, attr.size);
         let opened = super::io::opened(keep_cache, &opening);
-        let handle = self
-            .files
-            .insert(self.file_handle_for(attr.id, file, None, opening)?);
+        let opened_file = self.file_handle_for(attr.id, file, None, opening)?;
+        // Like a write, a creation gives the file an mtime that copies must get too; release
+        // records it (once, with any writes' mtime).
+        opened_file.wrote.store(created, Ordering::Relaxed);
+        let handle = self.files.insert(opened_file);
         Ok((attr, Opened { handle, ..opened }))
     }
 

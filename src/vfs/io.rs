@@ -206,6 +206,7 @@ impl Volume {
         let path = self.inode_path(open.inode)?;
         self.journal
             .write(open.inode, &open.file, path, offset, data)?;
+        self.appended();
         if let (Some(cache), Some(cached)) = (&self.cache, &open.cached) {
             cache.changed(
                 cached.key(),
@@ -262,7 +263,12 @@ impl Volume {
         if self.journal.mode() == WriteMode::WriteThrough {
             open.file.sync(data_only)?;
         }
-        Ok(self.journal.sync()?)
+        self.journal.sync()?;
+        // And held by the replicas the volume's `acks` names.
+        if let Some(replication) = &self.replication {
+            replication.wait(self.journal.log().next_offset())?;
+        }
+        Ok(())
     }
 
     /// `fallocate(2)` with the application's mode bits.

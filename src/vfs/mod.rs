@@ -33,6 +33,7 @@ use crate::cache::block::FileKey;
 use crate::cache::{Cache, Change};
 use crate::log::{LogError, LogPath, Op, PathError};
 use crate::origin::{At, DirFd, Origin, Stat};
+use crate::replication::primary::{Replication, ReplicationError};
 use crate::types::{FileKind, InodeId, Name, NameError};
 use crate::write::{Journal, WriteError};
 use handles::{DirHandle, FileHandle, HandleTable, OpenCounts};
@@ -75,6 +76,9 @@ pub enum VfsError {
     /// The object's path cannot be named in the change log (longer than PATH_MAX).
     #[error("path: {0}")]
     Path(#[from] PathError),
+    /// Too few replicas hold the changes fsync was to make durable.
+    #[error("replication: {0}")]
+    Replication(#[from] ReplicationError),
 }
 
 impl From<WriteError> for VfsError {
@@ -193,6 +197,7 @@ pub struct Volume {
     daemon: Daemon,
     journal: Journal,
     cache: Option<Arc<Cache>>,
+    replication: Option<Arc<Replication>>,
     /// Read-only opens may be passed through to the kernel.
     passthrough: AtomicBool,
     /// Opens passed through since the mount.
@@ -204,9 +209,14 @@ pub struct Volume {
 }
 
 impl Volume {
-    /// A volume over an opened origin, recording its changes in `journal` and reading
-    /// through `cache` when there is one.
-    pub fn new(origin: Arc<Origin>, journal: Journal, cache: Option<Arc<Cache>>) -> Volume {
+    /// A volume over an opened origin, recording its changes in `journal`, reading
+    /// through `cache` and streaming its log through `replication` when there are.
+    pub fn new(
+        origin: Arc<Origin>,
+        journal: Journal,
+        cache: Option<Arc<Cache>>,
+        replication: Option<Arc<Replication>>,
+    ) -> Volume {
         let inodes = InodeTable::new(origin.root_stat());
         // SAFETY: geteuid and getegid cannot fail.
         let daemon = unsafe {
@@ -226,6 +236,7 @@ impl Volume {
             daemon,
             journal,
             cache,
+            replication,
             passthrough: AtomicBool::new(false),
             passthrough_opens: AtomicU64::new(0),
             open_modes: Mutex::new(HashMap::new()),
@@ -248,6 +259,18 @@ impl Volume {
         self.open_modes
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The replica senders, if the volume has replicas.
+    pub fn replication(&self) -> Option<&Arc<Replication>> {
+        self.replication.as_ref()
+    }
+
+    /// Wakes the replica senders: the log has new records.
+    fn appended(&self) {
+        if let Some(replication) = &self.replication {
+            replication.appended();
+        }
     }
 
     /// The read cache, if reads go through one.
@@ -304,6 +327,7 @@ impl Volume {
     /// Records a change the origin now has.
     fn record(&self, op: Op) -> Result<()> {
         self.journal.record(op)?;
+        self.appended();
         Ok(())
     }
 

@@ -271,4 +271,9 @@ impl Journal {
     pub fn log(&self) -> &Log {
         &self.log
     }
+
+    /// The change log, shared (for the replica senders).
+    pub fn shared_log(&self) -> Arc<Log> {
+        Arc::clone(&self.log)
+    }
 }

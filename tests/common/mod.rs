@@ -6,6 +6,7 @@
 
 #![allow(dead_code)]
 
+pub mod replica;
 pub mod workload;
 
 use std::ffi::CString;

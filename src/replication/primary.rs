@@ -1,0 +1,465 @@
+//! The primary's side: one sender per replica node streams the change log to it, and
+//! fsync waits for the replicas `acks` asks for.
+//!
+//! A sender connects, learns how far the node's copy is, sends the records from there in
+//! batches, and then follows the log's end as records are appended, one batch in flight
+//! at a time; an idle sender sends an empty batch every second, which the node answers
+//! like any other, so the in-sync set stays current. On any error the sender reconnects
+//! with backoff (100 ms doubling to 5 s). Acknowledgements move each replica's progress,
+//! from which the in-sync set, the high watermark, fsync's answer and the log's retention
+//! follow (`isr.rs`).
+
+use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use tokio::net::TcpStream;
+use tokio::sync::Notify;
+
+use super::channel::{Channel, ChannelError};
+use super::isr::{Progress, Rule, high_watermark, satisfied};
+use super::key::{KeyError, VolumeKey};
+use super::protocol::{ProtocolError, ToNode, ToPrimary, decode, encode};
+use crate::config::replication::Replica;
+use crate::config::{OnInsufficient, ReplicationConfig};
+use crate::log::{Log, LogError, Record};
+
+/// Records per batch at most, by bytes (a single larger record goes alone).
+const BATCH_BYTES: u64 = 4 << 20;
+
+/// An idle connection sends an empty batch this often.
+const HEARTBEAT: Duration = Duration::from_secs(1);
+
+/// How long connecting may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Reconnection backoff bounds.
+const BACKOFF: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(5));
+
+/// Why replication could not start, or an fsync could not be acknowledged.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplicationError {
+    /// The key file cannot be used.
+    #[error(transparent)]
+    Key(#[from] KeyError),
+    /// The senders' runtime could not start.
+    #[error("cannot start replication: {0}")]
+    Runtime(io::Error),
+    /// Too few replicas in sync for `ack_timeout` (with `on_insufficient = "fail"`).
+    #[error("only {in_sync} replica(s) in sync, {needed} needed, for {waited:?}")]
+    Insufficient {
+        /// In sync at the end.
+        in_sync: usize,
+        /// Needed.
+        needed: u32,
+        /// How long fsync waited.
+        waited: Duration,
+    },
+}
+
+/// Why one connection to a replica ended.
+#[derive(Debug, thiserror::Error)]
+enum SendError {
+    #[error("cannot connect: {0}")]
+    Connect(io::Error),
+    #[error(transparent)]
+    Channel(#[from] ChannelError),
+    #[error(transparent)]
+    Protocol(#[from] ProtocolError),
+    #[error(transparent)]
+    Log(#[from] LogError),
+    #[error("refused: {0}")]
+    Refused(String),
+    #[error("unexpected answer: {0}")]
+    Unexpected(String),
+    #[error(
+        "the replica needs records from {next}, and the log starts at {first}: it needs a snapshot"
+    )]
+    NeedsSnapshot { next: u64, first: u64 },
+    #[error("the replica holds records up to {next}, past this log's end {end}")]
+    Ahead { next: u64, end: u64 },
+}
+
+/// What `mirrorfs status` shows of one replica.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct ReplicaStatus {
+    /// Its configured name.
+    pub name: String,
+    /// Its address.
+    pub address: String,
+    /// "in sync", "catching up", "offline" (or "snapshot needed").
+    pub state: String,
+    /// Every record below this is durable on it.
+    pub acknowledged: u64,
+    /// Records it lacks.
+    pub lag_records: u64,
+    /// Seconds since it last held the whole log (none if never).
+    pub lag_seconds: Option<f64>,
+    /// Why the last connection ended, if it did.
+    pub error: Option<String>,
+}
+
+/// Replication's state, as status shows it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct ReplicationStatus {
+    /// The primary's epoch.
+    pub epoch: u32,
+    /// The offset every in-sync replica holds.
+    pub high_watermark: u64,
+    /// Per replica.
+    pub replicas: Vec<ReplicaStatus>,
+}
+
+/// The senders of one volume, and what fsync waits on.
+#[derive(Debug)]
+pub struct Replication {
+    rule: Rule,
+    on_insufficient: OnInsufficient,
+    ack_timeout: Duration,
+    epoch: u32,
+    log: Arc<Log>,
+    shared: Arc<Shared>,
+    runtime: Mutex<Option<tokio::runtime::Runtime>>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    replicas: Mutex<Vec<ReplicaState>>,
+    /// Signalled on every acknowledgement and connection change.
+    changed: Condvar,
+    /// Signalled on every append to the log.
+    appended: Notify,
+    stopping: AtomicBool,
+}
+
+#[derive(Debug)]
+struct ReplicaState {
+    replica: Replica,
+    progress: Progress,
+    error: Option<String>,
+    needs_snapshot: bool,
+}
+
+impl Shared {
+    fn replicas(&self) -> MutexGuard<'_, Vec<ReplicaState>> {
+        self.replicas
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+impl Replication {
+    /// Starts a sender per replica of `config` for volume `volume`, reading `log`.
+    pub fn start(
+        config: &ReplicationConfig,
+        volume: &str,
+        log: Arc<Log>,
+        epoch: u32,
+    ) -> Result<Arc<Replication>, ReplicationError> {
+        let key = VolumeKey::read(&config.key_file)?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("replication")
+            .enable_all()
+            .build()
+            .map_err(ReplicationError::Runtime)?;
+        let shared = Arc::new(Shared {
+            replicas: Mutex::new(
+                config
+                    .replicas
+                    .iter()
+                    .map(|replica| ReplicaState {
+                        replica: replica.clone(),
+                        progress: Progress::new(),
+                        error: None,
+                        needs_snapshot: false,
+                    })
+                    .collect(),
+            ),
+            changed: Condvar::new(),
+            appended: Notify::new(),
+            stopping: AtomicBool::new(false),
+        });
+        // Nothing is deleted until every replica has said what it holds.
+        log.retain_from(0);
+        for index in 0..config.replicas.len() {
+            let sender = Sender {
+                shared: Arc::clone(&shared),
+                index,
+                replica: config.replicas[index].clone(),
+                volume: volume.to_string(),
+                key: key.clone(),
+                plaintext: config.plaintext,
+                log: Arc::clone(&log),
+                epoch,
+            };
+            runtime.spawn(sender.run());
+        }
+        Ok(Arc::new(Replication {
+            rule: Rule {
+                acks: config.acks,
+                min_insync: config.min_insync,
+                lag_max: config.lag_max,
+            },
+            on_insufficient: config.on_insufficient,
+            ack_timeout: config.ack_timeout,
+            epoch,
+            log,
+            shared,
+            runtime: Mutex::new(Some(runtime)),
+        }))
+    }
+
+    /// Records were appended to the log: senders waiting for them go on.
+    pub fn appended(&self) {
+        self.shared.appended.notify_waiters();
+    }
+
+    /// Waits until the records below `end` are held as `acks` requires. With
+    /// `on_insufficient = "fail"`, gives up after `ack_timeout` while too few replicas are in
+    /// sync; with "wait", waits for as long as it takes.
+    pub fn wait(&self, end: u64) -> Result<(), ReplicationError> {
+        let Some(last) = end.checked_sub(1) else {
+            return Ok(());
+        };
+        let started = Instant::now();
+        let mut replicas = self.shared.replicas();
+        loop {
+            let now = Instant::now();
+            let progress: Vec<Progress> = replicas.iter().map(|r| r.progress.clone()).collect();
+            match satisfied(self.rule, &progress, last, self.log.next_offset(), now) {
+                Ok(true) => return Ok(()),
+                Err(in_sync)
+                    if self.on_insufficient == OnInsufficient::Fail
+                        && now.duration_since(started) >= self.ack_timeout =>
+                {
+                    return Err(ReplicationError::Insufficient {
+                        in_sync,
+                        needed: self.rule.min_insync,
+                        waited: now.duration_since(started),
+                    });
+                }
+                _ => {}
+            }
+            // The in-sync set also changes with time alone: look again now and then.
+            replicas = self
+                .shared
+                .changed
+                .wait_timeout(replicas, Duration::from_millis(100))
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .0;
+        }
+    }
+
+    /// The state of every replica.
+    pub fn status(&self) -> ReplicationStatus {
+        let replicas = self.shared.replicas();
+        let now = Instant::now();
+        let end = self.log.next_offset();
+        let progress: Vec<Progress> = replicas.iter().map(|r| r.progress.clone()).collect();
+        ReplicationStatus {
+            epoch: self.epoch,
+            high_watermark: high_watermark(self.rule, &progress, end, now),
+            replicas: replicas
+                .iter()
+                .map(|state| {
+                    let progress = &state.progress;
+                    let label = if state.needs_snapshot {
+                        "snapshot needed"
+                    } else if !progress.connected {
+                        "offline"
+                    } else if progress.in_sync(self.rule.lag_max, end, now) {
+                        "in sync"
+                    } else {
+                        "catching up"
+                    };
+                    ReplicaStatus {
+                        name: state.replica.name.clone(),
+                        address: state.replica.address.clone(),
+                        state: label.to_string(),
+                        acknowledged: progress.acked,
+                        lag_records: end.saturating_sub(progress.acked),
+                        lag_seconds: if progress.acked >= end {
+                            Some(0.0)
+                        } else {
+                            progress
+                                .caught_up
+                                .map(|at| now.duration_since(at).as_secs_f64())
+                        },
+                        error: state.error.clone(),
+                    }
+                })
+                .collect(),
+        }
+    }
+
+    /// Stops the senders (records not yet sent stay in the log for the next mount).
+    pub fn shutdown(&self) {
+        self.shared.stopping.store(true, Ordering::SeqCst);
+        self.shared.appended.notify_waiters();
+        let runtime = self
+            .runtime
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .take();
+        if let Some(runtime) = runtime {
+            runtime.shutdown_timeout(Duration::from_secs(2));
+        }
+    }
+}
+
+/// One replica's sender.
+struct Sender {
+    shared: Arc<Shared>,
+    index: usize,
+    replica: Replica,
+    volume: String,
+    key: VolumeKey,
+    plaintext: bool,
+    log: Arc<Log>,
+    epoch: u32,
+}
+
+impl Sender {
+    async fn run(self) {
+        let mut backoff = BACKOFF.0;
+        while !self.shared.stopping.load(Ordering::SeqCst) {
+            let result = self.stream().await;
+            let error = match result {
+                Ok(()) => return,
+                Err(error) => error,
+            };
+            let needs_snapshot = matches!(error, SendError::NeedsSnapshot { .. });
+            {
+                let mut replicas = self.shared.replicas();
+                let state = &mut replicas[self.index];
+                if state.progress.connected || state.error.is_none() {
+                    tracing::warn!(replica = %self.replica.name, %error, "replica connection lost");
+                }
+                state.progress.connected = false;
+                state.error = Some(error.to_string());
+                state.needs_snapshot = needs_snapshot;
+            }
+            self.shared.changed.notify_all();
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(BACKOFF.1);
+        }
+    }
+
+    /// One connection: from the handshake until it fails (or the volume stops).
+    async fn stream(&self) -> Result<(), SendError> {
+        let stream =
+            tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&self.replica.address))
+                .await
+                .map_err(|_| SendError::Connect(io::Error::from(io::ErrorKind::TimedOut)))?
+                .map_err(SendError::Connect)?;
+        stream.set_nodelay(true).map_err(SendError::Connect)?;
+        let mut channel = Channel::connect(stream, &self.volume, &self.key, self.plaintext).await?;
+        let stats = self.log.snapshot().stats();
+        let open = ToNode::Open {
+            epoch: self.epoch,
+            log_start: stats.first_offset,
+            log_end: stats.next_offset,
+        };
+        let next = match self.ask(&mut channel, &open).await? {
+            ToPrimary::Position { next, .. } => next,
+            other => return Err(SendError::Unexpected(format!("{other:?}"))),
+        };
+        if next < stats.first_offset {
+            return Err(SendError::NeedsSnapshot {
+                next,
+                first: stats.first_offset,
+            });
+        }
+        if next > stats.next_offset {
+            return Err(SendError::Ahead {
+                next,
+                end: stats.next_offset,
+            });
+        }
+        tracing::info!(replica = %self.replica.name, next, "replica connected");
+        self.acknowledged(next, true);
+        let mut from = next;
+        loop {
+            if self.shared.stopping.load(Ordering::SeqCst) {
+                return Ok(());
+            }
+            let notified = self.shared.appended.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if from >= self.log.next_offset() {
+                tokio::select! {
+                    () = &mut notified => {}
+                    () = tokio::time::sleep(HEARTBEAT) => {}
+                }
+            }
+            let log = Arc::clone(&self.log);
+            let batch = tokio::task::spawn_blocking(move || read_batch(&log, from))
+                .await
+                .map_err(|error| SendError::Connect(io::Error::other(error)))??;
+            match self.ask(&mut channel, &ToNode::Records(batch)).await? {
+                ToPrimary::Ack { next } => {
+                    from = next;
+                    self.acknowledged(next, false);
+                }
+                other => return Err(SendError::Unexpected(format!("{other:?}"))),
+            }
+        }
+    }
+
+    async fn ask(
+        &self,
+        channel: &mut Channel<TcpStream>,
+        message: &ToNode,
+    ) -> Result<ToPrimary, SendError> {
+        channel.send(&encode(message)).await?;
+        match decode(&channel.receive().await?)? {
+            ToPrimary::Refuse { reason } => Err(SendError::Refused(reason)),
+            answer => Ok(answer),
+        }
+    }
+
+    /// The replica holds every record below `next`.
+    fn acknowledged(&self, next: u64, connecting: bool) {
+        {
+            let mut replicas = self.shared.replicas();
+            let state = &mut replicas[self.index];
+            if connecting {
+                state.progress.connected = true;
+                state.error = None;
+                state.needs_snapshot = false;
+            }
+            state
+                .progress
+                .acknowledged(next, self.log.next_offset(), Instant::now());
+            // The log keeps what the furthest-behind replica still needs.
+            let floor = replicas
+                .iter()
+                .map(|r| r.progress.acked)
+                .min()
+                .unwrap_or(u64::MAX);
+            self.log.retain_from(floor);
+        }
+        self.shared.changed.notify_all();
+    }
+}
+
+/// The records from `from` on, up to [`BATCH_BYTES`] (at least one if there is one).
+fn read_batch(log: &Log, from: u64) -> Result<Vec<Record>, LogError> {
+    let mut batch = Vec::new();
+    if from >= log.next_offset() {
+        return Ok(batch);
+    }
+    let mut bytes = 0;
+    for record in log.snapshot().records(from)? {
+        let record = record?;
+        bytes += 64 + record.op.length().min(BATCH_BYTES);
+        batch.push(record);
+        if bytes >= BATCH_BYTES || batch.len() >= 4096 {
+            break;
+        }
+    }
+    Ok(batch)
+}

@@ -1,0 +1,122 @@
+//! Replica nodes for tests: real `mirrorfs replica serve` processes, and their keys.
+
+use std::fs;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use mirrorfs::replication::key::VolumeKey;
+
+/// A running `mirrorfs replica serve`, stopped (by its pid) when dropped.
+pub struct Node {
+    child: Option<Child>,
+    /// Where it listens.
+    pub address: String,
+    log: PathBuf,
+    /// Its directory: one copy per volume, `DIR/<id>/data`.
+    pub dir: PathBuf,
+    scratch: PathBuf,
+    volumes: Vec<(String, PathBuf)>,
+}
+
+impl Node {
+    /// Starts a node listening on `listen` ("127.0.0.1:0" for any port) with its files
+    /// in `scratch` (its copies under `replicas/`), keeping `volumes` (id, key file).
+    pub fn start(scratch: &Path, listen: &str, volumes: &[(&str, &Path)]) -> Node {
+        let dir = scratch.join("replicas");
+        let log = scratch.join("node.log");
+        let mut command = Command::new(super::binary());
+        command
+            .args(["replica", "serve", "--listen", listen, "--dir"])
+            .arg(&dir);
+        for (id, key) in volumes {
+            command
+                .arg("--volume")
+                .arg(format!("{id}={}", key.display()));
+        }
+        let child = command
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        // The guard first, so a node that fails to start is still stopped.
+        let mut node = Node {
+            child: Some(child),
+            address: String::new(),
+            log,
+            dir,
+            scratch: scratch.to_path_buf(),
+            volumes: volumes
+                .iter()
+                .map(|(id, key)| (id.to_string(), key.to_path_buf()))
+                .collect(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let text = node.log();
+            if let Some(at) = text.rfind("address=") {
+                node.address = text[at + 8..]
+                    .split_whitespace()
+                    .next()
+                    .unwrap()
+                    .to_string();
+                return node;
+            }
+            assert!(Instant::now() < deadline, "the node did not start:\n{text}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The node's log so far.
+    pub fn log(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Kills the node with SIGKILL (its files stay).
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // SAFETY: kill(2) on the pid of the child this guard started.
+            unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts a killed node again, on the same address, directory and volumes.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "still running");
+        let volumes: Vec<(String, PathBuf)> = self.volumes.clone();
+        let borrowed: Vec<(&str, &Path)> = volumes
+            .iter()
+            .map(|(id, key)| (id.as_str(), key.as_path()))
+            .collect();
+        let mut again = Node::start(&self.scratch, &self.address, &borrowed);
+        self.child = again.child.take();
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // SAFETY: kill(2) on the pid of the child this guard started.
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            let _ = child.wait();
+        }
+    }
+}
+
+/// A new key in `dir/name`, mode 0600, and the key.
+pub fn key_file(dir: &Path, name: &str) -> (PathBuf, VolumeKey) {
+    let key = VolumeKey::generate().unwrap();
+    let path = dir.join(name);
+    let mut file = fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .mode(0o600)
+        .open(&path)
+        .unwrap();
+    std::io::Write::write_all(&mut file, format!("{}\n", key.to_hex()).as_bytes()).unwrap();
+    (path, key)
+}
