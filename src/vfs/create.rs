@@ -47,14 +47,7 @@ impl Volume {
         })?;
         if regular {
             // A copy creates the file later than the origin did: it gets the origin's time.
-            self.record(Op::SetAttr {
-                path,
-                mode: None,
-                uid: None,
-                gid: None,
-                atime: None,
-                mtime: Some(attr.mtime.into()),
-            })?;
+            self.record_mtime(path, attr.mtime)?;
         }
         Ok(attr)
     }

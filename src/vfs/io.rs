@@ -242,14 +242,7 @@ impl Volume {
             // Copies apply writes later than the origin took them; this gives them the
             // origin's modification time, once per open rather than once per write.
             if let Some(path) = self.inode_path(open.inode)? {
-                self.record(Op::SetAttr {
-                    path,
-                    mode: None,
-                    uid: None,
-                    gid: None,
-                    atime: None,
-                    mtime: Some(stat.mtime.into()),
-                })?;
+                self.record_mtime(path, stat.mtime)?;
             }
         }
         Ok(())

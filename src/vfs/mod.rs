@@ -331,6 +331,19 @@ impl Volume {
         Ok(())
     }
 
+    /// Records that `path` has modification time `mtime` (copies apply changes later than
+    /// the origin made them, and would otherwise get their own times).
+    fn record_mtime(&self, path: LogPath, mtime: SystemTime) -> Result<()> {
+        self.record(Op::SetAttr {
+            path,
+            mode: None,
+            uid: None,
+            gid: None,
+            atime: None,
+            mtime: Some(mtime.into()),
+        })
+    }
+
     fn table(&self) -> MutexGuard<'_, InodeTable> {
         // A panic while holding the lock leaves the table as consistent as any single
         // method leaves it (no method panics midway by design), so keep serving.
