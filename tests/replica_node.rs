@@ -11,7 +11,7 @@ use std::fs;
 use mirrorfs::log::{LogPath, Op, Record};
 use mirrorfs::replication::channel::{Channel, ChannelError};
 use mirrorfs::replication::key::VolumeKey;
-use mirrorfs::replication::protocol::{ToNode, ToPrimary, decode, encode};
+use mirrorfs::replication::protocol::{ToNode, ToPrimary, decode, encode, record_hash};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
@@ -68,7 +68,11 @@ async fn first_records_taken(node: &Node, volume: &str, key: &VolumeKey) {
     let mut channel = connect(node, volume, key).await.unwrap();
     assert_eq!(
         open(&mut channel).await,
-        ToPrimary::Position { next: 0, epoch: 0 }
+        ToPrimary::Position {
+            next: 0,
+            epoch: 0,
+            last: None
+        }
     );
     let taken = ask(&mut channel, &ToNode::Records(records(0))).await;
     assert_eq!(taken, ToPrimary::Ack { next: 3 });
@@ -96,9 +100,14 @@ async fn records_from_an_authenticated_primary_land_in_the_copy() {
     assert_eq!(fs::read(&copy).unwrap(), b"hello");
     // A new connection learns where the copy is.
     let mut channel = connect(&node, "demo", &key).await.unwrap();
+    let last = Some(record_hash(&records(0)[2]));
     assert_eq!(
         open(&mut channel).await,
-        ToPrimary::Position { next: 3, epoch: 1 }
+        ToPrimary::Position {
+            next: 3,
+            epoch: 1,
+            last
+        }
     );
 }
 

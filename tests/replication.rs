@@ -15,8 +15,13 @@ use common::{Mount, tree, xattr_set};
 
 /// A mount of volume "vol" replicating to `nodes`, with `extra` lines in [replication].
 fn replicated_mount(key: &Path, nodes: &[&Node], extra: &str) -> Mount {
+    replicated_volume("vol", key, nodes, extra)
+}
+
+/// [`replicated_mount`] of volume `id`.
+fn replicated_volume(id: &str, key: &Path, nodes: &[&Node], extra: &str) -> Mount {
     let mut config = format!(
-        "[volume]\nid = \"vol\"\n[replication]\nkey_file = \"{}\"\n{extra}",
+        "[volume]\nid = \"{id}\"\n[replication]\nkey_file = \"{}\"\n{extra}",
         key.display()
     );
     for (n, node) in nodes.iter().enumerate() {
@@ -122,4 +127,109 @@ fn a_replica_killed_mid_stream_catches_up_from_its_offset() {
     // It resumed where its copy was, rather than from the start.
     let log = node.log();
     assert!(log.contains(&format!("next={held}")), "{log}");
+}
+
+/// With acks = "all", what fsync acknowledged is on the replica: the primary is killed
+/// with -9 right after, and its origin deleted, and the replica's copy has the bytes.
+#[test]
+fn what_fsync_acknowledged_with_acks_all_survives_losing_the_primary() {
+    let scratch = common::scratch();
+    let (key_path, _) = key_file(scratch.path(), "vol.key");
+    let node = Node::start(scratch.path(), "127.0.0.1:0", &[("vol", &key_path)]);
+    let mut mount = replicated_mount(&key_path, &[&node], "acks = \"all\"\n");
+    let data: Vec<u8> = (0..3_000_000u32).map(|n| (n % 253) as u8).collect();
+    let mut file = fs::File::create(mount.path("precious")).unwrap();
+    file.write_all(&data).unwrap();
+    file.sync_all().unwrap();
+    mount.crash();
+    fs::remove_dir_all(&mount.origin).unwrap();
+    assert_eq!(fs::read(node.dir.join("vol/data/precious")).unwrap(), data);
+}
+
+/// No replica reachable: with on_insufficient = "fail", fsync returns EIO after
+/// ack_timeout; with "wait", it waits, and returns once the replica is back. And a primary
+/// whose log is another history of a volume the node keeps is never taken for its primary.
+#[test]
+fn fsync_fails_or_waits_while_too_few_replicas_are_in_sync() {
+    let scratch = common::scratch();
+    let (key_path, _) = key_file(scratch.path(), "vol.key");
+    let mut node = Node::start(
+        scratch.path(),
+        "127.0.0.1:0",
+        &[("vol", &key_path), ("vol2", &key_path)],
+    );
+    let fail = replicated_mount(
+        &key_path,
+        &[&node],
+        "acks = \"all\"\nmin_insync = 1\non_insufficient = \"fail\"\nack_timeout = \"1s\"\n",
+    );
+    fs::write(fail.path("a"), b"1").unwrap();
+    fs::File::open(fail.path("a")).unwrap().sync_all().unwrap();
+    node.kill();
+    fs::write(fail.path("b"), b"2").unwrap();
+    let started = Instant::now();
+    let error = fs::File::open(fail.path("b"))
+        .unwrap()
+        .sync_all()
+        .unwrap_err();
+    assert_eq!(error.raw_os_error(), Some(libc::EIO), "{error}");
+    assert!(
+        started.elapsed() >= Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+    drop(fail);
+
+    let wait = replicated_volume(
+        "vol2",
+        &key_path,
+        &[&node],
+        "acks = \"all\"\nmin_insync = 1\non_insufficient = \"wait\"\n",
+    );
+    fs::write(wait.path("c"), b"3").unwrap();
+    let file = fs::File::open(wait.path("c")).unwrap();
+    let syncing = std::thread::spawn(move || file.sync_all());
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(
+        !syncing.is_finished(),
+        "fsync returned with no replica in sync"
+    );
+    node.restart();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !syncing.is_finished() {
+        assert!(
+            Instant::now() < deadline,
+            "fsync still waiting after the replica returned"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    syncing.join().unwrap().unwrap();
+    assert_eq!(fs::read(node.dir.join("vol2/data/c")).unwrap(), b"3");
+    drop(wait);
+
+    // A new, empty volume under the id "vol": its log is not the one the copy follows.
+    let other = replicated_mount(&key_path, &[&node], "acks = \"none\"\n");
+    for n in 0..20 {
+        fs::write(other.path(&format!("x{n}")), b"x").unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let replica = other.status().replication.unwrap().replicas.remove(0);
+        if replica
+            .error
+            .as_deref()
+            .is_some_and(|error| error.contains("another history"))
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "divergence not noticed: {replica:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        !node.dir.join("vol/data/x0").exists(),
+        "nothing of it reached the copy"
+    );
 }

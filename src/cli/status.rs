@@ -56,6 +56,30 @@ fn render(status: &Status) -> String {
         None => text += "read cache   off\n",
         Some(cache) => text += &cache_text(cache),
     }
+    if let Some(replication) = &status.replication {
+        text += &format!(
+            "replication  epoch {}, high watermark {}\n",
+            replication.epoch, replication.high_watermark
+        );
+        for replica in &replication.replicas {
+            let seconds = replica
+                .lag_seconds
+                .map_or("never caught up".to_string(), |s| {
+                    format!("{s:.1} s behind")
+                });
+            text += &format!(
+                "  {:<10} {:<22} {:<16} acknowledged {}, {} record(s), {seconds}\n",
+                replica.name,
+                replica.address,
+                replica.state,
+                replica.acknowledged,
+                replica.lag_records
+            );
+            if let Some(error) = &replica.error {
+                text += &format!("  {:<10} last error: {error}\n", "");
+            }
+        }
+    }
     if status.passthrough_opens > 0 {
         text += &format!(
             "passthrough  {} open(s) read the origin directly\n",

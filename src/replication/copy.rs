@@ -118,6 +118,17 @@ impl VolumeCopy {
         self.log.next_offset()
     }
 
+    /// [`record_hash`](super::protocol::record_hash) of the last record held, if any.
+    pub fn last_hash(&self) -> Result<Option<[u8; 32]>, CopyError> {
+        let Some(last) = self.next().checked_sub(1) else {
+            return Ok(None);
+        };
+        match self.log.snapshot().records(last)?.next() {
+            Some(record) => Ok(Some(super::protocol::record_hash(&record?))),
+            None => Ok(None),
+        }
+    }
+
     /// The highest epoch of the records held.
     pub fn epoch(&self) -> u32 {
         self.epoch

@@ -193,16 +193,29 @@ async fn session(
         let reason = "the first message must be Open".to_string();
         return Err(refuse(&mut channel, reason).await);
     };
-    let (next, seen) = {
+    let position = {
         let copy = hosted.copy();
-        (copy.next(), copy.epoch())
+        copy.last_hash()
+            .map(|last| (copy.next(), copy.epoch(), last))
+    };
+    let (next, seen, last) = match position {
+        Ok(position) => position,
+        Err(error) => return Err(refuse(&mut channel, error.to_string()).await),
     };
     if epoch < seen {
         let reason = format!("epoch {epoch} is older than epoch {seen} already seen");
         return Err(refuse(&mut channel, reason).await);
     }
     tracing::info!(%volume, epoch, next, "primary connected");
-    channel_send(&mut channel, &ToPrimary::Position { next, epoch: seen }).await?;
+    channel_send(
+        &mut channel,
+        &ToPrimary::Position {
+            next,
+            epoch: seen,
+            last,
+        },
+    )
+    .await?;
     loop {
         let bytes = match channel.receive().await {
             Ok(bytes) => bytes,

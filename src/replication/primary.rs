@@ -21,7 +21,7 @@ use tokio::sync::Notify;
 use super::channel::{Channel, ChannelError};
 use super::isr::{Progress, Rule, high_watermark, satisfied};
 use super::key::{KeyError, VolumeKey};
-use super::protocol::{ProtocolError, ToNode, ToPrimary, decode, encode};
+use super::protocol::{ProtocolError, ToNode, ToPrimary, decode, encode, record_hash};
 use crate::config::replication::Replica;
 use crate::config::{OnInsufficient, ReplicationConfig};
 use crate::log::{Log, LogError, Record};
@@ -31,6 +31,9 @@ const BATCH_BYTES: u64 = 4 << 20;
 
 /// An idle connection sends an empty batch this often.
 const HEARTBEAT: Duration = Duration::from_secs(1);
+
+/// The shortest wait for a replica's answer.
+const ANSWER_TIMEOUT_MIN: Duration = Duration::from_secs(5);
 
 /// How long connecting may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -72,6 +75,8 @@ enum SendError {
     Log(#[from] LogError),
     #[error("refused: {0}")]
     Refused(String),
+    #[error("no answer for {0:?}")]
+    Silent(Duration),
     #[error("unexpected answer: {0}")]
     Unexpected(String),
     #[error(
@@ -80,6 +85,10 @@ enum SendError {
     NeedsSnapshot { next: u64, first: u64 },
     #[error("the replica holds records up to {next}, past this log's end {end}")]
     Ahead { next: u64, end: u64 },
+    #[error(
+        "the replica's record {offset} differs from this log's: its copy follows another history of the volume"
+    )]
+    Diverged { offset: u64 },
 }
 
 /// What `mirrorfs status` shows of one replica.
@@ -194,6 +203,9 @@ impl Replication {
                 plaintext: config.plaintext,
                 log: Arc::clone(&log),
                 epoch,
+                // As long as a replica may lag and stay in sync, and no shorter than a
+                // batch takes on a slow link.
+                answer_timeout: config.lag_max.max(ANSWER_TIMEOUT_MIN),
             };
             runtime.spawn(sender.run());
         }
@@ -320,6 +332,7 @@ struct Sender {
     plaintext: bool,
     log: Arc<Log>,
     epoch: u32,
+    answer_timeout: Duration,
 }
 
 impl Sender {
@@ -363,8 +376,8 @@ impl Sender {
             log_start: stats.first_offset,
             log_end: stats.next_offset,
         };
-        let next = match self.ask(&mut channel, &open).await? {
-            ToPrimary::Position { next, .. } => next,
+        let (next, last) = match self.ask(&mut channel, &open).await? {
+            ToPrimary::Position { next, last, .. } => (next, last),
             other => return Err(SendError::Unexpected(format!("{other:?}"))),
         };
         if next < stats.first_offset {
@@ -378,6 +391,22 @@ impl Sender {
                 next,
                 end: stats.next_offset,
             });
+        }
+        // The copy must follow this log: its last record must be this log's record there.
+        if let Some(held) = next.checked_sub(1) {
+            let log = Arc::clone(&self.log);
+            let ours =
+                tokio::task::spawn_blocking(move || -> Result<Option<[u8; 32]>, LogError> {
+                    match log.snapshot().records(held)?.next() {
+                        Some(record) => Ok(Some(record_hash(&record?))),
+                        None => Ok(None),
+                    }
+                })
+                .await
+                .map_err(|error| SendError::Connect(io::Error::other(error)))??;
+            if ours != last {
+                return Err(SendError::Diverged { offset: held });
+            }
         }
         tracing::info!(replica = %self.replica.name, next, "replica connected");
         self.acknowledged(next, true);
@@ -415,7 +444,11 @@ impl Sender {
         message: &ToNode,
     ) -> Result<ToPrimary, SendError> {
         channel.send(&encode(message)).await?;
-        match decode(&channel.receive().await?)? {
+        // A peer gone silent (a cut link sends no reset) is given up on after this.
+        let answer = tokio::time::timeout(self.answer_timeout, channel.receive())
+            .await
+            .map_err(|_| SendError::Silent(self.answer_timeout))??;
+        match decode(&answer)? {
             ToPrimary::Refuse { reason } => Err(SendError::Refused(reason)),
             answer => Ok(answer),
         }

@@ -48,6 +48,10 @@ pub enum ToPrimary {
         next: u64,
         /// The highest epoch it has seen.
         epoch: u32,
+        /// [`record_hash`] of its record `next - 1`, so that a primary whose log has a
+        /// different history (another volume under the same id, a log started over) is not
+        /// taken for the one the copy follows.
+        last: Option<[u8; 32]>,
     },
     /// Every record below `next` is durable on the node.
     Ack {
@@ -59,6 +63,11 @@ pub enum ToPrimary {
         /// Why, in one line.
         reason: String,
     },
+}
+
+/// A record's fingerprint: blake3 of its encoding.
+pub fn record_hash(record: &Record) -> [u8; 32] {
+    *blake3::hash(&encode(record)).as_bytes()
 }
 
 /// `message` as bytes for [`Channel::send`](super::channel::Channel::send).
