@@ -233,3 +233,40 @@ fn fsync_fails_or_waits_while_too_few_replicas_are_in_sync() {
         "nothing of it reached the copy"
     );
 }
+
+/// An origin that held files before its log began: a new replica cannot be built from the
+/// log alone, and is told so rather than given a copy that lacks those files.
+#[test]
+fn a_new_replica_of_an_origin_with_older_files_is_not_fed_a_partial_copy() {
+    let scratch = common::scratch();
+    let (key_path, _) = key_file(scratch.path(), "vol.key");
+    let node = Node::start(scratch.path(), "127.0.0.1:0", &[("vol", &key_path)]);
+    let dir = common::scratch();
+    let origin = dir.path().join("origin");
+    fs::create_dir(&origin).unwrap();
+    fs::write(origin.join("older"), b"before the log").unwrap();
+    let config = dir.path().join("mount.toml");
+    fs::write(
+        &config,
+        format!(
+            "[volume]\nid = \"vol\"\n[replication]\nkey_file = \"{}\"\nacks = \"none\"\n\
+             [[replication.replicas]]\nname = \"r0\"\naddress = \"{}\"\n",
+            key_path.display(),
+            node.address
+        ),
+    )
+    .unwrap();
+    let config = config.to_str().unwrap().to_string();
+    let mount = Mount::over(dir, origin, &["--config", &config]);
+    fs::write(mount.path("newer"), b"after").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let replica = mount.status().replication.unwrap().replicas.remove(0);
+        if replica.state == "snapshot needed" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{replica:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(!node.dir.join("vol/data/newer").exists());
+}

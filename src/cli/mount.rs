@@ -90,6 +90,7 @@ pub fn run(args: MountArgs) -> Result<(), CliError> {
                 volume.id.as_str(),
                 journal.shared_log(),
                 LEADER_EPOCH,
+                journal.log_is_whole(),
             )
             .map_err(|error| match error {
                 ReplicationError::Key(_) => CliError::Usage(error.to_string()),

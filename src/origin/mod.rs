@@ -155,6 +155,11 @@ impl Origin {
         })
     }
 
+    /// Whether the origin holds nothing at all.
+    pub fn is_empty(&self) -> io::Result<bool> {
+        Ok(std::fs::read_dir(&self.path)?.next().is_none())
+    }
+
     /// The origin's path, as given when it was opened.
     pub fn path(&self) -> &Path {
         &self.path

@@ -80,7 +80,7 @@ enum SendError {
     #[error("unexpected answer: {0}")]
     Unexpected(String),
     #[error(
-        "the replica needs records from {next}, and the log starts at {first}: it needs a snapshot"
+        "the replica needs records from {next}, and the log starts at {first} (or the origin held files before the log began): it needs a snapshot, which this version cannot send yet"
     )]
     NeedsSnapshot { next: u64, first: u64 },
     #[error("the replica holds records up to {next}, past this log's end {end}")]
@@ -161,11 +161,14 @@ impl Shared {
 
 impl Replication {
     /// Starts a sender per replica of `config` for volume `volume`, reading `log`.
+    /// `whole`: the log holds every change since the origin was empty, so a new copy can
+    /// be built from its records alone.
     pub fn start(
         config: &ReplicationConfig,
         volume: &str,
         log: Arc<Log>,
         epoch: u32,
+        whole: bool,
     ) -> Result<Arc<Replication>, ReplicationError> {
         let key = VolumeKey::read(&config.key_file)?;
         let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -203,6 +206,7 @@ impl Replication {
                 plaintext: config.plaintext,
                 log: Arc::clone(&log),
                 epoch,
+                whole,
                 // As long as a replica may lag and stay in sync, and no shorter than a
                 // batch takes on a slow link.
                 answer_timeout: config.lag_max.max(ANSWER_TIMEOUT_MIN),
@@ -332,6 +336,7 @@ struct Sender {
     plaintext: bool,
     log: Arc<Log>,
     epoch: u32,
+    whole: bool,
     answer_timeout: Duration,
 }
 
@@ -380,7 +385,7 @@ impl Sender {
             ToPrimary::Position { next, last, .. } => (next, last),
             other => return Err(SendError::Unexpected(format!("{other:?}"))),
         };
-        if next < stats.first_offset {
+        if next < stats.first_offset || (next == 0 && !self.whole) {
             return Err(SendError::NeedsSnapshot {
                 next,
                 first: stats.first_offset,

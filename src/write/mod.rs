@@ -73,6 +73,8 @@ pub enum WriteError {
 #[derive(Debug)]
 pub struct Journal {
     log: Arc<Log>,
+    /// The log holds every change since the origin was empty (`state_dir/log-base`).
+    whole: bool,
     behind: Option<Arc<WriteBehind>>,
     flusher: Mutex<Option<JoinHandle<()>>>,
 }
@@ -99,6 +101,24 @@ impl Journal {
         let state_error = |path: &Path| {
             let path = path.to_path_buf();
             move |source| JournalError::State { path, source }
+        };
+        let base_path = state_dir.join("log-base");
+        let whole = match std::fs::read_to_string(&base_path) {
+            Ok(text) => text.trim() == "whole",
+            Err(error) if error.kind() == io::ErrorKind::NotFound => {
+                // A new log holds the whole volume only if the origin was empty when it
+                // began; otherwise a new copy of the volume needs a snapshot first.
+                let stats = log.snapshot().stats();
+                let whole = stats.first_offset == 0
+                    && stats.next_offset == 0
+                    && origin.is_empty().map_err(state_error(origin.path()))?;
+                let text = if whole { "whole\n" } else { "partial\n" };
+                std::fs::write(&base_path, text)
+                    .and_then(|()| std::fs::File::open(&base_path)?.sync_all())
+                    .map_err(state_error(&base_path))?;
+                whole
+            }
+            Err(error) => return Err(state_error(&base_path)(error)),
         };
         let from = applied::load(&applied_path).map_err(state_error(&applied_path))?;
         if let Some(from) = from {
@@ -133,6 +153,7 @@ impl Journal {
         });
         Ok(Journal {
             log,
+            whole,
             behind,
             flusher: Mutex::new(flusher),
         })
@@ -270,6 +291,12 @@ impl Journal {
     /// The log itself, for status and tests.
     pub fn log(&self) -> &Log {
         &self.log
+    }
+
+    /// Whether the log holds the whole volume: it began with an empty origin, so a new
+    /// copy can be built from its records alone.
+    pub fn log_is_whole(&self) -> bool {
+        self.whole
     }
 
     /// The change log, shared (for the replica senders).
