@@ -234,39 +234,198 @@ fn fsync_fails_or_waits_while_too_few_replicas_are_in_sync() {
     );
 }
 
-/// An origin that held files before its log began: a new replica cannot be built from the
-/// log alone, and is told so rather than given a copy that lacks those files.
-#[test]
-fn a_new_replica_of_an_origin_with_older_files_is_not_fed_a_partial_copy() {
-    let scratch = common::scratch();
-    let (key_path, _) = key_file(scratch.path(), "vol.key");
-    let node = Node::start(scratch.path(), "127.0.0.1:0", &[("vol", &key_path)]);
+/// A tree with every kind of object, made directly in `root` (not through a mount).
+fn older_files(root: &Path) {
+    use std::os::unix::fs::FileExt;
+    for d in ["a", "a/b", "a/b/c", "ro"] {
+        fs::create_dir(root.join(d)).unwrap();
+    }
+    for n in 0..150 {
+        let data: Vec<u8> = (0..n * 997).map(|i| (i * 13 + n) as u8).collect();
+        fs::write(root.join(format!("a/b/f{n}")), data).unwrap();
+    }
+    let big: Vec<u8> = (0..24u32 << 20).map(|i| (i % 251) as u8).collect();
+    fs::write(root.join("a/big"), big).unwrap();
+    let sparse = fs::File::create(root.join("a/sparse")).unwrap();
+    sparse.set_len(64 << 20).unwrap();
+    sparse.write_all_at(b"island", 40 << 20).unwrap();
+    fs::write(root.join("a/b/c/private"), b"secret").unwrap();
+    fs::set_permissions(
+        root.join("a/b/c/private"),
+        fs::Permissions::from_mode(0o600),
+    )
+    .unwrap();
+    fs::hard_link(root.join("a/b/f7"), root.join("a/f7-again")).unwrap();
+    symlink("b/f3", root.join("a/to-f3")).unwrap();
+    let fifo = common::c_path(&root.join("a/fifo"));
+    // SAFETY: a NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o640) }, 0);
+    xattr_set(&root.join("a/b/f1"), "user.tag", b"old", 0).unwrap();
+    xattr_set(&root.join("a/b"), "user.dir", b"yes", 0).unwrap();
+    fs::write(root.join("ro/inside"), b"kept").unwrap();
+    fs::set_permissions(root.join("ro"), fs::Permissions::from_mode(0o555)).unwrap();
+    let old = fs::File::options()
+        .write(true)
+        .open(root.join("a/b/f2"))
+        .unwrap();
+    old.set_modified(std::time::UNIX_EPOCH + Duration::from_secs(1_000_000_000))
+        .unwrap();
+}
+
+/// A mount of volume "vol" over an origin that already holds [`older_files`].
+fn mount_over_older_files(key: &Path, node: &Node, extra: &str) -> Mount {
     let dir = common::scratch();
     let origin = dir.path().join("origin");
     fs::create_dir(&origin).unwrap();
-    fs::write(origin.join("older"), b"before the log").unwrap();
+    older_files(&origin);
     let config = dir.path().join("mount.toml");
     fs::write(
         &config,
         format!(
-            "[volume]\nid = \"vol\"\n[replication]\nkey_file = \"{}\"\nacks = \"none\"\n\
+            "[volume]\nid = \"vol\"\n[replication]\nkey_file = \"{}\"\n{extra}\
              [[replication.replicas]]\nname = \"r0\"\naddress = \"{}\"\n",
-            key_path.display(),
+            key.display(),
             node.address
         ),
     )
     .unwrap();
     let config = config.to_str().unwrap().to_string();
-    let mount = Mount::over(dir, origin, &["--config", &config]);
-    fs::write(mount.path("newer"), b"after").unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
+    Mount::over(dir, origin, &["--config", &config])
+}
+
+/// An origin that held files before its log began: a replica that joins late cannot be
+/// built from the log alone. It gets a snapshot, read while writes go on through the
+/// mount, then the log from the snapshot's offset, and ends equal to the volume.
+#[test]
+fn a_replica_joining_late_gets_a_snapshot_while_writes_continue() {
+    let scratch = common::scratch();
+    let (key_path, _) = key_file(scratch.path(), "vol.key");
+    let mut node = Node::start(scratch.path(), "127.0.0.1:0", &[("vol", &key_path)]);
+    node.kill();
+    let mount = mount_over_older_files(&key_path, &node, "acks = \"none\"\n");
+    make_changes(&mount.mountpoint, 0);
+    node.restart();
+    // Writes, creates and moves go on while the snapshot is read and sent; moves wait
+    // for the reading to end, the rest do not.
+    let root = mount.mountpoint.clone();
+    let mut during = 0;
+    let mut round = 1;
+    let started = Instant::now();
     loop {
-        let replica = mount.status().replication.unwrap().replicas.remove(0);
-        if replica.state == "snapshot needed" {
+        let snapshotting = mount.status().replication.unwrap().replicas[0].state == "snapshotting";
+        make_changes(&root, round);
+        fs::write(root.join("a/b/f9"), format!("round {round}")).unwrap();
+        round += 1;
+        if snapshotting && mount.status().replication.unwrap().replicas[0].state == "snapshotting" {
+            during += 1;
+        }
+        if node.log().contains("snapshot complete") && round > 3 {
             break;
         }
-        assert!(Instant::now() < deadline, "{replica:?}");
-        std::thread::sleep(Duration::from_millis(50));
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "{}",
+            node.log()
+        );
     }
-    assert!(!node.dir.join("vol/data/newer").exists());
+    wait_replicated(&mount);
+    assert!(during > 0, "no change was made while the snapshot ran");
+    let copy = node.dir.join("vol/data");
+    assert_eq!(tree(&copy), tree(&mount.origin), "{}", node.log());
+    // Holes stay holes.
+    use std::os::unix::fs::MetadataExt;
+    let sparse = fs::metadata(copy.join("a/sparse")).unwrap();
+    assert!(
+        sparse.blocks() * 512 < 1 << 20,
+        "{} blocks",
+        sparse.blocks()
+    );
+    let log = node.log();
+    assert_eq!(log.matches("snapshot begins").count(), 1, "{log}");
+}
+
+/// A replica away while more than retain_bytes_max of log was written is let go: the
+/// primary deletes what it would have needed, and when it returns it gets a snapshot.
+#[test]
+fn a_replica_away_past_retain_bytes_max_gets_a_snapshot_on_return() {
+    let scratch = common::scratch();
+    let (key_path, _) = key_file(scratch.path(), "vol.key");
+    let mut node = Node::start(scratch.path(), "127.0.0.1:0", &[("vol", &key_path)]);
+    let mount = replicated_mount(
+        &key_path,
+        &[&node],
+        "acks = \"all\"\nretain_bytes_max = \"1MiB\"\n[log]\nsegment_bytes = \"256KiB\"\n",
+    );
+    make_changes(&mount.mountpoint, 0);
+    wait_replicated(&mount);
+    let held = mount.status().log.stats.next_offset;
+    node.kill();
+    let chunk = vec![7u8; 64 << 10];
+    for n in 0..64 {
+        fs::write(mount.path(&format!("away{n}")), &chunk).unwrap();
+    }
+    // The primary cuts its log as records are appended, so writing goes on.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        fs::write(mount.path("ticker"), b"tick").unwrap();
+        let status = mount.status();
+        if status.log.stats.first_offset > held {
+            assert!(status.log.stats.bytes <= 2 << 20, "{:?}", status.log.stats);
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the log kept {:?}",
+            status.log.stats
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    node.restart();
+    wait_replicated(&mount);
+    assert_eq!(tree(&node.dir.join("vol/data")), tree(&mount.origin));
+    assert!(node.log().contains("snapshot begins"), "{}", node.log());
+}
+
+/// Writes through files held open while their directory is renamed back and forth: every
+/// record names the file where it was when the record was appended, so the replica,
+/// applying them in order, never looks for a file under a name it no longer has.
+#[test]
+fn records_made_during_renames_name_their_files_where_they_were() {
+    let scratch = common::scratch();
+    let (key_path, _) = key_file(scratch.path(), "vol.key");
+    let node = Node::start(scratch.path(), "127.0.0.1:0", &[("vol", &key_path)]);
+    let mount = replicated_mount(&key_path, &[&node], "acks = \"none\"\n");
+    fs::create_dir(mount.path("d")).unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writers: Vec<_> = (0..2)
+        .map(|n| {
+            let mut file = fs::File::create(mount.path(&format!("d/w{n}"))).unwrap();
+            let stop = std::sync::Arc::clone(&stop);
+            std::thread::spawn(move || {
+                let block = vec![n as u8 + 1; 512];
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    file.write_all(&block).unwrap();
+                }
+            })
+        })
+        .collect();
+    for round in 0..400 {
+        let (from, to) = if round % 2 == 0 {
+            ("d", "e")
+        } else {
+            ("e", "d")
+        };
+        fs::rename(mount.path(from), mount.path(to)).unwrap();
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for writer in writers {
+        writer.join().unwrap();
+    }
+    wait_replicated(&mount);
+    assert_eq!(
+        tree(&node.dir.join("vol/data")),
+        tree(&mount.origin),
+        "{}",
+        node.log()
+    );
 }

@@ -88,9 +88,8 @@ pub fn run(args: MountArgs) -> Result<(), CliError> {
             Replication::start(
                 replication,
                 volume.id.as_str(),
-                journal.shared_log(),
+                journal.snapshot_source(),
                 LEADER_EPOCH,
-                journal.log_is_whole(),
             )
             .map_err(|error| match error {
                 ReplicationError::Key(_) => CliError::Usage(error.to_string()),

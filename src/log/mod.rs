@@ -431,6 +431,21 @@ impl Snapshot {
         }
     }
 
+    /// The first offset of the oldest segment from which on the log's segments take at
+    /// most `bytes` (the active segment is always kept): where retention by size cuts.
+    pub fn first_within(&self, bytes: u64) -> u64 {
+        let mut kept = 0u64;
+        let mut first = self.stats().next_offset;
+        for (n, segment) in self.segments.iter().enumerate().rev() {
+            kept = kept.saturating_add(segment.len);
+            if kept > bytes && n + 1 < self.segments.len() {
+                break;
+            }
+            first = segment.first;
+        }
+        first
+    }
+
     /// Every record from `from` to the end of the snapshot, in order.
     pub fn records(&self, from: u64) -> Result<Records> {
         let stats = self.stats();

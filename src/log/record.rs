@@ -238,6 +238,16 @@ impl Op {
         }
     }
 
+    /// Bytes of data the operation carries: what it weighs in a message.
+    pub fn carried_bytes(&self) -> u64 {
+        match self {
+            Op::Write { data, .. } => data.len() as u64,
+            Op::Symlink { target, .. } => target.len() as u64,
+            Op::SetXattr { value, .. } => value.len() as u64,
+            _ => 0,
+        }
+    }
+
     /// Bytes of file data the record carries, or the length it sets.
     pub fn length(&self) -> u64 {
         match self {

@@ -312,6 +312,32 @@ fn delete_before_keeps_what_a_consumer_still_needs() {
 }
 
 #[test]
+fn retention_by_size_keeps_the_newest_segments_within_the_bound() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path(), options(4096)).unwrap();
+    for i in 0..20 {
+        log.append(&write_op("r", i, 1000)).unwrap();
+    }
+    let snapshot = log.snapshot();
+    let segments = snapshot.segments.clone();
+    assert!(segments.len() >= 4, "{segments:?}");
+    let active = segments.last().unwrap();
+    // Nothing but the active segment fits in one byte; it is kept all the same.
+    assert_eq!(snapshot.first_within(1), active.first);
+    // Exactly the last two segments' bytes keep those two, one byte less only the last.
+    let two = segments[segments.len() - 2..]
+        .iter()
+        .map(|s| s.len)
+        .sum::<u64>();
+    assert_eq!(
+        snapshot.first_within(two),
+        segments[segments.len() - 2].first
+    );
+    assert_eq!(snapshot.first_within(two - 1), active.first);
+    assert_eq!(snapshot.first_within(u64::MAX), 0);
+}
+
+#[test]
 fn group_commit_makes_every_waiter_durable() {
     let dir = tempfile::tempdir().unwrap();
     let log = Arc::new(Log::open(dir.path(), options(1 << 20)).unwrap());

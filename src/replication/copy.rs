@@ -4,20 +4,29 @@
 //! data/      the volume as a plain directory tree: restoring is a copy
 //! log/       the records received, with the primary's offsets and epochs
 //! applied    every record below this offset is durably in data/
+//! base       where the copy's log begins, if a snapshot began it
+//! staging/   a snapshot being received (base.new once it is complete)
 //! ```
 //!
 //! Records are appended to the copy's log and fsynced before they are acknowledged, then
 //! applied to `data/` by the same code that applies write-behind's records to an origin.
 //! After a crash, opening the copy applies again what the log holds past `applied`;
 //! applying a record twice leaves what applying it once does.
+//!
+//! A snapshot is built in `staging/` while `data/` stays as it was. Once it is complete
+//! and synced, `base.new` says so, and the switch (staging becomes data, the log starts
+//! over at the snapshot's offset, base.new becomes base) is finished by whoever finds
+//! base.new: this session or the next start after a crash. A snapshot cut short leaves
+//! only a staging directory, removed at the next start.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use crate::log::Op;
 use crate::log::{Log, LogError, LogOptions, Record};
 use crate::origin::Origin;
 use crate::write::applied;
-use crate::write::apply::{ApplyError, apply};
+use crate::write::apply::{ApplyError, apply, apply_op};
 
 /// Segment size of a copy's log.
 const SEGMENT_BYTES: u64 = 64 << 20;
@@ -42,6 +51,17 @@ pub enum CopyError {
     /// A record could not be applied to the tree.
     #[error("{0}")]
     Apply(#[from] ApplyError),
+    /// The `base` file does not say what it must.
+    #[error("replica copy {path}: not a base: {text:?}")]
+    Base {
+        /// The file.
+        path: PathBuf,
+        /// What it holds.
+        text: String,
+    },
+    /// Snapshot operations without a snapshot begun.
+    #[error("no snapshot is being received")]
+    NoSnapshot,
     /// Records from an epoch older than one already seen: a deposed primary.
     #[error("record {offset} is of epoch {epoch}, older than epoch {seen} already seen")]
     StaleEpoch {
@@ -54,16 +74,120 @@ pub enum CopyError {
     },
 }
 
+/// Where a copy's log begins when a snapshot began it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Base {
+    /// The snapshot's offset: the copy's first record.
+    pub offset: u64,
+    /// The primary's epoch at the snapshot.
+    pub epoch: u32,
+    /// The primary's record `offset - 1`, as [`record_hash`](super::protocol::record_hash).
+    pub last: Option<[u8; 32]>,
+}
+
+impl Base {
+    fn load(path: &Path) -> Result<Option<Base>, CopyError> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(text) => text,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(source) => {
+                return Err(CopyError::Io {
+                    path: path.to_path_buf(),
+                    source,
+                });
+            }
+        };
+        let bad = || CopyError::Base {
+            path: path.to_path_buf(),
+            text: text.clone(),
+        };
+        let mut words = text.split_whitespace();
+        let (Some(offset), Some(epoch), Some(last), None) =
+            (words.next(), words.next(), words.next(), words.next())
+        else {
+            return Err(bad());
+        };
+        let last = match last {
+            "-" => None,
+            hex => Some(blake3::Hash::from_hex(hex).map_err(|_| bad())?.into()),
+        };
+        Ok(Some(Base {
+            offset: offset.parse().map_err(|_| bad())?,
+            epoch: epoch.parse().map_err(|_| bad())?,
+            last,
+        }))
+    }
+
+    fn store(&self, path: &Path) -> Result<(), CopyError> {
+        let last = match self.last {
+            Some(hash) => blake3::Hash::from(hash).to_hex().to_string(),
+            None => "-".to_string(),
+        };
+        let text = format!("{} {} {last}\n", self.offset, self.epoch);
+        applied::replace_durably(path, &text).map_err(|source| CopyError::Io {
+            path: path.to_path_buf(),
+            source,
+        })
+    }
+}
+
+/// A snapshot being received.
+#[derive(Debug)]
+struct Staging {
+    tree: Origin,
+    base: Base,
+}
+
 /// One volume's copy on a replica node.
 #[derive(Debug)]
 pub struct VolumeCopy {
     root: PathBuf,
     tree: Origin,
     log: Log,
+    base: Option<Base>,
+    staging: Option<Staging>,
     applied: u64,
     applied_stored: Instant,
     epoch: u32,
     as_root: bool,
+}
+
+fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> CopyError + '_ {
+    move |source| CopyError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Removes the directory tree at `path` if there is one.
+fn remove_tree(path: &Path) -> Result<(), CopyError> {
+    match std::fs::remove_dir_all(path) {
+        Err(error) if error.kind() != std::io::ErrorKind::NotFound => Err(io_error(path)(error)),
+        _ => Ok(()),
+    }
+}
+
+/// Finishes switching the copy in `root` to the complete snapshot `base.new` describes
+/// (each step is harmless to repeat after a crash).
+fn switch_to_snapshot(root: &Path) -> Result<(), CopyError> {
+    let ready = root.join("base.new");
+    let Some(base) = Base::load(&ready)? else {
+        return Ok(());
+    };
+    let (staging, data, trash) = (root.join("staging"), root.join("data"), root.join("trash"));
+    if staging.exists() {
+        if data.exists() {
+            std::fs::rename(&data, &trash).map_err(io_error(&data))?;
+        }
+        std::fs::rename(&staging, &data).map_err(io_error(&staging))?;
+    }
+    remove_tree(&root.join("log"))?;
+    let applied_path = root.join("applied");
+    applied::store(&applied_path, base.offset).map_err(io_error(&applied_path))?;
+    let base_path = root.join("base");
+    std::fs::rename(&ready, &base_path).map_err(io_error(&ready))?;
+    applied::sync_parent(&base_path).map_err(io_error(root))?;
+    remove_tree(&trash)
 }
 
 impl VolumeCopy {
@@ -73,15 +197,22 @@ impl VolumeCopy {
             let path = path.to_path_buf();
             move |source| CopyError::Io { path, source }
         };
+        std::fs::create_dir_all(root).map_err(io(root))?;
+        switch_to_snapshot(root)?;
+        // A snapshot cut short.
+        remove_tree(&root.join("staging"))?;
+        remove_tree(&root.join("trash"))?;
+        let base = Base::load(&root.join("base"))?;
         let data = root.join("data");
         std::fs::create_dir_all(&data).map_err(io(&data))?;
         let tree = Origin::open(&data).map_err(io(&data))?;
-        let log = Log::open(
+        let log = Log::open_at(
             &root.join("log"),
             LogOptions {
                 segment_bytes: SEGMENT_BYTES,
                 epoch: 0,
             },
+            base.map_or(0, |base| base.offset),
         )?;
         let applied_path = root.join("applied");
         let snapshot = log.snapshot();
@@ -92,7 +223,7 @@ impl VolumeCopy {
             .max(first);
         // SAFETY: geteuid cannot fail.
         let as_root = unsafe { libc::geteuid() } == 0;
-        let mut epoch = 0;
+        let mut epoch = base.map_or(0, |base| base.epoch);
         let mut copy_applied = applied;
         for record in snapshot.records(applied)? {
             let record = record?;
@@ -104,6 +235,8 @@ impl VolumeCopy {
             root: root.to_path_buf(),
             tree,
             log,
+            base,
+            staging: None,
             applied: copy_applied,
             applied_stored: Instant::now(),
             epoch,
@@ -123,7 +256,15 @@ impl VolumeCopy {
         let Some(last) = self.next().checked_sub(1) else {
             return Ok(None);
         };
-        match self.log.snapshot().records(last)?.next() {
+        let snapshot = self.log.snapshot();
+        if last < snapshot.stats().first_offset {
+            // The log is empty since a snapshot began it.
+            return Ok(self
+                .base
+                .filter(|base| base.offset == self.next())
+                .and_then(|base| base.last));
+        }
+        match snapshot.records(last)?.next() {
             Some(record) => Ok(Some(super::protocol::record_hash(&record?))),
             None => Ok(None),
         }
@@ -143,6 +284,7 @@ impl VolumeCopy {
     /// returns, and applied to the tree. Returns the offset of the first record it lacks.
     /// Nothing from a record that is refused on is kept.
     pub fn receive(&mut self, records: &[Record]) -> Result<u64, CopyError> {
+        self.abandon_snapshot()?;
         for record in records {
             if record.epoch < self.epoch {
                 return Err(CopyError::StaleEpoch {
@@ -166,6 +308,64 @@ impl VolumeCopy {
             self.store_applied()?;
         }
         Ok(self.next())
+    }
+
+    /// Starts receiving a snapshot (dropping one begun before): `data/` stays as it is
+    /// until [`VolumeCopy::end_snapshot`].
+    pub fn begin_snapshot(&mut self, base: Base) -> Result<(), CopyError> {
+        self.abandon_snapshot()?;
+        let staging = self.root.join("staging");
+        std::fs::create_dir(&staging).map_err(io_error(&staging))?;
+        let tree = Origin::open(&staging).map_err(io_error(&staging))?;
+        self.staging = Some(Staging { tree, base });
+        Ok(())
+    }
+
+    /// Applies a part of the snapshot being received.
+    pub fn snapshot_ops(&mut self, ops: &[Op]) -> Result<(), CopyError> {
+        let staging = self.staging.as_ref().ok_or(CopyError::NoSnapshot)?;
+        for op in ops {
+            apply_op(&staging.tree, staging.base.offset, op, self.as_root)?;
+        }
+        Ok(())
+    }
+
+    /// The snapshot is complete: it becomes the copy, whose log continues from the
+    /// snapshot's offset. Returns that offset.
+    pub fn end_snapshot(&mut self) -> Result<u64, CopyError> {
+        let staging = self.staging.take().ok_or(CopyError::NoSnapshot)?;
+        let base = staging.base;
+        let root = self.root.clone();
+        staging
+            .tree
+            .sync_filesystem()
+            .map_err(io_error(&root.join("staging")))?;
+        drop(staging);
+        base.store(&root.join("base.new"))?;
+        switch_to_snapshot(&root)?;
+        let data = root.join("data");
+        self.tree = Origin::open(&data).map_err(io_error(&data))?;
+        self.log = Log::open_at(
+            &root.join("log"),
+            LogOptions {
+                segment_bytes: SEGMENT_BYTES,
+                epoch: 0,
+            },
+            base.offset,
+        )?;
+        self.base = Some(base);
+        self.applied = base.offset;
+        self.applied_stored = Instant::now();
+        self.epoch = self.epoch.max(base.epoch);
+        Ok(base.offset)
+    }
+
+    /// Drops a snapshot being received, if there is one.
+    fn abandon_snapshot(&mut self) -> Result<(), CopyError> {
+        if self.staging.take().is_some() {
+            remove_tree(&self.root.join("staging"))?;
+        }
+        Ok(())
     }
 
     /// Makes the tree durable and records how far it is applied.
@@ -267,5 +467,77 @@ mod tests {
             "{error}"
         );
         assert_eq!(copy.next(), 3);
+    }
+
+    #[test]
+    fn a_snapshot_replaces_the_copy_and_the_log_continues_from_its_offset() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let mut copy = VolumeCopy::open(dir.path()).unwrap();
+        copy.receive(&records(0, 1)).unwrap();
+        let base = Base {
+            offset: 10,
+            epoch: 2,
+            last: Some([1; 32]),
+        };
+        copy.begin_snapshot(base).unwrap();
+        let ops: Vec<Op> = records(0, 2).into_iter().map(|r| r.op).collect();
+        copy.snapshot_ops(&ops[..1]).unwrap();
+        // Until the end, the copy is what it was.
+        assert!(data.join("d/f").exists());
+        assert!(dir.path().join("staging/d").is_dir());
+        copy.snapshot_ops(&ops[1..]).unwrap();
+        assert_eq!(copy.end_snapshot().unwrap(), 10);
+        assert!(!dir.path().join("staging").exists());
+        assert_eq!(std::fs::read(data.join("d/f")).unwrap(), b"hello");
+        assert_eq!(copy.next(), 10);
+        assert_eq!(copy.epoch(), 2);
+        assert_eq!(copy.last_hash().unwrap(), Some([1; 32]));
+        assert_eq!(copy.receive(&records(10, 2)).unwrap(), 13);
+        drop(copy);
+        let copy = VolumeCopy::open(dir.path()).unwrap();
+        assert_eq!((copy.next(), copy.epoch()), (13, 2));
+        // Snapshot operations with no snapshot begun are refused.
+        let mut copy = copy;
+        assert!(matches!(
+            copy.snapshot_ops(&ops).unwrap_err(),
+            CopyError::NoSnapshot
+        ));
+    }
+
+    #[test]
+    fn a_snapshot_cut_short_is_dropped_and_a_complete_one_is_finished_at_the_next_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut copy = VolumeCopy::open(dir.path()).unwrap();
+        copy.receive(&records(0, 1)).unwrap();
+        copy.begin_snapshot(Base {
+            offset: 50,
+            epoch: 1,
+            last: None,
+        })
+        .unwrap();
+        drop(copy);
+        // Cut short (the node died mid-snapshot): the copy is as it was.
+        let copy = VolumeCopy::open(dir.path()).unwrap();
+        assert!(!dir.path().join("staging").exists());
+        assert_eq!(copy.next(), 3);
+        drop(copy);
+        // Complete, and the node died during the switch: the next start finishes it.
+        std::fs::create_dir(dir.path().join("staging")).unwrap();
+        std::fs::write(dir.path().join("staging/new"), b"snapshot").unwrap();
+        std::fs::write(dir.path().join("base.new"), "7 3 -\n").unwrap();
+        let copy = VolumeCopy::open(dir.path()).unwrap();
+        assert_eq!((copy.next(), copy.epoch()), (7, 3));
+        assert_eq!(
+            std::fs::read(dir.path().join("data/new")).unwrap(),
+            b"snapshot"
+        );
+        assert!(!dir.path().join("data/d").exists());
+        assert!(!dir.path().join("base.new").exists());
+        drop(copy);
+        // A base that says nothing sensible is an error, not a guess.
+        std::fs::write(dir.path().join("base"), "seven\n").unwrap();
+        let error = VolumeCopy::open(dir.path()).unwrap_err();
+        assert!(matches!(error, CopyError::Base { .. }), "{error}");
     }
 }

@@ -1,6 +1,6 @@
-//! Replication (issue 5, under construction): shipping the change log to replica nodes.
-//! So far: the volume key, the authenticated and encrypted channel, the messages, and a
-//! replica node's copy of a volume. The node server and the primary's senders are next.
+//! Replication: shipping the change log to replica nodes, with Kafka's semantics
+//! (offsets, acks, the in-sync set, the high watermark, epochs), and snapshots for copies
+//! the log alone cannot bring up to date.
 
 pub mod channel;
 pub mod copy;
@@ -9,3 +9,4 @@ pub mod key;
 pub mod node;
 pub mod primary;
 pub mod protocol;
+pub mod snapshot;

@@ -15,7 +15,7 @@ use std::time::SystemTime;
 use tokio::net::{TcpListener, TcpStream};
 
 use super::channel::{Admission, Channel, ChannelError};
-use super::copy::{CopyError, VolumeCopy};
+use super::copy::{Base, CopyError, VolumeCopy};
 use super::key::{KeyError, VolumeKey};
 use super::protocol::{ProtocolError, ToNode, ToPrimary, decode, encode};
 use crate::config::node::NodeConfig;
@@ -65,8 +65,8 @@ enum SessionError {
     Protocol(#[from] ProtocolError),
     #[error("refused: {0}")]
     Refused(String),
-    #[error("a newer connection for volume {0} took over")]
-    Superseded(String),
+    #[error("a newer connection for the volume took over")]
+    Superseded,
 }
 
 /// One volume the node keeps.
@@ -226,7 +226,7 @@ async fn session(
             Err(error) => return Err(error.into()),
         };
         if hosted.session.load(Ordering::SeqCst) != number {
-            return Err(SessionError::Superseded(volume));
+            return Err(SessionError::Superseded);
         }
         *hosted.contact.lock().unwrap_or_else(|p| p.into_inner()) = Some(SystemTime::now());
         let message = match decode::<ToNode>(&bytes) {
@@ -238,24 +238,41 @@ async fn session(
         };
         let reply = match message {
             ToNode::Records(records) => {
-                let taking = Arc::clone(&hosted);
-                let taken = tokio::task::spawn_blocking(move || taking.copy().receive(&records))
-                    .await
-                    .map_err(|error| ChannelError::Io(io::Error::other(error)))?;
-                match taken {
-                    Ok(next) => ToPrimary::Ack { next },
-                    Err(error) => ToPrimary::Refuse {
-                        reason: error.to_string(),
-                    },
-                }
+                answer(&hosted, number, move |copy| copy.receive(&records)).await?
             }
             ToNode::Open { .. } => ToPrimary::Refuse {
                 reason: "Open sent twice".to_string(),
             },
-            ToNode::SnapshotBegin { .. } | ToNode::SnapshotOps(_) | ToNode::SnapshotEnd => {
-                ToPrimary::Refuse {
-                    reason: "snapshots are not served yet".to_string(),
+            ToNode::SnapshotBegin {
+                offset,
+                epoch,
+                last,
+            } => {
+                let base = Base {
+                    offset,
+                    epoch,
+                    last,
+                };
+                tracing::info!(%volume, offset, "snapshot begins");
+                answer(&hosted, number, move |copy| {
+                    copy.begin_snapshot(base)?;
+                    Ok(copy.next())
+                })
+                .await?
+            }
+            ToNode::SnapshotOps(ops) => {
+                answer(&hosted, number, move |copy| {
+                    copy.snapshot_ops(&ops)?;
+                    Ok(copy.next())
+                })
+                .await?
+            }
+            ToNode::SnapshotEnd => {
+                let answered = answer(&hosted, number, |copy| copy.end_snapshot()).await?;
+                if let ToPrimary::Ack { next } = answered {
+                    tracing::info!(%volume, next, "snapshot complete");
                 }
+                answered
             }
         };
         channel_send(&mut channel, &reply).await?;
@@ -263,6 +280,32 @@ async fn session(
             return Err(SessionError::Refused(reason));
         }
     }
+}
+
+/// Runs `take` on the copy in a blocking thread: an Ack of the offset it returns, or a
+/// Refuse saying why it failed.
+/// Nothing is done for session `number` once a newer one has begun: it is checked under
+/// the copy's lock, so an older session's message never lands in a newer one's snapshot.
+async fn answer(
+    hosted: &Arc<Hosted>,
+    number: u64,
+    take: impl FnOnce(&mut VolumeCopy) -> Result<u64, CopyError> + Send + 'static,
+) -> Result<ToPrimary, SessionError> {
+    let hosted = Arc::clone(hosted);
+    let taken = tokio::task::spawn_blocking(move || {
+        let mut copy = hosted.copy();
+        let current = hosted.session.load(Ordering::SeqCst) == number;
+        current.then(|| take(&mut copy))
+    })
+    .await
+    .map_err(|error| ChannelError::Io(io::Error::other(error)))?;
+    Ok(match taken {
+        None => return Err(SessionError::Superseded),
+        Some(Ok(next)) => ToPrimary::Ack { next },
+        Some(Err(error)) => ToPrimary::Refuse {
+            reason: error.to_string(),
+        },
+    })
 }
 
 /// Tells the primary why the node will not go on, and ends the session.

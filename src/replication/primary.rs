@@ -2,8 +2,9 @@
 //! fsync waits for the replicas `acks` asks for.
 //!
 //! A sender connects, learns how far the node's copy is, sends the records from there in
-//! batches, and then follows the log's end as records are appended, one batch in flight
-//! at a time; an idle sender sends an empty batch every second, which the node answers
+//! batches (after a snapshot of the volume when the log no longer holds, or never held,
+//! what the copy lacks), and then follows the log's end as records are appended, one
+//! batch in flight at a time; an idle sender sends an empty batch every second, which the node answers
 //! like any other, so the in-sync set stays current. On any error the sender reconnects
 //! with backoff (100 ms doubling to 5 s). Acknowledgements move each replica's progress,
 //! from which the in-sync set, the high watermark, fsync's answer and the log's retention
@@ -22,9 +23,11 @@ use super::channel::{Channel, ChannelError};
 use super::isr::{Progress, Rule, high_watermark, satisfied};
 use super::key::{KeyError, VolumeKey};
 use super::protocol::{ProtocolError, ToNode, ToPrimary, decode, encode, record_hash};
+use super::snapshot::{WalkError, WalkStats, walk};
 use crate::config::replication::Replica;
 use crate::config::{OnInsufficient, ReplicationConfig};
-use crate::log::{Log, LogError, Record};
+use crate::log::{Log, LogError, Op, Record};
+use crate::write::snapshot::SnapshotSource;
 
 /// Records per batch at most, by bytes (a single larger record goes alone).
 const BATCH_BYTES: u64 = 4 << 20;
@@ -37,6 +40,13 @@ const ANSWER_TIMEOUT_MIN: Duration = Duration::from_secs(5);
 
 /// How long connecting may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How often the log's retention floor is looked at again (a replica that is away sends
+/// no acknowledgement that would).
+const RETENTION_EVERY: Duration = Duration::from_secs(1);
+
+/// Snapshot batches read ahead of the connection.
+const SNAPSHOT_AHEAD: usize = 4;
 
 /// Reconnection backoff bounds.
 const BACKOFF: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(5));
@@ -79,10 +89,10 @@ enum SendError {
     Silent(Duration),
     #[error("unexpected answer: {0}")]
     Unexpected(String),
-    #[error(
-        "the replica needs records from {next}, and the log starts at {first} (or the origin held files before the log began): it needs a snapshot, which this version cannot send yet"
-    )]
-    NeedsSnapshot { next: u64, first: u64 },
+    #[error(transparent)]
+    Walk(#[from] WalkError),
+    #[error("snapshot: {0}")]
+    Snapshot(io::Error),
     #[error("the replica holds records up to {next}, past this log's end {end}")]
     Ahead { next: u64, end: u64 },
     #[error(
@@ -98,7 +108,7 @@ pub struct ReplicaStatus {
     pub name: String,
     /// Its address.
     pub address: String,
-    /// "in sync", "catching up", "offline" (or "snapshot needed").
+    /// "in sync", "catching up", "snapshotting" or "offline".
     pub state: String,
     /// Every record below this is durable on it.
     pub acknowledged: u64,
@@ -106,8 +116,21 @@ pub struct ReplicaStatus {
     pub lag_records: u64,
     /// Seconds since it last held the whole log (none if never).
     pub lag_seconds: Option<f64>,
+    /// The snapshot being sent, if one is.
+    pub snapshot: Option<SnapshotStatus>,
     /// Why the last connection ended, if it did.
     pub error: Option<String>,
+}
+
+/// A snapshot on its way to a replica.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct SnapshotStatus {
+    /// The log offset it is consistent from.
+    pub offset: u64,
+    /// Objects and bytes sent so far.
+    pub sent: WalkStats,
+    /// Seconds since it began.
+    pub seconds: f64,
 }
 
 /// Replication's state, as status shows it.
@@ -117,6 +140,8 @@ pub struct ReplicationStatus {
     pub epoch: u32,
     /// The offset every in-sync replica holds.
     pub high_watermark: u64,
+    /// The oldest record the log keeps for the replicas.
+    pub retained_from: u64,
     /// Per replica.
     pub replicas: Vec<ReplicaStatus>,
 }
@@ -133,6 +158,13 @@ pub struct Replication {
     runtime: Mutex<Option<tokio::runtime::Runtime>>,
 }
 
+/// The log's retention for the replicas.
+#[derive(Debug)]
+struct Retention {
+    log: Arc<Log>,
+    bytes_max: u64,
+}
+
 #[derive(Debug)]
 struct Shared {
     replicas: Mutex<Vec<ReplicaState>>,
@@ -141,6 +173,7 @@ struct Shared {
     /// Signalled on every append to the log.
     appended: Notify,
     stopping: AtomicBool,
+    retention: Retention,
 }
 
 #[derive(Debug)]
@@ -148,7 +181,14 @@ struct ReplicaState {
     replica: Replica,
     progress: Progress,
     error: Option<String>,
-    needs_snapshot: bool,
+    snapshot: Option<Snapshotting>,
+}
+
+#[derive(Debug)]
+struct Snapshotting {
+    offset: u64,
+    sent: WalkStats,
+    started: Instant,
 }
 
 impl Shared {
@@ -157,19 +197,34 @@ impl Shared {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
+
+    /// Moves the log's retention floor: the oldest record any replica still needs (and
+    /// the one before it, so that a returning replica's last record can be checked), but
+    /// no further back than `retain_bytes_max` of log. A replica left behind that floor
+    /// gets a snapshot when it returns.
+    fn retain(&self, replicas: &[ReplicaState]) -> u64 {
+        let needed = replicas
+            .iter()
+            .map(|r| r.progress.acked)
+            .min()
+            .map_or(u64::MAX, |acked| acked.saturating_sub(1));
+        let log = &self.retention.log;
+        let floor = needed.max(log.snapshot().first_within(self.retention.bytes_max));
+        log.retain_from(floor);
+        floor
+    }
 }
 
 impl Replication {
-    /// Starts a sender per replica of `config` for volume `volume`, reading `log`.
-    /// `whole`: the log holds every change since the origin was empty, so a new copy can
-    /// be built from its records alone.
+    /// Starts a sender per replica of `config` for volume `volume`, reading the log and,
+    /// for snapshots, the origin of `source`.
     pub fn start(
         config: &ReplicationConfig,
         volume: &str,
-        log: Arc<Log>,
+        source: SnapshotSource,
         epoch: u32,
-        whole: bool,
     ) -> Result<Arc<Replication>, ReplicationError> {
+        let log = Arc::clone(source.log());
         let key = VolumeKey::read(&config.key_file)?;
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
@@ -186,16 +241,28 @@ impl Replication {
                         replica: replica.clone(),
                         progress: Progress::new(),
                         error: None,
-                        needs_snapshot: false,
+                        snapshot: None,
                     })
                     .collect(),
             ),
             changed: Condvar::new(),
             appended: Notify::new(),
             stopping: AtomicBool::new(false),
+            retention: Retention {
+                log: Arc::clone(&log),
+                bytes_max: config.retain_bytes_max,
+            },
         });
-        // Nothing is deleted until every replica has said what it holds.
-        log.retain_from(0);
+        // Nothing is deleted until every replica has said what it holds (or the log
+        // outgrows retain_bytes_max).
+        shared.retain(&shared.replicas());
+        let retaining = Arc::clone(&shared);
+        runtime.spawn(async move {
+            while !retaining.stopping.load(Ordering::SeqCst) {
+                tokio::time::sleep(RETENTION_EVERY).await;
+                retaining.retain(&retaining.replicas());
+            }
+        });
         for index in 0..config.replicas.len() {
             let sender = Sender {
                 shared: Arc::clone(&shared),
@@ -204,9 +271,8 @@ impl Replication {
                 volume: volume.to_string(),
                 key: key.clone(),
                 plaintext: config.plaintext,
-                log: Arc::clone(&log),
+                source: source.clone(),
                 epoch,
-                whole,
                 // As long as a replica may lag and stay in sync, and no shorter than a
                 // batch takes on a slow link.
                 answer_timeout: config.lag_max.max(ANSWER_TIMEOUT_MIN),
@@ -278,14 +344,15 @@ impl Replication {
         ReplicationStatus {
             epoch: self.epoch,
             high_watermark: high_watermark(self.rule, &progress, end, now),
+            retained_from: self.shared.retain(&replicas),
             replicas: replicas
                 .iter()
                 .map(|state| {
                     let progress = &state.progress;
-                    let label = if state.needs_snapshot {
-                        "snapshot needed"
-                    } else if !progress.connected {
+                    let label = if !progress.connected {
                         "offline"
+                    } else if state.snapshot.is_some() {
+                        "snapshotting"
                     } else if progress.in_sync(self.rule.lag_max, end, now) {
                         "in sync"
                     } else {
@@ -304,6 +371,11 @@ impl Replication {
                                 .caught_up
                                 .map(|at| now.duration_since(at).as_secs_f64())
                         },
+                        snapshot: state.snapshot.as_ref().map(|snapshot| SnapshotStatus {
+                            offset: snapshot.offset,
+                            sent: snapshot.sent,
+                            seconds: now.duration_since(snapshot.started).as_secs_f64(),
+                        }),
                         error: state.error.clone(),
                     }
                 })
@@ -334,10 +406,16 @@ struct Sender {
     volume: String,
     key: VolumeKey,
     plaintext: bool,
-    log: Arc<Log>,
+    source: SnapshotSource,
     epoch: u32,
-    whole: bool,
     answer_timeout: Duration,
+}
+
+/// What the thread reading a snapshot hands to the connection.
+enum Piece {
+    Begin { offset: u64, last: Option<[u8; 32]> },
+    Ops(Vec<Op>, WalkStats),
+    End,
 }
 
 impl Sender {
@@ -349,7 +427,6 @@ impl Sender {
                 Ok(()) => return,
                 Err(error) => error,
             };
-            let needs_snapshot = matches!(error, SendError::NeedsSnapshot { .. });
             {
                 let mut replicas = self.shared.replicas();
                 let state = &mut replicas[self.index];
@@ -358,7 +435,7 @@ impl Sender {
                 }
                 state.progress.connected = false;
                 state.error = Some(error.to_string());
-                state.needs_snapshot = needs_snapshot;
+                state.snapshot = None;
             }
             self.shared.changed.notify_all();
             tokio::time::sleep(backoff).await;
@@ -375,7 +452,7 @@ impl Sender {
                 .map_err(SendError::Connect)?;
         stream.set_nodelay(true).map_err(SendError::Connect)?;
         let mut channel = Channel::connect(stream, &self.volume, &self.key, self.plaintext).await?;
-        let stats = self.log.snapshot().stats();
+        let stats = self.log().snapshot().stats();
         let open = ToNode::Open {
             epoch: self.epoch,
             log_start: stats.first_offset,
@@ -385,12 +462,6 @@ impl Sender {
             ToPrimary::Position { next, last, .. } => (next, last),
             other => return Err(SendError::Unexpected(format!("{other:?}"))),
         };
-        if next < stats.first_offset || (next == 0 && !self.whole) {
-            return Err(SendError::NeedsSnapshot {
-                next,
-                first: stats.first_offset,
-            });
-        }
         if next > stats.next_offset {
             return Err(SendError::Ahead {
                 next,
@@ -398,23 +469,25 @@ impl Sender {
             });
         }
         // The copy must follow this log: its last record must be this log's record there.
-        if let Some(held) = next.checked_sub(1) {
-            let log = Arc::clone(&self.log);
-            let ours =
-                tokio::task::spawn_blocking(move || -> Result<Option<[u8; 32]>, LogError> {
-                    match log.snapshot().records(held)?.next() {
-                        Some(record) => Ok(Some(record_hash(&record?))),
-                        None => Ok(None),
-                    }
-                })
+        // (A copy begun by a snapshot whose last record was gone already cannot tell.)
+        if let (Some(held), Some(theirs)) = (next.checked_sub(1), last) {
+            let log = Arc::clone(self.log());
+            let ours = tokio::task::spawn_blocking(move || hash_of(&log, held))
                 .await
                 .map_err(|error| SendError::Connect(io::Error::other(error)))??;
-            if ours != last {
+            if ours.is_some_and(|ours| ours != theirs) {
                 return Err(SendError::Diverged { offset: held });
             }
         }
         tracing::info!(replica = %self.replica.name, next, "replica connected");
-        self.acknowledged(next, true);
+        self.mark_connected();
+        let whole = stats.first_offset == 0 && self.source.log_is_whole();
+        let next = if next < stats.first_offset || (next == 0 && !whole) {
+            self.snapshot(&mut channel).await?
+        } else {
+            next
+        };
+        self.acknowledged(next);
         let mut from = next;
         loop {
             if self.shared.stopping.load(Ordering::SeqCst) {
@@ -423,24 +496,107 @@ impl Sender {
             let notified = self.shared.appended.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            if from >= self.log.next_offset() {
+            if from >= self.log().next_offset() {
                 tokio::select! {
                     () = &mut notified => {}
                     () = tokio::time::sleep(HEARTBEAT) => {}
                 }
             }
-            let log = Arc::clone(&self.log);
+            let log = Arc::clone(self.log());
             let batch = tokio::task::spawn_blocking(move || read_batch(&log, from))
                 .await
                 .map_err(|error| SendError::Connect(io::Error::other(error)))??;
             match self.ask(&mut channel, &ToNode::Records(batch)).await? {
                 ToPrimary::Ack { next } => {
                     from = next;
-                    self.acknowledged(next, false);
+                    self.acknowledged(next);
                 }
                 other => return Err(SendError::Unexpected(format!("{other:?}"))),
             }
         }
+    }
+
+    fn log(&self) -> &Arc<Log> {
+        self.source.log()
+    }
+
+    /// Sends a snapshot of the volume, read by a blocking thread that holds the origin
+    /// still while it reads; returns the offset the copy now continues from.
+    async fn snapshot(&self, channel: &mut Channel<TcpStream>) -> Result<u64, SendError> {
+        let (pieces, mut received) = tokio::sync::mpsc::channel(SNAPSHOT_AHEAD);
+        let source = self.source.clone();
+        let reading = tokio::task::spawn_blocking(move || -> Result<(), SendError> {
+            let frozen = source.freeze().map_err(SendError::Snapshot)?;
+            let offset = frozen.offset;
+            let last = match offset.checked_sub(1) {
+                Some(held) => hash_of(source.log(), held).unwrap_or(None),
+                None => None,
+            };
+            if pieces.blocking_send(Piece::Begin { offset, last }).is_err() {
+                return Ok(());
+            }
+            walk(frozen.origin, &mut |ops, stats| {
+                pieces.blocking_send(Piece::Ops(ops, stats)).is_ok()
+            })?;
+            drop(frozen);
+            let _ = pieces.blocking_send(Piece::End);
+            Ok(())
+        });
+        let mut offset = None;
+        while let Some(piece) = received.recv().await {
+            let message = match piece {
+                Piece::Begin { offset: at, last } => {
+                    tracing::info!(replica = %self.replica.name, offset = at, "snapshot begins");
+                    offset = Some(at);
+                    self.snapshot_progress(at, WalkStats::default());
+                    ToNode::SnapshotBegin {
+                        offset: at,
+                        epoch: self.epoch,
+                        last,
+                    }
+                }
+                Piece::Ops(ops, stats) => {
+                    self.snapshot_progress(offset.unwrap_or(0), stats);
+                    ToNode::SnapshotOps(ops)
+                }
+                Piece::End => ToNode::SnapshotEnd,
+            };
+            let end = matches!(message, ToNode::SnapshotEnd);
+            match self.ask(channel, &message).await? {
+                ToPrimary::Ack { next } if end => {
+                    if Some(next) != offset {
+                        return Err(SendError::Unexpected(format!(
+                            "the snapshot from {offset:?} ended at {next}"
+                        )));
+                    }
+                    tracing::info!(replica = %self.replica.name, next, "snapshot complete");
+                    self.shared.replicas()[self.index].snapshot = None;
+                    return Ok(next);
+                }
+                ToPrimary::Ack { .. } => {}
+                other => return Err(SendError::Unexpected(format!("{other:?}"))),
+            }
+        }
+        // The reading thread ended without the end of the snapshot: it failed.
+        reading
+            .await
+            .map_err(|error| SendError::Snapshot(io::Error::other(error)))??;
+        Err(SendError::Snapshot(io::Error::other(
+            "the snapshot ended early",
+        )))
+    }
+
+    fn snapshot_progress(&self, offset: u64, sent: WalkStats) {
+        let mut replicas = self.shared.replicas();
+        let snapshot = replicas[self.index]
+            .snapshot
+            .get_or_insert_with(|| Snapshotting {
+                offset,
+                sent,
+                started: Instant::now(),
+            });
+        snapshot.offset = offset;
+        snapshot.sent = sent;
     }
 
     async fn ask(
@@ -459,28 +615,37 @@ impl Sender {
         }
     }
 
+    fn mark_connected(&self) {
+        let mut replicas = self.shared.replicas();
+        let state = &mut replicas[self.index];
+        state.progress.connected = true;
+        state.error = None;
+    }
+
     /// The replica holds every record below `next`.
-    fn acknowledged(&self, next: u64, connecting: bool) {
+    fn acknowledged(&self, next: u64) {
         {
             let mut replicas = self.shared.replicas();
-            let state = &mut replicas[self.index];
-            if connecting {
-                state.progress.connected = true;
-                state.error = None;
-                state.needs_snapshot = false;
-            }
-            state
-                .progress
-                .acknowledged(next, self.log.next_offset(), Instant::now());
-            // The log keeps what the furthest-behind replica still needs.
-            let floor = replicas
-                .iter()
-                .map(|r| r.progress.acked)
-                .min()
-                .unwrap_or(u64::MAX);
-            self.log.retain_from(floor);
+            replicas[self.index].progress.acknowledged(
+                next,
+                self.log().next_offset(),
+                Instant::now(),
+            );
+            self.shared.retain(&replicas);
         }
         self.shared.changed.notify_all();
+    }
+}
+
+/// [`record_hash`] of record `offset`, if the log still has it.
+fn hash_of(log: &Log, offset: u64) -> Result<Option<[u8; 32]>, LogError> {
+    let snapshot = log.snapshot();
+    if offset < snapshot.stats().first_offset {
+        return Ok(None);
+    }
+    match snapshot.records(offset)?.next() {
+        Some(record) => Ok(Some(record_hash(&record?))),
+        None => Ok(None),
     }
 }
 
@@ -493,7 +658,7 @@ fn read_batch(log: &Log, from: u64) -> Result<Vec<Record>, LogError> {
     let mut bytes = 0;
     for record in log.snapshot().records(from)? {
         let record = record?;
-        bytes += 64 + record.op.length().min(BATCH_BYTES);
+        bytes += 64 + record.op.carried_bytes();
         batch.push(record);
         if bytes >= BATCH_BYTES || batch.len() >= 4096 {
             break;

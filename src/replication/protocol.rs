@@ -31,6 +31,11 @@ pub enum ToNode {
     SnapshotBegin {
         /// The log offset the snapshot is consistent from.
         offset: u64,
+        /// The primary's epoch.
+        epoch: u32,
+        /// [`record_hash`] of the primary's record `offset - 1`, which the copy will
+        /// answer with until it holds a record of its own.
+        last: Option<[u8; 32]>,
     },
     /// Part of a snapshot: operations that rebuild the volume in an empty directory.
     SnapshotOps(Vec<Op>),
@@ -108,7 +113,11 @@ mod tests {
                 log_end: 8,
             },
             ToNode::Records(vec![record.clone()]),
-            ToNode::SnapshotBegin { offset: 3 },
+            ToNode::SnapshotBegin {
+                offset: 3,
+                epoch: 2,
+                last: Some([7; 32]),
+            },
             ToNode::SnapshotOps(vec![record.op.clone()]),
             ToNode::SnapshotEnd,
         ] {

@@ -202,6 +202,7 @@ impl Volume {
 
     /// Writes all of `data` at `offset`.
     pub fn write(&self, handle: u64, offset: u64, data: &[u8]) -> Result<usize> {
+        let _naming = self.naming();
         let open = self.file_handle(handle)?;
         let path = self.inode_path(open.inode)?;
         self.journal
@@ -241,6 +242,7 @@ impl Volume {
             }
             // Copies apply writes later than the origin took them; this gives them the
             // origin's modification time, once per open rather than once per write.
+            let _naming = self.naming();
             if let Some(path) = self.inode_path(open.inode)? {
                 self.record_mtime(path, stat.mtime)?;
             }
@@ -266,6 +268,7 @@ impl Volume {
 
     /// `fallocate(2)` with the application's mode bits.
     pub fn fallocate(&self, handle: u64, offset: u64, length: u64, mode: i32) -> Result<()> {
+        let _naming = self.naming();
         let open = self.file_handle(handle)?;
         let path = self.inode_path(open.inode)?;
         // Unflushed bytes in the range must land before the range changes under them,

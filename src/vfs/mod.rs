@@ -20,7 +20,7 @@ use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::num::NonZeroUsize;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::SystemTime;
 
 use lru::LruCache;
@@ -206,6 +206,16 @@ pub struct Volume {
     open_modes: Mutex<HashMap<InodeId, OpenCounts>>,
     /// Signalled when an open is counted out.
     open_closed: Condvar,
+    /// Read from before a change takes its path until its record is appended; written by
+    /// a change that moves or removes names. So no record carries a path that a move
+    /// recorded before it has made wrong.
+    names: RwLock<()>,
+}
+
+/// What a change that moves or removes names holds (see [`Volume::moving`]).
+struct Moving<'a> {
+    _snapshot: RwLockReadGuard<'a, ()>,
+    _names: RwLockWriteGuard<'a, ()>,
 }
 
 impl Volume {
@@ -241,6 +251,7 @@ impl Volume {
             passthrough_opens: AtomicU64::new(0),
             open_modes: Mutex::new(HashMap::new()),
             open_closed: Condvar::new(),
+            names: RwLock::new(()),
         }
     }
 
@@ -292,6 +303,28 @@ impl Volume {
     /// The change log and write policy.
     pub fn journal(&self) -> &Journal {
         &self.journal
+    }
+
+    /// Held by a change that records a path, from before it takes the path until its
+    /// record is appended. Public operations take it once, at their start; nothing they
+    /// call takes it again (a waiting mover would make a second read wait forever).
+    fn naming(&self) -> RwLockReadGuard<'_, ()> {
+        self.names
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Held by rename, unlink and rmdir: they wait for changes that took a path to record
+    /// it, and for a snapshot being read for a new replica.
+    fn moving(&self) -> Moving<'_> {
+        let snapshot = self.journal.moving();
+        Moving {
+            _snapshot: snapshot,
+            _names: self
+                .names
+                .write()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()),
+        }
     }
 
     /// The path the log names `entry` in directory `parent` by. Taken before a change, so

@@ -20,6 +20,7 @@ impl Volume {
 
     /// Sets extended attribute `key` of `id`; `flags` are XATTR_CREATE / XATTR_REPLACE.
     pub fn setxattr(&self, id: InodeId, key: &OsStr, value: &[u8], flags: i32) -> Result<()> {
+        let _naming = self.naming();
         let path = self.inode_path(id)?;
         match self.target(id, None)? {
             Target::Place(located, _) => self.origin.set_xattr(located.at(), key, value, flags)?,
@@ -46,6 +47,7 @@ impl Volume {
 
     /// Removes extended attribute `key` of `id`.
     pub fn removexattr(&self, id: InodeId, key: &OsStr) -> Result<()> {
+        let _naming = self.naming();
         let path = self.inode_path(id)?;
         match self.target(id, None)? {
             Target::Place(located, _) => self.origin.remove_xattr(located.at(), key)?,

@@ -27,8 +27,14 @@ pub fn load(path: &Path) -> io::Result<Option<u64>> {
 
 /// Stores `offset` durably, replacing the file atomically.
 pub fn store(path: &Path, offset: u64) -> io::Result<()> {
+    replace_durably(path, &format!("{offset}\n"))
+}
+
+/// Replaces the file at `path` with `text`, atomically and durably (a crash leaves the old
+/// text or the new, never part of one).
+pub fn replace_durably(path: &Path, text: &str) -> io::Result<()> {
     let temporary = path.with_extension("tmp");
-    std::fs::write(&temporary, format!("{offset}\n"))?;
+    std::fs::write(&temporary, text)?;
     File::open(&temporary)?.sync_all()?;
     std::fs::rename(&temporary, path)?;
     sync_parent(path)
@@ -43,7 +49,8 @@ pub fn remove(path: &Path) -> io::Result<()> {
     sync_parent(path)
 }
 
-fn sync_parent(path: &Path) -> io::Result<()> {
+/// Makes a change to the directory holding `path` durable.
+pub fn sync_parent(path: &Path) -> io::Result<()> {
     match path.parent() {
         Some(parent) => File::open(parent)?.sync_all(),
         None => Ok(()),

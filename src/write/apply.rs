@@ -31,15 +31,20 @@ pub struct ApplyError {
 
 /// Applies `record` to `copy`.
 pub fn apply(copy: &Origin, record: &Record, as_root: bool) -> Result<(), ApplyError> {
-    apply_op(copy, &record.op, as_root).map_err(|source| ApplyError {
-        offset: record.offset,
-        op: record.op.kind(),
-        path: record.op.path().clone(),
+    apply_op(copy, record.offset, &record.op, as_root)
+}
+
+/// Applies `op`, which belongs to offset `offset` (a record's, or a snapshot's).
+pub fn apply_op(copy: &Origin, offset: u64, op: &Op, as_root: bool) -> Result<(), ApplyError> {
+    effect(copy, op, as_root).map_err(|source| ApplyError {
+        offset,
+        op: op.kind(),
+        path: op.path().clone(),
         source,
     })
 }
 
-fn apply_op(copy: &Origin, op: &Op, as_root: bool) -> io::Result<()> {
+fn effect(copy: &Origin, op: &Op, as_root: bool) -> io::Result<()> {
     match op {
         Op::Create {
             path,
@@ -145,14 +150,8 @@ fn apply_op(copy: &Origin, op: &Op, as_root: bool) -> io::Result<()> {
             atime,
             mtime,
         } => {
-            let dir;
-            let name;
-            let at = if path.components().next().is_none() {
-                At::Dir(copy.root())
-            } else {
-                (dir, name) = place(copy, path)?;
-                At::Entry(&dir, &name)
-            };
+            let target = Target::of(copy, path)?;
+            let at = target.at(copy);
             let result = (|| {
                 if as_root && (uid.is_some() || gid.is_some()) {
                     copy.chown(at, *uid, *gid)?;
@@ -174,15 +173,15 @@ fn apply_op(copy: &Origin, op: &Op, as_root: bool) -> io::Result<()> {
             already(result, libc::ENOENT)
         }
         Op::SetXattr { path, name, value } => {
-            let (dir, entry) = place(copy, path)?;
+            let target = Target::of(copy, path)?;
             already(
-                copy.set_xattr(At::Entry(&dir, &entry), OsStr::from_bytes(name), value, 0),
+                copy.set_xattr(target.at(copy), OsStr::from_bytes(name), value, 0),
                 libc::ENOENT,
             )
         }
         Op::RemoveXattr { path, name } => {
-            let (dir, entry) = place(copy, path)?;
-            match copy.remove_xattr(At::Entry(&dir, &entry), OsStr::from_bytes(name)) {
+            let target = Target::of(copy, path)?;
+            match copy.remove_xattr(target.at(copy), OsStr::from_bytes(name)) {
                 Err(error) if matches!(error.raw_os_error(), Some(libc::ENODATA)) => Ok(()),
                 other => already(other, libc::ENOENT),
             }
@@ -247,6 +246,29 @@ fn place(copy: &Origin, path: &LogPath) -> io::Result<(DirFd, Name)> {
         dir = copy.open_dir(At::Entry(&dir, &name))?;
     }
     Err(io::Error::from_raw_os_error(libc::EINVAL))
+}
+
+/// What a record that may name the volume root (the empty path) changes.
+enum Target {
+    Root,
+    Entry(DirFd, Name),
+}
+
+impl Target {
+    fn of(copy: &Origin, path: &LogPath) -> io::Result<Target> {
+        if path.components().next().is_none() {
+            return Ok(Target::Root);
+        }
+        let (dir, name) = place(copy, path)?;
+        Ok(Target::Entry(dir, name))
+    }
+
+    fn at<'a>(&'a self, copy: &'a Origin) -> At<'a> {
+        match self {
+            Target::Root => At::Dir(copy.root()),
+            Target::Entry(dir, name) => At::Entry(dir, name),
+        }
+    }
 }
 
 /// `path` opened with `flags`, or `None` when it no longer exists (a later record removed

@@ -13,10 +13,11 @@ pub mod apply;
 pub mod behind;
 mod dirty;
 pub mod recover;
+pub mod snapshot;
 
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLockReadGuard};
 use std::thread::JoinHandle;
 use std::time::SystemTime;
 
@@ -27,6 +28,7 @@ use crate::types::InodeId;
 
 use apply::ApplyError;
 use behind::{BehindStatus, Overlay, Tuning, WriteBehind};
+use snapshot::SnapshotSource;
 
 /// The leader epoch of records written before failover exists.
 const EPOCH_FIRST: u32 = 1;
@@ -73,9 +75,9 @@ pub enum WriteError {
 #[derive(Debug)]
 pub struct Journal {
     log: Arc<Log>,
-    /// The log holds every change since the origin was empty (`state_dir/log-base`).
-    whole: bool,
     behind: Option<Arc<WriteBehind>>,
+    /// What a snapshot for a new copy reads; also what a move of a name waits for.
+    snapshot: SnapshotSource,
     flusher: Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -138,7 +140,7 @@ impl Journal {
                 };
                 Some(Arc::new(WriteBehind::new(
                     Arc::clone(&log),
-                    origin,
+                    Arc::clone(&origin),
                     applied_path,
                     tuning,
                 )))
@@ -151,10 +153,16 @@ impl Journal {
                 .spawn(move || behind.run_flusher())
                 .expect("spawn the flusher thread")
         });
+        let snapshot = SnapshotSource::new(
+            origin,
+            Arc::clone(&log),
+            behind.as_ref().map(Arc::clone),
+            whole,
+        );
         Ok(Journal {
             log,
-            whole,
             behind,
+            snapshot,
             flusher: Mutex::new(flusher),
         })
     }
@@ -293,14 +301,14 @@ impl Journal {
         &self.log
     }
 
-    /// Whether the log holds the whole volume: it began with an empty origin, so a new
-    /// copy can be built from its records alone.
-    pub fn log_is_whole(&self) -> bool {
-        self.whole
+    /// What a snapshot of the volume for a new replica reads.
+    pub fn snapshot_source(&self) -> SnapshotSource {
+        self.snapshot.clone()
     }
 
-    /// The change log, shared (for the replica senders).
-    pub fn shared_log(&self) -> Arc<Log> {
-        Arc::clone(&self.log)
+    /// Held by a change that moves or removes a name, until its record is appended (see
+    /// [`SnapshotSource::moving`]).
+    pub fn moving(&self) -> RwLockReadGuard<'_, ()> {
+        self.snapshot.moving()
     }
 }
