@@ -1,6 +1,7 @@
 //! The control socket: a mounted volume's daemon answers questions on
-//! `state_dir/control.sock` (mode 0600, so only the owner of the state directory asks).
-//! One request line in, one JSON line out; `mirrorfs status` is the client.
+//! `state_dir/control.sock`, and a replica node on `DIR/.node/control.sock` (mode 0600, so
+//! only the owner of the directory asks). One request line in, one JSON line out;
+//! `mirrorfs status` and `mirrorfs replica status` are the clients.
 
 use std::io::{self, BufRead, BufReader, Write};
 use std::os::unix::fs::PermissionsExt;
@@ -8,6 +9,7 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::cache::CacheStats;
@@ -59,8 +61,8 @@ pub struct LogStatus {
 /// Why a daemon could not be asked.
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
-    /// Nothing listens: the volume is not mounted (or its daemon died).
-    #[error("volume is not mounted: no daemon answers at {path} ({source})")]
+    /// Nothing listens: the daemon is not running (or died).
+    #[error("no daemon answers at {path} ({source})")]
     NotRunning {
         /// The socket.
         path: PathBuf,
@@ -86,9 +88,9 @@ pub struct ControlSocket {
 impl ControlSocket {
     /// Listens in `state_dir` and answers from a thread with what `status` returns. A
     /// socket left by a daemon that died is replaced (the state lock says it is ours).
-    pub fn serve(
+    pub fn serve<T: Serialize>(
         state_dir: &Path,
-        status: impl Fn() -> Status + Send + 'static,
+        status: impl Fn() -> T + Send + 'static,
     ) -> io::Result<ControlSocket> {
         let path = state_dir.join(SOCKET_NAME);
         match std::fs::remove_file(&path) {
@@ -121,7 +123,7 @@ impl Drop for ControlSocket {
     }
 }
 
-fn answer(stream: UnixStream, status: &impl Fn() -> Status) -> io::Result<()> {
+fn answer<T: Serialize>(stream: UnixStream, status: &impl Fn() -> T) -> io::Result<()> {
     stream.set_read_timeout(Some(ANSWER_TIMEOUT))?;
     let mut request = String::new();
     // Bounded, so a client cannot make the daemon buffer without end.
@@ -134,8 +136,8 @@ fn answer(stream: UnixStream, status: &impl Fn() -> Status) -> io::Result<()> {
     writeln!(stream, "{reply}")
 }
 
-/// Asks the daemon of the volume whose state directory is `state_dir` for its status.
-pub fn query(state_dir: &Path) -> Result<Status, ControlError> {
+/// Asks the daemon whose state directory is `state_dir` for its status.
+pub fn query<T: DeserializeOwned>(state_dir: &Path) -> Result<T, ControlError> {
     let path = state_dir.join(SOCKET_NAME);
     let answer_error = |reason: String| ControlError::Answer {
         path: path.clone(),

@@ -182,13 +182,14 @@ async fn bad_input_is_refused_logged_and_harmless() {
         "{reply:?}"
     );
 
-    // Nothing was written outside the volumes' copies, and the node still serves.
+    // Nothing was written outside the volumes' copies (and the node's own files), and the
+    // node still serves.
     let mut entries: Vec<String> = fs::read_dir(&node.dir)
         .unwrap()
         .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
     entries.sort();
-    assert_eq!(entries, ["demo", "other"]);
+    assert_eq!(entries, [".node", "demo", "other"]);
     assert!(!node.dir.join("demo/f").exists() && !node.dir.join("demo/data/f").exists());
     first_records_taken(&node, "demo", &key).await;
     let log = node.log();
@@ -200,4 +201,70 @@ async fn bad_input_is_refused_logged_and_harmless() {
     ] {
         assert!(log.contains(expected), "{expected:?} not logged:\n{log}");
     }
+}
+
+/// `mirrorfs replica status` shows each copy's offsets and its primary's last contact,
+/// from the running node or, when none runs, from the copies' files; a second node on the
+/// same directory is refused.
+#[tokio::test]
+async fn replica_status_shows_each_copy_running_or_not() {
+    let scratch = common::scratch();
+    let (key_path, key) = key_file(scratch.path(), "demo.key");
+    let mut node = Node::start(
+        scratch.path(),
+        "127.0.0.1:0",
+        &[("demo", &key_path), ("idle", &key_path)],
+    );
+    let dir = node.dir.to_str().unwrap().to_string();
+    let mut channel = connect(&node, "demo", &key).await.unwrap();
+    open(&mut channel).await;
+    assert_eq!(
+        ask(&mut channel, &ToNode::Records(records(0))).await,
+        ToPrimary::Ack { next: 3 }
+    );
+    let status = |json: bool| {
+        let mut args = vec!["replica", "status", "--dir", dir.as_str()];
+        if json {
+            args.push("--json");
+        }
+        let output = common::run(&args);
+        assert!(output.status.success(), "{output:?}");
+        String::from_utf8(output.stdout).unwrap()
+    };
+    let report: serde_json::Value = serde_json::from_str(&status(true)).unwrap();
+    let demo = &report["volumes"][0];
+    assert_eq!(demo["id"], "demo");
+    assert_eq!(demo["next"], 3);
+    assert_eq!(demo["connected"], true);
+    assert!(demo["last_contact"].as_f64().unwrap() > 1.7e9, "{report}");
+    assert_eq!(report["volumes"][1]["id"], "idle");
+    assert_eq!(report["volumes"][1]["next"], 0);
+    let text = status(false);
+    assert!(text.contains("connected, last heard"), "{text}");
+
+    // A second node on the same directory would corrupt the copies: refused.
+    let second = common::run(&[
+        "replica",
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--dir",
+        &dir,
+        "--volume",
+        &format!("demo={}", key_path.display()),
+    ]);
+    assert_eq!(second.status.code(), Some(2), "{second:?}");
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert!(
+        stderr.contains("lock") && stderr.trim().lines().count() == 1,
+        "{stderr}"
+    );
+
+    drop(channel);
+    node.kill();
+    let report: serde_json::Value = serde_json::from_str(&status(true)).unwrap();
+    assert!(report["running"].is_null(), "{report}");
+    assert_eq!(report["volumes"][0]["next"], 3);
+    let text = status(false);
+    assert!(text.contains("not running"), "{text}");
 }

@@ -47,6 +47,20 @@ enum ReplicaCommand {
     /// Serve volumes' copies until SIGINT/SIGTERM: `--config FILE`, or `--listen`, `--dir`
     /// and `--volume ID=KEY_FILE` (repeatable); command-line values win over the file.
     Serve(ServeArgs),
+    /// How the node's copies stand: each volume's offsets and last contact (from the running
+    /// node, or from its files when it is not running).
+    Status(ReplicaStatusArgs),
+}
+
+/// Arguments of `mirrorfs replica status`.
+#[derive(Debug, Args)]
+pub struct ReplicaStatusArgs {
+    /// The node's directory.
+    #[arg(long, value_name = "DIR")]
+    dir: PathBuf,
+    /// One JSON object.
+    #[arg(long)]
+    json: bool,
 }
 
 /// Arguments of `mirrorfs replica serve`.
@@ -177,6 +191,7 @@ pub fn run(args: impl IntoIterator<Item = OsString>) -> ExitCode {
         Command::Status(args) => status::run(args),
         Command::Keygen => keygen::run(),
         Command::Replica(ReplicaCommand::Serve(args)) => replica::serve(args),
+        Command::Replica(ReplicaCommand::Status(args)) => replica::status(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,12 +1,17 @@
-//! `mirrorfs replica serve`: run a replica node.
+//! `mirrorfs replica serve` (run a replica node) and `mirrorfs replica status`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use serde::Serialize;
 
 use crate::config::node::{NodeConfig, RawNodeConfig, parse_volume_arg};
-use crate::replication::node::{self, NodeError};
+use crate::control::{self, ControlError};
+use crate::replication::copy::{self, CopyStatus};
+use crate::replication::node::{self, HostedStatus, NODE_DIR, NodeError, NodeStatus};
 use crate::signals::StopSignals;
 
-use super::{CliError, ServeArgs};
+use super::{CliError, ReplicaStatusArgs, ServeArgs};
 
 /// Runs a node from `--config` and/or the command line until a stop signal.
 pub fn serve(args: ServeArgs) -> Result<(), CliError> {
@@ -46,7 +51,120 @@ pub fn serve(args: ServeArgs) -> Result<(), CliError> {
     }
     let config = NodeConfig::resolve(raw, None).map_err(usage)?;
     node::serve(config, signals).map_err(|error| match error {
-        NodeError::Key(_) | NodeError::Dir { .. } => CliError::Usage(error.to_string()),
+        NodeError::Key(_) | NodeError::Dir { .. } | NodeError::State(_) => {
+            CliError::Usage(error.to_string())
+        }
         other => CliError::Failure(other.to_string()),
     })
+}
+
+/// What `mirrorfs replica status --json` prints.
+#[derive(Debug, Serialize)]
+struct Report {
+    /// The running node, if one answers.
+    running: Option<NodeStatus>,
+    /// Why none does, if none does.
+    not_running: Option<String>,
+    /// Each copy: from the node, or else from its files.
+    volumes: Vec<HostedStatus>,
+}
+
+/// Runs `mirrorfs replica status`.
+pub fn status(args: ReplicaStatusArgs) -> Result<(), CliError> {
+    if !args.dir.is_dir() {
+        return Err(CliError::Usage(format!(
+            "{} is not a replica node's directory",
+            args.dir.display()
+        )));
+    }
+    let report = match control::query::<NodeStatus>(&args.dir.join(NODE_DIR)) {
+        Ok(running) => Report {
+            volumes: running.volumes.clone(),
+            running: Some(running),
+            not_running: None,
+        },
+        Err(ControlError::NotRunning { .. }) => Report {
+            running: None,
+            not_running: Some("no node answers; figures from its files".to_string()),
+            volumes: from_files(&args.dir)?,
+        },
+        Err(error) => return Err(CliError::Failure(error.to_string())),
+    };
+    if args.json {
+        let text = serde_json::to_string(&report)
+            .map_err(|error| CliError::Failure(format!("cannot encode the status: {error}")))?;
+        println!("{text}");
+    } else {
+        print!("{}", render(&args.dir, &report));
+    }
+    Ok(())
+}
+
+/// The copies in `dir`, read from their files.
+fn from_files(dir: &Path) -> Result<Vec<HostedStatus>, CliError> {
+    let failed =
+        |error: &dyn std::fmt::Display| CliError::Failure(format!("{}: {error}", dir.display()));
+    let mut volumes = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(|error| failed(&error))? {
+        let entry = entry.map_err(|error| failed(&error))?;
+        let id = entry.file_name().to_string_lossy().into_owned();
+        if id.starts_with('.') || !entry.path().join("log").is_dir() {
+            continue;
+        }
+        let copy = copy::inspect(&entry.path()).map_err(|error| failed(&error))?;
+        volumes.push(HostedStatus {
+            id,
+            copy,
+            connected: false,
+            last_contact: None,
+        });
+    }
+    volumes.sort_by(|a, b| a.id.cmp(&b.id));
+    Ok(volumes)
+}
+
+fn render(dir: &Path, report: &Report) -> String {
+    let mut text = match &report.running {
+        Some(node) => format!(
+            "node         pid {}, listening on {}, {}\n",
+            node.pid,
+            node.listen,
+            node.dir.display()
+        ),
+        None => format!("node         not running ({})\n", dir.display()),
+    };
+    text += &format!(
+        "{:<20} {:>12} {:>12} {:>6}  primary\n",
+        "volume", "next", "applied", "epoch"
+    );
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0.0, |since| since.as_secs_f64());
+    for volume in &report.volumes {
+        let CopyStatus {
+            next,
+            applied,
+            epoch,
+            ..
+        } = volume.copy;
+        let contact = match (volume.connected, volume.last_contact) {
+            (true, Some(at)) => format!("connected, last heard {:.1} s ago", (now - at).max(0.0)),
+            (true, None) => "connected".to_string(),
+            (false, Some(at)) => format!("gone, last heard {:.1} s ago", (now - at).max(0.0)),
+            (false, None) if report.running.is_some() => {
+                "not heard from since the node started".to_string()
+            }
+            (false, None) => "unknown".to_string(),
+        };
+        let snapshot = if volume.copy.receiving_snapshot {
+            ", receiving a snapshot"
+        } else {
+            ""
+        };
+        text += &format!(
+            "{:<20} {next:>12} {applied:>12} {epoch:>6}  {contact}{snapshot}\n",
+            volume.id
+        );
+    }
+    text
 }

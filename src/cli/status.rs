@@ -1,15 +1,19 @@
 //! `mirrorfs status`: asks a mounted volume's daemon how it stands.
 
 use crate::cache::{CacheStats, TierStats};
-use crate::control::{self, Status};
+use crate::control::{self, ControlError, Status};
 
 use super::{CliError, StatusArgs};
 
 /// Runs `mirrorfs status`.
 pub fn run(args: StatusArgs) -> Result<(), CliError> {
     let state_dir = args.volume.state_dir()?;
-    let status =
-        control::query(&state_dir).map_err(|error| CliError::Failure(error.to_string()))?;
+    let status: Status = control::query(&state_dir).map_err(|error| match error {
+        ControlError::NotRunning { .. } => {
+            CliError::Failure(format!("volume is not mounted: {error}"))
+        }
+        other => CliError::Failure(other.to_string()),
+    })?;
     if args.json {
         let text = serde_json::to_string(&status)
             .map_err(|error| CliError::Failure(format!("cannot encode the status: {error}")))?;
@@ -58,8 +62,8 @@ fn render(status: &Status) -> String {
     }
     if let Some(replication) = &status.replication {
         text += &format!(
-            "replication  epoch {}, high watermark {}\n",
-            replication.epoch, replication.high_watermark
+            "replication  epoch {}, high watermark {}, log kept from {}\n",
+            replication.epoch, replication.high_watermark, replication.retained_from
         );
         for replica in &replication.replicas {
             let seconds = replica
@@ -75,6 +79,16 @@ fn render(status: &Status) -> String {
                 replica.acknowledged,
                 replica.lag_records
             );
+            if let Some(snapshot) = &replica.snapshot {
+                text += &format!(
+                    "  {:<10} snapshot from offset {}: {} object(s), {} sent in {:.1} s\n",
+                    "",
+                    snapshot.offset,
+                    snapshot.sent.objects,
+                    human(snapshot.sent.bytes),
+                    snapshot.seconds
+                );
+            }
             if let Some(error) = &replica.error {
                 text += &format!("  {:<10} last error: {error}\n", "");
             }

@@ -22,6 +22,8 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use serde::{Deserialize, Serialize};
+
 use crate::log::Op;
 use crate::log::{Log, LogError, LogOptions, Record};
 use crate::origin::Origin;
@@ -129,6 +131,43 @@ impl Base {
             source,
         })
     }
+}
+
+/// Where a copy stands, as `mirrorfs replica status` shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CopyStatus {
+    /// The first record the copy's log holds (where a snapshot began it, or 0).
+    pub log_start: u64,
+    /// Every record below this is durable in the copy's log: what it acknowledges.
+    pub next: u64,
+    /// Every record below this is durably in `data/` (as last stored).
+    pub applied: u64,
+    /// The highest epoch seen.
+    pub epoch: u32,
+    /// A snapshot is being received.
+    pub receiving_snapshot: bool,
+}
+
+/// The status of the copy in `root`, read from its files without changing them (for a
+/// node that is not running).
+pub fn inspect(root: &Path) -> Result<CopyStatus, CopyError> {
+    let base = Base::load(&root.join("base"))?;
+    let stats = crate::log::inspect(&root.join("log"))?.stats();
+    let (log_start, next) = match stats.segments {
+        0 => (base.map_or(0, |b| b.offset), base.map_or(0, |b| b.offset)),
+        _ => (stats.first_offset, stats.next_offset),
+    };
+    let applied_path = root.join("applied");
+    let applied = applied::load(&applied_path)
+        .map_err(io_error(&applied_path))?
+        .unwrap_or(log_start);
+    Ok(CopyStatus {
+        log_start,
+        next,
+        applied,
+        epoch: base.map_or(0, |b| b.epoch),
+        receiving_snapshot: root.join("staging").exists(),
+    })
 }
 
 /// A snapshot being received.
@@ -267,6 +306,17 @@ impl VolumeCopy {
         match snapshot.records(last)?.next() {
             Some(record) => Ok(Some(super::protocol::record_hash(&record?))),
             None => Ok(None),
+        }
+    }
+
+    /// Where the copy stands.
+    pub fn status(&self) -> CopyStatus {
+        CopyStatus {
+            log_start: self.log.snapshot().stats().first_offset,
+            next: self.next(),
+            applied: self.applied,
+            epoch: self.epoch,
+            receiving_snapshot: self.staging.is_some(),
         }
     }
 

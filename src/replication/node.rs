@@ -12,14 +12,17 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::SystemTime;
 
+use serde::{Deserialize, Serialize};
 use tokio::net::{TcpListener, TcpStream};
 
 use super::channel::{Admission, Channel, ChannelError};
-use super::copy::{Base, CopyError, VolumeCopy};
+use super::copy::{Base, CopyError, CopyStatus, VolumeCopy};
 use super::key::{KeyError, VolumeKey};
 use super::protocol::{ProtocolError, ToNode, ToPrimary, decode, encode};
 use crate::config::node::NodeConfig;
+use crate::control::ControlSocket;
 use crate::signals::StopSignals;
+use crate::state::{StateDir, StateError};
 
 /// Why a node could not start.
 #[derive(Debug, thiserror::Error)]
@@ -54,6 +57,40 @@ pub enum NodeError {
     /// The runtime could not start.
     #[error("cannot start: {0}")]
     Runtime(io::Error),
+    /// The node's own directory is locked by another node, or unusable.
+    #[error(transparent)]
+    State(#[from] StateError),
+}
+
+/// The node's own files (its lock and control socket), beside the copies: a volume id
+/// cannot start with '.', so no copy is ever named so.
+pub const NODE_DIR: &str = ".node";
+
+/// What `mirrorfs replica status` shows of a running node.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct NodeStatus {
+    /// The node's process id.
+    pub pid: u32,
+    /// Where it listens.
+    pub listen: String,
+    /// Its directory.
+    pub dir: PathBuf,
+    /// Each volume it keeps, by id.
+    pub volumes: Vec<HostedStatus>,
+}
+
+/// One volume a node keeps.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct HostedStatus {
+    /// The volume id.
+    pub id: String,
+    /// Where its copy stands.
+    #[serde(flatten)]
+    pub copy: CopyStatus,
+    /// Whether a primary is connected now.
+    pub connected: bool,
+    /// When a primary last sent something, in seconds since the Unix epoch.
+    pub last_contact: Option<f64>,
 }
 
 /// Why one connection ended.
@@ -79,9 +116,25 @@ struct Hosted {
     session: AtomicU64,
     /// When a primary last sent something.
     contact: Mutex<Option<SystemTime>>,
+    /// Sessions open now.
+    open_sessions: AtomicU64,
 }
 
 impl Hosted {
+    fn status(&self, id: &str) -> HostedStatus {
+        let contact = *self.contact.lock().unwrap_or_else(|p| p.into_inner());
+        HostedStatus {
+            id: id.to_string(),
+            copy: self.copy().status(),
+            connected: self.open_sessions.load(Ordering::SeqCst) > 0,
+            last_contact: contact.and_then(|at| {
+                at.duration_since(SystemTime::UNIX_EPOCH)
+                    .ok()
+                    .map(|since| since.as_secs_f64())
+            }),
+        }
+    }
+
     fn copy(&self) -> MutexGuard<'_, VolumeCopy> {
         self.copy
             .lock()
@@ -99,6 +152,7 @@ pub fn serve(config: NodeConfig, signals: StopSignals) -> Result<(), NodeError> 
             path: config.dir.clone(),
             source,
         })?;
+    let own = StateDir::open(&config.dir.join(NODE_DIR))?;
     let mut volumes = HashMap::new();
     for volume in &config.volumes {
         let key = VolumeKey::read(&volume.key_file)?;
@@ -117,6 +171,7 @@ pub fn serve(config: NodeConfig, signals: StopSignals) -> Result<(), NodeError> 
                 copy: Mutex::new(copy),
                 session: AtomicU64::new(0),
                 contact: Mutex::new(None),
+                open_sessions: AtomicU64::new(0),
             }),
         );
     }
@@ -136,6 +191,22 @@ pub fn serve(config: NodeConfig, signals: StopSignals) -> Result<(), NodeError> 
                     source,
                 })?;
         let address = listener.local_addr().map_err(NodeError::Runtime)?;
+        let answering = Arc::clone(&listening);
+        let dir = config.dir.clone();
+        let _control = ControlSocket::serve(own.path(), move || NodeStatus {
+            pid: std::process::id(),
+            listen: address.to_string(),
+            dir: dir.clone(),
+            volumes: {
+                let mut volumes: Vec<HostedStatus> = answering
+                    .iter()
+                    .map(|(id, hosted)| hosted.status(id))
+                    .collect();
+                volumes.sort_by(|a, b| a.id.cmp(&b.id));
+                volumes
+            },
+        })
+        .map_err(NodeError::Runtime)?;
         tracing::info!(%address, volumes = listening.len(), "replica node serving");
         let (stop, mut stopped) = tokio::sync::watch::channel(false);
         std::thread::Builder::new()
@@ -189,6 +260,8 @@ async fn session(
     .await?;
     let hosted = Arc::clone(&volumes[&volume]);
     let number = hosted.session.fetch_add(1, Ordering::SeqCst) + 1;
+    hosted.open_sessions.fetch_add(1, Ordering::SeqCst);
+    let _open = OpenSession(&hosted);
     let ToNode::Open { epoch, .. } = decode(&channel.receive().await?)? else {
         let reason = "the first message must be Open".to_string();
         return Err(refuse(&mut channel, reason).await);
@@ -306,6 +379,15 @@ async fn answer(
             reason: error.to_string(),
         },
     })
+}
+
+/// Counts a session out when it ends, however it ends.
+struct OpenSession<'a>(&'a Hosted);
+
+impl Drop for OpenSession<'_> {
+    fn drop(&mut self) {
+        self.0.open_sessions.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// Tells the primary why the node will not go on, and ends the session.
