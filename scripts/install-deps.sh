@@ -3,7 +3,8 @@
 # root). Safe to run again: it installs only what is missing.
 #
 #   scripts/install-deps.sh            fuse3 (to mount) and the Rust toolchain check
-#   scripts/install-deps.sh --test     + the conformance judges (pjdfstest, fsx) and a test user
+#   scripts/install-deps.sh --test     + the conformance judges (pjdfstest, fsx), a test user,
+#                                        and iproute2 (network namespaces for partition tests)
 #   scripts/install-deps.sh --bench    + fio, libfuse's C example source and rclone (the peers),
 #                                        e2fsprogs for the slow-origin image
 set -euo pipefail
@@ -21,6 +22,9 @@ done
 packages=()
 command -v fusermount3 >/dev/null || packages+=(fuse3)
 command -v setfattr >/dev/null || packages+=(attr)
+if $want_test; then
+  command -v ip >/dev/null || packages+=(iproute2)
+fi
 if $want_bench; then
   command -v fio >/dev/null || packages+=(fio)
   [ -f /usr/share/doc/libfuse3-dev/examples/passthrough_ll.c ] || packages+=(libfuse3-dev)

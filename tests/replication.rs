@@ -10,27 +10,12 @@ use std::os::unix::fs::{PermissionsExt, symlink};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::replica::{Node, key_file};
+use common::replica::{Node, fsync_waits_until, key_file, replicated_mount};
 use common::{Mount, tree, xattr_set};
 
 /// A mount of volume "vol" replicating to `nodes`, with `extra` lines in [replication].
-fn replicated_mount(key: &Path, nodes: &[&Node], extra: &str) -> Mount {
-    replicated_volume("vol", key, nodes, extra)
-}
-
-/// [`replicated_mount`] of volume `id`.
-fn replicated_volume(id: &str, key: &Path, nodes: &[&Node], extra: &str) -> Mount {
-    let mut config = format!(
-        "[volume]\nid = \"{id}\"\n[replication]\nkey_file = \"{}\"\n{extra}",
-        key.display()
-    );
-    for (n, node) in nodes.iter().enumerate() {
-        config += &format!(
-            "[[replication.replicas]]\nname = \"r{n}\"\naddress = \"{}\"\n",
-            node.address
-        );
-    }
-    Mount::with_config(&config)
+fn replicated_mount_vol(key: &Path, nodes: &[&Node], extra: &str) -> Mount {
+    replicated_mount("vol", key, nodes, extra)
 }
 
 /// Waits until every replica has acknowledged the whole log.
@@ -92,7 +77,7 @@ fn two_replicas_converge_to_byte_identical_copies() {
         .iter()
         .map(|dir| Node::start(dir, "127.0.0.1:0", &[("vol", &key_path)]))
         .collect();
-    let mount = replicated_mount(&key_path, &[&nodes[0], &nodes[1]], "acks = \"all\"\n");
+    let mount = replicated_mount_vol(&key_path, &[&nodes[0], &nodes[1]], "acks = \"all\"\n");
     make_changes(&mount.mountpoint, 0);
     wait_replicated(&mount);
     let expected = tree(&mount.origin);
@@ -113,7 +98,7 @@ fn a_replica_killed_mid_stream_catches_up_from_its_offset() {
     let scratch = common::scratch();
     let (key_path, _) = key_file(scratch.path(), "vol.key");
     let mut node = Node::start(scratch.path(), "127.0.0.1:0", &[("vol", &key_path)]);
-    let mount = replicated_mount(&key_path, &[&node], "acks = \"none\"\n");
+    let mount = replicated_mount_vol(&key_path, &[&node], "acks = \"none\"\n");
     make_changes(&mount.mountpoint, 0);
     wait_replicated(&mount);
     let held = mount.status().log.stats.next_offset;
@@ -136,7 +121,7 @@ fn what_fsync_acknowledged_with_acks_all_survives_losing_the_primary() {
     let scratch = common::scratch();
     let (key_path, _) = key_file(scratch.path(), "vol.key");
     let node = Node::start(scratch.path(), "127.0.0.1:0", &[("vol", &key_path)]);
-    let mut mount = replicated_mount(&key_path, &[&node], "acks = \"all\"\n");
+    let mut mount = replicated_mount_vol(&key_path, &[&node], "acks = \"all\"\n");
     let data: Vec<u8> = (0..3_000_000u32).map(|n| (n % 253) as u8).collect();
     let mut file = fs::File::create(mount.path("precious")).unwrap();
     file.write_all(&data).unwrap();
@@ -158,7 +143,7 @@ fn fsync_fails_or_waits_while_too_few_replicas_are_in_sync() {
         "127.0.0.1:0",
         &[("vol", &key_path), ("vol2", &key_path)],
     );
-    let fail = replicated_mount(
+    let fail = replicated_mount_vol(
         &key_path,
         &[&node],
         "acks = \"all\"\nmin_insync = 1\non_insufficient = \"fail\"\nack_timeout = \"1s\"\n",
@@ -180,35 +165,21 @@ fn fsync_fails_or_waits_while_too_few_replicas_are_in_sync() {
     );
     drop(fail);
 
-    let wait = replicated_volume(
+    let wait = replicated_mount(
         "vol2",
         &key_path,
         &[&node],
         "acks = \"all\"\nmin_insync = 1\non_insufficient = \"wait\"\n",
     );
     fs::write(wait.path("c"), b"3").unwrap();
-    let file = fs::File::open(wait.path("c")).unwrap();
-    let syncing = std::thread::spawn(move || file.sync_all());
-    std::thread::sleep(Duration::from_millis(1500));
-    assert!(
-        !syncing.is_finished(),
-        "fsync returned with no replica in sync"
-    );
-    node.restart();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !syncing.is_finished() {
-        assert!(
-            Instant::now() < deadline,
-            "fsync still waiting after the replica returned"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    syncing.join().unwrap().unwrap();
+    fsync_waits_until(&wait.path("c"), Duration::from_millis(1500), || {
+        node.restart()
+    });
     assert_eq!(fs::read(node.dir.join("vol2/data/c")).unwrap(), b"3");
     drop(wait);
 
     // A new, empty volume under the id "vol": its log is not the one the copy follows.
-    let other = replicated_mount(&key_path, &[&node], "acks = \"none\"\n");
+    let other = replicated_mount_vol(&key_path, &[&node], "acks = \"none\"\n");
     for n in 0..20 {
         fs::write(other.path(&format!("x{n}")), b"x").unwrap();
     }
@@ -351,7 +322,7 @@ fn a_replica_away_past_retain_bytes_max_gets_a_snapshot_on_return() {
     let scratch = common::scratch();
     let (key_path, _) = key_file(scratch.path(), "vol.key");
     let mut node = Node::start(scratch.path(), "127.0.0.1:0", &[("vol", &key_path)]);
-    let mount = replicated_mount(
+    let mount = replicated_mount_vol(
         &key_path,
         &[&node],
         "acks = \"all\"\nretain_bytes_max = \"1MiB\"\n[log]\nsegment_bytes = \"256KiB\"\n",
@@ -394,7 +365,7 @@ fn records_made_during_renames_name_their_files_where_they_were() {
     let scratch = common::scratch();
     let (key_path, _) = key_file(scratch.path(), "vol.key");
     let node = Node::start(scratch.path(), "127.0.0.1:0", &[("vol", &key_path)]);
-    let mount = replicated_mount(&key_path, &[&node], "acks = \"none\"\n");
+    let mount = replicated_mount_vol(&key_path, &[&node], "acks = \"none\"\n");
     fs::create_dir(mount.path("d")).unwrap();
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let writers: Vec<_> = (0..2)

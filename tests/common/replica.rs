@@ -18,15 +18,35 @@ pub struct Node {
     pub dir: PathBuf,
     scratch: PathBuf,
     volumes: Vec<(String, PathBuf)>,
+    /// The network namespace it runs in, if not this one.
+    netns: Option<String>,
 }
 
 impl Node {
     /// Starts a node listening on `listen` ("127.0.0.1:0" for any port) with its files
     /// in `scratch` (its copies under `replicas/`), keeping `volumes` (id, key file).
     pub fn start(scratch: &Path, listen: &str, volumes: &[(&str, &Path)]) -> Node {
+        Node::start_in(None, scratch, listen, volumes)
+    }
+
+    /// [`Node::start`] inside network namespace `netns` (`ip netns exec` execs the node,
+    /// so the pid is the node's own).
+    pub fn start_in(
+        netns: Option<&str>,
+        scratch: &Path,
+        listen: &str,
+        volumes: &[(&str, &Path)],
+    ) -> Node {
         let dir = scratch.join("replicas");
         let log = scratch.join("node.log");
-        let mut command = Command::new(super::binary());
+        let mut command = match netns {
+            Some(netns) => {
+                let mut command = Command::new("ip");
+                command.args(["netns", "exec", netns, super::binary()]);
+                command
+            }
+            None => Command::new(super::binary()),
+        };
         command
             .args(["replica", "serve", "--listen", listen, "--dir"])
             .arg(&dir);
@@ -52,6 +72,7 @@ impl Node {
                 .iter()
                 .map(|(id, key)| (id.to_string(), key.to_path_buf()))
                 .collect(),
+            netns: netns.map(str::to_string),
         };
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
@@ -91,7 +112,12 @@ impl Node {
             .iter()
             .map(|(id, key)| (id.as_str(), key.as_path()))
             .collect();
-        let mut again = Node::start(&self.scratch, &self.address, &borrowed);
+        let mut again = Node::start_in(
+            self.netns.as_deref(),
+            &self.scratch,
+            &self.address,
+            &borrowed,
+        );
         self.child = again.child.take();
     }
 }
@@ -119,4 +145,41 @@ pub fn key_file(dir: &Path, name: &str) -> (PathBuf, VolumeKey) {
         .unwrap();
     std::io::Write::write_all(&mut file, format!("{}\n", key.to_hex()).as_bytes()).unwrap();
     (path, key)
+}
+
+/// A mount of volume `id` replicating to `nodes`, with `extra` lines in [replication].
+pub fn replicated_mount(id: &str, key: &Path, nodes: &[&Node], extra: &str) -> super::Mount {
+    let mut config = format!(
+        "[volume]\nid = \"{id}\"\n[replication]\nkey_file = \"{}\"\n{extra}",
+        key.display()
+    );
+    for (n, node) in nodes.iter().enumerate() {
+        config += &format!(
+            "[[replication.replicas]]\nname = \"r{n}\"\naddress = \"{}\"\n",
+            node.address
+        );
+    }
+    super::Mount::with_config(&config)
+}
+
+/// Starts an fsync of the file at `path` in a thread, checks it is still waiting after
+/// `blocked_for`, runs `release`, and checks the fsync then succeeds within 30 s.
+pub fn fsync_waits_until(path: &Path, blocked_for: Duration, release: impl FnOnce()) {
+    let file = fs::File::open(path).unwrap();
+    let syncing = std::thread::spawn(move || file.sync_all());
+    std::thread::sleep(blocked_for);
+    assert!(
+        !syncing.is_finished(),
+        "fsync returned while it had to wait"
+    );
+    release();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !syncing.is_finished() {
+        assert!(
+            Instant::now() < deadline,
+            "fsync still waiting after release"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    syncing.join().unwrap().unwrap();
 }
