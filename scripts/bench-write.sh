@@ -26,39 +26,26 @@ scripts/install-deps.sh --bench
 cargo build --release --locked --quiet
 cargo bench --locked --no-run --bench writeburst --quiet 2>/dev/null
 burst=$(ls -t target/release/deps/writeburst-* | grep -v '\.d$' | head -n 1)
-blkio=/sys/fs/cgroup/blkio
-[ -d "$blkio" ] || { echo "bench-write: no cgroup v1 blkio controller at $blkio" >&2; exit 1; }
+# shellcheck source=scripts/slow-disk.sh
+. scripts/slow-disk.sh
 
 work=$(mktemp -d /var/tmp/mirrorfs-bench-write.XXXXXX)
-group="$blkio/mirrorfs-bench-$$"
-loop=""
 pids=()
 cleanup() {
   for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
   for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
-  for mnt in "$work"/*-mnt "$work/slow"; do
+  for mnt in "$work"/*-mnt; do
     if grep -q " $mnt " /proc/self/mountinfo; then umount -l "$mnt"; fi
   done
-  [ -n "$loop" ] && losetup -d "$loop" 2>/dev/null || true
-  [ -d "$group" ] && rmdir "$group" 2>/dev/null || true
+  slow_disk_remove
   rm -rf "$work"
 }
 trap cleanup EXIT
 
-truncate -s 4G "$work/slow.img"
-mkfs.ext4 -q -F "$work/slow.img"
-loop=$(losetup --find --show "$work/slow.img")
-mkdir -p "$work/slow" "$work/fast"
-mount "$loop" "$work/slow"
-device=$(lsblk -dno MAJ:MIN "$loop" | tr -d ' ')
-mkdir "$group"
-for rule in read_bps_device write_bps_device; do echo "$device $limit_bps" > "$group/blkio.throttle.$rule"; done
-for rule in read_iops_device write_iops_device; do echo "$device $limit_iops" > "$group/blkio.throttle.$rule"; done
-
-# Prefix that runs a command inside the throttled cgroup (it and every thread or child it
-# starts). An array, not a function, so that a daemon started with it in the background
-# is $! itself and can be stopped by its pid.
-throttled=(sh -c 'echo $$ > "$0/cgroup.procs"; exec "$@"' "$group")
+slow_disk_make "$work" 4G "$limit_bps" "$limit_iops"
+mkdir -p "$work/fast"
+# Runs a command inside the throttled cgroup (it and every thread or child it starts).
+throttled=("${slow_throttled[@]}")
 
 wait_mounted() {
   for _ in $(seq 200); do

@@ -5,8 +5,8 @@
 #   scripts/install-deps.sh            fuse3 (to mount) and the Rust toolchain check
 #   scripts/install-deps.sh --test     + the conformance judges (pjdfstest, fsx), a test user,
 #                                        and iproute2 (network namespaces for partition tests)
-#   scripts/install-deps.sh --bench    + fio, libfuse's C example source and rclone (the peers),
-#                                        e2fsprogs for the slow-origin image
+#   scripts/install-deps.sh --bench    + fio, libfuse's C example source, rclone and rsync (the
+#                                        peers), e2fsprogs for the slow-disk image
 set -euo pipefail
 
 want_test=false
@@ -33,6 +33,7 @@ if $want_bench; then
   command -v rclone >/dev/null || packages+=(rclone)
   command -v mkfs.ext4 >/dev/null || packages+=(e2fsprogs)
   command -v losetup >/dev/null || packages+=(mount)
+  command -v rsync >/dev/null || packages+=(rsync)
 fi
 if [ ${#packages[@]} -gt 0 ]; then
   echo "install-deps: apt-get install ${packages[*]}"

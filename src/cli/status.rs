@@ -72,12 +72,13 @@ fn render(status: &Status) -> String {
                     format!("{s:.1} s behind")
                 });
             text += &format!(
-                "  {:<10} {:<22} {:<16} acknowledged {}, {} record(s), {seconds}\n",
+                "  {:<10} {:<22} {:<16} acknowledged {}, {} record(s) ({}), {seconds}\n",
                 replica.name,
                 replica.address,
                 replica.state,
                 replica.acknowledged,
-                replica.lag_records
+                replica.lag_records,
+                human(replica.lag_bytes)
             );
             if let Some(snapshot) = &replica.snapshot {
                 text += &format!(

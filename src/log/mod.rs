@@ -446,6 +446,18 @@ impl Snapshot {
         first
     }
 
+    /// About how many bytes of log lie from record `offset` to the end (exact to the
+    /// index's granularity, which starts the count a little early).
+    pub fn bytes_from(&self, offset: u64) -> u64 {
+        let at = self.segments.partition_point(|s| s.next <= offset);
+        let Some(segment) = self.segments.get(at) else {
+            return 0;
+        };
+        let start = segment.start_for(offset.max(segment.first)).position;
+        let later: u64 = self.segments[at + 1..].iter().map(|s| s.len).sum();
+        segment.len.saturating_sub(start) + later
+    }
+
     /// Every record from `from` to the end of the snapshot, in order.
     pub fn records(&self, from: u64) -> Result<Records> {
         let stats = self.stats();

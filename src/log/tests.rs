@@ -335,6 +335,17 @@ fn retention_by_size_keeps_the_newest_segments_within_the_bound() {
     );
     assert_eq!(snapshot.first_within(two - 1), active.first);
     assert_eq!(snapshot.first_within(u64::MAX), 0);
+    // Lag in bytes: everything from the start, nothing from the end, a segment and more
+    // from a later segment's first record.
+    let total: u64 = segments.iter().map(|s| s.len).sum();
+    let header = segment::HEADER_LEN;
+    assert_eq!(snapshot.bytes_from(0), total - header);
+    assert_eq!(snapshot.bytes_from(log.next_offset()), 0);
+    let from_last_two = two - header;
+    assert_eq!(
+        snapshot.bytes_from(segments[segments.len() - 2].first),
+        from_last_two
+    );
 }
 
 #[test]

@@ -114,6 +114,8 @@ pub struct ReplicaStatus {
     pub acknowledged: u64,
     /// Records it lacks.
     pub lag_records: u64,
+    /// About how many bytes of log it lacks.
+    pub lag_bytes: u64,
     /// Seconds since it last held the whole log (none if never).
     pub lag_seconds: Option<f64>,
     /// The snapshot being sent, if one is.
@@ -341,6 +343,7 @@ impl Replication {
         let now = Instant::now();
         let end = self.log.next_offset();
         let progress: Vec<Progress> = replicas.iter().map(|r| r.progress.clone()).collect();
+        let log = self.log.snapshot();
         ReplicationStatus {
             epoch: self.epoch,
             high_watermark: high_watermark(self.rule, &progress, end, now),
@@ -364,6 +367,7 @@ impl Replication {
                         state: label.to_string(),
                         acknowledged: progress.acked,
                         lag_records: end.saturating_sub(progress.acked),
+                        lag_bytes: log.bytes_from(progress.acked),
                         lag_seconds: if progress.acked >= end {
                             Some(0.0)
                         } else {
