@@ -20,6 +20,7 @@
 #
 #   scripts/bench-replication.sh [SEQ_MB] [CATCHUP_MB] [SMALL_FILES] [ROUNDS]
 #                                (defaults 1024, 1024, 5000, 3)
+#   BENCH_TARGETS="native local all1" BENCH_ONLY_TARGETS=1 ...   some targets, and nothing else
 set -euo pipefail
 cd "$(dirname "$0")/.."
 seq_mb=${1:-1024}
@@ -55,10 +56,22 @@ trap cleanup EXIT
 slow_disk_make "$work" 8G $((20 * 1000 * 1000)) 200
 "$mirrorfs" keygen > "$work/key"
 
+# Seconds since START (a date +%s.%N), with a leading zero (JSON wants one).
+since() {
+  awk -v start="$1" -v end="$(date +%s.%N)" 'BEGIN { printf "%.3f", end - start }'
+}
+
 settle() {
   sync
   echo 3 > /proc/sys/vm/drop_caches
 }
+
+# Every volume a node keeps: each target's own per round (a copy follows one primary's
+# log; a fresh primary under the same id would be another history, and refused).
+node_volumes=(catch snap)
+for round in $(seq "$rounds"); do
+  for target in none1 all1 all2 quorum2; do node_volumes+=("$target-$round"); done
+done
 
 # start_node NAME ADDRESS DIR PREFIX... : a replica node keeping every benchmark volume.
 fast_node=""
@@ -67,7 +80,7 @@ start_node() {
   local name=$1 address=$2 dir=$3
   shift 3
   local args=()
-  for volume in none1 all1 all2 quorum2 catch snap; do args+=(--volume "$volume=$work/key"); done
+  for volume in "${node_volumes[@]}"; do args+=(--volume "$volume=$work/key"); done
   "$@" "$mirrorfs" replica serve --listen "$address" --dir "$dir" "${args[@]}" 2>>"$work/$name-node.log" &
   local pid=$!
   nodes+=("$pid")
@@ -181,21 +194,32 @@ label() {
 
 mkdir -p "$work/native"
 for round in $(seq "$rounds"); do
-  for target in native local none1 all1 all2 quorum2; do
+  for target in ${BENCH_TARGETS:-native local none1 all1 all2 quorum2}; do
     if [ "$target" = native ]; then
       settle
       seq_run native "$work/native"
       [ "$round" = 1 ] && small_run native "$work/native"
       continue
     fi
-    mount_volume "$target" "${config[$target]:-}"
-    seq_run "$target" "$mount_point" "$([ "$target" = local ] || echo "$target")"
+    id="$target-$round"
+    mount_volume "$id" "${config[$target]:-}"
+    seq_run "$target" "$mount_point" "$([ "$target" = local ] || echo "$id")"
     [ "$round" = 1 ] && small_run "$target" "$mount_point"
     # The fast replica's backlog is not charged to the next target.
-    [ "$target" = local ] || wait_caught_up "$target" 0
+    [ "$target" = local ] || wait_caught_up "$id" 0
     unmount_volume
   done
 done
+
+if [ -n "${BENCH_ONLY_TARGETS:-}" ]; then
+  python3 -c '
+import json, statistics, sys
+rows = [json.loads(line) for line in open(sys.argv[1])]
+for t in dict.fromkeys(r["target"] for r in rows):
+    print(t, "seq MB/s median", round(statistics.median(r["mb_per_s"] for r in rows if r["target"] == t and r["workload"] == "seq"), 1))
+' "$results"
+  exit 0
+fi
 
 # Catch-up: the fast node stopped while CATCHUP_MB are written, then started again.
 mount_volume catch "acks = \"none\"\n$fast_replica"
@@ -210,12 +234,12 @@ settle
 start=$(date +%s.%N)
 start_node fast 127.0.0.1:7181 "$work/fast-node"
 wait_caught_up catch 0
-catch_seconds=$(echo "$(date +%s.%N) - $start" | bc)
+catch_seconds=$(since "$start")
 settle
 start=$(date +%s.%N)
 rsync -a "$work/catch/origin/" "$work/rsync-catch/"
 sync
-rsync_seconds=$(echo "$(date +%s.%N) - $start" | bc)
+rsync_seconds=$(since "$start")
 unmount_volume
 echo "{\"workload\": \"catchup\", \"bytes\": $lag_bytes, \"seconds\": $catch_seconds, \"rsync_seconds\": $rsync_seconds, \"data_bytes\": $((catch_mb << 20))}" >> "$results"
 rm -rf "$work/rsync-catch" "$work/catch"
@@ -239,7 +263,7 @@ PY
 tree_bytes=$(du -sb "$work/tree" | cut -f1)
 mount_volume snap "acks = \"none\"\n$fast_replica" "$work/tree"
 wait_caught_up snap 0
-snap_seconds=$(echo "$(date +%s.%N) - $mount_started" | bc)
+snap_seconds=$(since "$mount_started")
 unmount_volume
 grep -c "snapshot complete volume=snap" "$work/fast-node.log" > /dev/null \
   || { echo "bench-replication: no snapshot was sent" >&2; exit 1; }
@@ -247,12 +271,12 @@ settle
 start=$(date +%s.%N)
 rsync -a "$work/tree/" "$work/rsync-tree/"
 sync
-rsync_seconds=$(echo "$(date +%s.%N) - $start" | bc)
+rsync_seconds=$(since "$start")
 settle
 start=$(date +%s.%N)
 cp -a "$work/tree" "$work/cp-tree"
 sync
-cp_seconds=$(echo "$(date +%s.%N) - $start" | bc)
+cp_seconds=$(since "$start")
 echo "{\"workload\": \"snapshot\", \"bytes\": $tree_bytes, \"files\": 2008, \"seconds\": $snap_seconds, \"rsync_seconds\": $rsync_seconds, \"cp_seconds\": $cp_seconds}" >> "$results"
 
 python3 - "$results" "$work" "$seq_mb" "$rounds" "$small" <<'PY'
@@ -272,11 +296,10 @@ print(f"\nsequential: {seq_mb} MiB in 1 MiB writes, fsync every 64 MiB (median o
 print(f"{'target':26} {'seq MB/s':>9} {'/local':>7}  {'create/s':>9} {'stat/s':>9} {'read/s':>9} {'delete/s':>9}  lag under seq (max)")
 for t, name in labels.items():
     s = smallr.get(t, {})
-    lag = ""
-    for path in [f"{work}/{t}.samples"]:
+    worst = {}
+    for path in glob.glob(f"{work}/{t}-*.samples"):
         if not os.path.exists(path):
             continue
-        worst = {}
         for line in open(path):
             try:
                 status = json.loads(line)
@@ -285,7 +308,7 @@ for t, name in labels.items():
             for r in status["replication"]["replicas"]:
                 b, sec = worst.get(r["name"], (0, 0.0))
                 worst[r["name"]] = (max(b, r["lag_bytes"]), max(sec, r["lag_seconds"] or 0.0))
-        lag = ", ".join(f"{n} {b / 1e6:.0f} MB / {sec:.1f} s" for n, (b, sec) in worst.items())
+    lag = ", ".join(f"{n} {b / 1e6:.0f} MB / {sec:.1f} s" for n, (b, sec) in worst.items())
     print(f"{name:26} {seq[t]:9.1f} {seq[t] / local:7.2f}  "
           + " ".join(f"{s.get(k, 0):9.0f}" for k in ("create", "stat", "read", "delete"))
           + f"  {lag}")

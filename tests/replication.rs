@@ -400,3 +400,28 @@ fn records_made_during_renames_name_their_files_where_they_were() {
         node.log()
     );
 }
+
+/// A stop signal while an fsync waits for an unreachable replica: the fsync gives up with
+/// EIO, the file closes, and the daemon unmounts and exits rather than hanging on it.
+#[test]
+fn a_stop_signal_releases_an_fsync_waiting_for_replicas() {
+    let scratch = common::scratch();
+    let (key_path, _) = key_file(scratch.path(), "vol.key");
+    let mut node = Node::start(scratch.path(), "127.0.0.1:0", &[("vol", &key_path)]);
+    let mut mount = replicated_mount_vol(
+        &key_path,
+        &[&node],
+        "acks = \"all\"\non_insufficient = \"wait\"\n",
+    );
+    node.kill();
+    fs::write(mount.path("stuck"), b"no replica").unwrap();
+    let file = fs::File::open(mount.path("stuck")).unwrap();
+    let syncing = std::thread::spawn(move || file.sync_all());
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(!syncing.is_finished());
+    assert_eq!(mount.stop_with(libc::SIGTERM), Some(0), "{}", mount.log());
+    let error = syncing.join().unwrap().unwrap_err();
+    assert_eq!(error.raw_os_error(), Some(libc::EIO), "{error}");
+    // Durable in the origin and the log all the same: the next mount streams it.
+    assert_eq!(fs::read(mount.origin.join("stuck")).unwrap(), b"no replica");
+}

@@ -74,6 +74,7 @@ pub fn serve(
     };
     config.n_threads = Some(options.threads.max(1));
     config.clone_fd = true;
+    let stopping = Arc::clone(&volume);
     let filesystem = MirrorFs::new(volume, options.ttl, options.passthrough);
 
     // SAFETY: geteuid cannot fail.
@@ -95,7 +96,7 @@ pub fn serve(
     let waiter_path = path.clone();
     std::thread::Builder::new()
         .name("signals".to_string())
-        .spawn(move || unmount_on_signal(signals, waiter_path))
+        .spawn(move || unmount_on_signal(signals, waiter_path, &stopping))
         .map_err(MountError::Signals)?;
     if let Err(error) = session.run() {
         // The request loop broke while the kernel still has the mount: detach it, so
@@ -154,11 +155,14 @@ fn mount_directly(path: &CString, options: &MountOptions) -> io::Result<OwnedFd>
 /// Waits for a stop signal, then unmounts. If files are still open (EBUSY), the mount is
 /// detached instead: new opens fail at once, and the session ends when the last open file
 /// is closed, so nothing in flight is cut off.
-fn unmount_on_signal(signals: StopSignals, path: CString) {
+fn unmount_on_signal(signals: StopSignals, path: CString, volume: &Volume) {
     let Some(signal) = signals.wait() else {
         return;
     };
     tracing::info!(signal, "stop signal received: unmounting");
+    // An fsync blocked on replicas would hold its file open, and the mount, for as long
+    // as none is reachable.
+    volume.stopping();
     if let Err(error) = unmount(&path) {
         tracing::error!(%error, "cannot unmount");
     }

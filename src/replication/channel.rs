@@ -15,10 +15,16 @@
 //!    nonces, so both sides are still authenticated, but frames after it are not sealed.
 //! 3. Messages: the first frame of a message starts with its length (u32); the message
 //!    then continues over as many frames as it needs, up to [`MESSAGE_MAX`] bytes.
+//!
+//! Each direction counts its own frames, and a frame is sealed with its count as the
+//! nonce, so a frame replayed, dropped or moved fails to open. That lets a channel be
+//! split into a half that sends and a half that receives, each going at its own pace
+//! (a primary keeps several batches in flight).
 
 use std::io;
+use std::sync::Arc;
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
 
 use super::key::VolumeKey;
 
@@ -79,9 +85,35 @@ pub struct Admission {
 /// An authenticated connection, ready for messages.
 #[derive(Debug)]
 pub struct Channel<S> {
-    stream: S,
-    noise: Option<snow::TransportState>,
+    sending: Sending<WriteHalf<S>>,
+    receiving: Receiving<ReadHalf<S>>,
+}
+
+/// The session's keys and one direction's count of frames.
+struct Seal {
+    noise: Arc<snow::StatelessTransportState>,
+    count: u64,
+}
+
+impl std::fmt::Debug for Seal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Seal {{ count: {} }}", self.count)
+    }
+}
+
+/// The half of a channel that sends.
+#[derive(Debug)]
+pub struct Sending<W> {
+    stream: W,
+    seal: Option<Seal>,
     sealed: Vec<u8>,
+}
+
+/// The half of a channel that receives.
+#[derive(Debug)]
+pub struct Receiving<R> {
+    stream: R,
+    seal: Option<Seal>,
 }
 
 /// The Noise handshake for `hello`, keyed by `key`, on the initiating side or not.
@@ -206,11 +238,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Channel<S> {
             if proof != mac(key, b"node", &hello, &nonces) {
                 return Err(ChannelError::Authentication(volume.to_string()));
             }
-            return Ok(Channel {
-                stream,
-                noise: None,
-                sealed: Vec::new(),
-            });
+            return Ok(Channel::new(stream, None));
         }
         let mut handshake = handshake(key, &hello, true)?;
         let len = handshake
@@ -225,13 +253,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Channel<S> {
             .read_message(&reply, &mut buffer)
             .map_err(|_| ChannelError::Authentication(volume.to_string()))?;
         let noise = handshake
-            .into_transport_mode()
+            .into_stateless_transport_mode()
             .map_err(|error| ChannelError::Protocol(error.to_string()))?;
-        Ok(Channel {
-            stream,
-            noise: Some(noise),
-            sealed: vec![0u8; FRAME_MAX],
-        })
+        Ok(Channel::new(stream, Some(noise)))
     }
 
     /// The node's side: reads the hello, asks `admit` how `volume` may be reached (or why
@@ -275,12 +299,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Channel<S> {
                 return Err(ChannelError::Authentication(volume));
             }
             write_frame(&mut stream, &mac(key, b"node", &hello, &nonces)).await?;
-            let channel = Channel {
-                stream,
-                noise: None,
-                sealed: Vec::new(),
-            };
-            return Ok((volume, channel));
+            return Ok((volume, Channel::new(stream, None)));
         }
         let mut handshake = handshake(key, &hello, false)?;
         let first = read_frame(&mut stream).await?;
@@ -294,22 +313,57 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Channel<S> {
             .map_err(|error| ChannelError::Protocol(error.to_string()))?;
         write_frame(&mut stream, &buffer[..len]).await?;
         let noise = handshake
-            .into_transport_mode()
+            .into_stateless_transport_mode()
             .map_err(|error| ChannelError::Protocol(error.to_string()))?;
-        let channel = Channel {
-            stream,
-            noise: Some(noise),
-            sealed: vec![0u8; FRAME_MAX],
-        };
-        Ok((volume, channel))
+        Ok((volume, Channel::new(stream, Some(noise))))
     }
 
-    /// Sends one message.
+    /// A channel over `stream`, sealing frames with `noise` unless it is plaintext.
+    fn new(stream: S, noise: Option<snow::StatelessTransportState>) -> Channel<S> {
+        let noise = noise.map(Arc::new);
+        let seal = |noise: &Option<Arc<_>>| {
+            noise.as_ref().map(|noise| Seal {
+                noise: Arc::clone(noise),
+                count: 0,
+            })
+        };
+        let (reading, writing) = tokio::io::split(stream);
+        Channel {
+            sending: Sending {
+                stream: writing,
+                seal: seal(&noise),
+                sealed: vec![0u8; FRAME_MAX],
+            },
+            receiving: Receiving {
+                stream: reading,
+                seal: seal(&noise),
+            },
+        }
+    }
+
+    /// Sends one message (at most [`MESSAGE_MAX`] bytes).
+    pub async fn send(&mut self, message: &[u8]) -> Result<(), ChannelError> {
+        self.sending.send(message).await
+    }
+
+    /// Receives one message.
+    pub async fn receive(&mut self) -> Result<Vec<u8>, ChannelError> {
+        self.receiving.receive().await
+    }
+
+    /// The two halves, to send and receive independently.
+    pub fn split(self) -> (Sending<WriteHalf<S>>, Receiving<ReadHalf<S>>) {
+        (self.sending, self.receiving)
+    }
+}
+
+impl<W: AsyncWrite + Unpin> Sending<W> {
+    /// Sends one message (at most [`MESSAGE_MAX`] bytes).
     pub async fn send(&mut self, message: &[u8]) -> Result<(), ChannelError> {
         if message.len() > MESSAGE_MAX {
             return Err(ChannelError::TooLarge(message.len()));
         }
-        let room = if self.noise.is_some() {
+        let room = if self.seal.is_some() {
             FRAME_MAX - TAG_LEN
         } else {
             FRAME_MAX
@@ -318,11 +372,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Channel<S> {
         whole.extend_from_slice(&(message.len() as u32).to_le_bytes());
         whole.extend_from_slice(message);
         for piece in whole.chunks(room) {
-            match &mut self.noise {
-                Some(noise) => {
-                    let len = noise
-                        .write_message(piece, &mut self.sealed)
+            match &mut self.seal {
+                Some(seal) => {
+                    let len = seal
+                        .noise
+                        .write_message(seal.count, piece, &mut self.sealed)
                         .map_err(|_| ChannelError::Integrity)?;
+                    seal.count += 1;
                     write_frame(&mut self.stream, &self.sealed[..len]).await?;
                 }
                 None => write_frame(&mut self.stream, piece).await?,
@@ -331,7 +387,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Channel<S> {
         self.stream.flush().await?;
         Ok(())
     }
+}
 
+impl<R: AsyncRead + Unpin> Receiving<R> {
     /// Receives one message.
     pub async fn receive(&mut self) -> Result<Vec<u8>, ChannelError> {
         let mut message = self.receive_frame().await?;
@@ -360,13 +418,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Channel<S> {
 
     async fn receive_frame(&mut self) -> Result<Vec<u8>, ChannelError> {
         let frame = read_frame(&mut self.stream).await?;
-        match &mut self.noise {
+        match &mut self.seal {
             None => Ok(frame),
-            Some(noise) => {
+            Some(seal) => {
                 let mut plain = vec![0u8; frame.len()];
-                let len = noise
-                    .read_message(&frame, &mut plain)
+                let len = seal
+                    .noise
+                    .read_message(seal.count, &frame, &mut plain)
                     .map_err(|_| ChannelError::Integrity)?;
+                seal.count += 1;
                 plain.truncate(len);
                 Ok(plain)
             }
@@ -488,7 +548,7 @@ mod tests {
         let (mut primary_plain, (_, mut node_plain)) =
             (primary_plain.unwrap(), node_plain.unwrap());
         let announced = ((MESSAGE_MAX + 1) as u32).to_le_bytes();
-        write_frame(&mut primary_plain.stream, &announced)
+        write_frame(&mut primary_plain.sending.stream, &announced)
             .await
             .unwrap();
         assert!(matches!(
@@ -498,14 +558,12 @@ mod tests {
 
         // A frame sealed for another position in the stream does not open.
         let mut sealed = vec![0u8; FRAME_MAX];
-        let noise = primary.noise.as_mut().unwrap();
-        let _skipped = noise
-            .write_message(b"\x05\0\0\0first", &mut sealed)
+        let seal = primary.sending.seal.as_ref().unwrap();
+        let len = seal
+            .noise
+            .write_message(seal.count + 1, b"\x06\0\0\0second", &mut sealed)
             .unwrap();
-        let len = noise
-            .write_message(b"\x06\0\0\0second", &mut sealed)
-            .unwrap();
-        write_frame(&mut primary.stream, &sealed[..len])
+        write_frame(&mut primary.sending.stream, &sealed[..len])
             .await
             .unwrap();
         assert!(matches!(node.receive().await, Err(ChannelError::Integrity)));

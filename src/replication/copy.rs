@@ -331,7 +331,8 @@ impl VolumeCopy {
     }
 
     /// Takes `records` (the next ones, in order): durable in the copy's log when this
-    /// returns, and applied to the tree. Returns the offset of the first record it lacks.
+    /// returns, which is what an acknowledgement promises; [`VolumeCopy::apply_received`]
+    /// brings them into the tree. Returns the offset of the first record it lacks.
     /// Nothing from a record that is refused on is kept.
     pub fn receive(&mut self, records: &[Record]) -> Result<u64, CopyError> {
         self.abandon_snapshot()?;
@@ -350,14 +351,33 @@ impl VolumeCopy {
             return Ok(self.next());
         };
         self.log.sync_to(last.offset)?;
-        for record in records {
-            apply(&self.tree, record, self.as_root)?;
-            self.applied = record.offset + 1;
+        Ok(self.next())
+    }
+
+    /// Applies to the tree every record the log holds past it: `received` (the records
+    /// [`VolumeCopy::receive`] took last) from memory when they are the next ones, the
+    /// rest read back from the log.
+    pub fn apply_received(&mut self, received: &[Record]) -> Result<(), CopyError> {
+        if received
+            .first()
+            .is_some_and(|first| first.offset == self.applied)
+        {
+            for record in received {
+                apply(&self.tree, record, self.as_root)?;
+                self.applied = record.offset + 1;
+            }
+        }
+        if self.applied < self.next() {
+            for record in self.log.snapshot().records(self.applied)? {
+                let record = record?;
+                apply(&self.tree, &record, self.as_root)?;
+                self.applied = record.offset + 1;
+            }
         }
         if self.applied_stored.elapsed() >= APPLIED_EVERY {
             self.store_applied()?;
         }
-        Ok(self.next())
+        Ok(())
     }
 
     /// Starts receiving a snapshot (dropping one begun before): `data/` stays as it is
@@ -477,6 +497,10 @@ mod tests {
         let mut copy = VolumeCopy::open(dir.path()).unwrap();
         assert_eq!((copy.next(), copy.epoch()), (0, 0));
         assert_eq!(copy.receive(&records(0, 1)).unwrap(), 3);
+        // Durable in the log first; in the tree once applied (from the log if need be).
+        assert!(!dir.path().join("data/d").exists());
+        copy.apply_received(&[]).unwrap();
+        assert_eq!(copy.status().applied, 3);
         assert_eq!(
             std::fs::read(dir.path().join("data/d/f")).unwrap(),
             b"hello"
@@ -524,7 +548,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("data");
         let mut copy = VolumeCopy::open(dir.path()).unwrap();
-        copy.receive(&records(0, 1)).unwrap();
+        let received = records(0, 1);
+        copy.receive(&received).unwrap();
+        copy.apply_received(&received).unwrap();
         let base = Base {
             offset: 10,
             epoch: 2,
@@ -559,7 +585,9 @@ mod tests {
     fn a_snapshot_cut_short_is_dropped_and_a_complete_one_is_finished_at_the_next_start() {
         let dir = tempfile::tempdir().unwrap();
         let mut copy = VolumeCopy::open(dir.path()).unwrap();
-        copy.receive(&records(0, 1)).unwrap();
+        let received = records(0, 1);
+        copy.receive(&received).unwrap();
+        copy.apply_received(&received).unwrap();
         copy.begin_snapshot(Base {
             offset: 50,
             epoch: 1,

@@ -236,9 +236,11 @@ pub fn serve(config: NodeConfig, signals: StopSignals) -> Result<(), NodeError> 
         }
     })?;
     drop(runtime);
+    // A stopped node's trees hold everything its logs do: copying one restores the volume.
     for (id, hosted) in volumes.iter() {
-        if let Err(error) = hosted.copy().store_applied() {
-            tracing::error!(volume = %id, %error, "cannot store the applied offset");
+        let mut copy = hosted.copy();
+        if let Err(error) = copy.apply_received(&[]).and_then(|()| copy.store_applied()) {
+            tracing::error!(volume = %id, %error, "cannot bring the copy up to its log");
         }
     }
     Ok(())
@@ -310,8 +312,15 @@ async fn session(
             }
         };
         let reply = match message {
+            // Acknowledged once durable in the copy's log and applied to its tree, so what
+            // a primary's fsync waited for is in the tree when the fsync returns.
             ToNode::Records(records) => {
-                answer(&hosted, number, move |copy| copy.receive(&records)).await?
+                answer(&hosted, number, move |copy| {
+                    let next = copy.receive(&records)?;
+                    copy.apply_received(&records)?;
+                    Ok(next)
+                })
+                .await?
             }
             ToNode::Open { .. } => ToPrimary::Refuse {
                 reason: "Open sent twice".to_string(),

@@ -3,13 +3,15 @@
 //!
 //! A sender connects, learns how far the node's copy is, sends the records from there in
 //! batches (after a snapshot of the volume when the log no longer holds, or never held,
-//! what the copy lacks), and then follows the log's end as records are appended, one
-//! batch in flight at a time; an idle sender sends an empty batch every second, which the node answers
-//! like any other, so the in-sync set stays current. On any error the sender reconnects
+//! what the copy lacks), and then follows the log's end as records are appended, up to
+//! four batches in flight ahead of the node's acknowledgements; an idle sender sends an
+//! empty batch every second, which the node answers like any other, so the in-sync set
+//! stays current. A stop signal makes fsyncs waiting for replicas give up (EIO). On any error the sender reconnects
 //! with backoff (100 ms doubling to 5 s). Acknowledgements move each replica's progress,
 //! from which the in-sync set, the high watermark, fsync's answer and the log's retention
 //! follow (`isr.rs`).
 
+use std::collections::VecDeque;
 use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -45,6 +47,9 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// no acknowledgement that would).
 const RETENTION_EVERY: Duration = Duration::from_secs(1);
 
+/// Batches sent ahead of the node's acknowledgements.
+const IN_FLIGHT: usize = 4;
+
 /// Snapshot batches read ahead of the connection.
 const SNAPSHOT_AHEAD: usize = 4;
 
@@ -70,6 +75,9 @@ pub enum ReplicationError {
         /// How long fsync waited.
         waited: Duration,
     },
+    /// The daemon is stopping: fsync no longer waits for replicas.
+    #[error("the volume is being unmounted; the replicas may not hold this yet")]
+    Stopping,
 }
 
 /// Why one connection to a replica ended.
@@ -175,6 +183,8 @@ struct Shared {
     /// Signalled on every append to the log.
     appended: Notify,
     stopping: AtomicBool,
+    /// Set at a stop signal: waiting fsyncs give up.
+    waits_cancelled: AtomicBool,
     retention: Retention,
 }
 
@@ -250,6 +260,7 @@ impl Replication {
             changed: Condvar::new(),
             appended: Notify::new(),
             stopping: AtomicBool::new(false),
+            waits_cancelled: AtomicBool::new(false),
             retention: Retention {
                 log: Arc::clone(&log),
                 bytes_max: config.retain_bytes_max,
@@ -311,6 +322,9 @@ impl Replication {
         let started = Instant::now();
         let mut replicas = self.shared.replicas();
         loop {
+            if self.shared.waits_cancelled.load(Ordering::SeqCst) {
+                return Err(ReplicationError::Stopping);
+            }
             let now = Instant::now();
             let progress: Vec<Progress> = replicas.iter().map(|r| r.progress.clone()).collect();
             match satisfied(self.rule, &progress, last, self.log.next_offset(), now) {
@@ -385,6 +399,14 @@ impl Replication {
                 })
                 .collect(),
         }
+    }
+
+    /// Makes every fsync waiting for replicas, and every later one, give up (a stop
+    /// signal: an application blocked in fsync would otherwise keep the mount busy for as
+    /// long as no replica is reachable). The senders go on until [`Replication::shutdown`].
+    pub fn cancel_waits(&self) {
+        self.shared.waits_cancelled.store(true, Ordering::SeqCst);
+        self.shared.changed.notify_all();
     }
 
     /// Stops the senders (records not yet sent stay in the log for the next mount).
@@ -492,7 +514,34 @@ impl Sender {
             next
         };
         self.acknowledged(next);
-        let mut from = next;
+        self.follow(channel, next).await
+    }
+
+    /// Streams the log from `next` on: up to [`IN_FLIGHT`] batches sent ahead of the
+    /// node's acknowledgements, which a task of their own reads (so that waiting for one
+    /// never cuts a message in half); an idle connection sends an empty batch every
+    /// [`HEARTBEAT`].
+    async fn follow(&self, channel: Channel<TcpStream>, next: u64) -> Result<(), SendError> {
+        let (mut sending, mut receiving) = channel.split();
+        let (answers, mut answered) = tokio::sync::mpsc::channel(IN_FLIGHT + 1);
+        let reader = tokio::spawn(async move {
+            loop {
+                let answer = match receiving.receive().await {
+                    Ok(bytes) => decode::<ToPrimary>(&bytes).map_err(SendError::from),
+                    Err(error) => Err(error.into()),
+                };
+                let failed = answer.is_err();
+                if answers.send(answer).await.is_err() || failed {
+                    return;
+                }
+            }
+        });
+        let _reader = AbortOnDrop(reader);
+        // The end offset of each batch sent and not yet acknowledged, oldest first.
+        let mut in_flight: VecDeque<u64> = VecDeque::new();
+        let mut sent = next;
+        let mut heard = Instant::now();
+        let mut idle_since = Instant::now();
         loop {
             if self.shared.stopping.load(Ordering::SeqCst) {
                 return Ok(());
@@ -500,22 +549,47 @@ impl Sender {
             let notified = self.shared.appended.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            if from >= self.log().next_offset() {
-                tokio::select! {
-                    () = &mut notified => {}
-                    () = tokio::time::sleep(HEARTBEAT) => {}
+            while in_flight.len() < IN_FLIGHT && sent < self.log().next_offset() {
+                let log = Arc::clone(self.log());
+                let from = sent;
+                let batch = tokio::task::spawn_blocking(move || read_batch(&log, from))
+                    .await
+                    .map_err(|error| SendError::Connect(io::Error::other(error)))??;
+                let Some(last) = batch.last() else { break };
+                sent = last.offset + 1;
+                sending.send(&encode(&ToNode::Records(batch))).await?;
+                if in_flight.is_empty() {
+                    heard = Instant::now();
                 }
+                in_flight.push_back(sent);
             }
-            let log = Arc::clone(self.log());
-            let batch = tokio::task::spawn_blocking(move || read_batch(&log, from))
-                .await
-                .map_err(|error| SendError::Connect(io::Error::other(error)))??;
-            match self.ask(&mut channel, &ToNode::Records(batch)).await? {
-                ToPrimary::Ack { next } => {
-                    from = next;
-                    self.acknowledged(next);
+            if in_flight.is_empty() && idle_since.elapsed() >= HEARTBEAT {
+                sending.send(&encode(&ToNode::Records(Vec::new()))).await?;
+                heard = Instant::now();
+                in_flight.push_back(sent);
+            }
+            let silent_at = heard + self.answer_timeout;
+            tokio::select! {
+                answer = answered.recv(), if !in_flight.is_empty() => {
+                    let answer = answer.ok_or_else(|| {
+                        SendError::Connect(io::Error::from(io::ErrorKind::UnexpectedEof))
+                    })??;
+                    match answer {
+                        ToPrimary::Ack { next } => {
+                            in_flight.pop_front();
+                            heard = Instant::now();
+                            idle_since = Instant::now();
+                            self.acknowledged(next);
+                        }
+                        ToPrimary::Refuse { reason } => return Err(SendError::Refused(reason)),
+                        other => return Err(SendError::Unexpected(format!("{other:?}"))),
+                    }
                 }
-                other => return Err(SendError::Unexpected(format!("{other:?}"))),
+                () = &mut notified, if in_flight.len() < IN_FLIGHT => {}
+                () = tokio::time::sleep_until(silent_at.into()), if !in_flight.is_empty() => {
+                    return Err(SendError::Silent(self.answer_timeout));
+                }
+                () = tokio::time::sleep_until((idle_since + HEARTBEAT).into()), if in_flight.is_empty() => {}
             }
         }
     }
@@ -638,6 +712,15 @@ impl Sender {
             self.shared.retain(&replicas);
         }
         self.shared.changed.notify_all();
+    }
+}
+
+/// Aborts a task when dropped (the connection it serves is over).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

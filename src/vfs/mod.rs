@@ -277,6 +277,13 @@ impl Volume {
         self.replication.as_ref()
     }
 
+    /// The daemon is stopping: fsyncs waiting for replicas give up (EIO).
+    pub fn stopping(&self) {
+        if let Some(replication) = &self.replication {
+            replication.cancel_waits();
+        }
+    }
+
     /// Wakes the replica senders: the log has new records.
     fn appended(&self) {
         if let Some(replication) = &self.replication {
