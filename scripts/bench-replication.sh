@@ -4,7 +4,12 @@
 #   - targets: the native directory; mirrorfs without replicas (local-only); acks = "none"
 #     and "all" with one replica; "all" and "quorum" (min_insync = 1) with two replicas, one
 #     of them slow (its node's directory on an ext4 image throttled to 20 MB/s, 200 IOPS,
-#     with the cgroup v1 blkio controller);
+#     with the cgroup v1 blkio controller); and local-only and "all" with one replica again
+#     as two machines would run them: the primary (daemon and fio) on CPU 0, the node on
+#     CPU 1 with its directory on a tmpfs, its own storage. On loopback the node otherwise
+#     takes its CPU from the primary and, worse, its disk: a replica writes each byte twice
+#     (its log, its tree) as the primary does (log, origin), so on one disk acks = "all"
+#     must halve what a disk-bound writer gets;
 #   - workloads: 1 MiB sequential writes with fsync every 64 MiB (fio), and the small-file
 #     workload (benches/smallfiles.rs: create, stat, read, delete);
 #   - replication lag under the sequential writes (status sampled every 0.5 s: the largest
@@ -48,6 +53,7 @@ cleanup() {
   [ -n "$mount_pid" ] && { kill -TERM "$mount_pid" 2>/dev/null || true; wait "$mount_pid" 2>/dev/null || true; }
   for pid in "${nodes[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
   for pid in "${nodes[@]}"; do wait "$pid" 2>/dev/null || true; done
+  if grep -q " $work/pinned-node " /proc/self/mountinfo; then umount -l "$work/pinned-node"; fi
   slow_disk_remove
   rm -rf "$work"
 }
@@ -70,7 +76,7 @@ settle() {
 # log; a fresh primary under the same id would be another history, and refused).
 node_volumes=(catch snap)
 for round in $(seq "$rounds"); do
-  for target in none1 all1 all2 quorum2; do node_volumes+=("$target-$round"); done
+  for target in none1 all1 all2 quorum2 all1pin; do node_volumes+=("$target-$round"); done
 done
 
 # start_node NAME ADDRESS DIR PREFIX... : a replica node keeping every benchmark volume.
@@ -92,6 +98,12 @@ start_node() {
 }
 start_node fast 127.0.0.1:7181 "$work/fast-node"
 start_node slow 127.0.0.1:7182 "$slow_mount/node" "${slow_throttled[@]}"
+mkdir -p "$work/pinned-node"
+mount -t tmpfs -o size=$(((seq_mb * rounds * 3 + 1024) << 20)) mirrorfs-bench "$work/pinned-node"
+start_node pinned 127.0.0.1:7183 "$work/pinned-node" taskset -c 1
+pinned_replica='[[replication.replicas]]\nname = "pinned"\naddress = "127.0.0.1:7183"\n'
+# The primary's side of a pinned target runs with this prefix.
+on_cpu0=()
 fast_replica='[[replication.replicas]]\nname = "fast"\naddress = "127.0.0.1:7181"\n'
 slow_replica='[[replication.replicas]]\nname = "slow"\naddress = "127.0.0.1:7182"\n'
 
@@ -111,7 +123,7 @@ mount_volume() {
   } > "$work/$id.toml"
   settle
   mount_started=$(date +%s.%N)
-  "$mirrorfs" mount --config "$work/$id.toml" 2>"$work/$id.log" &
+  "${on_cpu0[@]}" "$mirrorfs" mount --config "$work/$id.toml" 2>"$work/$id.log" &
   mount_pid=$!
   mount_point="$work/$id/mnt"
   for _ in $(seq 200); do
@@ -141,7 +153,7 @@ seq_run() {
     (while true; do status_json "$id" >> "$work/$id.samples" 2>/dev/null || true; sleep 0.5; done) &
     sampler=$!
   fi
-  out=$(fio --name=seq --directory="$dir" --rw=write --bs=1M --size="${seq_mb}M" --fsync=64 \
+  out=$("${on_cpu0[@]}" fio --name=seq --directory="$dir" --rw=write --bs=1M --size="${seq_mb}M" --fsync=64 \
     --end_fsync=1 --ioengine=psync --output-format=json)
   [ -n "$sampler" ] && { kill "$sampler"; wait "$sampler" 2>/dev/null || true; }
   rm -f "$dir"/seq.*
@@ -155,7 +167,7 @@ PY
 
 small_run() {
   local target=$1 dir=$2 out
-  out=$("$smallfiles" "$dir" "$small")
+  out=$("${on_cpu0[@]}" "$smallfiles" "$dir" "$small")
   python3 -c 'import json,sys; r=json.loads(sys.argv[2]); r.update(target=sys.argv[1], workload="small"); print(json.dumps(r))' \
     "$target" "$out" >> "$results"
   echo "bench-replication: $target small $out"
@@ -180,21 +192,13 @@ declare -A config=(
   [all1]="acks = \"all\"\nmin_insync = 1\n$fast_replica"
   [all2]="acks = \"all\"\nmin_insync = 1\n$fast_replica$slow_replica"
   [quorum2]="acks = \"quorum\"\nmin_insync = 1\n$fast_replica$slow_replica"
+  [all1pin]="acks = \"all\"\nmin_insync = 1\n$pinned_replica"
 )
-label() {
-  case $1 in
-    native) echo "native directory" ;;
-    local) echo "mirrorfs local-only" ;;
-    none1) echo "acks none, 1 replica" ;;
-    all1) echo "acks all, 1 replica" ;;
-    all2) echo "acks all, 2 (1 slow)" ;;
-    quorum2) echo "acks quorum, 2 (1 slow)" ;;
-  esac
-}
 
 mkdir -p "$work/native"
 for round in $(seq "$rounds"); do
-  for target in ${BENCH_TARGETS:-native local none1 all1 all2 quorum2}; do
+  for target in ${BENCH_TARGETS:-native local none1 all1 all2 quorum2 localpin all1pin}; do
+    case $target in *pin) on_cpu0=(taskset -c 0) ;; *) on_cpu0=() ;; esac
     if [ "$target" = native ]; then
       settle
       seq_run native "$work/native"
@@ -203,13 +207,15 @@ for round in $(seq "$rounds"); do
     fi
     id="$target-$round"
     mount_volume "$id" "${config[$target]:-}"
-    seq_run "$target" "$mount_point" "$([ "$target" = local ] || echo "$id")"
+    replicated=$([ -n "${config[$target]:-}" ] && echo "$id" || true)
+    seq_run "$target" "$mount_point" "$replicated"
     [ "$round" = 1 ] && small_run "$target" "$mount_point"
-    # The fast replica's backlog is not charged to the next target.
-    [ "$target" = local ] || wait_caught_up "$id" 0
+    # The first replica's backlog is not charged to the next target.
+    [ -z "$replicated" ] || wait_caught_up "$id" 0
     unmount_volume
   done
 done
+on_cpu0=()
 
 if [ -n "${BENCH_ONLY_TARGETS:-}" ]; then
   python3 -c '
@@ -287,12 +293,14 @@ labels = {
     "native": "native directory", "local": "mirrorfs local-only",
     "none1": "acks none, 1 replica", "all1": "acks all, 1 replica",
     "all2": "acks all, 2 (1 slow)", "quorum2": "acks quorum, 2 (1 slow)",
+    "localpin": "local-only, 1 CPU", "all1pin": "acks all, 1, own CPU+store",
 }
 seq = {t: statistics.median(r["mb_per_s"] for r in rows if r.get("target") == t and r["workload"] == "seq") for t in labels}
 smallr = {r["target"]: r for r in rows if r["workload"] == "small"}
 local = seq["local"]
 print(f"\nsequential: {seq_mb} MiB in 1 MiB writes, fsync every 64 MiB (median of {rounds}); "
       f"small files: {small} files of 0-16 KiB")
+print("/local: to local-only (the pinned rows: to local-only on 1 CPU)")
 print(f"{'target':26} {'seq MB/s':>9} {'/local':>7}  {'create/s':>9} {'stat/s':>9} {'read/s':>9} {'delete/s':>9}  lag under seq (max)")
 for t, name in labels.items():
     s = smallr.get(t, {})
@@ -309,7 +317,8 @@ for t, name in labels.items():
                 b, sec = worst.get(r["name"], (0, 0.0))
                 worst[r["name"]] = (max(b, r["lag_bytes"]), max(sec, r["lag_seconds"] or 0.0))
     lag = ", ".join(f"{n} {b / 1e6:.0f} MB / {sec:.1f} s" for n, (b, sec) in worst.items())
-    print(f"{name:26} {seq[t]:9.1f} {seq[t] / local:7.2f}  "
+    base = seq["localpin"] if t.endswith("pin") else local
+    print(f"{name:26} {seq[t]:9.1f} {seq[t] / base:7.2f}  "
           + " ".join(f"{s.get(k, 0):9.0f}" for k in ("create", "stat", "read", "delete"))
           + f"  {lag}")
 catch = next(r for r in rows if r["workload"] == "catchup")
@@ -321,4 +330,6 @@ print(f"snapshot: {snap['files']} files, {snap['bytes'] / 1e6:.0f} MB in {snap['
       f"{snap['bytes'] / 1e6 / snap['seconds']:.0f} MB/s; rsync {snap['bytes'] / 1e6 / snap['rsync_seconds']:.0f} MB/s, "
       f"cp -a {snap['bytes'] / 1e6 / snap['cp_seconds']:.0f} MB/s")
 print(f"\nacks all, 1 replica / local-only, sequential: {seq['all1'] / local:.2f} (target >= 0.70)")
+print(f"the same as two machines would (primary on CPU 0; node on CPU 1, its files on its own "
+      f"storage, a tmpfs): {seq['all1pin'] / seq['localpin']:.2f}")
 PY
