@@ -11,7 +11,7 @@ seconds="${1:-60}"
 rustup toolchain list | grep -q '^nightly' || rustup toolchain install nightly --profile minimal
 command -v cargo-fuzz >/dev/null || cargo install --locked cargo-fuzz
 cd fuzz
-for target in record_decoder segment_scan disk_block replication_messages; do
+for target in record_decoder segment_scan disk_block replication_messages replication_frames; do
   echo "== $target, ${seconds}s"
   cargo +nightly fuzz run "$target" -- -max_total_time="$seconds" 2>&1 | grep -E '^Done|SUMMARY|panicked' || true
 done

@@ -134,3 +134,48 @@ fn with_wait_fsync_blocks_while_no_replica_is_reachable_and_resumes_when_one_is(
         b"written while cut"
     );
 }
+
+/// acks = "quorum": fsync needs any min_insync replicas, so a replica cut off but not yet
+/// out of the in-sync set (lag_max is long) does not hold it up, while acks = "all" waits
+/// for that replica until it leaves the set.
+#[test]
+fn with_quorum_a_cut_replica_does_not_hold_fsync_up() {
+    let scratch = common::scratch();
+    let (key_path, _) = key_file(scratch.path(), "vol.key");
+    let links = [Link::new(), Link::new()];
+    let node_dirs = [scratch.path().join("n0"), scratch.path().join("n1")];
+    let nodes: Vec<Node> = links
+        .iter()
+        .zip(&node_dirs)
+        .map(|(link, dir)| {
+            fs::create_dir(dir).unwrap();
+            let listen = format!("{}:7071", link.address);
+            Node::start_in(Some(&link.name), dir, &listen, &[("vol", &key_path)])
+        })
+        .collect();
+    let mount = replicated_mount(
+        "vol",
+        &key_path,
+        &[&nodes[0], &nodes[1]],
+        "acks = \"quorum\"\nmin_insync = 1\nlag_max = \"60s\"\n",
+    );
+    write_synced(&mount, "both", b"both").unwrap();
+    wait_for_states(&mount, &["in sync", "in sync"]);
+    links[0].cut();
+    let started = Instant::now();
+    write_synced(&mount, "quorum", b"one is enough").unwrap();
+    // Well before the cut replica could leave the in-sync set (60 s), or even be given up
+    // on as silent.
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        fs::read(node_dirs[1].join("replicas/vol/data/quorum")).unwrap(),
+        b"one is enough"
+    );
+    assert!(!node_dirs[0].join("replicas/vol/data/quorum").exists());
+    links[0].restore();
+    wait_for_states(&mount, &["in sync", "in sync"]);
+}

@@ -405,6 +405,19 @@ impl Log {
             segments: self.appender().segments.clone(),
         }
     }
+
+    /// [`Log::snapshot`] of the segments from the one holding `offset` on: all a reader
+    /// of the log's end needs, without copying the older segments' indexes.
+    pub fn snapshot_from(&self, offset: u64) -> Snapshot {
+        let appender = self.appender();
+        let segments = &appender.segments;
+        let at = segments
+            .partition_point(|s| s.next <= offset)
+            .min(segments.len() - 1);
+        Snapshot {
+            segments: segments[at..].to_vec(),
+        }
+    }
 }
 
 /// Reads the log in `dir` without changing it, as `mirrorfs log` does while a daemon may
@@ -488,6 +501,28 @@ pub struct Records {
 }
 
 impl Records {
+    /// The offset of the next record this returns.
+    pub fn next_offset(&self) -> u64 {
+        self.expected.max(self.from)
+    }
+
+    /// Continues a reader that reached the end of what it knew with `snapshot`, a newer
+    /// view of the same log: it keeps its place in the segment it reads, so following the
+    /// log's end never reads a record twice.
+    pub fn extend(&mut self, snapshot: &Snapshot) {
+        if self.failed {
+            return;
+        }
+        let next = self.next_offset();
+        let reading = self.segments.first().map(|segment| segment.first);
+        let at = snapshot.segments.partition_point(|s| s.next <= next);
+        self.segments = snapshot.segments[at..].to_vec();
+        if self.segments.first().map(|segment| segment.first) != reading {
+            self.reader = None;
+        }
+        self.from = next;
+    }
+
     fn read_next(&mut self) -> Result<Option<Record>> {
         loop {
             let Some(segment) = self.segments.first() else {
@@ -501,6 +536,10 @@ impl Records {
                 self.reader = Some(reader);
             }
             if self.expected >= segment.next {
+                if self.segments.len() == 1 {
+                    // The end of what the snapshot knew; the place is kept for `extend`.
+                    return Ok(None);
+                }
                 self.segments.remove(0);
                 self.reader = None;
                 continue;

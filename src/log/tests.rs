@@ -480,3 +480,26 @@ fn a_copied_log_keeps_offsets_and_epochs_and_refuses_gaps() {
     assert_eq!((records[0].offset, records[0].epoch), (500, 3));
     assert_eq!(log.next_offset(), 510, "an existing log keeps its offsets");
 }
+
+#[test]
+fn a_reader_extended_with_newer_snapshots_follows_the_log_without_gaps_or_repeats() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path(), options(4096)).unwrap();
+    log.append(&write_op("r", 0, 100)).unwrap();
+    let mut reader = log.snapshot_from(0).records(0).unwrap();
+    let mut seen = Vec::new();
+    for round in 0..40u64 {
+        for record in reader.by_ref() {
+            seen.push(record.unwrap().offset);
+        }
+        assert_eq!(reader.next_offset(), log.next_offset());
+        // Appends that cross into new segments now and then.
+        for i in 0..(round % 3 + 1) {
+            log.append(&write_op("r", i, 700)).unwrap();
+        }
+        reader.extend(&log.snapshot_from(reader.next_offset()));
+    }
+    seen.extend(reader.map(|record| record.unwrap().offset));
+    assert!(log.snapshot().stats().segments > 5);
+    assert_eq!(seen, (0..log.next_offset()).collect::<Vec<_>>());
+}

@@ -390,6 +390,12 @@ impl<W: AsyncWrite + Unpin> Sending<W> {
 }
 
 impl<R: AsyncRead + Unpin> Receiving<R> {
+    /// The receiving half of a plaintext channel whose handshake is done, reading `stream`
+    /// (what the fuzz target for frames reads bytes through).
+    pub fn plaintext(stream: R) -> Receiving<R> {
+        Receiving { stream, seal: None }
+    }
+
     /// Receives one message.
     pub async fn receive(&mut self) -> Result<Vec<u8>, ChannelError> {
         let mut message = self.receive_frame().await?;

@@ -28,7 +28,7 @@ use super::protocol::{ProtocolError, ToNode, ToPrimary, decode, encode, record_h
 use super::snapshot::{WalkError, WalkStats, walk};
 use crate::config::replication::Replica;
 use crate::config::{OnInsufficient, ReplicationConfig};
-use crate::log::{Log, LogError, Op, Record};
+use crate::log::{Log, LogError, Op, Record, Records};
 use crate::write::snapshot::SnapshotSource;
 
 /// Records per batch at most, by bytes (a single larger record goes alone).
@@ -540,6 +540,7 @@ impl Sender {
         // The end offset of each batch sent and not yet acknowledged, oldest first.
         let mut in_flight: VecDeque<u64> = VecDeque::new();
         let mut sent = next;
+        let mut reader = None;
         let mut heard = Instant::now();
         let mut idle_since = Instant::now();
         loop {
@@ -551,8 +552,9 @@ impl Sender {
             notified.as_mut().enable();
             while in_flight.len() < IN_FLIGHT && sent < self.log().next_offset() {
                 let log = Arc::clone(self.log());
-                let from = sent;
-                let batch = tokio::task::spawn_blocking(move || read_batch(&log, from))
+                let (from, held) = (sent, reader.take());
+                let batch;
+                (batch, reader) = tokio::task::spawn_blocking(move || read_batch(&log, from, held))
                     .await
                     .map_err(|error| SendError::Connect(io::Error::other(error)))??;
                 let Some(last) = batch.last() else { break };
@@ -736,20 +738,31 @@ fn hash_of(log: &Log, offset: u64) -> Result<Option<[u8; 32]>, LogError> {
     }
 }
 
-/// The records from `from` on, up to [`BATCH_BYTES`] (at least one if there is one).
-fn read_batch(log: &Log, from: u64) -> Result<Vec<Record>, LogError> {
+/// The records from `from` on, up to [`BATCH_BYTES`] (at least one if there is one),
+/// read on with `reader` when it stands at `from` (the end of the last batch), and the
+/// reader to go on with.
+fn read_batch(
+    log: &Log,
+    from: u64,
+    reader: Option<Records>,
+) -> Result<(Vec<Record>, Option<Records>), LogError> {
     let mut batch = Vec::new();
     if from >= log.next_offset() {
-        return Ok(batch);
+        return Ok((batch, reader));
     }
+    let mut records = match reader {
+        Some(mut reader) if reader.next_offset() == from => {
+            reader.extend(&log.snapshot_from(from));
+            reader
+        }
+        _ => log.snapshot_from(from).records(from)?,
+    };
     let mut bytes = 0;
-    for record in log.snapshot().records(from)? {
+    while bytes < BATCH_BYTES && batch.len() < 4096 {
+        let Some(record) = records.next() else { break };
         let record = record?;
         bytes += 64 + record.op.carried_bytes();
         batch.push(record);
-        if bytes >= BATCH_BYTES || batch.len() >= 4096 {
-            break;
-        }
     }
-    Ok(batch)
+    Ok((batch, Some(records)))
 }
