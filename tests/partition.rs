@@ -6,6 +6,7 @@
 mod common;
 
 use std::fs;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use common::Mount;
@@ -39,21 +40,29 @@ fn wait_for_states(mount: &Mount, states: &[&str]) {
     }
 }
 
-#[test]
-fn the_in_sync_set_shrinks_and_regrows_with_the_links_and_fsync_fails_when_it_is_too_small() {
-    let scratch = common::scratch();
-    let (key_path, _) = key_file(scratch.path(), "vol.key");
+/// Two nodes keeping volume "vol", each in a network namespace of its own: the links to
+/// them, their directories and the nodes (declared in that order, so the nodes stop
+/// before their namespaces go).
+fn two_nodes_apart(scratch: &Path, key: &Path) -> ([Link; 2], [PathBuf; 2], Vec<Node>) {
     let links = [Link::new(), Link::new()];
-    let node_dirs = [scratch.path().join("n0"), scratch.path().join("n1")];
-    let nodes: Vec<Node> = links
+    let node_dirs = [scratch.join("n0"), scratch.join("n1")];
+    let nodes = links
         .iter()
         .zip(&node_dirs)
         .map(|(link, dir)| {
             fs::create_dir(dir).unwrap();
             let listen = format!("{}:7071", link.address);
-            Node::start_in(Some(&link.name), dir, &listen, &[("vol", &key_path)])
+            Node::start_in(Some(&link.name), dir, &listen, &[("vol", key)])
         })
         .collect();
+    (links, node_dirs, nodes)
+}
+
+#[test]
+fn the_in_sync_set_shrinks_and_regrows_with_the_links_and_fsync_fails_when_it_is_too_small() {
+    let scratch = common::scratch();
+    let (key_path, _) = key_file(scratch.path(), "vol.key");
+    let (links, node_dirs, nodes) = two_nodes_apart(scratch.path(), &key_path);
     let mount = replicated_mount(
         "vol",
         &key_path,
@@ -142,17 +151,7 @@ fn with_wait_fsync_blocks_while_no_replica_is_reachable_and_resumes_when_one_is(
 fn with_quorum_a_cut_replica_does_not_hold_fsync_up() {
     let scratch = common::scratch();
     let (key_path, _) = key_file(scratch.path(), "vol.key");
-    let links = [Link::new(), Link::new()];
-    let node_dirs = [scratch.path().join("n0"), scratch.path().join("n1")];
-    let nodes: Vec<Node> = links
-        .iter()
-        .zip(&node_dirs)
-        .map(|(link, dir)| {
-            fs::create_dir(dir).unwrap();
-            let listen = format!("{}:7071", link.address);
-            Node::start_in(Some(&link.name), dir, &listen, &[("vol", &key_path)])
-        })
-        .collect();
+    let (links, node_dirs, nodes) = two_nodes_apart(scratch.path(), &key_path);
     let mount = replicated_mount(
         "vol",
         &key_path,
