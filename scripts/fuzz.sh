@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Fuzzes the decoders of what mirrorfs reads from disk or the network with cargo fuzz
 # (libFuzzer; needs a nightly toolchain and cargo-fuzz, both installed here if missing): the
-# record/frame decoder, the segment scan that recovery runs, disk-tier block files and
-# replication messages. Not part of CI, which has no nightly toolchain.
+# record/frame decoder, the segment scan that recovery runs, disk-tier block files, and
+# replication messages and connection frames. Not part of CI, which has no nightly toolchain.
 #
 #   scripts/fuzz.sh [SECONDS_PER_TARGET]    (default 60)
 set -euo pipefail
