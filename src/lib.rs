@@ -14,5 +14,6 @@ pub mod replication;
 pub mod signals;
 pub mod state;
 pub mod types;
+pub mod verify;
 pub mod vfs;
 pub mod write;

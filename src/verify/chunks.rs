@@ -1,0 +1,159 @@
+//! A file's content as fixed-size chunks, each with its blake3 hash, and a root over them
+//! (a two-level Merkle tree): what verify stores per file, compares between copies, and
+//! uses to name the exact byte ranges that differ. Pure logic over anything that reads
+//! at an offset.
+
+use std::io;
+use std::ops::Range;
+
+use serde::{Deserialize, Serialize};
+
+/// Bytes per chunk: the unit a difference is named and repaired in.
+pub const CHUNK_BYTES: u64 = 1 << 20;
+
+/// Domain of the root hash, so that no chunk hash can pass for a root.
+const ROOT_CONTEXT: &str = "mirrorfs 2026-11 verify file root";
+
+/// A chunk's hash.
+pub type ChunkHash = [u8; 32];
+
+/// The hashes of one file's content.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileHashes {
+    /// The file's size.
+    pub size: u64,
+    /// blake3 of each chunk, in order; the last may be short.
+    pub chunks: Vec<ChunkHash>,
+}
+
+impl FileHashes {
+    /// Hashes `size` bytes of content, read through `read_at` (which fills as much of the
+    /// buffer as the content has at that offset and returns how much).
+    pub fn of(
+        size: u64,
+        mut read_at: impl FnMut(&mut [u8], u64) -> io::Result<usize>,
+    ) -> io::Result<FileHashes> {
+        let mut chunks = Vec::with_capacity(size.div_ceil(CHUNK_BYTES) as usize);
+        let mut buffer = vec![0u8; CHUNK_BYTES.min(size) as usize];
+        let mut offset = 0;
+        while offset < size {
+            let len = (size - offset).min(CHUNK_BYTES) as usize;
+            let read = read_at(&mut buffer[..len], offset)?;
+            if read < len {
+                // The file shrank while it was read: what is hashed is what was there.
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    format!("content ended at {} of {size} bytes", offset + read as u64),
+                ));
+            }
+            chunks.push(*blake3::hash(&buffer[..len]).as_bytes());
+            offset += len as u64;
+        }
+        Ok(FileHashes { size, chunks })
+    }
+
+    /// The root: one hash for the whole content, over the size and every chunk's hash.
+    pub fn root(&self) -> ChunkHash {
+        let mut hasher = blake3::Hasher::new_derive_key(ROOT_CONTEXT);
+        hasher.update(&self.size.to_le_bytes());
+        for chunk in &self.chunks {
+            hasher.update(chunk);
+        }
+        *hasher.finalize().as_bytes()
+    }
+
+    /// The byte ranges of this content where `other` differs: each differing chunk, and
+    /// the tail one of them has past the other's end. Adjacent ranges are merged.
+    pub fn differences(&self, other: &FileHashes) -> Vec<Range<u64>> {
+        let common = self.size.min(other.size);
+        let mut ranges: Vec<Range<u64>> = Vec::new();
+        let mut add = |range: Range<u64>| match ranges.last_mut() {
+            Some(last) if last.end == range.start => last.end = range.end,
+            _ => ranges.push(range),
+        };
+        for (n, (ours, theirs)) in self.chunks.iter().zip(&other.chunks).enumerate() {
+            let start = n as u64 * CHUNK_BYTES;
+            if start >= common {
+                break;
+            }
+            // A chunk one copy cuts short differs by its hash even where its bytes agree, so
+            // it is named whole, up to the shorter end.
+            if ours != theirs {
+                add(start..(start + CHUNK_BYTES).min(common));
+            }
+        }
+        if self.size != other.size {
+            add(common..self.size.max(other.size));
+        }
+        ranges
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hashes(content: &[u8]) -> FileHashes {
+        FileHashes::of(content.len() as u64, |buffer, offset| {
+            let start = (offset as usize).min(content.len());
+            let len = buffer.len().min(content.len() - start);
+            buffer[..len].copy_from_slice(&content[start..start + len]);
+            Ok(len)
+        })
+        .unwrap()
+    }
+
+    fn content(len: usize) -> Vec<u8> {
+        (0..len).map(|i| (i * 31 % 251) as u8).collect()
+    }
+
+    #[test]
+    fn equal_content_has_equal_roots_and_no_differences() {
+        let data = content(3 * CHUNK_BYTES as usize + 123);
+        let (a, b) = (hashes(&data), hashes(&data));
+        assert_eq!(a.chunks.len(), 4);
+        assert_eq!(a.root(), b.root());
+        assert!(a.differences(&b).is_empty());
+        let empty = hashes(&[]);
+        assert!(empty.chunks.is_empty());
+        assert_ne!(empty.root(), a.root());
+    }
+
+    #[test]
+    fn one_flipped_byte_is_named_as_its_chunk() {
+        let data = content(5 * CHUNK_BYTES as usize);
+        let mut flipped = data.clone();
+        let at = 2 * CHUNK_BYTES as usize + 4321;
+        flipped[at] ^= 1;
+        let (a, b) = (hashes(&data), hashes(&flipped));
+        assert_ne!(a.root(), b.root());
+        assert_eq!(a.differences(&b), vec![2 * CHUNK_BYTES..3 * CHUNK_BYTES]);
+    }
+
+    #[test]
+    fn a_truncated_copy_differs_in_its_last_chunk_and_the_tail() {
+        let data = content(4 * CHUNK_BYTES as usize);
+        let cut = 2 * CHUNK_BYTES + 100;
+        let (a, b) = (hashes(&data), hashes(&data[..cut as usize]));
+        // The chunk the cut falls in is named whole (its hash cannot say where in it the
+        // copies part), then the tail.
+        assert_eq!(a.differences(&b), vec![2 * CHUNK_BYTES..4 * CHUNK_BYTES]);
+        assert_eq!(b.differences(&a), vec![2 * CHUNK_BYTES..4 * CHUNK_BYTES]);
+        // A cut on a chunk boundary leaves the chunks before it alone.
+        let c = hashes(&data[..2 * CHUNK_BYTES as usize]);
+        assert_eq!(a.differences(&c), vec![2 * CHUNK_BYTES..4 * CHUNK_BYTES]);
+        assert_eq!(
+            a.differences(&hashes(&data[..CHUNK_BYTES as usize * 3])),
+            vec![3 * CHUNK_BYTES..4 * CHUNK_BYTES]
+        );
+    }
+
+    #[test]
+    fn content_that_shrinks_while_it_is_read_is_an_error() {
+        let result = FileHashes::of(10, |buffer, _| {
+            buffer[..4].fill(1);
+            Ok(4)
+        });
+        assert_eq!(result.unwrap_err().kind(), io::ErrorKind::UnexpectedEof);
+    }
+}
