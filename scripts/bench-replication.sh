@@ -67,6 +67,16 @@ since() {
   awk -v start="$1" -v end="$(date +%s.%N)" 'BEGIN { printf "%.3f", end - start }'
 }
 
+# Seconds a copy made by COMMAND... takes from cold caches until it is on disk.
+timed_copy() {
+  settle
+  local start
+  start=$(date +%s.%N)
+  "$@"
+  sync
+  since "$start"
+}
+
 settle() {
   sync
   echo 3 > /proc/sys/vm/drop_caches
@@ -241,11 +251,7 @@ start=$(date +%s.%N)
 start_node fast 127.0.0.1:7181 "$work/fast-node"
 wait_caught_up catch 0
 catch_seconds=$(since "$start")
-settle
-start=$(date +%s.%N)
-rsync -a "$work/catch/origin/" "$work/rsync-catch/"
-sync
-rsync_seconds=$(since "$start")
+rsync_seconds=$(timed_copy rsync -a "$work/catch/origin/" "$work/rsync-catch/")
 unmount_volume
 echo "{\"workload\": \"catchup\", \"bytes\": $lag_bytes, \"seconds\": $catch_seconds, \"rsync_seconds\": $rsync_seconds, \"data_bytes\": $((catch_mb << 20))}" >> "$results"
 rm -rf "$work/rsync-catch" "$work/catch"
@@ -273,16 +279,8 @@ snap_seconds=$(since "$mount_started")
 unmount_volume
 grep -c "snapshot complete volume=snap" "$work/fast-node.log" > /dev/null \
   || { echo "bench-replication: no snapshot was sent" >&2; exit 1; }
-settle
-start=$(date +%s.%N)
-rsync -a "$work/tree/" "$work/rsync-tree/"
-sync
-rsync_seconds=$(since "$start")
-settle
-start=$(date +%s.%N)
-cp -a "$work/tree" "$work/cp-tree"
-sync
-cp_seconds=$(since "$start")
+rsync_seconds=$(timed_copy rsync -a "$work/tree/" "$work/rsync-tree/")
+cp_seconds=$(timed_copy cp -a "$work/tree" "$work/cp-tree")
 echo "{\"workload\": \"snapshot\", \"bytes\": $tree_bytes, \"files\": 2008, \"seconds\": $snap_seconds, \"rsync_seconds\": $rsync_seconds, \"cp_seconds\": $cp_seconds}" >> "$results"
 
 python3 - "$results" "$work" "$seq_mb" "$rounds" "$small" <<'PY'

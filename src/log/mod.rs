@@ -335,6 +335,17 @@ impl Log {
         Ok(())
     }
 
+    /// [`Snapshot::first_within`] of the log as it is now, without copying its segments
+    /// (asked on every acknowledgement from a replica).
+    pub fn first_within(&self, bytes: u64) -> u64 {
+        first_within(&self.appender().segments, bytes)
+    }
+
+    /// The oldest record later `delete_before` calls keep (see [`Log::retain_from`]).
+    pub fn retained_from(&self) -> u64 {
+        self.retained_from.load(Ordering::Acquire)
+    }
+
     /// Keeps every record from `offset` on, whatever later `delete_before` calls ask: the
     /// oldest record a replica still needs. `u64::MAX` keeps nothing back.
     pub fn retain_from(&self, offset: u64) {
@@ -420,6 +431,21 @@ impl Log {
     }
 }
 
+/// The first offset of the oldest of `segments` from which on they take at most `bytes`
+/// (the last, active, one always counts).
+fn first_within(segments: &[Segment], bytes: u64) -> u64 {
+    let mut kept = 0u64;
+    let mut first = segments.last().map_or(0, |s| s.next);
+    for (n, segment) in segments.iter().enumerate().rev() {
+        kept = kept.saturating_add(segment.len);
+        if kept > bytes && n + 1 < segments.len() {
+            break;
+        }
+        first = segment.first;
+    }
+    first
+}
+
 /// Reads the log in `dir` without changing it, as `mirrorfs log` does while a daemon may
 /// be appending: a torn or still-growing tail is simply where the snapshot ends.
 pub fn inspect(dir: &Path) -> Result<Snapshot> {
@@ -447,16 +473,7 @@ impl Snapshot {
     /// The first offset of the oldest segment from which on the log's segments take at
     /// most `bytes` (the active segment is always kept): where retention by size cuts.
     pub fn first_within(&self, bytes: u64) -> u64 {
-        let mut kept = 0u64;
-        let mut first = self.stats().next_offset;
-        for (n, segment) in self.segments.iter().enumerate().rev() {
-            kept = kept.saturating_add(segment.len);
-            if kept > bytes && n + 1 < self.segments.len() {
-                break;
-            }
-            first = segment.first;
-        }
-        first
+        first_within(&self.segments, bytes)
     }
 
     /// About how many bytes of log lie from record `offset` to the end (exact to the

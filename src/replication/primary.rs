@@ -214,16 +214,15 @@ impl Shared {
     /// the one before it, so that a returning replica's last record can be checked), but
     /// no further back than `retain_bytes_max` of log. A replica left behind that floor
     /// gets a snapshot when it returns.
-    fn retain(&self, replicas: &[ReplicaState]) -> u64 {
+    fn retain(&self, replicas: &[ReplicaState]) {
         let needed = replicas
             .iter()
             .map(|r| r.progress.acked)
             .min()
             .map_or(u64::MAX, |acked| acked.saturating_sub(1));
         let log = &self.retention.log;
-        let floor = needed.max(log.snapshot().first_within(self.retention.bytes_max));
+        let floor = needed.max(log.first_within(self.retention.bytes_max));
         log.retain_from(floor);
-        floor
     }
 }
 
@@ -361,7 +360,7 @@ impl Replication {
         ReplicationStatus {
             epoch: self.epoch,
             high_watermark: high_watermark(self.rule, &progress, end, now),
-            retained_from: self.shared.retain(&replicas),
+            retained_from: self.log.retained_from(),
             replicas: replicas
                 .iter()
                 .map(|state| {
