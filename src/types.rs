@@ -5,6 +5,7 @@
 
 use std::ffi::{OsStr, OsString};
 use std::fmt;
+use std::ops::Range;
 use std::os::unix::ffi::OsStrExt;
 use std::sync::Arc;
 
@@ -153,4 +154,19 @@ impl FileKind {
             _ => None,
         }
     }
+}
+
+/// A change made through the mount to one file's content or attributes, as the layers
+/// that keep something about a file (the read cache, verify's stored hashes) hear of it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Change {
+    /// These bytes were written.
+    Written(Range<u64>),
+    /// The file was cut or extended to this size.
+    Truncated(u64),
+    /// The content may have changed anywhere (fallocate, the file unlinked).
+    Content,
+    /// Only attributes changed (chmod, xattr, a new link): the content stays valid, but
+    /// the file's ctime moved because of us.
+    Attributes,
 }

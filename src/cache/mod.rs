@@ -35,6 +35,7 @@ use std::time::Duration;
 
 use crate::config::CacheConfig;
 use crate::origin::{OriginFile, Stat};
+pub use crate::types::Change;
 use block::{Block, BlockKey, FileKey, Version, page_aligned};
 use disk::{DiskError, DiskTier, Found};
 use files::{FileState, Revalidated};
@@ -72,20 +73,6 @@ pub enum CacheError {
     /// A background thread could not be started.
     #[error("cannot start a cache thread: {0}")]
     Thread(#[from] io::Error),
-}
-
-/// A change made through the mount, as the cache must hear of it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Change {
-    /// These bytes were written.
-    Written(Range<u64>),
-    /// The file was cut or extended to this size.
-    Truncated(u64),
-    /// The content may have changed anywhere (fallocate, the file unlinked).
-    Content,
-    /// Only attributes changed (chmod, xattr, a new link): the content stays valid, but
-    /// the file's ctime moved because of us.
-    Attributes,
 }
 
 /// The read cache of one volume.

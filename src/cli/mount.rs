@@ -13,6 +13,7 @@ use crate::origin::Origin;
 use crate::replication::primary::{Replication, ReplicationError};
 use crate::signals::StopSignals;
 use crate::state::{StateDir, StateError};
+use crate::verify::hasher::Hashing;
 use crate::vfs::Volume;
 use crate::write::Journal;
 
@@ -97,7 +98,20 @@ pub fn run(args: MountArgs) -> Result<(), CliError> {
             })?,
         ),
     };
-    let served = Arc::new(Volume::new(origin, journal, cache, replication));
+    let hashing = match config.verify.stored_hashes {
+        false => None,
+        true => Some(
+            Hashing::start(state.path(), Arc::clone(&origin), journal.applied_source())
+                .map_err(|error| CliError::Failure(format!("cannot start the hasher: {error}")))?,
+        ),
+    };
+    let served = Arc::new(Volume::new(
+        origin,
+        journal,
+        cache,
+        replication,
+        hashing.as_ref().map(|hashing| Arc::clone(hashing.store())),
+    ));
     let _control = start_control(&config, state.path(), &served);
     let outcome = fuse::serve(Arc::clone(&served), &volume.mountpoint, &options, signals)
         .map_err(|error| CliError::Failure(error.to_string()));
@@ -108,6 +122,9 @@ pub fn run(args: MountArgs) -> Result<(), CliError> {
     }
     if let Some(replication) = served.replication() {
         replication.shutdown();
+    }
+    if let Some(hashing) = &hashing {
+        hashing.stop();
     }
     outcome
 }

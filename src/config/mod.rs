@@ -9,6 +9,7 @@ pub mod node;
 pub mod raw;
 pub mod replication;
 pub mod units;
+pub mod verify;
 
 use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
@@ -17,6 +18,7 @@ pub use cache::{CacheConfig, DiskTierConfig};
 use raw::RawConfig;
 pub use raw::{Admission, Passthrough, WriteMode};
 pub use replication::{Acks, OnInsufficient, ReplicationConfig};
+pub use verify::VerifyConfig;
 
 /// Longest volume id; ids name directories on replica nodes.
 const VOLUME_ID_LEN_MAX: usize = 64;
@@ -171,6 +173,8 @@ pub struct Config {
     pub log: LogConfig,
     /// The `[replication]` section, if it lists replicas.
     pub replication: Option<ReplicationConfig>,
+    /// The `[verify]` section.
+    pub verify: VerifyConfig,
 }
 
 /// The validated `[write]` section.
@@ -325,6 +329,7 @@ impl Config {
             },
             cache,
             replication: replication::resolve(&raw.replication)?,
+            verify: verify::resolve(&raw.verify)?,
             write: resolve_write(&raw.write)?,
             log: LogConfig {
                 segment_bytes: within(

@@ -26,6 +26,9 @@ pub struct RawConfig {
     /// `[replication]`: the replica nodes the log is streamed to.
     #[serde(default)]
     pub replication: super::replication::RawReplication,
+    /// `[verify]`: stored hashes and scheduled checks.
+    #[serde(default)]
+    pub verify: super::verify::RawVerify,
 }
 
 /// How writes reach the origin.

@@ -52,6 +52,44 @@ impl FileHashes {
         Ok(FileHashes { size, chunks })
     }
 
+    /// Brings the hashes up to date with content that is now `size` bytes long, rehashing
+    /// only the chunks `stale` names and those whose length changed with the size.
+    pub fn update(
+        &mut self,
+        size: u64,
+        stale: impl Fn(u64) -> bool,
+        mut read_at: impl FnMut(&mut [u8], u64) -> io::Result<usize>,
+    ) -> io::Result<()> {
+        let count = size.div_ceil(CHUNK_BYTES);
+        let old_size = self.size;
+        self.chunks.truncate(count as usize);
+        let mut buffer = Vec::new();
+        for n in 0..count {
+            let start = n * CHUNK_BYTES;
+            let len = (size - start).min(CHUNK_BYTES);
+            let old_len = old_size.saturating_sub(start).min(CHUNK_BYTES);
+            let known = (n as usize) < self.chunks.len();
+            if known && len == old_len && !stale(n) {
+                continue;
+            }
+            buffer.resize(len as usize, 0);
+            let read = read_at(&mut buffer, start)?;
+            if read < len as usize {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    format!("content ended at {} of {size} bytes", start + read as u64),
+                ));
+            }
+            let hash = *blake3::hash(&buffer).as_bytes();
+            match self.chunks.get_mut(n as usize) {
+                Some(slot) => *slot = hash,
+                None => self.chunks.push(hash),
+            }
+        }
+        self.size = size;
+        Ok(())
+    }
+
     /// The root: one hash for the whole content, over the size and every chunk's hash.
     pub fn root(&self) -> ChunkHash {
         let mut hasher = blake3::Hasher::new_derive_key(ROOT_CONTEXT);
@@ -146,6 +184,44 @@ mod tests {
             a.differences(&hashes(&data[..CHUNK_BYTES as usize * 3])),
             vec![3 * CHUNK_BYTES..4 * CHUNK_BYTES]
         );
+    }
+
+    #[test]
+    fn an_update_rehashes_only_what_changed() {
+        let mut data = content(3 * CHUNK_BYTES as usize + 10);
+        let mut stored = hashes(&data);
+        data[CHUNK_BYTES as usize + 5] ^= 0xff;
+        data.extend_from_slice(&[7; 100]);
+        let mut reads = Vec::new();
+        stored
+            .update(
+                data.len() as u64,
+                |n| n == 1,
+                |buffer, offset| {
+                    reads.push(offset / CHUNK_BYTES);
+                    let start = offset as usize;
+                    buffer.copy_from_slice(&data[start..start + buffer.len()]);
+                    Ok(buffer.len())
+                },
+            )
+            .unwrap();
+        // Chunk 1 was written; chunk 3 grew. Chunks 0 and 2 were not read.
+        assert_eq!(reads, vec![1, 3]);
+        assert_eq!(stored, hashes(&data));
+        // Shrinking drops the chunks past the end and rehashes the new last one.
+        data.truncate(CHUNK_BYTES as usize + 1);
+        stored
+            .update(
+                data.len() as u64,
+                |_| false,
+                |buffer, offset| {
+                    let start = offset as usize;
+                    buffer.copy_from_slice(&data[start..start + buffer.len()]);
+                    Ok(buffer.len())
+                },
+            )
+            .unwrap();
+        assert_eq!(stored, hashes(&data));
     }
 
     #[test]

@@ -1,5 +1,8 @@
 //! `mirrorfs verify` (issue 6, under construction): checking that the primary and its
-//! replicas hold the same volume, and that neither has rotted. So far: per-file chunk
-//! hashes and the byte ranges two copies differ in (`chunks.rs`).
+//! replicas hold the same volume, and that neither has rotted.
 
 pub mod chunks;
+pub mod compare;
+pub mod hasher;
+pub mod store;
+pub mod tree;

@@ -1,8 +1,8 @@
 //! Changing attributes: chmod, chown, truncate, utimens.
 
-use crate::cache::Change;
 use crate::log::{Op, Timestamp};
 use crate::origin::{Stat, TimeSet, TimesUpdate};
+use crate::types::Change;
 use crate::types::{FileKind, InodeId};
 
 use super::{Attr, Result, Target, Volume};
@@ -45,6 +45,9 @@ impl Volume {
         }
         // No name: an unlinked file still open, which no copy of the volume can see.
         let path = self.inode_path(id)?;
+        let _hashing = changes
+            .size
+            .and_then(|size| self.hashing(id, path.clone(), &Change::Truncated(size)));
         let (located, stat) = match self.target(id, handle)? {
             Target::Place(located, stat) => (located, stat),
             Target::Open(open) => {

@@ -1,8 +1,8 @@
 //! Making new names: mknod, mkdir, symlink, create, link; and the ownership they get.
 
-use crate::cache::Change;
 use crate::log::Op;
 use crate::origin::{At, DirFd, OriginFile, Stat};
+use crate::types::Change;
 use crate::types::{FileKind, InodeId, Name};
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
@@ -149,6 +149,7 @@ impl Volume {
                     let truncate = || -> Result<Stat> {
                         // As for any truncate: see `setattr`.
                         self.journal.barrier()?;
+                        let _hashing = self.hashing(id, Some(path.clone()), &Change::Truncated(0));
                         file.set_len(0)?;
                         self.cache_changed(id, Change::Truncated(0));
                         let stat = file.stat()?;

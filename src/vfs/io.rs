@@ -5,10 +5,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime};
 
-use crate::cache::Change;
 use crate::config::WriteMode;
 use crate::log::Op;
 use crate::origin::{At, OriginFile, Stat};
+use crate::types::Change;
 use crate::types::{FileKind, InodeId};
 
 use super::handles::{FileHandle, OpenCounts, OpenMode};
@@ -205,6 +205,11 @@ impl Volume {
         let _naming = self.naming();
         let open = self.file_handle(handle)?;
         let path = self.inode_path(open.inode)?;
+        let _hashing = self.hashing(
+            open.inode,
+            path.clone(),
+            &Change::Written(offset..offset + data.len() as u64),
+        );
         self.journal
             .write(open.inode, &open.file, path, offset, data)?;
         self.appended();
@@ -274,6 +279,7 @@ impl Volume {
         // Unflushed bytes in the range must land before the range changes under them,
         // and recovery must never replay them across it (see `setattr`).
         self.journal.barrier()?;
+        let _hashing = self.hashing(open.inode, path.clone(), &Change::Content);
         open.file.allocate(offset, length, mode)?;
         self.cache_changed(open.inode, Change::Content);
         open.wrote.store(true, Ordering::Relaxed);

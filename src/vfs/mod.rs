@@ -35,6 +35,7 @@ use crate::log::{LogError, LogPath, Op, PathError};
 use crate::origin::{At, DirFd, Origin, Stat};
 use crate::replication::primary::{Replication, ReplicationError};
 use crate::types::{FileKind, InodeId, Name, NameError};
+use crate::verify::store::{Changing, HashStore};
 use crate::write::{Journal, WriteError};
 use handles::{DirHandle, FileHandle, HandleTable, OpenCounts};
 use inodes::{InodeTable, LinkHint, OriginKey};
@@ -198,6 +199,8 @@ pub struct Volume {
     journal: Journal,
     cache: Option<Arc<Cache>>,
     replication: Option<Arc<Replication>>,
+    /// verify's stored hashes of the origin's files, when they are kept.
+    hashes: Option<Arc<HashStore>>,
     /// Read-only opens may be passed through to the kernel.
     passthrough: AtomicBool,
     /// Opens passed through since the mount.
@@ -226,6 +229,7 @@ impl Volume {
         journal: Journal,
         cache: Option<Arc<Cache>>,
         replication: Option<Arc<Replication>>,
+        hashes: Option<Arc<HashStore>>,
     ) -> Volume {
         let inodes = InodeTable::new(origin.root_stat());
         // SAFETY: geteuid and getegid cannot fail.
@@ -247,6 +251,7 @@ impl Volume {
             journal,
             cache,
             replication,
+            hashes,
             passthrough: AtomicBool::new(false),
             passthrough_opens: AtomicU64::new(0),
             open_modes: Mutex::new(HashMap::new()),
@@ -296,8 +301,11 @@ impl Volume {
         self.cache.as_ref()
     }
 
-    /// Tells the read cache of a change made to `id` through the mount.
+    /// Tells the read cache, and the stored hashes, of a change made to `id` through the
+    /// mount. A change to content has also marked the stored hashes before it was made
+    /// ([`Volume::hashing`]); here they only learn that the file's ctime moved.
     fn cache_changed(&self, id: InodeId, change: Change) {
+        drop(self.hashing(id, self.inode_path(id).ok().flatten(), &Change::Attributes));
         let Some(cache) = &self.cache else {
             return;
         };
@@ -305,6 +313,26 @@ impl Volume {
         if let Some((dev, ino)) = key {
             cache.changed(FileKey { dev, ino }, change);
         }
+    }
+
+    /// Marks a change about to be made to regular file `id` (named `path`) in the stored
+    /// hashes; the
+    /// file is rehashed once the guard is dropped (after the change's record) and the
+    /// origin holds the change.
+    fn hashing(&self, id: InodeId, path: Option<LogPath>, change: &Change) -> Option<Changing<'_>> {
+        let hashes = self.hashes.as_ref()?;
+        let key = self
+            .table()
+            .get(id)
+            .filter(|inode| inode.kind == FileKind::Regular)?
+            .key;
+        let log = self.journal.log();
+        Some(hashes.changing(key, path, change, move || log.next_offset()))
+    }
+
+    /// The stored hashes of the origin's files, when they are kept.
+    pub fn hashes(&self) -> Option<&Arc<HashStore>> {
+        self.hashes.as_ref()
     }
 
     /// The change log and write policy.

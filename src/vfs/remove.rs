@@ -2,9 +2,9 @@
 
 use std::ffi::OsStr;
 
-use crate::cache::Change;
 use crate::log::{LogPath, Op};
 use crate::origin::{At, Stat};
+use crate::types::Change;
 use crate::types::{FileKind, InodeId};
 
 use super::{Result, Volume, name};

@@ -3,8 +3,8 @@
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 
-use crate::cache::Change;
 use crate::log::Op;
+use crate::types::Change;
 use crate::types::InodeId;
 
 use super::{Result, Target, Volume};

@@ -27,12 +27,12 @@ pub fn load(path: &Path) -> io::Result<Option<u64>> {
 
 /// Stores `offset` durably, replacing the file atomically.
 pub fn store(path: &Path, offset: u64) -> io::Result<()> {
-    replace_durably(path, &format!("{offset}\n"))
+    replace_durably(path, format!("{offset}\n"))
 }
 
 /// Replaces the file at `path` with `text`, atomically and durably (a crash leaves the old
 /// text or the new, never part of one).
-pub fn replace_durably(path: &Path, text: &str) -> io::Result<()> {
+pub fn replace_durably(path: &Path, text: impl AsRef<[u8]>) -> io::Result<()> {
     let temporary = path.with_extension("tmp");
     std::fs::write(&temporary, text)?;
     File::open(&temporary)?.sync_all()?;

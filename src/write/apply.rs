@@ -235,7 +235,7 @@ fn make_new(
 
 /// The directory holding `path`'s last component, and that component. Each directory on
 /// the way is opened without following symlinks.
-fn place(copy: &Origin, path: &LogPath) -> io::Result<(DirFd, Name)> {
+pub fn place(copy: &Origin, path: &LogPath) -> io::Result<(DirFd, Name)> {
     let mut parts = path.components().peekable();
     let mut dir = copy.root().clone();
     while let Some(part) = parts.next() {

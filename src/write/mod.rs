@@ -258,6 +258,21 @@ impl Journal {
         }
     }
 
+    /// Below this offset the origin holds every record (write-through: all of them).
+    pub fn applied_offset(&self) -> u64 {
+        (self.applied_source())()
+    }
+
+    /// What [`Journal::applied_offset`] says, for a thread of its own.
+    pub fn applied_source(&self) -> impl Fn() -> u64 + Send + Sync + 'static {
+        let log = Arc::clone(&self.log);
+        let behind = self.behind.clone();
+        move || match &behind {
+            Some(behind) => behind.status().applied_offset,
+            None => log.next_offset(),
+        }
+    }
+
     /// Write-behind's state, if this volume writes behind.
     pub fn behind_status(&self) -> Option<BehindStatus> {
         self.behind.as_ref().map(|behind| behind.status())

@@ -1,0 +1,168 @@
+//! The hasher: a thread that keeps a copy's stored hashes current, rehashing the chunks
+//! changes touched once the copy holds them, and saving the store now and then.
+
+use std::io;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crate::origin::{At, Origin, OriginFile};
+use crate::types::FileKind;
+use crate::write::apply::place;
+
+use super::chunks::FileHashes;
+use super::store::{HashStore, Job, Stamp};
+
+/// How often the store is saved while it changes.
+const SAVE_EVERY: Duration = Duration::from_secs(5);
+
+/// Files taken from the store at a time.
+const BATCH: usize = 256;
+
+/// A file that keeps changing while it is hashed is tried again this much later.
+const RETRY_AFTER: Duration = Duration::from_millis(200);
+
+/// A copy's stored hashes with the hasher thread that keeps them current.
+#[derive(Debug)]
+pub struct Hashing {
+    store: Arc<HashStore>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Hashing {
+    /// Opens the store in `dir` and starts its hasher over `copy`; `applied` says below
+    /// which offset the copy holds every record.
+    pub fn start(
+        dir: &Path,
+        copy: Arc<Origin>,
+        applied: impl Fn() -> u64 + Send + 'static,
+    ) -> io::Result<Hashing> {
+        let store = Arc::new(HashStore::open(dir));
+        let thread = {
+            let store = Arc::clone(&store);
+            std::thread::Builder::new()
+                .name("hasher".to_string())
+                .spawn(move || run(&store, &copy, &applied))?
+        };
+        Ok(Hashing {
+            store,
+            thread: Mutex::new(Some(thread)),
+        })
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Arc<HashStore> {
+        &self.store
+    }
+
+    /// Stops the hasher and saves the store (what is still pending is saved as pending).
+    pub fn stop(&self) {
+        self.store.stop();
+        let thread = self
+            .thread
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .take();
+        if let Some(thread) = thread
+            && thread.join().is_err()
+        {
+            tracing::error!("the hasher thread panicked");
+        }
+    }
+}
+
+fn run(store: &HashStore, copy: &Origin, applied: &dyn Fn() -> u64) {
+    let mut saved = Instant::now();
+    loop {
+        let jobs = store.take(applied(), BATCH);
+        let idle = jobs.is_empty();
+        let mut unsettled = false;
+        for job in jobs {
+            unsettled |= !rehash(store, copy, job);
+        }
+        if saved.elapsed() >= SAVE_EVERY {
+            save(store);
+            saved = Instant::now();
+        }
+        let pause = if unsettled {
+            RETRY_AFTER
+        } else if idle {
+            SAVE_EVERY
+        } else {
+            continue;
+        };
+        if !store.wait(pause) {
+            break;
+        }
+    }
+    save(store);
+}
+
+fn save(store: &HashStore) {
+    if let Err(error) = store.save() {
+        tracing::warn!(%error, "cannot save stored hashes; they stay in memory");
+    }
+}
+
+/// Brings one file's stored hashes up to date. Returns false when the file changed while
+/// it was read (the job is put back).
+fn rehash(store: &HashStore, copy: &Origin, job: Job) -> bool {
+    let Some(file) = open(copy, &job) else {
+        store.forget(job.key);
+        return true;
+    };
+    match hash(&file, &job) {
+        Ok(Some((hashes, stamp))) => {
+            // A change marked meanwhile is pending again: the next round takes it.
+            store.put(job.key, hashes, stamp);
+            true
+        }
+        Ok(None) => {
+            store.put_back(job);
+            false
+        }
+        Err(error) => {
+            tracing::warn!(key = ?job.key, %error, "cannot hash a file; its stored hashes are dropped");
+            store.forget(job.key);
+            true
+        }
+    }
+}
+
+/// The file the job names, if its newest known name still leads to it.
+fn open(copy: &Origin, job: &Job) -> Option<OriginFile> {
+    let path = job.pending.path.as_ref()?;
+    let (dir, name) = place(copy, path).ok()?;
+    let file = copy
+        .open_file(At::Entry(&dir, &name), libc::O_RDONLY)
+        .ok()?;
+    let stat = file.stat().ok()?;
+    ((stat.dev, stat.ino) == job.key && stat.kind() == Some(FileKind::Regular)).then_some(file)
+}
+
+/// The file's hashes and the stamp they hold for, or `None` when it changed meanwhile.
+fn hash(file: &OriginFile, job: &Job) -> io::Result<Option<(FileHashes, Stamp)>> {
+    let before = Stamp::of(&file.stat()?);
+    let read = |buffer: &mut [u8], offset| file.read_at(buffer, offset);
+    let hashes = match &job.stored {
+        // Only attributes changed, or these chunks: the rest still holds.
+        Some(stored) if !job.pending.whole => {
+            let mut hashes = stored.hashes.clone();
+            // A size nothing through mirrorfs set: changed by another program.
+            let unmarked_resize = job.pending.chunks.is_empty()
+                && !job.pending.resized
+                && stored.hashes.size != before.size;
+            match unmarked_resize {
+                true => FileHashes::of(before.size, read)?,
+                false => {
+                    hashes.update(before.size, |n| job.pending.chunks.contains(&n), read)?;
+                    hashes
+                }
+            }
+        }
+        _ => FileHashes::of(before.size, read)?,
+    };
+    let after = Stamp::of(&file.stat()?);
+    Ok((before == after).then_some((hashes, after)))
+}

@@ -1,0 +1,500 @@
+//! The stored hashes of one copy (the primary's origin, or a replica's tree): per file, the
+//! chunk hashes of its content and the stat stamp it had when they were taken, kept current
+//! as changes are made, and saved in one file (`hashes` in the state or copy directory).
+//!
+//! A stored entry is *evidence* of what a file held only while the file's stamp (size,
+//! mtime, ctime) is unchanged and no change to it is pending. Every write moves ctime, so
+//! content that no longer matches a current entry was changed by nothing that writes:
+//! that is rot. Changes made through mirrorfs are marked here before they reach the
+//! file ([`HashStore::changing`]), and the hasher ([`super::hasher`]) rehashes what they
+//! touched once they are in; anything else that changes a file (another program writing
+//! the origin) leaves a stamp that no longer matches, and the entry is merely unknown.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::{Condvar, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+use crate::log::{LogPath, Timestamp};
+use crate::origin::Stat;
+use crate::types::Change;
+use crate::write::applied::replace_durably;
+
+use super::chunks::{CHUNK_BYTES, FileHashes};
+
+/// A file's identity in one copy: device and inode number.
+pub type Key = (u64, u64);
+
+/// The file's name in a state or copy directory.
+pub const FILE_NAME: &str = "hashes";
+
+/// What the saved file starts with; a different format is started afresh.
+const MAGIC: &[u8; 16] = b"mirrorfs-hash-1\n";
+
+/// What says whether stored hashes still describe a file: any write moves ctime.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stamp {
+    /// Size in bytes.
+    pub size: u64,
+    /// Last modification.
+    pub mtime: Timestamp,
+    /// Last status change.
+    pub ctime: Timestamp,
+}
+
+impl Stamp {
+    /// The stamp of the file `stat` describes.
+    pub fn of(stat: &Stat) -> Stamp {
+        Stamp {
+            size: stat.size,
+            mtime: stat.mtime.into(),
+            ctime: stat.ctime.into(),
+        }
+    }
+}
+
+/// One file's stored hashes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stored {
+    /// The content's chunk hashes.
+    pub hashes: FileHashes,
+    /// The file's stamp when they were taken.
+    pub stamp: Stamp,
+    /// When a content check last read the file and found it matching (Unix seconds; 0 for
+    /// never).
+    pub verified: u64,
+}
+
+/// A change to a file its stored hashes do not reflect yet.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Pending {
+    /// The file's newest name when it was marked, which the hasher opens it by.
+    pub path: Option<LogPath>,
+    /// Chunks written.
+    pub chunks: BTreeSet<u64>,
+    /// The content may have changed anywhere.
+    pub whole: bool,
+    /// The size was set (the chunks a size change makes or cuts are found by the size).
+    pub resized: bool,
+    /// The copy must hold every record below this offset before the file is rehashed
+    /// (write-behind brings content in later than its record).
+    pub after: u64,
+}
+
+/// The stored hashes of one copy and the changes not yet in them.
+#[derive(Debug)]
+pub struct HashStore {
+    path: PathBuf,
+    state: Mutex<State>,
+    /// Signalled when there is work for the hasher, or it should stop.
+    work: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    files: HashMap<Key, Stored>,
+    pending: HashMap<Key, Pending>,
+    /// Changes under way, not yet in the file: the hasher leaves these files alone.
+    changing: HashMap<Key, u32>,
+    /// Something changed since the last save.
+    unsaved: bool,
+    stopping: bool,
+}
+
+/// What the saved file holds after its header.
+#[derive(Serialize, Deserialize)]
+struct Saved {
+    files: Vec<(Key, Stored)>,
+    pending: Vec<(Key, Pending)>,
+}
+
+/// A piece of work for the hasher: a file to bring up to date.
+#[derive(Debug)]
+pub struct Job {
+    /// Which file.
+    pub key: Key,
+    /// What changed.
+    pub pending: Pending,
+    /// What is stored for it now.
+    pub stored: Option<Stored>,
+}
+
+/// A change under way (see [`HashStore::changing`]); dropping it says the change is in
+/// the file.
+pub struct Changing<'a> {
+    store: &'a HashStore,
+    key: Key,
+    /// The offset the change's record will be below once appended.
+    after: Box<dyn Fn() -> u64 + Send + Sync + 'a>,
+}
+
+impl Drop for Changing<'_> {
+    fn drop(&mut self) {
+        let after = (self.after)();
+        let mut state = self.store.lock();
+        if let Some(pending) = state.pending.get_mut(&self.key) {
+            pending.after = pending.after.max(after);
+        }
+        match state.changing.get_mut(&self.key) {
+            Some(count) if *count > 1 => *count -= 1,
+            _ => {
+                state.changing.remove(&self.key);
+            }
+        }
+        drop(state);
+        self.store.work.notify_all();
+    }
+}
+
+impl std::fmt::Debug for Changing<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Changing").field("key", &self.key).finish()
+    }
+}
+
+impl HashStore {
+    /// Opens the store saved at `dir/hashes`. A missing, damaged or older file starts an
+    /// empty store: stored hashes are evidence, not data, and are rebuilt by hashing.
+    pub fn open(dir: &Path) -> HashStore {
+        let path = dir.join(FILE_NAME);
+        let state = match std::fs::read(&path) {
+            Ok(bytes) => match decode(&bytes) {
+                Some(saved) => State {
+                    files: saved.files.into_iter().collect(),
+                    pending: saved.pending.into_iter().collect(),
+                    ..State::default()
+                },
+                None => {
+                    tracing::warn!(path = %path.display(), "stored hashes unreadable; starting afresh");
+                    State::default()
+                }
+            },
+            Err(error) => {
+                if error.kind() != io::ErrorKind::NotFound {
+                    tracing::warn!(path = %path.display(), %error, "stored hashes unreadable; starting afresh");
+                }
+                State::default()
+            }
+        };
+        HashStore {
+            path,
+            state: Mutex::new(state),
+            work: Condvar::new(),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Marks a change to file `key` (named `path`) that is about to be made. The file is
+    /// not rehashed until the returned guard is dropped and the copy holds every record
+    /// below what `after` then says.
+    pub fn changing<'a>(
+        &'a self,
+        key: Key,
+        path: Option<LogPath>,
+        change: &Change,
+        after: impl Fn() -> u64 + Send + Sync + 'a,
+    ) -> Changing<'a> {
+        let mut state = self.lock();
+        *state.changing.entry(key).or_insert(0) += 1;
+        state.unsaved = true;
+        let pending = state.pending.entry(key).or_default();
+        if path.is_some() {
+            pending.path = path;
+        }
+        match change {
+            Change::Written(range) if range.start < range.end => {
+                let first = range.start / CHUNK_BYTES;
+                let last = (range.end - 1) / CHUNK_BYTES;
+                if last - first > 4096 {
+                    pending.whole = true;
+                } else {
+                    pending.chunks.extend(first..=last);
+                }
+            }
+            Change::Written(_) | Change::Attributes => {}
+            Change::Truncated(_) => pending.resized = true,
+            Change::Content => pending.whole = true,
+        }
+        drop(state);
+        Changing {
+            store: self,
+            key,
+            after: Box::new(after),
+        }
+    }
+
+    /// The stored hashes of `key`, if they describe the file as it is: its stamp is
+    /// `stamp` and no change to it is pending.
+    pub fn current(&self, key: Key, stamp: &Stamp) -> Option<Stored> {
+        let state = self.lock();
+        if state.pending.contains_key(&key) || state.changing.contains_key(&key) {
+            return None;
+        }
+        state
+            .files
+            .get(&key)
+            .filter(|stored| stored.stamp == *stamp)
+            .cloned()
+    }
+
+    /// What is stored for `key`, current or not.
+    pub fn stored(&self, key: Key) -> Option<Stored> {
+        self.lock().files.get(&key).cloned()
+    }
+
+    /// Stores hashes taken of `key` with the file at `stamp` (the same before and after
+    /// they were read), unless a change to it was marked meanwhile (then they may already
+    /// be out of date). Returns whether they were kept.
+    pub fn put(&self, key: Key, hashes: FileHashes, stamp: Stamp) -> bool {
+        let mut state = self.lock();
+        if state.pending.contains_key(&key) || state.changing.contains_key(&key) {
+            return false;
+        }
+        let verified = state.files.get(&key).map_or(0, |old| old.verified);
+        state.files.insert(
+            key,
+            Stored {
+                hashes,
+                stamp,
+                verified,
+            },
+        );
+        state.unsaved = true;
+        true
+    }
+
+    /// Records that a content check found `key` matching its stored hashes now.
+    pub fn verified(&self, key: Key) {
+        let now = unix_now();
+        let mut state = self.lock();
+        if let Some(stored) = state.files.get_mut(&key) {
+            stored.verified = now;
+            state.unsaved = true;
+        }
+    }
+
+    /// Forgets what is stored for files not in `live` (a full walk saw every file there is).
+    pub fn retain(&self, live: &HashSet<Key>) {
+        let mut state = self.lock();
+        let before = state.files.len();
+        state.files.retain(|key, _| live.contains(key));
+        state.pending.retain(|key, _| live.contains(key));
+        if state.files.len() != before {
+            state.unsaved = true;
+        }
+    }
+
+    /// Takes up to `limit` files ready to rehash: marked, no change under way, and every
+    /// record they wait for below `applied`.
+    pub fn take(&self, applied: u64, limit: usize) -> Vec<Job> {
+        let mut state = self.lock();
+        let ready: Vec<Key> = state
+            .pending
+            .iter()
+            .filter(|(key, pending)| pending.after <= applied && !state.changing.contains_key(key))
+            .map(|(key, _)| *key)
+            .take(limit)
+            .collect();
+        ready
+            .into_iter()
+            .map(|key| {
+                let pending = state.pending.remove(&key).expect("found above");
+                Job {
+                    key,
+                    stored: state.files.get(&key).cloned(),
+                    pending,
+                }
+            })
+            .collect()
+    }
+
+    /// Puts back a job that could not be finished, merged with what was marked since.
+    pub fn put_back(&self, job: Job) {
+        let mut state = self.lock();
+        let pending = state.pending.entry(job.key).or_default();
+        pending.chunks.extend(job.pending.chunks);
+        pending.whole |= job.pending.whole;
+        pending.resized |= job.pending.resized;
+        pending.after = pending.after.max(job.pending.after);
+        if pending.path.is_none() {
+            pending.path = job.pending.path;
+        }
+    }
+
+    /// Drops what is stored for `key`: the file it named is gone or cannot be read.
+    pub fn forget(&self, key: Key) {
+        let mut state = self.lock();
+        state.files.remove(&key);
+        state.unsaved = true;
+    }
+
+    /// How many files have pending changes.
+    pub fn pending_files(&self) -> usize {
+        self.lock().pending.len()
+    }
+
+    /// Waits up to `timeout` for work or a stop; returns false once stopping.
+    pub fn wait(&self, timeout: Duration) -> bool {
+        let state = self.lock();
+        if state.stopping {
+            return false;
+        }
+        let (state, _) = self
+            .work
+            .wait_timeout(state, timeout)
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        !state.stopping
+    }
+
+    /// Wakes the hasher (the copy applied more records).
+    pub fn wake(&self) {
+        self.work.notify_all();
+    }
+
+    /// Tells the hasher to stop.
+    pub fn stop(&self) {
+        self.lock().stopping = true;
+        self.work.notify_all();
+    }
+
+    /// Saves the store if anything changed since the last save.
+    pub fn save(&self) -> io::Result<()> {
+        let bytes = {
+            let mut state = self.lock();
+            if !state.unsaved {
+                return Ok(());
+            }
+            state.unsaved = false;
+            let saved = Saved {
+                files: state.files.iter().map(|(k, v)| (*k, v.clone())).collect(),
+                pending: state.pending.iter().map(|(k, v)| (*k, v.clone())).collect(),
+            };
+            encode(&saved)
+        };
+        let result = bytes.and_then(|bytes| replace_durably(&self.path, bytes));
+        if result.is_err() {
+            self.lock().unsaved = true;
+        }
+        result
+    }
+}
+
+fn encode(saved: &Saved) -> io::Result<Vec<u8>> {
+    let payload = postcard::to_allocvec(saved).map_err(io::Error::other)?;
+    let mut bytes = Vec::with_capacity(MAGIC.len() + payload.len() + 32);
+    bytes.extend_from_slice(MAGIC);
+    bytes.extend_from_slice(blake3::hash(&payload).as_bytes());
+    bytes.extend_from_slice(&payload);
+    Ok(bytes)
+}
+
+fn decode(bytes: &[u8]) -> Option<Saved> {
+    let rest = bytes.strip_prefix(MAGIC.as_slice())?;
+    let (sum, payload) = rest.split_at_checked(32)?;
+    if blake3::hash(payload).as_bytes() != sum {
+        return None;
+    }
+    postcard::from_bytes(payload).ok()
+}
+
+/// Seconds since the Unix epoch.
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |since| since.as_secs())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stamp(size: u64, ctime: i64) -> Stamp {
+        let time = Timestamp {
+            seconds: ctime,
+            nanos: 0,
+        };
+        Stamp {
+            size,
+            mtime: time,
+            ctime: time,
+        }
+    }
+
+    fn hashes(size: u64) -> FileHashes {
+        FileHashes {
+            size,
+            chunks: vec![[size as u8; 32]],
+        }
+    }
+
+    #[test]
+    fn an_entry_is_current_only_with_its_stamp_and_nothing_pending() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = HashStore::open(dir.path());
+        assert!(store.put((1, 2), hashes(5), stamp(5, 10)));
+        assert!(store.current((1, 2), &stamp(5, 10)).is_some());
+        // Another program wrote it: ctime moved.
+        assert!(store.current((1, 2), &stamp(5, 11)).is_none());
+        let guard = store.changing((1, 2), None, &Change::Written(0..5), || 3);
+        assert!(store.current((1, 2), &stamp(5, 10)).is_none());
+        // Under way: not for the hasher yet.
+        assert!(store.take(u64::MAX, 1).is_empty());
+        drop(guard);
+        // Waits for the record below offset 3.
+        assert!(store.take(2, 1).is_empty());
+        let job = store.take(3, 1).pop().unwrap();
+        assert_eq!(
+            job.pending.chunks.iter().copied().collect::<Vec<_>>(),
+            vec![0]
+        );
+        assert!(store.put(job.key, hashes(6), stamp(6, 12)));
+        assert!(store.current((1, 2), &stamp(6, 12)).is_some());
+    }
+
+    #[test]
+    fn hashes_taken_across_a_change_are_not_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = HashStore::open(dir.path());
+        drop(store.changing((1, 2), None, &Change::Content, || 0));
+        let job = store.take(0, 1).pop().unwrap();
+        drop(store.changing((1, 2), None, &Change::Written(0..1), || 0));
+        assert!(!store.put(job.key, hashes(1), stamp(1, 1)));
+        store.put_back(job);
+        let again = store.take(0, 1).pop().unwrap();
+        assert!(again.pending.whole);
+        assert!(store.put(again.key, hashes(1), stamp(1, 1)));
+    }
+
+    #[test]
+    fn the_store_survives_a_reopen_and_a_damaged_file_starts_afresh() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = HashStore::open(dir.path());
+        assert!(store.put((1, 2), hashes(5), stamp(5, 10)));
+        drop(store.changing((3, 4), None, &Change::Content, || 7));
+        store.save().unwrap();
+        let reopened = HashStore::open(dir.path());
+        assert!(reopened.current((1, 2), &stamp(5, 10)).is_some());
+        assert_eq!(
+            reopened
+                .take(7, 9)
+                .iter()
+                .map(|job| job.key)
+                .collect::<Vec<_>>(),
+            vec![(3, 4)]
+        );
+        let path = dir.path().join(FILE_NAME);
+        let mut bytes = std::fs::read(&path).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 1;
+        std::fs::write(&path, bytes).unwrap();
+        assert!(HashStore::open(dir.path()).stored((1, 2)).is_none());
+    }
+}
