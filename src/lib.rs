@@ -9,6 +9,7 @@ pub mod config;
 pub mod control;
 pub mod fuse;
 pub mod log;
+pub mod manifest;
 pub mod origin;
 pub mod replication;
 pub mod signals;

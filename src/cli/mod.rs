@@ -8,6 +8,8 @@ pub mod mountinfo;
 mod replica;
 mod status;
 mod unmount;
+mod verify;
+mod volume;
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -39,6 +41,51 @@ enum Command {
     /// Run a replica node, which keeps copies of volumes for their primaries.
     #[command(subcommand)]
     Replica(ReplicaCommand),
+    /// Check that the replicas hold what the primary holds and that nothing rotted, and
+    /// repair from the copy to trust (exit 0 clean, 1 all repaired, 4 differences left,
+    /// 8 something could not be checked, 16 usage; added up as fsck's).
+    Verify(VerifyArgs),
+}
+
+/// Arguments of `mirrorfs verify`.
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// The volume's mount config.
+    #[arg(long, value_name = "FILE")]
+    config: PathBuf,
+    /// Compare metadata and stored hashes only; no file content is read (the default).
+    #[arg(long, conflicts_with = "content")]
+    quick: bool,
+    /// Also read and hash every file's content on each copy.
+    #[arg(long)]
+    content: bool,
+    /// Repair what is found from the copy to trust, then check it again.
+    #[arg(long)]
+    repair: bool,
+    /// One JSON object with every finding.
+    #[arg(long)]
+    json: bool,
+    /// Read only this percentage of the files, those verified longest ago first.
+    #[arg(long, value_name = "PERCENT")]
+    sample: Option<f64>,
+    /// Read at most this much content (e.g. 10GiB), oldest verified first.
+    #[arg(long, value_name = "SIZE")]
+    max_bytes: Option<String>,
+    /// Stop reading content after this long (e.g. 10m); the next run goes on from there.
+    #[arg(long, value_name = "TIME")]
+    max_duration: Option<String>,
+    /// Read content at most this fast, per second (e.g. 200MiB).
+    #[arg(long, value_name = "SIZE")]
+    max_rate: Option<String>,
+    /// Check only this replica (repeatable; default: all).
+    #[arg(long = "replica", value_name = "NAME")]
+    replicas: Vec<String>,
+    /// Check only this subtree of the volume (e.g. /photos/2026).
+    #[arg(long, value_name = "SUBTREE")]
+    path: Option<String>,
+    /// Check the primary alone: its content against its own stored hashes (rot).
+    #[arg(long, conflicts_with = "replicas")]
+    primary_only: bool,
 }
 
 /// `mirrorfs replica ...`.
@@ -175,13 +222,32 @@ pub enum CliError {
     Usage(String),
     /// The command was right but could not be done (exit 1).
     Failure(String),
+    /// A command with exit codes of its own (verify's, as fsck's), and its line (if any).
+    Exit(i32, String),
+}
+
+impl CliError {
+    /// The error's line.
+    pub fn message(&self) -> String {
+        match self {
+            CliError::Usage(message) | CliError::Failure(message) | CliError::Exit(_, message) => {
+                message.clone()
+            }
+        }
+    }
 }
 
 /// Runs the command line `args` and returns the process's exit code.
 pub fn run(args: impl IntoIterator<Item = OsString>) -> ExitCode {
+    let args: Vec<OsString> = args.into_iter().collect();
+    // verify's usage errors exit as fsck's do.
+    let usage_code = match args.get(1).and_then(|arg| arg.to_str()) {
+        Some("verify") => crate::verify::report::exit::USAGE as u8,
+        _ => 2,
+    };
     let cli = match Cli::try_parse_from(args) {
         Ok(cli) => cli,
-        Err(error) => return clap_exit(error),
+        Err(error) => return clap_exit(error, usage_code),
     };
     init_logging();
     let result = match cli.command {
@@ -192,6 +258,7 @@ pub fn run(args: impl IntoIterator<Item = OsString>) -> ExitCode {
         Command::Keygen => keygen::run(),
         Command::Replica(ReplicaCommand::Serve(args)) => replica::serve(args),
         Command::Replica(ReplicaCommand::Status(args)) => replica::status(args),
+        Command::Verify(args) => verify::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -203,11 +270,17 @@ pub fn run(args: impl IntoIterator<Item = OsString>) -> ExitCode {
             eprintln!("mirrorfs: {message}");
             ExitCode::from(1)
         }
+        Err(CliError::Exit(code, message)) => {
+            if !message.is_empty() {
+                eprintln!("mirrorfs: {message}");
+            }
+            ExitCode::from(code.clamp(0, 255) as u8)
+        }
     }
 }
 
 /// Help and version print as clap renders them; a usage error becomes one line.
-fn clap_exit(error: clap::Error) -> ExitCode {
+fn clap_exit(error: clap::Error, usage_code: u8) -> ExitCode {
     use clap::error::ErrorKind;
     match error.kind() {
         ErrorKind::DisplayHelp
@@ -221,7 +294,7 @@ fn clap_exit(error: clap::Error) -> ExitCode {
             let first = rendered.lines().next().unwrap_or("invalid arguments");
             let message = first.strip_prefix("error: ").unwrap_or(first);
             eprintln!("mirrorfs: {message} (see 'mirrorfs --help')");
-            ExitCode::from(2)
+            ExitCode::from(usage_code)
         }
     }
 }

@@ -3,19 +3,14 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::cache::Cache;
 use crate::config::Passthrough;
 use crate::config::raw::RawConfig;
 use crate::config::{Config, Overrides, WriteMode, normalize};
 use crate::control::{ControlSocket, LogStatus, Status};
 use crate::fuse::{self, FS_TYPE, MountOptions};
-use crate::origin::Origin;
-use crate::replication::primary::{Replication, ReplicationError};
 use crate::signals::StopSignals;
 use crate::state::{StateDir, StateError};
-use crate::verify::hasher::Hashing;
 use crate::vfs::Volume;
-use crate::write::Journal;
 
 use super::{CliError, MountArgs, mountinfo};
 
@@ -52,12 +47,6 @@ pub fn run(args: MountArgs) -> Result<(), CliError> {
     })?;
     prepare_process();
 
-    let origin = Arc::new(Origin::open(&volume.source).map_err(|error| {
-        CliError::Usage(format!(
-            "cannot open SOURCE {}: {error}",
-            volume.source.display()
-        ))
-    })?);
     tracing::info!(
         volume = %volume.id,
         source = %volume.source.display(),
@@ -71,71 +60,25 @@ pub fn run(args: MountArgs) -> Result<(), CliError> {
         ttl: config.cache.revalidate_after,
         passthrough: config.cache.passthrough == Passthrough::Auto,
     };
-    // SAFETY: geteuid cannot fail.
-    let as_root = unsafe { libc::geteuid() } == 0;
-    let journal = Journal::open(
-        state.path(),
-        &config.write,
-        &config.log,
-        Arc::clone(&origin),
-        as_root,
+    let served = super::volume::open(&config, state.path(), true)?;
+    let _control = start_control(&config, state.path(), &served.volume);
+    let _schedule = super::verify::schedule(&config, &served.volume);
+    let outcome = fuse::serve(
+        Arc::clone(&served.volume),
+        &volume.mountpoint,
+        &options,
+        signals,
     )
-    .map_err(|error| CliError::Failure(error.to_string()))?;
-    let cache = Cache::start(&config.cache)
-        .map_err(|error| CliError::Failure(format!("read cache: {error}")))?;
-    let replication = match &config.replication {
-        None => None,
-        Some(replication) => Some(
-            Replication::start(
-                replication,
-                volume.id.as_str(),
-                journal.snapshot_source(),
-                LEADER_EPOCH,
-            )
-            .map_err(|error| match error {
-                ReplicationError::Key(_) => CliError::Usage(error.to_string()),
-                other => CliError::Failure(other.to_string()),
-            })?,
-        ),
-    };
-    let hashing = match config.verify.stored_hashes {
-        false => None,
-        true => Some(
-            Hashing::start(state.path(), Arc::clone(&origin), journal.applied_source())
-                .map_err(|error| CliError::Failure(format!("cannot start the hasher: {error}")))?,
-        ),
-    };
-    let served = Arc::new(Volume::new(
-        origin,
-        journal,
-        cache,
-        replication,
-        hashing.as_ref().map(|hashing| Arc::clone(hashing.store())),
-    ));
-    let _control = start_control(&config, state.path(), &served);
-    let outcome = fuse::serve(Arc::clone(&served), &volume.mountpoint, &options, signals)
-        .map_err(|error| CliError::Failure(error.to_string()));
+    .map_err(|error| CliError::Failure(error.to_string()));
     // Unmounted: no request can come any more; bring the origin up to date.
-    served.journal().shutdown();
-    if let Some(cache) = served.cache() {
-        cache.shutdown();
-    }
-    if let Some(replication) = served.replication() {
-        replication.shutdown();
-    }
-    if let Some(hashing) = &hashing {
-        hashing.stop();
-    }
+    served.shutdown();
     outcome
 }
-
-/// The leader epoch of records this daemon writes (failover, which moves it on, is a
-/// later issue).
-const LEADER_EPOCH: u32 = 1;
 
 /// Answers `mirrorfs status` while mounted. A volume without it still works, so a socket
 /// that cannot be made (a state path too long for a socket name) is only a warning.
 fn start_control(config: &Config, state_dir: &Path, volume: &Arc<Volume>) -> Option<ControlSocket> {
+    let verify = super::verify::handler(config, volume);
     let volume = Arc::clone(volume);
     let (id, source, mountpoint) = (
         config.volume.id.to_string(),
@@ -165,7 +108,7 @@ fn start_control(config: &Config, state_dir: &Path, volume: &Arc<Volume>) -> Opt
             replication: volume.replication().map(|replication| replication.status()),
         }
     };
-    match ControlSocket::serve(state_dir, status) {
+    match ControlSocket::serve_with(state_dir, status, Some(verify)) {
         Ok(socket) => Some(socket),
         Err(error) => {
             tracing::warn!(%error, "no control socket; 'mirrorfs status' will not reach this mount");

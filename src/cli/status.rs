@@ -4,6 +4,7 @@ use crate::cache::{CacheStats, TierStats};
 use crate::control::{self, ControlError, Status};
 
 use super::{CliError, StatusArgs};
+use crate::config::units::human;
 
 /// Runs `mirrorfs status`.
 pub fn run(args: StatusArgs) -> Result<(), CliError> {
@@ -140,21 +141,6 @@ fn cache_text(cache: &CacheStats) -> String {
         cache.corrupt_blocks,
     );
     text
-}
-
-/// Bytes rounded for reading: "512 B", "20.0 MiB".
-fn human(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["KiB", "MiB", "GiB", "TiB", "PiB"];
-    if bytes < 1024 {
-        return format!("{bytes} B");
-    }
-    let mut value = bytes as f64 / 1024.0;
-    let mut unit = 0;
-    while value >= 1024.0 && unit + 1 < UNITS.len() {
-        value /= 1024.0;
-        unit += 1;
-    }
-    format!("{value:.1} {}", UNITS[unit])
 }
 
 #[cfg(test)]

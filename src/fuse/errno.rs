@@ -26,6 +26,8 @@ pub(crate) fn errno(error: &VfsError) -> Errno {
         VfsError::Path(_) => Errno::ENAMETOOLONG,
         // The data is safe locally, but not where the volume's config says it must be.
         VfsError::Replication(_) => Errno::EIO,
+        // Only verify's repairs meet it; no kernel request does.
+        VfsError::Replaced(_) => Errno::ESTALE,
     }
 }
 
@@ -42,7 +44,8 @@ pub(crate) fn is_notable(error: &VfsError) -> bool {
         | VfsError::UnknownHandle(_)
         | VfsError::UnsupportedKind
         | VfsError::Log(_)
-        | VfsError::Replication(_) => true,
+        | VfsError::Replication(_)
+        | VfsError::Replaced(_) => true,
         VfsError::Name(_) | VfsError::NotDirectory | VfsError::Path(_) => false,
     }
 }

@@ -261,7 +261,7 @@ impl Op {
 
 /// A path relative to the volume root: components separated by `/`, each a valid name
 /// (no `.`, `..`, NUL or empty component); the empty path is the root itself.
-#[derive(Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(try_from = "serde_bytes::ByteBuf", into = "serde_bytes::ByteBuf")]
 pub struct LogPath(Vec<u8>);
 

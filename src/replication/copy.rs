@@ -19,16 +19,19 @@
 //! base.new: this session or the next start after a crash. A snapshot cut short leaves
 //! only a staging directory, removed at the next start.
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use crate::log::Op;
-use crate::log::{Log, LogError, LogOptions, Record};
-use crate::origin::Origin;
+use crate::log::{Log, LogError, LogOptions, LogPath, Op, Record};
+use crate::manifest::store::{HashStore, Key, Stamp};
+use crate::origin::{At, Origin};
+use crate::types::{Change, FileKind};
 use crate::write::applied;
-use crate::write::apply::{ApplyError, apply, apply_op};
+use crate::write::apply::{ApplyError, apply, apply_op, place};
 
 /// Segment size of a copy's log.
 const SEGMENT_BYTES: u64 = 64 << 20;
@@ -189,6 +192,8 @@ pub struct VolumeCopy {
     applied_stored: Instant,
     epoch: u32,
     as_root: bool,
+    /// The tree's stored hashes, kept current as records are applied, when kept.
+    hashes: Option<Arc<HashStore>>,
 }
 
 fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> CopyError + '_ {
@@ -280,6 +285,7 @@ impl VolumeCopy {
             applied_stored: Instant::now(),
             epoch,
             as_root,
+            hashes: None,
         };
         copy.store_applied()?;
         Ok(copy)
@@ -363,19 +369,76 @@ impl VolumeCopy {
             .is_some_and(|first| first.offset == self.applied)
         {
             for record in received {
-                apply(&self.tree, record, self.as_root)?;
+                self.apply(record)?;
                 self.applied = record.offset + 1;
             }
         }
         if self.applied < self.next() {
             for record in self.log.snapshot().records(self.applied)? {
                 let record = record?;
-                apply(&self.tree, &record, self.as_root)?;
+                self.apply(&record)?;
                 self.applied = record.offset + 1;
             }
         }
         if self.applied_stored.elapsed() >= APPLIED_EVERY {
             self.store_applied()?;
+        }
+        Ok(())
+    }
+
+    /// Keeps `hashes` current as records are applied from now on.
+    pub fn keep_hashes(&mut self, hashes: Arc<HashStore>) {
+        self.hashes = Some(hashes);
+    }
+
+    /// Where the tree lives (it is replaced whole when a snapshot is switched in).
+    pub fn data_dir(&self) -> PathBuf {
+        self.root.join("data")
+    }
+
+    /// Whether the copy sets owners (its node runs as root).
+    pub fn sets_owners(&self) -> bool {
+        self.as_root
+    }
+
+    /// Applies one record to the tree, marking what it changes in the stored hashes: a
+    /// content change before it is made, a change of attributes after; each with the
+    /// file's stamp just before, so a file changed behind the copy's back is rehashed whole.
+    fn apply(&self, record: &Record) -> Result<(), CopyError> {
+        let Some(hashes) = &self.hashes else {
+            return Ok(apply(&self.tree, record, self.as_root)?);
+        };
+        let path = record.op.path();
+        let content = match &record.op {
+            Op::Write { offset, data, .. } => {
+                Some(Change::Written(*offset..*offset + data.len() as u64))
+            }
+            Op::Truncate { size, .. } => Some(Change::Truncated(*size)),
+            Op::Fallocate { .. } => Some(Change::Content),
+            _ => None,
+        };
+        // Where the object an attribute change acts on is named once it is made.
+        let moved = match &record.op {
+            Op::SetAttr { path, .. }
+            | Op::SetXattr { path, .. }
+            | Op::RemoveXattr { path, .. }
+            | Op::Link { path, .. } => Some(path),
+            Op::Rename { to, .. } => Some(to),
+            _ => None,
+        };
+        let before = (content.is_some() || moved.is_some())
+            .then(|| file_stat(&self.tree, path))
+            .flatten();
+        let changing = content.zip(before).map(|(change, (key, stamp))| {
+            let guard = hashes.changing(key, Some(path.clone()), &change, || 0);
+            hashes.seen_before(key, &stamp);
+            guard
+        });
+        apply(&self.tree, record, self.as_root)?;
+        drop(changing);
+        if let (Some(after), Some((key, stamp))) = (moved, before) {
+            drop(hashes.changing(key, Some(after.clone()), &Change::Attributes, || 0));
+            hashes.seen_before(key, &stamp);
         }
         Ok(())
     }
@@ -424,6 +487,10 @@ impl VolumeCopy {
             base.offset,
         )?;
         self.base = Some(base);
+        if let Some(hashes) = &self.hashes {
+            // A new tree: nothing stored describes its files.
+            hashes.retain(&HashSet::new());
+        }
         self.applied = base.offset;
         self.applied_stored = Instant::now();
         self.epoch = self.epoch.max(base.epoch);
@@ -450,6 +517,13 @@ impl VolumeCopy {
         self.applied_stored = Instant::now();
         Ok(())
     }
+}
+
+/// The identity and stamp of the regular file at `path` in `tree`, if there is one.
+fn file_stat(tree: &Origin, path: &LogPath) -> Option<(Key, Stamp)> {
+    let (dir, name) = place(tree, path).ok()?;
+    let stat = tree.stat(At::Entry(&dir, &name)).ok()?;
+    (stat.kind() == Some(FileKind::Regular)).then(|| ((stat.dev, stat.ino), Stamp::of(&stat)))
 }
 
 #[cfg(test)]

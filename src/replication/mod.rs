@@ -4,6 +4,7 @@
 
 pub mod channel;
 pub mod copy;
+mod inspect;
 pub mod isr;
 pub mod key;
 pub mod node;

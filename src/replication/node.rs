@@ -17,10 +17,15 @@ use tokio::net::{TcpListener, TcpStream};
 
 use super::channel::{Admission, Channel, ChannelError};
 use super::copy::{Base, CopyError, CopyStatus, VolumeCopy};
+use super::inspect;
 use super::key::{KeyError, VolumeKey};
 use super::protocol::{ProtocolError, ToNode, ToPrimary, decode, encode};
 use crate::config::node::NodeConfig;
 use crate::control::ControlSocket;
+use crate::log::LogPath;
+use crate::manifest::hasher::{self, Hashing};
+use crate::manifest::store::HashStore;
+use crate::origin::Origin;
 use crate::signals::StopSignals;
 use crate::state::{StateDir, StateError};
 
@@ -95,7 +100,7 @@ pub struct HostedStatus {
 
 /// Why one connection ended.
 #[derive(Debug, thiserror::Error)]
-enum SessionError {
+pub(super) enum SessionError {
     #[error(transparent)]
     Channel(#[from] ChannelError),
     #[error(transparent)]
@@ -108,10 +113,12 @@ enum SessionError {
 
 /// One volume the node keeps.
 #[derive(Debug)]
-struct Hosted {
+pub(super) struct Hosted {
     key: VolumeKey,
     plaintext: bool,
     copy: Mutex<VolumeCopy>,
+    /// The copy's stored hashes and their hasher.
+    hashing: Hashing,
     /// The newest connection's number; older ones stop at their next message.
     session: AtomicU64,
     /// When a primary last sent something.
@@ -135,7 +142,12 @@ impl Hosted {
         }
     }
 
-    fn copy(&self) -> MutexGuard<'_, VolumeCopy> {
+    /// The copy's stored hashes.
+    pub(super) fn hashes(&self) -> &Arc<HashStore> {
+        self.hashing.store()
+    }
+
+    pub(super) fn copy(&self) -> MutexGuard<'_, VolumeCopy> {
         self.copy
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -156,12 +168,27 @@ pub fn serve(config: NodeConfig, signals: StopSignals) -> Result<(), NodeError> 
     let mut volumes = HashMap::new();
     for volume in &config.volumes {
         let key = VolumeKey::read(&volume.key_file)?;
-        let copy = VolumeCopy::open(&config.dir.join(volume.id.as_str())).map_err(|source| {
-            NodeError::Copy {
-                volume: volume.id.to_string(),
+        let root = config.dir.join(volume.id.as_str());
+        let failed = |source| NodeError::Copy {
+            volume: volume.id.to_string(),
+            source,
+        };
+        let mut copy = VolumeCopy::open(&root).map_err(failed)?;
+        let data = copy.data_dir();
+        // Records are applied before they are acknowledged: the tree always holds all the
+        // copy has, so nothing waits for an applied offset.
+        let hashing = Hashing::start(
+            &root,
+            move |path: &LogPath| hasher::open_in(&Origin::open(&data)?, path),
+            || u64::MAX,
+        )
+        .map_err(|source| {
+            failed(CopyError::Io {
+                path: root.clone(),
                 source,
-            }
+            })
         })?;
+        copy.keep_hashes(Arc::clone(hashing.store()));
         tracing::info!(volume = %volume.id, next = copy.next(), "volume copy opened");
         volumes.insert(
             volume.id.to_string(),
@@ -169,6 +196,7 @@ pub fn serve(config: NodeConfig, signals: StopSignals) -> Result<(), NodeError> 
                 key,
                 plaintext: volume.plaintext,
                 copy: Mutex::new(copy),
+                hashing,
                 session: AtomicU64::new(0),
                 contact: Mutex::new(None),
                 open_sessions: AtomicU64::new(0),
@@ -242,6 +270,7 @@ pub fn serve(config: NodeConfig, signals: StopSignals) -> Result<(), NodeError> 
         if let Err(error) = copy.apply_received(&[]).and_then(|()| copy.store_applied()) {
             tracing::error!(volume = %id, %error, "cannot bring the copy up to its log");
         }
+        hosted.hashing.stop();
     }
     Ok(())
 }
@@ -261,13 +290,17 @@ async fn session(
     })
     .await?;
     let hosted = Arc::clone(&volumes[&volume]);
+    let epoch = match decode(&channel.receive().await?)? {
+        ToNode::Open { epoch, .. } => epoch,
+        ToNode::Inspect => return inspect::serve(&hosted, &volume, channel).await,
+        _ => {
+            let reason = "the first message must be Open or Inspect".to_string();
+            return Err(refuse(&mut channel, reason).await);
+        }
+    };
     let number = hosted.session.fetch_add(1, Ordering::SeqCst) + 1;
     hosted.open_sessions.fetch_add(1, Ordering::SeqCst);
     let _open = OpenSession(&hosted);
-    let ToNode::Open { epoch, .. } = decode(&channel.receive().await?)? else {
-        let reason = "the first message must be Open".to_string();
-        return Err(refuse(&mut channel, reason).await);
-    };
     let position = {
         let copy = hosted.copy();
         copy.last_hash()
@@ -325,6 +358,11 @@ async fn session(
             ToNode::Open { .. } => ToPrimary::Refuse {
                 reason: "Open sent twice".to_string(),
             },
+            ToNode::Inspect | ToNode::Walk { .. } | ToNode::Hash(_) | ToNode::Read { .. } => {
+                ToPrimary::Refuse {
+                    reason: "a verify request in a streaming session".to_string(),
+                }
+            }
             ToNode::SnapshotBegin {
                 offset,
                 epoch,
@@ -400,7 +438,7 @@ impl Drop for OpenSession<'_> {
 }
 
 /// Tells the primary why the node will not go on, and ends the session.
-async fn refuse(channel: &mut Channel<TcpStream>, reason: String) -> SessionError {
+pub(super) async fn refuse(channel: &mut Channel<TcpStream>, reason: String) -> SessionError {
     if let Err(error) = channel_send(
         channel,
         &ToPrimary::Refuse {
@@ -414,7 +452,7 @@ async fn refuse(channel: &mut Channel<TcpStream>, reason: String) -> SessionErro
     SessionError::Refused(reason)
 }
 
-async fn channel_send(
+pub(super) async fn channel_send(
     channel: &mut Channel<TcpStream>,
     message: &ToPrimary,
 ) -> Result<(), ChannelError> {

@@ -5,7 +5,9 @@
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::log::{Op, Record};
+use crate::log::{LogPath, Op, Record};
+use crate::manifest::chunks::FileHashes;
+use crate::manifest::tree::Entry;
 
 /// Why a message could not be decoded.
 #[derive(Debug, thiserror::Error)]
@@ -41,6 +43,30 @@ pub enum ToNode {
     SnapshotOps(Vec<Op>),
     /// The snapshot is complete.
     SnapshotEnd,
+    /// First, instead of `Open`: a verify session, which only reads the copy (it streams
+    /// nothing and takes over from no one).
+    Inspect,
+    /// Walk the copy's metadata from `under`, once it holds every record below `wait_for`
+    /// (or `wait_ms` has passed): `Entries` batches, then `Walked`.
+    Walk {
+        /// The subtree (the empty path for all of it).
+        under: LogPath,
+        /// The primary's log end when its own walk began.
+        wait_for: u64,
+        /// How long to wait for the copy to get there.
+        wait_ms: u64,
+    },
+    /// Read and hash these files' content afresh: one `Hashed` each, in order.
+    Hash(Vec<LogPath>),
+    /// Bytes of a file, for a repair of the primary from this copy: one `Data`.
+    Read {
+        /// Which file.
+        path: LogPath,
+        /// Where in it.
+        offset: u64,
+        /// How many bytes (at most one chunk).
+        len: u32,
+    },
 }
 
 /// What a replica node answers.
@@ -62,6 +88,38 @@ pub enum ToPrimary {
     Ack {
         /// The offset of the first record it lacks.
         next: u64,
+    },
+    /// Its answer to `Inspect`.
+    Inspecting {
+        /// The copy holds every record below this offset, applied to its tree.
+        applied: u64,
+        /// The node runs as root, so owners in its copy are the volume's.
+        owners: bool,
+    },
+    /// Entries of a walk, in path order.
+    Entries(Vec<Entry>),
+    /// A walk is complete; the copy's applied offset when it began and ended.
+    Walked {
+        /// Before.
+        before: u64,
+        /// After.
+        after: u64,
+    },
+    /// One file's content hashes.
+    Hashed {
+        /// The hashes read now, or `None` when there is no regular file at the path.
+        fresh: Option<FileHashes>,
+        /// The copy's stored hashes, where they are current.
+        stored: Option<FileHashes>,
+        /// The copy's applied offset when the file was read.
+        applied: u64,
+    },
+    /// Bytes read.
+    Data(#[serde(with = "serde_bytes")] Vec<u8>),
+    /// A request of a verify session failed (the session goes on).
+    Failed {
+        /// Why, in one line.
+        reason: String,
     },
     /// The node will not take what it was sent; the connection closes after this.
     Refuse {

@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 use crate::log::{LogPath, Op};
 use crate::origin::{At, DirFd, Origin, OriginFile, Stat};
 use crate::types::{FileKind, Name};
+use crate::write::apply::place;
 
 /// File bytes per write operation.
 const CHUNK_BYTES: u64 = 1 << 20;
@@ -58,6 +59,17 @@ pub fn walk(
     origin: &Origin,
     emit: &mut dyn FnMut(Vec<Op>, WalkStats) -> bool,
 ) -> Result<WalkStats, WalkError> {
+    walk_under(origin, &LogPath::root(), emit)
+}
+
+/// Reads the object at `under` (and all it holds) into the operations that make it where
+/// nothing is: what a repair sends for an object a replica lacks. A name that is missing
+/// gives no operations.
+pub fn walk_under(
+    origin: &Origin,
+    under: &LogPath,
+    emit: &mut dyn FnMut(Vec<Op>, WalkStats) -> bool,
+) -> Result<WalkStats, WalkError> {
     let mut walker = Walker {
         origin,
         emit,
@@ -66,7 +78,7 @@ pub fn walk(
         links: HashMap::new(),
         stats: WalkStats::default(),
     };
-    walker.tree()?;
+    walker.tree(under)?;
     walker.hand_on()?;
     Ok(walker.stats)
 }
@@ -90,14 +102,14 @@ struct Frame {
 }
 
 impl Walker<'_> {
-    fn tree(&mut self) -> Result<(), WalkError> {
-        let root = LogPath::root();
-        let dir = self.origin.root().clone();
-        let stat = self.origin.stat_dir(&dir).map_err(failed(&root))?;
-        let names = self.names(&dir, &root)?;
+    fn tree(&mut self, under: &LogPath) -> Result<(), WalkError> {
+        let Some((dir, stat)) = self.start(under)? else {
+            return Ok(());
+        };
+        let names = self.names(&dir, under)?;
         let mut stack = vec![Frame {
             dir,
-            path: root,
+            path: under.clone(),
             stat,
             names: names.into_iter(),
         }];
@@ -122,13 +134,7 @@ impl Walker<'_> {
             };
             self.stats.objects += 1;
             if stat.kind() == Some(FileKind::Directory) {
-                self.push(Op::Mkdir {
-                    path: path.clone(),
-                    mode: (stat.mode & 0o7777) | 0o700,
-                    uid: stat.uid,
-                    gid: stat.gid,
-                })?;
-                let dir = self.origin.open_dir(at).map_err(failed(&path))?;
+                let dir = self.begin_dir(at, &path, &stat)?;
                 let names = self.names(&dir, &path)?;
                 stack.push(Frame {
                     dir,
@@ -152,6 +158,46 @@ impl Walker<'_> {
             self.object(at, &path, &stat)?;
         }
         Ok(())
+    }
+
+    /// The directory a walk from `under` starts in, after the operation that makes it; or
+    /// `None` when `under` is not a directory (then its operations are all there is).
+    fn start(&mut self, under: &LogPath) -> Result<Option<(DirFd, Stat)>, WalkError> {
+        if under.components().next().is_none() {
+            let dir = self.origin.root().clone();
+            let stat = self.origin.stat_dir(&dir).map_err(failed(under))?;
+            return Ok(Some((dir, stat)));
+        }
+        let (parent, name) = match place(self.origin, under) {
+            Ok(place) => place,
+            Err(error) if error.raw_os_error() == Some(libc::ENOENT) => return Ok(None),
+            Err(error) => return Err(failed(under)(error)),
+        };
+        let at = At::Entry(&parent, &name);
+        let stat = match self.origin.stat(at) {
+            Ok(stat) => stat,
+            Err(error) if error.raw_os_error() == Some(libc::ENOENT) => return Ok(None),
+            Err(error) => return Err(failed(under)(error)),
+        };
+        self.stats.objects += 1;
+        if stat.kind() != Some(FileKind::Directory) {
+            self.object(at, under, &stat)?;
+            return Ok(None);
+        }
+        let dir = self.begin_dir(at, under, &stat)?;
+        Ok(Some((dir, stat)))
+    }
+
+    /// The operation that makes directory `path` (writable by its owner until its entries
+    /// are in), and the directory opened for walking.
+    fn begin_dir(&mut self, at: At<'_>, path: &LogPath, stat: &Stat) -> Result<DirFd, WalkError> {
+        self.push(Op::Mkdir {
+            path: path.clone(),
+            mode: (stat.mode & 0o7777) | 0o700,
+            uid: stat.uid,
+            gid: stat.gid,
+        })?;
+        self.origin.open_dir(at).map_err(failed(path))
     }
 
     /// The names in `dir`, in the order the origin lists them.

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::log::LogPath;
 
-use super::tree::{Entry, Kind, path_order};
+use crate::manifest::tree::{Entry, Kind, path_order};
 
 /// What differs about one path.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -241,7 +241,7 @@ fn past_subtree(entries: &[Entry], at: usize) -> usize {
 mod tests {
     use super::*;
     use crate::log::Timestamp;
-    use crate::verify::tree::Xattr;
+    use crate::manifest::tree::Xattr;
 
     fn path(text: &str) -> LogPath {
         LogPath::try_from(text.as_bytes().to_vec()).unwrap()

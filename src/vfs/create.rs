@@ -46,10 +46,8 @@ impl Volume {
                 gid,
             }
         })?;
-        if regular {
-            // A copy creates the file later than the origin did: it gets the origin's time.
-            self.record_mtime(path, attr.mtime)?;
-        }
+        // A copy creates the object later than the origin did: it gets the origin's time.
+        self.record_mtime(path, attr.mtime)?;
         Ok(attr)
     }
 
@@ -93,11 +91,13 @@ impl Volume {
         self.origin.symlink(At::Entry(&parent_fd, &entry), target)?;
         let attr = self.finish_new(caller, parent, &parent_fd, &entry, libc::S_IFLNK, None)?;
         self.record(Op::Symlink {
-            path,
+            path: path.clone(),
             target: target.as_bytes().to_vec(),
             uid: attr.uid,
             gid: attr.gid,
         })?;
+        // As for any new object: the copies get the origin's time.
+        self.record_mtime(path, attr.mtime)?;
         Ok(attr)
     }
 

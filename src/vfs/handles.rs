@@ -86,6 +86,15 @@ impl<T> HandleTable<T> {
         self.open().values().find(|value| wanted(value)).cloned()
     }
 
+    /// Every open handle that satisfies `wanted`.
+    pub(crate) fn all(&self, wanted: impl Fn(&T) -> bool) -> Vec<Arc<T>> {
+        self.open()
+            .values()
+            .filter(|value| wanted(value))
+            .cloned()
+            .collect()
+    }
+
     /// Closes the handle `number`, returning what it held.
     pub(crate) fn remove(&self, number: u64) -> Option<Arc<T>> {
         self.open().remove(&number)

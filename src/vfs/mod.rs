@@ -14,9 +14,10 @@ mod inodes;
 mod io;
 mod lookup;
 mod remove;
+mod repair;
 mod xattr;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::ffi::OsStr;
 use std::num::NonZeroUsize;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -32,13 +33,14 @@ pub use io::Opened;
 use crate::cache::block::FileKey;
 use crate::cache::{Cache, Change};
 use crate::log::{LogError, LogPath, Op, PathError};
+use crate::manifest::store::{Changing, HashStore};
 use crate::origin::{At, DirFd, Origin, Stat};
 use crate::replication::primary::{Replication, ReplicationError};
 use crate::types::{FileKind, InodeId, Name, NameError};
-use crate::verify::store::{Changing, HashStore};
 use crate::write::{Journal, WriteError};
 use handles::{DirHandle, FileHandle, HandleTable, OpenCounts};
 use inodes::{InodeTable, LinkHint, OriginKey};
+pub use repair::Repairing;
 
 /// Directory fds kept open for path resolution (O_PATH, cheap). Far below RLIMIT_NOFILE,
 /// so open files never starve; deep trees fall back to walking from the nearest cached one.
@@ -80,6 +82,9 @@ pub enum VfsError {
     /// Too few replicas hold the changes fsync was to make durable.
     #[error("replication: {0}")]
     Replication(#[from] ReplicationError),
+    /// A repair found another object at the path than the one it checked.
+    #[error("{0} is not the object that was checked any more")]
+    Replaced(LogPath),
 }
 
 impl From<WriteError> for VfsError {
@@ -328,6 +333,23 @@ impl Volume {
             .key;
         let log = self.journal.log();
         Some(hashes.changing(key, path, change, move || log.next_offset()))
+    }
+
+    /// The origin files (dev, ino) written through a handle not released yet: their
+    /// modification time reaches the log only at release.
+    pub fn files_being_written(&self) -> HashSet<(u64, u64)> {
+        let open = self
+            .files
+            .all(|handle| handle.wrote.load(Ordering::Relaxed));
+        let table = self.table();
+        open.iter()
+            .filter_map(|handle| table.get(handle.inode).map(|inode| inode.key))
+            .collect()
+    }
+
+    /// The origin.
+    pub fn origin(&self) -> &Origin {
+        &self.origin
     }
 
     /// The stored hashes of the origin's files, when they are kept.

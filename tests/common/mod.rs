@@ -164,6 +164,28 @@ impl Mount {
         self.origin.join(relative)
     }
 
+    /// A config naming this volume whole (source, mount point and state directory, then
+    /// the rest of the config it was mounted with), for commands that take only
+    /// `--config`, such as `mirrorfs verify`.
+    pub fn full_config(&self) -> PathBuf {
+        let given = fs::read_to_string(self.dir.path().join("mount.toml")).unwrap_or_default();
+        let rest = given.strip_prefix("[volume]\n").unwrap_or(&given);
+        let named = format!(
+            "[volume]\nsource = \"{}\"\nmountpoint = \"{}\"\nstate_dir = \"{}\"\n{}",
+            self.origin.display(),
+            self.mountpoint.display(),
+            self.state.display(),
+            if given.starts_with("[volume]") {
+                rest.to_string()
+            } else {
+                given.clone()
+            }
+        );
+        let path = self.dir.path().join("volume.toml");
+        fs::write(&path, named).unwrap();
+        path
+    }
+
     /// The daemon's log so far.
     pub fn log(&self) -> String {
         fs::read_to_string(&self.log).unwrap_or_default()

@@ -18,7 +18,8 @@ use crate::log::{LogPath, Timestamp};
 use crate::origin::{At, DirFd, Origin, Stat};
 use crate::types::{FileKind, Name};
 
-use super::chunks::ChunkHash;
+use super::chunks::{ChunkHash, FileHashes};
+use super::store::{HashStore, Stamp};
 
 /// One object of a copy, as the quick check compares it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -52,6 +53,17 @@ pub struct Entry {
     /// Where the object lives in this copy (not sent: it means nothing in another copy).
     #[serde(skip)]
     pub local: Option<Local>,
+}
+
+impl Entry {
+    /// The stamp stored hashes of this file must have to describe it (where it was walked).
+    pub fn stamp(&self) -> Stamp {
+        Stamp {
+            size: self.size,
+            mtime: self.mtime,
+            ctime: self.local.map_or(self.mtime, |local| local.ctime),
+        }
+    }
 }
 
 /// What only the copy that walked an entry can use.
@@ -123,13 +135,16 @@ pub fn path_order(a: &LogPath, b: &LogPath) -> Ordering {
 
 /// Walks `copy` from `under` (the empty path for all of it), handing each entry to `take`,
 /// which returns false to stop the walk. Objects removed while the walk runs are left out.
+/// Regular files get their root from `store` where it holds a current one.
 pub fn walk(
     copy: &Origin,
     under: &LogPath,
+    store: Option<&HashStore>,
     take: &mut dyn FnMut(Entry) -> bool,
 ) -> Result<(), TreeError> {
     let mut walker = Walker {
         copy,
+        store,
         take,
         links: HashMap::new(),
     };
@@ -138,6 +153,7 @@ pub fn walk(
 
 struct Walker<'a> {
     copy: &'a Origin,
+    store: Option<&'a HashStore>,
     take: &'a mut dyn FnMut(Entry) -> bool,
     /// The first path of each file with more than one name.
     links: HashMap<(u64, u64), LogPath>,
@@ -231,7 +247,27 @@ impl Walker<'_> {
         Ok(Some((dir, stat)))
     }
 
-    fn hand_on(&mut self, entry: Entry) -> Result<(), TreeError> {
+    fn hand_on(&mut self, mut entry: Entry) -> Result<(), TreeError> {
+        if entry.kind == Kind::File {
+            entry.root = match (entry.size, self.store, &entry.local) {
+                (0, _, _) => Some(
+                    FileHashes::of(0, |_, _| Ok(0))
+                        .expect("nothing to read")
+                        .root(),
+                ),
+                (_, Some(store), Some(local)) => {
+                    let root = store
+                        .current(local.key, &entry.stamp())
+                        .map(|stored| stored.hashes.root());
+                    if root.is_none() {
+                        // So that the next quick check can compare it.
+                        store.request(local.key, &entry.path);
+                    }
+                    root
+                }
+                _ => None,
+            };
+        }
         match (self.take)(entry) {
             true => Ok(()),
             false => Err(TreeError::Stopped),

@@ -82,6 +82,10 @@ pub struct Pending {
     /// The copy must hold every record below this offset before the file is rehashed
     /// (write-behind brings content in later than its record).
     pub after: u64,
+    /// Marks whose maker did not say what the file's stamp was just before its change
+    /// ([`HashStore::seen_before`]): for these, the hasher trusts chunks no mark names only
+    /// when size and mtime are still those stored.
+    pub unchecked: u32,
 }
 
 /// The stored hashes of one copy and the changes not yet in them.
@@ -99,6 +103,8 @@ struct State {
     pending: HashMap<Key, Pending>,
     /// Changes under way, not yet in the file: the hasher leaves these files alone.
     changing: HashMap<Key, u32>,
+    /// Files the hasher is hashing now.
+    hashing: HashSet<Key>,
     /// Something changed since the last save.
     unsaved: bool,
     stopping: bool,
@@ -206,6 +212,7 @@ impl HashStore {
         *state.changing.entry(key).or_insert(0) += 1;
         state.unsaved = true;
         let pending = state.pending.entry(key).or_default();
+        pending.unchecked += 1;
         if path.is_some() {
             pending.path = path;
         }
@@ -229,6 +236,44 @@ impl HashStore {
             key,
             after: Box::new(after),
         }
+    }
+
+    /// Says that file `key`, just marked as changing, had stamp `before` just before the
+    /// change: if that is not the stamp its stored hashes were taken at, something else
+    /// changed the file too, and it is rehashed whole.
+    pub fn seen_before(&self, key: Key, before: &Stamp) {
+        let mut state = self.lock();
+        let stale = state
+            .files
+            .get(&key)
+            .is_some_and(|stored| stored.stamp != *before);
+        if let Some(pending) = state.pending.get_mut(&key) {
+            pending.unchecked = pending.unchecked.saturating_sub(1);
+            pending.whole |= stale;
+        }
+    }
+
+    /// Asks for file `key` (named `path`) to be hashed whole in the background, unless a
+    /// change to it is pending already (a walk found no current stored hashes for it).
+    pub fn request(&self, key: Key, path: &LogPath) {
+        let mut state = self.lock();
+        if state.pending.contains_key(&key)
+            || state.changing.contains_key(&key)
+            || state.hashing.contains(&key)
+        {
+            return;
+        }
+        state.pending.insert(
+            key,
+            Pending {
+                path: Some(path.clone()),
+                whole: true,
+                ..Pending::default()
+            },
+        );
+        state.unsaved = true;
+        drop(state);
+        self.work.notify_all();
     }
 
     /// The stored hashes of `key`, if they describe the file as it is: its stamp is
@@ -255,6 +300,7 @@ impl HashStore {
     /// be out of date). Returns whether they were kept.
     pub fn put(&self, key: Key, hashes: FileHashes, stamp: Stamp) -> bool {
         let mut state = self.lock();
+        state.hashing.remove(&key);
         if state.pending.contains_key(&key) || state.changing.contains_key(&key) {
             return false;
         }
@@ -307,6 +353,7 @@ impl HashStore {
             .into_iter()
             .map(|key| {
                 let pending = state.pending.remove(&key).expect("found above");
+                state.hashing.insert(key);
                 Job {
                     key,
                     stored: state.files.get(&key).cloned(),
@@ -319,10 +366,12 @@ impl HashStore {
     /// Puts back a job that could not be finished, merged with what was marked since.
     pub fn put_back(&self, job: Job) {
         let mut state = self.lock();
+        state.hashing.remove(&job.key);
         let pending = state.pending.entry(job.key).or_default();
         pending.chunks.extend(job.pending.chunks);
         pending.whole |= job.pending.whole;
         pending.resized |= job.pending.resized;
+        pending.unchecked += job.pending.unchecked;
         pending.after = pending.after.max(job.pending.after);
         if pending.path.is_none() {
             pending.path = job.pending.path;
@@ -332,6 +381,7 @@ impl HashStore {
     /// Drops what is stored for `key`: the file it named is gone or cannot be read.
     pub fn forget(&self, key: Key) {
         let mut state = self.lock();
+        state.hashing.remove(&key);
         state.files.remove(&key);
         state.unsaved = true;
     }

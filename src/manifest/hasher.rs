@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use crate::log::LogPath;
 use crate::origin::{At, Origin, OriginFile};
 use crate::types::FileKind;
 use crate::write::apply::place;
@@ -31,11 +32,12 @@ pub struct Hashing {
 }
 
 impl Hashing {
-    /// Opens the store in `dir` and starts its hasher over `copy`; `applied` says below
-    /// which offset the copy holds every record.
+    /// Opens the store in `dir` and starts its hasher, which reads files through `open`
+    /// (by path in the copy); `applied` says below which offset the copy holds every
+    /// record.
     pub fn start(
         dir: &Path,
-        copy: Arc<Origin>,
+        open: impl Fn(&LogPath) -> io::Result<OriginFile> + Send + 'static,
         applied: impl Fn() -> u64 + Send + 'static,
     ) -> io::Result<Hashing> {
         let store = Arc::new(HashStore::open(dir));
@@ -43,7 +45,7 @@ impl Hashing {
             let store = Arc::clone(&store);
             std::thread::Builder::new()
                 .name("hasher".to_string())
-                .spawn(move || run(&store, &copy, &applied))?
+                .spawn(move || run(&store, &open, &applied))?
         };
         Ok(Hashing {
             store,
@@ -72,7 +74,16 @@ impl Hashing {
     }
 }
 
-fn run(store: &HashStore, copy: &Origin, applied: &dyn Fn() -> u64) {
+/// `path` in `copy`, opened for reading without following a symlink anywhere on the way.
+pub fn open_in(copy: &Origin, path: &LogPath) -> io::Result<OriginFile> {
+    let (dir, name) = place(copy, path)?;
+    copy.open_file(At::Entry(&dir, &name), libc::O_RDONLY)
+}
+
+/// Opens files for the hasher.
+type Opener<'a> = &'a dyn Fn(&LogPath) -> io::Result<OriginFile>;
+
+fn run(store: &HashStore, copy: Opener<'_>, applied: &dyn Fn() -> u64) {
     let mut saved = Instant::now();
     loop {
         let jobs = store.take(applied(), BATCH);
@@ -107,7 +118,7 @@ fn save(store: &HashStore) {
 
 /// Brings one file's stored hashes up to date. Returns false when the file changed while
 /// it was read (the job is put back).
-fn rehash(store: &HashStore, copy: &Origin, job: Job) -> bool {
+fn rehash(store: &HashStore, copy: Opener<'_>, job: Job) -> bool {
     let Some(file) = open(copy, &job) else {
         store.forget(job.key);
         return true;
@@ -131,12 +142,8 @@ fn rehash(store: &HashStore, copy: &Origin, job: Job) -> bool {
 }
 
 /// The file the job names, if its newest known name still leads to it.
-fn open(copy: &Origin, job: &Job) -> Option<OriginFile> {
-    let path = job.pending.path.as_ref()?;
-    let (dir, name) = place(copy, path).ok()?;
-    let file = copy
-        .open_file(At::Entry(&dir, &name), libc::O_RDONLY)
-        .ok()?;
+fn open(copy: Opener<'_>, job: &Job) -> Option<OriginFile> {
+    let file = copy(job.pending.path.as_ref()?).ok()?;
     let stat = file.stat().ok()?;
     ((stat.dev, stat.ino) == job.key && stat.kind() == Some(FileKind::Regular)).then_some(file)
 }
@@ -149,11 +156,13 @@ fn hash(file: &OriginFile, job: &Job) -> io::Result<Option<(FileHashes, Stamp)>>
         // Only attributes changed, or these chunks: the rest still holds.
         Some(stored) if !job.pending.whole => {
             let mut hashes = stored.hashes.clone();
-            // A size nothing through mirrorfs set: changed by another program.
-            let unmarked_resize = job.pending.chunks.is_empty()
+            // Only attributes changed, by marks that did not check the stamp before: a
+            // size or mtime that moved says another program changed the content too.
+            let unexplained = job.pending.chunks.is_empty()
                 && !job.pending.resized
-                && stored.hashes.size != before.size;
-            match unmarked_resize {
+                && (stored.hashes.size != before.size
+                    || (job.pending.unchecked > 0 && stored.stamp.mtime != before.mtime));
+            match unexplained {
                 true => FileHashes::of(before.size, read)?,
                 false => {
                     hashes.update(before.size, |n| job.pending.chunks.contains(&n), read)?;

@@ -1,0 +1,109 @@
+//! A volume's parts put together (origin, journal, read cache, replication, stored
+//! hashes) for the mount daemon, or headless for `mirrorfs verify` on an unmounted volume;
+//! and taken apart in order.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use crate::cache::Cache;
+use crate::config::Config;
+use crate::log::LogPath;
+use crate::manifest::hasher::{self, Hashing};
+use crate::origin::Origin;
+use crate::replication::primary::{Replication, ReplicationError};
+use crate::vfs::Volume;
+use crate::write::Journal;
+
+use super::CliError;
+
+/// The leader epoch of records this daemon writes (failover, which moves it on, is a
+/// later issue).
+const LEADER_EPOCH: u32 = 1;
+
+/// A volume's parts, running.
+pub struct Served {
+    /// The volume.
+    pub volume: Arc<Volume>,
+    hashing: Option<Hashing>,
+}
+
+/// Opens the volume `config` describes, its state in `state_dir` (locked by the caller);
+/// with `cache`, reads go through the read cache.
+pub fn open(config: &Config, state_dir: &Path, cache: bool) -> Result<Served, CliError> {
+    let volume = &config.volume;
+    let origin = Arc::new(Origin::open(&volume.source).map_err(|error| {
+        CliError::Usage(format!(
+            "cannot open SOURCE {}: {error}",
+            volume.source.display()
+        ))
+    })?);
+    // SAFETY: geteuid cannot fail.
+    let as_root = unsafe { libc::geteuid() } == 0;
+    let journal = Journal::open(
+        state_dir,
+        &config.write,
+        &config.log,
+        Arc::clone(&origin),
+        as_root,
+    )
+    .map_err(|error| CliError::Failure(error.to_string()))?;
+    let cache = match cache {
+        true => Cache::start(&config.cache)
+            .map_err(|error| CliError::Failure(format!("read cache: {error}")))?,
+        false => None,
+    };
+    let replication = match &config.replication {
+        None => None,
+        Some(replication) => Some(
+            Replication::start(
+                replication,
+                volume.id.as_str(),
+                journal.snapshot_source(),
+                LEADER_EPOCH,
+            )
+            .map_err(|error| match error {
+                ReplicationError::Key(_) => CliError::Usage(error.to_string()),
+                other => CliError::Failure(other.to_string()),
+            })?,
+        ),
+    };
+    let hashing = match config.verify.stored_hashes {
+        false => None,
+        true => {
+            let reading = Arc::clone(&origin);
+            Some(
+                Hashing::start(
+                    state_dir,
+                    move |path: &LogPath| hasher::open_in(&reading, path),
+                    journal.applied_source(),
+                )
+                .map_err(|error| CliError::Failure(format!("cannot start the hasher: {error}")))?,
+            )
+        }
+    };
+    let volume = Arc::new(Volume::new(
+        origin,
+        journal,
+        cache,
+        replication,
+        hashing.as_ref().map(|hashing| Arc::clone(hashing.store())),
+    ));
+    Ok(Served { volume, hashing })
+}
+
+impl Served {
+    /// Stops every part: the origin brought up to date with the log, the replicas'
+    /// senders stopped, the stored hashes saved.
+    pub fn shutdown(&self) {
+        self.volume.journal().shutdown();
+        if let Some(cache) = self.volume.cache() {
+            cache.shutdown();
+        }
+        if let Some(replication) = self.volume.replication() {
+            replication.shutdown();
+        }
+        if let Some(hashing) = &self.hashing {
+            hashing.stop();
+        }
+    }
+}

@@ -1,0 +1,924 @@
+//! One verify run: the quick check (both copies' metadata walked and compared as of one
+//! log offset), the content check (each copy rehashes its own files; only hashes cross the
+//! network), the choice of the copy to trust, and what `--repair` is handed.
+//!
+//! Consistency under writes: a difference on a path that a record between the earliest
+//! and the latest offset the copies were seen at names may be a change still travelling;
+//! such paths are compared again in a new round, and those changing in every round are
+//! counted as busy, never reported as findings.
+
+use std::collections::{HashMap, HashSet};
+use std::ops::Range;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::ReplicationConfig;
+use crate::log::{Log, LogPath};
+use crate::manifest::chunks::{CHUNK_BYTES, ChunkHash, FileHashes};
+use crate::manifest::fresh;
+use crate::manifest::store::HashStore;
+use crate::manifest::tree::{self, Entry, Kind, path_order};
+use crate::origin::Origin;
+use crate::replication::key::VolumeKey;
+
+use super::compare::{Aspect, Compare, Difference};
+use super::remote::{Remote, RemoteError, RemoteHashes};
+use super::report::{Action, Finding, PRIMARY, ReplicaReport, Report};
+use super::window::Touched;
+
+/// Rounds a changing path is compared in before it counts as busy.
+const ROUNDS: usize = 3;
+
+/// How long a replica's walk waits for it to reach the primary's offset.
+const CATCH_UP_WAIT: Duration = Duration::from_secs(10);
+
+/// What to check, and how much.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Options {
+    /// Read and hash content, not only metadata.
+    pub content: bool,
+    /// Repair what is found.
+    pub repair: bool,
+    /// The replicas to check by name (empty: all).
+    pub replicas: Vec<String>,
+    /// The subtree to check (the empty path: all).
+    pub under: LogPath,
+    /// Check the primary alone (its content against its stored hashes).
+    pub primary_only: bool,
+    /// Read only this percentage of the files (oldest verified first).
+    pub sample: Option<f64>,
+    /// Read at most this many bytes of content.
+    pub max_bytes: Option<u64>,
+    /// Stop reading content after this long.
+    pub max_duration: Option<Duration>,
+    /// Read content at most this fast (bytes per second).
+    pub rate: Option<u64>,
+}
+
+/// Where a run stands, for a progress bar.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Progress {
+    /// "walk", "content" or "repair".
+    pub phase: String,
+    /// Entries walked on the primary.
+    pub entries: u64,
+    /// Files read so far, and to read.
+    pub files: (u64, u64),
+    /// Bytes read so far, and to read.
+    pub bytes: (u64, u64),
+}
+
+/// The volume a run checks: the primary's side of it.
+pub struct Subject<'a> {
+    /// The volume id.
+    pub volume: &'a str,
+    /// The origin.
+    pub origin: &'a Origin,
+    /// Its stored hashes, when kept.
+    pub store: Option<&'a HashStore>,
+    /// The change log.
+    pub log: &'a Log,
+    /// Below this offset the origin holds every record.
+    pub applied: &'a (dyn Fn() -> u64 + Sync),
+    /// Files being written through the mount now (by origin dev and inode): their
+    /// modification time reaches the log only when they are closed.
+    pub writing: &'a (dyn Fn() -> HashSet<(u64, u64)> + Sync),
+    /// The replicas, with the volume key to reach them.
+    pub replication: Option<(&'a ReplicationConfig, &'a VolumeKey)>,
+    /// Set to end the run early (its client went away, the daemon stops): what was read
+    /// so far counts, the rest is left for the next run.
+    pub stop: &'a AtomicBool,
+}
+
+impl Subject<'_> {
+    fn stopped(&self) -> bool {
+        self.stop.load(Ordering::Relaxed)
+    }
+}
+
+/// What a repair is to make right, one per finding.
+#[derive(Clone, Debug)]
+pub enum Fix {
+    /// A replica's metadata differs: make it the primary's.
+    Metadata {
+        /// Which replica.
+        replica: usize,
+        /// What differs.
+        aspect: Aspect,
+        /// The path.
+        path: LogPath,
+        /// On the primary, the first name of the file this path is a second name of.
+        link_of: Option<LogPath>,
+        /// The replica's entry, if it has one.
+        copy: Option<Box<Entry>>,
+        /// The replica's object at the path and everything under it, in path order.
+        copy_subtree: Vec<(LogPath, Kind)>,
+    },
+    /// A replica's content differs in `ranges`: send the primary's bytes there.
+    Content {
+        /// Which replica.
+        replica: usize,
+        /// The file.
+        path: LogPath,
+        /// The byte ranges.
+        ranges: Vec<Range<u64>>,
+    },
+    /// A chunk of the primary's file rotted: bring it back from a replica whose chunk
+    /// matches the primary's stored hash.
+    Rot {
+        /// The file.
+        path: LogPath,
+        /// Its identity on the primary.
+        key: (u64, u64),
+        /// Which chunk.
+        chunk: u64,
+        /// The hash it must have.
+        expected: ChunkHash,
+        /// The replica to read it from.
+        from: usize,
+    },
+    /// Nothing can be done (no copy to trust).
+    Nothing,
+}
+
+/// A finished check: the report, and for each finding what a repair would do.
+pub struct Checked {
+    /// The report (actions all `Reported` or `Unrecoverable`).
+    pub report: Report,
+    /// One per finding, in the same order.
+    pub fixes: Vec<Fix>,
+    /// The sessions with the replicas checked (index as in the fixes).
+    pub remotes: Vec<(String, Remote)>,
+}
+
+/// Runs the check `options` describe on `subject`.
+pub fn check(
+    subject: &Subject<'_>,
+    options: &Options,
+    progress: &mut dyn FnMut(&Progress),
+) -> Checked {
+    run(subject, options, None, progress)
+}
+
+/// Checks again after repairs: the metadata, and the content of `files` (paths).
+pub fn recheck(
+    subject: &Subject<'_>,
+    options: &Options,
+    files: &HashSet<Vec<u8>>,
+    progress: &mut dyn FnMut(&Progress),
+) -> Checked {
+    let options = Options {
+        content: false,
+        repair: false,
+        ..options.clone()
+    };
+    run(subject, &options, Some(files), progress)
+}
+
+fn run(
+    subject: &Subject<'_>,
+    options: &Options,
+    files: Option<&HashSet<Vec<u8>>>,
+    progress: &mut dyn FnMut(&Progress),
+) -> Checked {
+    let started = Instant::now();
+    let mut run = Run {
+        subject,
+        options,
+        progress,
+        report: Report {
+            mode: if options.content { "content" } else { "quick" }.to_string(),
+            path: options.under.to_string(),
+            as_of: subject.log.next_offset(),
+            ..Report::default()
+        },
+        fixes: Vec::new(),
+        remotes: Vec::new(),
+        dead: HashSet::new(),
+        follow_up: Vec::new(),
+        state: Progress::default(),
+    };
+    run.connect();
+    let primary = run.metadata();
+    if options.content {
+        run.content(&primary);
+    } else {
+        // Stored roots or sizes that differ say the content does; reading just those
+        // files names where, and which copy to trust.
+        let mut follow_up = std::mem::take(&mut run.follow_up);
+        if let Some(files) = files {
+            follow_up.extend(
+                primary
+                    .iter()
+                    .filter(|entry| entry.kind == Kind::File)
+                    .filter(|entry| files.contains(entry.path.as_bytes()))
+                    .filter(|entry| !follow_up.iter().any(|seen| seen.path == entry.path))
+                    .cloned()
+                    .collect::<Vec<_>>(),
+            );
+        }
+        run.compare_files(follow_up.iter().collect());
+    }
+    run.report.figures.seconds = started.elapsed().as_secs_f64();
+    run.report.settle();
+    Checked {
+        report: run.report,
+        fixes: run.fixes,
+        remotes: run.remotes,
+    }
+}
+
+struct Run<'a, 'p> {
+    subject: &'a Subject<'a>,
+    options: &'a Options,
+    progress: &'p mut dyn FnMut(&Progress),
+    report: Report,
+    fixes: Vec<Fix>,
+    /// Sessions open, by replica name; their index is the replica's in fixes.
+    remotes: Vec<(String, Remote)>,
+    /// Sessions that failed: no longer asked anything.
+    dead: HashSet<usize>,
+    /// Files whose stored roots differ: the quick check reads just these.
+    follow_up: Vec<Entry>,
+    state: Progress,
+}
+
+/// A file whose content is to be compared.
+struct Candidate<'e> {
+    entry: &'e Entry,
+    verified: u64,
+}
+
+impl Run<'_, '_> {
+    fn show(&mut self) {
+        (self.progress)(&self.state);
+    }
+
+    /// Opens a session with each replica to check.
+    fn connect(&mut self) {
+        let Some((config, key)) = self.subject.replication else {
+            if !self.options.replicas.is_empty() {
+                self.report
+                    .errors
+                    .push("the volume has no replicas to check".to_string());
+            }
+            return;
+        };
+        for name in &self.options.replicas {
+            if !config.replicas.iter().any(|replica| &replica.name == name) {
+                self.report
+                    .errors
+                    .push(format!("no replica named {name:?} in the config"));
+            }
+        }
+        if self.options.primary_only {
+            return;
+        }
+        for replica in &config.replicas {
+            let wanted =
+                self.options.replicas.is_empty() || self.options.replicas.contains(&replica.name);
+            if !wanted {
+                continue;
+            }
+            let mut shown = ReplicaReport {
+                name: replica.name.clone(),
+                ..ReplicaReport::default()
+            };
+            match Remote::connect(replica, self.subject.volume, key, config.plaintext) {
+                Ok(remote) => {
+                    shown.checked = true;
+                    shown.applied = remote.applied;
+                    self.remotes.push((replica.name.clone(), remote));
+                }
+                Err(error) => shown.error = Some(error.to_string()),
+            }
+            self.report.replicas.push(shown);
+        }
+    }
+
+    /// The quick check: walks both sides in rounds until every difference is settled (or
+    /// busy). Returns the primary's entries from the last round.
+    fn metadata(&mut self) -> Vec<Entry> {
+        let log = self.subject.log;
+        let mut unsettled: Option<HashSet<(usize, Vec<u8>)>> = None;
+        let mut primary = Vec::new();
+        // Files a side has no current stored root for, in the last round.
+        let mut unhashed: HashSet<Vec<u8>> = HashSet::new();
+        for round in 0..ROUNDS {
+            let start = log.next_offset();
+            let applied = (self.subject.applied)();
+            let mut writing = (self.subject.writing)();
+            self.state.phase = "walk".to_string();
+            primary = match self.walk_primary() {
+                Some(entries) => entries,
+                None => return Vec::new(),
+            };
+            let mut still = HashSet::new();
+            unhashed = primary
+                .iter()
+                .filter(|entry| entry.kind == Kind::File && entry.root.is_none())
+                .map(|entry| entry.path.as_bytes().to_vec())
+                .collect();
+            let remotes = std::mem::take(&mut self.remotes);
+            let mut kept = Vec::new();
+            for (index, (name, mut remote)) in remotes.into_iter().enumerate() {
+                if self.dead.contains(&index) {
+                    kept.push((name, remote));
+                    continue;
+                }
+                let walked = remote.walk(&self.options.under, start, CATCH_UP_WAIT, &mut |_| {});
+                let walked = match walked {
+                    Ok(walked) => walked,
+                    Err(error) => {
+                        self.dead.insert(index);
+                        self.replica_failed(&name, error.to_string());
+                        kept.push((name, remote));
+                        continue;
+                    }
+                };
+                if let Some(shown) = self.report.replicas.iter_mut().find(|r| r.name == name) {
+                    shown.applied = walked.after;
+                }
+                let end = log.next_offset().max(walked.after);
+                let low = start.min(applied).min(walked.before);
+                writing.extend((self.subject.writing)());
+                let touched = Touched::read(log, low, end);
+                let compare = Compare {
+                    skip_owner: !remote.owners,
+                };
+                let differences = compare.entries(&primary, &walked.entries);
+                let by_path = |entries: &[Entry]| -> HashMap<Vec<u8>, Entry> {
+                    entries
+                        .iter()
+                        .map(|entry| (entry.path.as_bytes().to_vec(), entry.clone()))
+                        .collect()
+                };
+                let (ours, theirs) = (by_path(&primary), by_path(&walked.entries));
+                unhashed.extend(
+                    theirs
+                        .iter()
+                        .filter(|(path, entry)| {
+                            entry.kind == Kind::File
+                                && entry.root.is_none()
+                                && ours.contains_key(*path)
+                        })
+                        .map(|(path, _)| path.clone()),
+                );
+                for difference in differences {
+                    let path = difference.path.as_bytes().to_vec();
+                    if unsettled
+                        .as_ref()
+                        .is_some_and(|open| !open.contains(&(index, path.clone())))
+                    {
+                        continue;
+                    }
+                    let (mine, copy) = (ours.get(&path).cloned(), theirs.get(&path).cloned());
+                    let linked = [&mine, &copy]
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|entry| entry.link_of.as_ref())
+                        .any(|first| touched.touches(first));
+                    let open = mine
+                        .as_ref()
+                        .and_then(|entry| entry.local)
+                        .is_some_and(|local| writing.contains(&local.key));
+                    if linked || open || touched.touches(&difference.path) {
+                        still.insert((index, path));
+                        continue;
+                    }
+                    let copy_subtree = subtree(&walked.entries, &difference.path);
+                    self.metadata_finding(index, &name, difference, mine, copy, copy_subtree);
+                }
+                kept.push((name, remote));
+            }
+            self.remotes = kept;
+            if still.is_empty() || round + 1 == ROUNDS {
+                self.report.figures.busy += still.len() as u64;
+                break;
+            }
+            unsettled = Some(still);
+        }
+        self.report.figures.unhashed = unhashed.len() as u64;
+        primary
+    }
+
+    fn replica_failed(&mut self, name: &str, error: String) {
+        if let Some(shown) = self.report.replicas.iter_mut().find(|r| r.name == name) {
+            shown.checked = false;
+            shown.error.get_or_insert(error);
+        }
+    }
+
+    /// The primary's entries, or `None` when the walk failed (recorded as an error).
+    fn walk_primary(&mut self) -> Option<Vec<Entry>> {
+        let mut entries = Vec::new();
+        let mut shown = Instant::now();
+        let walked = tree::walk(
+            self.subject.origin,
+            &self.options.under,
+            self.subject.store,
+            &mut |entry| {
+                if self.subject.stopped() {
+                    return false;
+                }
+                entries.push(entry);
+                if shown.elapsed() >= Duration::from_millis(200) {
+                    shown = Instant::now();
+                    self.state.entries = entries.len() as u64;
+                    (self.progress)(&self.state);
+                }
+                true
+            },
+        );
+        self.state.entries = entries.len() as u64;
+        self.report.figures.entries = entries.len() as u64;
+        self.show();
+        match walked {
+            Ok(()) => Some(entries),
+            Err(error) => {
+                self.report.errors.push(format!("primary: {error}"));
+                None
+            }
+        }
+    }
+
+    fn metadata_finding(
+        &mut self,
+        replica: usize,
+        name: &str,
+        difference: Difference,
+        primary: Option<Entry>,
+        copy: Option<Entry>,
+        copy_subtree: Vec<(LogPath, Kind)>,
+    ) {
+        // Stored roots that differ, or sizes, say the content differs: reading the file
+        // names where (the content check reads it anyway).
+        if matches!(difference.aspect, Aspect::Content | Aspect::Size)
+            && let Some(entry) = primary.as_ref().filter(|_| !self.options.content)
+            && !self.follow_up.iter().any(|seen| seen.path == entry.path)
+        {
+            self.follow_up.push(entry.clone());
+        }
+        if difference.aspect == Aspect::Content {
+            return;
+        }
+        self.report.findings.push(Finding {
+            kind: difference.aspect.name().to_string(),
+            path: difference.path.to_string(),
+            copy: name.to_string(),
+            range: None,
+            expected: difference.primary,
+            actual: difference.copy,
+            trusted: format!("{PRIMARY} (every change is made there first)"),
+            action: Action::Reported,
+        });
+        self.fixes.push(Fix::Metadata {
+            replica,
+            aspect: difference.aspect,
+            path: difference.path,
+            link_of: primary.and_then(|entry| entry.link_of),
+            copy: copy.map(Box::new),
+            copy_subtree,
+        });
+    }
+
+    /// The content check over the files the walk found, oldest verified first, as much as
+    /// the options allow.
+    fn content(&mut self, primary: &[Entry]) {
+        let store = self.subject.store;
+        let mut candidates: Vec<Candidate<'_>> = primary
+            .iter()
+            .filter(|entry| entry.kind == Kind::File)
+            .map(|entry| Candidate {
+                entry,
+                verified: match (store, &entry.local) {
+                    (Some(store), Some(local)) => {
+                        store.stored(local.key).map_or(0, |stored| stored.verified)
+                    }
+                    _ => 0,
+                },
+            })
+            .collect();
+        // Stable: equal times keep path order.
+        candidates.sort_by_key(|candidate| candidate.verified);
+        let total = candidates.len();
+        let mut take = total;
+        if let Some(percent) = self.options.sample {
+            take = ((total as f64 * percent / 100.0).ceil() as usize).min(total);
+        }
+        if let Some(most) = self.options.max_bytes {
+            let mut bytes = 0;
+            let within = candidates
+                .iter()
+                .take(take)
+                .take_while(|candidate| {
+                    bytes += candidate.entry.size;
+                    bytes <= most
+                })
+                .count();
+            // At least one file, so a limit below the first file still makes progress.
+            take = within.max(take.min(1));
+        }
+        candidates.truncate(take);
+        self.report.figures.files_left = (total - take) as u64;
+        self.state.phase = "content".to_string();
+        self.state.files = (0, take as u64);
+        self.state.bytes = (0, candidates.iter().map(|c| c.entry.size).sum());
+        self.show();
+
+        self.compare_files(candidates.iter().map(|candidate| candidate.entry).collect());
+    }
+
+    /// Compares the content of `entries` on every side, asking the replicas ahead so they
+    /// hash while the primary does; files that changed meanwhile get more rounds.
+    fn compare_files(&mut self, entries: Vec<&Entry>) {
+        let started = Instant::now();
+        let mut pace = Pace::new(self.options.rate);
+        let mut retry: Vec<&Entry> = Vec::new();
+        let mut asked = 0;
+        for (done, entry) in entries.iter().enumerate() {
+            if self.subject.stopped()
+                || self
+                    .options
+                    .max_duration
+                    .is_some_and(|most| started.elapsed() >= most)
+            {
+                self.report.figures.files_left += (entries.len() - done) as u64;
+                // What was asked ahead is read and dropped: the sessions stay in step.
+                self.drain_asked();
+                break;
+            }
+            while asked < entries.len() && self.can_ask() {
+                self.ask_all(&entries[asked].path);
+                asked += 1;
+            }
+            if !self.compare_file(entry, &mut pace) {
+                retry.push(entry);
+            }
+            self.state.files.0 += 1;
+            self.state.bytes.0 += entry.size;
+            self.show();
+        }
+        for _ in 1..ROUNDS {
+            if retry.is_empty() || self.subject.stopped() {
+                break;
+            }
+            for entry in std::mem::take(&mut retry) {
+                self.ask_all(&entry.path);
+                if !self.compare_file(entry, &mut pace) {
+                    retry.push(entry);
+                }
+            }
+        }
+        self.report.figures.busy += retry.len() as u64;
+    }
+
+    /// Whether every live session can take another path ahead.
+    fn can_ask(&self) -> bool {
+        self.remotes
+            .iter()
+            .enumerate()
+            .all(|(index, (_, remote))| self.dead.contains(&index) || remote.can_ask())
+    }
+
+    fn ask_all(&mut self, path: &LogPath) {
+        for index in 0..self.remotes.len() {
+            if self.dead.contains(&index) {
+                continue;
+            }
+            if let Err(error) = self.remotes[index].1.ask_hash(path.clone()) {
+                self.kill(index, error.to_string());
+            }
+        }
+    }
+
+    fn drain_asked(&mut self) {
+        for (index, (_, remote)) in self.remotes.iter_mut().enumerate() {
+            while !self.dead.contains(&index) && remote.waiting() > 0 {
+                if let Some((_, Err(_))) = remote.hashed() {
+                    break;
+                }
+            }
+        }
+    }
+
+    /// A session that failed mid-run: reported, and asked nothing more.
+    fn kill(&mut self, index: usize, error: String) {
+        self.dead.insert(index);
+        let name = self.remotes[index].0.clone();
+        self.replica_failed(&name, error);
+    }
+
+    /// Compares one file's content on every side. Returns false when a change to it during
+    /// the comparison may explain a difference (it is compared again later).
+    fn compare_file(&mut self, entry: &Entry, pace: &mut Pace) -> bool {
+        let log = self.subject.log;
+        let start = log.next_offset();
+        let applied = (self.subject.applied)();
+        let ours = fresh::hash(
+            self.subject.origin,
+            &entry.path,
+            self.subject.store,
+            &mut |len| pace.take(len),
+        );
+        // The answers for this path, read in order from each session.
+        let mut answers: Vec<Option<RemoteHashes>> = Vec::new();
+        for index in 0..self.remotes.len() {
+            if self.dead.contains(&index) {
+                answers.push(None);
+                continue;
+            }
+            let name = self.remotes[index].0.clone();
+            match self.remotes[index].1.hashed() {
+                Some((path, Ok(answer))) if path == entry.path => answers.push(Some(answer)),
+                Some((_, Ok(_))) | None => {
+                    self.kill(index, "answers out of step".to_string());
+                    answers.push(None);
+                }
+                // The node could not read this one file: the session goes on.
+                Some((_, Err(RemoteError::Failed(error)))) => {
+                    self.report
+                        .errors
+                        .push(format!("replica {name}: reading {}: {error}", entry.path));
+                    answers.push(None);
+                }
+                Some((_, Err(error))) => {
+                    self.kill(index, error.to_string());
+                    answers.push(None);
+                }
+            }
+        }
+        let ours = match ours {
+            Ok(Some(ours)) => ours,
+            // Gone since the walk: a change did it; the next run sees the new state.
+            Ok(None) => return log.next_offset() != start,
+            Err(error) => {
+                self.report
+                    .errors
+                    .push(format!("primary: reading {}: {error}", entry.path));
+                return true;
+            }
+        };
+        self.report.figures.files_hashed += 1;
+        self.report.figures.bytes_hashed += ours.stamp.size;
+        let end = log.next_offset();
+        let low = answers
+            .iter()
+            .flatten()
+            .map(|answer| answer.applied)
+            .fold(start.min(applied), u64::min);
+        let high = answers
+            .iter()
+            .flatten()
+            .map(|answer| answer.applied)
+            .fold(end, u64::max);
+        let touched = Touched::read(log, low, high);
+        let settled =
+            !touched.touches(&entry.path) && !(self.subject.writing)().contains(&ours.key);
+        let stored = ours.stored.as_ref().map(|stored| &stored.hashes);
+        let rotted: Vec<u64> = match stored {
+            Some(stored) if *stored != ours.hashes && stored.size == ours.hashes.size => {
+                differing_chunks(stored, &ours.hashes)
+            }
+            _ => Vec::new(),
+        };
+        let mut clean = rotted.is_empty();
+        // Where the primary rotted, a replica whose chunk matches the stored hash is the
+        // copy to trust; without one, the chunk is unrecoverable.
+        let mut lost = Vec::new();
+        if let Some(stored) = stored.filter(|_| !rotted.is_empty()) {
+            if !settled {
+                return false;
+            }
+            lost = self.rot_findings(entry, &ours.hashes, stored, ours.key, &rotted, &answers);
+        }
+        for (index, answer) in answers.iter().enumerate() {
+            let Some(theirs) = answer.as_ref().and_then(|answer| answer.fresh.as_ref()) else {
+                continue;
+            };
+            // The trusted content: the primary's stored hashes where it rotted, else its own.
+            let trusted = stored
+                .filter(|_| !rotted.is_empty())
+                .unwrap_or(&ours.hashes);
+            // With sizes that differ, the size finding covers everything from the chunk the
+            // shorter copy ends in (its hash cannot say where in it the copies part).
+            let compared = match trusted.size == theirs.size {
+                true => trusted.size,
+                false => trusted.size.min(theirs.size) / CHUNK_BYTES * CHUNK_BYTES,
+            };
+            // A chunk no copy holds rightly is one unrecoverable finding: the primary's
+            // bytes there are not sent anywhere.
+            let ranges: Vec<Range<u64>> = without_chunks(
+                trusted
+                    .differences(theirs)
+                    .into_iter()
+                    .map(|range| range.start..range.end.min(compared))
+                    .filter(|range| !range.is_empty()),
+                &lost,
+            );
+            if ranges.is_empty() {
+                continue;
+            }
+            if !settled {
+                return false;
+            }
+            clean = false;
+            let name = self.remotes[index].0.clone();
+            let why = match (stored, rotted.is_empty()) {
+                (Some(_), true) => "its content matches its stored hashes",
+                (Some(_), false) => "the primary's stored hashes (the primary is repaired first)",
+                (None, _) => {
+                    "no stored hashes on either side: the volume's content is the primary's"
+                }
+            };
+            for range in &ranges {
+                let chunk = range.start / CHUNK_BYTES;
+                self.report.findings.push(Finding {
+                    kind: "content".to_string(),
+                    path: entry.path.to_string(),
+                    copy: name.clone(),
+                    range: Some((range.start, range.end)),
+                    expected: chunk_hex(trusted, chunk),
+                    actual: chunk_hex(theirs, chunk),
+                    trusted: format!("{PRIMARY} ({why})"),
+                    action: Action::Reported,
+                });
+                self.fixes.push(Fix::Content {
+                    replica: index,
+                    path: entry.path.clone(),
+                    ranges: vec![range.clone()],
+                });
+            }
+        }
+        if clean && let (Some(store), true) = (self.subject.store, ours.stored.is_some()) {
+            store.verified(ours.key);
+        }
+        true
+    }
+
+    /// Findings for chunks of the primary that no longer match its stored hashes.
+    /// Returns the chunks no copy holds rightly.
+    fn rot_findings(
+        &mut self,
+        entry: &Entry,
+        fresh: &FileHashes,
+        stored: &FileHashes,
+        key: (u64, u64),
+        rotted: &[u64],
+        answers: &[Option<RemoteHashes>],
+    ) -> Vec<u64> {
+        let mut lost = Vec::new();
+        for &chunk in rotted {
+            let expected = stored.chunks[chunk as usize];
+            let good = answers.iter().position(|answer| {
+                answer
+                    .as_ref()
+                    .and_then(|answer| answer.fresh.as_ref())
+                    .and_then(|theirs| theirs.chunks.get(chunk as usize))
+                    == Some(&expected)
+            });
+            let begins = chunk * CHUNK_BYTES;
+            let range = (begins, (begins + CHUNK_BYTES).min(fresh.size));
+            let (kind, trusted, action) = match good {
+                Some(index) => (
+                    "rot",
+                    format!(
+                        "{} (its chunk matches the primary's stored hash)",
+                        self.remotes[index].0
+                    ),
+                    Action::Reported,
+                ),
+                None => (
+                    "unrecoverable",
+                    "none: no copy matches the primary's stored hash".to_string(),
+                    Action::Unrecoverable,
+                ),
+            };
+            let others: Vec<String> = answers
+                .iter()
+                .enumerate()
+                .filter_map(|(index, answer)| {
+                    let theirs = answer.as_ref()?.fresh.as_ref()?;
+                    Some(format!(
+                        "{}: {}",
+                        self.remotes[index].0,
+                        chunk_hex(theirs, chunk)
+                    ))
+                })
+                .collect();
+            let mut actual = chunk_hex(fresh, chunk);
+            if good.is_none() && !others.is_empty() {
+                actual = format!("{actual} ({})", others.join(", "));
+            }
+            self.report.findings.push(Finding {
+                kind: kind.to_string(),
+                path: entry.path.to_string(),
+                copy: PRIMARY.to_string(),
+                range: Some(range),
+                expected: chunk_hex(stored, chunk),
+                actual,
+                trusted,
+                action,
+            });
+            self.fixes.push(match good {
+                Some(from) => Fix::Rot {
+                    path: entry.path.clone(),
+                    key,
+                    chunk,
+                    expected,
+                    from,
+                },
+                None => {
+                    lost.push(chunk);
+                    Fix::Nothing
+                }
+            });
+        }
+        lost
+    }
+}
+
+/// `ranges` (ascending) without the chunks in `chunks`.
+fn without_chunks(ranges: impl Iterator<Item = Range<u64>>, chunks: &[u64]) -> Vec<Range<u64>> {
+    let mut kept: Vec<Range<u64>> = Vec::new();
+    for range in ranges {
+        let mut at = range.start;
+        while at < range.end {
+            let chunk = at / CHUNK_BYTES;
+            let end = ((chunk + 1) * CHUNK_BYTES).min(range.end);
+            if !chunks.contains(&chunk) {
+                match kept.last_mut() {
+                    Some(last) if last.end == at => last.end = end,
+                    _ => kept.push(at..end),
+                }
+            }
+            at = end;
+        }
+    }
+    kept
+}
+
+/// The entry at `path` in `entries` (in path order) and everything under it.
+fn subtree(entries: &[Entry], path: &LogPath) -> Vec<(LogPath, Kind)> {
+    let Ok(at) = entries.binary_search_by(|entry| path_order(&entry.path, path)) else {
+        return Vec::new();
+    };
+    let depth = path.components().count();
+    entries[at..]
+        .iter()
+        .take_while(|entry| entry.path.components().take(depth).eq(path.components()))
+        .map(|entry| (entry.path.clone(), entry.kind))
+        .collect()
+}
+
+/// The chunks two hashings of the same size differ in.
+fn differing_chunks(a: &FileHashes, b: &FileHashes) -> Vec<u64> {
+    a.chunks
+        .iter()
+        .zip(&b.chunks)
+        .enumerate()
+        .filter(|(_, (x, y))| x != y)
+        .map(|(n, _)| n as u64)
+        .collect()
+}
+
+/// A chunk's hash in hex, or "none" past the content's end.
+fn chunk_hex(hashes: &FileHashes, chunk: u64) -> String {
+    hashes
+        .chunks
+        .get(chunk as usize)
+        .map_or("none".to_string(), |hash| {
+            blake3::Hash::from_bytes(*hash).to_hex().to_string()
+        })
+}
+
+/// Keeps reading to a rate.
+struct Pace {
+    rate: Option<u64>,
+    started: Instant,
+    bytes: u64,
+}
+
+impl Pace {
+    fn new(rate: Option<u64>) -> Pace {
+        Pace {
+            rate,
+            started: Instant::now(),
+            bytes: 0,
+        }
+    }
+
+    /// Waits until `len` more bytes are within the rate.
+    fn take(&mut self, len: u64) {
+        let Some(rate) = self.rate else {
+            return;
+        };
+        self.bytes += len;
+        let due = Duration::from_secs_f64(self.bytes as f64 / rate as f64);
+        if let Some(wait) = due.checked_sub(self.started.elapsed()) {
+            std::thread::sleep(wait);
+        }
+    }
+}
