@@ -50,6 +50,35 @@ pub struct Status {
     pub passthrough_opens: u64,
     /// The replicas and their positions, when the volume has replicas.
     pub replication: Option<ReplicationStatus>,
+    /// Stored hashes and the last verify run.
+    #[serde(default)]
+    pub verify: VerifyStatus,
+}
+
+/// verify as status shows it.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct VerifyStatus {
+    /// Files with stored hashes, when they are kept.
+    pub stored_files: Option<u64>,
+    /// Files whose stored hashes wait to be brought up to date.
+    pub pending_files: u64,
+    /// The last run this daemon made (scheduled or asked for).
+    pub last_run: Option<LastRun>,
+}
+
+/// A verify run's outcome, in brief.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct LastRun {
+    /// When it ended, in seconds since the Unix epoch.
+    pub ended: u64,
+    /// Whether the daemon ran it on its own schedule.
+    pub scheduled: bool,
+    /// Its exit code (fsck's).
+    pub exit_code: i32,
+    /// How many findings.
+    pub findings: u64,
+    /// Its summary line.
+    pub summary: String,
 }
 
 /// The change log as status shows it.

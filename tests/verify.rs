@@ -29,22 +29,22 @@ struct Volume {
 
 impl Volume {
     fn new() -> Volume {
-        Volume::over(None)
+        Volume::over(None, "")
     }
 
-    /// With `origin` (already made) as the origin, if given.
-    fn over(origin: Option<(tempfile::TempDir, PathBuf)>) -> Volume {
+    /// With `origin` (already made) as the origin, if given, and `extra` config lines.
+    fn over(origin: Option<(tempfile::TempDir, PathBuf)>, extra: &str) -> Volume {
         let scratch = common::scratch();
         let (key, _) = key_file(scratch.path(), "key");
         let node = Node::start(scratch.path(), "127.0.0.1:0", &[("vt", &key)]);
         let config = format!(
             "[volume]\nid = \"vt\"\n[replication]\nkey_file = \"{}\"\nacks = \"all\"\n\
-             [[replication.replicas]]\nname = \"r0\"\naddress = \"{}\"\n",
+             [[replication.replicas]]\nname = \"r0\"\naddress = \"{}\"\n{extra}",
             key.display(),
             node.address
         );
         let mount = match origin {
-            None => replicated_mount("vt", &key, &[&node], "acks = \"all\"\n"),
+            None => replicated_mount("vt", &key, &[&node], &format!("acks = \"all\"\n{extra}")),
             Some((dir, origin)) => {
                 fs::write(dir.path().join("mount.toml"), &config).unwrap();
                 let file = dir.path().join("mount.toml");
@@ -372,7 +372,7 @@ fn one_flipped_byte_in_a_1gib_file_is_named_by_its_chunk() {
 #[test]
 fn a_rotted_chunk_on_the_primary_is_repaired_from_the_replica() {
     let disk = Ext4::new();
-    let volume = Volume::over(Some((common::scratch(), disk.mountpoint.clone())));
+    let volume = Volume::over(Some((common::scratch(), disk.mountpoint.clone())), "");
     let original = pattern(4 * MIB as usize, 99);
     fs::write(volume.path("data"), &original).unwrap();
     volume.settle();
@@ -408,7 +408,7 @@ fn a_rotted_chunk_on_the_primary_is_repaired_from_the_replica() {
 #[test]
 fn a_chunk_rotted_on_both_copies_is_unrecoverable_and_left_alone() {
     let disk = Ext4::new();
-    let volume = Volume::over(Some((common::scratch(), disk.mountpoint.clone())));
+    let volume = Volume::over(Some((common::scratch(), disk.mountpoint.clone())), "");
     fs::write(volume.path("data"), pattern(3 * MIB as usize, 7)).unwrap();
     volume.settle();
     volume.hashed();
@@ -450,7 +450,23 @@ fn a_chunk_rotted_on_both_copies_is_unrecoverable_and_left_alone() {
 /// compared again, never reported.
 #[test]
 fn a_busy_volume_gives_no_false_alarms() {
-    let volume = populated();
+    busy_without_false_alarms(populated());
+}
+
+/// The same with write-behind: the origin takes content later than the log.
+#[test]
+fn a_busy_write_behind_volume_gives_no_false_alarms() {
+    let volume = Volume::over(
+        None,
+        "[write]\nmode = \"write-behind\"\nflush_interval = \"300ms\"\n",
+    );
+    fs::create_dir(volume.path("dir")).unwrap();
+    fs::write(volume.path("dir/a.txt"), b"alpha\n").unwrap();
+    volume.settle();
+    busy_without_false_alarms(volume);
+}
+
+fn busy_without_false_alarms(volume: Volume) {
     let root = volume.mount.mountpoint.clone();
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let writer = {
@@ -548,6 +564,39 @@ fn an_unreachable_replica_is_an_operational_error() {
     // The primary alone can still be checked for rot.
     let (code, report) = volume.verify(&["--content", "--primary-only"]);
     assert_eq!(code, 0, "{report:#}");
+}
+
+/// `[verify] quick_every` runs quick checks inside the mount daemon; status shows the last.
+#[test]
+fn the_daemon_runs_scheduled_checks_and_status_shows_them() {
+    let volume = Volume::over(None, "[verify]\nquick_every = \"1s\"\n");
+    fs::write(volume.path("f"), b"data").unwrap();
+    volume.settle();
+    fs::set_permissions(volume.replica("f"), fs::Permissions::from_mode(0o600)).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let last = loop {
+        let status = volume.mount.status_json();
+        let last = &status["verify"]["last_run"];
+        if last["exit_code"] == 4 {
+            break last.clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no scheduled run found it: {status:#}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(last["scheduled"], true);
+    assert_eq!(last["findings"], 1);
+    assert!(
+        volume
+            .mount
+            .log()
+            .contains("scheduled verify run found differences")
+    );
+    let shown = common::run(&["status", "--config", volume.config.to_str().unwrap()]);
+    let text = String::from_utf8_lossy(&shown.stdout);
+    assert!(text.contains("last verify  scheduled, exit 4"), "{text}");
 }
 
 #[test]

@@ -6,12 +6,13 @@ use std::sync::Arc;
 use crate::config::Passthrough;
 use crate::config::raw::RawConfig;
 use crate::config::{Config, Overrides, WriteMode, normalize};
-use crate::control::{ControlSocket, LogStatus, Status};
+use crate::control::{ControlSocket, LogStatus, Status, VerifyStatus};
 use crate::fuse::{self, FS_TYPE, MountOptions};
 use crate::signals::StopSignals;
 use crate::state::{StateDir, StateError};
 use crate::vfs::Volume;
 
+use super::verify::LastRunCell;
 use super::{CliError, MountArgs, mountinfo};
 
 /// Mounts and serves until unmounted.
@@ -61,8 +62,9 @@ pub fn run(args: MountArgs) -> Result<(), CliError> {
         passthrough: config.cache.passthrough == Passthrough::Auto,
     };
     let served = super::volume::open(&config, state.path(), true)?;
-    let _control = start_control(&config, state.path(), &served.volume);
-    let _schedule = super::verify::schedule(&config, &served.volume);
+    let last_verify = LastRunCell::default();
+    let _control = start_control(&config, state.path(), &served.volume, &last_verify);
+    let _schedule = super::verify::schedule(&config, &served.volume, &last_verify);
     let outcome = fuse::serve(
         Arc::clone(&served.volume),
         &volume.mountpoint,
@@ -77,8 +79,14 @@ pub fn run(args: MountArgs) -> Result<(), CliError> {
 
 /// Answers `mirrorfs status` while mounted. A volume without it still works, so a socket
 /// that cannot be made (a state path too long for a socket name) is only a warning.
-fn start_control(config: &Config, state_dir: &Path, volume: &Arc<Volume>) -> Option<ControlSocket> {
-    let verify = super::verify::handler(config, volume);
+fn start_control(
+    config: &Config,
+    state_dir: &Path,
+    volume: &Arc<Volume>,
+    last_verify: &LastRunCell,
+) -> Option<ControlSocket> {
+    let verify = super::verify::handler(config, volume, last_verify);
+    let last_verify = Arc::clone(last_verify);
     let volume = Arc::clone(volume);
     let (id, source, mountpoint) = (
         config.volume.id.to_string(),
@@ -106,6 +114,16 @@ fn start_control(config: &Config, state_dir: &Path, volume: &Arc<Volume>) -> Opt
             cache: volume.cache().map(|cache| cache.stats()),
             passthrough_opens: volume.passthrough_opens(),
             replication: volume.replication().map(|replication| replication.status()),
+            verify: VerifyStatus {
+                stored_files: volume.hashes().map(|store| store.stored_files() as u64),
+                pending_files: volume
+                    .hashes()
+                    .map_or(0, |store| store.pending_files() as u64),
+                last_run: last_verify
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .clone(),
+            },
         }
     };
     match ControlSocket::serve_with(state_dir, status, Some(verify)) {

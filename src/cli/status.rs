@@ -96,6 +96,27 @@ fn render(status: &Status) -> String {
             }
         }
     }
+    let verify = &status.verify;
+    match verify.stored_files {
+        Some(stored) => {
+            text += &format!(
+                "hashes       stored for {stored} file(s), {} waiting to be rehashed\n",
+                verify.pending_files
+            )
+        }
+        None => text += "hashes       not kept ([verify] stored_hashes = false)\n",
+    }
+    if let Some(run) = &verify.last_run {
+        let how = if run.scheduled {
+            "scheduled"
+        } else {
+            "asked for"
+        };
+        text += &format!(
+            "last verify  {how}, exit {}: {}\n",
+            run.exit_code, run.summary
+        );
+    }
     if status.passthrough_opens > 0 {
         text += &format!(
             "passthrough  {} open(s) read the origin directly\n",

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::units::{ByteSize, human};
 use crate::config::{Config, VerifyConfig};
-use crate::control::{self, Handler};
+use crate::control::{self, Handler, LastRun};
 use crate::log::LogPath;
 use crate::replication::key::VolumeKey;
 use crate::state::{StateDir, StateError};
@@ -194,9 +194,25 @@ fn ask_daemon(
 /// One verify run at a time per volume, whoever starts it.
 static RUNNING: Mutex<()> = Mutex::new(());
 
+/// The daemon's last verify run, for `mirrorfs status`.
+pub type LastRunCell = Arc<Mutex<Option<LastRun>>>;
+
+/// Keeps `report` as the last run.
+fn remember(last: &LastRunCell, report: &Report, scheduled: bool) {
+    let summary = report.human();
+    let run = LastRun {
+        ended: crate::manifest::store::unix_now(),
+        scheduled,
+        exit_code: report.exit_code,
+        findings: report.findings.len() as u64,
+        summary: summary.lines().last().unwrap_or_default().to_string(),
+    };
+    *last.lock().unwrap_or_else(|p| p.into_inner()) = Some(run);
+}
+
 /// What the mount daemon answers `verify {...}` requests with.
-pub fn handler(config: &Config, volume: &Arc<Volume>) -> Handler {
-    let (config, volume) = (config.clone(), Arc::clone(volume));
+pub fn handler(config: &Config, volume: &Arc<Volume>, last: &LastRunCell) -> Handler {
+    let (config, volume, last) = (config.clone(), Arc::clone(volume), Arc::clone(last));
     Arc::new(move |request: &str, stream: UnixStream| {
         let mut stream = stream;
         let Some(options) = request.strip_prefix("verify ") else {
@@ -238,6 +254,7 @@ pub fn handler(config: &Config, volume: &Arc<Volume>) -> Handler {
             exit_code = report.exit_code,
             "verify run (asked by a client) ended"
         );
+        remember(&last, &report, false);
         let _ = send(&mut stream, &Line::Report(report));
     })
 }
@@ -266,13 +283,14 @@ impl Drop for Schedule {
 }
 
 /// Starts the scheduled runs `config` asks for, if any.
-pub fn schedule(config: &Config, volume: &Arc<Volume>) -> Option<Schedule> {
+pub fn schedule(config: &Config, volume: &Arc<Volume>, last: &LastRunCell) -> Option<Schedule> {
     let plan = Plan::of(&config.verify)?;
     let stop = Arc::new((Mutex::new(false), std::sync::Condvar::new()));
     let (config, volume, stopping) = (config.clone(), Arc::clone(volume), Arc::clone(&stop));
+    let last = Arc::clone(last);
     let thread = std::thread::Builder::new()
         .name("verify-schedule".to_string())
-        .spawn(move || plan.run(&config, &volume, &stopping))
+        .spawn(move || plan.run(&config, &volume, &stopping, &last))
         .map_err(|error| tracing::warn!(%error, "scheduled verify runs cannot start"))
         .ok()?;
     Some(Schedule {
@@ -319,7 +337,13 @@ impl Plan {
         })
     }
 
-    fn run(&self, config: &Config, volume: &Volume, stop: &(Mutex<bool>, std::sync::Condvar)) {
+    fn run(
+        &self,
+        config: &Config,
+        volume: &Volume,
+        stop: &(Mutex<bool>, std::sync::Condvar),
+        last: &LastRunCell,
+    ) {
         let started = Instant::now();
         let mut quick_due = self.quick_every.map(|every| started + every);
         let mut content_due = self.content_step.map(|step| started + step);
@@ -359,6 +383,7 @@ impl Plan {
             };
             let never = AtomicBool::new(false);
             let report = check(config, volume, &options, &never, &mut |_| {});
+            remember(last, &report, true);
             let summary = report.human();
             let summary = summary.lines().last().unwrap_or_default();
             match report.exit_code {

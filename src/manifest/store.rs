@@ -391,6 +391,11 @@ impl HashStore {
         self.lock().pending.len()
     }
 
+    /// How many files have stored hashes.
+    pub fn stored_files(&self) -> usize {
+        self.lock().files.len()
+    }
+
     /// Waits up to `timeout` for work or a stop; returns false once stopping.
     pub fn wait(&self, timeout: Duration) -> bool {
         let state = self.lock();
