@@ -2,8 +2,10 @@
 # The main job on its embedded default: installs what is missing, builds mirrorfs, starts a
 # replica node on this machine (copies in /var/tmp/mirrorfs-demo/replicas), mounts the demo
 # volume of mount-configs/demo.toml (origin /var/tmp/mirrorfs-demo/origin at
-# /var/tmp/mirrorfs-demo/mnt), and shows files going through it and arriving on the
-# replica. Unmounts and stops the node at the end unless --keep is given.
+# /var/tmp/mirrorfs-demo/mnt), shows files going through it and arriving on the replica,
+# and ends by verifying that the replica holds exactly what the primary holds (a quick
+# check, then a content check). Unmounts and stops the node at the end unless --keep is
+# given.
 #
 #   scripts/demo.sh [--keep]
 set -euo pipefail
@@ -59,14 +61,21 @@ say "cat $demo/replicas/demo/data/durable.txt"
 say "sha256sum $demo/replicas/demo/data/photos/renamed.txt $demo/replicas/demo/data/README.txt"
 say "$mirrorfs status --config $config"
 say "$mirrorfs replica status --dir $demo/replicas"
+# verify: a quick check compares both copies' metadata and stored hashes (the daemon runs
+# it); exit 0 means identical.
+say "$mirrorfs verify --config $config"
 
 if $keep; then
+  say "$mirrorfs verify --config $config --content"
   echo
   echo "Still mounted. Unmount with: $mirrorfs unmount $demo/mnt"
   echo "The replica node runs as pid $node; stop it with: kill $node"
 else
   say "$mirrorfs unmount $demo/mnt"
   wait "$daemon"
+  # Unmounted, verify opens the volume itself. A content check reads every file on each
+  # side (only hashes cross the network) and names any byte range that differs.
+  say "$mirrorfs verify --config $config --content"
   kill "$node"
   wait "$node" || true
   echo

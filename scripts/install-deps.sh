@@ -4,9 +4,10 @@
 #
 #   scripts/install-deps.sh            fuse3 (to mount) and the Rust toolchain check
 #   scripts/install-deps.sh --test     + the conformance judges (pjdfstest, fsx), a test user,
-#                                        and iproute2 (network namespaces for partition tests)
-#   scripts/install-deps.sh --bench    + fio, libfuse's C example source, rclone and rsync (the
-#                                        peers), e2fsprogs for the slow-disk image
+#                                        iproute2 (network namespaces for partition tests), and
+#                                        e2fsprogs and mount (a loop-device ext4 to plant rot in)
+#   scripts/install-deps.sh --bench    + fio, libfuse's C example source, rclone, rsync and
+#                                        b3sum (the peers), e2fsprogs for the slow-disk image
 set -euo pipefail
 
 want_test=false
@@ -24,6 +25,8 @@ command -v fusermount3 >/dev/null || packages+=(fuse3)
 command -v setfattr >/dev/null || packages+=(attr)
 if $want_test; then
   command -v ip >/dev/null || packages+=(iproute2)
+  command -v mkfs.ext4 >/dev/null || packages+=(e2fsprogs)
+  command -v losetup >/dev/null || packages+=(mount)
 fi
 if $want_bench; then
   command -v fio >/dev/null || packages+=(fio)
@@ -53,4 +56,8 @@ if $want_test; then
     echo "install-deps: cargo install ${missing[*]}"
     cargo install --quiet --locked "${missing[@]}"
   fi
+fi
+if $want_bench && ! command -v b3sum >/dev/null; then
+  echo "install-deps: cargo install b3sum"
+  cargo install --quiet --locked b3sum
 fi

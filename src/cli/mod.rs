@@ -249,7 +249,11 @@ pub fn run(args: impl IntoIterator<Item = OsString>) -> ExitCode {
         Ok(cli) => cli,
         Err(error) => return clap_exit(error, usage_code),
     };
-    init_logging();
+    // verify's output is its report; the parts it starts (replica senders) keep quiet.
+    init_logging(match cli.command {
+        Command::Verify(_) => "warn",
+        _ => "info",
+    });
     let result = match cli.command {
         Command::Mount(args) => mount::run(args),
         Command::Unmount(args) => unmount::run(args),
@@ -299,10 +303,10 @@ fn clap_exit(error: clap::Error, usage_code: u8) -> ExitCode {
     }
 }
 
-/// Log lines go to stderr; MIRRORFS_LOG sets the filter (e.g. "debug"), default "info".
-fn init_logging() {
+/// Log lines go to stderr; MIRRORFS_LOG sets the filter (e.g. "debug"), else `default`.
+fn init_logging(default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("MIRRORFS_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let _ = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(filter)

@@ -4,12 +4,15 @@
 
 use std::io;
 
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+
 use crate::log::LogPath;
-use crate::origin::{Origin, OriginFile};
-use crate::types::FileKind;
+use crate::origin::{At, DirFd, Origin, OriginFile};
+use crate::types::{FileKind, Name};
+use crate::write::apply::place;
 
 use super::chunks::FileHashes;
-use super::hasher::open_in;
 use super::store::{HashStore, Key, Stamp, Stored};
 
 /// A file read afresh.
@@ -28,16 +31,57 @@ pub struct Fresh {
 /// Times a file that changes while it is read is read again before giving up.
 const ATTEMPTS: usize = 3;
 
-/// Hashes the regular file at `path` in `copy`, reading through `pace` (called with each
-/// chunk's length before it is read, to keep to a rate). `None` when there is no regular
-/// file there.
+/// Opens a copy's files by path for reading, keeping the last directory open: the files a
+/// check reads come directory by directory.
+pub struct Files<'a> {
+    copy: &'a Origin,
+    last: Option<(Vec<u8>, DirFd)>,
+}
+
+impl<'a> Files<'a> {
+    /// Files of `copy`.
+    pub fn new(copy: &'a Origin) -> Files<'a> {
+        Files { copy, last: None }
+    }
+
+    /// The file at `path`, opened without following a symlink anywhere on the way.
+    pub fn open(&mut self, path: &LogPath) -> io::Result<OriginFile> {
+        let bytes = path.as_bytes();
+        let (parent, name) = match bytes.iter().rposition(|byte| *byte == b'/') {
+            Some(at) => (&bytes[..at], &bytes[at + 1..]),
+            None => (&b""[..], bytes),
+        };
+        let name = Name::new(OsStr::from_bytes(name)).map_err(io::Error::other)?;
+        let dir = match &self.last {
+            Some((cached, dir)) if cached.as_slice() == parent => dir.clone(),
+            _ => {
+                let dir = match parent.is_empty() {
+                    true => self.copy.root().clone(),
+                    false => {
+                        let parent_path =
+                            LogPath::try_from(parent.to_vec()).map_err(io::Error::other)?;
+                        let (above, last) = place(self.copy, &parent_path)?;
+                        self.copy.open_dir(At::Entry(&above, &last))?
+                    }
+                };
+                self.last = Some((parent.to_vec(), dir.clone()));
+                dir
+            }
+        };
+        self.copy.open_file(At::Entry(&dir, &name), libc::O_RDONLY)
+    }
+}
+
+/// Hashes the regular file at `path` among `files`, reading through `pace` (called with
+/// each chunk's length before it is read, to keep to a rate). `None` when there is no
+/// regular file there.
 pub fn hash(
-    copy: &Origin,
+    files: &mut Files<'_>,
     path: &LogPath,
     store: Option<&HashStore>,
     pace: &mut dyn FnMut(u64),
 ) -> io::Result<Option<Fresh>> {
-    let file = match open_in(copy, path) {
+    let file = match files.open(path) {
         Ok(file) => file,
         Err(error)
             if matches!(

@@ -23,7 +23,7 @@ use crate::origin::Stat;
 use crate::types::Change;
 use crate::write::applied::replace_durably;
 
-use super::chunks::{CHUNK_BYTES, FileHashes};
+use super::chunks::{CHUNK_BYTES, ChunkHash, FileHashes};
 
 /// A file's identity in one copy: device and inode number.
 pub type Key = (u64, u64);
@@ -32,7 +32,7 @@ pub type Key = (u64, u64);
 pub const FILE_NAME: &str = "hashes";
 
 /// What the saved file starts with; a different format is started afresh.
-const MAGIC: &[u8; 16] = b"mirrorfs-hash-1\n";
+const MAGIC: &[u8; 16] = b"mirrorfs-hash-2\n";
 
 /// What says whether stored hashes still describe a file: any write moves ctime.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -61,6 +61,8 @@ impl Stamp {
 pub struct Stored {
     /// The content's chunk hashes.
     pub hashes: FileHashes,
+    /// Their root (kept, so a quick check computes none).
+    pub root: ChunkHash,
     /// The file's stamp when they were taken.
     pub stamp: Stamp,
     /// When a content check last read the file and found it matching (Unix seconds; 0 for
@@ -279,15 +281,12 @@ impl HashStore {
     /// The stored hashes of `key`, if they describe the file as it is: its stamp is
     /// `stamp` and no change to it is pending.
     pub fn current(&self, key: Key, stamp: &Stamp) -> Option<Stored> {
-        let state = self.lock();
-        if state.pending.contains_key(&key) || state.changing.contains_key(&key) {
-            return None;
-        }
-        state
-            .files
-            .get(&key)
-            .filter(|stored| stored.stamp == *stamp)
-            .cloned()
+        current_in(&self.lock(), key, stamp).cloned()
+    }
+
+    /// The root of `key`'s stored hashes, if they are current (see [`HashStore::current`]).
+    pub fn current_root(&self, key: Key, stamp: &Stamp) -> Option<ChunkHash> {
+        current_in(&self.lock(), key, stamp).map(|stored| stored.root)
     }
 
     /// What is stored for `key`, current or not.
@@ -308,6 +307,7 @@ impl HashStore {
         state.files.insert(
             key,
             Stored {
+                root: hashes.root(),
                 hashes,
                 stamp,
                 verified,
@@ -440,6 +440,17 @@ impl HashStore {
         }
         result
     }
+}
+
+/// What `state` stores for `key`, if it is current with the file at `stamp`.
+fn current_in<'s>(state: &'s State, key: Key, stamp: &Stamp) -> Option<&'s Stored> {
+    if state.pending.contains_key(&key) || state.changing.contains_key(&key) {
+        return None;
+    }
+    state
+        .files
+        .get(&key)
+        .filter(|stored| stored.stamp == *stamp)
 }
 
 fn encode(saved: &Saved) -> io::Result<Vec<u8>> {

@@ -164,10 +164,24 @@ pub(super) fn proc_path(dir: RawFd, name: &CName) -> CString {
     CString::new(path).unwrap_or_default()
 }
 
-/// Reads a variable-size value with the usual "ask for the size, then fetch" protocol.
+/// Bytes a variable-size value is first read into: most values and name lists fit, so one
+/// call reads them.
+const SIZED_FIRST: usize = 1024;
+
+/// Reads a variable-size value: into a buffer that holds most in one call, else with the
+/// usual "ask for the size, then fetch" protocol.
 pub(super) fn read_sized(
     mut call: impl FnMut(*mut libc::c_void, usize) -> libc::ssize_t,
 ) -> io::Result<Vec<u8>> {
+    let mut buffer = vec![0u8; SIZED_FIRST];
+    match check_size(call(buffer.as_mut_ptr().cast(), buffer.len())) {
+        Ok(read) => {
+            buffer.truncate(read);
+            return Ok(buffer);
+        }
+        Err(error) if error.raw_os_error() == Some(libc::ERANGE) => {}
+        Err(error) => return Err(error),
+    }
     loop {
         let size = check_size(call(std::ptr::null_mut(), 0))?;
         let mut buffer = vec![0u8; size];

@@ -11,12 +11,13 @@ use tokio::net::TcpStream;
 
 use super::channel::{Channel, ChannelError};
 use super::node::{Hosted, SessionError, channel_send, refuse};
-use super::protocol::{ToNode, ToPrimary, decode};
+use super::protocol::{HashedFile, ToNode, ToPrimary, decode};
 use crate::log::LogPath;
 use crate::manifest::chunks::CHUNK_BYTES;
+use crate::manifest::fresh::{self, Files};
 use crate::manifest::hasher::open_in;
+use crate::manifest::store::HashStore;
 use crate::manifest::tree::{self, Entry};
-use crate::manifest::{fresh, store::HashStore};
 use crate::origin::Origin;
 
 /// Entries per `Entries` message.
@@ -57,10 +58,8 @@ pub(super) async fn serve(
                 wait_ms,
             }) => walk(hosted, &mut channel, under, wait_for, wait_ms).await?,
             Ok(ToNode::Hash(paths)) => {
-                for path in paths {
-                    let answer = hash(hosted, path).await?;
-                    channel_send(&mut channel, &answer).await?;
-                }
+                let answer = hash(hosted, paths).await?;
+                channel_send(&mut channel, &answer).await?;
             }
             Ok(ToNode::Read { path, offset, len }) => {
                 let answer = read(hosted, path, offset, len).await?;
@@ -169,8 +168,8 @@ async fn walk(
     Ok(channel_send(channel, &answer).await?)
 }
 
-/// Answers one path of a `Hash`.
-async fn hash(hosted: &Arc<Hosted>, path: LogPath) -> Result<ToPrimary, SessionError> {
+/// Answers a `Hash`: the files read in one go, with the copy's directory fds kept.
+async fn hash(hosted: &Arc<Hosted>, paths: Vec<LogPath>) -> Result<ToPrimary, SessionError> {
     let (tree, store) = match tree(hosted).await? {
         Ok(opened) => opened,
         Err(error) => {
@@ -179,20 +178,31 @@ async fn hash(hosted: &Arc<Hosted>, path: LogPath) -> Result<ToPrimary, SessionE
             });
         }
     };
-    let at = applied(hosted).await?;
-    let hashed = blocking(move || fresh::hash(&tree, &path, Some(&store), &mut |_| {})).await?;
-    Ok(match hashed {
-        Ok(fresh) => ToPrimary::Hashed {
-            stored: fresh
-                .as_ref()
-                .and_then(|fresh| fresh.stored.as_ref().map(|stored| stored.hashes.clone())),
-            fresh: fresh.map(|fresh| fresh.hashes),
-            applied: at,
-        },
-        Err(error) => ToPrimary::Failed {
-            reason: error.to_string(),
-        },
+    let applied = applied(hosted).await?;
+    let files = blocking(move || {
+        let mut files = Files::new(&tree);
+        paths
+            .iter()
+            .map(
+                |path| match fresh::hash(&mut files, path, Some(&store), &mut |_| {}) {
+                    Ok(fresh) => HashedFile {
+                        stored: fresh.as_ref().and_then(|fresh| {
+                            fresh.stored.as_ref().map(|stored| stored.hashes.clone())
+                        }),
+                        fresh: fresh.map(|fresh| fresh.hashes),
+                        error: None,
+                    },
+                    Err(error) => HashedFile {
+                        fresh: None,
+                        stored: None,
+                        error: Some(error.to_string()),
+                    },
+                },
+            )
+            .collect()
     })
+    .await?;
+    Ok(ToPrimary::Hashed { files, applied })
 }
 
 /// Answers a `Read`.

@@ -105,13 +105,11 @@ pub enum ToPrimary {
         /// After.
         after: u64,
     },
-    /// One file's content hashes.
+    /// The answer to one `Hash`: each file's hashes, in the order asked.
     Hashed {
-        /// The hashes read now, or `None` when there is no regular file at the path.
-        fresh: Option<FileHashes>,
-        /// The copy's stored hashes, where they are current.
-        stored: Option<FileHashes>,
-        /// The copy's applied offset when the file was read.
+        /// One per path asked.
+        files: Vec<HashedFile>,
+        /// The copy's applied offset when the files were read.
         applied: u64,
     },
     /// Bytes read.
@@ -126,6 +124,17 @@ pub enum ToPrimary {
         /// Why, in one line.
         reason: String,
     },
+}
+
+/// One file of a `Hashed` answer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HashedFile {
+    /// The hashes read now, or `None` when there is no regular file at the path.
+    pub fresh: Option<FileHashes>,
+    /// The copy's stored hashes, where they are current.
+    pub stored: Option<FileHashes>,
+    /// Why the file could not be read, if it could not.
+    pub error: Option<String>,
 }
 
 /// A record's fingerprint: blake3 of its encoding.

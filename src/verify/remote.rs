@@ -25,7 +25,14 @@ const ANSWER_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// Paths asked to be hashed ahead of the answers read, so the node hashes while the
 /// primary does.
-const HASHES_AHEAD: usize = 64;
+const HASHES_AHEAD: usize = 512;
+
+/// Paths asked for in one message (small files cost more in messages than in reading)...
+const HASHES_PER_MESSAGE: usize = 64;
+
+/// ... unless their files hold this much (the node answers a message when all its files
+/// are read).
+const HASH_BYTES_PER_MESSAGE: u64 = 32 << 20;
 
 /// Why talking to a node failed.
 #[derive(Debug, thiserror::Error)]
@@ -83,8 +90,13 @@ pub struct Remote {
     pub owners: bool,
     /// The copy's applied offset when the session opened.
     pub applied: u64,
-    /// Paths whose hashes were asked for and not yet read.
+    /// Paths to ask for in the next message, and their files' sizes.
+    outgoing: Vec<LogPath>,
+    outgoing_bytes: u64,
+    /// Paths asked for whose answers have not been taken, in order.
     asked: VecDeque<LogPath>,
+    /// Answers received and not taken yet, in the order asked.
+    answered: VecDeque<Result<RemoteHashes, RemoteError>>,
 }
 
 impl std::fmt::Debug for Remote {
@@ -121,7 +133,10 @@ impl Remote {
             channel,
             owners: false,
             applied: 0,
+            outgoing: Vec::new(),
+            outgoing_bytes: 0,
             asked: VecDeque::new(),
+            answered: VecDeque::new(),
         };
         match remote.ask(&ToNode::Inspect)? {
             ToPrimary::Inspecting { applied, owners } => {
@@ -188,11 +203,29 @@ impl Remote {
         }
     }
 
-    /// Asks for `path` to be hashed; answers come back in order from [`Remote::hashed`].
-    pub fn ask_hash(&mut self, path: LogPath) -> Result<(), RemoteError> {
-        self.send(&ToNode::Hash(vec![path.clone()]))?;
-        self.asked.push_back(path);
+    /// Asks for `path` (a file of about `size` bytes) to be hashed; answers come back in
+    /// order from [`Remote::hashed`]. Asks are sent in groups: [`Remote::send_asked`]
+    /// sends what is left.
+    pub fn ask_hash(&mut self, path: LogPath, size: u64) -> Result<(), RemoteError> {
+        self.asked.push_back(path.clone());
+        self.outgoing.push(path);
+        self.outgoing_bytes += size;
+        if self.outgoing.len() >= HASHES_PER_MESSAGE
+            || self.outgoing_bytes >= HASH_BYTES_PER_MESSAGE
+        {
+            self.send_asked()?;
+        }
         Ok(())
+    }
+
+    /// Sends the asks not sent yet.
+    pub fn send_asked(&mut self) -> Result<(), RemoteError> {
+        if self.outgoing.is_empty() {
+            return Ok(());
+        }
+        let paths = std::mem::take(&mut self.outgoing);
+        self.outgoing_bytes = 0;
+        self.send(&ToNode::Hash(paths))
     }
 
     /// Paths asked for and not answered yet.
@@ -205,23 +238,44 @@ impl Remote {
         self.asked.len() < HASHES_AHEAD
     }
 
+    /// Whether few enough asks wait that it is time to ask more (in a group).
+    pub fn wants_more(&self) -> bool {
+        self.asked.len() <= HASHES_AHEAD / 2
+    }
+
     /// The answer to the oldest hash asked for, with its path. A file the node could not
-    /// read is an error for that file alone: the session goes on.
+    /// read is an error for that file alone ([`RemoteError::Failed`]): the session goes on.
     pub fn hashed(&mut self) -> Option<(LogPath, Result<RemoteHashes, RemoteError>)> {
         let path = self.asked.pop_front()?;
-        let answer = match self.receive() {
-            Ok(ToPrimary::Hashed {
-                fresh,
-                stored,
-                applied,
-            }) => Ok(RemoteHashes {
-                fresh,
-                stored,
-                applied,
-            }),
-            Ok(other) => Err(RemoteError::Unexpected(format!("{other:?}"))),
-            Err(error) => Err(error),
-        };
+        if self.answered.is_empty() {
+            let received = self.send_asked().and_then(|()| self.receive());
+            match received {
+                Ok(ToPrimary::Hashed { files, applied }) => {
+                    self.answered
+                        .extend(files.into_iter().map(|file| match file.error {
+                            Some(reason) => Err(RemoteError::Failed(reason)),
+                            None => Ok(RemoteHashes {
+                                fresh: file.fresh,
+                                stored: file.stored,
+                                applied,
+                            }),
+                        }));
+                }
+                Ok(other) => {
+                    return Some((path, Err(RemoteError::Unexpected(format!("{other:?}")))));
+                }
+                // A whole request failed: the session is out of step, and ends.
+                Err(RemoteError::Failed(reason)) => {
+                    let error = RemoteError::Unexpected(format!("the node failed: {reason}"));
+                    return Some((path, Err(error)));
+                }
+                Err(error) => return Some((path, Err(error))),
+            }
+        }
+        let answer = self
+            .answered
+            .pop_front()
+            .unwrap_or_else(|| Err(RemoteError::Unexpected("an empty answer".to_string())));
         Some((path, answer))
     }
 

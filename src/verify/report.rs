@@ -182,28 +182,32 @@ impl Report {
         if self.mode == "content" {
             let _ = write!(
                 text,
-                ", {} files ({}) read",
+                ", {} file(s) ({}) read",
                 figures.files_hashed,
                 crate::config::units::human(figures.bytes_hashed)
             );
         }
-        let _ = write!(text, ", {} findings", self.findings.len());
+        let _ = write!(text, ", {} finding(s)", self.findings.len());
         if figures.unhashed > 0 {
             let _ = write!(
                 text,
-                ", {} files without stored hashes to compare (a content check reads them)",
+                ", {} file(s) without stored hashes to compare (a content check reads them)",
                 figures.unhashed
             );
         }
         if figures.busy > 0 {
             let _ = write!(
                 text,
-                ", {} paths changing throughout (not compared)",
+                ", {} path(s) changing throughout (not compared)",
                 figures.busy
             );
         }
         if figures.files_left > 0 {
-            let _ = write!(text, ", {} files left for the next run", figures.files_left);
+            let _ = write!(
+                text,
+                ", {} file(s) left for the next run",
+                figures.files_left
+            );
         }
         let _ = writeln!(text, ", {:.1} s", figures.seconds);
         text

@@ -17,16 +17,19 @@ use serde::{Deserialize, Serialize};
 use crate::config::ReplicationConfig;
 use crate::log::{Log, LogPath};
 use crate::manifest::chunks::{CHUNK_BYTES, ChunkHash, FileHashes};
-use crate::manifest::fresh;
+use crate::manifest::fresh::{self, Files};
 use crate::manifest::store::HashStore;
 use crate::manifest::tree::{self, Entry, Kind, path_order};
 use crate::origin::Origin;
 use crate::replication::key::VolumeKey;
 
 use super::compare::{Aspect, Compare, Difference};
-use super::remote::{Remote, RemoteError, RemoteHashes};
+use super::remote::{Remote, RemoteError, RemoteHashes, RemoteWalk};
 use super::report::{Action, Finding, PRIMARY, ReplicaReport, Report};
 use super::window::Touched;
+
+/// A replica's walk, or why it failed.
+type WalkResult = Result<RemoteWalk, RemoteError>;
 
 /// Rounds a changing path is compared in before it counts as busy.
 const ROUNDS: usize = 3;
@@ -198,6 +201,7 @@ fn run(
         remotes: Vec::new(),
         dead: HashSet::new(),
         follow_up: Vec::new(),
+        files: Files::new(subject.origin),
         state: Progress::default(),
     };
     run.connect();
@@ -242,6 +246,8 @@ struct Run<'a, 'p> {
     dead: HashSet<usize>,
     /// Files whose stored roots differ: the quick check reads just these.
     follow_up: Vec<Entry>,
+    /// The primary's files, opened for reading.
+    files: Files<'a>,
     state: Progress,
 }
 
@@ -311,7 +317,8 @@ impl Run<'_, '_> {
             let applied = (self.subject.applied)();
             let mut writing = (self.subject.writing)();
             self.state.phase = "walk".to_string();
-            primary = match self.walk_primary() {
+            let (walked_primary, walks) = self.walk_all(start);
+            primary = match walked_primary {
                 Some(entries) => entries,
                 None => return Vec::new(),
             };
@@ -323,15 +330,14 @@ impl Run<'_, '_> {
                 .collect();
             let remotes = std::mem::take(&mut self.remotes);
             let mut kept = Vec::new();
-            for (index, (name, mut remote)) in remotes.into_iter().enumerate() {
-                if self.dead.contains(&index) {
-                    kept.push((name, remote));
-                    continue;
-                }
-                let walked = remote.walk(&self.options.under, start, CATCH_UP_WAIT, &mut |_| {});
+            for (index, ((name, remote), walked)) in remotes.into_iter().zip(walks).enumerate() {
                 let walked = match walked {
-                    Ok(walked) => walked,
-                    Err(error) => {
+                    None => {
+                        kept.push((name, remote));
+                        continue;
+                    }
+                    Some(Ok(walked)) => walked,
+                    Some(Err(error)) => {
                         self.dead.insert(index);
                         self.replica_failed(&name, error.to_string());
                         kept.push((name, remote));
@@ -349,22 +355,24 @@ impl Run<'_, '_> {
                     skip_owner: !remote.owners,
                 };
                 let differences = compare.entries(&primary, &walked.entries);
-                let by_path = |entries: &[Entry]| -> HashMap<Vec<u8>, Entry> {
+                let by_path = |entries: &[Entry]| -> HashMap<Vec<u8>, usize> {
                     entries
                         .iter()
-                        .map(|entry| (entry.path.as_bytes().to_vec(), entry.clone()))
+                        .enumerate()
+                        .map(|(at, entry)| (entry.path.as_bytes().to_vec(), at))
                         .collect()
                 };
                 let (ours, theirs) = (by_path(&primary), by_path(&walked.entries));
                 unhashed.extend(
-                    theirs
+                    walked
+                        .entries
                         .iter()
-                        .filter(|(path, entry)| {
+                        .filter(|entry| {
                             entry.kind == Kind::File
                                 && entry.root.is_none()
-                                && ours.contains_key(*path)
+                                && ours.contains_key(entry.path.as_bytes())
                         })
-                        .map(|(path, _)| path.clone()),
+                        .map(|entry| entry.path.as_bytes().to_vec()),
                 );
                 for difference in differences {
                     let path = difference.path.as_bytes().to_vec();
@@ -374,7 +382,8 @@ impl Run<'_, '_> {
                     {
                         continue;
                     }
-                    let (mine, copy) = (ours.get(&path).cloned(), theirs.get(&path).cloned());
+                    let mine = ours.get(&path).map(|&at| primary[at].clone());
+                    let copy = theirs.get(&path).map(|&at| walked.entries[at].clone());
                     let linked = [&mine, &copy]
                         .into_iter()
                         .flatten()
@@ -409,6 +418,42 @@ impl Run<'_, '_> {
             shown.checked = false;
             shown.error.get_or_insert(error);
         }
+    }
+
+    /// Walks the primary and every live replica at once (each node walks its own copy);
+    /// `None` for a replica not asked.
+    fn walk_all(&mut self, start: u64) -> (Option<Vec<Entry>>, Vec<Option<WalkResult>>) {
+        let mut remotes = std::mem::take(&mut self.remotes);
+        let dead = self.dead.clone();
+        let under = self.options.under.clone();
+        let walked = std::thread::scope(|scope| {
+            let walking: Vec<_> = remotes
+                .iter_mut()
+                .enumerate()
+                .map(|(index, (_, remote))| {
+                    let under = &under;
+                    (!dead.contains(&index)).then(|| {
+                        scope.spawn(move || remote.walk(under, start, CATCH_UP_WAIT, &mut |_| {}))
+                    })
+                })
+                .collect();
+            let primary = self.walk_primary();
+            let walks = walking
+                .into_iter()
+                .map(|walk| {
+                    walk.map(|walk| {
+                        walk.join().unwrap_or_else(|_| {
+                            Err(RemoteError::Unexpected(
+                                "the walk's thread panicked".to_string(),
+                            ))
+                        })
+                    })
+                })
+                .collect();
+            (primary, walks)
+        });
+        self.remotes = remotes;
+        walked
     }
 
     /// The primary's entries, or `None` when the walk failed (recorded as an error).
@@ -550,9 +595,12 @@ impl Run<'_, '_> {
                 self.drain_asked();
                 break;
             }
-            while asked < entries.len() && self.can_ask() {
-                self.ask_all(&entries[asked].path);
-                asked += 1;
+            if self.wants_more() {
+                while asked < entries.len() && self.can_ask() {
+                    self.ask_all(entries[asked]);
+                    asked += 1;
+                }
+                self.send_asked();
             }
             if !self.compare_file(entry, &mut pace) {
                 retry.push(entry);
@@ -566,7 +614,8 @@ impl Run<'_, '_> {
                 break;
             }
             for entry in std::mem::take(&mut retry) {
-                self.ask_all(&entry.path);
+                self.ask_all(entry);
+                self.send_asked();
                 if !self.compare_file(entry, &mut pace) {
                     retry.push(entry);
                 }
@@ -583,15 +632,37 @@ impl Run<'_, '_> {
             .all(|(index, (_, remote))| self.dead.contains(&index) || remote.can_ask())
     }
 
-    fn ask_all(&mut self, path: &LogPath) {
+    fn ask_all(&mut self, entry: &Entry) {
         for index in 0..self.remotes.len() {
             if self.dead.contains(&index) {
                 continue;
             }
-            if let Err(error) = self.remotes[index].1.ask_hash(path.clone()) {
+            if let Err(error) = self.remotes[index]
+                .1
+                .ask_hash(entry.path.clone(), entry.size)
+            {
                 self.kill(index, error.to_string());
             }
         }
+    }
+
+    fn send_asked(&mut self) {
+        for index in 0..self.remotes.len() {
+            if self.dead.contains(&index) {
+                continue;
+            }
+            if let Err(error) = self.remotes[index].1.send_asked() {
+                self.kill(index, error.to_string());
+            }
+        }
+    }
+
+    /// Whether every live session is ready for a new group of asks.
+    fn wants_more(&self) -> bool {
+        self.remotes
+            .iter()
+            .enumerate()
+            .all(|(index, (_, remote))| self.dead.contains(&index) || remote.wants_more())
     }
 
     fn drain_asked(&mut self) {
@@ -618,7 +689,7 @@ impl Run<'_, '_> {
         let start = log.next_offset();
         let applied = (self.subject.applied)();
         let ours = fresh::hash(
-            self.subject.origin,
+            &mut self.files,
             &entry.path,
             self.subject.store,
             &mut |len| pace.take(len),
