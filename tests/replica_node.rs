@@ -71,7 +71,8 @@ async fn first_records_taken(node: &Node, volume: &str, key: &VolumeKey) {
         ToPrimary::Position {
             next: 0,
             epoch: 0,
-            last: None
+            last: None,
+            snapshot: false,
         }
     );
     let taken = ask(&mut channel, &ToNode::Records(records(0))).await;
@@ -106,7 +107,8 @@ async fn records_from_an_authenticated_primary_land_in_the_copy() {
         ToPrimary::Position {
             next: 3,
             epoch: 1,
-            last
+            last,
+            snapshot: false,
         }
     );
 }

@@ -32,7 +32,7 @@ pub type Key = (u64, u64);
 pub const FILE_NAME: &str = "hashes";
 
 /// What the saved file starts with; a different format is started afresh.
-const MAGIC: &[u8; 16] = b"mirrorfs-hash-2\n";
+pub const MAGIC: &[u8; 16] = b"mirrorfs-hash-2\n";
 
 /// What says whether stored hashes still describe a file: any write moves ctime.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

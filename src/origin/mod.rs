@@ -359,8 +359,11 @@ impl Origin {
     /// The value of extended attribute `key` of `at` (not following a final symlink).
     pub fn get_xattr(&self, at: At<'_>, key: &OsStr) -> io::Result<Vec<u8>> {
         let (dir, name) = at.split();
-        let path = sys::proc_path(dir.raw(), &name);
         let key = sys::c_string(key.as_bytes())?;
+        if let Some(value) = sys::get_xattr_at(dir.raw(), &name, &key) {
+            return value;
+        }
+        let path = sys::proc_path(dir.raw(), &name);
         sys::read_sized(|buffer, size| {
             // SAFETY: NUL-terminated strings and a buffer of `size` bytes (or null with 0).
             unsafe { libc::lgetxattr(path.as_ptr(), key.as_ptr(), buffer, size) }
@@ -388,6 +391,9 @@ impl Origin {
     /// The NUL-separated list of extended attribute names of `at`.
     pub fn list_xattr(&self, at: At<'_>) -> io::Result<Vec<u8>> {
         let (dir, name) = at.split();
+        if let Some(names) = sys::list_xattr_at(dir.raw(), &name) {
+            return names;
+        }
         let path = sys::proc_path(dir.raw(), &name);
         sys::read_sized(|buffer, size| {
             // SAFETY: NUL-terminated path and a buffer of `size` bytes (or null with 0).
@@ -439,5 +445,59 @@ impl Origin {
         let fd = sys::openat(dir.0.as_fd(), &name, libc::O_RDONLY | libc::O_DIRECTORY, 0)?;
         // SAFETY: valid fd.
         sys::check(unsafe { libc::fsync(fd.as_raw_fd()) }).map(drop)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Extended attributes read by `*xattrat` (where the kernel has it) and by the
+    /// `/proc/self/fd` path agree, for an entry, a directory itself and a symlink.
+    #[test]
+    fn xattrs_read_the_same_either_way() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("f"), b"x").unwrap();
+        std::os::unix::fs::symlink("f", dir.path().join("l")).unwrap();
+        let origin = Origin::open(dir.path()).unwrap();
+        let name = Name::new(OsStr::new("f")).unwrap();
+        let link = Name::new(OsStr::new("l")).unwrap();
+        let file = At::Entry(origin.root(), &name);
+        let long = vec![7u8; 3000];
+        origin
+            .set_xattr(file, OsStr::new("user.a"), b"1", 0)
+            .unwrap();
+        origin
+            .set_xattr(file, OsStr::new("user.long"), &long, 0)
+            .unwrap();
+        origin
+            .set_xattr(At::Dir(origin.root()), OsStr::new("user.d"), b"dir", 0)
+            .unwrap();
+        for at in [
+            file,
+            At::Dir(origin.root()),
+            At::Entry(origin.root(), &link),
+        ] {
+            let (fd, cname) = at.split();
+            let path = sys::proc_path(fd.raw(), &cname);
+            let by_proc = sys::read_sized(|buffer, size| {
+                // SAFETY: a NUL-terminated path and a buffer of `size` bytes.
+                unsafe { libc::llistxattr(path.as_ptr(), buffer.cast(), size) }
+            })
+            .unwrap();
+            assert_eq!(origin.list_xattr(at).unwrap(), by_proc);
+        }
+        assert_eq!(origin.get_xattr(file, OsStr::new("user.a")).unwrap(), b"1");
+        assert_eq!(
+            origin.get_xattr(file, OsStr::new("user.long")).unwrap(),
+            long
+        );
+        let missing = origin.get_xattr(file, OsStr::new("user.none")).unwrap_err();
+        assert_eq!(missing.raw_os_error(), Some(libc::ENODATA));
+        let gone = Name::new(OsStr::new("gone")).unwrap();
+        let absent = origin
+            .list_xattr(At::Entry(origin.root(), &gone))
+            .unwrap_err();
+        assert_eq!(absent.raw_os_error(), Some(libc::ENOENT));
     }
 }

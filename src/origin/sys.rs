@@ -197,6 +197,103 @@ pub(super) fn read_sized(
     }
 }
 
+/// The `*xattrat` system calls (Linux 6.13), where this build knows their numbers: an
+/// xattr of `dir`'s entry `name` without walking a `/proc/self/fd` path first.
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+mod xattrat {
+    pub(super) const LIST: libc::c_long = 465;
+    pub(super) const GET: libc::c_long = 464;
+}
+
+/// Set once the kernel says it has no `*xattrat` calls.
+static NO_XATTRAT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// What `getxattrat` takes besides the name.
+#[repr(C)]
+struct XattrArgs {
+    value: u64,
+    size: u32,
+    flags: u32,
+}
+
+/// Runs an `*xattrat` read through [`read_sized`]; `None` when the kernel (or this build)
+/// has no such call, and the caller takes the `/proc` path.
+fn xattrat(
+    call: impl FnMut(*mut libc::c_void, usize) -> libc::ssize_t,
+) -> Option<io::Result<Vec<u8>>> {
+    if !cfg!(any(target_arch = "x86_64", target_arch = "aarch64"))
+        || NO_XATTRAT.load(std::sync::atomic::Ordering::Relaxed)
+    {
+        return None;
+    }
+    match read_sized(call) {
+        Err(error) if error.raw_os_error() == Some(libc::ENOSYS) => {
+            NO_XATTRAT.store(true, std::sync::atomic::Ordering::Relaxed);
+            None
+        }
+        other => Some(other),
+    }
+}
+
+/// The xattr names of `dir`'s entry `name` (not following a final symlink), by
+/// `listxattrat`; `None` without it.
+pub(super) fn list_xattr_at(dir: RawFd, name: &CName) -> Option<io::Result<Vec<u8>>> {
+    #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+    {
+        xattrat(|buffer, size| {
+            // SAFETY: a valid fd, a NUL-terminated name, and a buffer of `size` bytes.
+            unsafe {
+                libc::syscall(
+                    xattrat::LIST,
+                    dir,
+                    name.as_ptr(),
+                    libc::AT_SYMLINK_NOFOLLOW,
+                    buffer,
+                    size,
+                ) as libc::ssize_t
+            }
+        })
+    }
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+    {
+        let _ = (dir, name);
+        None
+    }
+}
+
+/// The value of xattr `key` of `dir`'s entry `name` (not following a final symlink), by
+/// `getxattrat`; `None` without it.
+pub(super) fn get_xattr_at(dir: RawFd, name: &CName, key: &CString) -> Option<io::Result<Vec<u8>>> {
+    #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+    {
+        xattrat(|buffer, size| {
+            let mut args = XattrArgs {
+                value: buffer as u64,
+                size: size.min(u32::MAX as usize) as u32,
+                flags: 0,
+            };
+            // SAFETY: a valid fd, NUL-terminated strings, and args naming a buffer of
+            // `size` bytes, with their own size.
+            unsafe {
+                libc::syscall(
+                    xattrat::GET,
+                    dir,
+                    name.as_ptr(),
+                    libc::AT_SYMLINK_NOFOLLOW,
+                    key.as_ptr(),
+                    &mut args as *mut XattrArgs,
+                    std::mem::size_of::<XattrArgs>(),
+                ) as libc::ssize_t
+            }
+        })
+    }
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+    {
+        let _ = (dir, name, key);
+        None
+    }
+}
+
 /// A C string from bytes that must not contain NUL (EINVAL if they do).
 pub(super) fn c_string(bytes: &[u8]) -> io::Result<CString> {
     CString::new(bytes).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))

@@ -231,7 +231,32 @@ fn switch_to_snapshot(root: &Path) -> Result<(), CopyError> {
     let base_path = root.join("base");
     std::fs::rename(&ready, &base_path).map_err(io_error(&ready))?;
     applied::sync_parent(&base_path).map_err(io_error(root))?;
-    remove_tree(&trash)
+    discard(root, &trash)
+}
+
+/// Removes the old tree at `trash` in the background (a large one takes long, and its
+/// primary waits for the snapshot's acknowledgement): renamed aside first, so a new
+/// snapshot can use the name; what a crash leaves is removed at the next open.
+fn discard(root: &Path, trash: &Path) -> Result<(), CopyError> {
+    if !trash.exists() {
+        return Ok(());
+    }
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| since.as_nanos());
+    let aside = root.join(format!("trash.{nanos}"));
+    std::fs::rename(trash, &aside).map_err(io_error(trash))?;
+    let spawned = std::thread::Builder::new()
+        .name("trash".to_string())
+        .spawn(move || {
+            if let Err(error) = std::fs::remove_dir_all(&aside) {
+                tracing::warn!(path = %aside.display(), %error, "cannot remove an old tree");
+            }
+        });
+    if let Err(error) = spawned {
+        tracing::warn!(%error, "cannot start removing an old tree; it goes at the next start");
+    }
+    Ok(())
 }
 
 impl VolumeCopy {
@@ -246,6 +271,12 @@ impl VolumeCopy {
         // A snapshot cut short.
         remove_tree(&root.join("staging"))?;
         remove_tree(&root.join("trash"))?;
+        for entry in std::fs::read_dir(root).map_err(io(root))? {
+            let entry = entry.map_err(io(root))?;
+            if entry.file_name().to_string_lossy().starts_with("trash.") {
+                remove_tree(&entry.path())?;
+            }
+        }
         let base = Base::load(&root.join("base"))?;
         let data = root.join("data");
         std::fs::create_dir_all(&data).map_err(io(&data))?;
@@ -324,6 +355,11 @@ impl VolumeCopy {
             epoch: self.epoch,
             receiving_snapshot: self.staging.is_some(),
         }
+    }
+
+    /// Whether the copy began with a complete snapshot.
+    pub fn has_snapshot(&self) -> bool {
+        self.base.is_some()
     }
 
     /// The highest epoch of the records held.

@@ -304,9 +304,9 @@ async fn session(
     let position = {
         let copy = hosted.copy();
         copy.last_hash()
-            .map(|last| (copy.next(), copy.epoch(), last))
+            .map(|last| (copy.next(), copy.epoch(), last, copy.has_snapshot()))
     };
-    let (next, seen, last) = match position {
+    let (next, seen, last, snapshot) = match position {
         Ok(position) => position,
         Err(error) => return Err(refuse(&mut channel, error.to_string()).await),
     };
@@ -321,6 +321,7 @@ async fn session(
             next,
             epoch: seen,
             last,
+            snapshot,
         },
     )
     .await?;

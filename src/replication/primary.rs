@@ -483,8 +483,13 @@ impl Sender {
             log_start: stats.first_offset,
             log_end: stats.next_offset,
         };
-        let (next, last) = match self.ask(&mut channel, &open).await? {
-            ToPrimary::Position { next, last, .. } => (next, last),
+        let (next, last, based) = match self.ask(&mut channel, &open).await? {
+            ToPrimary::Position {
+                next,
+                last,
+                snapshot,
+                ..
+            } => (next, last, snapshot),
             other => return Err(SendError::Unexpected(format!("{other:?}"))),
         };
         if next > stats.next_offset {
@@ -507,7 +512,7 @@ impl Sender {
         tracing::info!(replica = %self.replica.name, next, "replica connected");
         self.mark_connected();
         let whole = stats.first_offset == 0 && self.source.log_is_whole();
-        let next = if next < stats.first_offset || (next == 0 && !whole) {
+        let next = if next < stats.first_offset || (next == 0 && !whole && !based) {
             self.snapshot(&mut channel).await?
         } else {
             next

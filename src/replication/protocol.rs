@@ -83,6 +83,9 @@ pub enum ToPrimary {
         /// different history (another volume under the same id, a log started over) is not
         /// taken for the one the copy follows.
         last: Option<[u8; 32]>,
+        /// The copy holds a complete snapshot (at or below `next`): a copy at offset 0 of
+        /// a volume whose log does not hold it whole needs none again.
+        snapshot: bool,
     },
     /// Every record below `next` is durable on the node.
     Ack {

@@ -7,7 +7,7 @@
 //! such paths are compared again in a new round, and those changing in every round are
 //! counted as busy, never reported as findings.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::ops::Range;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -355,14 +355,12 @@ impl Run<'_, '_> {
                     skip_owner: !remote.owners,
                 };
                 let differences = compare.entries(&primary, &walked.entries);
-                let by_path = |entries: &[Entry]| -> HashMap<Vec<u8>, usize> {
+                // Both lists are in path order: an entry is found by binary search.
+                let find = |entries: &[Entry], path: &LogPath| {
                     entries
-                        .iter()
-                        .enumerate()
-                        .map(|(at, entry)| (entry.path.as_bytes().to_vec(), at))
-                        .collect()
+                        .binary_search_by(|entry| path_order(&entry.path, path))
+                        .ok()
                 };
-                let (ours, theirs) = (by_path(&primary), by_path(&walked.entries));
                 unhashed.extend(
                     walked
                         .entries
@@ -370,7 +368,7 @@ impl Run<'_, '_> {
                         .filter(|entry| {
                             entry.kind == Kind::File
                                 && entry.root.is_none()
-                                && ours.contains_key(entry.path.as_bytes())
+                                && find(&primary, &entry.path).is_some()
                         })
                         .map(|entry| entry.path.as_bytes().to_vec()),
                 );
@@ -382,8 +380,9 @@ impl Run<'_, '_> {
                     {
                         continue;
                     }
-                    let mine = ours.get(&path).map(|&at| primary[at].clone());
-                    let copy = theirs.get(&path).map(|&at| walked.entries[at].clone());
+                    let mine = find(&primary, &difference.path).map(|at| primary[at].clone());
+                    let copy = find(&walked.entries, &difference.path)
+                        .map(|at| walked.entries[at].clone());
                     let linked = [&mine, &copy]
                         .into_iter()
                         .flatten()
