@@ -354,8 +354,12 @@ fn one_flipped_byte_in_a_1gib_file_is_named_by_its_chunk() {
         "{report:#}"
     );
     assert!(report["figures"]["bytes_hashed"].as_u64().unwrap() >= 1 << 30);
+    let before = report["as_of"].as_u64().unwrap();
     let (code, repaired) = volume.verify(&["--content", "--repair"]);
     assert_eq!(code, 1, "{repaired:#}");
+    // Only the differing chunk crossed: the repair's records carry 1 MiB of data.
+    let sent = written_since(&volume, before);
+    assert_eq!(sent, MIB, "bytes in the repair's write records");
     let (code, again) = volume.verify(&["--content"]);
     assert_eq!(code, 0, "{again:#}");
     let mut byte = [0u8];
@@ -552,6 +556,35 @@ fn an_interrupted_content_run_resumes_where_it_stopped() {
         kinds(&second),
         owned(&[("content", &format!("/f{:02}", files - 1))])
     );
+}
+
+/// `--path` checks one subtree, `--sample` a share of the files, `--replica` one replica.
+#[test]
+fn a_run_can_check_part_of_the_volume() {
+    let volume = populated();
+    fs::set_permissions(
+        volume.replica("dir/a.txt"),
+        fs::Permissions::from_mode(0o600),
+    )
+    .unwrap();
+    set_mtime(&volume.replica("file"), 1_000_000_000, 0);
+    let (code, under) = volume.verify(&["--path", "/dir"]);
+    assert_eq!(code, 4, "{under:#}");
+    assert_eq!(kinds(&under), owned(&[("mode", "/dir/a.txt")]));
+    let (code, elsewhere) = volume.verify(&["--path", "/second", "--replica", "r0"]);
+    assert_eq!(code, 0, "{elsewhere:#}");
+    let (_, sampled) = volume.verify(&["--content", "--sample", "50"]);
+    // Four regular files (dir/a.txt, dir/b.txt, file, second): half of them.
+    assert_eq!(sampled["figures"]["files_hashed"], 2, "{sampled:#}");
+    assert_eq!(sampled["figures"]["files_left"], 2, "{sampled:#}");
+    let output = Command::new(common::binary())
+        .arg("verify")
+        .arg("--config")
+        .arg(&volume.config)
+        .args(["--replica", "nobody"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(16), "{output:?}");
 }
 
 #[test]
@@ -809,4 +842,20 @@ fn physical_offset(file: &fs::File, offset: u64) -> u64 {
     assert_eq!(map.mapped, 1, "the byte is on disk");
     let extent = &map.extents[0];
     extent.physical + (offset - extent.logical)
+}
+
+/// Bytes the write records of the volume's log carry from offset `from` on.
+fn written_since(volume: &Volume, from: u64) -> u64 {
+    let output = Command::new(common::binary())
+        .args(["log", "--json", "--from", &from.to_string(), "--config"])
+        .arg(&volume.config)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(|line| serde_json::from_str::<Value>(line).unwrap())
+        .filter(|record| record["op"] == "write")
+        .map(|record| record["length"].as_u64().unwrap_or(0))
+        .sum()
 }

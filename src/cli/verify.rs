@@ -46,6 +46,21 @@ pub fn run(args: VerifyArgs) -> Result<(), CliError> {
     })?;
     let config = Config::resolve(raw, Default::default(), &cwd).map_err(usage)?;
     let options = options(&args)?;
+    let listed: Vec<&str> = config
+        .replication
+        .iter()
+        .flat_map(|replication| replication.replicas.iter().map(|r| r.name.as_str()))
+        .collect();
+    if let Some(unknown) = options
+        .replicas
+        .iter()
+        .find(|name| !listed.contains(&name.as_str()))
+    {
+        return Err(CliError::Exit(
+            exit::USAGE,
+            format!("--replica {unknown:?}: the config lists no such replica"),
+        ));
+    }
     let mut bar = Bar::new(!args.json && std::io::stderr().is_terminal());
     let report = match StateDir::open(&config.volume.state_dir) {
         Ok(state) => {
@@ -447,5 +462,30 @@ impl Bar {
             eprint!("\r\x1b[2K");
             self.shown = false;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn content_runs_spread_over_the_period() {
+        let week = VerifyConfig {
+            content_every: Some(Duration::from_secs(7 * 86_400)),
+            ..VerifyConfig::default()
+        };
+        let plan = Plan::of(&week).unwrap();
+        // At most one an hour, each reading its share: 168 runs a week.
+        assert_eq!(plan.content_step, Some(Duration::from_secs(3600)));
+        assert!((plan.content_share * 168.0 - 100.0).abs() < 1e-9);
+        let hour = VerifyConfig {
+            content_every: Some(Duration::from_secs(3600)),
+            ..VerifyConfig::default()
+        };
+        let plan = Plan::of(&hour).unwrap();
+        assert_eq!(plan.content_step, Some(Duration::from_secs(150)));
+        assert!((plan.content_share - 100.0 / 24.0).abs() < 1e-9);
+        assert!(Plan::of(&VerifyConfig::default()).is_none());
     }
 }
