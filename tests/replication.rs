@@ -10,31 +10,12 @@ use std::os::unix::fs::{PermissionsExt, symlink};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::replica::{Node, fsync_waits_until, key_file, replicated_mount};
+use common::replica::{Node, fsync_waits_until, key_file, replicated_mount, wait_replicated};
 use common::{Mount, tree, xattr_set};
 
 /// A mount of volume "vol" replicating to `nodes`, with `extra` lines in [replication].
 fn replicated_mount_vol(key: &Path, nodes: &[&Node], extra: &str) -> Mount {
     replicated_mount("vol", key, nodes, extra)
-}
-
-/// Waits until every replica has acknowledged the whole log.
-fn wait_replicated(mount: &Mount) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let status = mount.status();
-        let end = status.log.stats.next_offset;
-        let replication = status.replication.expect("the volume has replicas");
-        if replication.replicas.iter().all(|r| r.acknowledged == end) {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "replicas did not catch up to {end}: {replication:?}\n{}",
-            mount.log()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 /// Every kind of change, through the mount.

@@ -68,7 +68,8 @@ impl<'a> Files<'a> {
                 dir
             }
         };
-        self.copy.open_file(At::Entry(&dir, &name), libc::O_RDONLY)
+        self.copy
+            .open_regular(At::Entry(&dir, &name), libc::O_RDONLY)
     }
 }
 

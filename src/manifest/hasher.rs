@@ -77,7 +77,7 @@ impl Hashing {
 /// `path` in `copy`, opened for reading without following a symlink anywhere on the way.
 pub fn open_in(copy: &Origin, path: &LogPath) -> io::Result<OriginFile> {
     let (dir, name) = place(copy, path)?;
-    copy.open_file(At::Entry(&dir, &name), libc::O_RDONLY)
+    copy.open_regular(At::Entry(&dir, &name), libc::O_RDONLY)
 }
 
 /// Opens files for the hasher.

@@ -109,6 +109,8 @@ struct State {
     hashing: HashSet<Key>,
     /// Something changed since the last save.
     unsaved: bool,
+    /// The hasher sleeps, waiting for work.
+    idle: bool,
     stopping: bool,
 }
 
@@ -132,14 +134,14 @@ pub struct Job {
 
 /// A change under way (see [`HashStore::changing`]); dropping it says the change is in
 /// the file.
-pub struct Changing<'a> {
+pub struct Changing<'a, F: Fn() -> u64> {
     store: &'a HashStore,
     key: Key,
     /// The offset the change's record will be below once appended.
-    after: Box<dyn Fn() -> u64 + Send + Sync + 'a>,
+    after: F,
 }
 
-impl Drop for Changing<'_> {
+impl<F: Fn() -> u64> Drop for Changing<'_, F> {
     fn drop(&mut self) {
         let after = (self.after)();
         let mut state = self.store.lock();
@@ -152,12 +154,11 @@ impl Drop for Changing<'_> {
                 state.changing.remove(&self.key);
             }
         }
-        drop(state);
-        self.store.work.notify_all();
+        self.store.wake_idle(state);
     }
 }
 
-impl std::fmt::Debug for Changing<'_> {
+impl<F: Fn() -> u64> std::fmt::Debug for Changing<'_, F> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Changing").field("key", &self.key).finish()
     }
@@ -203,20 +204,22 @@ impl HashStore {
     /// Marks a change to file `key` (named `path`) that is about to be made. The file is
     /// not rehashed until the returned guard is dropped and the copy holds every record
     /// below what `after` then says.
-    pub fn changing<'a>(
-        &'a self,
+    pub fn changing<F: Fn() -> u64>(
+        &self,
         key: Key,
-        path: Option<LogPath>,
+        path: Option<&LogPath>,
         change: &Change,
-        after: impl Fn() -> u64 + Send + Sync + 'a,
-    ) -> Changing<'a> {
+        after: F,
+    ) -> Changing<'_, F> {
         let mut state = self.lock();
         *state.changing.entry(key).or_insert(0) += 1;
         state.unsaved = true;
         let pending = state.pending.entry(key).or_default();
         pending.unchecked += 1;
-        if path.is_some() {
-            pending.path = path;
+        if let Some(path) = path
+            && pending.path.as_ref() != Some(path)
+        {
+            pending.path = Some(path.clone());
         }
         match change {
             Change::Written(range) if range.start < range.end => {
@@ -236,7 +239,7 @@ impl HashStore {
         Changing {
             store: self,
             key,
-            after: Box::new(after),
+            after,
         }
     }
 
@@ -274,8 +277,7 @@ impl HashStore {
             },
         );
         state.unsaved = true;
-        drop(state);
-        self.work.notify_all();
+        self.wake_idle(state);
     }
 
     /// The stored hashes of `key`, if they describe the file as it is: its stamp is
@@ -398,20 +400,27 @@ impl HashStore {
 
     /// Waits up to `timeout` for work or a stop; returns false once stopping.
     pub fn wait(&self, timeout: Duration) -> bool {
-        let state = self.lock();
+        let mut state = self.lock();
         if state.stopping {
             return false;
         }
-        let (state, _) = self
+        state.idle = true;
+        let (mut state, _) = self
             .work
             .wait_timeout(state, timeout)
             .unwrap_or_else(|poisoned| poisoned.into_inner());
+        state.idle = false;
         !state.stopping
     }
 
-    /// Wakes the hasher (the copy applied more records).
-    pub fn wake(&self) {
-        self.work.notify_all();
+    /// Wakes the hasher if it sleeps: a change is ready for it. Only then, so that a
+    /// write through the mount pays no wake-up while the hasher is busy anyway.
+    fn wake_idle(&self, mut state: MutexGuard<'_, State>) {
+        let idle = std::mem::take(&mut state.idle);
+        drop(state);
+        if idle {
+            self.work.notify_all();
+        }
     }
 
     /// Tells the hasher to stop.

@@ -200,6 +200,28 @@ impl Origin {
         Ok(OriginFile::new(fd))
     }
 
+    /// Opens the regular file `at` for mirrorfs's own I/O (hashing, snapshots, repairs,
+    /// replay) with `access`. Such an open never blocks and never moves the file's atime:
+    /// it is made with O_NONBLOCK (cleared again) and O_NOATIME (where the caller may).
+    /// Anything but a regular file there, a FIFO above all, is ENXIO, as open(2) says of a
+    /// socket.
+    pub fn open_regular(&self, at: At<'_>, access: i32) -> io::Result<OriginFile> {
+        let (dir, name) = at.split();
+        let flags = access | libc::O_NONBLOCK;
+        let fd = match sys::openat(dir.0.as_fd(), &name, flags | libc::O_NOATIME, 0) {
+            // O_NOATIME is only for the file's owner (or CAP_FOWNER).
+            Err(error) if error.raw_os_error() == Some(libc::EPERM) => {
+                sys::openat(dir.0.as_fd(), &name, flags, 0)?
+            }
+            other => other?,
+        };
+        if sys::fstat(fd.as_fd())?.kind() != Some(FileKind::Regular) {
+            return Err(io::Error::from_raw_os_error(libc::ENXIO));
+        }
+        sys::clear_nonblocking(fd.as_fd())?;
+        Ok(OriginFile::new(fd))
+    }
+
     /// Creates and opens a regular file with `flags | O_CREAT`.
     pub fn create_file(&self, at: At<'_>, flags: i32, mode: u32) -> io::Result<OriginFile> {
         let (dir, name) = at.split();
@@ -352,7 +374,7 @@ impl Origin {
 
     /// Sets the size of the regular file `at`.
     pub fn truncate(&self, at: At<'_>, size: u64) -> io::Result<()> {
-        let file = self.open_file(at, libc::O_WRONLY | libc::O_NONBLOCK)?;
+        let file = self.open_regular(at, libc::O_WRONLY)?;
         file.set_len(size)
     }
 

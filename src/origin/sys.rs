@@ -81,6 +81,15 @@ pub(super) fn openat(
     })
 }
 
+/// Clears O_NONBLOCK on an open file.
+pub(super) fn clear_nonblocking(fd: BorrowedFd<'_>) -> io::Result<()> {
+    // SAFETY: valid fd; F_GETFL and F_SETFL take and return plain flags.
+    let flags = check(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFL) })?;
+    // SAFETY: as above.
+    check(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, flags & !libc::O_NONBLOCK) })
+        .map(drop)
+}
+
 pub(super) fn fstatat(dir: BorrowedFd<'_>, name: &CName) -> io::Result<Stat> {
     let mut raw = std::mem::MaybeUninit::<libc::stat>::uninit();
     // SAFETY: valid fd, NUL-terminated name, and a buffer of the right type.

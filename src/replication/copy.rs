@@ -466,14 +466,14 @@ impl VolumeCopy {
             .then(|| file_stat(&self.tree, path))
             .flatten();
         let changing = content.zip(before).map(|(change, (key, stamp))| {
-            let guard = hashes.changing(key, Some(path.clone()), &change, || 0);
+            let guard = hashes.changing(key, Some(path), &change, || 0);
             hashes.seen_before(key, &stamp);
             guard
         });
         apply(&self.tree, record, self.as_root)?;
         drop(changing);
         if let (Some(after), Some((key, stamp))) = (moved, before) {
-            drop(hashes.changing(key, Some(after.clone()), &Change::Attributes, || 0));
+            drop(hashes.changing(key, Some(after), &Change::Attributes, || 0));
             hashes.seen_before(key, &stamp);
         }
         Ok(())

@@ -243,7 +243,7 @@ impl Walker<'_> {
                 })?;
                 let file = self
                     .origin
-                    .open_file(at, libc::O_RDONLY)
+                    .open_regular(at, libc::O_RDONLY)
                     .map_err(failed(path))?;
                 self.content(&file, path)?;
             }

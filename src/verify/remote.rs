@@ -171,13 +171,12 @@ impl Remote {
     }
 
     /// Walks the copy from `under` once it holds every record below `wait_for` (or after
-    /// `wait`), handing the entry count on to `progress` as batches arrive.
+    /// `wait`).
     pub fn walk(
         &mut self,
         under: &LogPath,
         wait_for: u64,
         wait: Duration,
-        progress: &mut dyn FnMut(usize),
     ) -> Result<RemoteWalk, RemoteError> {
         self.send(&ToNode::Walk {
             under: under.clone(),
@@ -187,10 +186,7 @@ impl Remote {
         let mut entries = Vec::new();
         loop {
             match self.receive()? {
-                ToPrimary::Entries(batch) => {
-                    entries.extend(batch);
-                    progress(entries.len());
-                }
+                ToPrimary::Entries(batch) => entries.extend(batch),
                 ToPrimary::Walked { before, after } => {
                     return Ok(RemoteWalk {
                         entries,

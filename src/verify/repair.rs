@@ -254,7 +254,7 @@ fn recreate(origin: &Origin, path: &LogPath, ops: &mut Vec<Op>) -> Result<(), Re
 /// Write records of the primary's bytes in `range` of the file at `path`.
 fn content_ops(origin: &Origin, path: &LogPath, range: Range<u64>) -> Result<Vec<Op>, RepairError> {
     let (dir, name) = place(origin, path)?;
-    let file = origin.open_file(At::Entry(&dir, &name), libc::O_RDONLY)?;
+    let file = origin.open_regular(At::Entry(&dir, &name), libc::O_RDONLY)?;
     let mut ops = Vec::new();
     let mut offset = range.start;
     while offset < range.end {

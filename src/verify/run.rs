@@ -431,9 +431,8 @@ impl Run<'_, '_> {
                 .enumerate()
                 .map(|(index, (_, remote))| {
                     let under = &under;
-                    (!dead.contains(&index)).then(|| {
-                        scope.spawn(move || remote.walk(under, start, CATCH_UP_WAIT, &mut |_| {}))
-                    })
+                    (!dead.contains(&index))
+                        .then(|| scope.spawn(move || remote.walk(under, start, CATCH_UP_WAIT)))
                 })
                 .collect();
             let primary = self.walk_primary();
@@ -744,9 +743,11 @@ impl Run<'_, '_> {
             .flatten()
             .map(|answer| answer.applied)
             .fold(end, u64::max);
-        let touched = Touched::read(log, low, high);
-        let settled =
-            !touched.touches(&entry.path) && !(self.subject.writing)().contains(&ours.key);
+        // Asked only when something differs: a clean file reads no log.
+        let writing = self.subject.writing;
+        let settled = || {
+            !Touched::read(log, low, high).touches(&entry.path) && !writing().contains(&ours.key)
+        };
         let stored = ours.stored.as_ref().map(|stored| &stored.hashes);
         let rotted: Vec<u64> = match stored {
             Some(stored) if *stored != ours.hashes && stored.size == ours.hashes.size => {
@@ -759,7 +760,7 @@ impl Run<'_, '_> {
         // copy to trust; without one, the chunk is unrecoverable.
         let mut lost = Vec::new();
         if let Some(stored) = stored.filter(|_| !rotted.is_empty()) {
-            if !settled {
+            if !settled() {
                 return false;
             }
             lost = self.rot_findings(entry, &ours.hashes, stored, ours.key, &rotted, &answers);
@@ -791,7 +792,7 @@ impl Run<'_, '_> {
             if ranges.is_empty() {
                 continue;
             }
-            if !settled {
+            if !settled() {
                 return false;
             }
             clean = false;

@@ -47,7 +47,7 @@ impl Volume {
         let path = self.inode_path(id)?;
         let _hashing = changes
             .size
-            .and_then(|size| self.hashing(id, path.clone(), &Change::Truncated(size)));
+            .and_then(|size| self.hashing(id, path.as_ref(), &Change::Truncated(size)));
         let (located, stat) = match self.target(id, handle)? {
             Target::Place(located, stat) => (located, stat),
             Target::Open(open) => {
@@ -116,10 +116,13 @@ impl Volume {
         if changes.mode.is_none() && !owner && changes.atime.is_none() && !mtime_moved {
             return Ok(());
         }
+        // A chown may clear setuid bits, so after one the mode is stated too; a symlink's
+        // mode means nothing on Linux and no copy could set it.
+        let mode_stated =
+            (changes.mode.is_some() || owner) && now.kind() != Some(FileKind::Symlink);
         self.record(Op::SetAttr {
             path,
-            // A chown may clear setuid bits, so after one the mode is stated too.
-            mode: (changes.mode.is_some() || owner).then_some(now.mode & 0o7777),
+            mode: mode_stated.then_some(now.mode & 0o7777),
             uid: changes.uid.map(|_| now.uid),
             gid: changes.gid.map(|_| now.gid),
             atime: changes.atime.map(|_| Timestamp::from(now.atime)),

@@ -149,7 +149,7 @@ impl Volume {
                     let truncate = || -> Result<Stat> {
                         // As for any truncate: see `setattr`.
                         self.journal.barrier()?;
-                        let _hashing = self.hashing(id, Some(path.clone()), &Change::Truncated(0));
+                        let _hashing = self.hashing(id, Some(&path), &Change::Truncated(0));
                         file.set_len(0)?;
                         self.cache_changed(id, Change::Truncated(0));
                         let stat = file.stat()?;

@@ -207,7 +207,7 @@ impl Volume {
         let path = self.inode_path(open.inode)?;
         let _hashing = self.hashing(
             open.inode,
-            path.clone(),
+            path.as_ref(),
             &Change::Written(offset..offset + data.len() as u64),
         );
         self.journal
@@ -279,7 +279,7 @@ impl Volume {
         // Unflushed bytes in the range must land before the range changes under them,
         // and recovery must never replay them across it (see `setattr`).
         self.journal.barrier()?;
-        let _hashing = self.hashing(open.inode, path.clone(), &Change::Content);
+        let _hashing = self.hashing(open.inode, path.as_ref(), &Change::Content);
         open.file.allocate(offset, length, mode)?;
         self.cache_changed(open.inode, Change::Content);
         open.wrote.store(true, Ordering::Relaxed);

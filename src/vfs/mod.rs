@@ -310,7 +310,10 @@ impl Volume {
     /// mount. A change to content has also marked the stored hashes before it was made
     /// ([`Volume::hashing`]); here they only learn that the file's ctime moved.
     fn cache_changed(&self, id: InodeId, change: Change) {
-        drop(self.hashing(id, self.inode_path(id).ok().flatten(), &Change::Attributes));
+        if self.hashes.is_some() {
+            let path = self.inode_path(id).ok().flatten();
+            drop(self.hashing(id, path.as_ref(), &Change::Attributes));
+        }
         let Some(cache) = &self.cache else {
             return;
         };
@@ -321,10 +324,14 @@ impl Volume {
     }
 
     /// Marks a change about to be made to regular file `id` (named `path`) in the stored
-    /// hashes; the
-    /// file is rehashed once the guard is dropped (after the change's record) and the
-    /// origin holds the change.
-    fn hashing(&self, id: InodeId, path: Option<LogPath>, change: &Change) -> Option<Changing<'_>> {
+    /// hashes; the file is rehashed once the guard is dropped (after the change's record)
+    /// and the origin holds the change.
+    fn hashing<'s>(
+        &'s self,
+        id: InodeId,
+        path: Option<&LogPath>,
+        change: &Change,
+    ) -> Option<Changing<'s, impl Fn() -> u64 + use<'s>>> {
         let hashes = self.hashes.as_ref()?;
         let key = self
             .table()

@@ -55,7 +55,7 @@ impl Repairing<'_> {
     ) -> Result<()> {
         let origin = &self.volume.origin;
         let (dir, name) = place(origin, path)?;
-        let file = origin.open_file(At::Entry(&dir, &name), libc::O_WRONLY)?;
+        let file = origin.open_regular(At::Entry(&dir, &name), libc::O_WRONLY)?;
         let stat = file.stat()?;
         if (stat.dev, stat.ino) != key {
             return Err(VfsError::Replaced(path.clone()));
@@ -64,12 +64,9 @@ impl Repairing<'_> {
         {
             let log = self.volume.journal.log();
             let _hashing = self.volume.hashes.as_ref().map(|hashes| {
-                hashes.changing(
-                    key,
-                    Some(path.clone()),
-                    &Change::Written(range.clone()),
-                    || log.next_offset(),
-                )
+                hashes.changing(key, Some(path), &Change::Written(range.clone()), || {
+                    log.next_offset()
+                })
             });
             file.write_at(data, offset)?;
             file.set_times(TimesUpdate {

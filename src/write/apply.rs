@@ -13,7 +13,7 @@ use std::os::unix::ffi::OsStrExt;
 
 use crate::log::{LogPath, Op, Record};
 use crate::origin::{At, DirFd, Origin, TimeSet, TimesUpdate};
-use crate::types::Name;
+use crate::types::{FileKind, Name};
 
 /// A record that could not be applied.
 #[derive(Debug, thiserror::Error)]
@@ -157,7 +157,7 @@ fn effect(copy: &Origin, op: &Op, as_root: bool) -> io::Result<()> {
                     copy.chown(at, *uid, *gid)?;
                 }
                 if let Some(mode) = mode {
-                    copy.chmod(at, *mode)?;
+                    chmod(copy, at, *mode)?;
                 }
                 if atime.is_some() || mtime.is_some() {
                     copy.set_times(
@@ -186,6 +186,21 @@ fn effect(copy: &Origin, op: &Op, as_root: bool) -> io::Result<()> {
                 other => already(other, libc::ENOENT),
             }
         }
+    }
+}
+
+/// Sets the mode of `at`. A symlink has no mode to set on Linux (EOPNOTSUPP); logs
+/// written before the mount stopped recording one for a symlink's chown still carry it,
+/// and it is skipped rather than wedging the copy.
+fn chmod(copy: &Origin, at: At<'_>, mode: u32) -> io::Result<()> {
+    match copy.chmod(at, mode) {
+        Err(error)
+            if error.raw_os_error() == Some(libc::EOPNOTSUPP)
+                && copy.stat(at)?.kind() == Some(FileKind::Symlink) =>
+        {
+            Ok(())
+        }
+        other => other,
     }
 }
 
@@ -279,10 +294,51 @@ fn open(
     flags: i32,
 ) -> io::Result<Option<crate::origin::OriginFile>> {
     let found =
-        place(copy, path).and_then(|(dir, name)| copy.open_file(At::Entry(&dir, &name), flags));
+        place(copy, path).and_then(|(dir, name)| copy.open_regular(At::Entry(&dir, &name), flags));
     match found {
         Ok(file) => Ok(Some(file)),
-        Err(error) if error.raw_os_error() == Some(libc::ENOENT) => Ok(None),
+        // ENXIO: the name holds something else now, as a later record made it.
+        Err(error) if matches!(error.raw_os_error(), Some(libc::ENOENT | libc::ENXIO)) => Ok(None),
         Err(error) => Err(error),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 13.1: logs written before the mount stopped stating a mode for a symlink's
+    /// chown still hold such records; applying one must not wedge the copy.
+    #[test]
+    fn a_mode_stated_for_a_symlink_is_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink("target", dir.path().join("l")).unwrap();
+        let copy = Origin::open(dir.path()).unwrap();
+        let op = Op::SetAttr {
+            path: LogPath::try_from(b"l".to_vec()).unwrap(),
+            mode: Some(0o777),
+            uid: None,
+            gid: None,
+            atime: None,
+            mtime: None,
+        };
+        apply_op(&copy, 7, &op, false).unwrap();
+        // A mode for a file that is not a symlink is still set.
+        std::fs::write(dir.path().join("f"), b"").unwrap();
+        let op = Op::SetAttr {
+            path: LogPath::try_from(b"f".to_vec()).unwrap(),
+            mode: Some(0o640),
+            uid: None,
+            gid: None,
+            atime: None,
+            mtime: None,
+        };
+        apply_op(&copy, 8, &op, false).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir.path().join("f"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o7777, 0o640);
     }
 }

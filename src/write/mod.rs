@@ -258,12 +258,8 @@ impl Journal {
         }
     }
 
-    /// Below this offset the origin holds every record (write-through: all of them).
-    pub fn applied_offset(&self) -> u64 {
-        (self.applied_source())()
-    }
-
-    /// What [`Journal::applied_offset`] says, for a thread of its own.
+    /// What says, from any thread, below which offset the origin holds every record
+    /// (write-through: all of them; write-behind: what the flusher has applied).
     pub fn applied_source(&self) -> impl Fn() -> u64 + Send + Sync + 'static {
         let log = Arc::clone(&self.log);
         let behind = self.behind.clone();

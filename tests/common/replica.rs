@@ -183,3 +183,22 @@ pub fn fsync_waits_until(path: &Path, blocked_for: Duration, release: impl FnOnc
     }
     syncing.join().unwrap().unwrap();
 }
+
+/// Waits until every replica has acknowledged the whole log.
+pub fn wait_replicated(mount: &super::Mount) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let status = mount.status();
+        let end = status.log.stats.next_offset;
+        let replication = status.replication.expect("the volume has replicas");
+        if replication.replicas.iter().all(|r| r.acknowledged == end) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "replicas did not catch up to {end}: {replication:?}\n{}",
+            mount.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
