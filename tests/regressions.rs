@@ -61,3 +61,80 @@ fn issue13_5_a_name_turned_fifo_never_blocks_the_hasher() {
         started.elapsed()
     );
 }
+
+/// Every file and directory under `dir` that mirrorfs made for itself, with its mode, where
+/// group or others have any access.
+fn open_to_others(dir: &std::path::Path) -> Vec<String> {
+    use std::os::unix::fs::MetadataExt;
+    let mut found = Vec::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        for entry in fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let meta = fs::symlink_metadata(&path).unwrap();
+            if meta.mode() & 0o077 != 0 {
+                found.push(format!("{} {:o}", path.display(), meta.mode()));
+            }
+            if meta.is_dir() {
+                pending.push(path);
+            }
+        }
+    }
+    found
+}
+
+/// Issue 13.9: the daemon runs with umask 0, and state files (`hashes`, `log-base`, a
+/// sealed segment's index) were created mode 0666; a replica's `base`, `applied` and
+/// `hashes` too.
+#[test]
+fn issue13_9_state_files_are_private() {
+    let scratch = common::scratch();
+    let (key, _) = key_file(scratch.path(), "vol.key");
+    let node = Node::start(scratch.path(), "127.0.0.1:0", &[("vol", &key)]);
+    let mut mount = replicated_mount(
+        "vol",
+        &key,
+        &[&node],
+        "acks = \"all\"\n[log]\nsegment_bytes = \"64KiB\"\n",
+    );
+    for n in 0..40 {
+        fs::write(mount.path(&format!("f{n}")), vec![n as u8; 8000]).unwrap();
+    }
+    wait_replicated(&mount);
+    assert_eq!(mount.stop_with(libc::SIGTERM), Some(0));
+    drop(node);
+    let made: Vec<_> = fs::read_dir(&mount.state).unwrap().collect();
+    assert!(made.len() >= 4, "{made:?}");
+    assert!(mount.state.join("hashes").exists());
+    assert_eq!(open_to_others(&mount.state), Vec::<String>::new());
+    let copy = scratch.path().join("replicas/vol");
+    assert!(copy.join("hashes").exists());
+    let mut found = open_to_others(&copy);
+    // The tree is the volume's data, with the volume's modes.
+    found.retain(|line| !line.contains("/vol/data"));
+    assert_eq!(found, Vec::<String>::new());
+}
+
+/// Issue 13.14: mirrorfs's own reads of a file (the hasher's read-back after a write)
+/// moved the origin's atime, so a time set through the mount did not stay.
+#[test]
+fn issue13_14_internal_reads_leave_atime_alone() {
+    use std::os::unix::fs::MetadataExt;
+    let mount = Mount::new();
+    fs::write(mount.path("f"), vec![7u8; 100_000]).unwrap();
+    let file = fs::File::options()
+        .write(true)
+        .open(mount.path("f"))
+        .unwrap();
+    let times = fs::FileTimes::new()
+        .set_accessed(std::time::UNIX_EPOCH + Duration::new(1_000_000_000, 123_456_789));
+    file.set_times(times).unwrap();
+    drop(file);
+    // The hasher reads the file back once the change is in the origin.
+    std::thread::sleep(Duration::from_secs(2));
+    let meta = fs::metadata(mount.origin_path("f")).unwrap();
+    assert_eq!(
+        (meta.atime(), meta.atime_nsec()),
+        (1_000_000_000, 123_456_789)
+    );
+}

@@ -7,7 +7,8 @@
 //! is missing or does not match the segment, the segment is scanned instead.
 
 use std::fs::File;
-use std::io::{self, BufReader, Read, Seek, SeekFrom};
+use std::io::{self, BufReader, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use super::frame::{self, Decoded, FrameError};
@@ -333,8 +334,15 @@ pub fn write_index(segment: &Segment) -> io::Result<()> {
     bytes.extend_from_slice(&sum.as_bytes()[..8]);
     let path = segment.index_path();
     let temporary = path.with_extension("index.tmp");
-    std::fs::write(&temporary, &bytes)?;
-    File::open(&temporary)?.sync_all()?;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&temporary)?;
+    file.write_all(&bytes)?;
+    file.sync_all()?;
+    drop(file);
     std::fs::rename(&temporary, &path)
 }
 

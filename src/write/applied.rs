@@ -3,7 +3,8 @@
 //! or a clean stop) there is nothing to replay.
 
 use std::fs::File;
-use std::io;
+use std::io::{self, Write};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
 /// The stored offset, `None` when there is no file.
@@ -31,11 +32,21 @@ pub fn store(path: &Path, offset: u64) -> io::Result<()> {
 }
 
 /// Replaces the file at `path` with `text`, atomically and durably (a crash leaves the old
-/// text or the new, never part of one).
+/// text or the new, never part of one). The file is mirrorfs's own: mode 0600 whatever
+/// the umask (the daemon runs with umask 0).
 pub fn replace_durably(path: &Path, text: impl AsRef<[u8]>) -> io::Result<()> {
     let temporary = path.with_extension("tmp");
-    std::fs::write(&temporary, text)?;
-    File::open(&temporary)?.sync_all()?;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&temporary)?;
+    // A temporary file left by a crash keeps the mode it was made with.
+    file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    file.write_all(text.as_ref())?;
+    file.sync_all()?;
+    drop(file);
     std::fs::rename(&temporary, path)?;
     sync_parent(path)
 }

@@ -115,9 +115,7 @@ impl Journal {
                     && stats.next_offset == 0
                     && origin.is_empty().map_err(state_error(origin.path()))?;
                 let text = if whole { "whole\n" } else { "partial\n" };
-                std::fs::write(&base_path, text)
-                    .and_then(|()| std::fs::File::open(&base_path)?.sync_all())
-                    .map_err(state_error(&base_path))?;
+                applied::replace_durably(&base_path, text).map_err(state_error(&base_path))?;
                 whole
             }
             Err(error) => return Err(state_error(&base_path)(error)),
