@@ -138,3 +138,49 @@ fn issue13_14_internal_reads_leave_atime_alone() {
         (1_000_000_000, 123_456_789)
     );
 }
+
+/// Issue 13.17: fallocate, punch-hole and zero-range by an unprivileged writer dropped
+/// setuid but kept setgid (2666 left where ext4 leaves 0666). The mount must end where
+/// the origin's own filesystem ends for the same calls.
+#[test]
+fn issue13_17_fallocate_by_a_writer_drops_setgid_as_ext4_does() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = common::scratch();
+    fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let origin = dir.path().join("origin");
+    fs::create_dir(&origin).unwrap();
+    fs::set_permissions(&origin, fs::Permissions::from_mode(0o755)).unwrap();
+    let mount = Mount::over(dir, origin, &["--allow-other"]);
+    let native = mount.dir.path().join("native");
+    fs::create_dir(&native).unwrap();
+    let cases = [
+        ("allocate", "fallocate -l 8192 f"),
+        ("punch", "fallocate -p -o 0 -l 4096 f"),
+        ("zero", "fallocate -z -o 0 -l 4096 f"),
+        ("keep", "fallocate -n -o 8192 -l 4096 f"),
+    ];
+    for (name, command) in cases {
+        for mode in [0o2666, 0o6666, 0o2676, 0o4666] {
+            let mut seen = Vec::new();
+            for dir in [native.clone(), mount.mountpoint.clone()] {
+                let place = dir.join(name);
+                let _ = fs::remove_dir_all(&place);
+                fs::create_dir(&place).unwrap();
+                fs::set_permissions(&place, fs::Permissions::from_mode(0o777)).unwrap();
+                fs::write(place.join("f"), vec![1u8; 16384]).unwrap();
+                fs::set_permissions(place.join("f"), fs::Permissions::from_mode(mode)).unwrap();
+                let output = common::sh_as(65534, 65534, &place, command);
+                assert!(output.status.success(), "{command}: {output:?}");
+                let after = fs::metadata(place.join("f")).unwrap().permissions().mode();
+                seen.push(after & 0o7777);
+            }
+            assert_eq!(seen[1], seen[0], "{command} on a file of mode {mode:o}");
+        }
+    }
+    // And the copies hear of it: the origin holds what the mount shows.
+    let shown = fs::metadata(mount.path("zero/f")).unwrap().permissions();
+    let held = fs::metadata(mount.origin_path("zero/f"))
+        .unwrap()
+        .permissions();
+    assert_eq!(shown.mode(), held.mode());
+}

@@ -23,7 +23,7 @@ pub use session::{FS_TYPE, MountError, MountOptions, serve};
 
 use crate::origin::TimeSet;
 use crate::types::InodeId;
-use crate::vfs::{Caller, Opened, SetAttr, Volume};
+use crate::vfs::{Caller, Opened, SetAttr, Volume, Writer};
 
 /// The largest write the kernel sends in one request (also the read-ahead unit).
 const MAX_WRITE_BYTES: u32 = 1024 * 1024;
@@ -82,6 +82,28 @@ fn caller(request: &Request) -> Caller {
     Caller {
         uid: request.uid(),
         gid: request.gid(),
+    }
+}
+
+/// The caller with its supplementary groups, from `/proc/PID/status` (none if the
+/// process is gone: the stricter answer).
+fn writer(request: &Request) -> Writer {
+    let groups = std::fs::read_to_string(format!("/proc/{}/status", request.pid()))
+        .ok()
+        .and_then(|status| {
+            let line = status.lines().find(|line| line.starts_with("Groups:"))?;
+            Some(
+                line["Groups:".len()..]
+                    .split_whitespace()
+                    .filter_map(|group| group.parse().ok())
+                    .collect(),
+            )
+        })
+        .unwrap_or_default();
+    Writer {
+        uid: request.uid(),
+        gid: request.gid(),
+        groups,
     }
 }
 
@@ -578,7 +600,7 @@ impl Filesystem for MirrorFs {
 
     fn fallocate(
         &self,
-        _request: &Request,
+        request: &Request,
         _ino: INodeNo,
         fh: FileHandle,
         offset: u64,
@@ -586,10 +608,11 @@ impl Filesystem for MirrorFs {
         mode: i32,
         reply: ReplyEmpty,
     ) {
+        let writer = writer(request);
         empty(
             reply,
             "fallocate",
-            self.volume.fallocate(fh.0, offset, length, mode),
+            self.volume.fallocate(&writer, fh.0, offset, length, mode),
         );
     }
 

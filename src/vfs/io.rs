@@ -12,7 +12,7 @@ use crate::types::Change;
 use crate::types::{FileKind, InodeId};
 
 use super::handles::{FileHandle, OpenCounts, OpenMode};
-use super::{Result, VfsError, Volume};
+use super::{Result, VfsError, Volume, Writer};
 
 /// An opened file as the kernel should treat it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -271,8 +271,16 @@ impl Volume {
         Ok(())
     }
 
-    /// `fallocate(2)` with the application's mode bits.
-    pub fn fallocate(&self, handle: u64, offset: u64, length: u64, mode: i32) -> Result<()> {
+    /// `fallocate(2)` with the application's mode bits, by `writer`, who loses setuid and
+    /// setgid as a write would lose them (the kernel leaves that to the filesystem here).
+    pub fn fallocate(
+        &self,
+        writer: &Writer,
+        handle: u64,
+        offset: u64,
+        length: u64,
+        mode: i32,
+    ) -> Result<()> {
         let _naming = self.naming();
         let open = self.file_handle(handle)?;
         let path = self.inode_path(open.inode)?;
@@ -281,17 +289,31 @@ impl Volume {
         self.journal.barrier()?;
         let _hashing = self.hashing(open.inode, path.as_ref(), &Change::Content);
         open.file.allocate(offset, length, mode)?;
+        let stat = open.file.stat()?;
+        let dropped = writer.drops(stat.mode, stat.gid);
+        if dropped != 0 {
+            open.file.chmod(stat.mode & 0o7777 & !dropped)?;
+        }
         self.cache_changed(open.inode, Change::Content);
         open.wrote.store(true, Ordering::Relaxed);
-        match path {
-            Some(path) => self.record(Op::Fallocate {
-                path,
-                mode,
-                offset,
-                length,
-            }),
-            None => Ok(()),
+        let Some(path) = path else { return Ok(()) };
+        self.record(Op::Fallocate {
+            path: path.clone(),
+            mode,
+            offset,
+            length,
+        })?;
+        if dropped == 0 {
+            return Ok(());
         }
+        self.record(Op::SetAttr {
+            path,
+            mode: Some(stat.mode & 0o7777 & !dropped),
+            uid: None,
+            gid: None,
+            atime: None,
+            mtime: None,
+        })
     }
 
     /// `lseek(2)` for SEEK_DATA and SEEK_HOLE: the offset the origin reports.

@@ -108,6 +108,35 @@ pub struct Caller {
     pub gid: u32,
 }
 
+/// Who changes a file's content directly (fallocate): what the kernel's
+/// `setattr_should_drop_suidgid` needs to decide whether setuid and setgid go.
+#[derive(Clone, Debug, Default)]
+pub struct Writer {
+    /// Effective (filesystem) user id.
+    pub uid: u32,
+    /// Effective (filesystem) group id.
+    pub gid: u32,
+    /// Supplementary groups.
+    pub groups: Vec<u32>,
+}
+
+impl Writer {
+    /// The setuid and setgid bits a change by this writer drops from a file of `mode`
+    /// owned by group `gid`: none for root (CAP_FSETID); setuid always; setgid when the
+    /// group may execute, or when the writer is not in the file's group.
+    pub fn drops(&self, mode: u32, gid: u32) -> u32 {
+        if self.uid == 0 {
+            return 0;
+        }
+        let mut dropped = mode & libc::S_ISUID;
+        let in_group = self.gid == gid || self.groups.contains(&gid);
+        if mode & libc::S_ISGID != 0 && (mode & libc::S_IXGRP != 0 || !in_group) {
+            dropped |= libc::S_ISGID;
+        }
+        dropped
+    }
+}
+
 /// An inode's attributes as the mount shows them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Attr {
