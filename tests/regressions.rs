@@ -184,3 +184,81 @@ fn issue13_17_fallocate_by_a_writer_drops_setgid_as_ext4_does() {
         .permissions();
     assert_eq!(shown.mode(), held.mode());
 }
+
+/// Issue 13.8: `[cache] disk_dir` given as a symlink into the origin was accepted, and
+/// the cache's files were made inside the data the mount serves.
+#[test]
+fn issue13_8_a_disk_dir_reaching_into_the_origin_through_a_symlink_is_refused() {
+    use std::ffi::OsStr;
+    let scratch = common::scratch();
+    let origin = scratch.path().join("origin");
+    let mountpoint = scratch.path().join("mnt");
+    fs::create_dir(&origin).unwrap();
+    fs::create_dir(&mountpoint).unwrap();
+    fs::create_dir(origin.join("inside")).unwrap();
+    for (link, target) in [
+        ("into-origin", origin.join("inside")),
+        ("onto-origin", origin.clone()),
+        ("into-mountpoint", mountpoint.clone()),
+    ] {
+        let disk = scratch.path().join(link);
+        symlink(&target, &disk).unwrap();
+        let config = scratch.path().join(format!("{link}.toml"));
+        fs::write(
+            &config,
+            format!(
+                "[cache]\ndisk_dir = \"{}/cache\"\ndisk_bytes = \"16MiB\"\n",
+                disk.display()
+            ),
+        )
+        .unwrap();
+        let output = common::run_expecting_exit(
+            &[
+                OsStr::new("mount"),
+                origin.as_os_str(),
+                mountpoint.as_os_str(),
+                OsStr::new("--state-dir"),
+                scratch.path().join("state").as_os_str(),
+                OsStr::new("--config"),
+                config.as_os_str(),
+            ],
+            None,
+        );
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{link}: {stderr}");
+        assert!(stderr.contains("disk_dir"), "{link}: {stderr}");
+        assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    }
+    assert_eq!(fs::read_dir(origin.join("inside")).unwrap().count(), 0);
+    assert_eq!(fs::read_dir(&origin).unwrap().count(), 1);
+}
+
+/// Issue 13.12: the same origin could be mounted twice under two volume ids, and the
+/// changes made through the second mount never reached the first one's log or replicas.
+#[test]
+fn issue13_12_a_second_mount_of_a_served_origin_is_refused() {
+    use std::ffi::OsStr;
+    let mut mount = Mount::new();
+    let second = mount.dir.path().join("second");
+    let state = mount.dir.path().join("state2");
+    fs::create_dir(&second).unwrap();
+    let args = [
+        OsStr::new("mount"),
+        mount.origin.as_os_str(),
+        second.as_os_str(),
+        OsStr::new("--state-dir"),
+        state.as_os_str(),
+    ];
+    let output = common::run_expecting_exit(&args, None);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    let pid = mount.pid().to_string();
+    assert!(
+        stderr.contains("already served") && stderr.contains(&pid),
+        "{stderr}"
+    );
+    // Once the first mount is gone, the origin can be mounted again.
+    assert_eq!(mount.stop_with(libc::SIGTERM), Some(0));
+    mount.restart();
+    fs::write(mount.path("again"), b"1").unwrap();
+}

@@ -41,7 +41,13 @@ pub fn run(args: MountArgs) -> Result<(), CliError> {
     };
     let config = Config::resolve(raw, overrides, &cwd).map_err(usage)?;
     let volume = &config.volume;
-    check_system(&volume.source, &volume.mountpoint, &volume.state_dir)?;
+    let disk_dir = config.cache.disk.as_ref().map(|disk| disk.dir.as_path());
+    check_system(
+        &volume.source,
+        &volume.mountpoint,
+        &volume.state_dir,
+        disk_dir,
+    )?;
     let state = StateDir::open(&volume.state_dir).map_err(|error| match error {
         StateError::Locked { .. } => CliError::Usage(error.to_string()),
         StateError::Io { .. } => CliError::Failure(error.to_string()),
@@ -140,8 +146,15 @@ fn usage(error: impl std::fmt::Display) -> CliError {
 }
 
 /// Checks what the config cannot know: that SOURCE is a readable directory, that
-/// MOUNTPOINT is a free directory, and that no symlink hides state_dir inside SOURCE.
-fn check_system(source: &Path, mountpoint: &Path, state_dir: &Path) -> Result<(), CliError> {
+/// MOUNTPOINT is a free directory, and that no symlink hides one of the volume's
+/// directories inside another (the config checks the paths as written; here they are
+/// resolved).
+fn check_system(
+    source: &Path,
+    mountpoint: &Path,
+    state_dir: &Path,
+    disk_dir: Option<&Path>,
+) -> Result<(), CliError> {
     let source_real = readable_dir("SOURCE", source)?;
 
     let mounts = mountinfo::read()
@@ -186,12 +199,38 @@ fn check_system(source: &Path, mountpoint: &Path, state_dir: &Path) -> Result<()
             source.display()
         )));
     }
-    if real_path(state_dir).starts_with(&source_real) {
+    let state_real = real_path(state_dir);
+    if state_real.starts_with(&source_real) {
         return Err(CliError::Usage(format!(
             "state_dir {} is inside SOURCE {} (through a symlink)",
             state_dir.display(),
             source.display()
         )));
+    }
+    if state_real.starts_with(&mountpoint_real) {
+        return Err(CliError::Usage(format!(
+            "state_dir {} is inside MOUNTPOINT {} (through a symlink)",
+            state_dir.display(),
+            mountpoint.display()
+        )));
+    }
+    let Some(disk_dir) = disk_dir else {
+        return Ok(());
+    };
+    let disk_real = real_path(disk_dir);
+    let others = [
+        ("SOURCE", source, &source_real),
+        ("MOUNTPOINT", mountpoint, &mountpoint_real),
+        ("state_dir", state_dir, &state_real),
+    ];
+    for (name, other, other_real) in others {
+        if disk_real.starts_with(other_real) || other_real.starts_with(&disk_real) {
+            return Err(CliError::Usage(format!(
+                "cache.disk_dir {} overlaps {name} {} (through a symlink); the disk tier needs a directory of its own",
+                disk_dir.display(),
+                other.display()
+            )));
+        }
     }
     Ok(())
 }

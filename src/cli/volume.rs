@@ -9,7 +9,7 @@ use crate::cache::Cache;
 use crate::config::Config;
 use crate::log::LogPath;
 use crate::manifest::hasher::{self, Hashing};
-use crate::origin::Origin;
+use crate::origin::{HoldError, Origin};
 use crate::replication::primary::{Replication, ReplicationError};
 use crate::vfs::Volume;
 use crate::write::Journal;
@@ -25,6 +25,8 @@ pub struct Served {
     /// The volume.
     pub volume: Arc<Volume>,
     hashing: Option<Hashing>,
+    /// The origin's lock: one volume serves an origin.
+    _hold: std::fs::File,
 }
 
 /// Opens the volume `config` describes, its state in `state_dir` (locked by the caller);
@@ -37,6 +39,13 @@ pub fn open(config: &Config, state_dir: &Path, cache: bool) -> Result<Served, Cl
             volume.source.display()
         ))
     })?);
+    let hold = origin.hold().map_err(|error| {
+        let message = format!("SOURCE {}: {error}", volume.source.display());
+        match error {
+            HoldError::Held { .. } => CliError::Usage(message),
+            HoldError::Io(_) => CliError::Failure(message),
+        }
+    })?;
     // SAFETY: geteuid cannot fail.
     let as_root = unsafe { libc::geteuid() } == 0;
     let journal = Journal::open(
@@ -88,7 +97,11 @@ pub fn open(config: &Config, state_dir: &Path, cache: bool) -> Result<Served, Cl
         replication,
         hashing.as_ref().map(|hashing| Arc::clone(hashing.store())),
     ));
-    Ok(Served { volume, hashing })
+    Ok(Served {
+        volume,
+        hashing,
+        _hold: hold,
+    })
 }
 
 impl Served {

@@ -22,6 +22,36 @@ use sys::CName;
 
 use crate::types::{FileKind, Name};
 
+/// Why the origin's lock could not be taken.
+#[derive(Debug, thiserror::Error)]
+pub enum HoldError {
+    /// Another process holds it: a mount of the same origin under another volume.
+    #[error("it is already served by another mirrorfs process{}", holder.map(|pid| format!(" (pid {pid})")).unwrap_or_default())]
+    Held {
+        /// The holder's pid, when known.
+        holder: Option<u32>,
+    },
+    /// The lock could not be asked for.
+    #[error(transparent)]
+    Io(#[from] io::Error),
+}
+
+/// The pid holding a FLOCK on the object `dev`/`ino`, from the text of /proc/locks
+/// ("1: FLOCK  ADVISORY  WRITE 1234 fd:01:5678 0 EOF").
+fn lock_holder(locks: &str, dev: u64, ino: u64) -> Option<u32> {
+    let wanted = format!(
+        "{:02x}:{:02x}:{ino}",
+        libc::major(dev as libc::dev_t),
+        libc::minor(dev as libc::dev_t)
+    );
+    locks.lines().find_map(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let at = fields.iter().position(|field| *field == "FLOCK")?;
+        let (pid, object) = (fields.get(at + 3)?, fields.get(at + 4)?);
+        (*object == wanted).then(|| pid.parse().ok()).flatten()
+    })
+}
+
 /// Metadata of one origin object, as `fstatat` reports it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Stat {
@@ -153,6 +183,31 @@ impl Origin {
             root_stat,
             path: path.to_path_buf(),
         })
+    }
+
+    /// Takes the origin's exclusive lock (flock on its root directory, released when the
+    /// returned file is closed or the process dies), so that one origin is served by one
+    /// volume: changes made through a second mount would reach neither the first one's log
+    /// nor its replicas. `Err(Held)` names the holder's pid when /proc/locks shows it.
+    pub fn hold(&self) -> Result<std::fs::File, HoldError> {
+        let fd = sys::openat(
+            self.root.0.as_fd(),
+            &CName::new(None),
+            libc::O_RDONLY | libc::O_DIRECTORY,
+            0,
+        )?;
+        // SAFETY: valid fd.
+        if unsafe { libc::flock(fd.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+            return Ok(std::fs::File::from(fd));
+        }
+        let error = io::Error::last_os_error();
+        if error.raw_os_error() != Some(libc::EWOULDBLOCK) {
+            return Err(HoldError::Io(error));
+        }
+        let holder = std::fs::read_to_string("/proc/locks")
+            .ok()
+            .and_then(|locks| lock_holder(&locks, self.root_stat.dev, self.root_stat.ino));
+        Err(HoldError::Held { holder })
     }
 
     /// Whether the origin holds nothing at all.
@@ -473,6 +528,16 @@ impl Origin {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_holder_of_a_lock_is_read_from_proc_locks() {
+        let dev = libc::makedev(0xfd, 1);
+        let locks = "1: POSIX  ADVISORY  WRITE 99 fd:01:5678 0 EOF\n\
+                     2: FLOCK  ADVISORY  WRITE 1234 fd:01:5678 0 EOF\n\
+                     2: -> FLOCK  ADVISORY  WRITE 4321 fd:01:5678 0 EOF\n";
+        assert_eq!(lock_holder(locks, dev, 5678), Some(1234));
+        assert_eq!(lock_holder(locks, dev, 5679), None);
+    }
 
     /// Extended attributes read by `*xattrat` (where the kernel has it) and by the
     /// `/proc/self/fd` path agree, for an entry, a directory itself and a symlink.
