@@ -73,6 +73,7 @@ async fn first_records_taken(node: &Node, volume: &str, key: &VolumeKey) {
             epoch: 0,
             last: None,
             snapshot: false,
+            stuck: None,
         }
     );
     let taken = ask(&mut channel, &ToNode::Records(records(0))).await;
@@ -109,6 +110,7 @@ async fn records_from_an_authenticated_primary_land_in_the_copy() {
             epoch: 1,
             last,
             snapshot: false,
+            stuck: None,
         }
     );
 }

@@ -859,3 +859,114 @@ fn written_since(volume: &Volume, from: u64) -> u64 {
         .map(|record| record["length"].as_u64().unwrap_or(0))
         .sum()
 }
+
+/// Makes a file immutable (chattr +i) until dropped: a copy cannot apply a record to it.
+struct Immutable(PathBuf);
+
+impl Immutable {
+    fn set(path: &Path) -> Immutable {
+        let status = Command::new("chattr").arg("+i").arg(path).status().unwrap();
+        assert!(status.success(), "chattr +i {}", path.display());
+        Immutable(path.to_path_buf())
+    }
+}
+
+impl Drop for Immutable {
+    fn drop(&mut self) {
+        let _ = Command::new("chattr").arg("-i").arg(&self.0).status();
+    }
+}
+
+/// The mount's view of replica r0 once `wanted` holds of it.
+fn replica_state(volume: &Volume, wanted: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let replica = volume.mount.status_json()["replication"]["replicas"][0].clone();
+        if wanted(&replica) {
+            return replica;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{replica}\n{}",
+            volume.node.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Issue 13.2: a replica stuck on a record it could not apply passed `verify --content`
+/// with exit 0 ("changing throughout"). A stuck copy is a finding of its own, with its
+/// own exit bit; the primary's status shows it stuck, not in sync; the node logs it once,
+/// not once a second; and once the cause is gone it applies what it held.
+#[test]
+fn issue13_2_a_stuck_replica_is_a_finding_and_is_loud() {
+    let volume = Volume::over(None, "on_insufficient = \"fail\"\nack_timeout = \"1s\"\n");
+    fs::write(volume.path("f"), b"first").unwrap();
+    volume.settle();
+    let frozen = Immutable::set(&volume.replica("f"));
+    fs::write(volume.path("f"), b"second").unwrap();
+    fs::write(volume.path("after"), b"more").unwrap();
+    let error = fs::File::open(volume.path("after"))
+        .unwrap()
+        .sync_all()
+        .unwrap_err();
+    assert_eq!(error.raw_os_error(), Some(libc::EIO), "{error}");
+
+    let replica = replica_state(&volume, |replica| replica["state"] == "stuck");
+    assert!(
+        replica["stuck"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("Operation not permitted"),
+        "{replica}"
+    );
+    let stuck_at = replica["stuck"]["offset"].as_u64().unwrap();
+    let output = Command::new(common::binary())
+        .args(["replica", "status", "--json", "--dir"])
+        .arg(&volume.node.dir)
+        .output()
+        .unwrap();
+    let node: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let copy = &node["running"]["volumes"][0];
+    assert_eq!(copy["stuck"]["offset"], stuck_at, "{node}");
+    assert!(copy["applied"].as_u64().unwrap() <= stuck_at, "{node}");
+    let state = volume.mount.state.to_str().unwrap().to_string();
+    let node_dir = volume.node.dir.to_str().unwrap().to_string();
+    for args in [
+        vec!["status", "--state-dir", &state],
+        vec!["replica", "status", "--dir", &node_dir],
+    ] {
+        let output = common::run(&args);
+        let text = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            text.contains(&format!("STUCK on record {stuck_at}")),
+            "{args:?}: {text}"
+        );
+    }
+
+    for args in [&[][..], &["--content"][..]] {
+        let (code, report) = volume.verify(args);
+        assert_ne!(code & 64, 0, "exit {code}: {report}");
+        let findings = report["findings"].as_array().unwrap();
+        assert!(
+            findings
+                .iter()
+                .any(|f| f["kind"] == "stuck" && f["copy"] == "r0"),
+            "{report}"
+        );
+        assert_eq!(report["figures"]["busy"], 0, "{report}");
+    }
+    // The primary retries every second or two; the node said it once.
+    std::thread::sleep(Duration::from_secs(4));
+    let log = volume.node.log();
+    assert_eq!(log.matches("the copy is stuck").count(), 1, "{log}");
+    assert!(!log.contains("replication connection closed"), "{log}");
+
+    drop(frozen);
+    replica_state(&volume, |replica| replica["state"] == "in sync");
+    volume.settle();
+    assert_eq!(fs::read(volume.replica("f")).unwrap(), b"second");
+    assert_eq!(fs::read(volume.replica("after")).unwrap(), b"more");
+    let (code, report) = volume.verify(&["--content"]);
+    assert_eq!(code, 0, "{report}");
+}

@@ -165,6 +165,12 @@ fn render(dir: &Path, report: &Report) -> String {
             "{:<20} {next:>12} {applied:>12} {epoch:>6}  {contact}{snapshot}\n",
             volume.id
         );
+        if let Some(stuck) = &volume.copy.stuck {
+            text += &format!(
+                "{:<20} STUCK on record {}: {}\n",
+                "", stuck.offset, stuck.error
+            );
+        }
     }
     text
 }

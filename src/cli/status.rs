@@ -91,8 +91,15 @@ fn render(status: &Status) -> String {
                     snapshot.seconds
                 );
             }
-            if let Some(error) = &replica.error {
-                text += &format!("  {:<10} last error: {error}\n", "");
+            match (&replica.stuck, &replica.error) {
+                (Some(stuck), _) => {
+                    text += &format!(
+                        "  {:<10} STUCK on record {}: {} (the replica holds it but cannot apply it; see its node's log)\n",
+                        "", stuck.offset, stuck.error
+                    );
+                }
+                (None, Some(error)) => text += &format!("  {:<10} last error: {error}\n", ""),
+                (None, None) => {}
             }
         }
     }

@@ -169,6 +169,7 @@ fn check(
     let journal = volume.journal();
     let applied = journal.applied_source();
     let writing = || volume.files_being_written();
+    let settle = || volume.settle_records();
     let subject = Subject {
         volume: config.volume.id.as_str(),
         origin: volume.origin(),
@@ -176,6 +177,7 @@ fn check(
         log: journal.log(),
         applied: &applied,
         writing: &writing,
+        settle: &settle,
         replication: config.replication.as_ref().zip(key.as_ref()),
         stop,
     };

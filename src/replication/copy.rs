@@ -79,6 +79,17 @@ pub enum CopyError {
     },
 }
 
+/// A record the copy holds durably in its log but cannot apply to its tree: the tree
+/// stops before it until the cause is removed (a node of a newer version, or room on the
+/// disk). Never silent: status shows it, the node logs it, verify reports the copy behind.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stuck {
+    /// The record's offset.
+    pub offset: u64,
+    /// What applying it said.
+    pub error: String,
+}
+
 /// Where a copy's log begins when a snapshot began it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Base {
@@ -149,6 +160,9 @@ pub struct CopyStatus {
     pub epoch: u32,
     /// A snapshot is being received.
     pub receiving_snapshot: bool,
+    /// The record the copy is stuck on, if it is.
+    #[serde(default)]
+    pub stuck: Option<Stuck>,
 }
 
 /// The status of the copy in `root`, read from its files without changing them (for a
@@ -170,6 +184,8 @@ pub fn inspect(root: &Path) -> Result<CopyStatus, CopyError> {
         applied,
         epoch: base.map_or(0, |b| b.epoch),
         receiving_snapshot: root.join("staging").exists(),
+        // Known only to a running node, which has tried.
+        stuck: None,
     })
 }
 
@@ -194,6 +210,15 @@ pub struct VolumeCopy {
     as_root: bool,
     /// The tree's stored hashes, kept current as records are applied, when kept.
     hashes: Option<Arc<HashStore>>,
+    /// The record the tree is stuck before, if any.
+    stuck: Option<Stuck>,
+}
+
+fn stuck_on(error: &ApplyError) -> Stuck {
+    Stuck {
+        offset: error.offset,
+        error: error.to_string(),
+    }
 }
 
 fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> CopyError + '_ {
@@ -300,11 +325,19 @@ impl VolumeCopy {
         let as_root = unsafe { libc::geteuid() } == 0;
         let mut epoch = base.map_or(0, |base| base.epoch);
         let mut copy_applied = applied;
+        let mut stuck = None;
         for record in snapshot.records(applied)? {
             let record = record?;
-            apply(&tree, &record, as_root)?;
             epoch = epoch.max(record.epoch);
-            copy_applied = record.offset + 1;
+            if stuck.is_some() {
+                continue;
+            }
+            // A record the tree cannot take leaves the node serving, and saying so,
+            // rather than refusing to start.
+            match apply(&tree, &record, as_root) {
+                Ok(()) => copy_applied = record.offset + 1,
+                Err(error) => stuck = Some(stuck_on(&error)),
+            }
         }
         let mut copy = VolumeCopy {
             root: root.to_path_buf(),
@@ -317,6 +350,7 @@ impl VolumeCopy {
             epoch,
             as_root,
             hashes: None,
+            stuck,
         };
         copy.store_applied()?;
         Ok(copy)
@@ -354,7 +388,13 @@ impl VolumeCopy {
             applied: self.applied,
             epoch: self.epoch,
             receiving_snapshot: self.staging.is_some(),
+            stuck: self.stuck.clone(),
         }
+    }
+
+    /// The record the tree is stuck before, if it is.
+    pub fn stuck(&self) -> Option<&Stuck> {
+        self.stuck.as_ref()
     }
 
     /// Whether the copy began with a complete snapshot.
@@ -400,6 +440,16 @@ impl VolumeCopy {
     /// [`VolumeCopy::receive`] took last) from memory when they are the next ones, the
     /// rest read back from the log.
     pub fn apply_received(&mut self, received: &[Record]) -> Result<(), CopyError> {
+        let applied = self.apply_held(received);
+        if let Err(CopyError::Apply(error)) = &applied {
+            self.stuck = Some(stuck_on(error));
+        } else if applied.is_ok() {
+            self.stuck = None;
+        }
+        applied
+    }
+
+    fn apply_held(&mut self, received: &[Record]) -> Result<(), CopyError> {
         if received
             .first()
             .is_some_and(|first| first.offset == self.applied)

@@ -32,16 +32,26 @@ pub(super) async fn serve(
     volume: &str,
     mut channel: Channel<TcpStream>,
 ) -> Result<(), SessionError> {
-    let (applied, owners) = {
+    let opened = {
         let hosted = Arc::clone(hosted);
         blocking(move || {
             let copy = hosted.copy();
-            (copy.status().applied, copy.sets_owners())
+            let last = copy.last_hash();
+            last.map(|last| ToPrimary::Inspecting {
+                applied: copy.status().applied,
+                next: copy.next(),
+                last,
+                owners: copy.sets_owners(),
+            })
         })
         .await?
     };
-    tracing::info!(%volume, applied, "verify session opened");
-    channel_send(&mut channel, &ToPrimary::Inspecting { applied, owners }).await?;
+    let inspecting = match opened {
+        Ok(inspecting) => inspecting,
+        Err(error) => return Err(refuse(&mut channel, error.to_string()).await),
+    };
+    tracing::info!(%volume, "verify session opened");
+    channel_send(&mut channel, &inspecting).await?;
     loop {
         let bytes = match channel.receive().await {
             Ok(bytes) => bytes,
@@ -103,6 +113,12 @@ async fn applied(hosted: &Arc<Hosted>) -> Result<u64, SessionError> {
     blocking(move || hosted.copy().status().applied).await
 }
 
+/// Whether the copy is stuck on a record.
+async fn stuck(hosted: &Arc<Hosted>) -> Result<bool, SessionError> {
+    let hosted = Arc::clone(hosted);
+    blocking(move || hosted.copy().stuck().is_some()).await
+}
+
 /// The copy's tree and stored hashes, opened for reading.
 async fn tree(hosted: &Arc<Hosted>) -> Result<io::Result<(Origin, Arc<HashStore>)>, SessionError> {
     let hosted = Arc::clone(hosted);
@@ -123,7 +139,8 @@ async fn walk(
 ) -> Result<(), SessionError> {
     let deadline = Instant::now() + Duration::from_millis(wait_ms);
     let mut before = applied(hosted).await?;
-    while before < wait_for && Instant::now() < deadline {
+    // A stuck copy gets no further by waiting.
+    while before < wait_for && Instant::now() < deadline && !stuck(hosted).await? {
         tokio::time::sleep(POLL).await;
         before = applied(hosted).await?;
     }
@@ -157,10 +174,19 @@ async fn walk(
         .await
         .map_err(|error| ChannelError::Io(io::Error::other(error)))?;
     let answer = match walked {
-        Ok(()) => ToPrimary::Walked {
-            before,
-            after: applied(hosted).await?,
-        },
+        Ok(()) => {
+            let hosted = Arc::clone(hosted);
+            let (after, stuck) = blocking(move || {
+                let copy = hosted.copy();
+                (copy.status().applied, copy.stuck().cloned())
+            })
+            .await?;
+            ToPrimary::Walked {
+                before,
+                after,
+                stuck,
+            }
+        }
         Err(error) => ToPrimary::Failed {
             reason: error.to_string(),
         },

@@ -10,13 +10,13 @@ use std::os::unix::fs::DirBuilderExt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
 
 use serde::{Deserialize, Serialize};
 use tokio::net::{TcpListener, TcpStream};
 
 use super::channel::{Admission, Channel, ChannelError};
-use super::copy::{Base, CopyError, CopyStatus, VolumeCopy};
+use super::copy::{Base, CopyError, CopyStatus, Stuck, VolumeCopy};
 use super::inspect;
 use super::key::{KeyError, VolumeKey};
 use super::protocol::{ProtocolError, ToNode, ToPrimary, decode, encode};
@@ -109,7 +109,13 @@ pub(super) enum SessionError {
     Refused(String),
     #[error("a newer connection for the volume took over")]
     Superseded,
+    /// The copy cannot apply a record (logged by [`Hosted::report_stuck`]).
+    #[error("the copy is stuck on record {}", .0.offset)]
+    Stuck(Stuck),
 }
+
+/// How often a copy stuck on the same record is logged again.
+const STUCK_LOG_EVERY: Duration = Duration::from_secs(60);
 
 /// One volume the node keeps.
 #[derive(Debug)]
@@ -125,6 +131,8 @@ pub(super) struct Hosted {
     contact: Mutex<Option<SystemTime>>,
     /// Sessions open now.
     open_sessions: AtomicU64,
+    /// The stuck record last logged, and when.
+    stuck_logged: Mutex<Option<(u64, Instant)>>,
 }
 
 impl Hosted {
@@ -139,6 +147,27 @@ impl Hosted {
                     .ok()
                     .map(|since| since.as_secs_f64())
             }),
+        }
+    }
+
+    /// Logs that the copy is stuck on `stuck`: at once for a new record, then once per
+    /// [`STUCK_LOG_EVERY`] (a primary retries every second or two).
+    fn report_stuck(&self, volume: &str, stuck: &Stuck) {
+        let mut logged = self
+            .stuck_logged
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let due = logged
+            .is_none_or(|(offset, at)| offset != stuck.offset || at.elapsed() >= STUCK_LOG_EVERY);
+        if due {
+            tracing::error!(
+                %volume,
+                offset = stuck.offset,
+                error = %stuck.error,
+                "the copy is stuck: it holds this record but cannot apply it, and its tree \
+                 stays before it until the cause is removed (mirrorfs replica status shows it)"
+            );
+            *logged = Some((stuck.offset, Instant::now()));
         }
     }
 
@@ -190,18 +219,21 @@ pub fn serve(config: NodeConfig, signals: StopSignals) -> Result<(), NodeError> 
         })?;
         copy.keep_hashes(Arc::clone(hashing.store()));
         tracing::info!(volume = %volume.id, next = copy.next(), "volume copy opened");
-        volumes.insert(
-            volume.id.to_string(),
-            Arc::new(Hosted {
-                key,
-                plaintext: volume.plaintext,
-                copy: Mutex::new(copy),
-                hashing,
-                session: AtomicU64::new(0),
-                contact: Mutex::new(None),
-                open_sessions: AtomicU64::new(0),
-            }),
-        );
+        let stuck = copy.stuck().cloned();
+        let hosted = Arc::new(Hosted {
+            key,
+            plaintext: volume.plaintext,
+            copy: Mutex::new(copy),
+            hashing,
+            session: AtomicU64::new(0),
+            contact: Mutex::new(None),
+            open_sessions: AtomicU64::new(0),
+            stuck_logged: Mutex::new(None),
+        });
+        if let Some(stuck) = stuck {
+            hosted.report_stuck(volume.id.as_str(), &stuck);
+        }
+        volumes.insert(volume.id.to_string(), hosted);
     }
     let volumes = Arc::new(volumes);
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -253,8 +285,11 @@ pub fn serve(config: NodeConfig, signals: StopSignals) -> Result<(), NodeError> 
                     Ok((stream, peer)) => {
                         let volumes = Arc::clone(&listening);
                         tokio::spawn(async move {
-                            if let Err(error) = session(stream, &volumes).await {
-                                tracing::warn!(%peer, %error, "replication connection closed");
+                            match session(stream, &volumes).await {
+                                Ok(()) | Err(SessionError::Stuck(_)) => {}
+                                Err(error) => {
+                                    tracing::warn!(%peer, %error, "replication connection closed");
+                                }
                             }
                         });
                     }
@@ -302,11 +337,16 @@ async fn session(
     hosted.open_sessions.fetch_add(1, Ordering::SeqCst);
     let _open = OpenSession(&hosted);
     let position = {
-        let copy = hosted.copy();
+        let mut copy = hosted.copy();
+        if copy.stuck().is_some() {
+            // Each connection tries a stuck record again: the cause may be gone.
+            let _ = copy.apply_received(&[]);
+        }
         copy.last_hash()
             .map(|last| (copy.next(), copy.epoch(), last, copy.has_snapshot()))
+            .map(|position| (position, copy.stuck().cloned()))
     };
-    let (next, seen, last, snapshot) = match position {
+    let ((next, seen, last, snapshot), stuck) = match position {
         Ok(position) => position,
         Err(error) => return Err(refuse(&mut channel, error.to_string()).await),
     };
@@ -322,9 +362,14 @@ async fn session(
             epoch: seen,
             last,
             snapshot,
+            stuck: stuck.clone(),
         },
     )
     .await?;
+    if let Some(stuck) = stuck {
+        hosted.report_stuck(&volume, &stuck);
+        return Err(SessionError::Stuck(stuck));
+    }
     loop {
         let bytes = match channel.receive().await {
             Ok(bytes) => bytes,
@@ -397,8 +442,13 @@ async fn session(
             }
         };
         channel_send(&mut channel, &reply).await?;
-        if let ToPrimary::Refuse { reason } = reply {
-            return Err(SessionError::Refused(reason));
+        match reply {
+            ToPrimary::Refuse { reason } => return Err(SessionError::Refused(reason)),
+            ToPrimary::Stuck(stuck) => {
+                hosted.report_stuck(&volume, &stuck);
+                return Err(SessionError::Stuck(stuck));
+            }
+            _ => {}
         }
     }
 }
@@ -416,16 +466,21 @@ async fn answer(
     let taken = tokio::task::spawn_blocking(move || {
         let mut copy = hosted.copy();
         let current = hosted.session.load(Ordering::SeqCst) == number;
-        current.then(|| take(&mut copy))
+        current.then(|| {
+            take(&mut copy).map_err(|error| match (&error, copy.stuck()) {
+                (CopyError::Apply(_), Some(stuck)) => ToPrimary::Stuck(stuck.clone()),
+                _ => ToPrimary::Refuse {
+                    reason: error.to_string(),
+                },
+            })
+        })
     })
     .await
     .map_err(|error| ChannelError::Io(io::Error::other(error)))?;
     Ok(match taken {
         None => return Err(SessionError::Superseded),
         Some(Ok(next)) => ToPrimary::Ack { next },
-        Some(Err(error)) => ToPrimary::Refuse {
-            reason: error.to_string(),
-        },
+        Some(Err(refusal)) => refusal,
     })
 }
 

@@ -22,9 +22,10 @@ use tokio::net::TcpStream;
 use tokio::sync::Notify;
 
 use super::channel::{Channel, ChannelError};
+use super::copy::Stuck;
 use super::isr::{Progress, Rule, high_watermark, satisfied};
 use super::key::{KeyError, VolumeKey};
-use super::protocol::{ProtocolError, ToNode, ToPrimary, decode, encode, record_hash};
+use super::protocol::{ProtocolError, ToNode, ToPrimary, decode, encode, record_hash_at};
 use super::snapshot::{WalkError, WalkStats, walk};
 use crate::config::replication::Replica;
 use crate::config::{OnInsufficient, ReplicationConfig};
@@ -93,6 +94,8 @@ enum SendError {
     Log(#[from] LogError),
     #[error("refused: {0}")]
     Refused(String),
+    #[error("stuck: the replica holds record {} but cannot apply it: {}", .0.offset, .0.error)]
+    Stuck(Stuck),
     #[error("no answer for {0:?}")]
     Silent(Duration),
     #[error("unexpected answer: {0}")]
@@ -116,7 +119,7 @@ pub struct ReplicaStatus {
     pub name: String,
     /// Its address.
     pub address: String,
-    /// "in sync", "catching up", "snapshotting" or "offline".
+    /// "in sync", "catching up", "snapshotting", "stuck" or "offline".
     pub state: String,
     /// Every record below this is durable on it.
     pub acknowledged: u64,
@@ -130,6 +133,9 @@ pub struct ReplicaStatus {
     pub snapshot: Option<SnapshotStatus>,
     /// Why the last connection ended, if it did.
     pub error: Option<String>,
+    /// The record the replica cannot apply, if it is stuck on one: it stays out of the
+    /// in-sync set until it applies it.
+    pub stuck: Option<Stuck>,
 }
 
 /// A snapshot on its way to a replica.
@@ -194,6 +200,8 @@ struct ReplicaState {
     progress: Progress,
     error: Option<String>,
     snapshot: Option<Snapshotting>,
+    /// What the replica last said it is stuck on; cleared when it acknowledges again.
+    stuck: Option<Stuck>,
 }
 
 #[derive(Debug)]
@@ -253,6 +261,7 @@ impl Replication {
                         progress: Progress::new(),
                         error: None,
                         snapshot: None,
+                        stuck: None,
                     })
                     .collect(),
             ),
@@ -365,7 +374,9 @@ impl Replication {
                 .iter()
                 .map(|state| {
                     let progress = &state.progress;
-                    let label = if !progress.connected {
+                    let label = if state.stuck.is_some() {
+                        "stuck"
+                    } else if !progress.connected {
                         "offline"
                     } else if state.snapshot.is_some() {
                         "snapshotting"
@@ -394,6 +405,7 @@ impl Replication {
                             seconds: now.duration_since(snapshot.started).as_secs_f64(),
                         }),
                         error: state.error.clone(),
+                        stuck: state.stuck.clone(),
                     }
                 })
                 .collect(),
@@ -455,12 +467,29 @@ impl Sender {
             {
                 let mut replicas = self.shared.replicas();
                 let state = &mut replicas[self.index];
-                if state.progress.connected || state.error.is_none() {
+                let stuck = match &error {
+                    SendError::Stuck(stuck) => Some(stuck.clone()),
+                    _ => None,
+                };
+                // A replica stuck on the same record reconnects and fails again; it is
+                // logged once per record, and shown by status all along.
+                let news = match &stuck {
+                    Some(stuck) => state.stuck.as_ref() != Some(stuck),
+                    None => state.progress.connected || state.error.is_none(),
+                };
+                if news && stuck.is_some() {
+                    tracing::error!(replica = %self.replica.name, %error, "replica stuck");
+                } else if news {
                     tracing::warn!(replica = %self.replica.name, %error, "replica connection lost");
                 }
                 state.progress.connected = false;
                 state.error = Some(error.to_string());
                 state.snapshot = None;
+                if stuck.is_some() {
+                    state.stuck = stuck;
+                    // Not in sync, whatever it acknowledged: its tree lacks the record.
+                    state.progress.caught_up = None;
+                }
             }
             self.shared.changed.notify_all();
             tokio::time::sleep(backoff).await;
@@ -485,6 +514,9 @@ impl Sender {
         };
         let (next, last, based) = match self.ask(&mut channel, &open).await? {
             ToPrimary::Position {
+                stuck: Some(stuck), ..
+            } => return Err(SendError::Stuck(stuck)),
+            ToPrimary::Position {
                 next,
                 last,
                 snapshot,
@@ -502,7 +534,7 @@ impl Sender {
         // (A copy begun by a snapshot whose last record was gone already cannot tell.)
         if let (Some(held), Some(theirs)) = (next.checked_sub(1), last) {
             let log = Arc::clone(self.log());
-            let ours = tokio::task::spawn_blocking(move || hash_of(&log, held))
+            let ours = tokio::task::spawn_blocking(move || record_hash_at(&log, held))
                 .await
                 .map_err(|error| SendError::Connect(io::Error::other(error)))??;
             if ours.is_some_and(|ours| ours != theirs) {
@@ -588,6 +620,7 @@ impl Sender {
                             self.acknowledged(next);
                         }
                         ToPrimary::Refuse { reason } => return Err(SendError::Refused(reason)),
+                        ToPrimary::Stuck(stuck) => return Err(SendError::Stuck(stuck)),
                         other => return Err(SendError::Unexpected(format!("{other:?}"))),
                     }
                 }
@@ -613,7 +646,7 @@ impl Sender {
             let frozen = source.freeze().map_err(SendError::Snapshot)?;
             let offset = frozen.offset;
             let last = match offset.checked_sub(1) {
-                Some(held) => hash_of(source.log(), held).unwrap_or(None),
+                Some(held) => record_hash_at(source.log(), held).unwrap_or(None),
                 None => None,
             };
             if pieces.blocking_send(Piece::Begin { offset, last }).is_err() {
@@ -704,6 +737,7 @@ impl Sender {
         let state = &mut replicas[self.index];
         state.progress.connected = true;
         state.error = None;
+        state.stuck = None;
     }
 
     /// The replica holds every record below `next`.
@@ -727,18 +761,6 @@ struct AbortOnDrop(tokio::task::JoinHandle<()>);
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
         self.0.abort();
-    }
-}
-
-/// [`record_hash`] of record `offset`, if the log still has it.
-fn hash_of(log: &Log, offset: u64) -> Result<Option<[u8; 32]>, LogError> {
-    let snapshot = log.snapshot();
-    if offset < snapshot.stats().first_offset {
-        return Ok(None);
-    }
-    match snapshot.records(offset)?.next() {
-        Some(record) => Ok(Some(record_hash(&record?))),
-        None => Ok(None),
     }
 }
 

@@ -5,7 +5,8 @@
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::log::{LogPath, Op, Record};
+use super::copy::Stuck;
+use crate::log::{Log, LogError, LogPath, Op, Record};
 use crate::manifest::chunks::FileHashes;
 use crate::manifest::tree::Entry;
 
@@ -86,6 +87,9 @@ pub enum ToPrimary {
         /// The copy holds a complete snapshot (at or below `next`): a copy at offset 0 of
         /// a volume whose log does not hold it whole needs none again.
         snapshot: bool,
+        /// The record the copy cannot apply, if it is stuck (tried again just now): it
+        /// holds what it acknowledges, but its tree stops before this record.
+        stuck: Option<Stuck>,
     },
     /// Every record below `next` is durable on the node.
     Ack {
@@ -96,6 +100,10 @@ pub enum ToPrimary {
     Inspecting {
         /// The copy holds every record below this offset, applied to its tree.
         applied: u64,
+        /// Its log holds every record below this offset.
+        next: u64,
+        /// [`record_hash`] of its record `next - 1`: whether it follows the primary's log.
+        last: Option<[u8; 32]>,
         /// The node runs as root, so owners in its copy are the volume's.
         owners: bool,
     },
@@ -107,6 +115,9 @@ pub enum ToPrimary {
         before: u64,
         /// After.
         after: u64,
+        /// The record the copy is stuck on, if it is: why it may not reach the offset
+        /// the walk waited for.
+        stuck: Option<Stuck>,
     },
     /// The answer to one `Hash`: each file's hashes, in the order asked.
     Hashed {
@@ -127,6 +138,9 @@ pub enum ToPrimary {
         /// Why, in one line.
         reason: String,
     },
+    /// The node holds the records durably but cannot apply `stuck` to its copy's tree;
+    /// the connection closes after this, and the primary shows the replica as stuck.
+    Stuck(Stuck),
 }
 
 /// One file of a `Hashed` answer.
@@ -143,6 +157,19 @@ pub struct HashedFile {
 /// A record's fingerprint: blake3 of its encoding.
 pub fn record_hash(record: &Record) -> [u8; 32] {
     *blake3::hash(&encode(record)).as_bytes()
+}
+
+/// [`record_hash`] of `log`'s record at `offset`; `None` when the log no longer (or not
+/// yet) holds it.
+pub fn record_hash_at(log: &Log, offset: u64) -> Result<Option<[u8; 32]>, LogError> {
+    let snapshot = log.snapshot();
+    if offset < snapshot.stats().first_offset {
+        return Ok(None);
+    }
+    match snapshot.records(offset)?.next() {
+        Some(record) => Ok(Some(record_hash(&record?))),
+        None => Ok(None),
+    }
 }
 
 /// `message` as bytes for [`Channel::send`](super::channel::Channel::send).

@@ -14,6 +14,7 @@ use crate::log::LogPath;
 use crate::manifest::chunks::FileHashes;
 use crate::manifest::tree::Entry;
 use crate::replication::channel::{Channel, ChannelError};
+use crate::replication::copy::Stuck;
 use crate::replication::key::VolumeKey;
 use crate::replication::protocol::{ProtocolError, ToNode, ToPrimary, decode, encode};
 
@@ -80,6 +81,8 @@ pub struct RemoteWalk {
     pub before: u64,
     /// And when it ended.
     pub after: u64,
+    /// The record the copy is stuck on, if it is.
+    pub stuck: Option<Stuck>,
 }
 
 /// An open verify session with one node.
@@ -90,6 +93,9 @@ pub struct Remote {
     pub owners: bool,
     /// The copy's applied offset when the session opened.
     pub applied: u64,
+    /// Its log's end then, and the hash of the record before it: whether the copy follows
+    /// the primary's log.
+    pub held: (u64, Option<[u8; 32]>),
     /// Paths to ask for in the next message, and their files' sizes.
     outgoing: Vec<LogPath>,
     outgoing_bytes: u64,
@@ -133,15 +139,22 @@ impl Remote {
             channel,
             owners: false,
             applied: 0,
+            held: (0, None),
             outgoing: Vec::new(),
             outgoing_bytes: 0,
             asked: VecDeque::new(),
             answered: VecDeque::new(),
         };
         match remote.ask(&ToNode::Inspect)? {
-            ToPrimary::Inspecting { applied, owners } => {
+            ToPrimary::Inspecting {
+                applied,
+                next,
+                last,
+                owners,
+            } => {
                 remote.owners = owners;
                 remote.applied = applied;
+                remote.held = (next, last);
                 Ok(remote)
             }
             other => Err(RemoteError::Unexpected(format!("{other:?}"))),
@@ -187,11 +200,16 @@ impl Remote {
         loop {
             match self.receive()? {
                 ToPrimary::Entries(batch) => entries.extend(batch),
-                ToPrimary::Walked { before, after } => {
+                ToPrimary::Walked {
+                    before,
+                    after,
+                    stuck,
+                } => {
                     return Ok(RemoteWalk {
                         entries,
                         before,
                         after,
+                        stuck,
                     });
                 }
                 other => return Err(RemoteError::Unexpected(format!("{other:?}"))),

@@ -17,6 +17,20 @@ pub mod exit {
     pub const OPERATIONAL: i32 = 8;
     /// The command was given wrongly.
     pub const USAGE: i32 = 16;
+    /// A replica could not be compared as of the primary's offset: it is behind, stuck on
+    /// a record it cannot apply, or follows another history of the volume. Not fsck's;
+    /// replication (or a new snapshot) brings such a copy back, not a repair.
+    pub const BEHIND: i32 = 64;
+}
+
+/// Kinds of finding about where a copy stands rather than what it holds.
+pub mod position {
+    /// The copy did not reach the primary's offset in time.
+    pub const BEHIND: &str = "behind";
+    /// The copy holds a record it cannot apply.
+    pub const STUCK: &str = "stuck";
+    /// The copy follows another history of the volume.
+    pub const DIVERGED: &str = "diverged";
 }
 
 /// The copy a finding is about.
@@ -84,7 +98,8 @@ pub struct Figures {
     /// Regular files whose stored roots could not be compared (no current stored hash on
     /// a side); a content check reads them.
     pub unhashed: u64,
-    /// Paths that kept changing through the run, so no state of theirs could be compared.
+    /// Paths the primary kept changing through the run, so no state of theirs could be
+    /// compared (named in [`Report::busy_paths`]).
     pub busy: u64,
     /// Regular files a partial content run left for later.
     pub files_left: u64,
@@ -107,20 +122,36 @@ pub struct Report {
     pub findings: Vec<Finding>,
     /// The figures.
     pub figures: Figures,
+    /// The paths counted in [`Figures::busy`].
+    #[serde(default)]
+    pub busy_paths: Vec<String>,
     /// Errors that kept part of the volume from being checked.
     pub errors: Vec<String>,
     /// The exit code the run ends with.
     pub exit_code: i32,
 }
 
+impl Finding {
+    /// Whether this is about where the copy stands (behind, stuck, another history)
+    /// rather than a difference in what it holds.
+    pub fn is_position(&self) -> bool {
+        [position::BEHIND, position::STUCK, position::DIVERGED].contains(&self.kind.as_str())
+    }
+}
+
 impl Report {
     /// Sets the exit code from what the report holds.
     pub fn settle(&mut self) {
         let mut code = exit::CLEAN;
-        if self.findings.iter().any(|f| f.action == Action::Repaired) {
+        let (placed, held): (Vec<&Finding>, Vec<&Finding>) =
+            self.findings.iter().partition(|f| f.is_position());
+        if !placed.is_empty() {
+            code |= exit::BEHIND;
+        }
+        if held.iter().any(|f| f.action == Action::Repaired) {
             code |= exit::REPAIRED;
         }
-        if self.findings.iter().any(|f| f.action != Action::Repaired) {
+        if held.iter().any(|f| f.action != Action::Repaired) {
             code |= exit::UNREPAIRED;
         }
         if !self.errors.is_empty() || self.replicas.iter().any(|r| r.error.is_some()) {
@@ -133,6 +164,14 @@ impl Report {
     pub fn human(&self) -> String {
         let mut text = String::new();
         for finding in &self.findings {
+            if finding.is_position() {
+                let _ = writeln!(
+                    text,
+                    "{}: {}: {}; the primary's log is at {} [not compared as of it; {}]",
+                    finding.copy, finding.kind, finding.actual, finding.expected, finding.trusted,
+                );
+                continue;
+            }
             let range = finding
                 .range
                 .map(|(start, end)| format!(" bytes {start}..{end}"))
@@ -157,6 +196,20 @@ impl Report {
         }
         for error in &self.errors {
             let _ = writeln!(text, "error: {error}");
+        }
+        const BUSY_SHOWN: usize = 20;
+        for path in self.busy_paths.iter().take(BUSY_SHOWN) {
+            let _ = writeln!(
+                text,
+                "busy: {path} (the primary changed it throughout the run)"
+            );
+        }
+        if self.busy_paths.len() > BUSY_SHOWN {
+            let _ = writeln!(
+                text,
+                "busy: {} more (--json lists them all)",
+                self.busy_paths.len() - BUSY_SHOWN
+            );
         }
         for replica in &self.replicas {
             if let Some(error) = &replica.error {
@@ -198,7 +251,7 @@ impl Report {
         if figures.busy > 0 {
             let _ = write!(
                 text,
-                ", {} path(s) changing throughout (not compared)",
+                ", {} path(s) the primary changed throughout (not compared)",
                 figures.busy
             );
         }

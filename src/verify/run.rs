@@ -22,10 +22,11 @@ use crate::manifest::store::HashStore;
 use crate::manifest::tree::{self, Entry, Kind, path_order};
 use crate::origin::Origin;
 use crate::replication::key::VolumeKey;
+use crate::replication::protocol::record_hash_at;
 
 use super::compare::{Aspect, Compare, Difference};
 use super::remote::{Remote, RemoteError, RemoteHashes, RemoteWalk};
-use super::report::{Action, Finding, PRIMARY, ReplicaReport, Report};
+use super::report::{Action, Finding, PRIMARY, ReplicaReport, Report, position};
 use super::window::Touched;
 
 /// A replica's walk, or why it failed.
@@ -88,6 +89,10 @@ pub struct Subject<'a> {
     /// Files being written through the mount now (by origin dev and inode): their
     /// modification time reaches the log only when they are closed.
     pub writing: &'a (dyn Fn() -> HashSet<(u64, u64)> + Sync),
+    /// Waits until every change already made to the origin has its record in the log
+    /// (write-through makes the change, then appends): called before a difference is
+    /// judged, so a change whose record was still on its way is never taken for one.
+    pub settle: &'a (dyn Fn() + Sync),
     /// The replicas, with the volume key to reach them.
     pub replication: Option<(&'a ReplicationConfig, &'a VolumeKey)>,
     /// Set to end the run early (its client went away, the daemon stops): what was read
@@ -296,12 +301,57 @@ impl Run<'_, '_> {
                 Ok(remote) => {
                     shown.checked = true;
                     shown.applied = remote.applied;
+                    if let Some(why) = self.diverged(&remote) {
+                        // Compared with nothing: its tree is another volume's state.
+                        self.position_finding(&replica.name, position::DIVERGED, why);
+                        self.dead.insert(self.remotes.len());
+                    }
                     self.remotes.push((replica.name.clone(), remote));
                 }
                 Err(error) => shown.error = Some(error.to_string()),
             }
             self.report.replicas.push(shown);
         }
+    }
+
+    /// Why the copy behind `remote` follows another history of the volume than this log,
+    /// if it does: its last record is not this log's record there, or this log has no
+    /// record that far. (A copy whose last record this log no longer keeps cannot tell.)
+    fn diverged(&self, remote: &Remote) -> Option<String> {
+        let log = self.subject.log;
+        let (next, last) = remote.held;
+        let end = log.next_offset();
+        if next > end {
+            return Some(format!(
+                "it holds records up to {next}, past the primary's log end {end}: another history of the volume"
+            ));
+        }
+        let held = next.checked_sub(1)?;
+        let ours = record_hash_at(log, held).ok().flatten()?;
+        (last.is_some_and(|theirs| theirs != ours)).then(|| {
+            format!("its record {held} differs from the primary's: another history of the volume")
+        })
+    }
+
+    /// A finding about where replica `name` stands: it was not compared as of the run's
+    /// offset.
+    fn position_finding(&mut self, name: &str, kind: &str, actual: String) {
+        self.report.findings.push(Finding {
+            kind: kind.to_string(),
+            path: "/".to_string(),
+            copy: name.to_string(),
+            range: None,
+            expected: self.report.as_of.to_string(),
+            actual,
+            trusted: match kind {
+                position::DIVERGED => "move the copy aside: the primary sends a snapshot",
+                position::STUCK => "it holds the records; remove the cause and it applies them",
+                _ => "replication brings it up to date; verify does not repair it",
+            }
+            .to_string(),
+            action: Action::Reported,
+        });
+        self.fixes.push(Fix::Nothing);
     }
 
     /// The quick check: walks both sides in rounds until every difference is settled (or
@@ -347,10 +397,36 @@ impl Run<'_, '_> {
                 if let Some(shown) = self.report.replicas.iter_mut().find(|r| r.name == name) {
                     shown.applied = walked.after;
                 }
+                (self.subject.settle)();
                 let end = log.next_offset().max(walked.after);
-                let low = start.min(applied).min(walked.before);
                 writing.extend((self.subject.writing)());
-                let touched = Touched::read(log, low, end);
+                // What the primary itself was changing while the sides were walked...
+                let touched = Touched::read(log, start.min(applied), end);
+                // ...and what a copy that did not reach `start` lacks: explained by its
+                // position, which is the finding, never by a change under way.
+                let behind = walked.before < start;
+                let lacking = Touched::read(log, walked.before, start);
+                if behind {
+                    let (kind, actual) = match &walked.stuck {
+                        Some(stuck) => (
+                            position::STUCK,
+                            format!(
+                                "it applied records below {}, and is stuck on {}",
+                                walked.after, stuck.error
+                            ),
+                        ),
+                        None => (
+                            position::BEHIND,
+                            format!(
+                                "it applied records below {} and did not reach {start} within {} s",
+                                walked.after,
+                                CATCH_UP_WAIT.as_secs()
+                            ),
+                        ),
+                    };
+                    self.position_finding(&name, kind, actual);
+                    self.dead.insert(index);
+                }
                 let compare = Compare {
                     skip_owner: !remote.owners,
                 };
@@ -396,6 +472,14 @@ impl Run<'_, '_> {
                         still.insert((index, path));
                         continue;
                     }
+                    let unreached = [&mine, &copy]
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|entry| entry.link_of.as_ref())
+                        .any(|first| lacking.touches(first));
+                    if behind && (unreached || lacking.touches(&difference.path)) {
+                        continue;
+                    }
                     let copy_subtree = subtree(&walked.entries, &difference.path);
                     self.metadata_finding(index, &name, difference, mine, copy, copy_subtree);
                 }
@@ -403,7 +487,7 @@ impl Run<'_, '_> {
             }
             self.remotes = kept;
             if still.is_empty() || round + 1 == ROUNDS {
-                self.report.figures.busy += still.len() as u64;
+                self.busy(still.into_iter().map(|(_, path)| path));
                 break;
             }
             unsettled = Some(still);
@@ -619,7 +703,24 @@ impl Run<'_, '_> {
                 }
             }
         }
-        self.report.figures.busy += retry.len() as u64;
+        self.busy(
+            retry
+                .into_iter()
+                .map(|entry| entry.path.as_bytes().to_vec()),
+        );
+    }
+
+    /// Counts and names paths the primary changed throughout the run.
+    fn busy(&mut self, paths: impl Iterator<Item = Vec<u8>>) {
+        let shown = &mut self.report.busy_paths;
+        for path in paths {
+            let path = LogPath::try_from(path).map_or_else(|_| "?".to_string(), |p| p.to_string());
+            if !shown.contains(&path) {
+                shown.push(path);
+            }
+        }
+        shown.sort();
+        self.report.figures.busy = shown.len() as u64;
     }
 
     /// Whether every live session can take another path ahead.
@@ -745,7 +846,10 @@ impl Run<'_, '_> {
             .fold(end, u64::max);
         // Asked only when something differs: a clean file reads no log.
         let writing = self.subject.writing;
+        let settle = self.subject.settle;
         let settled = || {
+            settle();
+            let high = high.max(log.next_offset());
             !Touched::read(log, low, high).touches(&entry.path) && !writing().contains(&ours.key)
         };
         let stored = ours.stored.as_ref().map(|stored| &stored.hashes);

@@ -371,6 +371,18 @@ impl Volume {
         Some(hashes.changing(key, path, change, move || log.next_offset()))
     }
 
+    /// Waits until every change made to the origin through the mount so far has its record
+    /// in the log: each change holds the names lock from its origin change to its append,
+    /// and this takes it exclusively for a moment. A check that sees the origin changed
+    /// then finds the change's record.
+    pub fn settle_records(&self) {
+        drop(
+            self.names
+                .write()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()),
+        );
+    }
+
     /// The origin files (dev, ino) written through a handle not released yet: their
     /// modification time reaches the log only at release.
     pub fn files_being_written(&self) -> HashSet<(u64, u64)> {

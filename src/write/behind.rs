@@ -218,6 +218,17 @@ impl WriteBehind {
         Some((dirty.end(), dirty.mtime))
     }
 
+    /// `id`'s modification time: its newest unflushed write's, or else the origin's, read
+    /// under the overlay's lock, which a flush holds while it gives the origin that time
+    /// back and lets the file go.
+    pub fn mtime(&self, id: InodeId, file: &OriginFile) -> io::Result<SystemTime> {
+        let state = self.state();
+        match state.files.get(&id) {
+            Some(pending) => Ok(pending.dirty.mtime),
+            None => Ok(file.stat()?.mtime),
+        }
+    }
+
     /// Writes `id`'s unflushed bytes to the origin now (before a change that must come
     /// after them: truncate, explicit times, rename).
     pub fn flush_file(&self, id: InodeId) -> io::Result<()> {
@@ -249,8 +260,16 @@ impl WriteBehind {
             return Ok(());
         };
         let dropped = pending.dirty.forget_written(&written);
-        let clean = pending.dirty.is_empty().then_some(pending.dirty.mtime);
-        if clean.is_some() {
+        let clean = pending.dirty.is_empty();
+        if clean {
+            // The origin took the time of the flush; the file's is that of its last write.
+            // Set before the file leaves the overlay, whose mtime everyone is shown until
+            // then: nobody ever sees the flush's time.
+            let mtime = pending.dirty.mtime;
+            file.set_times(TimesUpdate {
+                atime: None,
+                mtime: Some(TimeSet::At(mtime)),
+            })?;
             state.files.remove(&id);
         } else {
             // What is left was written since the snapshot: its own interval starts now.
@@ -259,14 +278,6 @@ impl WriteBehind {
         state.bytes -= dropped;
         state.status.flushed_bytes += dropped;
         self.changed.notify_all();
-        drop(state);
-        if let Some(mtime) = clean {
-            // The origin took the time of the flush; the file's is that of its last write.
-            file.set_times(TimesUpdate {
-                atime: None,
-                mtime: Some(TimeSet::At(mtime)),
-            })?;
-        }
         Ok(())
     }
 

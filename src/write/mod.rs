@@ -223,6 +223,15 @@ impl Journal {
         self.behind.as_ref()?.dirty_attr(id)
     }
 
+    /// The modification time file `id` (open as `file`) has as the mount shows it: its
+    /// newest unflushed write's, or the origin's. Never the moment of a flush under way.
+    pub fn mtime(&self, id: InodeId, file: &OriginFile) -> io::Result<SystemTime> {
+        match &self.behind {
+            Some(behind) => behind.mtime(id, file),
+            None => Ok(file.stat()?.mtime),
+        }
+    }
+
     /// Brings `id`'s unflushed bytes into the origin now.
     pub fn flush_file(&self, id: InodeId) -> io::Result<()> {
         match &self.behind {
