@@ -262,3 +262,133 @@ fn issue13_12_a_second_mount_of_a_served_origin_is_refused() {
     mount.restart();
     fs::write(mount.path("again"), b"1").unwrap();
 }
+
+/// A child process, killed by pid if it is still running when dropped.
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) on the pid of the child this guard started.
+        unsafe { libc::kill(self.0.id() as i32, libc::SIGKILL) };
+        let _ = self.0.wait();
+    }
+}
+
+impl Child {
+    /// Waits up to `limit` for the child to exit; its status, or None if it did not.
+    fn exits_within(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if let Some(status) = self.0.try_wait().unwrap() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+}
+
+/// Issue 13.11: with its replicas down, an fsync waited for ever in state D; neither
+/// Ctrl-C nor kill -9 ended it, and status said only "offline". A wait for replicas ends
+/// with EINTR when the caller has a signal to take (so kill -9 always works), status says
+/// how many calls wait and why, and the default is to fail after ack_timeout, not to
+/// wait for ever.
+#[test]
+fn issue13_11_an_fsync_waiting_for_replicas_can_be_interrupted_and_is_shown() {
+    let scratch = common::scratch();
+    let (key, _) = key_file(scratch.path(), "vol.key");
+    let mut node = Node::start(scratch.path(), "127.0.0.1:0", &[("vol", &key)]);
+    node.kill();
+    let mount = replicated_mount(
+        "vol",
+        &key,
+        &[&node],
+        "acks = \"all\"\non_insufficient = \"wait\"\n",
+    );
+    let target = mount.path("f");
+    let dd = |name: &str| {
+        std::process::Command::new("dd")
+            .arg("if=/dev/zero")
+            .arg(format!("of={}", mount.path(name).display()))
+            .args(["bs=4k", "count=1", "conv=fsync"])
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .map(Child)
+            .unwrap()
+    };
+    let mut first = dd("f");
+    let mut second = dd("g");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        let status = mount.status().replication.unwrap();
+        if status.waiting_fsyncs == 2 {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "{status:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let why = status.waiting_for.unwrap();
+    assert!(why.contains("in sync 0 of min_insync 1"), "{why}");
+    let text = common::run(&["status", "--state-dir", mount.state.to_str().unwrap()]);
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(text.contains("2 fsync call(s) waiting"), "{text}");
+    assert!(first.exits_within(Duration::from_millis(500)).is_none());
+    // kill -9 ends it.
+    // SAFETY: kill(2) on the pid of a child this test started.
+    unsafe { libc::kill(first.0.id() as i32, libc::SIGKILL) };
+    let killed = first.exits_within(Duration::from_secs(5));
+    assert!(killed.is_some(), "dd survived kill -9");
+    // So does Ctrl-C (SIGINT with no handler).
+    // SAFETY: as above.
+    unsafe { libc::kill(second.0.id() as i32, libc::SIGINT) };
+    assert!(second.exits_within(Duration::from_secs(5)).is_some());
+    // A handled signal makes fsync return EINTR, as a local wait would.
+    let script = format!(
+        "import os, signal\n\
+         def handler(*_): raise RuntimeError('signal')\n\
+         signal.signal(signal.SIGUSR1, handler)\n\
+         fd = os.open('{}', os.O_WRONLY | os.O_CREAT)\n\
+         os.write(fd, b'x')\n\
+         print('waiting', flush=True)\n\
+         try:\n    os.fsync(fd)\n    print('returned')\n\
+         except RuntimeError:\n    print('interrupted')\n",
+        target.display()
+    );
+    let mut python = Child(
+        std::process::Command::new("python3")
+            .args(["-c", &script])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let mut out = std::io::BufReader::new(python.0.stdout.take().unwrap());
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+    assert_eq!(line, "waiting\n");
+    std::thread::sleep(Duration::from_millis(500));
+    // SAFETY: as above.
+    unsafe { libc::kill(python.0.id() as i32, libc::SIGUSR1) };
+    let exited = python.exits_within(Duration::from_secs(5));
+    assert!(exited.is_some_and(|status| status.success()));
+    line.clear();
+    std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+    assert_eq!(line, "interrupted\n");
+    assert_eq!(mount.status().replication.unwrap().waiting_fsyncs, 0);
+    drop(mount);
+
+    // The default: fail after ack_timeout, with EIO.
+    let mount = replicated_mount(
+        "vol",
+        &key,
+        &[&node],
+        "acks = \"all\"\nack_timeout = \"1s\"\n",
+    );
+    fs::write(mount.path("h"), b"x").unwrap();
+    let started = Instant::now();
+    let error = fs::File::open(mount.path("h"))
+        .unwrap()
+        .sync_all()
+        .unwrap_err();
+    assert_eq!(error.raw_os_error(), Some(libc::EIO));
+    assert!(started.elapsed() >= Duration::from_secs(1));
+}

@@ -66,6 +66,12 @@ fn render(status: &Status) -> String {
             "replication  epoch {}, high watermark {}, log kept from {}\n",
             replication.epoch, replication.high_watermark, replication.retained_from
         );
+        if let Some(why) = &replication.waiting_for {
+            text += &format!(
+                "  {} fsync call(s) waiting for replicas: {why}\n",
+                replication.waiting_fsyncs
+            );
+        }
         for replica in &replication.replicas {
             let seconds = replica
                 .lag_seconds

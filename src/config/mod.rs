@@ -721,7 +721,7 @@ mod tests {
         .unwrap();
         assert_eq!(config.acks, Acks::All);
         assert_eq!(config.min_insync, 1);
-        assert_eq!(config.on_insufficient, OnInsufficient::Wait);
+        assert_eq!(config.on_insufficient, OnInsufficient::Fail);
         assert_eq!(config.lag_max, Duration::from_secs(10));
         assert_eq!(config.ack_timeout, Duration::from_secs(30));
         assert_eq!(config.retain_bytes_max, 20 << 30);
@@ -729,14 +729,14 @@ mod tests {
         assert!(!config.plaintext);
         let config = resolve(&format!(
             "{base}[replication]\nacks = \"quorum\"\nmin_insync = 2\nlag_max = \"2s\"\n\
-             on_insufficient = \"fail\"\nack_timeout = \"500ms\"\nretain_bytes_max = \"1GiB\"\n\
+             on_insufficient = \"wait\"\nack_timeout = \"500ms\"\nretain_bytes_max = \"1GiB\"\n\
              key_file = \"/etc/k\"\nplaintext = true\n{replicas}"
         ))
         .unwrap()
         .replication
         .unwrap();
         assert_eq!((config.acks, config.min_insync), (Acks::Quorum, 2));
-        assert_eq!(config.on_insufficient, OnInsufficient::Fail);
+        assert_eq!(config.on_insufficient, OnInsufficient::Wait);
         assert!(config.plaintext);
         for (body, key) in [
             (

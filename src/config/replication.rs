@@ -27,9 +27,9 @@ pub enum Acks {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum OnInsufficient {
-    /// Wait until enough are.
+    /// Wait until enough are (a signal interrupts the wait: EINTR).
     Wait,
-    /// Fail with EIO after `ack_timeout`.
+    /// Fail with EIO after `ack_timeout` (the default).
     Fail,
 }
 
@@ -177,7 +177,10 @@ pub(super) fn resolve(raw: &RawReplication) -> Result<Option<ReplicationConfig>,
             SPAN_RANGE,
             show_span,
         )?,
-        on_insufficient: raw.on_insufficient.unwrap_or(OnInsufficient::Wait),
+        // Kafka's choice (a produce fails after delivery.timeout.ms), not a wait with no
+        // end: an application blocked in fsync for as long as the replicas are away, with
+        // nothing in its own logs to say why, is the worse surprise.
+        on_insufficient: raw.on_insufficient.unwrap_or(OnInsufficient::Fail),
         ack_timeout: within(
             "replication.ack_timeout",
             raw.ack_timeout.map(|span| span.0),

@@ -3,6 +3,7 @@
 use fuser::Errno;
 
 use crate::log::LogError;
+use crate::replication::primary::ReplicationError;
 use crate::types::NameError;
 use crate::vfs::VfsError;
 
@@ -24,8 +25,15 @@ pub(crate) fn errno(error: &VfsError) -> Errno {
         }
         VfsError::Log(_) => Errno::EIO,
         VfsError::Path(_) => Errno::ENAMETOOLONG,
+        // The caller has a signal to take, as a local wait would let it.
+        VfsError::Replication(ReplicationError::Interrupted) => Errno::EINTR,
         // The data is safe locally, but not where the volume's config says it must be.
-        VfsError::Replication(_) => Errno::EIO,
+        VfsError::Replication(
+            ReplicationError::Insufficient { .. }
+            | ReplicationError::Stopping
+            | ReplicationError::Key(_)
+            | ReplicationError::Runtime(_),
+        ) => Errno::EIO,
         // Only verify's repairs meet it; no kernel request does.
         VfsError::Replaced(_) => Errno::ESTALE,
     }
@@ -45,7 +53,9 @@ pub(crate) fn is_notable(error: &VfsError) -> bool {
         | VfsError::UnsupportedKind
         | VfsError::Log(_)
         | VfsError::Replication(_)
-        | VfsError::Replaced(_) => true,
+        | VfsError::Replaced(_) => {
+            !matches!(error, VfsError::Replication(ReplicationError::Interrupted))
+        }
         VfsError::Name(_) | VfsError::NotDirectory | VfsError::Path(_) => false,
     }
 }

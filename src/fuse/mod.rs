@@ -3,6 +3,7 @@
 
 mod attr;
 mod errno;
+mod interrupt;
 mod passthrough;
 mod session;
 
@@ -431,13 +432,19 @@ impl Filesystem for MirrorFs {
 
     fn fsync(
         &self,
-        _request: &Request,
+        request: &Request,
         _ino: INodeNo,
         fh: FileHandle,
         datasync: bool,
         reply: ReplyEmpty,
     ) {
-        empty(reply, "fsync", self.volume.fsync(fh.0, datasync));
+        let pid = request.pid();
+        let interrupted = || interrupt::signal_pending(pid);
+        empty(
+            reply,
+            "fsync",
+            self.volume.fsync(fh.0, datasync, &interrupted),
+        );
     }
 
     fn opendir(&self, _request: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {

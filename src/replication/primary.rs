@@ -13,7 +13,7 @@
 
 use std::collections::VecDeque;
 use std::io;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -28,6 +28,7 @@ use super::key::{KeyError, VolumeKey};
 use super::protocol::{ProtocolError, ToNode, ToPrimary, decode, encode, record_hash_at};
 use super::snapshot::{WalkError, WalkStats, walk};
 use crate::config::replication::Replica;
+use crate::config::units::Span;
 use crate::config::{OnInsufficient, ReplicationConfig};
 use crate::log::{Log, LogError, Op, Record, Records};
 use crate::write::snapshot::SnapshotSource;
@@ -54,6 +55,10 @@ const IN_FLIGHT: usize = 4;
 /// Snapshot batches read ahead of the connection.
 const SNAPSHOT_AHEAD: usize = 4;
 
+/// A wait for replicas starts asking whether its caller was interrupted after this long
+/// (a wait that ends sooner never reads /proc).
+const INTERRUPT_AFTER: Duration = Duration::from_millis(200);
+
 /// Reconnection backoff bounds.
 const BACKOFF: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(5));
 
@@ -79,6 +84,9 @@ pub enum ReplicationError {
     /// The daemon is stopping: fsync no longer waits for replicas.
     #[error("the volume is being unmounted; the replicas may not hold this yet")]
     Stopping,
+    /// The caller has a signal to take: the wait ends as a local one would (EINTR).
+    #[error("interrupted while waiting for replicas")]
+    Interrupted,
 }
 
 /// Why one connection to a replica ended.
@@ -158,6 +166,12 @@ pub struct ReplicationStatus {
     pub high_watermark: u64,
     /// The oldest record the log keeps for the replicas.
     pub retained_from: u64,
+    /// fsync calls waiting for replicas now.
+    #[serde(default)]
+    pub waiting_fsyncs: u64,
+    /// What they wait for, while any do.
+    #[serde(default)]
+    pub waiting_for: Option<String>,
     /// Per replica.
     pub replicas: Vec<ReplicaStatus>,
 }
@@ -191,6 +205,8 @@ struct Shared {
     stopping: AtomicBool,
     /// Set at a stop signal: waiting fsyncs give up.
     waits_cancelled: AtomicBool,
+    /// fsync calls waiting now.
+    waiting: AtomicU64,
     retention: Retention,
 }
 
@@ -269,6 +285,7 @@ impl Replication {
             appended: Notify::new(),
             stopping: AtomicBool::new(false),
             waits_cancelled: AtomicBool::new(false),
+            waiting: AtomicU64::new(0),
             retention: Retention {
                 log: Arc::clone(&log),
                 bytes_max: config.retain_bytes_max,
@@ -323,11 +340,12 @@ impl Replication {
     /// Waits until the records below `end` are held as `acks` requires. With
     /// `on_insufficient = "fail"`, gives up after `ack_timeout` while too few replicas are in
     /// sync; with "wait", waits for as long as it takes.
-    pub fn wait(&self, end: u64) -> Result<(), ReplicationError> {
+    pub fn wait(&self, end: u64, interrupted: &dyn Fn() -> bool) -> Result<(), ReplicationError> {
         let Some(last) = end.checked_sub(1) else {
             return Ok(());
         };
         let started = Instant::now();
+        let _waiting = Waiting::count(&self.shared);
         let mut replicas = self.shared.replicas();
         loop {
             if self.shared.waits_cancelled.load(Ordering::SeqCst) {
@@ -337,6 +355,9 @@ impl Replication {
             let progress: Vec<Progress> = replicas.iter().map(|r| r.progress.clone()).collect();
             match satisfied(self.rule, &progress, last, self.log.next_offset(), now) {
                 Ok(true) => return Ok(()),
+                _ if now.duration_since(started) >= INTERRUPT_AFTER && interrupted() => {
+                    return Err(ReplicationError::Interrupted);
+                }
                 Err(in_sync)
                     if self.on_insufficient == OnInsufficient::Fail
                         && now.duration_since(started) >= self.ack_timeout =>
@@ -366,8 +387,31 @@ impl Replication {
         let end = self.log.next_offset();
         let progress: Vec<Progress> = replicas.iter().map(|r| r.progress.clone()).collect();
         let log = self.log.snapshot();
+        let waiting = self.shared.waiting.load(Ordering::SeqCst);
+        let waiting_for = (waiting > 0).then(|| {
+            let last = end.saturating_sub(1);
+            match satisfied(self.rule, &progress, last, end, now) {
+                Err(in_sync) => format!(
+                    "in sync {in_sync} of min_insync {}; {}",
+                    self.rule.min_insync,
+                    match self.on_insufficient {
+                        OnInsufficient::Fail => format!(
+                            "each fails with EIO after ack_timeout ({})",
+                            Span(self.ack_timeout)
+                        ),
+                        OnInsufficient::Wait => {
+                            "they wait (on_insufficient = \"wait\"); a signal interrupts them"
+                                .to_string()
+                        }
+                    }
+                ),
+                Ok(_) => "the in-sync replicas to acknowledge".to_string(),
+            }
+        });
         ReplicationStatus {
             epoch: self.epoch,
+            waiting_fsyncs: waiting,
+            waiting_for,
             high_watermark: high_watermark(self.rule, &progress, end, now),
             retained_from: self.log.retained_from(),
             replicas: replicas
@@ -432,6 +476,22 @@ impl Replication {
         if let Some(runtime) = runtime {
             runtime.shutdown_timeout(Duration::from_secs(2));
         }
+    }
+}
+
+/// Counts one waiting fsync for as long as it lives.
+struct Waiting<'a>(&'a Shared);
+
+impl Waiting<'_> {
+    fn count(shared: &Shared) -> Waiting<'_> {
+        shared.waiting.fetch_add(1, Ordering::SeqCst);
+        Waiting(shared)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.waiting.fetch_sub(1, Ordering::SeqCst);
     }
 }
 

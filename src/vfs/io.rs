@@ -259,7 +259,14 @@ impl Volume {
 
     /// `fsync(2)` / `fdatasync(2)`: the file durable in the origin, and its changes
     /// durable in the log.
-    pub fn fsync(&self, handle: u64, data_only: bool) -> Result<()> {
+    /// A wait for replicas gives up with EINTR once `interrupted` says the caller has a
+    /// signal pending.
+    pub fn fsync(
+        &self,
+        handle: u64,
+        data_only: bool,
+        interrupted: &dyn Fn() -> bool,
+    ) -> Result<()> {
         let open = self.file_handle(handle)?;
         // Write-behind: durable in the log is durable; the origin catches up.
         if self.journal.mode() == WriteMode::WriteThrough {
@@ -268,7 +275,7 @@ impl Volume {
         self.journal.sync()?;
         // And held by the replicas the volume's `acks` names.
         if let Some(replication) = &self.replication {
-            replication.wait(self.journal.log().next_offset())?;
+            replication.wait(self.journal.log().next_offset(), interrupted)?;
         }
         Ok(())
     }
