@@ -134,6 +134,13 @@ mount_mirrorfs() {
 mount_mirrorfs mirrorfs ""
 workloads mirrorfs "$work/mirrorfs-mnt" no
 target/release/mirrorfs status --state-dir "$work/fast/mirrorfs-state"
+# Read-ahead's effect on the origin: few, large reads (the test suite asserts only that
+# read-ahead is used, since this figure depends on how fast the reader is).
+target/release/mirrorfs status --state-dir "$work/fast/mirrorfs-state" --json | python3 -c '
+import json, sys
+cache = json.load(sys.stdin)["cache"]
+reads = max(cache["origin_reads"], 1)
+print(f"bench-cache: mirrorfs origin reads {reads}, average {cache[\"origin_bytes\"] / reads / 1024:.0f} KiB")'
 kill -TERM "${pids[-1]}"; wait "${pids[-1]}"
 
 mount_mirrorfs passthrough 'passthrough = "auto"\n'

