@@ -392,3 +392,64 @@ fn issue13_11_an_fsync_waiting_for_replicas_can_be_interrupted_and_is_shown() {
     assert_eq!(error.raw_os_error(), Some(libc::EIO));
     assert!(started.elapsed() >= Duration::from_secs(1));
 }
+
+/// Waits until the mount's hasher has nothing waiting; how long it took.
+fn hashed_within(mount: &Mount, limit: Duration) -> Duration {
+    let started = Instant::now();
+    loop {
+        let pending = mount.status_json()["verify"]["pending_files"]
+            .as_u64()
+            .unwrap();
+        if pending == 0 {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < limit,
+            "{pending} file(s) still waiting to be hashed after {limit:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Issue 13.18: after a 16 TiB sparse file was created and deleted, the daemon hashed it
+/// for minutes after unmount and ignored SIGTERM. Hashing skips holes, drops a file that
+/// is gone, keeps no stored hashes for a file past HASHED_SIZE_MAX, and stops within a
+/// second when the daemon does.
+#[test]
+fn issue13_18_sparse_files_are_hashed_by_their_data_and_never_hold_the_daemon() {
+    use std::os::unix::fs::FileExt;
+    let mut mount = Mount::new();
+    // 200 GiB, nearly all hole: read whole, that is minutes of zeros.
+    let sparse = fs::File::create(mount.path("sparse")).unwrap();
+    sparse.set_len(200 << 30).unwrap();
+    for at in [0u64, 77 << 30, (200 << 30) - 5] {
+        sparse.write_all_at(b"island", at).unwrap();
+    }
+    drop(sparse);
+    let took = hashed_within(&mount, Duration::from_secs(20));
+    eprintln!("a 200 GiB sparse file hashed in {took:?}");
+    // 15 TiB, created and deleted at once: the hasher lets it go.
+    let huge = fs::File::create(mount.path("huge")).unwrap();
+    huge.set_len(15 << 40).unwrap();
+    huge.write_all_at(b"x", 3 << 40).unwrap();
+    drop(huge);
+    fs::remove_file(mount.path("huge")).unwrap();
+    hashed_within(&mount, Duration::from_secs(20));
+    // And a large file of real data being hashed when the daemon is told to stop.
+    let data = vec![0x5au8; 64 << 20];
+    let big = fs::File::create(mount.path("big")).unwrap();
+    for n in 0..16u64 {
+        big.write_all_at(&data, n * data.len() as u64).unwrap();
+    }
+    drop(big);
+    std::thread::sleep(Duration::from_millis(300));
+    let started = Instant::now();
+    assert_eq!(mount.stop_with(libc::SIGTERM), Some(0), "{}", mount.log());
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "the daemon took {:?} to stop",
+        started.elapsed()
+    );
+    // The volume's lock went with it: mounting again at once works.
+    mount.restart();
+}

@@ -26,27 +26,78 @@ pub struct FileHashes {
     pub chunks: Vec<ChunkHash>,
 }
 
+/// What hashing reads: a file's content, where it has none (holes), and whether to go on.
+pub trait Content {
+    /// Fills as much of `buffer` as the content has at `offset`; returns how much.
+    fn read_at(&mut self, buffer: &mut [u8], offset: u64) -> io::Result<usize>;
+
+    /// Whether `range` holds no data (a hole, which reads as zeros), so that it need not
+    /// be read. False when unsure.
+    fn is_hole(&mut self, _range: Range<u64>) -> io::Result<bool> {
+        Ok(false)
+    }
+
+    /// Called before each chunk: an error abandons the hashing (the file was deleted,
+    /// the daemon stops).
+    fn next_chunk(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Content held in memory.
+impl Content for &[u8] {
+    fn read_at(&mut self, buffer: &mut [u8], offset: u64) -> io::Result<usize> {
+        let start = (offset as usize).min(self.len());
+        let len = buffer.len().min(self.len() - start);
+        buffer[..len].copy_from_slice(&self[start..start + len]);
+        Ok(len)
+    }
+}
+
+/// blake3 of `len` zero bytes: a hole's chunk, hashed without reading it.
+fn zeros_hash(len: usize) -> ChunkHash {
+    static WHOLE: std::sync::OnceLock<ChunkHash> = std::sync::OnceLock::new();
+    let hash = |len| *blake3::hash(&vec![0u8; len]).as_bytes();
+    match len == CHUNK_BYTES as usize {
+        true => *WHOLE.get_or_init(|| hash(len)),
+        false => hash(len),
+    }
+}
+
+/// The hash of chunk `start..start + len` of `content`, read into `buffer` unless it is a
+/// hole.
+fn chunk_hash(
+    content: &mut dyn Content,
+    start: u64,
+    len: usize,
+    size: u64,
+    buffer: &mut Vec<u8>,
+) -> io::Result<ChunkHash> {
+    content.next_chunk()?;
+    if content.is_hole(start..start + len as u64)? {
+        return Ok(zeros_hash(len));
+    }
+    buffer.resize(len, 0);
+    let read = content.read_at(buffer, start)?;
+    if read < len {
+        // The file shrank while it was read: what is hashed is what was there.
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            format!("content ended at {} of {size} bytes", start + read as u64),
+        ));
+    }
+    Ok(*blake3::hash(buffer).as_bytes())
+}
+
 impl FileHashes {
-    /// Hashes `size` bytes of content, read through `read_at` (which fills as much of the
-    /// buffer as the content has at that offset and returns how much).
-    pub fn of(
-        size: u64,
-        mut read_at: impl FnMut(&mut [u8], u64) -> io::Result<usize>,
-    ) -> io::Result<FileHashes> {
+    /// Hashes `size` bytes of `content`.
+    pub fn of(size: u64, content: &mut dyn Content) -> io::Result<FileHashes> {
         let mut chunks = Vec::with_capacity(size.div_ceil(CHUNK_BYTES) as usize);
-        let mut buffer = vec![0u8; CHUNK_BYTES.min(size) as usize];
+        let mut buffer = Vec::with_capacity(CHUNK_BYTES.min(size) as usize);
         let mut offset = 0;
         while offset < size {
             let len = (size - offset).min(CHUNK_BYTES) as usize;
-            let read = read_at(&mut buffer[..len], offset)?;
-            if read < len {
-                // The file shrank while it was read: what is hashed is what was there.
-                return Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    format!("content ended at {} of {size} bytes", offset + read as u64),
-                ));
-            }
-            chunks.push(*blake3::hash(&buffer[..len]).as_bytes());
+            chunks.push(chunk_hash(content, offset, len, size, &mut buffer)?);
             offset += len as u64;
         }
         Ok(FileHashes { size, chunks })
@@ -58,7 +109,7 @@ impl FileHashes {
         &mut self,
         size: u64,
         stale: impl Fn(u64) -> bool,
-        mut read_at: impl FnMut(&mut [u8], u64) -> io::Result<usize>,
+        content: &mut dyn Content,
     ) -> io::Result<()> {
         let count = size.div_ceil(CHUNK_BYTES);
         let old_size = self.size;
@@ -72,15 +123,7 @@ impl FileHashes {
             if known && len == old_len && !stale(n) {
                 continue;
             }
-            buffer.resize(len as usize, 0);
-            let read = read_at(&mut buffer, start)?;
-            if read < len as usize {
-                return Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    format!("content ended at {} of {size} bytes", start + read as u64),
-                ));
-            }
-            let hash = *blake3::hash(&buffer).as_bytes();
+            let hash = chunk_hash(content, start, len as usize, size, &mut buffer)?;
             match self.chunks.get_mut(n as usize) {
                 Some(slot) => *slot = hash,
                 None => self.chunks.push(hash),
@@ -131,14 +174,8 @@ impl FileHashes {
 mod tests {
     use super::*;
 
-    fn hashes(content: &[u8]) -> FileHashes {
-        FileHashes::of(content.len() as u64, |buffer, offset| {
-            let start = (offset as usize).min(content.len());
-            let len = buffer.len().min(content.len() - start);
-            buffer[..len].copy_from_slice(&content[start..start + len]);
-            Ok(len)
-        })
-        .unwrap()
+    fn hashes(mut content: &[u8]) -> FileHashes {
+        FileHashes::of(content.len() as u64, &mut content).unwrap()
     }
 
     fn content(len: usize) -> Vec<u8> {
@@ -186,50 +223,81 @@ mod tests {
         );
     }
 
+    /// Content that records which chunks were read, with some ranges reported as holes
+    /// and reads cut short after `short` bytes.
+    struct Recorded<'a> {
+        data: &'a [u8],
+        holes: Vec<Range<u64>>,
+        reads: Vec<u64>,
+        short: Option<usize>,
+    }
+
+    impl<'a> Recorded<'a> {
+        fn new(data: &'a [u8]) -> Recorded<'a> {
+            Recorded {
+                data,
+                holes: Vec::new(),
+                reads: Vec::new(),
+                short: None,
+            }
+        }
+    }
+
+    impl Content for Recorded<'_> {
+        fn read_at(&mut self, buffer: &mut [u8], offset: u64) -> io::Result<usize> {
+            self.reads.push(offset / CHUNK_BYTES);
+            let mut data = self.data;
+            let read = data.read_at(buffer, offset)?;
+            Ok(self.short.map_or(read, |short| read.min(short)))
+        }
+
+        fn is_hole(&mut self, range: Range<u64>) -> io::Result<bool> {
+            Ok(self
+                .holes
+                .iter()
+                .any(|hole| hole.start <= range.start && range.end <= hole.end))
+        }
+    }
+
     #[test]
     fn an_update_rehashes_only_what_changed() {
         let mut data = content(3 * CHUNK_BYTES as usize + 10);
         let mut stored = hashes(&data);
         data[CHUNK_BYTES as usize + 5] ^= 0xff;
         data.extend_from_slice(&[7; 100]);
-        let mut reads = Vec::new();
+        let mut recorded = Recorded::new(&data);
         stored
-            .update(
-                data.len() as u64,
-                |n| n == 1,
-                |buffer, offset| {
-                    reads.push(offset / CHUNK_BYTES);
-                    let start = offset as usize;
-                    buffer.copy_from_slice(&data[start..start + buffer.len()]);
-                    Ok(buffer.len())
-                },
-            )
+            .update(data.len() as u64, |n| n == 1, &mut recorded)
             .unwrap();
         // Chunk 1 was written; chunk 3 grew. Chunks 0 and 2 were not read.
-        assert_eq!(reads, vec![1, 3]);
+        assert_eq!(recorded.reads, vec![1, 3]);
         assert_eq!(stored, hashes(&data));
         // Shrinking drops the chunks past the end and rehashes the new last one.
         data.truncate(CHUNK_BYTES as usize + 1);
         stored
-            .update(
-                data.len() as u64,
-                |_| false,
-                |buffer, offset| {
-                    let start = offset as usize;
-                    buffer.copy_from_slice(&data[start..start + buffer.len()]);
-                    Ok(buffer.len())
-                },
-            )
+            .update(data.len() as u64, |_| false, &mut Recorded::new(&data))
             .unwrap();
         assert_eq!(stored, hashes(&data));
     }
 
     #[test]
+    fn holes_are_hashed_as_zeros_without_being_read() {
+        let mut data = content(4 * CHUNK_BYTES as usize + 77);
+        data[CHUNK_BYTES as usize..3 * CHUNK_BYTES as usize].fill(0);
+        data[4 * CHUNK_BYTES as usize..].fill(0);
+        let mut sparse = Recorded::new(&data);
+        sparse.holes = vec![CHUNK_BYTES..3 * CHUNK_BYTES, 4 * CHUNK_BYTES..u64::MAX];
+        let hashed = FileHashes::of(data.len() as u64, &mut sparse).unwrap();
+        assert_eq!(sparse.reads, vec![0, 3]);
+        assert_eq!(hashed, hashes(&data));
+    }
+
+    #[test]
     fn content_that_shrinks_while_it_is_read_is_an_error() {
-        let result = FileHashes::of(10, |buffer, _| {
-            buffer[..4].fill(1);
-            Ok(4)
-        });
+        let data = [1u8; 10];
+        let mut shrinking = Recorded::new(&data);
+        shrinking.short = Some(4);
+        let result = FileHashes::of(10, &mut shrinking);
         assert_eq!(result.unwrap_err().kind(), io::ErrorKind::UnexpectedEof);
     }
 }

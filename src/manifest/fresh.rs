@@ -13,6 +13,7 @@ use crate::types::{FileKind, Name};
 use crate::write::apply::place;
 
 use super::chunks::FileHashes;
+use super::content::FileContent;
 use super::store::{HashStore, Key, Stamp, Stored};
 
 /// A file read afresh.
@@ -123,10 +124,7 @@ fn attempt(
 ) -> io::Result<Option<Fresh>> {
     let before = Stamp::of(&file.stat()?);
     let stored = store.and_then(|store| store.current(key, &before));
-    let hashes = FileHashes::of(before.size, |buffer, offset| {
-        pace(buffer.len() as u64);
-        file.read_at(buffer, offset)
-    })?;
+    let hashes = FileHashes::of(before.size, &mut FileContent::new(file).paced(pace))?;
     let after = Stamp::of(&file.stat()?);
     // Stored hashes count only if they were current before and are still after.
     let still = store.and_then(|store| store.current(key, &after));

@@ -13,6 +13,7 @@ use crate::types::FileKind;
 use crate::write::apply::place;
 
 use super::chunks::FileHashes;
+use super::content::FileContent;
 use super::store::{HashStore, Job, Stamp};
 
 /// How often the store is saved while it changes.
@@ -20,6 +21,11 @@ const SAVE_EVERY: Duration = Duration::from_secs(5);
 
 /// Files taken from the store at a time.
 const BATCH: usize = 256;
+
+/// Files larger than this keep no stored hashes (a 16 TiB sparse file would need 512 MiB
+/// of them): verify's content check reads such a file afresh, and a quick check compares
+/// its size and times only.
+pub const HASHED_SIZE_MAX: u64 = 1 << 40;
 
 /// A file that keeps changing while it is hashed is tried again this much later.
 const RETRY_AFTER: Duration = Duration::from_millis(200);
@@ -85,7 +91,7 @@ type Opener<'a> = &'a dyn Fn(&LogPath) -> io::Result<OriginFile>;
 
 fn run(store: &HashStore, copy: Opener<'_>, applied: &dyn Fn() -> u64) {
     let mut saved = Instant::now();
-    loop {
+    while !store.is_stopping() {
         let jobs = store.take(applied(), BATCH);
         let idle = jobs.is_empty();
         let mut unsettled = false;
@@ -123,7 +129,7 @@ fn rehash(store: &HashStore, copy: Opener<'_>, job: Job) -> bool {
         store.forget(job.key);
         return true;
     };
-    match hash(&file, &job) {
+    match hash(store, &file, &job) {
         Ok(Some((hashes, stamp))) => {
             // A change marked meanwhile is pending again: the next round takes it.
             store.put(job.key, hashes, stamp);
@@ -132,6 +138,19 @@ fn rehash(store: &HashStore, copy: Opener<'_>, job: Job) -> bool {
         Ok(None) => {
             store.put_back(job);
             false
+        }
+        // Stopping: what is pending is saved as pending.
+        Err(error) if error.kind() == io::ErrorKind::Interrupted => {
+            store.put_back(job);
+            true
+        }
+        // Deleted while it was read, or too large to keep hashes of: nothing to keep.
+        Err(error)
+            if error.raw_os_error() == Some(libc::ENOENT)
+                || error.kind() == io::ErrorKind::FileTooLarge =>
+        {
+            store.forget(job.key);
+            true
         }
         Err(error) => {
             tracing::warn!(key = ?job.key, %error, "cannot hash a file; its stored hashes are dropped");
@@ -149,9 +168,17 @@ fn open(copy: Opener<'_>, job: &Job) -> Option<OriginFile> {
 }
 
 /// The file's hashes and the stamp they hold for, or `None` when it changed meanwhile.
-fn hash(file: &OriginFile, job: &Job) -> io::Result<Option<(FileHashes, Stamp)>> {
+fn hash(
+    store: &HashStore,
+    file: &OriginFile,
+    job: &Job,
+) -> io::Result<Option<(FileHashes, Stamp)>> {
     let before = Stamp::of(&file.stat()?);
-    let read = |buffer: &mut [u8], offset| file.read_at(buffer, offset);
+    if before.size > HASHED_SIZE_MAX {
+        return Err(io::ErrorKind::FileTooLarge.into());
+    }
+    let stopping = || store.is_stopping();
+    let read = &mut FileContent::new(file).stopping_when(&stopping);
     let hashes = match &job.stored {
         // Only attributes changed, or these chunks: the rest still holds.
         Some(stored) if !job.pending.whole => {

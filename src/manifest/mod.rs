@@ -5,6 +5,7 @@
 //! check tells rot from change by.
 
 pub mod chunks;
+pub mod content;
 pub mod fresh;
 pub mod hasher;
 pub mod store;

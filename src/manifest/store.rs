@@ -423,6 +423,11 @@ impl HashStore {
         }
     }
 
+    /// Whether the hasher has been told to stop.
+    pub fn is_stopping(&self) -> bool {
+        self.lock().stopping
+    }
+
     /// Tells the hasher to stop.
     pub fn stop(&self) {
         self.lock().stopping = true;

@@ -251,7 +251,7 @@ impl Walker<'_> {
         if entry.kind == Kind::File {
             entry.root = match (entry.size, self.store, &entry.local) {
                 (0, _, _) => Some(
-                    FileHashes::of(0, |_, _| Ok(0))
+                    FileHashes::of(0, &mut &[][..])
                         .expect("nothing to read")
                         .root(),
                 ),
