@@ -453,3 +453,28 @@ fn issue13_18_sparse_files_are_hashed_by_their_data_and_never_hold_the_daemon() 
     // The volume's lock went with it: mounting again at once works.
     mount.restart();
 }
+
+/// Issue 13.15: fstat(2) of an open directory failed with ESTALE once the directory was
+/// removed or replaced; ext4 answers it (nlink 0).
+#[test]
+fn issue13_15_fstat_of_an_open_directory_whose_names_are_gone() {
+    use std::os::unix::fs::MetadataExt;
+    let mount = Mount::new();
+    let native = mount.dir.path().join("native");
+    fs::create_dir(&native).unwrap();
+    let mut seen = Vec::new();
+    for root in [native.as_path(), mount.mountpoint.as_path()] {
+        fs::create_dir(root.join("removed")).unwrap();
+        fs::create_dir(root.join("replaced")).unwrap();
+        fs::create_dir(root.join("other")).unwrap();
+        let removed = fs::File::open(root.join("removed")).unwrap();
+        let replaced = fs::File::open(root.join("replaced")).unwrap();
+        fs::remove_dir(root.join("removed")).unwrap();
+        fs::rename(root.join("other"), root.join("replaced")).unwrap();
+        for dir in [removed, replaced] {
+            let meta = dir.metadata().unwrap();
+            seen.push((meta.is_dir(), meta.nlink(), meta.mode()));
+        }
+    }
+    assert_eq!(seen[2..], seen[..2], "the mount, then ext4");
+}

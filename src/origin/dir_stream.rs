@@ -2,7 +2,7 @@
 
 use std::ffi::OsString;
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStringExt;
 
 use crate::types::FileKind;
@@ -46,6 +46,11 @@ impl DirStream {
             offset: 0,
             last: None,
         }
+    }
+
+    /// Metadata of the directory listed (valid even once its last name is gone).
+    pub fn stat(&self) -> io::Result<super::Stat> {
+        super::sys::fstat(self.fd.as_fd())
     }
 
     /// The cookie at which the next call to `next_entry` continues.

@@ -5,7 +5,7 @@ use std::ffi::OsStr;
 use crate::origin::{At, FsStats};
 use crate::types::{FileKind, InodeId};
 
-use super::{Attr, Result, Target, Volume, name};
+use super::{Attr, Result, Target, VfsError, Volume, name};
 
 impl Volume {
     /// The entry `name` of directory `parent`; the kernel then holds one more lookup on it.
@@ -28,9 +28,23 @@ impl Volume {
     /// Current attributes of `id`, through the open handle `handle` when given (which works
     /// even after the file's last name is gone).
     pub fn getattr(&self, id: InodeId, handle: Option<u64>) -> Result<Attr> {
-        let stat = match self.target(id, handle)? {
-            Target::Place(_, stat) => stat,
-            Target::Open(open) => open.file.stat()?,
+        let stat = match self.target(id, handle) {
+            Ok(Target::Place(_, stat)) => stat,
+            Ok(Target::Open(open)) => open.file.stat()?,
+            // A directory whose every name is gone, still open: fstat(2) of it answers on
+            // a local filesystem (the kernel sends no handle for a directory's getattr).
+            Err(VfsError::Stale(number)) => {
+                let open = self
+                    .dirs
+                    .find(|open| open.inode == id)
+                    .ok_or(VfsError::Stale(number))?;
+                let stream = open
+                    .stream
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner());
+                stream.stat()?
+            }
+            Err(error) => return Err(error),
         };
         self.attr(id, &stat)
     }
