@@ -4,8 +4,9 @@
 #
 #   scripts/install-deps.sh            fuse3 (to mount) and the Rust toolchain check
 #   scripts/install-deps.sh --test     + the conformance judges (pjdfstest, fsx), a test user,
-#                                        iproute2 (network namespaces for partition tests), and
-#                                        e2fsprogs and mount (a loop-device ext4 to plant rot in)
+#                                        iproute2 (network namespaces for partition tests),
+#                                        e2fsprogs and mount (a loop-device ext4 to plant rot in),
+#                                        acl, rsync and git (the real-tree workloads)
 #   scripts/install-deps.sh --bench    + fio, libfuse's C example source, rclone, rsync and
 #                                        b3sum (the peers), e2fsprogs for the slow-disk image
 set -euo pipefail
@@ -27,6 +28,9 @@ if $want_test; then
   command -v ip >/dev/null || packages+=(iproute2)
   command -v mkfs.ext4 >/dev/null || packages+=(e2fsprogs)
   command -v losetup >/dev/null || packages+=(mount)
+  command -v setfacl >/dev/null || packages+=(acl)
+  command -v rsync >/dev/null || packages+=(rsync)
+  command -v git >/dev/null || packages+=(git)
 fi
 if $want_bench; then
   command -v fio >/dev/null || packages+=(fio)

@@ -35,12 +35,18 @@ const MAX_WRITE_BYTES: u32 = 1024 * 1024;
 /// open(O_RDONLY|O_TRUNC) of a running binary reaches the daemon (which would truncate the
 /// origin) before the kernel refuses it with ETXTBSY; without it, the kernel checks first and
 /// sends the truncation as a SETATTR.
-const WANTED_CAPABILITIES: [InitFlags; 5] = [
+const WANTED_CAPABILITIES: [InitFlags; 7] = [
     InitFlags::FUSE_AUTO_INVAL_DATA,
     InitFlags::FUSE_DO_READDIRPLUS,
     InitFlags::FUSE_READDIRPLUS_AUTO,
     InitFlags::FUSE_PARALLEL_DIROPS,
     InitFlags::FUSE_CACHE_SYMLINKS,
+    // The kernel checks ACLs as well as mode bits, and drops its cached attributes after
+    // an ACL changes them.
+    InitFlags::FUSE_POSIX_ACL,
+    // The caller's umask comes to the daemon, which applies it only where no default ACL
+    // decides (see `Volume::new_mode`).
+    InitFlags::FUSE_DONT_MASK,
 ];
 
 thread_local! {
@@ -79,10 +85,11 @@ impl MirrorFs {
     }
 }
 
-fn caller(request: &Request) -> Caller {
+fn caller(request: &Request, umask: u32) -> Caller {
     Caller {
         uid: request.uid(),
         gid: request.gid(),
+        umask,
     }
 }
 
@@ -272,13 +279,13 @@ impl Filesystem for MirrorFs {
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
-        _umask: u32,
+        umask: u32,
         rdev: u32,
         reply: ReplyEntry,
     ) {
         let result = self
             .volume
-            .mknod(caller(request), id(parent), name, mode, rdev as u64);
+            .mknod(caller(request, umask), id(parent), name, mode, rdev as u64);
         self.entry(reply, result);
     }
 
@@ -288,10 +295,12 @@ impl Filesystem for MirrorFs {
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
-        _umask: u32,
+        umask: u32,
         reply: ReplyEntry,
     ) {
-        let result = self.volume.mkdir(caller(request), id(parent), name, mode);
+        let result = self
+            .volume
+            .mkdir(caller(request, umask), id(parent), name, mode);
         self.entry(reply, result);
     }
 
@@ -311,9 +320,12 @@ impl Filesystem for MirrorFs {
         target: &Path,
         reply: ReplyEntry,
     ) {
-        let result =
-            self.volume
-                .symlink(caller(request), id(parent), link_name, target.as_os_str());
+        let result = self.volume.symlink(
+            caller(request, 0),
+            id(parent),
+            link_name,
+            target.as_os_str(),
+        );
         self.entry(reply, result);
     }
 
@@ -542,7 +554,7 @@ impl Filesystem for MirrorFs {
 
     fn setxattr(
         &self,
-        _request: &Request,
+        request: &Request,
         ino: INodeNo,
         name: &OsStr,
         value: &[u8],
@@ -550,10 +562,11 @@ impl Filesystem for MirrorFs {
         _position: u32,
         reply: ReplyEmpty,
     ) {
+        let writer = writer(request);
         empty(
             reply,
             "setxattr",
-            self.volume.setxattr(id(ino), name, value, flags),
+            self.volume.setxattr(&writer, id(ino), name, value, flags),
         );
     }
 
@@ -586,13 +599,13 @@ impl Filesystem for MirrorFs {
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
-        _umask: u32,
+        umask: u32,
         flags: i32,
         reply: ReplyCreate,
     ) {
         match self
             .volume
-            .create(caller(request), id(parent), name, mode, flags)
+            .create(caller(request, umask), id(parent), name, mode, flags)
         {
             Ok((created, opened)) => reply.created(
                 &self.ttl,

@@ -25,6 +25,7 @@ impl Volume {
         let entry = name(entry)?;
         let path = self.entry_path(parent, &entry)?;
         let parent_fd = self.dir_fd(parent)?;
+        let mode = self.new_mode(&parent_fd, mode, caller.umask);
         self.origin
             .mknod(At::Entry(&parent_fd, &entry), mode, rdev)?;
         let attr = self.finish_new(caller, parent, &parent_fd, &entry, mode, None)?;
@@ -57,6 +58,7 @@ impl Volume {
         let entry = name(entry)?;
         let path = self.entry_path(parent, &entry)?;
         let parent_fd = self.dir_fd(parent)?;
+        let mode = self.new_mode(&parent_fd, mode, caller.umask);
         self.origin
             .mkdir(At::Entry(&parent_fd, &entry), mode & 0o7777)?;
         let attr = self.finish_new(
@@ -114,6 +116,7 @@ impl Volume {
         let entry = name(entry)?;
         let path = self.entry_path(parent, &entry)?;
         let parent_fd = self.dir_fd(parent)?;
+        let mode = self.new_mode(&parent_fd, mode, caller.umask);
         let at = At::Entry(&parent_fd, &entry);
         let access = origin_flags(flags);
         // Always O_EXCL on the origin, so a file created by someone else in the meantime is
@@ -226,6 +229,20 @@ impl Volume {
         self.attr(id, &stat)
     }
 
+    /// The mode to make a new object with in the directory `parent_fd`: as asked, less the
+    /// caller's `umask` unless the directory has a default ACL, which then decides (the
+    /// origin's filesystem applies it; the daemon's own umask is 0). As ext4 does.
+    fn new_mode(&self, parent_fd: &DirFd, mode: u32, umask: u32) -> u32 {
+        if umask == 0 {
+            return mode;
+        }
+        let default_acl = OsStr::new("system.posix_acl_default");
+        match self.origin.get_xattr(At::Dir(parent_fd), default_acl) {
+            Ok(_) => mode,
+            Err(_) => mode & !(umask & 0o777),
+        }
+    }
+
     /// Changes the owner of a new object from the daemon's to the caller's, as a local
     /// filesystem would have made it: the caller's uid, and the caller's gid unless the
     /// parent directory is setgid (then the origin already gave it the parent's gid).
@@ -255,13 +272,14 @@ impl Volume {
             Some(file) => file.chown(uid, gid)?,
             None => self.origin.chown(at, uid, gid)?,
         }
-        // chown clears setuid/setgid on non-directories; the caller asked for them.
+        // chown clears setuid/setgid on non-directories; the caller asked for them. The
+        // mode is the one the origin made (with a default ACL, not the one asked for).
         let kind = FileKind::from_mode(mode);
-        let special_bits = mode & (libc::S_ISUID | libc::S_ISGID);
+        let special_bits = created.mode & (libc::S_ISUID | libc::S_ISGID);
         if special_bits != 0 && !matches!(kind, Some(FileKind::Directory | FileKind::Symlink)) {
             match file {
-                Some(file) => file.chmod(mode & 0o7777)?,
-                None => self.origin.chmod(at, mode & 0o7777)?,
+                Some(file) => file.chmod(created.mode & 0o7777)?,
+                None => self.origin.chmod(at, created.mode & 0o7777)?,
             }
         }
         let settled = match file {

@@ -106,6 +106,9 @@ pub struct Caller {
     pub uid: u32,
     /// Effective (filesystem) group id.
     pub gid: u32,
+    /// The caller's umask, for a new object (the kernel leaves it to the daemon:
+    /// FUSE_DONT_MASK), applied unless the parent directory has a default ACL.
+    pub umask: u32,
 }
 
 /// Who changes a file's content directly (fallocate): what the kernel's

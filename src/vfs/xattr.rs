@@ -7,7 +7,10 @@ use crate::log::Op;
 use crate::types::Change;
 use crate::types::InodeId;
 
-use super::{Result, Target, Volume};
+use super::{Result, Target, Volume, Writer};
+
+/// The extended attribute that holds a file's access ACL.
+const ACCESS_ACL: &[u8] = b"system.posix_acl_access";
 
 impl Volume {
     /// The value of extended attribute `key` of `id`.
@@ -19,22 +22,79 @@ impl Volume {
     }
 
     /// Sets extended attribute `key` of `id`; `flags` are XATTR_CREATE / XATTR_REPLACE.
-    pub fn setxattr(&self, id: InodeId, key: &OsStr, value: &[u8], flags: i32) -> Result<()> {
+    /// An access ACL also sets the mode's permission bits (the origin's filesystem derives
+    /// them), and one set by a `writer` who is neither root nor in the file's group drops
+    /// setgid, as the kernel's `posix_acl_update_mode` would for the writer itself; the
+    /// copies are told the resulting mode.
+    pub fn setxattr(
+        &self,
+        writer: &Writer,
+        id: InodeId,
+        key: &OsStr,
+        value: &[u8],
+        flags: i32,
+    ) -> Result<()> {
         let _naming = self.naming();
         let path = self.inode_path(id)?;
-        match self.target(id, None)? {
-            Target::Place(located, _) => self.origin.set_xattr(located.at(), key, value, flags)?,
-            Target::Open(open) => open.file.set_xattr(key, value, flags)?,
-        }
+        let access_acl = key.as_bytes() == ACCESS_ACL;
+        let mode =
+            match self.target(id, None)? {
+                Target::Place(located, _) => {
+                    self.origin.set_xattr(located.at(), key, value, flags)?;
+                    match access_acl {
+                        true => Some(self.drop_setgid(
+                            writer,
+                            &self.origin.stat(located.at())?,
+                            |mode| self.origin.chmod(located.at(), mode),
+                        )?),
+                        false => None,
+                    }
+                }
+                Target::Open(open) => {
+                    open.file.set_xattr(key, value, flags)?;
+                    match access_acl {
+                        true => Some(self.drop_setgid(writer, &open.file.stat()?, |mode| {
+                            open.file.chmod(mode)
+                        })?),
+                        false => None,
+                    }
+                }
+            };
         self.cache_changed(id, Change::Attributes);
-        match path {
-            Some(path) => self.record(Op::SetXattr {
+        let Some(path) = path else { return Ok(()) };
+        self.record(Op::SetXattr {
+            path: path.clone(),
+            name: key.as_bytes().to_vec(),
+            value: value.to_vec(),
+        })?;
+        match mode {
+            Some(mode) => self.record(Op::SetAttr {
                 path,
-                name: key.as_bytes().to_vec(),
-                value: value.to_vec(),
+                mode: Some(mode),
+                uid: None,
+                gid: None,
+                atime: None,
+                mtime: None,
             }),
             None => Ok(()),
         }
+    }
+
+    /// The permission bits of a file whose access ACL `writer` just set (`stat` after
+    /// it), with setgid dropped through `chmod` where the writer may not keep it.
+    fn drop_setgid(
+        &self,
+        writer: &Writer,
+        stat: &crate::origin::Stat,
+        chmod: impl FnOnce(u32) -> std::io::Result<()>,
+    ) -> Result<u32> {
+        let mode = stat.mode & 0o7777;
+        let in_group = writer.gid == stat.gid || writer.groups.contains(&stat.gid);
+        if writer.uid == 0 || in_group || mode & libc::S_ISGID == 0 {
+            return Ok(mode);
+        }
+        chmod(mode & !libc::S_ISGID)?;
+        Ok(mode & !libc::S_ISGID)
     }
 
     /// The NUL-separated names of the extended attributes of `id`.
