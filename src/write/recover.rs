@@ -12,10 +12,10 @@
 use std::collections::HashMap;
 
 use crate::log::{Log, LogPath, Op, Record};
-use crate::origin::Origin;
+use crate::origin::{At, Origin};
 
 use super::JournalError;
-use super::apply::apply;
+use super::apply::{apply, place};
 
 /// Replays into `origin` the content records from offset `from` on, each file's at its
 /// name now, and makes the origin durable. Two passes over the log, so that only the plan
@@ -27,7 +27,7 @@ pub fn replay(log: &Log, origin: &Origin, from: u64, as_root: bool) -> Result<()
     }
     let snapshot = log.snapshot();
     let mut failure = None;
-    let names = plan(
+    let Plan { names, untimed } = plan(
         snapshot
             .records(from)?
             .map_while(|record| record.map_err(|error| failure = Some(error)).ok()),
@@ -40,11 +40,34 @@ pub fn replay(log: &Log, origin: &Origin, from: u64, as_root: bool) -> Result<()
         let mut record = record?;
         if let Some(name) = names.get(&record.offset) {
             record.op.set_path(name.clone());
+            times_only(&mut record.op);
             apply(origin, &record, as_root)?;
             applied += 1;
         }
     }
     origin.sync_filesystem().map_err(JournalError::Origin)?;
+    // Replayed content moved these files' mtime, and no record says what it is now: the
+    // copies are told, so that they end where the origin does.
+    let mut last = None;
+    for path in untimed {
+        let Ok((dir, name)) = place(origin, &path) else {
+            continue;
+        };
+        let Ok(stat) = origin.stat(At::Entry(&dir, &name)) else {
+            continue;
+        };
+        last = Some(log.append(&Op::SetAttr {
+            path,
+            mode: None,
+            uid: None,
+            gid: None,
+            atime: None,
+            mtime: Some(stat.mtime.into()),
+        })?);
+    }
+    if let Some(last) = last {
+        log.sync_to(last)?;
+    }
     tracing::info!(
         from,
         to = end,
@@ -54,9 +77,28 @@ pub fn replay(log: &Log, origin: &Origin, from: u64, as_root: bool) -> Result<()
     Ok(())
 }
 
-/// Where to apply each content record: its file's name now, by record offset. Records of a
-/// file no name leads to any more are left out.
-pub fn plan(records: impl IntoIterator<Item = Record>) -> HashMap<u64, LogPath> {
+/// Leaves only the times of a SetAttr: write-behind applied modes and owners to the origin
+/// before the calls returned, and an older one replayed would undo a newer change the
+/// replay does not repeat (an access ACL that moved the mode). Times are replayed because
+/// replayed content moves mtime.
+fn times_only(op: &mut Op) {
+    if let Op::SetAttr { mode, uid, gid, .. } = op {
+        (*mode, *uid, *gid) = (None, None, None);
+    }
+}
+
+/// What to replay.
+pub struct Plan {
+    /// Where to apply each content record: its file's name now, by record offset. Records
+    /// of a file no name leads to any more are left out.
+    pub names: HashMap<u64, LogPath>,
+    /// Files (by name now) whose last record to replay changes content: nothing after it
+    /// sets the mtime the replay moves.
+    pub untimed: Vec<LogPath>,
+}
+
+/// The plan for replaying `records`.
+pub fn plan(records: impl IntoIterator<Item = Record>) -> Plan {
     let mut files: Vec<Tracked> = Vec::new();
     let mut by_name: HashMap<LogPath, usize> = HashMap::new();
     for record in records {
@@ -69,10 +111,15 @@ pub fn plan(records: impl IntoIterator<Item = Record>) -> HashMap<u64, LogPath> 
                     files.push(Tracked {
                         names: vec![path.clone()],
                         records: Vec::new(),
+                        untimed: false,
                     });
                     files.len() - 1
                 });
                 files[file].records.push(record.offset);
+                files[file].untimed = match &record.op {
+                    Op::SetAttr { mtime, .. } => files[file].untimed && mtime.is_none(),
+                    _ => true,
+                };
             }
             Op::Rename { from, to, .. } => {
                 drop_names(&mut files, &mut by_name, to);
@@ -96,8 +143,12 @@ pub fn plan(records: impl IntoIterator<Item = Record>) -> HashMap<u64, LogPath> 
         }
     }
     let mut names = HashMap::new();
+    let mut untimed = Vec::new();
     for file in files {
         if let Some(name) = file.names.into_iter().next() {
+            if file.untimed {
+                untimed.push(name.clone());
+            }
             names.extend(
                 file.records
                     .into_iter()
@@ -105,7 +156,7 @@ pub fn plan(records: impl IntoIterator<Item = Record>) -> HashMap<u64, LogPath> 
             );
         }
     }
-    names
+    Plan { names, untimed }
 }
 
 /// A file whose content records are being replayed.
@@ -114,6 +165,8 @@ struct Tracked {
     names: Vec<LogPath>,
     /// Offsets of its content records.
     records: Vec<u64>,
+    /// Its last record changes content (no mtime follows).
+    untimed: bool,
 }
 
 /// Whether `path` is `prefix` or lies beneath it.
@@ -207,7 +260,7 @@ mod tests {
     /// record comes.
     fn summary(ops: Vec<Op>) -> Vec<(String, Vec<u8>)> {
         let records = records(ops);
-        let names = plan(records.clone());
+        let names = plan(records.clone()).names;
         let mut files: Vec<(String, Vec<u8>)> = Vec::new();
         for record in &records {
             let (Some(name), Op::Write { data, .. }) = (names.get(&record.offset), &record.op)
