@@ -606,3 +606,92 @@ fn issue13_3_a_replayed_file_ends_with_the_same_mtime_on_the_replica() {
         mount.log()
     );
 }
+
+/// Whether the peer closed `stream` within `limit` (a read ends at once, without data).
+fn closed_within(stream: &mut std::net::TcpStream, limit: Duration) -> bool {
+    use std::io::Read;
+    stream.set_read_timeout(Some(limit)).unwrap();
+    let mut byte = [0u8; 64];
+    match stream.read(&mut byte) {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(error) => !matches!(
+            error.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        ),
+    }
+}
+
+/// Issue 13.6: a replica node had no connection limit and no handshake or idle timeout:
+/// at its fd limit accept failed in a busy loop (millions of log lines), half-open
+/// connections stayed for good, and status said "connected, last heard 1033 s ago".
+#[test]
+fn issue13_6_a_node_bounds_its_connections_and_drops_silent_ones() {
+    let scratch = common::scratch();
+    let (key, _) = key_file(scratch.path(), "vol.key");
+    let node = Node::start_configured(
+        None,
+        scratch.path(),
+        "127.0.0.1:0",
+        &[("vol", &key)],
+        "connections_max = 4\nhandshake_timeout = \"1s\"\nidle_timeout = \"2s\"\n",
+    );
+    let connect = || std::net::TcpStream::connect(&node.address).unwrap();
+    let mut silent: Vec<_> = (0..4).map(|_| connect()).collect();
+    std::thread::sleep(Duration::from_millis(200));
+    // Past the limit, each further connection is closed at once, and said once.
+    for _ in 0..20 {
+        let mut extra = connect();
+        assert!(closed_within(&mut extra, Duration::from_secs(2)));
+    }
+    assert_eq!(
+        node.log().matches("connections_max reached").count(),
+        1,
+        "{}",
+        node.log()
+    );
+    // Silent ones are closed after the handshake timeout.
+    let started = Instant::now();
+    for stream in &mut silent {
+        assert!(closed_within(stream, Duration::from_secs(5)));
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        started.elapsed()
+    );
+    // A primary is served once they are gone.
+    let mut mount = replicated_mount("vol", &key, &[&node], "acks = \"all\"\n");
+    fs::write(mount.path("f"), b"served").unwrap();
+    fs::File::open(mount.path("f")).unwrap().sync_all().unwrap();
+    wait_replicated(&mount);
+    // A primary gone silent (stopped, its connection open) is let go after idle_timeout.
+    let pid = mount.pid() as i32;
+    // SAFETY: kill(2) on the pid of the daemon this test started.
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    std::thread::sleep(Duration::from_secs(4));
+    let status = common::run(&[
+        "replica",
+        "status",
+        "--json",
+        "--dir",
+        node.dir.to_str().unwrap(),
+    ]);
+    // SAFETY: as above.
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(
+        status["running"]["volumes"][0]["connected"], false,
+        "{status}"
+    );
+    assert!(
+        node.log().contains("nothing heard for 2s while streaming"),
+        "{}",
+        node.log()
+    );
+    // And the primary comes back to it afterwards.
+    fs::write(mount.path("g"), b"again").unwrap();
+    fs::File::open(mount.path("g")).unwrap().sync_all().unwrap();
+    assert_eq!(fs::read(node.dir.join("vol/data/g")).unwrap(), b"again");
+    assert_eq!(mount.stop_with(libc::SIGTERM), Some(0));
+}

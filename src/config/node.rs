@@ -3,10 +3,12 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::{ConfigError, VolumeId, invalid, normalize, parse_error};
+use super::units::Span;
+use super::{ConfigError, VolumeId, invalid, normalize, parse_error, within};
 
 /// A node config file as written.
 #[derive(Debug, Default, Deserialize)]
@@ -16,6 +18,13 @@ pub struct RawNodeConfig {
     pub listen: Option<String>,
     /// The directory holding one subdirectory per volume.
     pub dir: Option<PathBuf>,
+    /// Connections served at once; more are closed as they arrive.
+    pub connections_max: Option<u32>,
+    /// A connection that has not opened a session within this is closed.
+    pub handshake_timeout: Option<Span>,
+    /// A streaming session that hears nothing for this long is closed (a primary sends a
+    /// heartbeat every second).
+    pub idle_timeout: Option<Span>,
     /// The volumes this node keeps.
     #[serde(default)]
     pub volumes: Vec<RawNodeVolume>,
@@ -42,7 +51,20 @@ pub struct NodeConfig {
     pub dir: PathBuf,
     /// The volumes, each with its own key.
     pub volumes: Vec<NodeVolume>,
+    /// See [`RawNodeConfig::connections_max`].
+    pub connections_max: u32,
+    /// See [`RawNodeConfig::handshake_timeout`].
+    pub handshake_timeout: Duration,
+    /// See [`RawNodeConfig::idle_timeout`].
+    pub idle_timeout: Duration,
 }
+
+const CONNECTIONS_MAX_DEFAULT: u32 = 64;
+const HANDSHAKE_TIMEOUT_DEFAULT: Duration = Duration::from_secs(10);
+const IDLE_TIMEOUT_DEFAULT: Duration = Duration::from_secs(30);
+/// Longer than a primary's heartbeat (1 s) many times over; shorter than a day.
+const TIMEOUT_RANGE: (Duration, Duration) =
+    (Duration::from_millis(500), Duration::from_secs(86_400));
 
 /// One volume a node keeps.
 #[derive(Clone, Debug)]
@@ -115,10 +137,32 @@ impl NodeConfig {
                 plaintext: volume.plaintext.unwrap_or(false),
             });
         }
+        let show_span = |span: Duration| Span(span).to_string();
         Ok(NodeConfig {
             listen,
             dir,
             volumes,
+            connections_max: within(
+                "connections_max",
+                raw.connections_max,
+                CONNECTIONS_MAX_DEFAULT,
+                (1, 65_536),
+                |count| count.to_string(),
+            )?,
+            handshake_timeout: within(
+                "handshake_timeout",
+                raw.handshake_timeout.map(|span| span.0),
+                HANDSHAKE_TIMEOUT_DEFAULT,
+                TIMEOUT_RANGE,
+                show_span,
+            )?,
+            idle_timeout: within(
+                "idle_timeout",
+                raw.idle_timeout.map(|span| span.0),
+                IDLE_TIMEOUT_DEFAULT,
+                TIMEOUT_RANGE,
+                show_span,
+            )?,
         })
     }
 }

@@ -23,6 +23,10 @@ use crate::origin::Origin;
 /// Entries per `Entries` message.
 const ENTRIES_PER_MESSAGE: usize = 512;
 
+/// A verify session that asks nothing for this long is closed (between requests the
+/// primary may read its own files for a while).
+const INSPECT_IDLE: Duration = Duration::from_secs(15 * 60);
+
 /// How often the copy's position is looked at while a walk waits for it.
 const POLL: Duration = Duration::from_millis(20);
 
@@ -53,7 +57,10 @@ pub(super) async fn serve(
     tracing::info!(%volume, "verify session opened");
     channel_send(&mut channel, &inspecting).await?;
     loop {
-        let bytes = match channel.receive().await {
+        let received = tokio::time::timeout(INSPECT_IDLE, channel.receive())
+            .await
+            .map_err(|_| SessionError::Silent("in a verify session", INSPECT_IDLE))?;
+        let bytes = match received {
             Ok(bytes) => bytes,
             Err(ChannelError::Io(error)) if error.kind() == io::ErrorKind::UnexpectedEof => {
                 tracing::info!(%volume, "verify session closed");

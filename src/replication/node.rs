@@ -109,6 +109,9 @@ pub(super) enum SessionError {
     Refused(String),
     #[error("a newer connection for the volume took over")]
     Superseded,
+    /// The peer said nothing for too long: a dead or half-open connection.
+    #[error("nothing heard for {1:?} while {0}")]
+    Silent(&'static str, Duration),
     /// The copy cannot apply a record (logged by [`Hosted::report_stuck`]).
     #[error("the copy is stuck on record {}", .0.offset)]
     Stuck(Stuck),
@@ -278,14 +281,31 @@ pub fn serve(config: NodeConfig, signals: StopSignals) -> Result<(), NodeError> 
                 let _ = stop.send(true);
             })
             .map_err(NodeError::Runtime)?;
+        let limits = Arc::new(Limits {
+            handshake: config.handshake_timeout,
+            idle: config.idle_timeout,
+        });
+        let open = Arc::new(tokio::sync::Semaphore::new(config.connections_max as usize));
+        let mut refused =
+            Throttled::new("connections_max reached: a connection was closed at once");
+        let mut failed = Throttled::new("cannot accept a connection");
+        let mut pause = ACCEPT_PAUSE.0;
         loop {
             tokio::select! {
                 _ = stopped.changed() => return Ok::<(), NodeError>(()),
                 accepted = listener.accept() => match accepted {
                     Ok((stream, peer)) => {
+                        pause = ACCEPT_PAUSE.0;
+                        let Ok(permit) = Arc::clone(&open).try_acquire_owned() else {
+                            drop(stream);
+                            refused.warn(&peer);
+                            continue;
+                        };
                         let volumes = Arc::clone(&listening);
+                        let limits = Arc::clone(&limits);
                         tokio::spawn(async move {
-                            match session(stream, &volumes).await {
+                            let _permit = permit;
+                            match session(stream, &volumes, &limits).await {
                                 Ok(()) | Err(SessionError::Stuck(_)) => {}
                                 Err(error) => {
                                     tracing::warn!(%peer, %error, "replication connection closed");
@@ -293,7 +313,12 @@ pub fn serve(config: NodeConfig, signals: StopSignals) -> Result<(), NodeError> 
                             }
                         });
                     }
-                    Err(error) => tracing::warn!(%error, "cannot accept a connection"),
+                    // Out of descriptors, most often: accepting again at once fails again.
+                    Err(error) => {
+                        failed.warn(&error);
+                        tokio::time::sleep(pause).await;
+                        pause = (pause * 2).min(ACCEPT_PAUSE.1);
+                    }
                 },
             }
         }
@@ -310,22 +335,69 @@ pub fn serve(config: NodeConfig, signals: StopSignals) -> Result<(), NodeError> 
     Ok(())
 }
 
+/// How long the accept loop pauses after a failure, first and at most.
+const ACCEPT_PAUSE: (Duration, Duration) = (Duration::from_millis(50), Duration::from_secs(1));
+
+/// A log line said at most once per [`Throttled::EVERY`], with a count of the rest.
+struct Throttled {
+    what: &'static str,
+    last: Option<Instant>,
+    suppressed: u64,
+}
+
+impl Throttled {
+    const EVERY: Duration = Duration::from_secs(10);
+
+    fn new(what: &'static str) -> Throttled {
+        Throttled {
+            what,
+            last: None,
+            suppressed: 0,
+        }
+    }
+
+    fn warn(&mut self, detail: &dyn std::fmt::Display) {
+        if self.last.is_some_and(|at| at.elapsed() < Self::EVERY) {
+            self.suppressed += 1;
+            return;
+        }
+        let suppressed = std::mem::take(&mut self.suppressed);
+        tracing::warn!(%detail, suppressed, "{}", self.what);
+        self.last = Some(Instant::now());
+    }
+}
+
+/// How long a connection may take to open its session, and stay silent in one.
+#[derive(Debug)]
+pub(super) struct Limits {
+    handshake: Duration,
+    idle: Duration,
+}
+
 /// One primary's connection, from handshake to close.
 async fn session(
     stream: TcpStream,
     volumes: &HashMap<String, Arc<Hosted>>,
+    limits: &Limits,
 ) -> Result<(), SessionError> {
     stream.set_nodelay(true).map_err(ChannelError::Io)?;
-    let (volume, mut channel) = Channel::accept(stream, |id| match volumes.get(id) {
-        Some(hosted) => Ok(Admission {
-            key: hosted.key.clone(),
-            plaintext: hosted.plaintext,
-        }),
-        None => Err(format!("volume {id:?} is not kept on this node")),
-    })
-    .await?;
+    let opening = async {
+        let (volume, mut channel) = Channel::accept(stream, |id| match volumes.get(id) {
+            Some(hosted) => Ok(Admission {
+                key: hosted.key.clone(),
+                plaintext: hosted.plaintext,
+            }),
+            None => Err(format!("volume {id:?} is not kept on this node")),
+        })
+        .await?;
+        let first = channel.receive().await?;
+        Ok::<_, SessionError>((volume, channel, first))
+    };
+    let (volume, mut channel, first) = tokio::time::timeout(limits.handshake, opening)
+        .await
+        .map_err(|_| SessionError::Silent("opening a session", limits.handshake))??;
     let hosted = Arc::clone(&volumes[&volume]);
-    let epoch = match decode(&channel.receive().await?)? {
+    let epoch = match decode(&first)? {
         ToNode::Open { epoch, .. } => epoch,
         ToNode::Inspect => return inspect::serve(&hosted, &volume, channel).await,
         _ => {
@@ -371,7 +443,10 @@ async fn session(
         return Err(SessionError::Stuck(stuck));
     }
     loop {
-        let bytes = match channel.receive().await {
+        let received = tokio::time::timeout(limits.idle, channel.receive())
+            .await
+            .map_err(|_| SessionError::Silent("streaming", limits.idle))?;
+        let bytes = match received {
             Ok(bytes) => bytes,
             Err(ChannelError::Io(error)) if error.kind() == io::ErrorKind::UnexpectedEof => {
                 tracing::info!(%volume, "primary disconnected");

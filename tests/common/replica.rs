@@ -37,6 +37,17 @@ impl Node {
         listen: &str,
         volumes: &[(&str, &Path)],
     ) -> Node {
+        Node::start_configured(netns, scratch, listen, volumes, "")
+    }
+
+    /// [`Node::start_in`] with `settings` (lines of a node config file) as well.
+    pub fn start_configured(
+        netns: Option<&str>,
+        scratch: &Path,
+        listen: &str,
+        volumes: &[(&str, &Path)],
+        settings: &str,
+    ) -> Node {
         let dir = scratch.join("replicas");
         let log = scratch.join("node.log");
         let mut command = match netns {
@@ -54,6 +65,11 @@ impl Node {
             command
                 .arg("--volume")
                 .arg(format!("{id}={}", key.display()));
+        }
+        if !settings.is_empty() {
+            let config = scratch.join("node.toml");
+            fs::write(&config, settings).unwrap();
+            command.arg("--config").arg(config);
         }
         let child = command
             .stdin(Stdio::null())
