@@ -695,3 +695,58 @@ fn issue13_6_a_node_bounds_its_connections_and_drops_silent_ones() {
     assert_eq!(fs::read(node.dir.join("vol/data/g")).unwrap(), b"again");
     assert_eq!(mount.stop_with(libc::SIGTERM), Some(0));
 }
+
+/// Issue 13.7: a replica whose copy is ahead of, or differs from, the primary's log (the
+/// primary lost the end of its log) never rejoined, and after the first message the reason
+/// showed only in `status --json`. It is "diverged" in plain status with what to do, the
+/// mount's log says so again each minute, and doing what it says brings the replica back.
+#[test]
+fn issue13_7_a_diverged_replica_is_named_with_what_to_do() {
+    let scratch = common::scratch();
+    let (key, _) = key_file(scratch.path(), "vol.key");
+    let mut node = Node::start(scratch.path(), "127.0.0.1:0", &[("vol", &key)]);
+    let first = replicated_mount("vol", &key, &[&node], "acks = \"all\"\n");
+    for n in 0..10 {
+        fs::write(first.path(&format!("old{n}")), b"old").unwrap();
+    }
+    wait_replicated(&first);
+    drop(first);
+    // The primary comes back without its log: a new state_dir over the same data.
+    let mount = replicated_mount(
+        "vol",
+        &key,
+        &[&node],
+        "acks = \"all\"\non_insufficient = \"fail\"\nack_timeout = \"1s\"\n",
+    );
+    fs::write(mount.path("new"), b"new").unwrap();
+    let error = fs::File::open(mount.path("new"))
+        .unwrap()
+        .sync_all()
+        .unwrap_err();
+    assert_eq!(error.raw_os_error(), Some(libc::EIO));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while mount.status().replication.unwrap().replicas[0].state != "diverged" {
+        assert!(Instant::now() < deadline, "{}", mount.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let text = common::run(&["status", "--state-dir", mount.state.to_str().unwrap()]);
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        text.contains("DIVERGED") && text.contains("moved aside"),
+        "{text}"
+    );
+    // The primary retries every few seconds; the log says it once a minute.
+    std::thread::sleep(Duration::from_secs(6));
+    assert_eq!(
+        mount.log().matches("replica diverged").count(),
+        1,
+        "{}",
+        mount.log()
+    );
+    // What to do: the copy moved aside (the node stopped), and the replica gets a new one.
+    node.kill();
+    fs::rename(node.dir.join("vol"), scratch.path().join("vol.aside")).unwrap();
+    node.restart();
+    wait_replicated(&mount);
+    assert_eq!(tree(&node.dir.join("vol/data")), tree(&mount.origin));
+}

@@ -104,6 +104,14 @@ fn render(status: &Status) -> String {
                         "", stuck.offset, stuck.error
                     );
                 }
+                (None, Some(error)) if replica.state == "diverged" => {
+                    text += &format!(
+                        "  {:<10} DIVERGED: {error}\n  {:<10} what to do: {}\n",
+                        "",
+                        "",
+                        crate::replication::primary::DIVERGED_ADVICE
+                    );
+                }
                 (None, Some(error)) => text += &format!("  {:<10} last error: {error}\n", ""),
                 (None, None) => {}
             }

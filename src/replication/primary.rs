@@ -55,6 +55,15 @@ const IN_FLIGHT: usize = 4;
 /// Snapshot batches read ahead of the connection.
 const SNAPSHOT_AHEAD: usize = 4;
 
+/// A replica on another history is logged again this often while it stays so.
+const ALARM_EVERY: Duration = Duration::from_secs(60);
+
+/// What an operator does about a replica whose copy follows another history.
+pub const DIVERGED_ADVICE: &str = "this primary's log no longer holds what the replica's copy \
+    holds (a new state_dir, or a log cut short) or the copy is of another volume with this id; \
+    the replica is not fed until its copy is moved aside on its node (DIR/<volume id>, with the \
+    node stopped), after which it gets a snapshot";
+
 /// A wait for replicas starts asking whether its caller was interrupted after this long
 /// (a wait that ends sooner never reads /proc).
 const INTERRUPT_AFTER: Duration = Duration::from_millis(200);
@@ -127,7 +136,8 @@ pub struct ReplicaStatus {
     pub name: String,
     /// Its address.
     pub address: String,
-    /// "in sync", "catching up", "snapshotting", "stuck" or "offline".
+    /// "in sync", "catching up", "snapshotting", "stuck", "diverged" (its copy follows
+    /// another history: see [`DIVERGED_ADVICE`]) or "offline".
     pub state: String,
     /// Every record below this is durable on it.
     pub acknowledged: u64,
@@ -218,6 +228,10 @@ struct ReplicaState {
     snapshot: Option<Snapshotting>,
     /// What the replica last said it is stuck on; cleared when it acknowledges again.
     stuck: Option<Stuck>,
+    /// Its copy follows another history of the volume (until it connects cleanly).
+    diverged: bool,
+    /// When that was last logged.
+    alarmed: Option<Instant>,
 }
 
 #[derive(Debug)]
@@ -278,6 +292,8 @@ impl Replication {
                         error: None,
                         snapshot: None,
                         stuck: None,
+                        diverged: false,
+                        alarmed: None,
                     })
                     .collect(),
             ),
@@ -420,6 +436,8 @@ impl Replication {
                     let progress = &state.progress;
                     let label = if state.stuck.is_some() {
                         "stuck"
+                    } else if state.diverged {
+                        "diverged"
                     } else if !progress.connected {
                         "offline"
                     } else if state.snapshot.is_some() {
@@ -524,37 +542,46 @@ impl Sender {
                 Ok(()) => return,
                 Err(error) => error,
             };
-            {
-                let mut replicas = self.shared.replicas();
-                let state = &mut replicas[self.index];
-                let stuck = match &error {
-                    SendError::Stuck(stuck) => Some(stuck.clone()),
-                    _ => None,
-                };
-                // A replica stuck on the same record reconnects and fails again; it is
-                // logged once per record, and shown by status all along.
-                let news = match &stuck {
-                    Some(stuck) => state.stuck.as_ref() != Some(stuck),
-                    None => state.progress.connected || state.error.is_none(),
-                };
-                if news && stuck.is_some() {
-                    tracing::error!(replica = %self.replica.name, %error, "replica stuck");
-                } else if news {
-                    tracing::warn!(replica = %self.replica.name, %error, "replica connection lost");
-                }
-                state.progress.connected = false;
-                state.error = Some(error.to_string());
-                state.snapshot = None;
-                if stuck.is_some() {
-                    state.stuck = stuck;
-                    // Not in sync, whatever it acknowledged: its tree lacks the record.
-                    state.progress.caught_up = None;
-                }
-            }
+            self.lost(&error);
             self.shared.changed.notify_all();
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(BACKOFF.1);
         }
+    }
+
+    /// Notes why the connection ended, and says so: a replica stuck on a record once per
+    /// record, one on another history once per [`ALARM_EVERY`] with what to do (it
+    /// reconnects every few seconds and fails again, and nothing else would show it), any
+    /// other loss once when it begins.
+    fn lost(&self, error: &SendError) {
+        let mut replicas = self.shared.replicas();
+        let state = &mut replicas[self.index];
+        let name = &self.replica.name;
+        match error {
+            SendError::Stuck(stuck) => {
+                if state.stuck.as_ref() != Some(stuck) {
+                    tracing::error!(replica = %name, %error, "replica stuck");
+                }
+                state.stuck = Some(stuck.clone());
+                // Not in sync, whatever it acknowledged: its tree lacks the record.
+                state.progress.caught_up = None;
+            }
+            SendError::Diverged { .. } | SendError::Ahead { .. } => {
+                if state.alarmed.is_none_or(|at| at.elapsed() >= ALARM_EVERY) {
+                    tracing::error!(replica = %name, %error, advice = DIVERGED_ADVICE, "replica diverged");
+                    state.alarmed = Some(Instant::now());
+                }
+                state.diverged = true;
+                state.progress.caught_up = None;
+            }
+            _ if state.progress.connected || state.error.is_none() => {
+                tracing::warn!(replica = %name, %error, "replica connection lost");
+            }
+            _ => {}
+        }
+        state.progress.connected = false;
+        state.error = Some(error.to_string());
+        state.snapshot = None;
     }
 
     /// One connection: from the handshake until it fails (or the volume stops).
@@ -798,6 +825,7 @@ impl Sender {
         state.progress.connected = true;
         state.error = None;
         state.stuck = None;
+        state.diverged = false;
     }
 
     /// The replica holds every record below `next`.
