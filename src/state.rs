@@ -2,8 +2,8 @@
 
 use std::fs::{DirBuilder, File, OpenOptions};
 use std::io::Write;
-use std::os::fd::AsRawFd;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::fd::{AsRawFd, FromRawFd};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 /// Why the state directory cannot be used.
@@ -32,7 +32,9 @@ pub enum StateError {
 #[derive(Debug)]
 pub struct StateDir {
     path: PathBuf,
-    _lock: File,
+    lock: File,
+    /// The directory's device and inode when it was opened.
+    identity: (u64, u64),
 }
 
 impl StateDir {
@@ -75,15 +77,93 @@ impl StateDir {
         }
         lock.set_len(0).map_err(io)?;
         writeln!(lock, "{}", std::process::id()).map_err(io)?;
+        let meta = std::fs::metadata(path).map_err(io)?;
         Ok(StateDir {
             path: path.to_path_buf(),
-            _lock: lock,
+            lock,
+            identity: (meta.dev(), meta.ino()),
         })
+    }
+
+    /// Why the directory is no longer the one opened, if it is not: removed, moved or
+    /// replaced under the daemon (its lock file gone, or another directory at its path).
+    /// Records written then would go to files no one will find.
+    pub fn lost(&self) -> Option<String> {
+        let locked = self.lock.metadata().map(|meta| meta.nlink() > 0);
+        let here = std::fs::metadata(&self.path).map(|meta| (meta.dev(), meta.ino()));
+        let log = self.path.join("log");
+        match (locked, here) {
+            (Ok(true), Ok(identity)) if identity == self.identity => match log.try_exists() {
+                Ok(false) => Some(format!("{}: deleted", log.display())),
+                _ => None,
+            },
+            (Ok(false), _) => Some(format!(
+                "state_dir {}: its lock file was deleted",
+                self.path.display()
+            )),
+            (_, Ok(_)) => Some(format!(
+                "state_dir {} was replaced by another directory",
+                self.path.display()
+            )),
+            (_, Err(error)) => Some(format!("state_dir {}: {error}", self.path.display())),
+        }
+    }
+
+    /// Watches the directory and its `log/` for names removed or moved and for the
+    /// directory itself going, so that [`StateDir::lost`] is asked at once, not only on a
+    /// timer.
+    pub fn watch(&self) -> std::io::Result<Watch> {
+        // SAFETY: plain syscall; the result is checked.
+        let fd = unsafe { libc::inotify_init1(libc::IN_CLOEXEC | libc::IN_NONBLOCK) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: a new descriptor this function owns.
+        let watch = Watch(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) });
+        let events = libc::IN_DELETE
+            | libc::IN_DELETE_SELF
+            | libc::IN_MOVE_SELF
+            | libc::IN_MOVED_FROM
+            | libc::IN_ATTRIB;
+        for dir in [self.path.clone(), self.path.join("log")] {
+            let Ok(path) = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()) else {
+                continue;
+            };
+            // SAFETY: valid fd and NUL-terminated path. A directory that is not there yet
+            // (no log) is simply not watched.
+            unsafe { libc::inotify_add_watch(fd, path.as_ptr(), events) };
+        }
+        Ok(watch)
     }
 
     /// The directory.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+}
+
+/// Events about a state dir (see [`StateDir::watch`]).
+#[derive(Debug)]
+pub struct Watch(std::os::fd::OwnedFd);
+
+impl Watch {
+    /// Waits up to `timeout` for something to happen to the directory; drains what did.
+    pub fn wait(&self, timeout: std::time::Duration) {
+        let mut poll = libc::pollfd {
+            fd: self.0.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let millis = timeout.as_millis().min(i32::MAX as u128) as i32;
+        // SAFETY: one valid pollfd.
+        if unsafe { libc::poll(&mut poll, 1, millis) } > 0 {
+            let mut buffer = [0u8; 4096];
+            // SAFETY: a buffer of the stated length; the fd is non-blocking.
+            while unsafe {
+                libc::read(self.0.as_raw_fd(), buffer.as_mut_ptr().cast(), buffer.len())
+            } > 0
+            {}
+        }
     }
 }
 

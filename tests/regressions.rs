@@ -750,3 +750,51 @@ fn issue13_7_a_diverged_replica_is_named_with_what_to_do() {
     wait_replicated(&mount);
     assert_eq!(tree(&node.dir.join("vol/data")), tree(&mount.origin));
 }
+
+/// Issue 13.10: deleting state_dir while mounted went unnoticed: records went to deleted
+/// files, and at the next segment roll a write failed half done (4096 of its 8000 bytes in
+/// the origin). The volume notices at once and refuses changes (EROFS, fsync EIO), so no
+/// change is made that no log holds; reads go on.
+#[test]
+fn issue13_10_a_deleted_state_dir_stops_changes_before_they_are_half_made() {
+    let mut mount = Mount::with_config("[log]\nsegment_bytes = \"64KiB\"\n");
+    let data = vec![9u8; 8000];
+    for n in 0..20 {
+        fs::write(mount.path(&format!("before{n}")), &data).unwrap();
+    }
+    let kept = fs::File::create(mount.path("kept")).unwrap();
+    fs::remove_dir_all(&mount.state).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut n = 0;
+    let refused = loop {
+        match fs::write(mount.path(&format!("after{n}")), &data) {
+            Err(error) => break error,
+            Ok(()) => n += 1,
+        }
+        assert!(Instant::now() < deadline, "writes went on: {}", mount.log());
+    };
+    assert_eq!(refused.raw_os_error(), Some(libc::EROFS), "{refused}");
+    assert!(n < 20, "{n} files were written after the state dir went");
+    for entry in fs::read_dir(&mount.origin).unwrap() {
+        let entry = entry.unwrap();
+        let len = entry.metadata().unwrap().len();
+        let name = entry.file_name();
+        assert!(
+            len == 8000
+                || (name == "kept" && len == 0)
+                || name.to_string_lossy().starts_with("after"),
+            "{name:?} holds {len} bytes"
+        );
+        if name.to_string_lossy().starts_with("after") {
+            assert!(
+                len == 0 || len == 8000,
+                "{name:?} half written: {len} bytes"
+            );
+        }
+    }
+    assert_eq!(kept.sync_all().unwrap_err().raw_os_error(), Some(libc::EIO));
+    drop(kept);
+    assert_eq!(fs::read(mount.path("before3")).unwrap(), data);
+    assert!(mount.log().contains("the volume's state is gone"));
+    assert_eq!(mount.stop_with(libc::SIGTERM), Some(0), "{}", mount.log());
+}

@@ -2,6 +2,8 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use crate::config::Passthrough;
 use crate::config::raw::RawConfig;
@@ -71,16 +73,54 @@ pub fn run(args: MountArgs) -> Result<(), CliError> {
     let last_verify = LastRunCell::default();
     let _control = start_control(&config, state.path(), &served.volume, &last_verify);
     let _schedule = super::verify::schedule(&config, &served.volume, &last_verify);
-    let outcome = fuse::serve(
-        Arc::clone(&served.volume),
-        &volume.mountpoint,
-        &options,
-        signals,
-    )
-    .map_err(|error| CliError::Failure(error.to_string()));
+    let unmounted = AtomicBool::new(false);
+    let outcome = std::thread::scope(|scope| {
+        std::thread::Builder::new()
+            .name("state-watch".to_string())
+            .spawn_scoped(scope, || watch_state(&state, &served.volume, &unmounted))
+            .map_err(|error| CliError::Failure(format!("cannot start a thread: {error}")))?;
+        let outcome = fuse::serve(
+            Arc::clone(&served.volume),
+            &volume.mountpoint,
+            &options,
+            signals,
+        )
+        .map_err(|error| CliError::Failure(error.to_string()));
+        unmounted.store(true, Ordering::Relaxed);
+        outcome
+    });
     // Unmounted: no request can come any more; bring the origin up to date.
     served.shutdown();
     outcome
+}
+
+/// How often the state dir is looked at while mounted.
+const STATE_WATCH_EVERY: Duration = Duration::from_millis(200);
+
+/// Watches the state dir until `unmounted`: once it is deleted, moved or replaced, records
+/// have nowhere to go that a restart would find, so the volume refuses changes (EROFS;
+/// fsync EIO) rather than make changes no log holds.
+fn watch_state(state: &StateDir, volume: &Volume, unmounted: &AtomicBool) {
+    let watch = state.watch();
+    if let Err(error) = &watch {
+        tracing::warn!(%error, "cannot watch state_dir; it is looked at every 200 ms instead");
+    }
+    while !unmounted.load(Ordering::Relaxed) {
+        if let Some(reason) = state.lost() {
+            tracing::error!(
+                %reason,
+                "the volume's state is gone: changes are refused from now on (reads go on); \
+                 unmount, put state_dir back (or mount with a new one and check the replicas \
+                 with mirrorfs verify), then mount again"
+            );
+            volume.refuse_changes(reason);
+            return;
+        }
+        match &watch {
+            Ok(watch) => watch.wait(STATE_WATCH_EVERY),
+            Err(_) => std::thread::sleep(STATE_WATCH_EVERY),
+        }
+    }
 }
 
 /// Answers `mirrorfs status` while mounted. A volume without it still works, so a socket

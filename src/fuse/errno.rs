@@ -36,6 +36,10 @@ pub(crate) fn errno(error: &VfsError) -> Errno {
         ) => Errno::EIO,
         // Only verify's repairs meet it; no kernel request does.
         VfsError::Replaced(_) => Errno::ESTALE,
+        // The volume takes no more changes (its state dir is gone): as a filesystem that
+        // remounted itself read-only after an error.
+        VfsError::Refused(_) => Errno::EROFS,
+        VfsError::Unrecorded(_) => Errno::EIO,
     }
 }
 
@@ -53,10 +57,14 @@ pub(crate) fn is_notable(error: &VfsError) -> bool {
         | VfsError::UnsupportedKind
         | VfsError::Log(_)
         | VfsError::Replication(_)
+        | VfsError::Unrecorded(_)
         | VfsError::Replaced(_) => {
             !matches!(error, VfsError::Replication(ReplicationError::Interrupted))
         }
-        VfsError::Name(_) | VfsError::NotDirectory | VfsError::Path(_) => false,
+        // Said once, when changes began to be refused.
+        VfsError::Name(_) | VfsError::NotDirectory | VfsError::Path(_) | VfsError::Refused(_) => {
+            false
+        }
     }
 }
 

@@ -29,7 +29,7 @@ impl Volume {
     /// chown clears setuid bits that a mode in the same call must be able to set; times last,
     /// since truncating moves mtime). Uses the open `handle` when given.
     pub fn setattr(&self, id: InodeId, handle: Option<u64>, changes: SetAttr) -> Result<Attr> {
-        let _naming = self.naming();
+        let _naming = self.naming()?;
         let times = TimesUpdate {
             atime: changes.atime,
             mtime: changes.mtime,

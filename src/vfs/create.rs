@@ -21,7 +21,7 @@ impl Volume {
         mode: u32,
         rdev: u64,
     ) -> Result<Attr> {
-        let _naming = self.naming();
+        let _naming = self.naming()?;
         let entry = name(entry)?;
         let path = self.entry_path(parent, &entry)?;
         let parent_fd = self.dir_fd(parent)?;
@@ -54,7 +54,7 @@ impl Volume {
 
     /// `mkdir(2)`.
     pub fn mkdir(&self, caller: Caller, parent: InodeId, entry: &OsStr, mode: u32) -> Result<Attr> {
-        let _naming = self.naming();
+        let _naming = self.naming()?;
         let entry = name(entry)?;
         let path = self.entry_path(parent, &entry)?;
         let parent_fd = self.dir_fd(parent)?;
@@ -86,7 +86,7 @@ impl Volume {
         entry: &OsStr,
         target: &OsStr,
     ) -> Result<Attr> {
-        let _naming = self.naming();
+        let _naming = self.naming()?;
         let entry = name(entry)?;
         let path = self.entry_path(parent, &entry)?;
         let parent_fd = self.dir_fd(parent)?;
@@ -112,7 +112,7 @@ impl Volume {
         mode: u32,
         flags: i32,
     ) -> Result<(Attr, Opened)> {
-        let _naming = self.naming();
+        let _naming = self.naming()?;
         let entry = name(entry)?;
         let path = self.entry_path(parent, &entry)?;
         let parent_fd = self.dir_fd(parent)?;
@@ -178,7 +178,7 @@ impl Volume {
 
     /// `link(2)`: `new_entry` in `new_parent` becomes another name of `id`.
     pub fn link(&self, id: InodeId, new_parent: InodeId, new_entry: &OsStr) -> Result<Attr> {
-        let _naming = self.naming();
+        let _naming = self.naming()?;
         let new_entry = name(new_entry)?;
         let new_path = self.entry_path(new_parent, &new_entry)?;
         let (located, _) = self.locate(id)?;

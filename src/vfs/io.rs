@@ -202,7 +202,7 @@ impl Volume {
 
     /// Writes all of `data` at `offset`.
     pub fn write(&self, handle: u64, offset: u64, data: &[u8]) -> Result<usize> {
-        let _naming = self.naming();
+        let _naming = self.naming()?;
         let open = self.file_handle(handle)?;
         let path = self.inode_path(open.inode)?;
         let _hashing = self.hashing(
@@ -249,7 +249,7 @@ impl Volume {
             }
             // Copies apply writes later than the origin took them; this gives them the
             // origin's modification time, once per open rather than once per write.
-            let _naming = self.naming();
+            let _naming = self.naming()?;
             if let Some(path) = self.inode_path(open.inode)? {
                 self.record_mtime(path, stat.mtime)?;
             }
@@ -267,6 +267,9 @@ impl Volume {
         data_only: bool,
         interrupted: &dyn Fn() -> bool,
     ) -> Result<()> {
+        if let Err(VfsError::Refused(reason)) = self.check_open() {
+            return Err(VfsError::Unrecorded(reason));
+        }
         let open = self.file_handle(handle)?;
         // Write-behind: durable in the log is durable; the origin catches up.
         if self.journal.mode() == WriteMode::WriteThrough {
@@ -290,7 +293,7 @@ impl Volume {
         length: u64,
         mode: i32,
     ) -> Result<()> {
-        let _naming = self.naming();
+        let _naming = self.naming()?;
         let open = self.file_handle(handle)?;
         let path = self.inode_path(open.inode)?;
         // Unflushed bytes in the range must land before the range changes under them,

@@ -82,6 +82,13 @@ pub enum VfsError {
     /// Too few replicas hold the changes fsync was to make durable.
     #[error("replication: {0}")]
     Replication(#[from] ReplicationError),
+    /// Changes are refused: the volume can no longer record them.
+    #[error("changes are refused: {0}")]
+    Refused(String),
+    /// An fsync after changes began to be refused: what was recorded may be lost with the
+    /// state dir, so nothing is acknowledged.
+    #[error("nothing can be made durable: {0}")]
+    Unrecorded(String),
     /// A repair found another object at the path than the one it checked.
     #[error("{0} is not the object that was checked any more")]
     Replaced(LogPath),
@@ -250,6 +257,8 @@ pub struct Volume {
     /// a change that moves or removes names. So no record carries a path that a move
     /// recorded before it has made wrong.
     names: RwLock<()>,
+    /// Why changes are refused, once they are (the state dir is gone).
+    refused: std::sync::OnceLock<String>,
 }
 
 /// What a change that moves or removes names holds (see [`Volume::moving`]).
@@ -294,6 +303,7 @@ impl Volume {
             open_modes: Mutex::new(HashMap::new()),
             open_closed: Condvar::new(),
             names: RwLock::new(()),
+            refused: std::sync::OnceLock::new(),
         }
     }
 
@@ -416,23 +426,40 @@ impl Volume {
     /// Held by a change that records a path, from before it takes the path until its
     /// record is appended. Public operations take it once, at their start; nothing they
     /// call takes it again (a waiting mover would make a second read wait forever).
-    fn naming(&self) -> RwLockReadGuard<'_, ()> {
-        self.names
+    fn naming(&self) -> Result<RwLockReadGuard<'_, ()>> {
+        self.check_open()?;
+        Ok(self
+            .names
             .read()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .unwrap_or_else(|poisoned| poisoned.into_inner()))
+    }
+
+    /// Refuses every change from now on, for `reason` (the volume's state can no longer
+    /// record them). Reads go on.
+    pub fn refuse_changes(&self, reason: String) {
+        let _ = self.refused.set(reason);
+    }
+
+    /// Err when changes are refused.
+    pub(super) fn check_open(&self) -> Result<()> {
+        match self.refused.get() {
+            Some(reason) => Err(VfsError::Refused(reason.clone())),
+            None => Ok(()),
+        }
     }
 
     /// Held by rename, unlink and rmdir: they wait for changes that took a path to record
     /// it, and for a snapshot being read for a new replica.
-    fn moving(&self) -> Moving<'_> {
+    fn moving(&self) -> Result<Moving<'_>> {
+        self.check_open()?;
         let snapshot = self.journal.moving();
-        Moving {
+        Ok(Moving {
             _snapshot: snapshot,
             _names: self
                 .names
                 .write()
                 .unwrap_or_else(|poisoned| poisoned.into_inner()),
-        }
+        })
     }
 
     /// The path the log names `entry` in directory `parent` by. Taken before a change, so

@@ -12,7 +12,7 @@ use super::{Result, Volume, name};
 impl Volume {
     /// `unlink(2)`.
     pub fn unlink(&self, parent: InodeId, entry: &OsStr) -> Result<()> {
-        let _moving = self.moving();
+        let _moving = self.moving()?;
         let entry = name(entry)?;
         let path = self.entry_path(parent, &entry)?;
         let parent_fd = self.dir_fd(parent)?;
@@ -28,7 +28,7 @@ impl Volume {
     /// `rmdir(2)`. The removed directory's cached fd is dropped, because the origin may
     /// give its inode number to a new directory at once.
     pub fn rmdir(&self, parent: InodeId, entry: &OsStr) -> Result<()> {
-        let _moving = self.moving();
+        let _moving = self.moving()?;
         let entry = name(entry)?;
         let path = self.entry_path(parent, &entry)?;
         let parent_fd = self.dir_fd(parent)?;
@@ -55,7 +55,7 @@ impl Volume {
         new_entry: &OsStr,
         flags: u32,
     ) -> Result<()> {
-        let _moving = self.moving();
+        let _moving = self.moving()?;
         let entry = name(entry)?;
         let new_entry = name(new_entry)?;
         let from_path = self.entry_path(parent, &entry)?;

@@ -23,7 +23,7 @@ impl Volume {
     /// Holds every change through the mount and brings the origin up to date with the
     /// log, so repairs read and write what the volume holds.
     pub fn repairing(&self) -> Result<Repairing<'_>> {
-        let moving = self.moving();
+        let moving = self.moving()?;
         self.journal.flush_all()?;
         Ok(Repairing {
             volume: self,

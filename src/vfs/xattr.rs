@@ -34,7 +34,7 @@ impl Volume {
         value: &[u8],
         flags: i32,
     ) -> Result<()> {
-        let _naming = self.naming();
+        let _naming = self.naming()?;
         let path = self.inode_path(id)?;
         let access_acl = key.as_bytes() == ACCESS_ACL;
         let mode =
@@ -107,7 +107,7 @@ impl Volume {
 
     /// Removes extended attribute `key` of `id`.
     pub fn removexattr(&self, id: InodeId, key: &OsStr) -> Result<()> {
-        let _naming = self.naming();
+        let _naming = self.naming()?;
         let path = self.inode_path(id)?;
         match self.target(id, None)? {
             Target::Place(located, _) => self.origin.remove_xattr(located.at(), key)?,
