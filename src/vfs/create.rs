@@ -49,6 +49,7 @@ impl Volume {
         })?;
         // A copy creates the object later than the origin did: it gets the origin's time.
         self.record_mtime(path, attr.mtime)?;
+        self.record_dir_mtime(parent, &parent_fd)?;
         Ok(attr)
     }
 
@@ -70,11 +71,13 @@ impl Volume {
             None,
         )?;
         self.record(Op::Mkdir {
-            path,
+            path: path.clone(),
             mode: attr.perm.into(),
             uid: attr.uid,
             gid: attr.gid,
         })?;
+        self.record_mtime(path, attr.mtime)?;
+        self.record_dir_mtime(parent, &parent_fd)?;
         Ok(attr)
     }
 
@@ -100,6 +103,7 @@ impl Volume {
         })?;
         // As for any new object: the copies get the origin's time.
         self.record_mtime(path, attr.mtime)?;
+        self.record_dir_mtime(parent, &parent_fd)?;
         Ok(attr)
     }
 
@@ -138,6 +142,7 @@ impl Volume {
                         uid: attr.uid,
                         gid: attr.gid,
                     })?;
+                    self.record_dir_mtime(parent, &parent_fd)?;
                     let opening = self.open_mode(attr.id, access)?;
                     (file, attr, opening, true)
                 }
@@ -191,6 +196,7 @@ impl Volume {
         let linked = self.table().remember(new_parent, &new_entry, &stat);
         self.cache_changed(linked, Change::Attributes);
         self.record(Op::Link { path, new_path })?;
+        self.record_dir_mtime(new_parent, &new_parent_fd)?;
         self.attr(linked, &stat)
     }
 

@@ -499,6 +499,15 @@ impl Volume {
         Ok(())
     }
 
+    /// Records the modification time directory `dir` (open as `dir_fd`) has after a change
+    /// to its entries: copies make the change later than the origin did, and would keep
+    /// their own time.
+    fn record_dir_mtime(&self, dir: InodeId, dir_fd: &DirFd) -> Result<()> {
+        let path = self.dir_path(dir)?;
+        let mtime = self.origin.stat_dir(dir_fd)?.mtime;
+        self.record_mtime(path, mtime)
+    }
+
     /// Records that `path` has modification time `mtime` (copies apply changes later than
     /// the origin made them, and would otherwise get their own times).
     fn record_mtime(&self, path: LogPath, mtime: SystemTime) -> Result<()> {

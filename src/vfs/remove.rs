@@ -22,7 +22,8 @@ impl Volume {
             // The inode number may soon name another file; its blocks must not be found.
             self.cache_changed(id, Change::Content);
         }
-        self.record(Op::Unlink { path })
+        self.record(Op::Unlink { path })?;
+        self.record_dir_mtime(parent, &parent_fd)
     }
 
     /// `rmdir(2)`. The removed directory's cached fd is dropped, because the origin may
@@ -43,7 +44,8 @@ impl Volume {
         if let Some(id) = removed {
             self.evict_dir_fd(id);
         }
-        self.record(Op::Rmdir { path })
+        self.record(Op::Rmdir { path })?;
+        self.record_dir_mtime(parent, &parent_fd)
     }
 
     /// `rename(2)` / `renameat2(2)` with RENAME_NOREPLACE or RENAME_EXCHANGE in `flags`.
@@ -100,13 +102,19 @@ impl Volume {
             self.evict_dir_fd(id);
         }
         if exchange {
-            return self.record_exchange(from_path, to_path);
+            self.record_exchange(from_path, to_path)?;
+        } else {
+            self.record(Op::Rename {
+                from: from_path,
+                to: to_path,
+                flags,
+            })?;
         }
-        self.record(Op::Rename {
-            from: from_path,
-            to: to_path,
-            flags,
-        })
+        self.record_dir_mtime(parent, &parent_fd)?;
+        if new_parent != parent {
+            self.record_dir_mtime(new_parent, &new_parent_fd)?;
+        }
+        Ok(())
     }
 
     /// Write-behind: makes a rename safe to lose in a crash. Recovery finds a file's

@@ -380,7 +380,8 @@ pub fn run_expecting_exit(args: &[&std::ffi::OsStr], uid: Option<u32>) -> Output
 }
 
 /// What a tree holds, as comparable text per path: type, mode, owner, size, content hash,
-/// symlink target, xattrs, mtime of regular files, and which paths share an inode.
+/// symlink target, every xattr (ACLs too), mtime (files, directories and symlinks), and
+/// which paths share an inode. (scripts/treecmp.py is the same judge for scripts.)
 pub fn tree(root: &Path) -> std::collections::BTreeMap<String, String> {
     use std::os::unix::fs::MetadataExt;
     let mut entries = std::collections::BTreeMap::new();
@@ -402,6 +403,9 @@ pub fn tree(root: &Path) -> std::collections::BTreeMap<String, String> {
                 meta.uid(),
                 meta.gid()
             );
+            if !kind.is_file() {
+                text += &format!(" mtime={}.{:09}", meta.mtime(), meta.mtime_nsec());
+            }
             if kind.is_dir() {
                 pending.push(path.clone());
             } else if kind.is_symlink() {
@@ -442,7 +446,7 @@ fn xattr_names(path: &Path) -> Vec<String> {
     assert!(len >= 0, "llistxattr {}", path.display());
     buf.truncate(len as usize);
     buf.split(|&b| b == 0)
-        .filter(|name| name.starts_with(b"user."))
+        .filter(|name| !name.is_empty())
         .map(|name| String::from_utf8_lossy(name).into_owned())
         .collect()
 }
@@ -455,7 +459,7 @@ fn xattr_value(path: &Path, name: &str) -> String {
     let len =
         unsafe { libc::lgetxattr(c.as_ptr(), key.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
     assert!(len >= 0, "lgetxattr {} {name}", path.display());
-    String::from_utf8_lossy(&buf[..len as usize]).into_owned()
+    format!("{:02x?}", &buf[..len as usize])
 }
 
 /// Applies every record of the log in `state` to the directory `copy`, as a replica
