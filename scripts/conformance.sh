@@ -5,7 +5,8 @@
 #   - fsx (the File System eXerciser, crates.io `fsx`), FSX_OPS operations (default 100000).
 # The mount needs allow_other (pjdfstest acts as other users). Prints both counts; exits
 # non-zero if pjdfstest reports a failure or fsx finds a difference. PJDFSTEST=0 runs fsx
-# alone (for configurations that change only how file data is served).
+# alone (for configurations that change only how file data is served), FSX=0 pjdfstest
+# alone; KEEP=1 leaves what the judges made in place (for comparing replicas after them).
 #
 #   scripts/conformance.sh MOUNTPOINT
 set -euo pipefail
@@ -39,18 +40,20 @@ if [ "${PJDFSTEST:-1}" != 0 ]; then
   chmod 755 "$suite"
   echo "conformance: pjdfstest in $suite"
   (cd "$suite" && pjdfstest -c "$work/pjdfstest.toml" -p "$suite" -s "$secondary") > "$work/pjdfstest.out" 2>&1 || true
-  rm -rf "$suite"
-  grep -E "FAILED" "$work/pjdfstest.out" || true
+  [ "${KEEP:-0}" = 1 ] || rm -rf "$suite"
+  grep -E -A 8 "FAILED" "$work/pjdfstest.out" || true
   summary=$(grep '^Summary:' "$work/pjdfstest.out" || true)
   echo "conformance: pjdfstest $summary"
 fi
 
-echo "conformance: fsx, $ops operations"
 fsx_status=0
-(cd "$mountpoint" && fsx -N "$ops" -S 1 -P "$work" "fsx.$$") > "$work/fsx.out" 2>&1 || fsx_status=$?
-rm -f "$mountpoint/fsx.$$"
-tail -n 3 "$work/fsx.out"
-echo "conformance: fsx exit $fsx_status"
+if [ "${FSX:-1}" != 0 ]; then
+  echo "conformance: fsx, $ops operations"
+  (cd "$mountpoint" && fsx -N "$ops" -S 1 -P "$work" "fsx.$$") > "$work/fsx.out" 2>&1 || fsx_status=$?
+  [ "${KEEP:-0}" = 1 ] || rm -f "$mountpoint/fsx.$$"
+  tail -n 3 "$work/fsx.out"
+  echo "conformance: fsx exit $fsx_status"
+fi
 
 failed=$(sed -n 's/^Summary: \([0-9]*\) failed.*/\1/p' <<<"$summary")
 if [ -z "$failed" ]; then
