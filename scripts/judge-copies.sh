@@ -6,8 +6,9 @@
 #
 # NAME labels the run; CONFIG is extra mount config (TOML, with \n escapes; @DISK@ stands
 # for a disk-tier directory of the run's own); JUDGEs are pjdfstest, fsx and realtree
-# (default: all three). Replica r0 streams from the start; r1 joins after the first judge
-# and is brought up by a snapshot, read while the next judge writes. After each judge:
+# (default: all three). Replica r0 streams from the start; r1 starts a few seconds into
+# the first judge and is brought up by a snapshot, read while the judge writes. After each
+# judge:
 #   1. the copies are waited for (both acknowledge the whole log; write-behind has put
 #      every byte in the origin);
 #   2. scripts/treecmp.py compares the origin with each copy: names, kinds, modes, owners,
@@ -47,11 +48,14 @@ echo "== judge-copies: $name (${judges[*]}), two replicas"
 chmod 600 "$work/volume.key"
 ports=()
 for n in 0 1; do ports+=($((20000 + (RANDOM % 20000)))); done
+# start_node N [DELAY]: node N, serving at once, or after DELAY seconds (the subshell
+# becomes the node, so its pid is the node's).
 start_node() {
-  local n=$1
-  "$bin" replica serve --listen "127.0.0.1:${ports[$n]}" --dir "$work/node$n" \
-    --volume "judged=$work/volume.key" 2>>"$work/node$n.log" &
+  local n=$1 delay=${2:-0}
+  (sleep "$delay"; exec "$bin" replica serve --listen "127.0.0.1:${ports[$n]}" \
+    --dir "$work/node$n" --volume "judged=$work/volume.key" 2>>"$work/node$n.log") &
   pids+=("$!")
+  [ "$delay" = 0 ] || return 0
   for _ in $(seq 100); do
     grep -q "replica node serving" "$work/node$n.log" 2>/dev/null && return 0
     sleep 0.1
@@ -80,17 +84,17 @@ for _ in $(seq 100); do
   sleep 0.1
 done
 
-# Waits until the replicas running hold the whole log and the origin holds every byte.
+# Waits until both replicas hold the whole log and the origin holds every byte.
 settle() {
-  python3 - "$bin" "$work/state" "${#copies[@]}" <<'PY'
+  python3 - "$bin" "$work/state" <<'PY'
 import json, subprocess, sys, time
-binary, state, running = sys.argv[1], sys.argv[2], int(sys.argv[3])
+binary, state = sys.argv[1], sys.argv[2]
 deadline = time.time() + 600
 while True:
     status = json.loads(subprocess.run([binary, "status", "--state-dir", state, "--json"],
                                        check=True, capture_output=True).stdout)
     end = status["log"]["next_offset"]
-    replicas = status["replication"]["replicas"][:running]
+    replicas = status["replication"]["replicas"]
     behind = status.get("write_behind") or {}
     if all(r["acknowledged"] >= end for r in replicas) and not behind.get("dirty_bytes"):
         break
@@ -104,15 +108,13 @@ check_copies() {
   local judge=$1
   settle
   echo "judge-copies: $name after $judge: comparing the origin with both copies"
-  if ! python3 scripts/treecmp.py "$work/origin" "${copies[@]}"; then
+  if ! python3 scripts/treecmp.py "$work/origin" "$work/node0/judged/data" "$work/node1/judged/data"; then
     echo "judge-copies: $name after $judge: a copy differs from the origin" >&2
     tail -n 20 "$work/daemon.log" "$work/node0.log" "$work/node1.log" >&2
     exit 1
   fi
   local verdict=0
-  local asked=(--replica r0)
-  $joined && asked+=(--replica r1)
-  "$bin" verify --config "$work/mount.toml" --content "${asked[@]}" > "$work/verify.out" 2>&1 || verdict=$?
+  "$bin" verify --config "$work/mount.toml" --content > "$work/verify.out" 2>&1 || verdict=$?
   tail -n 1 "$work/verify.out"
   if [ "$verdict" -ne 0 ]; then
     echo "judge-copies: $name after $judge: verify --content exit $verdict, the comparison found none" >&2
@@ -121,8 +123,7 @@ check_copies() {
   fi
 }
 
-copies=("$work/node0/judged/data")
-joined=false
+start_node 1 "${JOIN_AFTER:-5}"
 for judge in "${judges[@]}"; do
   case "$judge" in
     pjdfstest) FSX=0 KEEP=1 scripts/conformance.sh "$work/mnt" ;;
@@ -131,12 +132,8 @@ for judge in "${judges[@]}"; do
     *) echo "judge-copies: unknown judge $judge" >&2; exit 2 ;;
   esac
   check_copies "$judge"
-  if ! $joined; then
-    start_node 1
-    copies+=("$work/node1/judged/data")
-    joined=true
-  fi
 done
+grep -q "snapshot complete" "$work/node1.log" || { echo "judge-copies: r1 got no snapshot" >&2; exit 1; }
 kill -TERM "$daemon"
 wait "$daemon"
 echo "judge-copies: $name: both copies equal the origin after ${judges[*]}"
