@@ -27,6 +27,9 @@ pub enum StateError {
     },
 }
 
+/// Present while a daemon serves the volume; found at start, it says the last one died.
+const SERVING: &str = "serving";
+
 /// The locked state directory; the lock is released when this is dropped (or the process
 /// dies, which is what makes a restart after kill -9 possible without cleanup).
 #[derive(Debug)]
@@ -107,6 +110,29 @@ impl StateDir {
             )),
             (_, Err(error)) => Some(format!("state_dir {}: {error}", self.path.display())),
         }
+    }
+
+    /// Marks the volume as being served, and says whether the last daemon to serve it
+    /// stopped without clearing that mark (it was killed, or the machine went down).
+    pub fn begin_serving(&self) -> std::io::Result<bool> {
+        let mark = self.path.join(SERVING);
+        let unclean = mark.try_exists()?;
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&mark)?;
+        writeln!(file, "{}", std::process::id())?;
+        file.sync_all()?;
+        File::open(&self.path)?.sync_all()?;
+        Ok(unclean)
+    }
+
+    /// Clears the mark [`StateDir::begin_serving`] made: the daemon stopped cleanly.
+    pub fn end_serving(&self) -> std::io::Result<()> {
+        std::fs::remove_file(self.path.join(SERVING))?;
+        File::open(&self.path)?.sync_all()
     }
 
     /// Watches the directory and its `log/` for names removed or moved and for the

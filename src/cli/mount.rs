@@ -69,10 +69,19 @@ pub fn run(args: MountArgs) -> Result<(), CliError> {
         ttl: config.cache.revalidate_after,
         passthrough: config.cache.passthrough == Passthrough::Auto,
     };
+    let unclean = state
+        .begin_serving()
+        .map_err(|error| CliError::Failure(format!("state_dir {}: {error}", state.path().display())))?;
     let served = super::volume::open(&config, state.path(), true)?;
     let last_verify = LastRunCell::default();
     let _control = start_control(&config, state.path(), &served.volume, &last_verify);
-    let _schedule = super::verify::schedule(&config, &served.volume, &last_verify);
+    let schedule = super::verify::schedule(&config, &served.volume, &last_verify);
+    // A change the origin took just before the daemon died may have no record, so no
+    // replica will ever get it: after an unclean stop, the copies are checked against the
+    // origin and repaired from it.
+    let after_crash = (unclean && config.replication.is_some())
+        .then(|| super::verify::repair_after_crash(&config, &served.volume, &last_verify))
+        .flatten();
     let unmounted = AtomicBool::new(false);
     let outcome = std::thread::scope(|scope| {
         std::thread::Builder::new()
@@ -89,8 +98,14 @@ pub fn run(args: MountArgs) -> Result<(), CliError> {
         unmounted.store(true, Ordering::Relaxed);
         outcome
     });
-    // Unmounted: no request can come any more; bring the origin up to date.
+    // Unmounted: no request can come any more; runs under way end, and the origin is
+    // brought up to date.
+    drop(after_crash);
+    drop(schedule);
     served.shutdown();
+    if let Err(error) = state.end_serving() {
+        tracing::warn!(%error, "cannot mark the volume as stopped cleanly");
+    }
     outcome
 }
 

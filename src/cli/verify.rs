@@ -285,11 +285,14 @@ fn send(stream: &mut UnixStream, line: &Line) -> std::io::Result<()> {
 /// the returned guard.
 pub struct Schedule {
     stop: Arc<(Mutex<bool>, std::sync::Condvar)>,
+    /// Ends a run under way (what it read so far counts).
+    halt: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Drop for Schedule {
     fn drop(&mut self) {
+        self.halt.store(true, Ordering::SeqCst);
         let (stopped, wake) = &*self.stop;
         *stopped.lock().unwrap_or_else(|p| p.into_inner()) = true;
         wake.notify_all();
@@ -303,15 +306,80 @@ impl Drop for Schedule {
 pub fn schedule(config: &Config, volume: &Arc<Volume>, last: &LastRunCell) -> Option<Schedule> {
     let plan = Plan::of(&config.verify)?;
     let stop = Arc::new((Mutex::new(false), std::sync::Condvar::new()));
+    let halt = Arc::new(AtomicBool::new(false));
     let (config, volume, stopping) = (config.clone(), Arc::clone(volume), Arc::clone(&stop));
-    let last = Arc::clone(last);
+    let (last, halting) = (Arc::clone(last), Arc::clone(&halt));
     let thread = std::thread::Builder::new()
         .name("verify-schedule".to_string())
-        .spawn(move || plan.run(&config, &volume, &stopping, &last))
+        .spawn(move || plan.run(&config, &volume, &stopping, &halting, &last))
         .map_err(|error| tracing::warn!(%error, "scheduled verify runs cannot start"))
         .ok()?;
     Some(Schedule {
         stop,
+        halt,
+        thread: Some(thread),
+    })
+}
+
+/// How often the check after an unclean stop is tried again while a replica cannot be
+/// checked (it is down, or still catching up).
+const AFTER_CRASH_RETRY: Duration = Duration::from_secs(10);
+
+/// Checks the replicas against the origin and repairs them, in a thread of its own, until
+/// one run checks every replica: after the daemon died, a change the origin had taken may
+/// have no record (the origin changes first, then the record is appended).
+pub fn repair_after_crash(
+    config: &Config,
+    volume: &Arc<Volume>,
+    last: &LastRunCell,
+) -> Option<Schedule> {
+    let stop = Arc::new((Mutex::new(false), std::sync::Condvar::new()));
+    let halt = Arc::new(AtomicBool::new(false));
+    let (config, volume, stopping) = (config.clone(), Arc::clone(volume), Arc::clone(&stop));
+    let (last, halting) = (Arc::clone(last), Arc::clone(&halt));
+    let thread = std::thread::Builder::new()
+        .name("verify-after-crash".to_string())
+        .spawn(move || {
+            tracing::info!("the last daemon stopped uncleanly: checking the replicas against the origin");
+            loop {
+                let report = {
+                    let _running = RUNNING.lock().unwrap_or_else(|p| p.into_inner());
+                    let options = Options {
+                        repair: true,
+                        ..Options::default()
+                    };
+                    check(&config, &volume, &options, &halting, &mut |_| {})
+                };
+                if halting.load(Ordering::SeqCst) {
+                    return;
+                }
+                remember(&last, &report, true);
+                let summary = report.human();
+                let summary = summary.lines().last().unwrap_or_default().to_string();
+                let unchecked = report.replicas.iter().any(|replica| !replica.checked)
+                    || report.findings.iter().any(|finding| finding.is_position());
+                if !unchecked {
+                    match report.exit_code {
+                        exit::CLEAN => tracing::info!(%summary, "replicas checked after the unclean stop: nothing was lost"),
+                        code => tracing::warn!(exit_code = code, findings = report.findings.len(), %summary, "replicas checked and repaired after the unclean stop"),
+                    }
+                    return;
+                }
+                let (stopped, wake) = &*stopping;
+                let stopped = stopped.lock().unwrap_or_else(|p| p.into_inner());
+                let (stopped, _) = wake
+                    .wait_timeout_while(stopped, AFTER_CRASH_RETRY, |stopped| !*stopped)
+                    .unwrap_or_else(|p| p.into_inner());
+                if *stopped {
+                    return;
+                }
+            }
+        })
+        .map_err(|error| tracing::warn!(%error, "the check after an unclean stop cannot start"))
+        .ok()?;
+    Some(Schedule {
+        stop,
+        halt,
         thread: Some(thread),
     })
 }
@@ -359,6 +427,7 @@ impl Plan {
         config: &Config,
         volume: &Volume,
         stop: &(Mutex<bool>, std::sync::Condvar),
+        halt: &AtomicBool,
         last: &LastRunCell,
     ) {
         let started = Instant::now();
@@ -398,8 +467,7 @@ impl Plan {
             let Ok(_running) = RUNNING.try_lock() else {
                 continue;
             };
-            let never = AtomicBool::new(false);
-            let report = check(config, volume, &options, &never, &mut |_| {});
+            let report = check(config, volume, &options, halt, &mut |_| {});
             remember(last, &report, true);
             let summary = report.human();
             let summary = summary.lines().last().unwrap_or_default();
