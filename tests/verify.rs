@@ -64,6 +64,25 @@ impl Volume {
         self.mount.path(relative)
     }
 
+    /// Runs `plant` on the replica's copy, then gives the copy's directories back the
+    /// mtimes they had, so that only the planted difference differs.
+    fn planting(&self, plant: impl FnOnce()) {
+        let root = self.replica("");
+        let dirs: Vec<(PathBuf, fs::Metadata)> = walkdir_dirs(&root)
+            .into_iter()
+            .map(|dir| {
+                let meta = fs::metadata(&dir).unwrap();
+                (dir, meta)
+            })
+            .collect();
+        plant();
+        for (dir, meta) in dirs {
+            if dir.is_dir() {
+                set_mtime(&dir, meta.mtime(), meta.mtime_nsec());
+            }
+        }
+    }
+
     fn replica(&self, relative: &str) -> PathBuf {
         self.node.dir.join("vt/data").join(relative)
     }
@@ -137,6 +156,23 @@ impl Volume {
     }
 }
 
+/// `root` and every directory under it.
+fn walkdir_dirs(root: &Path) -> Vec<PathBuf> {
+    let mut found = vec![root.to_path_buf()];
+    let mut at = 0;
+    while at < found.len() {
+        let dir = found[at].clone();
+        for entry in fs::read_dir(&dir).unwrap() {
+            let entry = entry.unwrap();
+            if entry.file_type().unwrap().is_dir() {
+                found.push(entry.path());
+            }
+        }
+        at += 1;
+    }
+    found
+}
+
 fn owned(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
     pairs
         .iter()
@@ -178,7 +214,7 @@ fn populated() -> Volume {
 #[test]
 fn a_missing_file_is_found_and_sent_again() {
     let volume = populated();
-    fs::remove_file(volume.replica("dir/a.txt")).unwrap();
+    volume.planting(|| fs::remove_file(volume.replica("dir/a.txt")).unwrap());
     volume.found_and_repaired(&[], &[("missing", "/dir/a.txt")]);
     assert_eq!(fs::read(volume.replica("dir/a.txt")).unwrap(), b"alpha\n");
 }
@@ -186,7 +222,7 @@ fn a_missing_file_is_found_and_sent_again() {
 #[test]
 fn an_extra_file_is_found_and_removed() {
     let volume = populated();
-    fs::write(volume.replica("dir/stray"), b"not on the primary").unwrap();
+    volume.planting(|| fs::write(volume.replica("dir/stray"), b"not on the primary").unwrap());
     volume.found_and_repaired(&[], &[("extra", "/dir/stray")]);
     assert!(!volume.replica("dir/stray").exists());
 }
@@ -194,7 +230,7 @@ fn an_extra_file_is_found_and_removed() {
 #[test]
 fn a_missing_directory_is_one_finding_and_comes_back_whole() {
     let volume = populated();
-    fs::remove_dir_all(volume.replica("dir")).unwrap();
+    volume.planting(|| fs::remove_dir_all(volume.replica("dir")).unwrap());
     // The hard link's other name stays on the replica, as a file of its own now.
     let report = volume.found_and_repaired(&[], &[("missing", "/dir"), ("hard links", "/second")]);
     assert_eq!(report["findings"][0]["actual"], "nothing");
@@ -271,8 +307,10 @@ fn an_xattr_change_is_found_and_repaired() {
 #[test]
 fn a_retargeted_symlink_is_found_and_repaired() {
     let volume = populated();
-    fs::remove_file(volume.replica("link")).unwrap();
-    std::os::unix::fs::symlink("elsewhere", volume.replica("link")).unwrap();
+    volume.planting(|| {
+        fs::remove_file(volume.replica("link")).unwrap();
+        std::os::unix::fs::symlink("elsewhere", volume.replica("link")).unwrap();
+    });
     same_mtime(&volume.replica("link"), &volume.path("link"));
     let report = volume.found_and_repaired(&[], &[("symlink target", "/link")]);
     assert_eq!(report["findings"][0]["expected"], "dir/a.txt");
@@ -286,8 +324,10 @@ fn a_retargeted_symlink_is_found_and_repaired() {
 #[test]
 fn a_hard_link_broken_into_two_files_is_found_and_linked_again() {
     let volume = populated();
-    fs::remove_file(volume.replica("second")).unwrap();
-    fs::write(volume.replica("second"), b"bravo\n").unwrap();
+    volume.planting(|| {
+        fs::remove_file(volume.replica("second")).unwrap();
+        fs::write(volume.replica("second"), b"bravo\n").unwrap();
+    });
     same_mtime(&volume.replica("second"), &volume.path("second"));
     volume.found_and_repaired(&[], &[("hard links", "/second")]);
     let (a, b) = (

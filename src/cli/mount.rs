@@ -69,9 +69,9 @@ pub fn run(args: MountArgs) -> Result<(), CliError> {
         ttl: config.cache.revalidate_after,
         passthrough: config.cache.passthrough == Passthrough::Auto,
     };
-    let unclean = state
-        .begin_serving()
-        .map_err(|error| CliError::Failure(format!("state_dir {}: {error}", state.path().display())))?;
+    let unclean = state.begin_serving().map_err(|error| {
+        CliError::Failure(format!("state_dir {}: {error}", state.path().display()))
+    })?;
     let served = super::volume::open(&config, state.path(), true)?;
     let last_verify = LastRunCell::default();
     let _control = start_control(&config, state.path(), &served.volume, &last_verify);

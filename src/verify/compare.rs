@@ -158,7 +158,8 @@ impl Compare {
                 format!("{}:{}", theirs.uid, theirs.gid),
             );
         }
-        if ours.kind != Kind::Dir && ours.mtime != theirs.mtime {
+        // Directories too: every change of a directory's entries records its new mtime.
+        if ours.mtime != theirs.mtime {
             let show = |time: crate::log::Timestamp| format!("{}.{:09}", time.seconds, time.nanos);
             differ(Aspect::Mtime, show(ours.mtime), show(theirs.mtime));
         }
@@ -353,10 +354,12 @@ mod tests {
     }
 
     #[test]
-    fn directory_times_are_not_compared_and_roots_are() {
+    fn directory_times_and_roots_are_compared() {
         let mut copy = tree();
         copy[1].mtime.seconds = 99;
-        assert!(Compare::default().entries(&tree(), &copy).is_empty());
+        let found = Compare::default().entries(&tree(), &copy);
+        assert_eq!(aspects(&found), vec![("a".to_string(), Aspect::Mtime)]);
+        copy[1].mtime = tree()[1].mtime;
         let mut primary = tree();
         primary[4].root = Some([1; 32]);
         copy[4].root = Some([2; 32]);

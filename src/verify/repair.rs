@@ -96,8 +96,15 @@ fn one(
                 subtree: copy_subtree,
                 link_of: link_of.as_ref(),
             };
+            let changes_names = removes(*aspect) || matches!(aspect, Aspect::Missing);
             for op in metadata_ops(origin, *aspect, path, &copy)? {
                 repairing.record(op)?;
+            }
+            // Names added or removed move the replica's directory's mtime: the primary's
+            // is sent after, as every change of names through the mount does.
+            if changes_names {
+                let parent = parent_of(path);
+                repairing.record(set_times(&parent, &stat_at(origin, &parent)?))?;
             }
             Ok(())
         }
@@ -282,6 +289,13 @@ fn stat_at(origin: &Origin, path: &LogPath) -> Result<Stat, RepairError> {
     }
     let (dir, name) = place(origin, path)?;
     Ok(origin.stat(At::Entry(&dir, &name))?)
+}
+
+/// The directory holding `path` (the root for a name in the root).
+fn parent_of(path: &LogPath) -> LogPath {
+    let bytes = path.as_bytes();
+    let end = bytes.iter().rposition(|byte| *byte == b'/').unwrap_or(0);
+    LogPath::try_from(bytes[..end].to_vec()).expect("a prefix of a valid path is valid")
 }
 
 /// A record giving `path` the times `stat` has.
