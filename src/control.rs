@@ -53,6 +53,9 @@ pub struct Status {
     /// Stored hashes and the last verify run.
     #[serde(default)]
     pub verify: VerifyStatus,
+    /// Requests whose handler panicked (each answered EIO; see the daemon's log).
+    #[serde(default)]
+    pub handler_panics: u64,
 }
 
 /// verify as status shows it.

@@ -798,3 +798,28 @@ fn issue13_10_a_deleted_state_dir_stops_changes_before_they_are_half_made() {
     assert!(mount.log().contains("the volume's state is gone"));
     assert_eq!(mount.stop_with(libc::SIGTERM), Some(0), "{}", mount.log());
 }
+
+/// Issue 13.20 (a panic): a panic in a request handler killed that FUSE worker thread,
+/// so enough of them left the mount with no thread to serve it. Each is caught: the
+/// request is answered EIO, the worker lives on, and status counts it.
+#[test]
+fn issue13_20_a_panicking_handler_is_answered_eio_and_the_mount_lives_on() {
+    let mut mount = Mount::new();
+    mount.stop_with(libc::SIGTERM);
+    mount.env = vec![(
+        "MIRRORFS_FAULT_PANIC_LOOKUP".to_string(),
+        "boom".to_string(),
+    )];
+    mount.restart();
+    // More panics than the daemon has worker threads.
+    for _ in 0..40 {
+        let error = fs::metadata(mount.path("boom")).unwrap_err();
+        assert_eq!(error.raw_os_error(), Some(libc::EIO), "{error}");
+    }
+    fs::write(mount.path("after"), b"still served").unwrap();
+    assert_eq!(fs::read(mount.path("after")).unwrap(), b"still served");
+    let status = mount.status_json();
+    assert_eq!(status["handler_panics"], 40, "{status}");
+    let text = common::run(&["status", "--state-dir", mount.state.to_str().unwrap()]);
+    assert!(String::from_utf8_lossy(&text.stdout).contains("40 request handler(s) panicked"));
+}

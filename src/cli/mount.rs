@@ -174,6 +174,7 @@ fn start_control(
             write_behind: journal.behind_status(),
             cache: volume.cache().map(|cache| cache.stats()),
             passthrough_opens: volume.passthrough_opens(),
+            handler_panics: volume.panics(),
             replication: volume.replication().map(|replication| replication.status()),
             verify: VerifyStatus {
                 stored_files: volume.hashes().map(|store| store.stored_files() as u64),

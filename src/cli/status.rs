@@ -117,6 +117,12 @@ fn render(status: &Status) -> String {
             }
         }
     }
+    if status.handler_panics > 0 {
+        text += &format!(
+            "PANICS       {} request handler(s) panicked (each answered EIO; see the daemon's log)\n",
+            status.handler_panics
+        );
+    }
     let verify = &status.verify;
     match verify.stored_files {
         Some(stored) => {

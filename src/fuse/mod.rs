@@ -58,6 +58,9 @@ thread_local! {
 #[derive(Debug)]
 pub struct MirrorFs {
     volume: Arc<Volume>,
+    /// Fault injection for the tests: a lookup of this name panics
+    /// (`MIRRORFS_FAULT_PANIC_LOOKUP`).
+    panic_lookup: Option<std::ffi::OsString>,
     /// How long the kernel may trust entries and attributes without asking again.
     ttl: Duration,
     /// Whether to ask the kernel for FUSE passthrough.
@@ -66,11 +69,28 @@ pub struct MirrorFs {
 }
 
 impl MirrorFs {
+    /// Runs one request's work. A panic in it is caught, so the worker thread lives on:
+    /// the reply it dropped unsent answers the kernel with EIO (fuser does that), and the
+    /// panic is logged and counted in status.
+    fn guarded(&self, operation: &'static str, work: impl FnOnce()) {
+        let Err(panic) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(work)) else {
+            return;
+        };
+        let message = panic
+            .downcast_ref::<&str>()
+            .map(|text| text.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        self.volume.note_panic();
+        tracing::error!(operation, %message, "a request handler panicked; it was answered EIO");
+    }
+
     /// Serves `volume`, letting the kernel cache names and attributes for `ttl`, and
     /// passing read-only opens through to the kernel if `passthrough` and it can.
     pub fn new(volume: Arc<Volume>, ttl: Duration, passthrough: bool) -> MirrorFs {
         MirrorFs {
             volume,
+            panic_lookup: std::env::var_os("MIRRORFS_FAULT_PANIC_LOOKUP"),
             ttl,
             passthrough,
             backings: passthrough::Backings::default(),
@@ -191,44 +211,53 @@ impl Filesystem for MirrorFs {
     }
 
     fn lookup(&self, _request: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        match self.volume.lookup(id(parent), name) {
-            Ok(found) => reply.entry(&self.ttl, &attr::file_attr(&found), Generation(0)),
-            // A negative entry: the kernel remembers the absence for the TTL too.
-            Err(crate::vfs::VfsError::Origin(error))
-                if error.raw_os_error() == Some(libc::ENOENT) =>
-            {
-                let absent = fuser::FileAttr {
-                    ino: INodeNo(0),
-                    size: 0,
-                    blocks: 0,
-                    atime: SystemTime::UNIX_EPOCH,
-                    mtime: SystemTime::UNIX_EPOCH,
-                    ctime: SystemTime::UNIX_EPOCH,
-                    crtime: SystemTime::UNIX_EPOCH,
-                    kind: fuser::FileType::RegularFile,
-                    perm: 0,
-                    nlink: 0,
-                    uid: 0,
-                    gid: 0,
-                    rdev: 0,
-                    blksize: 0,
-                    flags: 0,
-                };
-                reply.entry(&self.ttl, &absent, Generation(0));
+        self.guarded("lookup", || {
+            if self.panic_lookup.as_deref() == Some(name) {
+                panic!("fault injection: lookup of {name:?}");
             }
-            Err(error) => reply.error(fail("lookup", &error)),
-        }
+            match self.volume.lookup(id(parent), name) {
+                Ok(found) => reply.entry(&self.ttl, &attr::file_attr(&found), Generation(0)),
+                // A negative entry: the kernel remembers the absence for the TTL too.
+                Err(crate::vfs::VfsError::Origin(error))
+                    if error.raw_os_error() == Some(libc::ENOENT) =>
+                {
+                    let absent = fuser::FileAttr {
+                        ino: INodeNo(0),
+                        size: 0,
+                        blocks: 0,
+                        atime: SystemTime::UNIX_EPOCH,
+                        mtime: SystemTime::UNIX_EPOCH,
+                        ctime: SystemTime::UNIX_EPOCH,
+                        crtime: SystemTime::UNIX_EPOCH,
+                        kind: fuser::FileType::RegularFile,
+                        perm: 0,
+                        nlink: 0,
+                        uid: 0,
+                        gid: 0,
+                        rdev: 0,
+                        blksize: 0,
+                        flags: 0,
+                    };
+                    reply.entry(&self.ttl, &absent, Generation(0));
+                }
+                Err(error) => reply.error(fail("lookup", &error)),
+            }
+        });
     }
 
     fn forget(&self, _request: &Request, ino: INodeNo, count: u64) {
-        self.volume.forget(id(ino), count);
+        self.guarded("forget", || {
+            self.volume.forget(id(ino), count);
+        });
     }
 
     fn getattr(&self, _request: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
-        match self.volume.getattr(id(ino), fh.map(|handle| handle.0)) {
-            Ok(found) => reply.attr(&self.ttl, &attr::file_attr(&found)),
-            Err(error) => reply.error(fail("getattr", &error)),
-        }
+        self.guarded("getattr", || {
+            match self.volume.getattr(id(ino), fh.map(|handle| handle.0)) {
+                Ok(found) => reply.attr(&self.ttl, &attr::file_attr(&found)),
+                Err(error) => reply.error(fail("getattr", &error)),
+            }
+        });
     }
 
     fn setattr(
@@ -249,28 +278,30 @@ impl Filesystem for MirrorFs {
         _flags: Option<BsdFileFlags>,
         reply: ReplyAttr,
     ) {
-        let changes = SetAttr {
-            mode,
-            uid,
-            gid,
-            size,
-            atime: atime.map(time_set),
-            mtime: mtime.map(time_set),
-        };
-        match self
-            .volume
-            .setattr(id(ino), fh.map(|handle| handle.0), changes)
-        {
-            Ok(changed) => reply.attr(&self.ttl, &attr::file_attr(&changed)),
-            Err(error) => reply.error(fail("setattr", &error)),
-        }
+        self.guarded("setattr", || {
+            let changes = SetAttr {
+                mode,
+                uid,
+                gid,
+                size,
+                atime: atime.map(time_set),
+                mtime: mtime.map(time_set),
+            };
+            match self
+                .volume
+                .setattr(id(ino), fh.map(|handle| handle.0), changes)
+            {
+                Ok(changed) => reply.attr(&self.ttl, &attr::file_attr(&changed)),
+                Err(error) => reply.error(fail("setattr", &error)),
+            }
+        });
     }
 
     fn readlink(&self, _request: &Request, ino: INodeNo, reply: ReplyData) {
-        match self.volume.readlink(id(ino)) {
+        self.guarded("readlink", || match self.volume.readlink(id(ino)) {
             Ok(target) => reply.data(&target),
             Err(error) => reply.error(fail("readlink", &error)),
-        }
+        });
     }
 
     fn mknod(
@@ -283,10 +314,12 @@ impl Filesystem for MirrorFs {
         rdev: u32,
         reply: ReplyEntry,
     ) {
-        let result = self
-            .volume
-            .mknod(caller(request, umask), id(parent), name, mode, rdev as u64);
-        self.entry(reply, result);
+        self.guarded("mknod", || {
+            let result =
+                self.volume
+                    .mknod(caller(request, umask), id(parent), name, mode, rdev as u64);
+            self.entry(reply, result);
+        });
     }
 
     fn mkdir(
@@ -298,18 +331,24 @@ impl Filesystem for MirrorFs {
         umask: u32,
         reply: ReplyEntry,
     ) {
-        let result = self
-            .volume
-            .mkdir(caller(request, umask), id(parent), name, mode);
-        self.entry(reply, result);
+        self.guarded("mkdir", || {
+            let result = self
+                .volume
+                .mkdir(caller(request, umask), id(parent), name, mode);
+            self.entry(reply, result);
+        });
     }
 
     fn unlink(&self, _request: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        empty(reply, "unlink", self.volume.unlink(id(parent), name));
+        self.guarded("unlink", || {
+            empty(reply, "unlink", self.volume.unlink(id(parent), name));
+        });
     }
 
     fn rmdir(&self, _request: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        empty(reply, "rmdir", self.volume.rmdir(id(parent), name));
+        self.guarded("rmdir", || {
+            empty(reply, "rmdir", self.volume.rmdir(id(parent), name));
+        });
     }
 
     fn symlink(
@@ -320,13 +359,15 @@ impl Filesystem for MirrorFs {
         target: &Path,
         reply: ReplyEntry,
     ) {
-        let result = self.volume.symlink(
-            caller(request, 0),
-            id(parent),
-            link_name,
-            target.as_os_str(),
-        );
-        self.entry(reply, result);
+        self.guarded("symlink", || {
+            let result = self.volume.symlink(
+                caller(request, 0),
+                id(parent),
+                link_name,
+                target.as_os_str(),
+            );
+            self.entry(reply, result);
+        });
     }
 
     fn rename(
@@ -339,10 +380,12 @@ impl Filesystem for MirrorFs {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
-        let result = self
-            .volume
-            .rename(id(parent), name, id(new_parent), new_name, flags.bits());
-        empty(reply, "rename", result);
+        self.guarded("rename", || {
+            let result =
+                self.volume
+                    .rename(id(parent), name, id(new_parent), new_name, flags.bits());
+            empty(reply, "rename", result);
+        });
     }
 
     fn link(
@@ -353,12 +396,14 @@ impl Filesystem for MirrorFs {
         new_name: &OsStr,
         reply: ReplyEntry,
     ) {
-        let result = self.volume.link(id(ino), id(new_parent), new_name);
-        self.entry(reply, result);
+        self.guarded("link", || {
+            let result = self.volume.link(id(ino), id(new_parent), new_name);
+            self.entry(reply, result);
+        });
     }
 
     fn open(&self, _request: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        match self.volume.open(id(ino), flags.0) {
+        self.guarded("open", || match self.volume.open(id(ino), flags.0) {
             Ok(opened) if opened.passthrough => {
                 match self
                     .backings
@@ -377,7 +422,7 @@ impl Filesystem for MirrorFs {
             }
             Ok(opened) => reply.opened(FileHandle(opened.handle), open_flags(&opened)),
             Err(error) => reply.error(fail("open", &error)),
-        }
+        });
     }
 
     fn read(
@@ -391,11 +436,13 @@ impl Filesystem for MirrorFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        READ_BUFFER.with_borrow_mut(|buffer| {
-            match self.volume.read(fh.0, offset, size as usize, buffer) {
-                Ok(read) => reply.data(&buffer[..read]),
-                Err(error) => reply.error(fail("read", &error)),
-            }
+        self.guarded("read", || {
+            READ_BUFFER.with_borrow_mut(|buffer| {
+                match self.volume.read(fh.0, offset, size as usize, buffer) {
+                    Ok(read) => reply.data(&buffer[..read]),
+                    Err(error) => reply.error(fail("read", &error)),
+                }
+            });
         });
     }
 
@@ -411,10 +458,10 @@ impl Filesystem for MirrorFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        match self.volume.write(fh.0, offset, data) {
+        self.guarded("write", || match self.volume.write(fh.0, offset, data) {
             Ok(written) => reply.written(written as u32),
             Err(error) => reply.error(fail("write", &error)),
-        }
+        });
     }
 
     fn flush(
@@ -425,7 +472,9 @@ impl Filesystem for MirrorFs {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        empty(reply, "flush", self.volume.flush(fh.0));
+        self.guarded("flush", || {
+            empty(reply, "flush", self.volume.flush(fh.0));
+        });
     }
 
     fn release(
@@ -438,8 +487,10 @@ impl Filesystem for MirrorFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        self.backings.release(fh.0);
-        empty(reply, "release", self.volume.release(fh.0));
+        self.guarded("release", || {
+            self.backings.release(fh.0);
+            empty(reply, "release", self.volume.release(fh.0));
+        });
     }
 
     fn fsync(
@@ -450,20 +501,22 @@ impl Filesystem for MirrorFs {
         datasync: bool,
         reply: ReplyEmpty,
     ) {
-        let pid = request.pid();
-        let interrupted = || interrupt::signal_pending(pid);
-        empty(
-            reply,
-            "fsync",
-            self.volume.fsync(fh.0, datasync, &interrupted),
-        );
+        self.guarded("fsync", || {
+            let pid = request.pid();
+            let interrupted = || interrupt::signal_pending(pid);
+            empty(
+                reply,
+                "fsync",
+                self.volume.fsync(fh.0, datasync, &interrupted),
+            );
+        });
     }
 
     fn opendir(&self, _request: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        match self.volume.opendir(id(ino)) {
+        self.guarded("opendir", || match self.volume.opendir(id(ino)) {
             Ok(handle) => reply.opened(FileHandle(handle), FopenFlags::empty()),
             Err(error) => reply.error(fail("opendir", &error)),
-        }
+        });
     }
 
     fn readdir(
@@ -474,19 +527,21 @@ impl Filesystem for MirrorFs {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let result = self.volume.readdir(fh.0, offset, |entry| {
-            let full = reply.add(
-                INodeNo(entry.ino),
-                entry.next_offset,
-                attr::file_type(entry.kind),
-                entry.name,
-            );
-            !full
+        self.guarded("readdir", || {
+            let result = self.volume.readdir(fh.0, offset, |entry| {
+                let full = reply.add(
+                    INodeNo(entry.ino),
+                    entry.next_offset,
+                    attr::file_type(entry.kind),
+                    entry.name,
+                );
+                !full
+            });
+            match result {
+                Ok(()) => reply.ok(),
+                Err(error) => reply.error(fail("readdir", &error)),
+            }
         });
-        match result {
-            Ok(()) => reply.ok(),
-            Err(error) => reply.error(fail("readdir", &error)),
-        }
     }
 
     fn readdirplus(
@@ -497,21 +552,23 @@ impl Filesystem for MirrorFs {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        let result = self.volume.readdirplus(fh.0, offset, |entry, found| {
-            let full = reply.add(
-                INodeNo(entry.ino),
-                entry.next_offset,
-                entry.name,
-                &self.ttl,
-                &attr::file_attr(found),
-                Generation(0),
-            );
-            !full
+        self.guarded("readdirplus", || {
+            let result = self.volume.readdirplus(fh.0, offset, |entry, found| {
+                let full = reply.add(
+                    INodeNo(entry.ino),
+                    entry.next_offset,
+                    entry.name,
+                    &self.ttl,
+                    &attr::file_attr(found),
+                    Generation(0),
+                );
+                !full
+            });
+            match result {
+                Ok(()) => reply.ok(),
+                Err(error) => reply.error(fail("readdirplus", &error)),
+            }
         });
-        match result {
-            Ok(()) => reply.ok(),
-            Err(error) => reply.error(fail("readdirplus", &error)),
-        }
     }
 
     fn releasedir(
@@ -522,7 +579,9 @@ impl Filesystem for MirrorFs {
         _flags: OpenFlags,
         reply: ReplyEmpty,
     ) {
-        empty(reply, "releasedir", self.volume.releasedir(fh.0));
+        self.guarded("releasedir", || {
+            empty(reply, "releasedir", self.volume.releasedir(fh.0));
+        });
     }
 
     fn fsyncdir(
@@ -533,11 +592,13 @@ impl Filesystem for MirrorFs {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        empty(reply, "fsyncdir", self.volume.fsyncdir(id(ino)));
+        self.guarded("fsyncdir", || {
+            empty(reply, "fsyncdir", self.volume.fsyncdir(id(ino)));
+        });
     }
 
     fn statfs(&self, _request: &Request, _ino: INodeNo, reply: ReplyStatfs) {
-        match self.volume.statfs() {
+        self.guarded("statfs", || match self.volume.statfs() {
             Ok(stats) => reply.statfs(
                 stats.blocks,
                 stats.blocks_free,
@@ -549,7 +610,7 @@ impl Filesystem for MirrorFs {
                 stats.fragment_size,
             ),
             Err(error) => reply.error(fail("statfs", &error)),
-        }
+        });
     }
 
     fn setxattr(
@@ -562,12 +623,14 @@ impl Filesystem for MirrorFs {
         _position: u32,
         reply: ReplyEmpty,
     ) {
-        let writer = writer(request);
-        empty(
-            reply,
-            "setxattr",
-            self.volume.setxattr(&writer, id(ino), name, value, flags),
-        );
+        self.guarded("setxattr", || {
+            let writer = writer(request);
+            empty(
+                reply,
+                "setxattr",
+                self.volume.setxattr(&writer, id(ino), name, value, flags),
+            );
+        });
     }
 
     fn getxattr(
@@ -578,19 +641,27 @@ impl Filesystem for MirrorFs {
         size: u32,
         reply: ReplyXattr,
     ) {
-        xattr_value(reply, size, self.volume.getxattr(id(ino), name));
+        self.guarded("getxattr", || {
+            xattr_value(reply, size, self.volume.getxattr(id(ino), name));
+        });
     }
 
     fn listxattr(&self, _request: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
-        xattr_value(reply, size, self.volume.listxattr(id(ino)));
+        self.guarded("listxattr", || {
+            xattr_value(reply, size, self.volume.listxattr(id(ino)));
+        });
     }
 
     fn removexattr(&self, _request: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        empty(reply, "removexattr", self.volume.removexattr(id(ino), name));
+        self.guarded("removexattr", || {
+            empty(reply, "removexattr", self.volume.removexattr(id(ino), name));
+        });
     }
 
     fn access(&self, _request: &Request, ino: INodeNo, _mask: AccessFlags, reply: ReplyEmpty) {
-        empty(reply, "access", self.volume.access(id(ino)));
+        self.guarded("access", || {
+            empty(reply, "access", self.volume.access(id(ino)));
+        });
     }
 
     fn create(
@@ -603,19 +674,21 @@ impl Filesystem for MirrorFs {
         flags: i32,
         reply: ReplyCreate,
     ) {
-        match self
-            .volume
-            .create(caller(request, umask), id(parent), name, mode, flags)
-        {
-            Ok((created, opened)) => reply.created(
-                &self.ttl,
-                &attr::file_attr(&created),
-                Generation(0),
-                FileHandle(opened.handle),
-                open_flags(&opened),
-            ),
-            Err(error) => reply.error(fail("create", &error)),
-        }
+        self.guarded("create", || {
+            match self
+                .volume
+                .create(caller(request, umask), id(parent), name, mode, flags)
+            {
+                Ok((created, opened)) => reply.created(
+                    &self.ttl,
+                    &attr::file_attr(&created),
+                    Generation(0),
+                    FileHandle(opened.handle),
+                    open_flags(&opened),
+                ),
+                Err(error) => reply.error(fail("create", &error)),
+            }
+        });
     }
 
     fn fallocate(
@@ -628,12 +701,14 @@ impl Filesystem for MirrorFs {
         mode: i32,
         reply: ReplyEmpty,
     ) {
-        let writer = writer(request);
-        empty(
-            reply,
-            "fallocate",
-            self.volume.fallocate(&writer, fh.0, offset, length, mode),
-        );
+        self.guarded("fallocate", || {
+            let writer = writer(request);
+            empty(
+                reply,
+                "fallocate",
+                self.volume.fallocate(&writer, fh.0, offset, length, mode),
+            );
+        });
     }
 
     fn lseek(
@@ -645,9 +720,9 @@ impl Filesystem for MirrorFs {
         whence: i32,
         reply: ReplyLseek,
     ) {
-        match self.volume.lseek(fh.0, offset, whence) {
+        self.guarded("lseek", || match self.volume.lseek(fh.0, offset, whence) {
             Ok(position) => reply.offset(position),
             Err(error) => reply.error(fail("lseek", &error)),
-        }
+        });
     }
 }

@@ -259,6 +259,8 @@ pub struct Volume {
     names: RwLock<()>,
     /// Why changes are refused, once they are (the state dir is gone).
     refused: std::sync::OnceLock<String>,
+    /// Requests whose handler panicked.
+    panics: std::sync::atomic::AtomicU64,
 }
 
 /// What a change that moves or removes names holds (see [`Volume::moving`]).
@@ -304,6 +306,7 @@ impl Volume {
             open_closed: Condvar::new(),
             names: RwLock::new(()),
             refused: std::sync::OnceLock::new(),
+            panics: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -432,6 +435,16 @@ impl Volume {
             .names
             .read()
             .unwrap_or_else(|poisoned| poisoned.into_inner()))
+    }
+
+    /// Counts a request whose handler panicked (it was answered EIO).
+    pub fn note_panic(&self) {
+        self.panics.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Requests whose handler panicked since mount.
+    pub fn panics(&self) -> u64 {
+        self.panics.load(Ordering::Relaxed)
     }
 
     /// Refuses every change from now on, for `reason` (the volume's state can no longer

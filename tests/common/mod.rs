@@ -66,6 +66,8 @@ pub struct Mount {
     child: Option<Child>,
     log: PathBuf,
     extra: Vec<String>,
+    /// Environment variables the daemon gets.
+    pub env: Vec<(String, String)>,
 }
 
 impl Mount {
@@ -107,6 +109,7 @@ impl Mount {
             child: None,
             log,
             extra: extra.iter().map(|arg| arg.to_string()).collect(),
+            env: Vec::new(),
         };
         mount.restart();
         mount
@@ -128,6 +131,7 @@ impl Mount {
             .arg("--state-dir")
             .arg(&self.state)
             .args(&self.extra)
+            .envs(self.env.iter().map(|(key, value)| (key, value)))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
