@@ -188,6 +188,14 @@ fn cache_text(cache: &CacheStats) -> String {
         cache.invalidations,
         cache.corrupt_blocks,
     );
+    if cache.invalidations > 0 {
+        text += &format!(
+            "AROUND       origin changed around the mount: {} time(s) a file the cache held \
+             changed in a way no change through the mount explains; such changes are not in \
+             the log and reach no replica ('mirrorfs verify --repair' sends them)\n",
+            cache.invalidations
+        );
+    }
     text
 }
 
