@@ -46,8 +46,12 @@ trap cleanup EXIT
 echo "== judge-copies: $name (${judges[*]}), two replicas"
 "$bin" keygen > "$work/volume.key"
 chmod 600 "$work/volume.key"
-ports=()
-for n in 0 1; do ports+=($((20000 + (RANDOM % 20000)))); done
+# Two free ports, asked of the kernel (the nodes' addresses go in the mount config first).
+read -r -a ports < <(python3 -c '
+import socket
+held = [socket.socket() for _ in range(2)]
+for s in held: s.bind(("127.0.0.1", 0))
+print(*(s.getsockname()[1] for s in held))')
 # start_node N [DELAY]: node N, serving at once, or after DELAY seconds (the subshell
 # becomes the node, so its pid is the node's).
 start_node() {

@@ -69,10 +69,11 @@ pub fn run(args: MountArgs) -> Result<(), CliError> {
         ttl: config.cache.revalidate_after,
         passthrough: config.cache.passthrough == Passthrough::Auto,
     };
+    let served = super::volume::open(&config, state.path(), true)?;
+    // Marked once the volume is open (a refused mount leaves no mark), before any change.
     let unclean = state.begin_serving().map_err(|error| {
         CliError::Failure(format!("state_dir {}: {error}", state.path().display()))
     })?;
-    let served = super::volume::open(&config, state.path(), true)?;
     let last_verify = LastRunCell::default();
     let _control = start_control(&config, state.path(), &served.volume, &last_verify);
     let schedule = super::verify::schedule(&config, &served.volume, &last_verify);
