@@ -98,12 +98,19 @@ pub fn serve(
         .name("signals".to_string())
         .spawn(move || unmount_on_signal(signals, waiter_path, &stopping))
         .map_err(MountError::Signals)?;
-    if let Err(error) = session.run() {
-        // The request loop broke while the kernel still has the mount: detach it, so
-        // applications get ENOTCONN promptly rather than hanging on a daemon that is gone.
-        // SAFETY: NUL-terminated path.
-        unsafe { libc::umount2(path.as_ptr(), libc::MNT_DETACH) };
-        return Err(MountError::Serve(error));
+    match session.run() {
+        Ok(()) => {}
+        // The kernel ended the connection as the mount went (the last open file of a
+        // lazily unmounted volume closed): the same end as ENODEV, which fuser takes for one.
+        Err(error) if error.raw_os_error() == Some(libc::ECONNABORTED) => {}
+        Err(error) => {
+            // The request loop broke while the kernel still has the mount: detach it, so
+            // applications get ENOTCONN promptly rather than hanging on a daemon that is
+            // gone.
+            // SAFETY: NUL-terminated path.
+            unsafe { libc::umount2(path.as_ptr(), libc::MNT_DETACH) };
+            return Err(MountError::Serve(error));
+        }
     }
     tracing::info!(mountpoint = %mountpoint.display(), "unmounted");
     Ok(())
