@@ -113,10 +113,10 @@ fn caller(request: &Request, umask: u32) -> Caller {
     }
 }
 
-/// The caller with its supplementary groups, from `/proc/PID/status` (none if the
-/// process is gone: the stricter answer).
-fn writer(request: &Request) -> Writer {
-    let groups = std::fs::read_to_string(format!("/proc/{}/status", request.pid()))
+/// The supplementary groups of thread `pid`, from `/proc/PID/status` (none if the process
+/// is gone: the stricter answer).
+fn groups_of(pid: u32) -> Vec<u32> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|status| {
             let line = status.lines().find(|line| line.starts_with("Groups:"))?;
@@ -127,12 +127,7 @@ fn writer(request: &Request) -> Writer {
                     .collect(),
             )
         })
-        .unwrap_or_default();
-    Writer {
-        uid: request.uid(),
-        gid: request.gid(),
-        groups,
-    }
+        .unwrap_or_default()
 }
 
 fn id(ino: INodeNo) -> InodeId {
@@ -624,7 +619,13 @@ impl Filesystem for MirrorFs {
         reply: ReplyEmpty,
     ) {
         self.guarded("setxattr", || {
-            let writer = writer(request);
+            let pid = request.pid();
+            let groups = || groups_of(pid);
+            let writer = Writer {
+                uid: request.uid(),
+                gid: request.gid(),
+                groups: &groups,
+            };
             empty(
                 reply,
                 "setxattr",
@@ -702,7 +703,13 @@ impl Filesystem for MirrorFs {
         reply: ReplyEmpty,
     ) {
         self.guarded("fallocate", || {
-            let writer = writer(request);
+            let pid = request.pid();
+            let groups = || groups_of(pid);
+            let writer = Writer {
+                uid: request.uid(),
+                gid: request.gid(),
+                groups: &groups,
+            };
             empty(
                 reply,
                 "fallocate",

@@ -287,7 +287,7 @@ impl Volume {
     /// setgid as a write would lose them (the kernel leaves that to the filesystem here).
     pub fn fallocate(
         &self,
-        writer: &Writer,
+        writer: &Writer<'_>,
         handle: u64,
         offset: u64,
         length: u64,
@@ -301,10 +301,17 @@ impl Volume {
         self.journal.barrier()?;
         let _hashing = self.hashing(open.inode, path.as_ref(), &Change::Content);
         open.file.allocate(offset, length, mode)?;
-        let stat = open.file.stat()?;
-        let dropped = writer.drops(stat.mode, stat.gid);
-        if dropped != 0 {
-            open.file.chmod(stat.mode & 0o7777 & !dropped)?;
+        // Root drops nothing: no stat for it.
+        let dropped = match writer.uid {
+            0 => None,
+            _ => {
+                let stat = open.file.stat()?;
+                let dropped = writer.drops(stat.mode, stat.gid);
+                (dropped != 0).then_some(stat.mode & 0o7777 & !dropped)
+            }
+        };
+        if let Some(mode) = dropped {
+            open.file.chmod(mode)?;
         }
         self.cache_changed(open.inode, Change::Content);
         open.wrote.store(true, Ordering::Relaxed);
@@ -315,12 +322,10 @@ impl Volume {
             offset,
             length,
         })?;
-        if dropped == 0 {
-            return Ok(());
-        }
+        let Some(mode) = dropped else { return Ok(()) };
         self.record(Op::SetAttr {
             path,
-            mode: Some(stat.mode & 0o7777 & !dropped),
+            mode: Some(mode),
             uid: None,
             gid: None,
             atime: None,

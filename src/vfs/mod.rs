@@ -118,29 +118,35 @@ pub struct Caller {
     pub umask: u32,
 }
 
-/// Who changes a file's content directly (fallocate): what the kernel's
-/// `setattr_should_drop_suidgid` needs to decide whether setuid and setgid go.
-#[derive(Clone, Debug, Default)]
-pub struct Writer {
+/// Who changes a file's mode as a side effect (fallocate, an access ACL): what the kernel's
+/// rules for dropping setuid and setgid need to know of the caller.
+pub struct Writer<'a> {
     /// Effective (filesystem) user id.
     pub uid: u32,
     /// Effective (filesystem) group id.
     pub gid: u32,
-    /// Supplementary groups.
-    pub groups: Vec<u32>,
+    /// The supplementary groups, asked for only when a decision needs them (reading them
+    /// costs the caller's `/proc` status file).
+    pub groups: &'a dyn Fn() -> Vec<u32>,
 }
 
-impl Writer {
+impl Writer<'_> {
+    /// Whether the writer is in group `gid` (the kernel's `in_group_or_capable`, root
+    /// counting as capable).
+    pub fn in_group(&self, gid: u32) -> bool {
+        self.uid == 0 || self.gid == gid || (self.groups)().contains(&gid)
+    }
+
     /// The setuid and setgid bits a change by this writer drops from a file of `mode`
-    /// owned by group `gid`: none for root (CAP_FSETID); setuid always; setgid when the
-    /// group may execute, or when the writer is not in the file's group.
+    /// owned by group `gid` (`setattr_should_drop_suidgid`): none for root (CAP_FSETID);
+    /// setuid always; setgid when the group may execute, or when the writer is not in the
+    /// file's group.
     pub fn drops(&self, mode: u32, gid: u32) -> u32 {
         if self.uid == 0 {
             return 0;
         }
         let mut dropped = mode & libc::S_ISUID;
-        let in_group = self.gid == gid || self.groups.contains(&gid);
-        if mode & libc::S_ISGID != 0 && (mode & libc::S_IXGRP != 0 || !in_group) {
+        if mode & libc::S_ISGID != 0 && (mode & libc::S_IXGRP != 0 || !self.in_group(gid)) {
             dropped |= libc::S_ISGID;
         }
         dropped

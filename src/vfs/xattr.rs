@@ -28,7 +28,7 @@ impl Volume {
     /// copies are told the resulting mode.
     pub fn setxattr(
         &self,
-        writer: &Writer,
+        writer: &Writer<'_>,
         id: InodeId,
         key: &OsStr,
         value: &[u8],
@@ -84,13 +84,12 @@ impl Volume {
     /// it), with setgid dropped through `chmod` where the writer may not keep it.
     fn drop_setgid(
         &self,
-        writer: &Writer,
+        writer: &Writer<'_>,
         stat: &crate::origin::Stat,
         chmod: impl FnOnce(u32) -> std::io::Result<()>,
     ) -> Result<u32> {
         let mode = stat.mode & 0o7777;
-        let in_group = writer.gid == stat.gid || writer.groups.contains(&stat.gid);
-        if writer.uid == 0 || in_group || mode & libc::S_ISGID == 0 {
+        if mode & libc::S_ISGID == 0 || writer.in_group(stat.gid) {
             return Ok(mode);
         }
         chmod(mode & !libc::S_ISGID)?;
