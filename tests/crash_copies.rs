@@ -18,7 +18,7 @@ use std::os::unix::fs::{PermissionsExt, symlink};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::replica::{Node, key_file, replicated_mount, wait_replicated};
+use common::replica::{replicated_mount, vol_node, wait_replicated};
 use common::workload::Rng;
 use common::{c_path, tree};
 
@@ -152,8 +152,7 @@ fn mount_gone(error: &std::io::Error) -> bool {
 
 fn crash_once(policy: &str, seed: u64) {
     let scratch = common::scratch();
-    let (key, _) = key_file(scratch.path(), "vol.key");
-    let node = Node::start(scratch.path(), "127.0.0.1:0", &[("vol", &key)]);
+    let (key, node) = vol_node(scratch.path());
     let mut mount = replicated_mount("vol", &key, &[&node], &format!("acks = \"all\"\n{policy}"));
     let root = mount.mountpoint.clone();
     let worker = std::thread::spawn(move || {

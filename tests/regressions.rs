@@ -7,16 +7,17 @@ use std::fs;
 use std::os::unix::fs::symlink;
 use std::time::{Duration, Instant};
 
-use common::replica::{Node, key_file, replicated_mount, wait_replicated};
-use common::{Mount, c_path, tree};
+use common::replica::{
+    Node, assert_copy_equal, key_file, replicated_mount, vol_node, wait_replicated,
+};
+use common::{Mount, c_path};
 
 /// Issue 13.1: `chown -h` of a symlink recorded a mode, which no copy can set on a
 /// symlink (EOPNOTSUPP), and the replica stopped at that record for good.
 #[test]
 fn issue13_1_a_symlinks_chown_replicates() {
     let scratch = common::scratch();
-    let (key, _) = key_file(scratch.path(), "vol.key");
-    let node = Node::start(scratch.path(), "127.0.0.1:0", &[("vol", &key)]);
+    let (key, node) = vol_node(scratch.path());
     let mount = replicated_mount("vol", &key, &[&node], "acks = \"all\"\n");
     symlink("target", mount.path("l")).unwrap();
     std::os::unix::fs::lchown(mount.path("l"), Some(0), Some(0)).unwrap();
@@ -27,12 +28,7 @@ fn issue13_1_a_symlinks_chown_replicates() {
         .sync_all()
         .unwrap();
     wait_replicated(&mount);
-    assert_eq!(
-        tree(&node.dir.join("vol/data")),
-        tree(&mount.origin),
-        "{}",
-        node.log()
-    );
+    assert_copy_equal(&node, &mount);
 }
 
 /// Issue 13.5: the hasher opened a name for rehashing with a blocking open(2); when the
@@ -89,8 +85,7 @@ fn open_to_others(dir: &std::path::Path) -> Vec<String> {
 #[test]
 fn issue13_9_state_files_are_private() {
     let scratch = common::scratch();
-    let (key, _) = key_file(scratch.path(), "vol.key");
-    let node = Node::start(scratch.path(), "127.0.0.1:0", &[("vol", &key)]);
+    let (key, node) = vol_node(scratch.path());
     let mut mount = replicated_mount(
         "vol",
         &key,
@@ -296,8 +291,7 @@ impl Child {
 #[test]
 fn issue13_11_an_fsync_waiting_for_replicas_can_be_interrupted_and_is_shown() {
     let scratch = common::scratch();
-    let (key, _) = key_file(scratch.path(), "vol.key");
-    let mut node = Node::start(scratch.path(), "127.0.0.1:0", &[("vol", &key)]);
+    let (key, mut node) = vol_node(scratch.path());
     node.kill();
     let mount = replicated_mount(
         "vol",
@@ -583,8 +577,7 @@ fn issue13_3_replay_after_a_crash_keeps_modes_an_acl_set() {
 #[test]
 fn issue13_3_a_replayed_file_ends_with_the_same_mtime_on_the_replica() {
     let scratch = common::scratch();
-    let (key, _) = key_file(scratch.path(), "vol.key");
-    let node = Node::start(scratch.path(), "127.0.0.1:0", &[("vol", &key)]);
+    let (key, node) = vol_node(scratch.path());
     let mut mount = replicated_mount(
         "vol",
         &key,
@@ -599,12 +592,7 @@ fn issue13_3_a_replayed_file_ends_with_the_same_mtime_on_the_replica() {
     std::thread::sleep(Duration::from_millis(50));
     mount.restart();
     wait_replicated(&mount);
-    assert_eq!(
-        tree(&node.dir.join("vol/data")),
-        tree(&mount.origin),
-        "{}",
-        mount.log()
-    );
+    assert_copy_equal(&node, &mount);
 }
 
 /// Whether the peer closed `stream` within `limit` (a read ends at once, without data).
@@ -703,8 +691,7 @@ fn issue13_6_a_node_bounds_its_connections_and_drops_silent_ones() {
 #[test]
 fn issue13_7_a_diverged_replica_is_named_with_what_to_do() {
     let scratch = common::scratch();
-    let (key, _) = key_file(scratch.path(), "vol.key");
-    let mut node = Node::start(scratch.path(), "127.0.0.1:0", &[("vol", &key)]);
+    let (key, mut node) = vol_node(scratch.path());
     let first = replicated_mount("vol", &key, &[&node], "acks = \"all\"\n");
     for n in 0..10 {
         fs::write(first.path(&format!("old{n}")), b"old").unwrap();
@@ -748,7 +735,7 @@ fn issue13_7_a_diverged_replica_is_named_with_what_to_do() {
     fs::rename(node.dir.join("vol"), scratch.path().join("vol.aside")).unwrap();
     node.restart();
     wait_replicated(&mount);
-    assert_eq!(tree(&node.dir.join("vol/data")), tree(&mount.origin));
+    assert_copy_equal(&node, &mount);
 }
 
 /// Issue 13.10: deleting state_dir while mounted went unnoticed: records went to deleted
@@ -831,8 +818,7 @@ fn issue13_20_a_panicking_handler_is_answered_eio_and_the_mount_lives_on() {
 #[test]
 fn issue13_13_a_change_around_the_mount_is_counted_and_repairable() {
     let scratch = common::scratch();
-    let (key, _) = key_file(scratch.path(), "vol.key");
-    let node = Node::start(scratch.path(), "127.0.0.1:0", &[("vol", &key)]);
+    let (key, node) = vol_node(scratch.path());
     let mount = replicated_mount(
         "vol",
         &key,

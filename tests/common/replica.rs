@@ -218,3 +218,22 @@ pub fn wait_replicated(mount: &super::Mount) {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// A key for volume "vol" in `scratch`, and a node keeping that volume: the start of most
+/// replication tests.
+pub fn vol_node(scratch: &Path) -> (PathBuf, Node) {
+    let (key, _) = key_file(scratch, "vol.key");
+    let node = Node::start(scratch, "127.0.0.1:0", &[("vol", &key)]);
+    (key, node)
+}
+
+/// Asserts that `node`'s copy of volume "vol" equals `mount`'s origin (`tree()`).
+pub fn assert_copy_equal(node: &Node, mount: &super::Mount) {
+    assert_eq!(
+        super::tree(&node.dir.join("vol/data")),
+        super::tree(&mount.origin),
+        "{}\n{}",
+        mount.log(),
+        node.log()
+    );
+}
