@@ -243,7 +243,7 @@ impl Volume {
         if open.wrote.load(Ordering::Relaxed) {
             let mut stat = self.attr(open.inode, &open.file.stat()?)?;
             // Not the stat's: a flush under way gives the origin its own time for a moment.
-            stat.mtime = self.journal.mtime(open.inode, &open.file)?;
+            stat.mtime = self.journal.mtime(open.inode, &open.file, stat.mtime)?;
             if let Some(inode) = self.table().get_mut(open.inode) {
                 inode.cached_version = Some((stat.mtime, stat.size));
             }

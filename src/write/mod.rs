@@ -223,12 +223,19 @@ impl Journal {
         self.behind.as_ref()?.dirty_attr(id)
     }
 
-    /// The modification time file `id` (open as `file`) has as the mount shows it: its
-    /// newest unflushed write's, or the origin's. Never the moment of a flush under way.
-    pub fn mtime(&self, id: InodeId, file: &OriginFile) -> io::Result<SystemTime> {
+    /// The modification time file `id` (open as `file`, whose stat said `stated`) has as
+    /// the mount shows it: its newest unflushed write's, or the origin's. Never the moment
+    /// of a flush under way (write-behind reads it again under the overlay's lock;
+    /// write-through has no flush, and takes `stated` as it is).
+    pub fn mtime(
+        &self,
+        id: InodeId,
+        file: &OriginFile,
+        stated: SystemTime,
+    ) -> io::Result<SystemTime> {
         match &self.behind {
             Some(behind) => behind.mtime(id, file),
-            None => Ok(file.stat()?.mtime),
+            None => Ok(stated),
         }
     }
 
