@@ -110,10 +110,13 @@ def compare(reference, copy, ignored, owners):
         a, b = ours[relative], theirs[relative]
         for field in sorted(set(a) | set(b)):
             if a.get(field) != b.get(field):
-                differences.append(f"{shown}: {field} {a.get(field)!r} != {b.get(field)!r}")
+                differences.append(
+                    f"{shown}: {field}: reference {a.get(field)!r}, copy {b.get(field)!r}"
+                )
         if our_links.get(relative) != their_links.get(relative):
             differences.append(
-                f"{shown}: hard link of {our_links.get(relative)!r} != {their_links.get(relative)!r}"
+                f"{shown}: hard link of: reference {our_links.get(relative)!r}, "
+                f"copy {their_links.get(relative)!r}"
             )
     return differences, len(ours)
 

@@ -35,6 +35,8 @@ impl Volume {
             mtime: changes.mtime,
         };
         let has_times = times.atime.is_some() || times.mtime.is_some();
+        // Also keeps writes to the file out from the flush below until the change is made.
+        let _turn = self.inode_turn(id);
         if changes.size.is_some() {
             // Unflushed bytes must land first, or they would land past the new end; and
             // recovery must never replay them across it.

@@ -156,6 +156,7 @@ impl Volume {
                     let opening = self.open_mode(id, access)?;
                     let truncate = || -> Result<Stat> {
                         // As for any truncate: see `setattr`.
+                        let _turn = self.inode_turn(id);
                         self.journal.barrier()?;
                         let _hashing = self.hashing(id, Some(&path), &Change::Truncated(0));
                         file.set_len(0)?;

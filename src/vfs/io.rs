@@ -205,6 +205,7 @@ impl Volume {
         let _naming = self.naming()?;
         let open = self.file_handle(handle)?;
         let path = self.inode_path(open.inode)?;
+        let _turn = self.inode_turn(open.inode);
         let _hashing = self.hashing(
             open.inode,
             path.as_ref(),
@@ -241,6 +242,8 @@ impl Volume {
         }
         self.count_closed(open.inode, &open.mode);
         if open.wrote.load(Ordering::Relaxed) {
+            let _naming = self.naming()?;
+            let _turn = self.inode_turn(open.inode);
             let mut stat = self.attr(open.inode, &open.file.stat()?)?;
             // Not the stat's: a flush under way gives the origin its own time for a moment.
             stat.mtime = self.journal.mtime(open.inode, &open.file, stat.mtime)?;
@@ -249,7 +252,6 @@ impl Volume {
             }
             // Copies apply writes later than the origin took them; this gives them the
             // origin's modification time, once per open rather than once per write.
-            let _naming = self.naming()?;
             if let Some(path) = self.inode_path(open.inode)? {
                 self.record_mtime(path, stat.mtime)?;
             }
@@ -296,6 +298,7 @@ impl Volume {
         let _naming = self.naming()?;
         let open = self.file_handle(handle)?;
         let path = self.inode_path(open.inode)?;
+        let _turn = self.inode_turn(open.inode);
         // Unflushed bytes in the range must land before the range changes under them,
         // and recovery must never replay them across it (see `setattr`).
         self.journal.barrier()?;

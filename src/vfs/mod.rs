@@ -49,6 +49,10 @@ const DIR_FDS_CACHED: usize = 1024;
 /// Names tried before an inode is declared stale (more than the hints an inode keeps).
 const HINT_TRIES_MAX: usize = 16;
 
+/// Inodes share this many turn locks (see [`Volume::inode_turn`]); two inodes on one lock
+/// only wait for each other.
+const INODE_TURNS: usize = 64;
+
 /// What went wrong in a volume operation.
 #[derive(Debug, thiserror::Error)]
 pub enum VfsError {
@@ -263,6 +267,8 @@ pub struct Volume {
     /// a change that moves or removes names. So no record carries a path that a move
     /// recorded before it has made wrong.
     names: RwLock<()>,
+    /// Per inode (striped): see [`Volume::inode_turn`].
+    inode_turns: Box<[Mutex<()>]>,
     /// Why changes are refused, once they are (the state dir is gone).
     refused: std::sync::OnceLock<String>,
     /// Requests whose handler panicked.
@@ -311,6 +317,7 @@ impl Volume {
             open_modes: Mutex::new(HashMap::new()),
             open_closed: Condvar::new(),
             names: RwLock::new(()),
+            inode_turns: (0..INODE_TURNS).map(|_| Mutex::new(())).collect(),
             refused: std::sync::OnceLock::new(),
             panics: std::sync::atomic::AtomicU64::new(0),
         }
@@ -443,6 +450,18 @@ impl Volume {
             .unwrap_or_else(|poisoned| poisoned.into_inner()))
     }
 
+    /// Held from a change to inode `id` in the origin until its record is appended, and
+    /// around reading an attribute of `id` to record it, so the copies learn of one inode's
+    /// changes in the order the origin took them: two at once (a release recording a
+    /// file's mtime as rsync sets it, two creates stating their directory) could otherwise
+    /// be recorded the other way round, and leave every copy with the older value. Taken
+    /// after [`Self::naming`], never while holding another inode's turn.
+    fn inode_turn(&self, id: InodeId) -> MutexGuard<'_, ()> {
+        self.inode_turns[(id.0 % INODE_TURNS as u64) as usize]
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
     /// Counts a request whose handler panicked (it was answered EIO).
     pub fn note_panic(&self) {
         self.panics.fetch_add(1, Ordering::Relaxed);
@@ -523,6 +542,7 @@ impl Volume {
     /// their own time.
     fn record_dir_mtime(&self, dir: InodeId, dir_fd: &DirFd) -> Result<()> {
         let path = self.dir_path(dir)?;
+        let _turn = self.inode_turn(dir);
         let mtime = self.origin.stat_dir(dir_fd)?.mtime;
         self.record_mtime(path, mtime)
     }

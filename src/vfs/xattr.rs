@@ -36,6 +36,7 @@ impl Volume {
     ) -> Result<()> {
         let _naming = self.naming()?;
         let path = self.inode_path(id)?;
+        let _turn = self.inode_turn(id);
         let access_acl = key.as_bytes() == ACCESS_ACL;
         let mode =
             match self.target(id, None)? {
@@ -108,6 +109,7 @@ impl Volume {
     pub fn removexattr(&self, id: InodeId, key: &OsStr) -> Result<()> {
         let _naming = self.naming()?;
         let path = self.inode_path(id)?;
+        let _turn = self.inode_turn(id);
         match self.target(id, None)? {
             Target::Place(located, _) => self.origin.remove_xattr(located.at(), key)?,
             Target::Open(open) => open.file.remove_xattr(key)?,

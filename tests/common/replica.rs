@@ -227,12 +227,26 @@ pub fn vol_node(scratch: &Path) -> (PathBuf, Node) {
     (key, node)
 }
 
-/// Asserts that `node`'s copy of volume "vol" equals `mount`'s origin (`tree()`).
+/// Asserts that `node`'s copy of volume "vol" equals `mount`'s origin (`tree()`), naming
+/// only the paths that differ.
 pub fn assert_copy_equal(node: &Node, mount: &super::Mount) {
-    assert_eq!(
-        super::tree(&node.dir.join("vol/data")),
-        super::tree(&mount.origin),
-        "{}\n{}",
+    let copy = super::tree(&node.dir.join("vol/data"));
+    let origin = super::tree(&mount.origin);
+    let mut differences = Vec::new();
+    for path in origin
+        .keys()
+        .chain(copy.keys().filter(|path| !origin.contains_key(*path)))
+    {
+        let (ours, theirs) = (origin.get(path), copy.get(path));
+        if ours != theirs {
+            differences.push(format!("{path}\n  origin: {ours:?}\n  copy:   {theirs:?}"));
+        }
+    }
+    assert!(
+        differences.is_empty(),
+        "{} path(s) differ:\n{}\n{}\n{}",
+        differences.len(),
+        differences.join("\n"),
         mount.log(),
         node.log()
     );
