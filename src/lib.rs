@@ -14,6 +14,7 @@ pub mod origin;
 pub mod replication;
 pub mod signals;
 pub mod state;
+mod throttled;
 pub mod types;
 pub mod verify;
 pub mod vfs;

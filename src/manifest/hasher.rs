@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use crate::log::LogPath;
 use crate::origin::{At, Origin, OriginFile};
+use crate::throttled::Throttled;
 use crate::types::FileKind;
 use crate::write::apply::place;
 
@@ -91,6 +92,11 @@ type Opener<'a> = &'a dyn Fn(&LogPath) -> io::Result<OriginFile>;
 
 fn run(store: &HashStore, copy: Opener<'_>, applied: &dyn Fn() -> u64) {
     let mut saved = Instant::now();
+    // A state dir that is gone fails every save: say so once in a while, not every time.
+    let mut unsaved = Throttled::new(
+        "cannot save stored hashes; they stay in memory",
+        Duration::from_secs(60),
+    );
     while !store.is_stopping() {
         let jobs = store.take(applied(), BATCH);
         let idle = jobs.is_empty();
@@ -99,7 +105,7 @@ fn run(store: &HashStore, copy: Opener<'_>, applied: &dyn Fn() -> u64) {
             unsettled |= !rehash(store, copy, job);
         }
         if saved.elapsed() >= SAVE_EVERY {
-            save(store);
+            save(store, &mut unsaved);
             saved = Instant::now();
         }
         let pause = if unsettled {
@@ -113,12 +119,12 @@ fn run(store: &HashStore, copy: Opener<'_>, applied: &dyn Fn() -> u64) {
             break;
         }
     }
-    save(store);
+    save(store, &mut unsaved);
 }
 
-fn save(store: &HashStore) {
+fn save(store: &HashStore, unsaved: &mut Throttled) {
     if let Err(error) = store.save() {
-        tracing::warn!(%error, "cannot save stored hashes; they stay in memory");
+        unsaved.warn(&error);
     }
 }
 

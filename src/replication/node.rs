@@ -28,6 +28,7 @@ use crate::manifest::store::HashStore;
 use crate::origin::Origin;
 use crate::signals::StopSignals;
 use crate::state::{StateDir, StateError};
+use crate::throttled::Throttled;
 
 /// Why a node could not start.
 #[derive(Debug, thiserror::Error)]
@@ -286,9 +287,11 @@ pub fn serve(config: NodeConfig, signals: StopSignals) -> Result<(), NodeError> 
             idle: config.idle_timeout,
         });
         let open = Arc::new(tokio::sync::Semaphore::new(config.connections_max as usize));
-        let mut refused =
-            Throttled::new("connections_max reached: a connection was closed at once");
-        let mut failed = Throttled::new("cannot accept a connection");
+        let mut refused = Throttled::new(
+            "connections_max reached: a connection was closed at once",
+            LOG_EVERY,
+        );
+        let mut failed = Throttled::new("cannot accept a connection", LOG_EVERY);
         let mut pause = ACCEPT_PAUSE.0;
         loop {
             tokio::select! {
@@ -335,37 +338,11 @@ pub fn serve(config: NodeConfig, signals: StopSignals) -> Result<(), NodeError> 
     Ok(())
 }
 
+/// The accept loop's warnings are said at most this often.
+const LOG_EVERY: Duration = Duration::from_secs(10);
+
 /// How long the accept loop pauses after a failure, first and at most.
 const ACCEPT_PAUSE: (Duration, Duration) = (Duration::from_millis(50), Duration::from_secs(1));
-
-/// A log line said at most once per [`Throttled::EVERY`], with a count of the rest.
-struct Throttled {
-    what: &'static str,
-    last: Option<Instant>,
-    suppressed: u64,
-}
-
-impl Throttled {
-    const EVERY: Duration = Duration::from_secs(10);
-
-    fn new(what: &'static str) -> Throttled {
-        Throttled {
-            what,
-            last: None,
-            suppressed: 0,
-        }
-    }
-
-    fn warn(&mut self, detail: &dyn std::fmt::Display) {
-        if self.last.is_some_and(|at| at.elapsed() < Self::EVERY) {
-            self.suppressed += 1;
-            return;
-        }
-        let suppressed = std::mem::take(&mut self.suppressed);
-        tracing::warn!(%detail, suppressed, "{}", self.what);
-        self.last = Some(Instant::now());
-    }
-}
 
 /// How long a connection may take to open its session, and stay silent in one.
 #[derive(Debug)]
