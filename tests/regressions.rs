@@ -301,14 +301,22 @@ fn issue13_11_an_fsync_waiting_for_replicas_can_be_interrupted_and_is_shown() {
     );
     let target = mount.path("f");
     let dd = |name: &str| {
-        std::process::Command::new("dd")
+        let mut command = std::process::Command::new("dd");
+        command
             .arg("if=/dev/zero")
             .arg(format!("of={}", mount.path(name).display()))
             .args(["bs=4k", "count=1", "conv=fsync"])
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .map(Child)
-            .unwrap()
+            .stderr(std::process::Stdio::null());
+        // Ctrl-C as at a terminal: a shell running the suite in the background has the
+        // children ignore SIGINT, and dd would then rightly wait on.
+        // SAFETY: signal(2) is async-signal-safe, as pre_exec requires.
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(&mut command, || {
+                libc::signal(libc::SIGINT, libc::SIG_DFL);
+                Ok(())
+            });
+        }
+        command.spawn().map(Child).unwrap()
     };
     let mut first = dd("f");
     let mut second = dd("g");
