@@ -8,7 +8,7 @@ use std::sync::Arc;
 use crate::cache::Cache;
 use crate::config::Config;
 use crate::log::LogPath;
-use crate::manifest::hasher::{self, Hashing};
+use crate::manifest::hasher::Hashing;
 use crate::origin::{HoldError, Origin};
 use crate::replication::primary::{Replication, ReplicationError};
 use crate::vfs::Volume;
@@ -83,7 +83,7 @@ pub fn open(config: &Config, state_dir: &Path, cache: bool) -> Result<Served, Cl
             Some(
                 Hashing::start(
                     state_dir,
-                    move |path: &LogPath| hasher::open_in(&reading, path),
+                    move |path: &LogPath| crate::tree::open_regular(&reading, path, libc::O_RDONLY),
                     journal.applied_source(),
                 )
                 .map_err(|error| CliError::Failure(format!("cannot start the hasher: {error}")))?,

@@ -7,8 +7,7 @@
 //! is missing or does not match the segment, the segment is scanned instead.
 
 use std::fs::File;
-use std::io::{self, BufReader, Read, Seek, SeekFrom, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::io::{self, BufReader, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
 use super::frame::{self, Decoded, FrameError};
@@ -332,18 +331,7 @@ pub fn write_index(segment: &Segment) -> io::Result<()> {
     bytes.extend_from_slice(&segment.len.to_le_bytes());
     let sum = blake3::hash(&bytes);
     bytes.extend_from_slice(&sum.as_bytes()[..8]);
-    let path = segment.index_path();
-    let temporary = path.with_extension("index.tmp");
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&temporary)?;
-    file.write_all(&bytes)?;
-    file.sync_all()?;
-    drop(file);
-    std::fs::rename(&temporary, &path)
+    crate::durable::replace(&segment.index_path(), bytes)
 }
 
 /// The sealed segment at `path` from its index file, if that exists and matches the

@@ -9,8 +9,8 @@ use std::os::unix::ffi::OsStrExt;
 
 use crate::log::LogPath;
 use crate::origin::{At, DirFd, Origin, OriginFile};
+use crate::tree::place;
 use crate::types::{FileKind, Name};
-use crate::write::apply::place;
 
 use super::chunks::FileHashes;
 use super::content::FileContent;

@@ -8,10 +8,9 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::log::LogPath;
-use crate::origin::{At, Origin, OriginFile};
+use crate::origin::OriginFile;
 use crate::throttled::Throttled;
 use crate::types::FileKind;
-use crate::write::apply::place;
 
 use super::chunks::FileHashes;
 use super::content::FileContent;
@@ -79,12 +78,6 @@ impl Hashing {
             tracing::error!("the hasher thread panicked");
         }
     }
-}
-
-/// `path` in `copy`, opened for reading without following a symlink anywhere on the way.
-pub fn open_in(copy: &Origin, path: &LogPath) -> io::Result<OriginFile> {
-    let (dir, name) = place(copy, path)?;
-    copy.open_regular(At::Entry(&dir, &name), libc::O_RDONLY)
 }
 
 /// Opens files for the hasher.

@@ -18,10 +18,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
+use crate::durable;
 use crate::log::{LogPath, Timestamp};
 use crate::origin::Stat;
 use crate::types::Change;
-use crate::write::applied::replace_durably;
 
 use super::chunks::{CHUNK_BYTES, ChunkHash, FileHashes};
 
@@ -448,7 +448,7 @@ impl HashStore {
             };
             encode(&saved)
         };
-        let result = bytes.and_then(|bytes| replace_durably(&self.path, bytes));
+        let result = bytes.and_then(|bytes| durable::replace(&self.path, bytes));
         if result.is_err() {
             self.lock().unsaved = true;
         }

@@ -26,12 +26,13 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
+use crate::durable;
 use crate::log::{Log, LogError, LogOptions, LogPath, Op, Record};
 use crate::manifest::store::{HashStore, Key, Stamp};
 use crate::origin::{At, Origin};
+use crate::tree::{ApplyError, apply, apply_op, place};
 use crate::types::{Change, FileKind};
 use crate::write::applied;
-use crate::write::apply::{ApplyError, apply, apply_op, place};
 
 /// Segment size of a copy's log.
 const SEGMENT_BYTES: u64 = 64 << 20;
@@ -140,7 +141,7 @@ impl Base {
             None => "-".to_string(),
         };
         let text = format!("{} {} {last}\n", self.offset, self.epoch);
-        applied::replace_durably(path, &text).map_err(|source| CopyError::Io {
+        durable::replace(path, &text).map_err(|source| CopyError::Io {
             path: path.to_path_buf(),
             source,
         })
@@ -255,7 +256,7 @@ fn switch_to_snapshot(root: &Path) -> Result<(), CopyError> {
     applied::store(&applied_path, base.offset).map_err(io_error(&applied_path))?;
     let base_path = root.join("base");
     std::fs::rename(&ready, &base_path).map_err(io_error(&ready))?;
-    applied::sync_parent(&base_path).map_err(io_error(root))?;
+    durable::sync_parent(&base_path).map_err(io_error(root))?;
     discard(root, &trash)
 }
 

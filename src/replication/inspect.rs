@@ -15,7 +15,6 @@ use super::protocol::{HashedFile, ToNode, ToPrimary, decode};
 use crate::log::LogPath;
 use crate::manifest::chunks::CHUNK_BYTES;
 use crate::manifest::fresh::{self, Files};
-use crate::manifest::hasher::open_in;
 use crate::manifest::store::HashStore;
 use crate::manifest::tree::{self, Entry};
 use crate::origin::Origin;
@@ -255,7 +254,7 @@ async fn read(
     };
     let len = u64::from(len).min(CHUNK_BYTES) as usize;
     let data = blocking(move || {
-        let file = open_in(&tree, &path)?;
+        let file = crate::tree::open_regular(&tree, &path, libc::O_RDONLY)?;
         let mut buffer = vec![0u8; len];
         let read = file.read_at(&mut buffer, offset)?;
         buffer.truncate(read);

@@ -23,7 +23,7 @@ use super::protocol::{ProtocolError, ToNode, ToPrimary, decode, encode};
 use crate::config::node::NodeConfig;
 use crate::control::ControlSocket;
 use crate::log::LogPath;
-use crate::manifest::hasher::{self, Hashing};
+use crate::manifest::hasher::Hashing;
 use crate::manifest::store::HashStore;
 use crate::origin::Origin;
 use crate::signals::StopSignals;
@@ -212,7 +212,9 @@ pub fn serve(config: NodeConfig, signals: StopSignals) -> Result<(), NodeError> 
         // copy has, so nothing waits for an applied offset.
         let hashing = Hashing::start(
             &root,
-            move |path: &LogPath| hasher::open_in(&Origin::open(&data)?, path),
+            move |path: &LogPath| {
+                crate::tree::open_regular(&Origin::open(&data)?, path, libc::O_RDONLY)
+            },
             || u64::MAX,
         )
         .map_err(|source| {

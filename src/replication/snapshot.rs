@@ -17,8 +17,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::log::{LogPath, Op};
 use crate::origin::{At, DirFd, Origin, OriginFile, Stat};
+use crate::tree::place;
 use crate::types::{FileKind, Name};
-use crate::write::apply::place;
 
 /// File bytes per write operation.
 const CHUNK_BYTES: u64 = 1 << 20;

@@ -14,8 +14,8 @@ use crate::manifest::chunks::CHUNK_BYTES;
 use crate::manifest::tree::Kind;
 use crate::origin::{At, Origin, Stat};
 use crate::replication::snapshot;
+use crate::tree::place;
 use crate::vfs::Repairing;
-use crate::write::apply::place;
 
 use super::compare::Aspect;
 use super::remote::Remote;

@@ -7,9 +7,9 @@ use std::time::SystemTime;
 
 use crate::cache::block::FileKey;
 use crate::log::{LogPath, Op};
-use crate::origin::{At, Origin, TimeSet, TimesUpdate};
+use crate::origin::{Origin, TimeSet, TimesUpdate};
+use crate::tree::open_regular;
 use crate::types::Change;
-use crate::write::apply::place;
 
 use super::{Moving, Result, VfsError, Volume};
 
@@ -54,8 +54,7 @@ impl Repairing<'_> {
         mtime: SystemTime,
     ) -> Result<()> {
         let origin = &self.volume.origin;
-        let (dir, name) = place(origin, path)?;
-        let file = origin.open_regular(At::Entry(&dir, &name), libc::O_WRONLY)?;
+        let file = open_regular(origin, path, libc::O_WRONLY)?;
         let stat = file.stat()?;
         if (stat.dev, stat.ino) != key {
             return Err(VfsError::Replaced(path.clone()));

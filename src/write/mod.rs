@@ -9,7 +9,6 @@
 //!   Recovery ([`recover`]) replays what the flusher had not applied.
 
 pub mod applied;
-pub mod apply;
 pub mod behind;
 mod dirty;
 pub mod recover;
@@ -22,11 +21,12 @@ use std::thread::JoinHandle;
 use std::time::SystemTime;
 
 use crate::config::{LogConfig, WriteConfig, WriteMode};
+use crate::durable;
 use crate::log::{Log, LogError, LogOptions, LogPath, Op};
 use crate::origin::{Origin, OriginFile};
 use crate::types::InodeId;
 
-use apply::ApplyError;
+use crate::tree::ApplyError;
 use behind::{BehindStatus, Overlay, Tuning, WriteBehind};
 use snapshot::SnapshotSource;
 
@@ -115,7 +115,7 @@ impl Journal {
                     && stats.next_offset == 0
                     && origin.is_empty().map_err(state_error(origin.path()))?;
                 let text = if whole { "whole\n" } else { "partial\n" };
-                applied::replace_durably(&base_path, text).map_err(state_error(&base_path))?;
+                durable::replace(&base_path, text).map_err(state_error(&base_path))?;
                 whole
             }
             Err(error) => return Err(state_error(&base_path)(error)),
@@ -126,7 +126,7 @@ impl Journal {
         }
         let behind = match write.mode {
             WriteMode::WriteThrough => {
-                applied::remove(&applied_path).map_err(state_error(&applied_path))?;
+                durable::remove(&applied_path).map_err(state_error(&applied_path))?;
                 None
             }
             WriteMode::WriteBehind => {

@@ -15,7 +15,7 @@ use crate::log::{Log, LogPath, Op, Record};
 use crate::origin::{At, Origin};
 
 use super::JournalError;
-use super::apply::{apply, place};
+use crate::tree::{apply, place};
 
 /// Replays into `origin` the content records from offset `from` on, each file's at its
 /// name now, and makes the origin durable. Two passes over the log, so that only the plan

@@ -475,7 +475,7 @@ pub fn replay(state: &Path, copy: &Path, times: usize) -> usize {
     for record in snapshot.records(0).unwrap() {
         let record = record.unwrap();
         for _ in 0..times {
-            mirrorfs::write::apply::apply(&origin, &record, true).unwrap();
+            mirrorfs::tree::apply(&origin, &record, true).unwrap();
         }
         count += 1;
     }

@@ -1,5 +1,5 @@
-//! Applying a log record to a copy of the volume: the origin (write-behind's flusher,
-//! crash recovery) or a replica's directory. One code path for all of them, so that what
+//! Applying a log record to a tree: the origin (write-behind's flusher, crash recovery)
+//! or a replica's copy. One code path for all of them, so that what
 //! recovery does is what was tested.
 //!
 //! Every record sets state, and a record whose effect is already there is not an error
@@ -14,6 +14,8 @@ use std::os::unix::ffi::OsStrExt;
 use crate::log::{LogPath, Op, Record};
 use crate::origin::{At, DirFd, Origin, TimeSet, TimesUpdate};
 use crate::types::{FileKind, Name};
+
+use super::place::{open_regular, place};
 
 /// A record that could not be applied.
 #[derive(Debug, thiserror::Error)]
@@ -248,21 +250,6 @@ fn make_new(
     }
 }
 
-/// The directory holding `path`'s last component, and that component. Each directory on
-/// the way is opened without following symlinks.
-pub fn place(copy: &Origin, path: &LogPath) -> io::Result<(DirFd, Name)> {
-    let mut parts = path.components().peekable();
-    let mut dir = copy.root().clone();
-    while let Some(part) = parts.next() {
-        let name = Name::new(OsStr::from_bytes(part)).map_err(io::Error::other)?;
-        if parts.peek().is_none() {
-            return Ok((dir, name));
-        }
-        dir = copy.open_dir(At::Entry(&dir, &name))?;
-    }
-    Err(io::Error::from_raw_os_error(libc::EINVAL))
-}
-
 /// What a record that may name the volume root (the empty path) changes.
 enum Target {
     Root,
@@ -293,9 +280,7 @@ fn open(
     path: &LogPath,
     flags: i32,
 ) -> io::Result<Option<crate::origin::OriginFile>> {
-    let found =
-        place(copy, path).and_then(|(dir, name)| copy.open_regular(At::Entry(&dir, &name), flags));
-    match found {
+    match open_regular(copy, path, flags) {
         Ok(file) => Ok(Some(file)),
         // ENXIO: the name holds something else now, as a later record made it.
         Err(error) if matches!(error.raw_os_error(), Some(libc::ENOENT | libc::ENXIO)) => Ok(None),

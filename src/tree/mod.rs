@@ -1,0 +1,9 @@
+//! A volume's tree over a directory (the origin, a replica's copy, a snapshot being
+//! built), as the log names it: volume paths resolved without following symlinks, and log
+//! records applied. write, replication, manifest and verify stand on it side by side.
+
+mod apply;
+mod place;
+
+pub use apply::{ApplyError, apply, apply_op};
+pub use place::{open_regular, place};
