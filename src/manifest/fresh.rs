@@ -111,7 +111,7 @@ pub fn hash(
         }
     }
     Err(io::Error::other(format!(
-        "/{path} kept changing while it was read"
+        "{path} kept changing while it was read"
     )))
 }
 

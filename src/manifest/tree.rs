@@ -7,16 +7,14 @@
 //! ([`path_order`]).
 
 use std::cmp::Ordering;
-use std::collections::HashMap;
-use std::ffi::OsStr;
 use std::io;
-use std::os::unix::ffi::OsStrExt;
 
 use serde::{Deserialize, Serialize};
 
 use crate::log::{LogPath, Timestamp};
-use crate::origin::{At, DirFd, Origin, Stat};
-use crate::types::{FileKind, Name};
+use crate::origin::{At, Origin, Stat};
+use crate::tree::{Visitor, WalkError, xattrs};
+use crate::types::FileKind;
 
 use super::chunks::{ChunkHash, FileHashes};
 use super::store::{HashStore, Stamp};
@@ -111,22 +109,6 @@ pub struct Xattr {
     pub value: ChunkHash,
 }
 
-/// Why a walk stopped.
-#[derive(Debug, thiserror::Error)]
-pub enum TreeError {
-    /// The copy refused a read.
-    #[error("reading /{path}: {source}")]
-    Read {
-        /// The object.
-        path: LogPath,
-        /// Why.
-        source: io::Error,
-    },
-    /// The caller wants no more.
-    #[error("stopped")]
-    Stopped,
-}
-
 /// The order entries are listed in: component by component, bytewise, a directory before
 /// what it holds.
 pub fn path_order(a: &LogPath, b: &LogPath) -> Ordering {
@@ -134,120 +116,43 @@ pub fn path_order(a: &LogPath, b: &LogPath) -> Ordering {
 }
 
 /// Walks `copy` from `under` (the empty path for all of it), handing each entry to `take`,
-/// which returns false to stop the walk. Objects removed while the walk runs are left out.
-/// Regular files get their root from `store` where it holds a current one.
+/// which returns false to stop the walk (`WalkError::Stopped`). Objects removed while the
+/// walk runs are left out. Regular files get their root from `store` where it holds a
+/// current one.
 pub fn walk(
     copy: &Origin,
     under: &LogPath,
     store: Option<&HashStore>,
     take: &mut dyn FnMut(Entry) -> bool,
-) -> Result<(), TreeError> {
-    let mut walker = Walker {
-        copy,
-        store,
-        take,
-        links: HashMap::new(),
-    };
-    walker.walk(under)
+) -> Result<(), WalkError> {
+    let mut lister = Lister { copy, store, take };
+    crate::tree::walk(copy, under, &mut lister)
 }
 
-struct Walker<'a> {
+/// Makes an entry of each object the walk visits.
+struct Lister<'a> {
     copy: &'a Origin,
     store: Option<&'a HashStore>,
     take: &'a mut dyn FnMut(Entry) -> bool,
-    /// The first path of each file with more than one name.
-    links: HashMap<(u64, u64), LogPath>,
 }
 
-/// A directory being walked: its fd, its path, and its names not yet visited.
-struct Frame {
-    dir: DirFd,
-    path: LogPath,
-    names: std::vec::IntoIter<Name>,
+impl Visitor for Lister<'_> {
+    fn object(
+        &mut self,
+        at: At<'_>,
+        path: &LogPath,
+        stat: &Stat,
+        link_of: Option<&LogPath>,
+    ) -> Result<(), WalkError> {
+        let entry = self
+            .entry(at, path, stat, link_of)
+            .map_err(WalkError::read(path))?;
+        self.hand_on(entry)
+    }
 }
 
-impl Walker<'_> {
-    fn walk(&mut self, under: &LogPath) -> Result<(), TreeError> {
-        let Some((dir, stat)) = self.start(under)? else {
-            return Ok(());
-        };
-        let entry = self.entry(At::Dir(&dir), under, &stat)?;
-        self.hand_on(entry)?;
-        let names = self.names(&dir, under)?;
-        let mut stack = vec![Frame {
-            dir,
-            path: under.clone(),
-            names: names.into_iter(),
-        }];
-        while let Some(frame) = stack.last_mut() {
-            let Some(name) = frame.names.next() else {
-                stack.pop();
-                continue;
-            };
-            let dir = frame.dir.clone();
-            let Ok(path) = frame.path.join(name.as_bytes()) else {
-                // No log path can name it, so no record can change it on a replica either;
-                // it is left out of both sides alike.
-                continue;
-            };
-            let at = At::Entry(&dir, &name);
-            let stat = match self.copy.stat(at) {
-                Ok(stat) => stat,
-                Err(error) if error.raw_os_error() == Some(libc::ENOENT) => continue,
-                Err(source) => return Err(TreeError::Read { path, source }),
-            };
-            let entry = self.entry(at, &path, &stat)?;
-            self.hand_on(entry)?;
-            if stat.kind() == Some(FileKind::Directory) {
-                let child = match self.copy.open_dir(at) {
-                    Ok(child) => child,
-                    Err(error) if error.raw_os_error() == Some(libc::ENOENT) => continue,
-                    Err(source) => return Err(TreeError::Read { path, source }),
-                };
-                let names = self.names(&child, &path)?;
-                stack.push(Frame {
-                    dir: child,
-                    path,
-                    names: names.into_iter(),
-                });
-            }
-        }
-        Ok(())
-    }
-
-    /// The directory the walk starts at, or `None` when `under` does not exist or is not a
-    /// directory in this copy (then its own entry is all there is, if anything).
-    fn start(&mut self, under: &LogPath) -> Result<Option<(DirFd, Stat)>, TreeError> {
-        let read = |source| TreeError::Read {
-            path: under.clone(),
-            source,
-        };
-        let mut dir = self.copy.root().clone();
-        let mut parts = under.components().peekable();
-        while let Some(part) = parts.next() {
-            let Ok(name) = Name::new(OsStr::from_bytes(part)) else {
-                return Ok(None);
-            };
-            let at = At::Entry(&dir, &name);
-            let stat = match self.copy.stat(at) {
-                Ok(stat) => stat,
-                Err(error) if error.raw_os_error() == Some(libc::ENOENT) => return Ok(None),
-                Err(error) => return Err(read(error)),
-            };
-            if stat.kind() != Some(FileKind::Directory) {
-                if parts.peek().is_none() {
-                    let entry = self.entry(at, under, &stat)?;
-                    self.hand_on(entry)?;
-                }
-                return Ok(None);
-            }
-            dir = self.copy.open_dir(at).map_err(read)?;
-        }
-        let stat = self.copy.stat_dir(&dir).map_err(read)?;
-        Ok(Some((dir, stat)))
-    }
-
-    fn hand_on(&mut self, mut entry: Entry) -> Result<(), TreeError> {
+impl Lister<'_> {
+    fn hand_on(&mut self, mut entry: Entry) -> Result<(), WalkError> {
         if entry.kind == Kind::File {
             entry.root = match (entry.size, self.store, &entry.local) {
                 (0, _, _) => Some(
@@ -270,32 +175,17 @@ impl Walker<'_> {
         }
         match (self.take)(entry) {
             true => Ok(()),
-            false => Err(TreeError::Stopped),
+            false => Err(WalkError::Stopped),
         }
     }
 
-    /// The names in `dir`, sorted bytewise.
-    fn names(&self, dir: &DirFd, path: &LogPath) -> Result<Vec<Name>, TreeError> {
-        let read = |source| TreeError::Read {
-            path: path.clone(),
-            source,
-        };
-        let mut stream = self.copy.open_dir_stream(At::Dir(dir)).map_err(read)?;
-        let mut names = Vec::new();
-        while let Some(entry) = stream.next_entry().map_err(read)? {
-            if let Ok(name) = Name::new(&entry.name) {
-                names.push(name);
-            }
-        }
-        names.sort_unstable_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
-        Ok(names)
-    }
-
-    fn entry(&mut self, at: At<'_>, path: &LogPath, stat: &Stat) -> Result<Entry, TreeError> {
-        let read = |source| TreeError::Read {
-            path: path.clone(),
-            source,
-        };
+    fn entry(
+        &self,
+        at: At<'_>,
+        path: &LogPath,
+        stat: &Stat,
+        link_of: Option<&LogPath>,
+    ) -> io::Result<Entry> {
         let kind = match stat.kind() {
             Some(FileKind::Regular) => Kind::File,
             Some(FileKind::Directory) => Kind::Dir,
@@ -303,20 +193,16 @@ impl Walker<'_> {
             _ => Kind::Special,
         };
         let target = match kind {
-            Kind::Symlink => self.copy.readlink(at).map_err(read)?,
+            Kind::Symlink => self.copy.readlink(at)?,
             _ => Vec::new(),
         };
-        let link_of = match kind {
-            Kind::Dir => None,
-            _ if stat.nlink > 1 => match self.links.get(&(stat.dev, stat.ino)) {
-                Some(first) => Some(first.clone()),
-                None => {
-                    self.links.insert((stat.dev, stat.ino), path.clone());
-                    None
-                }
-            },
-            _ => None,
-        };
+        let xattrs = xattrs(self.copy, at)?
+            .into_iter()
+            .map(|(name, value)| Xattr {
+                name,
+                value: *blake3::hash(&value).as_bytes(),
+            })
+            .collect();
         Ok(Entry {
             path: path.clone(),
             kind,
@@ -337,37 +223,13 @@ impl Walker<'_> {
                 _ => 0,
             },
             target,
-            xattrs: self.xattrs(at).map_err(read)?,
-            link_of,
+            xattrs,
+            link_of: link_of.cloned(),
             root: None,
             local: Some(Local {
                 key: (stat.dev, stat.ino),
                 ctime: stat.ctime.into(),
             }),
         })
-    }
-
-    fn xattrs(&self, at: At<'_>) -> io::Result<Vec<Xattr>> {
-        let names = match self.copy.list_xattr(at) {
-            Ok(names) => names,
-            Err(error) if matches!(error.raw_os_error(), Some(libc::ENOTSUP | libc::ENOENT)) => {
-                return Ok(Vec::new());
-            }
-            Err(error) => return Err(error),
-        };
-        let mut xattrs = Vec::new();
-        for name in names.split(|byte| *byte == 0).filter(|n| !n.is_empty()) {
-            let value = match self.copy.get_xattr(at, OsStr::from_bytes(name)) {
-                Ok(value) => value,
-                Err(error) if error.raw_os_error() == Some(libc::ENODATA) => continue,
-                Err(error) => return Err(error),
-            };
-            xattrs.push(Xattr {
-                name: name.to_vec(),
-                value: *blake3::hash(&value).as_bytes(),
-            });
-        }
-        xattrs.sort_unstable_by(|a, b| a.name.cmp(&b.name));
-        Ok(xattrs)
     }
 }

@@ -26,11 +26,12 @@ use super::copy::Stuck;
 use super::isr::{Progress, Rule, high_watermark, satisfied};
 use super::key::{KeyError, VolumeKey};
 use super::protocol::{ProtocolError, ToNode, ToPrimary, decode, encode, record_hash_at};
-use super::snapshot::{WalkError, WalkStats, walk};
+use super::snapshot::{WalkStats, walk};
 use crate::config::replication::Replica;
 use crate::config::units::Span;
 use crate::config::{OnInsufficient, ReplicationConfig};
 use crate::log::{Log, LogError, Op, Record, Records};
+use crate::tree::WalkError;
 use crate::write::snapshot::SnapshotSource;
 
 /// Records per batch at most, by bytes (a single larger record goes alone).
@@ -117,7 +118,7 @@ enum SendError {
     Silent(Duration),
     #[error("unexpected answer: {0}")]
     Unexpected(String),
-    #[error(transparent)]
+    #[error("snapshot: {0}")]
     Walk(#[from] WalkError),
     #[error("snapshot: {0}")]
     Snapshot(io::Error),

@@ -4,6 +4,8 @@
 
 mod apply;
 mod place;
+mod walk;
 
 pub use apply::{ApplyError, apply, apply_op};
 pub use place::{open_regular, place};
+pub use walk::{Visitor, WalkError, walk, xattrs};

@@ -5,16 +5,14 @@
 //! written back first).
 
 use std::collections::HashSet;
-use std::ffi::OsStr;
 use std::ops::Range;
-use std::os::unix::ffi::OsStrExt;
 
 use crate::log::{LogPath, Op};
 use crate::manifest::chunks::CHUNK_BYTES;
 use crate::manifest::tree::Kind;
 use crate::origin::{At, Origin, Stat};
 use crate::replication::snapshot;
-use crate::tree::place;
+use crate::tree::{place, xattrs};
 use crate::vfs::Repairing;
 
 use super::compare::Aspect;
@@ -55,7 +53,7 @@ enum RepairError {
     #[error("reading the primary: {0}")]
     Origin(#[from] std::io::Error),
     #[error("reading the primary: {0}")]
-    Walk(#[from] snapshot::WalkError),
+    Walk(#[from] crate::tree::WalkError),
     #[error("reading replica {0}: {1}")]
     Remote(String, String),
     #[error("replica {0} sent bytes that do not match the stored hash")]
@@ -219,27 +217,21 @@ fn metadata_ops(
         Aspect::Mtime => ops.push(set_times(path, &stat_at(origin, path)?)),
         Aspect::Xattrs => {
             let (dir, name) = place(origin, path)?;
-            let at = At::Entry(&dir, &name);
-            let listed = origin.list_xattr(at)?;
-            let names: Vec<&[u8]> = listed
-                .split(|byte| *byte == 0)
-                .filter(|name| !name.is_empty())
-                .collect();
-            for name in &names {
-                let value = origin.get_xattr(at, OsStr::from_bytes(name))?;
-                ops.push(Op::SetXattr {
-                    path: path.clone(),
-                    name: name.to_vec(),
-                    value,
-                });
-            }
+            let xattrs = xattrs(origin, At::Entry(&dir, &name))?;
             for name in copy.xattrs {
-                if !names.contains(&name.as_slice()) {
+                if !xattrs.iter().any(|(held, _)| held == name) {
                     ops.push(Op::RemoveXattr {
                         path: path.clone(),
                         name: name.clone(),
                     });
                 }
+            }
+            for (name, value) in xattrs {
+                ops.push(Op::SetXattr {
+                    path: path.clone(),
+                    name,
+                    value,
+                });
             }
         }
         // Repaired by the content comparison's ranges.
