@@ -6,6 +6,8 @@ use std::os::fd::{AsRawFd, FromRawFd};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
+use crate::types::FileId;
+
 /// Why the state directory cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
@@ -36,8 +38,8 @@ const SERVING: &str = "serving";
 pub struct StateDir {
     path: PathBuf,
     lock: File,
-    /// The directory's device and inode when it was opened.
-    identity: (u64, u64),
+    /// The directory's identity when it was opened.
+    identity: FileId,
 }
 
 impl StateDir {
@@ -84,7 +86,7 @@ impl StateDir {
         Ok(StateDir {
             path: path.to_path_buf(),
             lock,
-            identity: (meta.dev(), meta.ino()),
+            identity: id_of(&meta),
         })
     }
 
@@ -93,7 +95,7 @@ impl StateDir {
     /// Records written then would go to files no one will find.
     pub fn lost(&self) -> Option<String> {
         let locked = self.lock.metadata().map(|meta| meta.nlink() > 0);
-        let here = std::fs::metadata(&self.path).map(|meta| (meta.dev(), meta.ino()));
+        let here = std::fs::metadata(&self.path).map(|meta| id_of(&meta));
         let log = self.path.join("log");
         match (locked, here) {
             (Ok(true), Ok(identity)) if identity == self.identity => match log.try_exists() {
@@ -190,6 +192,14 @@ impl Watch {
             } > 0
             {}
         }
+    }
+}
+
+/// The identity of what `meta` describes.
+fn id_of(meta: &std::fs::Metadata) -> FileId {
+    FileId {
+        dev: meta.dev(),
+        ino: meta.ino(),
     }
 }
 

@@ -21,6 +21,19 @@ impl InodeId {
     pub const ROOT: InodeId = InodeId(1);
 }
 
+/// An object's identity on the filesystem holding it: device and inode number. The same
+/// across renames and remounts while the object exists; the number may be given to a new
+/// object once it is gone (a file's ctime tells the two apart).
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+pub struct FileId {
+    /// The device.
+    pub dev: u64,
+    /// The inode number on it.
+    pub ino: u64,
+}
+
 impl fmt::Display for InodeId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "inode {}", self.0)
@@ -94,6 +107,18 @@ impl fmt::Debug for Name {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_file_id_encodes_as_the_pair_stored_hashes_have_always_held() {
+        let id = FileId {
+            dev: 2049,
+            ino: 1 << 40,
+        };
+        assert_eq!(
+            postcard::to_allocvec(&id).unwrap(),
+            postcard::to_allocvec(&(2049u64, 1u64 << 40)).unwrap()
+        );
+    }
 
     #[test]
     fn name_accepts_ordinary_components() {

@@ -9,28 +9,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 
 use crate::origin::Stat;
+use crate::types::FileId;
 
 /// Pages are the least the cache fetches: a random 4 KiB read costs one page, not a block.
 pub const PAGE: u64 = 4096;
-
-/// An origin file's identity: the same across renames and remounts.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub struct FileKey {
-    /// Device of the origin file.
-    pub dev: u64,
-    /// Inode number on that device.
-    pub ino: u64,
-}
-
-impl FileKey {
-    /// The identity of the file `stat` describes.
-    pub fn of(stat: &Stat) -> FileKey {
-        FileKey {
-            dev: stat.dev,
-            ino: stat.ino,
-        }
-    }
-}
 
 /// A file's content version as the origin reports it. Any change to a file by anyone
 /// moves its ctime, and content changes move mtime or size as well; an inode number
@@ -69,7 +51,7 @@ fn nanos(time: SystemTime) -> i128 {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct BlockKey {
     /// The file.
-    pub file: FileKey,
+    pub file: FileId,
     /// The file's cache epoch.
     pub epoch: u64,
     /// Block number: byte offset / block size.

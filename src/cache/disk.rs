@@ -27,7 +27,8 @@ use std::os::unix::fs::{DirBuilderExt, FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
-use super::block::{FileKey, PAGE, Version};
+use super::block::{PAGE, Version};
+use crate::types::FileId;
 
 /// First bytes of every block file.
 const MAGIC: &[u8; 8] = b"MFSBLK1\0";
@@ -47,7 +48,7 @@ const NO_END: u32 = u32::MAX;
 type Header = (Option<u32>, Vec<[u8; 32]>);
 
 /// A block of a file in the disk tier: (file, block number).
-pub type DiskKey = (FileKey, u64);
+pub type DiskKey = (FileId, u64);
 
 /// Why the disk tier cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -88,7 +89,7 @@ pub enum Found {
 #[derive(Debug, Default)]
 pub struct Inventory {
     /// Per file: the version its blocks belong to.
-    pub versions: HashMap<FileKey, Version>,
+    pub versions: HashMap<FileId, Version>,
     /// Every block file: key, bytes on disk, last written; oldest first.
     pub blocks: Vec<(DiskKey, u64)>,
 }
@@ -281,12 +282,12 @@ impl DiskTier {
     }
 
     /// Removes every block of `file`.
-    pub fn forget(&self, file: FileKey) {
+    pub fn forget(&self, file: FileId) {
         let _ = fs::remove_dir_all(self.file_dir(file));
     }
 
     /// Records the origin version `file`'s blocks belong to.
-    pub fn set_version(&self, file: FileKey, version: Version) -> io::Result<()> {
+    pub fn set_version(&self, file: FileId, version: Version) -> io::Result<()> {
         let directory = self.file_dir(file);
         fs::DirBuilder::new()
             .recursive(true)
@@ -301,7 +302,7 @@ impl DiskTier {
         self.header_len as u64 + data.div_ceil(PAGE) * PAGE
     }
 
-    fn file_dir(&self, file: FileKey) -> PathBuf {
+    fn file_dir(&self, file: FileId) -> PathBuf {
         self.blocks.join(format!("{:x}-{:x}", file.dev, file.ino))
     }
 
@@ -408,9 +409,9 @@ fn header_hash(header: &[u8]) -> [u8; 32] {
     *hasher.finalize().as_bytes()
 }
 
-fn parse_file_dir(name: &str) -> Option<FileKey> {
+fn parse_file_dir(name: &str) -> Option<FileId> {
     let (dev, ino) = name.split_once('-')?;
-    Some(FileKey {
+    Some(FileId {
         dev: u64::from_str_radix(dev, 16).ok()?,
         ino: u64::from_str_radix(ino, 16).ok()?,
     })
@@ -437,7 +438,7 @@ mod tests {
     const BLOCK: u64 = 64 * 1024;
 
     fn key(index: u64) -> DiskKey {
-        (FileKey { dev: 1, ino: 2 }, index)
+        (FileId { dev: 1, ino: 2 }, index)
     }
 
     fn pages(found: Found) -> (u32, Vec<u8>) {

@@ -36,7 +36,8 @@ use std::time::Duration;
 use crate::config::CacheConfig;
 use crate::origin::{OriginFile, Stat};
 pub use crate::types::Change;
-use block::{Block, BlockKey, FileKey, Version, page_aligned};
+use crate::types::FileId;
+use block::{Block, BlockKey, Version, page_aligned};
 use disk::{DiskError, DiskTier, Found};
 use files::{FileState, Revalidated};
 use policy::TwoQ;
@@ -95,7 +96,7 @@ pub struct Cache {
 #[derive(Debug)]
 struct State {
     memory: TwoQ<BlockKey, Arc<Block>>,
-    files: HashMap<FileKey, FileState>,
+    files: HashMap<FileId, FileState>,
     /// Blocks a read is filling now; readers of them wait instead of reading too.
     inflight: HashSet<BlockKey>,
     next_epoch: u64,
@@ -105,14 +106,14 @@ struct State {
 /// One open file reading through the cache.
 #[derive(Debug)]
 pub struct CachedFile {
-    key: FileKey,
+    key: FileId,
     origin: Arc<OriginFile>,
     readahead: Mutex<Readahead>,
 }
 
 impl CachedFile {
     /// The origin file's identity.
-    pub fn key(&self) -> FileKey {
+    pub fn key(&self) -> FileId {
         self.key
     }
 }
@@ -242,7 +243,7 @@ impl Cache {
     /// Starts reading `origin` (whose metadata is `stat`) through the cache. `dirty`: the
     /// file has unflushed writes, so a changed origin version may be ours.
     pub fn open(&self, origin: Arc<OriginFile>, stat: &Stat, dirty: bool) -> Arc<CachedFile> {
-        let key = FileKey::of(stat);
+        let key = stat.id();
         let version = Version::of(stat);
         let mut state = self.lock();
         let first_sight = !state.files.contains_key(&key);
@@ -362,7 +363,7 @@ impl Cache {
     }
 
     /// A change made through the mount to the file `key`.
-    pub fn changed(&self, key: FileKey, change: Change) {
+    pub fn changed(&self, key: FileId, change: Change) {
         let mut state = self.lock();
         let state = &mut *state;
         let Some(file) = state.files.get_mut(&key) else {
@@ -420,7 +421,7 @@ impl Cache {
             }
         }
         if last.saturating_sub(first) >= DROP_ONE_BY_ONE_MAX {
-            let doomed = |disk_key: &(FileKey, u64)| {
+            let doomed = |disk_key: &(FileId, u64)| {
                 disk_key.0 == key
                     && ((first..=last).contains(&disk_key.1) || Some(disk_key.1) == stale_end)
             };
@@ -493,7 +494,7 @@ impl Cache {
     fn revalidate(
         &self,
         state: &mut State,
-        key: FileKey,
+        key: FileId,
         version: Version,
         dirty: bool,
     ) -> Revalidated {

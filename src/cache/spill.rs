@@ -9,12 +9,13 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use super::block::{Block, FileKey, Version};
+use super::block::{Block, Version};
 use super::disk::{DiskKey, DiskTier, Inventory};
 use super::policy::{Admission, TwoQ};
 use super::queue::WorkQueue;
 use super::stats::bump;
 use super::{Cache, State, lock};
+use crate::types::FileId;
 
 /// Bytes of blocks waiting to be written beyond which more are not queued (the disk is
 /// slower than the readers; those blocks are simply not kept on disk).
@@ -28,9 +29,9 @@ pub(super) enum DiskOp {
     /// Remove the block.
     Delete(DiskKey),
     /// Remove every block of the file.
-    Forget(FileKey),
+    Forget(FileId),
     /// Record the version the file's blocks belong to.
-    Version(FileKey, Version),
+    Version(FileId, Version),
 }
 
 /// What the disk tier holds, as far as the cache is concerned.
@@ -38,10 +39,10 @@ pub(super) enum DiskOp {
 pub(super) struct DiskIndex {
     pub(super) policy: TwoQ<DiskKey, ()>,
     /// The origin version each file's blocks belong to.
-    versions: HashMap<FileKey, Version>,
+    versions: HashMap<FileId, Version>,
     /// Queued operations per block and per file.
     pending: HashMap<DiskKey, u32>,
-    pending_files: HashMap<FileKey, u32>,
+    pending_files: HashMap<FileId, u32>,
     pending_bytes: u64,
 }
 
@@ -169,7 +170,7 @@ impl Cache {
     }
 
     /// Drops every block of `file` from the tier.
-    pub(super) fn forget_on_disk(&self, state: &mut State, file: FileKey) {
+    pub(super) fn forget_on_disk(&self, state: &mut State, file: FileId) {
         let Some(index) = &mut state.disk else {
             return;
         };
@@ -182,7 +183,7 @@ impl Cache {
 
     /// The origin version of `file` moved because of changes through the mount, whose
     /// blocks were dropped one by one: the rest stay valid under the new version.
-    pub(super) fn adopt_on_disk(&self, state: &mut State, file: FileKey, version: Version) {
+    pub(super) fn adopt_on_disk(&self, state: &mut State, file: FileId, version: Version) {
         let Some(index) = &mut state.disk else {
             return;
         };
@@ -194,7 +195,7 @@ impl Cache {
 
     /// A file is first seen in this mount at `version`: blocks the tier holds of another
     /// version are stale.
-    pub(super) fn first_sight_on_disk(&self, state: &mut State, file: FileKey, version: Version) {
+    pub(super) fn first_sight_on_disk(&self, state: &mut State, file: FileId, version: Version) {
         let stale = state
             .disk
             .as_ref()

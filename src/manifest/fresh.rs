@@ -10,17 +10,17 @@ use std::os::unix::ffi::OsStrExt;
 use crate::log::LogPath;
 use crate::origin::{At, DirFd, Origin, OriginFile};
 use crate::tree::place;
-use crate::types::{FileKind, Name};
+use crate::types::{FileId, FileKind, Name};
 
 use super::chunks::FileHashes;
 use super::content::FileContent;
-use super::store::{HashStore, Key, Stamp, Stored};
+use super::store::{HashStore, Stamp, Stored};
 
 /// A file read afresh.
 #[derive(Clone, Debug)]
 pub struct Fresh {
     /// Its identity in the copy.
-    pub key: Key,
+    pub key: FileId,
     /// Its stamp while it was read.
     pub stamp: Stamp,
     /// Its content's hashes now.
@@ -99,7 +99,7 @@ pub fn hash(
     if stat.kind() != Some(FileKind::Regular) {
         return Ok(None);
     }
-    let key = (stat.dev, stat.ino);
+    let key = stat.id();
     for _ in 0..ATTEMPTS {
         if let Some(fresh) = attempt(&file, key, store, pace)? {
             if fresh.stored.is_none()
@@ -118,7 +118,7 @@ pub fn hash(
 /// One reading of the file; `None` when it changed meanwhile.
 fn attempt(
     file: &OriginFile,
-    key: Key,
+    key: FileId,
     store: Option<&HashStore>,
     pace: &mut dyn FnMut(u64),
 ) -> io::Result<Option<Fresh>> {

@@ -163,7 +163,7 @@ fn rehash(store: &HashStore, copy: Opener<'_>, job: Job) -> bool {
 fn open(copy: Opener<'_>, job: &Job) -> Option<OriginFile> {
     let file = copy(job.pending.path.as_ref()?).ok()?;
     let stat = file.stat().ok()?;
-    ((stat.dev, stat.ino) == job.key && stat.kind() == Some(FileKind::Regular)).then_some(file)
+    (stat.id() == job.key && stat.kind() == Some(FileKind::Regular)).then_some(file)
 }
 
 /// The file's hashes and the stamp they hold for, or `None` when it changed meanwhile.

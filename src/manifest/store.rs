@@ -21,12 +21,9 @@ use serde::{Deserialize, Serialize};
 use crate::durable;
 use crate::log::{LogPath, Timestamp};
 use crate::origin::Stat;
-use crate::types::Change;
+use crate::types::{Change, FileId};
 
 use super::chunks::{CHUNK_BYTES, ChunkHash, FileHashes};
-
-/// A file's identity in one copy: device and inode number.
-pub type Key = (u64, u64);
 
 /// The file's name in a state or copy directory.
 pub const FILE_NAME: &str = "hashes";
@@ -101,12 +98,12 @@ pub struct HashStore {
 
 #[derive(Debug, Default)]
 struct State {
-    files: HashMap<Key, Stored>,
-    pending: HashMap<Key, Pending>,
+    files: HashMap<FileId, Stored>,
+    pending: HashMap<FileId, Pending>,
     /// Changes under way, not yet in the file: the hasher leaves these files alone.
-    changing: HashMap<Key, u32>,
+    changing: HashMap<FileId, u32>,
     /// Files the hasher is hashing now.
-    hashing: HashSet<Key>,
+    hashing: HashSet<FileId>,
     /// Something changed since the last save.
     unsaved: bool,
     /// The hasher sleeps, waiting for work.
@@ -117,15 +114,15 @@ struct State {
 /// What the saved file holds after its header.
 #[derive(Serialize, Deserialize)]
 struct Saved {
-    files: Vec<(Key, Stored)>,
-    pending: Vec<(Key, Pending)>,
+    files: Vec<(FileId, Stored)>,
+    pending: Vec<(FileId, Pending)>,
 }
 
 /// A piece of work for the hasher: a file to bring up to date.
 #[derive(Debug)]
 pub struct Job {
     /// Which file.
-    pub key: Key,
+    pub key: FileId,
     /// What changed.
     pub pending: Pending,
     /// What is stored for it now.
@@ -136,7 +133,7 @@ pub struct Job {
 /// the file.
 pub struct Changing<'a, F: Fn() -> u64> {
     store: &'a HashStore,
-    key: Key,
+    key: FileId,
     /// The offset the change's record will be below once appended.
     after: F,
 }
@@ -206,7 +203,7 @@ impl HashStore {
     /// below what `after` then says.
     pub fn changing<F: Fn() -> u64>(
         &self,
-        key: Key,
+        key: FileId,
         path: Option<&LogPath>,
         change: &Change,
         after: F,
@@ -246,7 +243,7 @@ impl HashStore {
     /// Says that file `key`, just marked as changing, had stamp `before` just before the
     /// change: if that is not the stamp its stored hashes were taken at, something else
     /// changed the file too, and it is rehashed whole.
-    pub fn seen_before(&self, key: Key, before: &Stamp) {
+    pub fn seen_before(&self, key: FileId, before: &Stamp) {
         let mut state = self.lock();
         let stale = state
             .files
@@ -260,7 +257,7 @@ impl HashStore {
 
     /// Asks for file `key` (named `path`) to be hashed whole in the background, unless a
     /// change to it is pending already (a walk found no current stored hashes for it).
-    pub fn request(&self, key: Key, path: &LogPath) {
+    pub fn request(&self, key: FileId, path: &LogPath) {
         let mut state = self.lock();
         if state.pending.contains_key(&key)
             || state.changing.contains_key(&key)
@@ -282,24 +279,24 @@ impl HashStore {
 
     /// The stored hashes of `key`, if they describe the file as it is: its stamp is
     /// `stamp` and no change to it is pending.
-    pub fn current(&self, key: Key, stamp: &Stamp) -> Option<Stored> {
+    pub fn current(&self, key: FileId, stamp: &Stamp) -> Option<Stored> {
         current_in(&self.lock(), key, stamp).cloned()
     }
 
     /// The root of `key`'s stored hashes, if they are current (see [`HashStore::current`]).
-    pub fn current_root(&self, key: Key, stamp: &Stamp) -> Option<ChunkHash> {
+    pub fn current_root(&self, key: FileId, stamp: &Stamp) -> Option<ChunkHash> {
         current_in(&self.lock(), key, stamp).map(|stored| stored.root)
     }
 
     /// What is stored for `key`, current or not.
-    pub fn stored(&self, key: Key) -> Option<Stored> {
+    pub fn stored(&self, key: FileId) -> Option<Stored> {
         self.lock().files.get(&key).cloned()
     }
 
     /// Stores hashes taken of `key` with the file at `stamp` (the same before and after
     /// they were read), unless a change to it was marked meanwhile (then they may already
     /// be out of date). Returns whether they were kept.
-    pub fn put(&self, key: Key, hashes: FileHashes, stamp: Stamp) -> bool {
+    pub fn put(&self, key: FileId, hashes: FileHashes, stamp: Stamp) -> bool {
         let mut state = self.lock();
         state.hashing.remove(&key);
         if state.pending.contains_key(&key) || state.changing.contains_key(&key) {
@@ -320,7 +317,7 @@ impl HashStore {
     }
 
     /// Records that a content check found `key` matching its stored hashes now.
-    pub fn verified(&self, key: Key) {
+    pub fn verified(&self, key: FileId) {
         let now = unix_now();
         let mut state = self.lock();
         if let Some(stored) = state.files.get_mut(&key) {
@@ -330,7 +327,7 @@ impl HashStore {
     }
 
     /// Forgets what is stored for files not in `live` (a full walk saw every file there is).
-    pub fn retain(&self, live: &HashSet<Key>) {
+    pub fn retain(&self, live: &HashSet<FileId>) {
         let mut state = self.lock();
         let before = state.files.len();
         state.files.retain(|key, _| live.contains(key));
@@ -344,7 +341,7 @@ impl HashStore {
     /// record they wait for below `applied`.
     pub fn take(&self, applied: u64, limit: usize) -> Vec<Job> {
         let mut state = self.lock();
-        let ready: Vec<Key> = state
+        let ready: Vec<FileId> = state
             .pending
             .iter()
             .filter(|(key, pending)| pending.after <= applied && !state.changing.contains_key(key))
@@ -381,7 +378,7 @@ impl HashStore {
     }
 
     /// Drops what is stored for `key`: the file it named is gone or cannot be read.
-    pub fn forget(&self, key: Key) {
+    pub fn forget(&self, key: FileId) {
         let mut state = self.lock();
         state.hashing.remove(&key);
         state.files.remove(&key);
@@ -457,7 +454,7 @@ impl HashStore {
 }
 
 /// What `state` stores for `key`, if it is current with the file at `stamp`.
-fn current_in<'s>(state: &'s State, key: Key, stamp: &Stamp) -> Option<&'s Stored> {
+fn current_in<'s>(state: &'s State, key: FileId, stamp: &Stamp) -> Option<&'s Stored> {
     if state.pending.contains_key(&key) || state.changing.contains_key(&key) {
         return None;
     }
@@ -496,6 +493,10 @@ pub fn unix_now() -> u64 {
 mod tests {
     use super::*;
 
+    fn id(dev: u64, ino: u64) -> FileId {
+        FileId { dev, ino }
+    }
+
     fn stamp(size: u64, ctime: i64) -> Stamp {
         let time = Timestamp {
             seconds: ctime,
@@ -519,12 +520,12 @@ mod tests {
     fn an_entry_is_current_only_with_its_stamp_and_nothing_pending() {
         let dir = tempfile::tempdir().unwrap();
         let store = HashStore::open(dir.path());
-        assert!(store.put((1, 2), hashes(5), stamp(5, 10)));
-        assert!(store.current((1, 2), &stamp(5, 10)).is_some());
+        assert!(store.put(id(1, 2), hashes(5), stamp(5, 10)));
+        assert!(store.current(id(1, 2), &stamp(5, 10)).is_some());
         // Another program wrote it: ctime moved.
-        assert!(store.current((1, 2), &stamp(5, 11)).is_none());
-        let guard = store.changing((1, 2), None, &Change::Written(0..5), || 3);
-        assert!(store.current((1, 2), &stamp(5, 10)).is_none());
+        assert!(store.current(id(1, 2), &stamp(5, 11)).is_none());
+        let guard = store.changing(id(1, 2), None, &Change::Written(0..5), || 3);
+        assert!(store.current(id(1, 2), &stamp(5, 10)).is_none());
         // Under way: not for the hasher yet.
         assert!(store.take(u64::MAX, 1).is_empty());
         drop(guard);
@@ -536,16 +537,16 @@ mod tests {
             vec![0]
         );
         assert!(store.put(job.key, hashes(6), stamp(6, 12)));
-        assert!(store.current((1, 2), &stamp(6, 12)).is_some());
+        assert!(store.current(id(1, 2), &stamp(6, 12)).is_some());
     }
 
     #[test]
     fn hashes_taken_across_a_change_are_not_kept() {
         let dir = tempfile::tempdir().unwrap();
         let store = HashStore::open(dir.path());
-        drop(store.changing((1, 2), None, &Change::Content, || 0));
+        drop(store.changing(id(1, 2), None, &Change::Content, || 0));
         let job = store.take(0, 1).pop().unwrap();
-        drop(store.changing((1, 2), None, &Change::Written(0..1), || 0));
+        drop(store.changing(id(1, 2), None, &Change::Written(0..1), || 0));
         assert!(!store.put(job.key, hashes(1), stamp(1, 1)));
         store.put_back(job);
         let again = store.take(0, 1).pop().unwrap();
@@ -557,24 +558,24 @@ mod tests {
     fn the_store_survives_a_reopen_and_a_damaged_file_starts_afresh() {
         let dir = tempfile::tempdir().unwrap();
         let store = HashStore::open(dir.path());
-        assert!(store.put((1, 2), hashes(5), stamp(5, 10)));
-        drop(store.changing((3, 4), None, &Change::Content, || 7));
+        assert!(store.put(id(1, 2), hashes(5), stamp(5, 10)));
+        drop(store.changing(id(3, 4), None, &Change::Content, || 7));
         store.save().unwrap();
         let reopened = HashStore::open(dir.path());
-        assert!(reopened.current((1, 2), &stamp(5, 10)).is_some());
+        assert!(reopened.current(id(1, 2), &stamp(5, 10)).is_some());
         assert_eq!(
             reopened
                 .take(7, 9)
                 .iter()
                 .map(|job| job.key)
                 .collect::<Vec<_>>(),
-            vec![(3, 4)]
+            vec![id(3, 4)]
         );
         let path = dir.path().join(FILE_NAME);
         let mut bytes = std::fs::read(&path).unwrap();
         let last = bytes.len() - 1;
         bytes[last] ^= 1;
         std::fs::write(&path, bytes).unwrap();
-        assert!(HashStore::open(dir.path()).stored((1, 2)).is_none());
+        assert!(HashStore::open(dir.path()).stored(id(1, 2)).is_none());
     }
 }

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use crate::log::{LogPath, Timestamp};
 use crate::origin::{At, Origin, Stat};
 use crate::tree::{Visitor, WalkError, xattrs};
-use crate::types::FileKind;
+use crate::types::{FileId, FileKind};
 
 use super::chunks::{ChunkHash, FileHashes};
 use super::store::{HashStore, Stamp};
@@ -68,7 +68,7 @@ impl Entry {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Local {
     /// Origin device and inode number.
-    pub key: (u64, u64),
+    pub key: FileId,
     /// The file's change time: with size and mtime, what says its stored hashes are current.
     pub ctime: Timestamp,
 }
@@ -227,7 +227,7 @@ impl Lister<'_> {
             link_of: link_of.cloned(),
             root: None,
             local: Some(Local {
-                key: (stat.dev, stat.ino),
+                key: stat.id(),
                 ctime: stat.ctime.into(),
             }),
         })

@@ -20,7 +20,7 @@ pub use dir_stream::{DirEntry, DirStream};
 pub use file::OriginFile;
 use sys::CName;
 
-use crate::types::{FileKind, Name};
+use crate::types::{FileId, FileKind, Name};
 
 /// Why the origin's lock could not be taken.
 #[derive(Debug, thiserror::Error)]
@@ -84,6 +84,14 @@ pub struct Stat {
 }
 
 impl Stat {
+    /// The object's identity: device and inode number.
+    pub fn id(&self) -> FileId {
+        FileId {
+            dev: self.dev,
+            ino: self.ino,
+        }
+    }
+
     /// The object's kind; `None` only for a mode Linux does not define.
     pub fn kind(&self) -> Option<FileKind> {
         FileKind::from_mode(self.mode)

@@ -14,7 +14,7 @@ use std::os::unix::ffi::OsStrExt;
 
 use crate::log::LogPath;
 use crate::origin::{At, DirFd, Origin, Stat};
-use crate::types::{FileKind, Name};
+use crate::types::{FileId, FileKind, Name};
 
 use super::place::place;
 
@@ -110,7 +110,7 @@ struct Walker<'a> {
     tree: &'a Origin,
     visitor: &'a mut dyn Visitor,
     /// The first path of each file with more than one name.
-    first_names: HashMap<(u64, u64), LogPath>,
+    first_names: HashMap<FileId, LogPath>,
 }
 
 /// A directory being walked: its fd, its path and stat, and its names not yet visited.
@@ -172,10 +172,10 @@ impl Walker<'_> {
         let directory = stat.kind() == Some(FileKind::Directory);
         let link_of = match directory || stat.nlink < 2 {
             true => None,
-            false => match self.first_names.get(&(stat.dev, stat.ino)) {
+            false => match self.first_names.get(&stat.id()) {
                 Some(first) => Some(first.clone()),
                 None => {
-                    self.first_names.insert((stat.dev, stat.ino), path.clone());
+                    self.first_names.insert(stat.id(), path.clone());
                     None
                 }
             },

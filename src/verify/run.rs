@@ -23,6 +23,7 @@ use crate::manifest::tree::{self, Entry, Kind, path_order};
 use crate::origin::Origin;
 use crate::replication::key::VolumeKey;
 use crate::replication::protocol::record_hash_at;
+use crate::types::FileId;
 
 use super::compare::{Aspect, Compare, Difference};
 use super::remote::{Remote, RemoteError, RemoteHashes, RemoteWalk};
@@ -88,7 +89,7 @@ pub struct Subject<'a> {
     pub applied: &'a (dyn Fn() -> u64 + Sync),
     /// Files being written through the mount now (by origin dev and inode): their
     /// modification time reaches the log only when they are closed.
-    pub writing: &'a (dyn Fn() -> HashSet<(u64, u64)> + Sync),
+    pub writing: &'a (dyn Fn() -> HashSet<FileId> + Sync),
     /// Waits until every change already made to the origin has its record in the log
     /// (write-through makes the change, then appends): called before a difference is
     /// judged, so a change whose record was still on its way is never taken for one.
@@ -139,7 +140,7 @@ pub enum Fix {
         /// The file.
         path: LogPath,
         /// Its identity on the primary.
-        key: (u64, u64),
+        key: FileId,
         /// Which chunk.
         chunk: u64,
         /// The hash it must have.
@@ -940,7 +941,7 @@ impl Run<'_, '_> {
         entry: &Entry,
         fresh: &FileHashes,
         stored: &FileHashes,
-        key: (u64, u64),
+        key: FileId,
         rotted: &[u64],
         answers: &[Option<RemoteHashes>],
     ) -> Vec<u64> {

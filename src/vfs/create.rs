@@ -293,7 +293,7 @@ impl Volume {
             Some(file) => file.stat()?,
             None => self.origin.stat(at)?,
         };
-        if (settled.dev, settled.ino) != (created.dev, created.ino) {
+        if settled.id() != created.id() {
             return Err(VfsError::Stale(settled.ino));
         }
         Ok(settled)

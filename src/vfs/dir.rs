@@ -4,7 +4,7 @@ use std::ffi::OsStr;
 use std::sync::{Arc, Mutex};
 
 use crate::origin::{At, DirEntry, DirStream};
-use crate::types::{FileKind, InodeId, Name};
+use crate::types::{FileId, FileKind, InodeId, Name};
 
 use super::handles::DirHandle;
 use super::{Attr, Result, VfsError, Volume};
@@ -53,7 +53,10 @@ impl Volume {
             let ino = match entry.name.as_encoded_bytes() {
                 b"." => open.inode.0,
                 b".." => self.parent_of(open.inode).0,
-                _ => self.table().listing_ino((root_dev, entry.ino)),
+                _ => self.table().listing_ino(FileId {
+                    dev: root_dev,
+                    ino: entry.ino,
+                }),
             };
             let listed = ListedEntry {
                 ino,
@@ -97,7 +100,7 @@ impl Volume {
             let id = match (&entry_name, entry.name.as_encoded_bytes()) {
                 (None, b".") => open.inode,
                 (None, _) => self.parent_of(open.inode),
-                (Some(_), _) => self.table().id_for((stat.dev, stat.ino)),
+                (Some(_), _) => self.table().id_for(stat.id()),
             };
             let attr = self.attr(id, &stat)?;
             let listed = ListedEntry {

@@ -14,7 +14,7 @@ use std::collections::hash_map::Entry;
 
 use crate::log::{LogPath, PathError};
 use crate::origin::Stat;
-use crate::types::{FileKind, InodeId, Name};
+use crate::types::{FileId, FileKind, InodeId, Name};
 
 /// At most this many names are remembered per hard-linked inode (newest first).
 const LINK_HINTS_MAX: usize = 8;
@@ -25,9 +25,6 @@ const DEPTH_MAX: usize = 2048;
 
 /// Node ids at or above this are allocated here, never taken from the origin.
 const SYNTHETIC_BASE: u64 = 1 << 63;
-
-/// An origin object's identity: (device, inode number).
-pub(crate) type OriginKey = (u64, u64);
 
 /// One (parent, name) by which an inode can be reached on the origin.
 pub(crate) type LinkHint = (InodeId, Name);
@@ -41,7 +38,7 @@ pub(crate) struct Inode {
     /// What the origin object is.
     pub(crate) kind: FileKind,
     /// The origin object's identity, to check hints against.
-    pub(crate) key: OriginKey,
+    pub(crate) key: FileId,
     /// Names it was reached by, newest first; possibly stale.
     pub(crate) links: Vec<LinkHint>,
     /// Lookups the kernel holds (each reply with an entry is one; FORGET returns them).
@@ -56,15 +53,15 @@ pub(crate) struct InodeTable {
     inodes: HashMap<InodeId, Inode>,
     /// Which inode each hint belongs to.
     names: HashMap<LinkHint, InodeId>,
-    synthetic: HashMap<OriginKey, InodeId>,
+    synthetic: HashMap<FileId, InodeId>,
     synthetic_next: u64,
-    root_key: OriginKey,
+    root_key: FileId,
 }
 
 impl InodeTable {
     /// A table holding only the root, whose origin identity is `root`.
     pub(crate) fn new(root: &Stat) -> InodeTable {
-        let root_key = (root.dev, root.ino);
+        let root_key = root.id();
         let mut inodes = HashMap::new();
         inodes.insert(
             InodeId::ROOT,
@@ -88,18 +85,18 @@ impl InodeTable {
 
     /// The node id the kernel sees for an origin object, if one can be given without
     /// allocating: the origin inode number itself on the origin's device.
-    pub(crate) fn plain_id(&self, key: OriginKey) -> Option<InodeId> {
+    pub(crate) fn plain_id(&self, key: FileId) -> Option<InodeId> {
         if key == self.root_key {
             return Some(InodeId::ROOT);
         }
-        let (dev, ino) = key;
+        let FileId { dev, ino } = key;
         let reserved = ino == InodeId::ROOT.0 || ino >= SYNTHETIC_BASE || ino == 0;
-        (dev == self.root_key.0 && !reserved).then_some(InodeId(ino))
+        (dev == self.root_key.dev && !reserved).then_some(InodeId(ino))
     }
 
     /// The node id for an origin object; objects on other devices (submounts) or whose
     /// number collides with a reserved id get an id allocated here.
-    pub(crate) fn id_for(&mut self, key: OriginKey) -> InodeId {
+    pub(crate) fn id_for(&mut self, key: FileId) -> InodeId {
         if let Some(id) = self.plain_id(key) {
             return id;
         }
@@ -113,16 +110,16 @@ impl InodeTable {
     }
 
     /// The node id an origin object has or would have, without allocating one.
-    pub(crate) fn id_of(&self, key: OriginKey) -> Option<InodeId> {
+    pub(crate) fn id_of(&self, key: FileId) -> Option<InodeId> {
         self.plain_id(key)
             .or_else(|| self.synthetic.get(&key).copied())
     }
 
     /// The number an entry is listed with in a plain readdir (informational only).
-    pub(crate) fn listing_ino(&self, dev_ino: OriginKey) -> u64 {
+    pub(crate) fn listing_ino(&self, dev_ino: FileId) -> u64 {
         self.plain_id(dev_ino)
             .or_else(|| self.synthetic.get(&dev_ino).copied())
-            .map_or(dev_ino.1, |id| id.0)
+            .map_or(dev_ino.ino, |id| id.0)
     }
 
     /// Records that the kernel learned `stat`'s object under (parent, name) and now holds
@@ -141,7 +138,7 @@ impl InodeTable {
     /// An entry whose id now belongs to a different object (the origin reused the inode
     /// number, or the type changed) starts afresh.
     pub(crate) fn register(&mut self, stat: &Stat) -> InodeId {
-        let key = (stat.dev, stat.ino);
+        let key = stat.id();
         let id = self.id_for(key);
         let kind = stat.kind().unwrap_or(FileKind::Regular);
         match self.inodes.entry(id) {
@@ -285,6 +282,10 @@ impl InodeTable {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn id(dev: u64, ino: u64) -> FileId {
+        FileId { dev, ino }
+    }
     use std::ffi::OsStr;
     use std::time::UNIX_EPOCH;
 
@@ -316,7 +317,7 @@ mod tests {
     #[test]
     fn origin_inode_numbers_are_node_ids_and_root_is_one() {
         let mut table = InodeTable::new(&stat(7, 2, DIR));
-        assert_eq!(table.id_for((7, 2)), InodeId::ROOT);
+        assert_eq!(table.id_for(id(7, 2)), InodeId::ROOT);
         assert_eq!(
             table.remember(InodeId::ROOT, &name("a"), &stat(7, 12, FILE)),
             InodeId(12)
@@ -326,11 +327,11 @@ mod tests {
     #[test]
     fn reserved_numbers_and_other_devices_get_distinct_synthetic_ids() {
         let mut table = InodeTable::new(&stat(7, 2, DIR));
-        let one = table.id_for((7, 1));
-        let foreign = table.id_for((8, 12));
+        let one = table.id_for(id(7, 1));
+        let foreign = table.id_for(id(8, 12));
         assert!(one.0 >= SYNTHETIC_BASE && foreign.0 >= SYNTHETIC_BASE);
         assert_ne!(one, foreign);
-        assert_eq!(table.id_for((8, 12)), foreign, "stable while remembered");
+        assert_eq!(table.id_for(id(8, 12)), foreign, "stable while remembered");
     }
 
     #[test]

@@ -30,16 +30,16 @@ pub use attr::SetAttr;
 pub use dir::ListedEntry;
 pub use io::Opened;
 
-use crate::cache::block::FileKey;
 use crate::cache::{Cache, Change};
 use crate::log::{LogError, LogPath, Op, PathError};
 use crate::manifest::store::{Changing, HashStore};
 use crate::origin::{At, DirFd, Origin, Stat};
 use crate::replication::primary::{Replication, ReplicationError};
+use crate::types::FileId;
 use crate::types::{FileKind, InodeId, Name, NameError};
 use crate::write::{Journal, WriteError};
 use handles::{DirHandle, FileHandle, HandleTable, OpenCounts};
-use inodes::{InodeTable, LinkHint, OriginKey};
+use inodes::{InodeTable, LinkHint};
 pub use repair::Repairing;
 
 /// Directory fds kept open for path resolution (O_PATH, cheap). Far below RLIMIT_NOFILE,
@@ -376,8 +376,8 @@ impl Volume {
             return;
         };
         let key = self.table().get(id).map(|inode| inode.key);
-        if let Some((dev, ino)) = key {
-            cache.changed(FileKey { dev, ino }, change);
+        if let Some(key) = key {
+            cache.changed(key, change);
         }
     }
 
@@ -414,7 +414,7 @@ impl Volume {
 
     /// The origin files (dev, ino) written through a handle not released yet: their
     /// modification time reaches the log only at release.
-    pub fn files_being_written(&self) -> HashSet<(u64, u64)> {
+    pub fn files_being_written(&self) -> HashSet<FileId> {
         let open = self
             .files
             .all(|handle| handle.wrote.load(Ordering::Relaxed));
@@ -627,7 +627,7 @@ impl Volume {
     }
 
     /// The kind, origin identity and newest link hint of `id`, read under one lock.
-    fn entry_point(&self, id: InodeId) -> Result<(FileKind, OriginKey, Option<LinkHint>)> {
+    fn entry_point(&self, id: InodeId) -> Result<(FileKind, FileId, Option<LinkHint>)> {
         let table = self.table();
         let inode = table.get(id).ok_or(VfsError::UnknownInode(id.0))?;
         Ok((inode.kind, inode.key, inode.links.first().cloned()))
@@ -640,7 +640,7 @@ impl Volume {
     fn try_hints<T>(
         &self,
         id: InodeId,
-        key: OriginKey,
+        key: FileId,
         first: Option<LinkHint>,
         mut attempt: impl FnMut(&DirFd, &Name) -> std::io::Result<(T, Stat)>,
     ) -> Result<(T, Stat)> {
@@ -665,7 +665,7 @@ impl Volume {
         &self,
         parent: InodeId,
         entry: &Name,
-        key: OriginKey,
+        key: FileId,
         attempt: &mut impl FnMut(&DirFd, &Name) -> std::io::Result<(T, Stat)>,
     ) -> Result<Option<(T, Stat)>> {
         let parent_fd = match self.dir_fd(parent) {
@@ -674,7 +674,7 @@ impl Volume {
             Err(error) => return Err(error),
         };
         match attempt(&parent_fd, entry) {
-            Ok((value, stat)) if (stat.dev, stat.ino) == key => Ok(Some((value, stat))),
+            Ok((value, stat)) if stat.id() == key => Ok(Some((value, stat))),
             Ok(_) => Ok(None),
             Err(error) if is_gone(&error) => Ok(None),
             Err(error) => Err(error.into()),
@@ -684,7 +684,7 @@ impl Volume {
     /// The node id of an origin object if the kernel may hold it, without creating one.
     fn known_id(&self, stat: &Stat) -> Option<InodeId> {
         let table = self.table();
-        let id = table.plain_id((stat.dev, stat.ino))?;
+        let id = table.plain_id(stat.id())?;
         table.get(id).map(|_| id)
     }
 

@@ -131,7 +131,7 @@ impl Volume {
         if moved.kind() == Some(FileKind::Directory) {
             return Ok(self.journal.flush_all()?);
         }
-        let id = self.table().id_of((moved.dev, moved.ino));
+        let id = self.table().id_of(moved.id());
         if let Some(id) = id {
             self.journal.flush_file(id)?;
         }

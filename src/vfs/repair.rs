@@ -5,11 +5,11 @@
 
 use std::time::SystemTime;
 
-use crate::cache::block::FileKey;
 use crate::log::{LogPath, Op};
 use crate::origin::{Origin, TimeSet, TimesUpdate};
 use crate::tree::open_regular;
 use crate::types::Change;
+use crate::types::FileId;
 
 use super::{Moving, Result, VfsError, Volume};
 
@@ -48,7 +48,7 @@ impl Repairing<'_> {
     pub fn write(
         &self,
         path: &LogPath,
-        key: (u64, u64),
+        key: FileId,
         offset: u64,
         data: &[u8],
         mtime: SystemTime,
@@ -56,7 +56,7 @@ impl Repairing<'_> {
         let origin = &self.volume.origin;
         let file = open_regular(origin, path, libc::O_WRONLY)?;
         let stat = file.stat()?;
-        if (stat.dev, stat.ino) != key {
+        if stat.id() != key {
             return Err(VfsError::Replaced(path.clone()));
         }
         let range = offset..offset + data.len() as u64;
@@ -88,8 +88,7 @@ impl Repairing<'_> {
             })?;
         }
         if let Some(cache) = &self.volume.cache {
-            let (dev, ino) = key;
-            cache.changed(FileKey { dev, ino }, Change::Written(range));
+            cache.changed(key, Change::Written(range));
         }
         Ok(())
     }
