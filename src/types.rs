@@ -104,6 +104,84 @@ impl fmt::Debug for Name {
     }
 }
 
+/// A point in time, as seconds and nanoseconds since the Unix epoch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(try_from = "(i64, u32)", into = "(i64, u32)")]
+pub struct Timestamp {
+    /// Whole seconds (negative before 1970).
+    pub seconds: i64,
+    /// Nanoseconds, below one billion.
+    pub nanos: u32,
+}
+
+/// Nanoseconds of a second or more.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("timestamp nanoseconds {0} not below one billion")]
+pub struct TimestampError(u32);
+
+impl TryFrom<(i64, u32)> for Timestamp {
+    type Error = TimestampError;
+
+    fn try_from((seconds, nanos): (i64, u32)) -> Result<Timestamp, TimestampError> {
+        if nanos >= 1_000_000_000 {
+            return Err(TimestampError(nanos));
+        }
+        Ok(Timestamp { seconds, nanos })
+    }
+}
+
+impl From<Timestamp> for (i64, u32) {
+    fn from(time: Timestamp) -> (i64, u32) {
+        (time.seconds, time.nanos)
+    }
+}
+
+impl From<std::time::SystemTime> for Timestamp {
+    fn from(time: std::time::SystemTime) -> Timestamp {
+        match time.duration_since(std::time::UNIX_EPOCH) {
+            Ok(after) => Timestamp {
+                seconds: after.as_secs() as i64,
+                nanos: after.subsec_nanos(),
+            },
+            Err(before) => {
+                let before = before.duration();
+                let (mut seconds, mut nanos) = (-(before.as_secs() as i64), before.subsec_nanos());
+                if nanos > 0 {
+                    seconds -= 1;
+                    nanos = 1_000_000_000 - nanos;
+                }
+                Timestamp { seconds, nanos }
+            }
+        }
+    }
+}
+
+impl From<Timestamp> for std::time::SystemTime {
+    fn from(time: Timestamp) -> std::time::SystemTime {
+        let nanos = std::time::Duration::from_nanos(u64::from(time.nanos));
+        if time.seconds >= 0 {
+            std::time::UNIX_EPOCH + std::time::Duration::from_secs(time.seconds as u64) + nanos
+        } else {
+            std::time::UNIX_EPOCH - std::time::Duration::from_secs(time.seconds.unsigned_abs())
+                + nanos
+        }
+    }
+}
+
+/// What says a file is as it was: its size and times. Any change to a file by anyone moves
+/// its ctime, and content changes move mtime or size as well; an inode number given to a
+/// new file comes with a new ctime. The read cache keeps content by it, and stored hashes
+/// count only while it holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Stamp {
+    /// Size in bytes.
+    pub size: u64,
+    /// Last modification.
+    pub mtime: Timestamp,
+    /// Last status change.
+    pub ctime: Timestamp,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

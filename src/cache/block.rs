@@ -1,49 +1,13 @@
 //! What the tiers hold: pieces of origin files, named by the file's identity and a block
 //! number, and stamped with the file's version so a change by anyone is noticed.
 
+use crate::types::FileId;
 use std::ops::Range;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
-
-use serde::{Deserialize, Serialize};
-
-use crate::origin::Stat;
-use crate::types::FileId;
 
 /// Pages are the least the cache fetches: a random 4 KiB read costs one page, not a block.
 pub const PAGE: u64 = 4096;
-
-/// A file's content version as the origin reports it. Any change to a file by anyone
-/// moves its ctime, and content changes move mtime or size as well; an inode number
-/// reused by a new file has a new ctime.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Version {
-    /// Size in bytes.
-    pub size: u64,
-    /// Last data change, in nanoseconds from the epoch.
-    pub mtime: i128,
-    /// Last status change, in nanoseconds from the epoch.
-    pub ctime: i128,
-}
-
-impl Version {
-    /// The version `stat` describes.
-    pub fn of(stat: &Stat) -> Version {
-        Version {
-            size: stat.size,
-            mtime: nanos(stat.mtime),
-            ctime: nanos(stat.ctime),
-        }
-    }
-}
-
-fn nanos(time: SystemTime) -> i128 {
-    match time.duration_since(UNIX_EPOCH) {
-        Ok(after) => after.as_nanos() as i128,
-        Err(before) => -(before.duration().as_nanos() as i128),
-    }
-}
 
 /// One block of one file as this process knows it. `epoch` changes whenever the file's
 /// cached content as a whole is found stale, so old blocks are simply never asked for

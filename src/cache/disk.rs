@@ -27,8 +27,9 @@ use std::os::unix::fs::{DirBuilderExt, FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
-use super::block::{PAGE, Version};
+use super::block::PAGE;
 use crate::types::FileId;
+use crate::types::{Stamp, Timestamp};
 
 /// First bytes of every block file.
 const MAGIC: &[u8; 8] = b"MFSBLK1\0";
@@ -89,7 +90,7 @@ pub enum Found {
 #[derive(Debug, Default)]
 pub struct Inventory {
     /// Per file: the version its blocks belong to.
-    pub versions: HashMap<FileId, Version>,
+    pub versions: HashMap<FileId, Stamp>,
     /// Every block file: key, bytes on disk, last written; oldest first.
     pub blocks: Vec<(DiskKey, u64)>,
 }
@@ -287,13 +288,13 @@ impl DiskTier {
     }
 
     /// Records the origin version `file`'s blocks belong to.
-    pub fn set_version(&self, file: FileId, version: Version) -> io::Result<()> {
+    pub fn set_version(&self, file: FileId, version: Stamp) -> io::Result<()> {
         let directory = self.file_dir(file);
         fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
             .create(&directory)?;
-        let bytes = postcard::to_allocvec(&version).map_err(io::Error::other)?;
+        let bytes = postcard::to_allocvec(&MetaStamp::from(version)).map_err(io::Error::other)?;
         write_replacing(&directory.join("meta"), &bytes)
     }
 
@@ -365,7 +366,8 @@ impl DiskTier {
             };
             let version = fs::read(entry.path().join("meta"))
                 .ok()
-                .and_then(|bytes| postcard::from_bytes::<Version>(&bytes).ok());
+                .and_then(|bytes| postcard::from_bytes::<MetaStamp>(&bytes).ok())
+                .map(Stamp::from);
             let Some(version) = version else {
                 // Blocks of unknown version cannot be trusted to match any origin file.
                 let _ = fs::remove_dir_all(entry.path());
@@ -416,6 +418,42 @@ fn parse_file_dir(name: &str) -> Option<FileId> {
         ino: u64::from_str_radix(ino, 16).ok()?,
     })
 }
+
+/// A file's stamp as a tier's `meta` file holds it: times in nanoseconds, as the tier has
+/// always written them.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct MetaStamp {
+    size: u64,
+    mtime: i128,
+    ctime: i128,
+}
+
+impl From<Stamp> for MetaStamp {
+    fn from(stamp: Stamp) -> MetaStamp {
+        let nanos = |time: Timestamp| i128::from(time.seconds) * NANOS + i128::from(time.nanos);
+        MetaStamp {
+            size: stamp.size,
+            mtime: nanos(stamp.mtime),
+            ctime: nanos(stamp.ctime),
+        }
+    }
+}
+
+impl From<MetaStamp> for Stamp {
+    fn from(meta: MetaStamp) -> Stamp {
+        let time = |nanos: i128| Timestamp {
+            seconds: nanos.div_euclid(NANOS) as i64,
+            nanos: nanos.rem_euclid(NANOS) as u32,
+        };
+        Stamp {
+            size: meta.size,
+            mtime: time(meta.mtime),
+            ctime: time(meta.ctime),
+        }
+    }
+}
+
+const NANOS: i128 = 1_000_000_000;
 
 /// Writes `bytes` to `path` through a temporary name, so it is whole or absent.
 fn write_replacing(path: &Path, bytes: &[u8]) -> io::Result<()> {
@@ -519,13 +557,34 @@ mod tests {
     }
 
     #[test]
+    fn meta_files_keep_their_format_and_times_survive_it() {
+        let stamp = Stamp {
+            size: 7,
+            mtime: Timestamp {
+                seconds: -2,
+                nanos: 250_000_000,
+            },
+            ctime: Timestamp {
+                seconds: 1_700_000_000,
+                nanos: 999_999_999,
+            },
+        };
+        let bytes = postcard::to_allocvec(&MetaStamp::from(stamp)).unwrap();
+        // As the tier wrote it before stamps were shared: size, then nanoseconds.
+        let before = (7u64, -1_750_000_000i128, 1_700_000_000_999_999_999i128);
+        assert_eq!(bytes, postcard::to_allocvec(&before).unwrap());
+        let read = postcard::from_bytes::<MetaStamp>(&bytes).unwrap();
+        assert_eq!(Stamp::from(read), stamp);
+    }
+
+    #[test]
     fn the_tier_is_found_again_locked_and_wiped_on_a_new_block_size() {
         let dir = tempfile::tempdir().unwrap();
-        let version = Version {
+        let version = Stamp::from(MetaStamp {
             size: 1,
             mtime: 2,
             ctime: 3,
-        };
+        });
         {
             let (tier, _) = DiskTier::open(dir.path(), BLOCK).unwrap();
             tier.set_version(key(0).0, version).unwrap();

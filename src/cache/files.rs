@@ -5,7 +5,7 @@ use std::sync::Weak;
 use std::time::Instant;
 
 use super::CachedFile;
-use super::block::Version;
+use crate::types::Stamp;
 
 /// What the cache knows of one origin file.
 #[derive(Debug)]
@@ -13,7 +13,7 @@ pub(super) struct FileState {
     /// Part of every block key: moving it on makes every cached block unreachable.
     pub(super) epoch: u64,
     /// The origin's version the cached blocks belong to.
-    pub(super) version: Version,
+    pub(super) version: Stamp,
     /// When `version` was last compared with the origin's.
     pub(super) checked: Instant,
     /// Bumped by every change through the mount; fills that began before are not kept.
@@ -48,7 +48,7 @@ pub(super) enum Revalidated {
 
 impl FileState {
     /// A file first seen at `version`, under `epoch`.
-    pub(super) fn new(version: Version, epoch: u64) -> FileState {
+    pub(super) fn new(version: Stamp, epoch: u64) -> FileState {
         FileState {
             epoch,
             version,
@@ -69,7 +69,7 @@ impl FileState {
     /// to `next_epoch`.
     pub(super) fn revalidate(
         &mut self,
-        version: Version,
+        version: Stamp,
         dirty: bool,
         next_epoch: &mut u64,
     ) -> Revalidated {
@@ -106,11 +106,15 @@ impl FileState {
 mod tests {
     use super::*;
 
-    fn version(size: u64, ctime: i128) -> Version {
-        Version {
+    fn version(size: u64, ctime: i64) -> Stamp {
+        let time = crate::types::Timestamp {
+            seconds: ctime,
+            nanos: 0,
+        };
+        Stamp {
             size,
-            mtime: ctime,
-            ctime,
+            mtime: time,
+            ctime: time,
         }
     }
 

@@ -37,7 +37,8 @@ use crate::config::CacheConfig;
 use crate::origin::{OriginFile, Stat};
 pub use crate::types::Change;
 use crate::types::FileId;
-use block::{Block, BlockKey, Version, page_aligned};
+use crate::types::Stamp;
+use block::{Block, BlockKey, page_aligned};
 use disk::{DiskError, DiskTier, Found};
 use files::{FileState, Revalidated};
 use policy::TwoQ;
@@ -244,7 +245,7 @@ impl Cache {
     /// file has unflushed writes, so a changed origin version may be ours.
     pub fn open(&self, origin: Arc<OriginFile>, stat: &Stat, dirty: bool) -> Arc<CachedFile> {
         let key = stat.id();
-        let version = Version::of(stat);
+        let version = stat.stamp();
         let mut state = self.lock();
         let first_sight = !state.files.contains_key(&key);
         self.revalidate(&mut state, key, version, dirty);
@@ -297,7 +298,7 @@ impl Cache {
         let (due, mut snapshot) = self.snapshot(file)?;
         let dirty = dirty();
         if due {
-            let version = Version::of(&file.origin.stat()?);
+            let version = file.origin.stat()?.stamp();
             let mut state = self.lock();
             self.revalidate(&mut state, file.key, version, dirty);
             let known = &state.files[&file.key];
@@ -474,7 +475,7 @@ impl Cache {
         let mut state = self.lock();
         if !state.files.contains_key(&file.key) {
             // Forgotten while open cannot happen (`opens` holds it); a new file otherwise.
-            let version = Version::of(&file.origin.stat()?);
+            let version = file.origin.stat()?.stamp();
             self.revalidate(&mut state, file.key, version, false);
         }
         let known = state.files.get_mut(&file.key).expect("just made sure");
@@ -495,7 +496,7 @@ impl Cache {
         &self,
         state: &mut State,
         key: FileId,
-        version: Version,
+        version: Stamp,
         dirty: bool,
     ) -> Revalidated {
         let State {

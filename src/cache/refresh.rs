@@ -7,7 +7,6 @@ use std::ops::Range;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::block::Version;
 use super::files::Revalidated;
 use super::prefetch::Job;
 use super::stats::bump;
@@ -78,7 +77,7 @@ impl Cache {
             .map(|key| key.index)
             .collect();
         bump(&self.counters.refreshes, 1);
-        if self.revalidate(&mut state, file.key, Version::of(&stat), false) != Revalidated::Stale {
+        if self.revalidate(&mut state, file.key, stat.stamp(), false) != Revalidated::Stale {
             return;
         }
         let known = &state.files[&file.key];

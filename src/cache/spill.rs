@@ -9,13 +9,14 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use super::block::{Block, Version};
+use super::block::Block;
 use super::disk::{DiskKey, DiskTier, Inventory};
 use super::policy::{Admission, TwoQ};
 use super::queue::WorkQueue;
 use super::stats::bump;
 use super::{Cache, State, lock};
 use crate::types::FileId;
+use crate::types::Stamp;
 
 /// Bytes of blocks waiting to be written beyond which more are not queued (the disk is
 /// slower than the readers; those blocks are simply not kept on disk).
@@ -31,7 +32,7 @@ pub(super) enum DiskOp {
     /// Remove every block of the file.
     Forget(FileId),
     /// Record the version the file's blocks belong to.
-    Version(FileId, Version),
+    Stamp(FileId, Stamp),
 }
 
 /// What the disk tier holds, as far as the cache is concerned.
@@ -39,7 +40,7 @@ pub(super) enum DiskOp {
 pub(super) struct DiskIndex {
     pub(super) policy: TwoQ<DiskKey, ()>,
     /// The origin version each file's blocks belong to.
-    versions: HashMap<FileId, Version>,
+    versions: HashMap<FileId, Stamp>,
     /// Queued operations per block and per file.
     pending: HashMap<DiskKey, u32>,
     pending_files: HashMap<FileId, u32>,
@@ -79,7 +80,7 @@ impl DiskIndex {
     }
 
     /// Whether `key` may be read back now: held, of a file at `version`, nothing queued.
-    pub(super) fn readable(&self, key: DiskKey, version: Version) -> bool {
+    pub(super) fn readable(&self, key: DiskKey, version: Stamp) -> bool {
         self.versions.get(&key.0) == Some(&version)
             && self.policy.peek(&key).is_some()
             && !self.pending.contains_key(&key)
@@ -99,7 +100,7 @@ impl Cache {
                 index.pending_bytes += block.weight();
             }
             DiskOp::Delete(key) => *index.pending.entry(*key).or_default() += 1,
-            DiskOp::Forget(file) | DiskOp::Version(file, _) => {
+            DiskOp::Forget(file) | DiskOp::Stamp(file, _) => {
                 *index.pending_files.entry(*file).or_default() += 1;
             }
         }
@@ -114,7 +115,7 @@ impl Cache {
         state: &mut State,
         key: DiskKey,
         block: &Arc<Block>,
-        version: Version,
+        version: Stamp,
     ) {
         let Some(index) = &mut state.disk else {
             return;
@@ -136,7 +137,7 @@ impl Cache {
                 return;
             };
             index.versions.insert(key.0, version);
-            ops.push(DiskOp::Version(key.0, version));
+            ops.push(DiskOp::Stamp(key.0, version));
         }
         let Some(index) = &mut state.disk else {
             return;
@@ -183,19 +184,19 @@ impl Cache {
 
     /// The origin version of `file` moved because of changes through the mount, whose
     /// blocks were dropped one by one: the rest stay valid under the new version.
-    pub(super) fn adopt_on_disk(&self, state: &mut State, file: FileId, version: Version) {
+    pub(super) fn adopt_on_disk(&self, state: &mut State, file: FileId, version: Stamp) {
         let Some(index) = &mut state.disk else {
             return;
         };
         if let Some(known) = index.versions.get_mut(&file) {
             *known = version;
-            self.disk_op(state, DiskOp::Version(file, version));
+            self.disk_op(state, DiskOp::Stamp(file, version));
         }
     }
 
     /// A file is first seen in this mount at `version`: blocks the tier holds of another
     /// version are stale.
-    pub(super) fn first_sight_on_disk(&self, state: &mut State, file: FileId, version: Version) {
+    pub(super) fn first_sight_on_disk(&self, state: &mut State, file: FileId, version: Stamp) {
         let stale = state
             .disk
             .as_ref()
@@ -236,7 +237,7 @@ impl Cache {
                     disk.tier.forget(*file);
                     None
                 }
-                DiskOp::Version(file, version) => {
+                DiskOp::Stamp(file, version) => {
                     if let Err(error) = disk.tier.set_version(*file, *version) {
                         tracing::warn!(%error, "cannot record a file version in the disk tier");
                         disk.tier.forget(*file);
@@ -265,7 +266,7 @@ impl Cache {
                         index.pending.remove(key);
                     }
                 }
-                DiskOp::Forget(file) | DiskOp::Version(file, _) => {
+                DiskOp::Forget(file) | DiskOp::Stamp(file, _) => {
                     if index.pending_files.get_mut(file).is_some_and(done) {
                         index.pending_files.remove(file);
                     }

@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 pub use frame::FrameError;
-pub use record::{LogPath, Op, PathError, Record, Timestamp};
+pub use record::{LogPath, Op, PathError, Record};
 pub use segment::{FORMAT_VERSION, ScanError, header as segment_header};
 
 use segment::{FrameReader, Segment, Tail};

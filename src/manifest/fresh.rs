@@ -10,11 +10,11 @@ use std::os::unix::ffi::OsStrExt;
 use crate::log::LogPath;
 use crate::origin::{At, DirFd, Origin, OriginFile};
 use crate::tree::place;
-use crate::types::{FileId, FileKind, Name};
+use crate::types::{FileId, FileKind, Name, Stamp};
 
 use super::chunks::FileHashes;
 use super::content::FileContent;
-use super::store::{HashStore, Stamp, Stored};
+use super::store::{HashStore, Stored};
 
 /// A file read afresh.
 #[derive(Clone, Debug)]
@@ -122,10 +122,10 @@ fn attempt(
     store: Option<&HashStore>,
     pace: &mut dyn FnMut(u64),
 ) -> io::Result<Option<Fresh>> {
-    let before = Stamp::of(&file.stat()?);
+    let before = file.stat()?.stamp();
     let stored = store.and_then(|store| store.current(key, &before));
     let hashes = FileHashes::of(before.size, &mut FileContent::new(file).paced(pace))?;
-    let after = Stamp::of(&file.stat()?);
+    let after = file.stat()?.stamp();
     // Stored hashes count only if they were current before and are still after.
     let still = store.and_then(|store| store.current(key, &after));
     Ok((before == after).then_some(Fresh {

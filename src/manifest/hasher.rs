@@ -10,11 +10,11 @@ use std::time::{Duration, Instant};
 use crate::log::LogPath;
 use crate::origin::OriginFile;
 use crate::throttled::Throttled;
-use crate::types::FileKind;
+use crate::types::{FileKind, Stamp};
 
 use super::chunks::FileHashes;
 use super::content::FileContent;
-use super::store::{HashStore, Job, Stamp};
+use super::store::{HashStore, Job};
 
 /// How often the store is saved while it changes.
 const SAVE_EVERY: Duration = Duration::from_secs(5);
@@ -172,7 +172,7 @@ fn hash(
     file: &OriginFile,
     job: &Job,
 ) -> io::Result<Option<(FileHashes, Stamp)>> {
-    let before = Stamp::of(&file.stat()?);
+    let before = file.stat()?.stamp();
     if before.size > HASHED_SIZE_MAX {
         return Err(io::ErrorKind::FileTooLarge.into());
     }
@@ -198,6 +198,6 @@ fn hash(
         }
         _ => FileHashes::of(before.size, read)?,
     };
-    let after = Stamp::of(&file.stat()?);
+    let after = file.stat()?.stamp();
     Ok((before == after).then_some((hashes, after)))
 }

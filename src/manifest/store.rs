@@ -19,9 +19,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 
 use crate::durable;
-use crate::log::{LogPath, Timestamp};
-use crate::origin::Stat;
-use crate::types::{Change, FileId};
+use crate::log::LogPath;
+use crate::types::{Change, FileId, Stamp};
 
 use super::chunks::{CHUNK_BYTES, ChunkHash, FileHashes};
 
@@ -30,28 +29,6 @@ pub const FILE_NAME: &str = "hashes";
 
 /// What the saved file starts with; a different format is started afresh.
 pub const MAGIC: &[u8; 16] = b"mirrorfs-hash-2\n";
-
-/// What says whether stored hashes still describe a file: any write moves ctime.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Stamp {
-    /// Size in bytes.
-    pub size: u64,
-    /// Last modification.
-    pub mtime: Timestamp,
-    /// Last status change.
-    pub ctime: Timestamp,
-}
-
-impl Stamp {
-    /// The stamp of the file `stat` describes.
-    pub fn of(stat: &Stat) -> Stamp {
-        Stamp {
-            size: stat.size,
-            mtime: stat.mtime.into(),
-            ctime: stat.ctime.into(),
-        }
-    }
-}
 
 /// One file's stored hashes.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -492,6 +469,7 @@ pub fn unix_now() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::types::Timestamp;
 
     fn id(dev: u64, ino: u64) -> FileId {
         FileId { dev, ino }

@@ -11,13 +11,14 @@ use std::io;
 
 use serde::{Deserialize, Serialize};
 
-use crate::log::{LogPath, Timestamp};
+use crate::log::LogPath;
 use crate::origin::{At, Origin, Stat};
 use crate::tree::{Visitor, WalkError, xattrs};
-use crate::types::{FileId, FileKind};
+use crate::types::Timestamp;
+use crate::types::{FileId, FileKind, Stamp};
 
 use super::chunks::{ChunkHash, FileHashes};
-use super::store::{HashStore, Stamp};
+use super::store::HashStore;
 
 /// One object of a copy, as the quick check compares it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

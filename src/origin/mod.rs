@@ -20,7 +20,7 @@ pub use dir_stream::{DirEntry, DirStream};
 pub use file::OriginFile;
 use sys::CName;
 
-use crate::types::{FileId, FileKind, Name};
+use crate::types::{FileId, FileKind, Name, Stamp};
 
 /// Why the origin's lock could not be taken.
 #[derive(Debug, thiserror::Error)]
@@ -84,6 +84,15 @@ pub struct Stat {
 }
 
 impl Stat {
+    /// What says the object is as it was: size, mtime, ctime.
+    pub fn stamp(&self) -> Stamp {
+        Stamp {
+            size: self.size,
+            mtime: self.mtime.into(),
+            ctime: self.ctime.into(),
+        }
+    }
+
     /// The object's identity: device and inode number.
     pub fn id(&self) -> FileId {
         FileId {

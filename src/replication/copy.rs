@@ -28,10 +28,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::durable;
 use crate::log::{Log, LogError, LogOptions, LogPath, Op, Record};
-use crate::manifest::store::{HashStore, Stamp};
+use crate::manifest::store::HashStore;
 use crate::origin::{At, Origin};
 use crate::tree::{ApplyError, apply, apply_op, place};
-use crate::types::{Change, FileId, FileKind};
+use crate::types::{Change, FileId, FileKind, Stamp};
 use crate::write::applied;
 
 /// Segment size of a copy's log.
@@ -610,7 +610,7 @@ impl VolumeCopy {
 fn file_stat(tree: &Origin, path: &LogPath) -> Option<(FileId, Stamp)> {
     let (dir, name) = place(tree, path).ok()?;
     let stat = tree.stat(At::Entry(&dir, &name)).ok()?;
-    (stat.kind() == Some(FileKind::Regular)).then(|| (stat.id(), Stamp::of(&stat)))
+    (stat.kind() == Some(FileKind::Regular)).then(|| (stat.id(), stat.stamp()))
 }
 
 #[cfg(test)]

@@ -160,7 +160,8 @@ impl Compare {
         }
         // Directories too: every change of a directory's entries records its new mtime.
         if ours.mtime != theirs.mtime {
-            let show = |time: crate::log::Timestamp| format!("{}.{:09}", time.seconds, time.nanos);
+            let show =
+                |time: crate::types::Timestamp| format!("{}.{:09}", time.seconds, time.nanos);
             differ(Aspect::Mtime, show(ours.mtime), show(theirs.mtime));
         }
         if ours.target != theirs.target {
@@ -241,8 +242,8 @@ fn past_subtree(entries: &[Entry], at: usize) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::log::Timestamp;
     use crate::manifest::tree::Xattr;
+    use crate::types::Timestamp;
 
     fn path(text: &str) -> LogPath {
         LogPath::try_from(text.as_bytes().to_vec()).unwrap()

@@ -1,8 +1,9 @@
 //! Changing attributes: chmod, chown, truncate, utimens.
 
-use crate::log::{Op, Timestamp};
+use crate::log::Op;
 use crate::origin::{Stat, TimeSet, TimesUpdate};
 use crate::types::Change;
+use crate::types::Timestamp;
 use crate::types::{FileKind, InodeId};
 
 use super::{Attr, Result, Target, Volume};
