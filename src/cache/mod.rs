@@ -121,7 +121,7 @@ impl CachedFile {
 
 /// What a read needs to know of its file, taken under the lock once.
 #[derive(Clone, Copy, Debug)]
-struct Snapshot {
+struct ReadState {
     epoch: u64,
     generation: u64,
     size: u64,
@@ -295,7 +295,7 @@ impl Cache {
     ) -> io::Result<usize> {
         let len = into.len() as u64;
         let advice = lock(&file.readahead).observe(offset, len);
-        let (due, mut snapshot) = self.snapshot(file)?;
+        let (due, mut seen) = self.read_state(file)?;
         let dirty = dirty();
         if due {
             let version = file.origin.stat()?.stamp();
@@ -303,18 +303,18 @@ impl Cache {
             self.revalidate(&mut state, file.key, version, dirty);
             let known = &state.files[&file.key];
             // Fills keep the generation noted before `dirty` was asked (see above).
-            snapshot = Snapshot {
+            seen = ReadState {
                 epoch: known.epoch,
                 size: known.size,
-                ..snapshot
+                ..seen
             };
         }
         if !dirty && !advice.prefetch.is_empty() {
             self.jobs.offer(prefetch::Job {
                 file: Arc::clone(file),
-                epoch: snapshot.epoch,
-                generation: snapshot.generation,
-                ranges: clip(advice.prefetch, snapshot.size),
+                epoch: seen.epoch,
+                generation: seen.generation,
+                ranges: clip(advice.prefetch, seen.size),
             });
         }
         let mut done = 0u64;
@@ -324,7 +324,7 @@ impl Cache {
             let piece = (len - done).min(self.block_size - within);
             let key = BlockKey {
                 file: file.key,
-                epoch: snapshot.epoch,
+                epoch: seen.epoch,
                 index: position / self.block_size,
             };
             let wanted = within as u32..(within + piece) as u32;
@@ -339,7 +339,7 @@ impl Cache {
                 Held::Nothing(claim) => {
                     bump(&self.counters.memory_misses, 1);
                     let keep = !dirty;
-                    let block = match self.read_disk(key, wanted, snapshot, keep, false) {
+                    let block = match self.read_disk(key, wanted, seen, keep, false) {
                         Some(block) => block,
                         // Only what was asked for: read-ahead fetches the rest of a
                         // stream, and a random reader must pay for nothing more.
@@ -347,7 +347,7 @@ impl Cache {
                             file,
                             key,
                             page_aligned(position..position + piece),
-                            snapshot,
+                            seen,
                             keep,
                         )?,
                     };
@@ -462,7 +462,7 @@ impl Cache {
             )
         });
         drop(state);
-        self.counters.snapshot(memory, disk)
+        self.counters.collect(memory, disk)
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -471,7 +471,7 @@ impl Cache {
 
     /// The file's epoch, generation and size now, and whether its version is due for a
     /// check against the origin.
-    fn snapshot(&self, file: &CachedFile) -> io::Result<(bool, Snapshot)> {
+    fn read_state(&self, file: &CachedFile) -> io::Result<(bool, ReadState)> {
         let mut state = self.lock();
         if !state.files.contains_key(&file.key) {
             // Forgotten while open cannot happen (`opens` holds it); a new file otherwise.
@@ -482,7 +482,7 @@ impl Cache {
         known.read = std::time::Instant::now();
         Ok((
             known.checked.elapsed() >= self.revalidate_after,
-            Snapshot {
+            ReadState {
                 epoch: known.epoch,
                 generation: known.generation,
                 size: known.size,
@@ -565,7 +565,7 @@ impl Cache {
         &self,
         key: BlockKey,
         range: Range<u32>,
-        snapshot: Snapshot,
+        seen: ReadState,
         keep: bool,
         prefetched: bool,
     ) -> Option<Arc<Block>> {
@@ -597,7 +597,7 @@ impl Cache {
                 let fill = Fill {
                     prefetched,
                     from_disk: true,
-                    generation: snapshot.generation,
+                    generation: seen.generation,
                     keep,
                 };
                 Some(self.keep(&mut state, key, Piece { start, data, end }, fill))
@@ -623,13 +623,13 @@ impl Cache {
     }
 
     /// Reads `range` (within one block) of the origin, and keeps it if `keep` and nothing
-    /// changed the file since `snapshot`.
+    /// changed the file since `seen`.
     fn read_origin_block(
         &self,
         file: &CachedFile,
         key: BlockKey,
         range: Range<u64>,
-        snapshot: Snapshot,
+        seen: ReadState,
         keep: bool,
     ) -> io::Result<Arc<Block>> {
         let data = self.read_origin(&file.origin, range.clone())?;
@@ -639,7 +639,7 @@ impl Cache {
         let fill = Fill {
             prefetched: false,
             from_disk: false,
-            generation: snapshot.generation,
+            generation: seen.generation,
             keep,
         };
         Ok(self.keep(&mut self.lock(), key, Piece { start, data, end }, fill))

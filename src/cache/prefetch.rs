@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use super::block::{BlockKey, page_aligned};
 use super::stats::bump;
-use super::{Cache, CachedFile, Claim, Fill, ORIGIN_READ_MAX, Piece, Snapshot};
+use super::{Cache, CachedFile, Claim, Fill, ORIGIN_READ_MAX, Piece, ReadState};
 
 /// Ranges of one file to fetch ahead of its reader.
 #[derive(Debug)]
@@ -36,7 +36,7 @@ impl Cache {
     }
 
     fn prefetch(&self, job: &Job) -> io::Result<()> {
-        let snapshot = Snapshot {
+        let seen = ReadState {
             epoch: job.epoch,
             generation: job.generation,
             size: 0,
@@ -53,12 +53,12 @@ impl Cache {
                     let block_start = key.index * self.block_size;
                     let within =
                         (piece.start - block_start) as u32..(piece.end - block_start) as u32;
-                    match self.read_disk(*key, within, snapshot, true, true) {
+                    match self.read_disk(*key, within, seen, true, true) {
                         Some(_) => bump(&self.counters.prefetched_bytes, piece.end - piece.start),
                         None => from_origin.push((*key, piece)),
                     }
                 }
-                if !self.prefetch_from_origin(job, snapshot, &from_origin)? {
+                if !self.prefetch_from_origin(job, seen, &from_origin)? {
                     return Ok(());
                 }
                 drop(claim);
@@ -72,7 +72,7 @@ impl Cache {
     fn prefetch_from_origin(
         &self,
         job: &Job,
-        snapshot: Snapshot,
+        seen: ReadState,
         pieces: &[(BlockKey, Range<u64>)],
     ) -> io::Result<bool> {
         let mut at = 0;
@@ -99,7 +99,7 @@ impl Cache {
                 let fill = Fill {
                     prefetched: true,
                     from_disk: false,
-                    generation: snapshot.generation,
+                    generation: seen.generation,
                     keep: true,
                 };
                 let piece = Piece {

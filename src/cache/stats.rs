@@ -1,4 +1,4 @@
-//! What the read cache did since the mount: counters kept by the read path and a snapshot
+//! What the read cache did since the mount: counters kept by the read path, and the figures
 //! for `mirrorfs status`.
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -79,8 +79,8 @@ pub struct TierStats {
 }
 
 impl Counters {
-    /// The counters' share of a snapshot; the tiers fill in their own parts.
-    pub(super) fn snapshot(&self, memory: TierStats, disk: Option<TierStats>) -> CacheStats {
+    /// The counters' share of the figures; the tiers fill in their own parts.
+    pub(super) fn collect(&self, memory: TierStats, disk: Option<TierStats>) -> CacheStats {
         let memory = TierStats {
             hits: load(&self.memory_hits),
             misses: load(&self.memory_misses),

@@ -20,12 +20,12 @@ pub fn run(args: LogArgs) -> Result<(), CliError> {
             state_dir.display()
         )));
     }
-    let snapshot = log::inspect(&dir).map_err(|error| CliError::Failure(error.to_string()))?;
+    let view = log::inspect(&dir).map_err(|error| CliError::Failure(error.to_string()))?;
     let mut out = io::stdout().lock();
     let written = if args.stats {
-        print_stats(&mut out, &snapshot.stats(), args.json)
+        print_stats(&mut out, &view.stats(), args.json)
     } else {
-        let stats = snapshot.stats();
+        let stats = view.stats();
         let from = args.from.unwrap_or(stats.first_offset);
         if from > stats.next_offset {
             return Err(CliError::Usage(format!(
@@ -33,7 +33,7 @@ pub fn run(args: LogArgs) -> Result<(), CliError> {
                 stats.next_offset
             )));
         }
-        let records = snapshot
+        let records = view
             .records(from)
             .map_err(|error| CliError::Usage(error.to_string()))?;
         print_records(&mut out, records, args.json)

@@ -169,7 +169,7 @@ fn start_control(
             }
             .to_string(),
             log: LogStatus {
-                stats: log.snapshot().stats(),
+                stats: log.view().stats(),
                 durable_offset: log.durable_offset(),
             },
             write_behind: journal.behind_status(),

@@ -335,7 +335,7 @@ impl Log {
         Ok(())
     }
 
-    /// [`Snapshot::first_within`] of the log as it is now, without copying its segments
+    /// [`LogView::first_within`] of the log as it is now, without copying its segments
     /// (asked on every acknowledgement from a replica).
     pub fn first_within(&self, bytes: u64) -> u64 {
         first_within(&self.appender().segments, bytes)
@@ -411,21 +411,21 @@ impl Log {
     }
 
     /// The records and sizes as they are now.
-    pub fn snapshot(&self) -> Snapshot {
-        Snapshot {
+    pub fn view(&self) -> LogView {
+        LogView {
             segments: self.appender().segments.clone(),
         }
     }
 
-    /// [`Log::snapshot`] of the segments from the one holding `offset` on: all a reader
+    /// [`Log::view`] of the segments from the one holding `offset` on: all a reader
     /// of the log's end needs, without copying the older segments' indexes.
-    pub fn snapshot_from(&self, offset: u64) -> Snapshot {
+    pub fn view_from(&self, offset: u64) -> LogView {
         let appender = self.appender();
         let segments = &appender.segments;
         let at = segments
             .partition_point(|s| s.next <= offset)
             .min(segments.len() - 1);
-        Snapshot {
+        LogView {
             segments: segments[at..].to_vec(),
         }
     }
@@ -447,19 +447,19 @@ fn first_within(segments: &[Segment], bytes: u64) -> u64 {
 }
 
 /// Reads the log in `dir` without changing it, as `mirrorfs log` does while a daemon may
-/// be appending: a torn or still-growing tail is simply where the snapshot ends.
-pub fn inspect(dir: &Path) -> Result<Snapshot> {
+/// be appending: a torn or still-growing tail is simply where the view ends.
+pub fn inspect(dir: &Path) -> Result<LogView> {
     let (segments, _) = load(dir)?;
-    Ok(Snapshot { segments })
+    Ok(LogView { segments })
 }
 
 /// The segments of a log at one moment, to read records and sizes from.
 #[derive(Clone, Debug)]
-pub struct Snapshot {
+pub struct LogView {
     segments: Vec<Segment>,
 }
 
-impl Snapshot {
+impl LogView {
     /// Positions and sizes.
     pub fn stats(&self) -> LogStats {
         LogStats {
@@ -488,7 +488,7 @@ impl Snapshot {
         segment.len.saturating_sub(start) + later
     }
 
-    /// Every record from `from` to the end of the snapshot, in order.
+    /// Every record from `from` to the end of the view, in order.
     pub fn records(&self, from: u64) -> Result<Records> {
         let stats = self.stats();
         if from < stats.first_offset {
@@ -523,17 +523,17 @@ impl Records {
         self.expected.max(self.from)
     }
 
-    /// Continues a reader that reached the end of what it knew with `snapshot`, a newer
+    /// Continues a reader that reached the end of what it knew with `view`, a newer
     /// view of the same log: it keeps its place in the segment it reads, so following the
     /// log's end never reads a record twice.
-    pub fn extend(&mut self, snapshot: &Snapshot) {
+    pub fn extend(&mut self, view: &LogView) {
         if self.failed {
             return;
         }
         let next = self.next_offset();
         let reading = self.segments.first().map(|segment| segment.first);
-        let at = snapshot.segments.partition_point(|s| s.next <= next);
-        self.segments = snapshot.segments[at..].to_vec();
+        let at = view.segments.partition_point(|s| s.next <= next);
+        self.segments = view.segments[at..].to_vec();
         if self.segments.first().map(|segment| segment.first) != reading {
             self.reader = None;
         }
@@ -554,7 +554,7 @@ impl Records {
             }
             if self.expected >= segment.next {
                 if self.segments.len() == 1 {
-                    // The end of what the snapshot knew; the place is kept for `extend`.
+                    // The end of what the view knew; the place is kept for `extend`.
                     return Ok(None);
                 }
                 self.segments.remove(0);

@@ -23,8 +23,8 @@ fn options(segment_bytes: u64) -> LogOptions {
 }
 
 fn all(log: &Log) -> Vec<Record> {
-    log.snapshot()
-        .records(log.snapshot().stats().first_offset)
+    log.view()
+        .records(log.view().stats().first_offset)
         .unwrap()
         .collect::<Result<_>>()
         .unwrap()
@@ -95,7 +95,7 @@ fn appends_read_back_across_segments_and_survive_reopen() {
     for i in 0..200 {
         assert_eq!(log.append(&write_op("a", i, 1000)).unwrap(), i);
     }
-    let stats = log.snapshot().stats();
+    let stats = log.view().stats();
     assert_eq!((stats.first_offset, stats.next_offset), (0, 200));
     assert!(stats.segments > 2, "{stats:?}");
     let records = all(&log);
@@ -109,7 +109,7 @@ fn appends_read_back_across_segments_and_survive_reopen() {
     assert_eq!(records[7].op, write_op("a", 7, 1000));
     // From the middle of a segment, found through the index.
     let from: Vec<u64> = log
-        .snapshot()
+        .view()
         .records(150)
         .unwrap()
         .map(|r| r.unwrap().offset)
@@ -130,7 +130,7 @@ fn a_torn_tail_is_cut_and_counted() {
     for i in 0..10 {
         log.append(&write_op("t", i, 100)).unwrap();
     }
-    let segment = log.snapshot().segments[0].clone();
+    let segment = log.view().segments[0].clone();
     drop(log);
     // A crash mid-append: half a frame at the end.
     let file = OpenOptions::new().write(true).open(&segment.path).unwrap();
@@ -151,7 +151,7 @@ fn zeros_after_the_last_record_are_a_torn_tail() {
     let dir = tempfile::tempdir().unwrap();
     let log = Log::open(dir.path(), options(1 << 20)).unwrap();
     log.append(&write_op("z", 0, 100)).unwrap();
-    let segment = log.snapshot().segments[0].clone();
+    let segment = log.view().segments[0].clone();
     drop(log);
     let file = OpenOptions::new().write(true).open(&segment.path).unwrap();
     file.write_all_at(&[0; 4096], segment.len).unwrap();
@@ -168,7 +168,7 @@ fn a_flipped_bit_before_the_tail_stops_recovery_and_names_the_place() {
     for i in 0..10 {
         log.append(&write_op("f", i, 100)).unwrap();
     }
-    let segment = log.snapshot().segments[0].clone();
+    let segment = log.view().segments[0].clone();
     drop(log);
     let file = OpenOptions::new()
         .read(true)
@@ -210,7 +210,7 @@ fn a_damaged_sealed_segment_is_refused_even_at_its_end() {
     for i in 0..20 {
         log.append(&write_op("s", i, 1000)).unwrap();
     }
-    let sealed = log.snapshot().segments[0].clone();
+    let sealed = log.view().segments[0].clone();
     drop(log);
     std::fs::remove_file(sealed.index_path()).unwrap();
     let file = OpenOptions::new().write(true).open(&sealed.path).unwrap();
@@ -228,7 +228,7 @@ fn an_offset_gap_is_refused() {
     for i in 0..20 {
         log.append(&write_op("g", i, 1000)).unwrap();
     }
-    let segments = log.snapshot().segments.clone();
+    let segments = log.view().segments.clone();
     drop(log);
     // Losing a whole middle segment leaves offsets that do not follow on.
     std::fs::remove_file(&segments[1].path).unwrap();
@@ -272,12 +272,12 @@ fn a_missing_or_wrong_index_is_rebuilt_from_the_segment() {
     for i in 0..500 {
         log.append(&write_op("i", i, 1000)).unwrap();
     }
-    let sealed = log.snapshot().segments[0].clone();
+    let sealed = log.view().segments[0].clone();
     assert!(sealed.index.len() > 1);
     drop(log);
     std::fs::write(sealed.index_path(), b"nonsense").unwrap();
     let log = Log::open(dir.path(), options(200 * 1024)).unwrap();
-    assert_eq!(log.snapshot().segments[0].index, sealed.index);
+    assert_eq!(log.view().segments[0].index, sealed.index);
     assert_eq!(all(&log).len(), 500);
 }
 
@@ -288,7 +288,7 @@ fn delete_before_keeps_what_a_consumer_still_needs() {
     for i in 0..20 {
         log.append(&write_op("r", i, 1000)).unwrap();
     }
-    let before = log.snapshot().segments.clone();
+    let before = log.view().segments.clone();
     // A replica still needs record before[1].first: its segment and later ones stay.
     log.retain_from(before[1].first);
     assert_eq!(log.delete_before(u64::MAX).unwrap(), 1);
@@ -297,14 +297,14 @@ fn delete_before_keeps_what_a_consumer_still_needs() {
     let deleted = log.delete_before(before[2].first + 1).unwrap();
     assert_eq!(deleted, 1);
     assert!(!before[0].path.exists() && !before[0].index_path().exists());
-    assert_eq!(log.snapshot().stats().first_offset, before[2].first);
+    assert_eq!(log.view().stats().first_offset, before[2].first);
     assert!(matches!(
-        log.snapshot().records(0),
+        log.view().records(0),
         Err(LogError::Deleted { .. })
     ));
     // Never the active segment, whatever the offset.
     log.delete_before(u64::MAX).unwrap();
-    assert_eq!(log.snapshot().stats().segments, 1);
+    assert_eq!(log.view().stats().segments, 1);
     assert_eq!(log.append(&write_op("r", 20, 1)).unwrap(), 20);
     drop(log);
     let log = Log::open(dir.path(), options(4096)).unwrap();
@@ -318,32 +318,29 @@ fn retention_by_size_keeps_the_newest_segments_within_the_bound() {
     for i in 0..20 {
         log.append(&write_op("r", i, 1000)).unwrap();
     }
-    let snapshot = log.snapshot();
-    let segments = snapshot.segments.clone();
+    let view = log.view();
+    let segments = view.segments.clone();
     assert!(segments.len() >= 4, "{segments:?}");
     let active = segments.last().unwrap();
     // Nothing but the active segment fits in one byte; it is kept all the same.
-    assert_eq!(snapshot.first_within(1), active.first);
+    assert_eq!(view.first_within(1), active.first);
     // Exactly the last two segments' bytes keep those two, one byte less only the last.
     let two = segments[segments.len() - 2..]
         .iter()
         .map(|s| s.len)
         .sum::<u64>();
-    assert_eq!(
-        snapshot.first_within(two),
-        segments[segments.len() - 2].first
-    );
-    assert_eq!(snapshot.first_within(two - 1), active.first);
-    assert_eq!(snapshot.first_within(u64::MAX), 0);
+    assert_eq!(view.first_within(two), segments[segments.len() - 2].first);
+    assert_eq!(view.first_within(two - 1), active.first);
+    assert_eq!(view.first_within(u64::MAX), 0);
     // Lag in bytes: everything from the start, nothing from the end, a segment and more
     // from a later segment's first record.
     let total: u64 = segments.iter().map(|s| s.len).sum();
     let header = segment::HEADER_LEN;
-    assert_eq!(snapshot.bytes_from(0), total - header);
-    assert_eq!(snapshot.bytes_from(log.next_offset()), 0);
+    assert_eq!(view.bytes_from(0), total - header);
+    assert_eq!(view.bytes_from(log.next_offset()), 0);
     let from_last_two = two - header;
     assert_eq!(
-        snapshot.bytes_from(segments[segments.len() - 2].first),
+        view.bytes_from(segments[segments.len() - 2].first),
         from_last_two
     );
 }
@@ -482,11 +479,11 @@ fn a_copied_log_keeps_offsets_and_epochs_and_refuses_gaps() {
 }
 
 #[test]
-fn a_reader_extended_with_newer_snapshots_follows_the_log_without_gaps_or_repeats() {
+fn a_reader_extended_with_newer_views_follows_the_log_without_gaps_or_repeats() {
     let dir = tempfile::tempdir().unwrap();
     let log = Log::open(dir.path(), options(4096)).unwrap();
     log.append(&write_op("r", 0, 100)).unwrap();
-    let mut reader = log.snapshot_from(0).records(0).unwrap();
+    let mut reader = log.view_from(0).records(0).unwrap();
     let mut seen = Vec::new();
     for round in 0..40u64 {
         for record in reader.by_ref() {
@@ -497,9 +494,9 @@ fn a_reader_extended_with_newer_snapshots_follows_the_log_without_gaps_or_repeat
         for i in 0..(round % 3 + 1) {
             log.append(&write_op("r", i, 700)).unwrap();
         }
-        reader.extend(&log.snapshot_from(reader.next_offset()));
+        reader.extend(&log.view_from(reader.next_offset()));
     }
     seen.extend(reader.map(|record| record.unwrap().offset));
-    assert!(log.snapshot().stats().segments > 5);
+    assert!(log.view().stats().segments > 5);
     assert_eq!(seen, (0..log.next_offset()).collect::<Vec<_>>());
 }

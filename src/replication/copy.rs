@@ -316,8 +316,8 @@ impl VolumeCopy {
             base.map_or(0, |base| base.offset),
         )?;
         let applied_path = root.join("applied");
-        let snapshot = log.snapshot();
-        let first = snapshot.stats().first_offset;
+        let view = log.view();
+        let first = view.stats().first_offset;
         let applied = applied::load(&applied_path)
             .map_err(io(&applied_path))?
             .unwrap_or(first)
@@ -327,7 +327,7 @@ impl VolumeCopy {
         let mut epoch = base.map_or(0, |base| base.epoch);
         let mut copy_applied = applied;
         let mut stuck = None;
-        for record in snapshot.records(applied)? {
+        for record in view.records(applied)? {
             let record = record?;
             epoch = epoch.max(record.epoch);
             if stuck.is_some() {
@@ -367,15 +367,15 @@ impl VolumeCopy {
         let Some(last) = self.next().checked_sub(1) else {
             return Ok(None);
         };
-        let snapshot = self.log.snapshot();
-        if last < snapshot.stats().first_offset {
+        let view = self.log.view();
+        if last < view.stats().first_offset {
             // The log is empty since a snapshot began it.
             return Ok(self
                 .base
                 .filter(|base| base.offset == self.next())
                 .and_then(|base| base.last));
         }
-        match snapshot.records(last)?.next() {
+        match view.records(last)?.next() {
             Some(record) => Ok(Some(super::protocol::record_hash(&record?))),
             None => Ok(None),
         }
@@ -384,7 +384,7 @@ impl VolumeCopy {
     /// Where the copy stands.
     pub fn status(&self) -> CopyStatus {
         CopyStatus {
-            log_start: self.log.snapshot().stats().first_offset,
+            log_start: self.log.view().stats().first_offset,
             next: self.next(),
             applied: self.applied,
             epoch: self.epoch,
@@ -461,7 +461,7 @@ impl VolumeCopy {
             }
         }
         if self.applied < self.next() {
-            for record in self.log.snapshot().records(self.applied)? {
+            for record in self.log.view().records(self.applied)? {
                 let record = record?;
                 self.apply(&record)?;
                 self.applied = record.offset + 1;

@@ -403,7 +403,7 @@ impl Replication {
         let now = Instant::now();
         let end = self.log.next_offset();
         let progress: Vec<Progress> = replicas.iter().map(|r| r.progress.clone()).collect();
-        let log = self.log.snapshot();
+        let log = self.log.view();
         let waiting = self.shared.waiting.load(Ordering::SeqCst);
         let waiting_for = (waiting > 0).then(|| {
             let last = end.saturating_sub(1);
@@ -594,7 +594,7 @@ impl Sender {
                 .map_err(SendError::Connect)?;
         stream.set_nodelay(true).map_err(SendError::Connect)?;
         let mut channel = Channel::connect(stream, &self.volume, &self.key, self.plaintext).await?;
-        let stats = self.log().snapshot().stats();
+        let stats = self.log().view().stats();
         let open = ToNode::Open {
             epoch: self.epoch,
             log_start: stats.first_offset,
@@ -867,10 +867,10 @@ fn read_batch(
     }
     let mut records = match reader {
         Some(mut reader) if reader.next_offset() == from => {
-            reader.extend(&log.snapshot_from(from));
+            reader.extend(&log.view_from(from));
             reader
         }
-        _ => log.snapshot_from(from).records(from)?,
+        _ => log.view_from(from).records(from)?,
     };
     let mut bytes = 0;
     while bytes < BATCH_BYTES && batch.len() < 4096 {

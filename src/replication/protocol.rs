@@ -162,11 +162,11 @@ pub fn record_hash(record: &Record) -> [u8; 32] {
 /// [`record_hash`] of `log`'s record at `offset`; `None` when the log no longer (or not
 /// yet) holds it.
 pub fn record_hash_at(log: &Log, offset: u64) -> Result<Option<[u8; 32]>, LogError> {
-    let snapshot = log.snapshot();
-    if offset < snapshot.stats().first_offset {
+    let view = log.view();
+    if offset < view.stats().first_offset {
         return Ok(None);
     }
-    match snapshot.records(offset)?.next() {
+    match view.records(offset)?.next() {
         Some(record) => Ok(Some(record_hash(&record?))),
         None => Ok(None),
     }

@@ -21,7 +21,7 @@ impl Touched {
         if from >= to {
             return touched;
         }
-        let records = match log.snapshot().records(from) {
+        let records = match log.view().records(from) {
             Ok(records) => records,
             Err(_) => {
                 touched.unknown = true;

@@ -66,7 +66,7 @@ pub struct WriteBehind {
     state: Mutex<State>,
     /// Signalled whenever dirty bytes shrink, flushing is asked for, or stopping begins.
     changed: Condvar,
-    /// One file is flushed at a time, so an older snapshot of a file never lands after a
+    /// One file is flushed at a time, so older bytes of a file never land after a
     /// newer one.
     flush_turn: Mutex<()>,
     /// One applied offset is stored at a time (the flusher's and a barrier's), so the file
@@ -247,7 +247,7 @@ impl WriteBehind {
         let (file, written) = {
             let state = self.state();
             match state.files.get(&id) {
-                Some(pending) => (Arc::clone(&pending.file), pending.dirty.snapshot()),
+                Some(pending) => (Arc::clone(&pending.file), pending.dirty.to_flush()),
                 None => return Ok(()),
             }
         };
@@ -272,7 +272,7 @@ impl WriteBehind {
             })?;
             state.files.remove(&id);
         } else {
-            // What is left was written since the snapshot: its own interval starts now.
+            // What is left was written since it was taken: its own interval starts now.
             pending.since = Instant::now();
         }
         state.bytes -= dropped;

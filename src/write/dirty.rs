@@ -127,7 +127,7 @@ impl DirtyFile {
     }
 
     /// Every extent, for a flusher to write out.
-    pub fn snapshot(&self) -> Vec<(u64, Extent)> {
+    pub fn to_flush(&self) -> Vec<(u64, Extent)> {
         self.extents
             .iter()
             .map(|(start, extent)| (*start, extent.clone()))
@@ -279,7 +279,7 @@ mod tests {
         // Covering everything.
         file.write(0, log.extent(b"0123456789"), now());
         assert_eq!(render(&file, 12), "0123456789..");
-        assert_eq!(file.snapshot().len(), 1);
+        assert_eq!(file.to_flush().len(), 1);
         assert_eq!(file.first_record(), Some(4));
     }
 
@@ -300,18 +300,18 @@ mod tests {
     }
 
     #[test]
-    fn only_extents_unchanged_since_the_snapshot_are_forgotten() {
+    fn only_extents_unchanged_since_they_were_taken_are_forgotten() {
         let mut log = Source::new();
         let mut file = DirtyFile::new();
         file.write(0, log.extent(b"aaaa"), now());
         file.write(100, log.extent(b"bbbb"), now());
-        let written = file.snapshot();
+        let written = file.to_flush();
         // A write lands on the first extent while the flusher is busy.
         file.write(1, log.extent(b"X"), now());
         assert_eq!(file.forget_written(&written), 4);
         assert_eq!(render(&file, 4), "aXaa");
         assert_eq!(file.first_record(), Some(0));
-        let rest = file.snapshot();
+        let rest = file.to_flush();
         assert_eq!(file.forget_written(&rest), 4);
         assert!(file.is_empty());
         assert_eq!(file.bytes(), 0);

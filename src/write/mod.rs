@@ -110,7 +110,7 @@ impl Journal {
             Err(error) if error.kind() == io::ErrorKind::NotFound => {
                 // A new log holds the whole volume only if the origin was empty when it
                 // began; otherwise a new copy of the volume needs a snapshot first.
-                let stats = log.snapshot().stats();
+                let stats = log.view().stats();
                 let whole = stats.first_offset == 0
                     && stats.next_offset == 0
                     && origin.is_empty().map_err(state_error(origin.path()))?;

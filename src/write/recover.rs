@@ -25,18 +25,17 @@ pub fn replay(log: &Log, origin: &Origin, from: u64, as_root: bool) -> Result<()
     if from >= end {
         return Ok(());
     }
-    let snapshot = log.snapshot();
+    let view = log.view();
     let mut failure = None;
     let Plan { names, untimed } = plan(
-        snapshot
-            .records(from)?
+        view.records(from)?
             .map_while(|record| record.map_err(|error| failure = Some(error)).ok()),
     );
     if let Some(error) = failure {
         return Err(error.into());
     }
     let mut applied = 0;
-    for record in snapshot.records(from)? {
+    for record in view.records(from)? {
         let mut record = record?;
         if let Some(name) = names.get(&record.offset) {
             record.op.set_path(name.clone());
