@@ -15,6 +15,7 @@ use crate::state::{StateDir, StateError};
 use crate::vfs::Volume;
 
 use super::verify::LastRunCell;
+use super::volume::Served;
 use super::{CliError, MountArgs, mountinfo};
 
 /// Mounts and serves until unmounted.
@@ -75,7 +76,7 @@ pub fn run(args: MountArgs) -> Result<(), CliError> {
         CliError::Failure(format!("state_dir {}: {error}", state.path().display()))
     })?;
     let last_verify = LastRunCell::default();
-    let _control = start_control(&config, state.path(), &served.volume, &last_verify);
+    let _control = start_control(&config, state.path(), &served, &last_verify);
     let schedule = super::verify::schedule(&config, &served.volume, &last_verify);
     // A change the origin took just before the daemon died may have no record, so no
     // replica will ever get it: after an unclean stop, the copies are checked against the
@@ -144,12 +145,13 @@ fn watch_state(state: &StateDir, volume: &Volume, unmounted: &AtomicBool) {
 fn start_control(
     config: &Config,
     state_dir: &Path,
-    volume: &Arc<Volume>,
+    served: &Served,
     last_verify: &LastRunCell,
 ) -> Option<ControlSocket> {
-    let verify = super::verify::handler(config, volume, last_verify);
+    let verify = super::verify::handler(config, &served.volume, last_verify);
     let last_verify = Arc::clone(last_verify);
-    let volume = Arc::clone(volume);
+    let volume = Arc::clone(&served.volume);
+    let replication = served.replication.clone();
     let (id, source, mountpoint) = (
         config.volume.id.to_string(),
         config.volume.source.clone(),
@@ -176,7 +178,7 @@ fn start_control(
             cache: volume.cache().map(|cache| cache.stats()),
             passthrough_opens: volume.passthrough_opens(),
             handler_panics: volume.panics(),
-            replication: volume.replication().map(|replication| replication.status()),
+            replication: replication.as_ref().map(|replication| replication.status()),
             verify: VerifyStatus {
                 stored_files: volume.hashes().map(|store| store.stored_files() as u64),
                 pending_files: volume

@@ -13,6 +13,7 @@ use crate::origin::{HoldError, Origin};
 use crate::replication::primary::{Replication, ReplicationError};
 use crate::vfs::Volume;
 use crate::write::Journal;
+use crate::write::follower::Follower;
 
 use super::CliError;
 
@@ -24,6 +25,8 @@ const LEADER_EPOCH: u32 = 1;
 pub struct Served {
     /// The volume.
     pub volume: Arc<Volume>,
+    /// The replica senders, if the volume has replicas.
+    pub replication: Option<Arc<Replication>>,
     hashing: Option<Hashing>,
     /// The origin's lock: one volume serves an origin.
     _hold: std::fs::File,
@@ -48,7 +51,7 @@ pub fn open(config: &Config, state_dir: &Path, cache: bool) -> Result<Served, Cl
     })?;
     // SAFETY: geteuid cannot fail.
     let as_root = unsafe { libc::geteuid() } == 0;
-    let journal = Journal::open(
+    let mut journal = Journal::open(
         state_dir,
         &config.write,
         &config.log,
@@ -76,6 +79,9 @@ pub fn open(config: &Config, state_dir: &Path, cache: bool) -> Result<Served, Cl
             })?,
         ),
     };
+    if let Some(replication) = &replication {
+        journal.follow(Arc::clone(replication) as Arc<dyn Follower>);
+    }
     let hashing = match config.verify.stored_hashes {
         false => None,
         true => {
@@ -94,11 +100,11 @@ pub fn open(config: &Config, state_dir: &Path, cache: bool) -> Result<Served, Cl
         origin,
         journal,
         cache,
-        replication,
         hashing.as_ref().map(|hashing| Arc::clone(hashing.store())),
     ));
     Ok(Served {
         volume,
+        replication,
         hashing,
         _hold: hold,
     })
@@ -112,7 +118,7 @@ impl Served {
         if let Some(cache) = self.volume.cache() {
             cache.shutdown();
         }
-        if let Some(replication) = self.volume.replication() {
+        if let Some(replication) = &self.replication {
             replication.shutdown();
         }
         if let Some(hashing) = &self.hashing {

@@ -3,9 +3,9 @@
 use fuser::Errno;
 
 use crate::log::LogError;
-use crate::replication::primary::ReplicationError;
 use crate::types::NameError;
 use crate::vfs::VfsError;
+use crate::write::follower::FollowError;
 
 /// The errno an application sees for `error`. An origin error keeps its own errno, so
 /// ENOSPC stays ENOSPC and EACCES stays EACCES.
@@ -26,14 +26,9 @@ pub(crate) fn errno(error: &VfsError) -> Errno {
         VfsError::Log(_) => Errno::EIO,
         VfsError::Path(_) => Errno::ENAMETOOLONG,
         // The caller has a signal to take, as a local wait would let it.
-        VfsError::Replication(ReplicationError::Interrupted) => Errno::EINTR,
+        VfsError::Follow(FollowError::Interrupted) => Errno::EINTR,
         // The data is safe locally, but not where the volume's config says it must be.
-        VfsError::Replication(
-            ReplicationError::Insufficient { .. }
-            | ReplicationError::Stopping
-            | ReplicationError::Key(_)
-            | ReplicationError::Runtime(_),
-        ) => Errno::EIO,
+        VfsError::Follow(FollowError::Unheld(_)) => Errno::EIO,
         // Only verify's repairs meet it; no kernel request does.
         VfsError::Replaced(_) => Errno::ESTALE,
         // The volume takes no more changes (its state dir is gone): as a filesystem that
@@ -56,11 +51,9 @@ pub(crate) fn is_notable(error: &VfsError) -> bool {
         | VfsError::UnknownHandle(_)
         | VfsError::UnsupportedKind
         | VfsError::Log(_)
-        | VfsError::Replication(_)
+        | VfsError::Follow(_)
         | VfsError::Unrecorded(_)
-        | VfsError::Replaced(_) => {
-            !matches!(error, VfsError::Replication(ReplicationError::Interrupted))
-        }
+        | VfsError::Replaced(_) => !matches!(error, VfsError::Follow(FollowError::Interrupted)),
         // Said once, when changes began to be refused.
         VfsError::Name(_) | VfsError::NotDirectory | VfsError::Path(_) | VfsError::Refused(_) => {
             false

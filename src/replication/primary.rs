@@ -32,6 +32,7 @@ use crate::config::units::Span;
 use crate::config::{OnInsufficient, ReplicationConfig};
 use crate::log::{Log, LogError, Op, Record, Records};
 use crate::tree::WalkError;
+use crate::write::follower::{FollowError, Follower};
 use crate::write::snapshot::SnapshotSource;
 
 /// Records per batch at most, by bytes (a single larger record goes alone).
@@ -262,6 +263,24 @@ impl Shared {
         let log = &self.retention.log;
         let floor = needed.max(log.first_within(self.retention.bytes_max));
         log.retain_from(floor);
+    }
+}
+
+/// fsync's view of the senders: the journal tells them of appends and waits on them.
+impl Follower for Replication {
+    fn appended(&self) {
+        Replication::appended(self);
+    }
+
+    fn hold(&self, end: u64, interrupted: &dyn Fn() -> bool) -> Result<(), FollowError> {
+        self.wait(end, interrupted).map_err(|error| match error {
+            ReplicationError::Interrupted => FollowError::Interrupted,
+            other => FollowError::Unheld(other.to_string()),
+        })
+    }
+
+    fn stopping(&self) {
+        self.cancel_waits();
     }
 }
 

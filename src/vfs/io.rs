@@ -5,7 +5,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime};
 
-use crate::config::WriteMode;
 use crate::log::Op;
 use crate::origin::{At, OriginFile, Stat};
 use crate::types::Change;
@@ -213,7 +212,6 @@ impl Volume {
         );
         self.journal
             .write(open.inode, &open.file, path, offset, data)?;
-        self.appended();
         if let (Some(cache), Some(cached)) = (&self.cache, &open.cached) {
             cache.changed(
                 cached.key(),
@@ -273,16 +271,7 @@ impl Volume {
             return Err(VfsError::Unrecorded(reason));
         }
         let open = self.file_handle(handle)?;
-        // Write-behind: durable in the log is durable; the origin catches up.
-        if self.journal.mode() == WriteMode::WriteThrough {
-            open.file.sync(data_only)?;
-        }
-        self.journal.sync()?;
-        // And held by the replicas the volume's `acks` names.
-        if let Some(replication) = &self.replication {
-            replication.wait(self.journal.log().next_offset(), interrupted)?;
-        }
-        Ok(())
+        Ok(self.journal.durable(&open.file, data_only, interrupted)?)
     }
 
     /// `fallocate(2)` with the application's mode bits, by `writer`, who loses setuid and

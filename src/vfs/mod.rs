@@ -34,10 +34,10 @@ use crate::cache::{Cache, Change};
 use crate::log::{LogError, LogPath, Op, PathError};
 use crate::manifest::store::{Changing, HashStore};
 use crate::origin::{At, DirFd, Origin, Stat};
-use crate::replication::primary::{Replication, ReplicationError};
 use crate::types::FileId;
 use crate::types::{FileKind, InodeId, Name, NameError};
-use crate::write::{Journal, WriteError};
+use crate::write::follower::FollowError;
+use crate::write::{DurableError, Journal, WriteError};
 use handles::{DirHandle, FileHandle, HandleTable, OpenCounts};
 use inodes::{InodeTable, LinkHint};
 pub use repair::Repairing;
@@ -85,7 +85,7 @@ pub enum VfsError {
     Path(#[from] PathError),
     /// Too few replicas hold the changes fsync was to make durable.
     #[error("replication: {0}")]
-    Replication(#[from] ReplicationError),
+    Follow(#[from] FollowError),
     /// Changes are refused: the volume can no longer record them.
     #[error("changes are refused: {0}")]
     Refused(String),
@@ -252,7 +252,6 @@ pub struct Volume {
     daemon: Daemon,
     journal: Journal,
     cache: Option<Arc<Cache>>,
-    replication: Option<Arc<Replication>>,
     /// verify's stored hashes of the origin's files, when they are kept.
     hashes: Option<Arc<HashStore>>,
     /// Read-only opens may be passed through to the kernel.
@@ -281,14 +280,23 @@ struct Moving<'a> {
     _names: RwLockWriteGuard<'a, ()>,
 }
 
+impl From<DurableError> for VfsError {
+    fn from(error: DurableError) -> VfsError {
+        match error {
+            DurableError::Origin(error) => VfsError::Origin(error),
+            DurableError::Log(error) => VfsError::Log(error),
+            DurableError::Follow(error) => VfsError::Follow(error),
+        }
+    }
+}
+
 impl Volume {
-    /// A volume over an opened origin, recording its changes in `journal`, reading
-    /// through `cache` and streaming its log through `replication` when there are.
+    /// A volume over an opened origin, recording its changes in `journal` (and through it
+    /// to whatever follows its log), reading through `cache` when there is one.
     pub fn new(
         origin: Arc<Origin>,
         journal: Journal,
         cache: Option<Arc<Cache>>,
-        replication: Option<Arc<Replication>>,
         hashes: Option<Arc<HashStore>>,
     ) -> Volume {
         let inodes = InodeTable::new(origin.root_stat());
@@ -310,7 +318,6 @@ impl Volume {
             daemon,
             journal,
             cache,
-            replication,
             hashes,
             passthrough: AtomicBool::new(false),
             passthrough_opens: AtomicU64::new(0),
@@ -340,23 +347,9 @@ impl Volume {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// The replica senders, if the volume has replicas.
-    pub fn replication(&self) -> Option<&Arc<Replication>> {
-        self.replication.as_ref()
-    }
-
     /// The daemon is stopping: fsyncs waiting for replicas give up (EIO).
     pub fn stopping(&self) {
-        if let Some(replication) = &self.replication {
-            replication.cancel_waits();
-        }
-    }
-
-    /// Wakes the replica senders: the log has new records.
-    fn appended(&self) {
-        if let Some(replication) = &self.replication {
-            replication.appended();
-        }
+        self.journal.stopping();
     }
 
     /// The read cache, if reads go through one.
@@ -533,7 +526,6 @@ impl Volume {
     /// Records a change the origin now has.
     fn record(&self, op: Op) -> Result<()> {
         self.journal.record(op)?;
-        self.appended();
         Ok(())
     }
 

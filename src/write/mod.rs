@@ -11,6 +11,7 @@
 pub mod applied;
 pub mod behind;
 mod dirty;
+pub mod follower;
 pub mod recover;
 pub mod snapshot;
 
@@ -28,6 +29,7 @@ use crate::types::InodeId;
 
 use crate::tree::ApplyError;
 use behind::{BehindStatus, Overlay, Tuning, WriteBehind};
+use follower::{FollowError, Follower};
 use snapshot::SnapshotSource;
 
 /// The leader epoch of records written before failover exists.
@@ -71,10 +73,26 @@ pub enum WriteError {
     Log(#[from] LogError),
 }
 
+/// Why changes could not be made durable.
+#[derive(Debug, thiserror::Error)]
+pub enum DurableError {
+    /// The origin could not sync the file (write-through).
+    #[error("origin: {0}")]
+    Origin(#[from] io::Error),
+    /// The log could not sync the records.
+    #[error("change log: {0}")]
+    Log(#[from] LogError),
+    /// The followers do not hold them as the volume requires.
+    #[error("replication: {0}")]
+    Follow(#[from] FollowError),
+}
+
 /// A volume's change recorder: the log and the write policy around it.
 #[derive(Debug)]
 pub struct Journal {
     log: Arc<Log>,
+    /// Told of every append; waited for by `durable`.
+    follower: Option<Arc<dyn Follower>>,
     behind: Option<Arc<WriteBehind>>,
     /// What a snapshot for a new copy reads; also what a move of a name waits for.
     snapshot: SnapshotSource,
@@ -159,6 +177,7 @@ impl Journal {
         );
         Ok(Journal {
             log,
+            follower: None,
             behind,
             snapshot,
             flusher: Mutex::new(flusher),
@@ -173,11 +192,50 @@ impl Journal {
         }
     }
 
+    /// Makes `follower` follow the log from now on.
+    pub fn follow(&mut self, follower: Arc<dyn Follower>) {
+        self.follower = Some(follower);
+    }
+
     /// Records a change the origin already has.
     pub fn record(&self, op: Op) -> Result<u64, LogError> {
         let offset = self.log.append(&op)?;
+        self.appended();
         self.release_applied()?;
         Ok(offset)
+    }
+
+    fn appended(&self) {
+        if let Some(follower) = &self.follower {
+            follower.appended();
+        }
+    }
+
+    /// Makes every change recorded so far durable where the volume requires: `file`'s
+    /// bytes in the origin (write-through; write-behind's are durable in the log), the
+    /// records in the log, and held by the followers. `interrupted` says whether the
+    /// caller has a signal pending.
+    pub fn durable(
+        &self,
+        file: &OriginFile,
+        data_only: bool,
+        interrupted: &dyn Fn() -> bool,
+    ) -> Result<(), DurableError> {
+        if self.behind.is_none() {
+            file.sync(data_only)?;
+        }
+        self.sync()?;
+        if let Some(follower) = &self.follower {
+            follower.hold(self.log.next_offset(), interrupted)?;
+        }
+        Ok(())
+    }
+
+    /// The daemon is stopping: waits for followers give up.
+    pub fn stopping(&self) {
+        if let Some(follower) = &self.follower {
+            follower.stopping();
+        }
     }
 
     /// Write-through: the origin is the only consumer so far, and it has everything, so
@@ -201,11 +259,16 @@ impl Journal {
         data: &[u8],
     ) -> Result<(), WriteError> {
         match (&self.behind, path) {
-            (Some(behind), Some(path)) => Ok(behind.write(id, file, path, position, data)?),
+            (Some(behind), Some(path)) => {
+                behind.write(id, file, path, position, data)?;
+                self.appended();
+                Ok(())
+            }
             (_, path) => {
                 file.write_at(data, position)?;
                 if let Some(path) = path {
                     self.log.append_write(&path, position, data)?;
+                    self.appended();
                     self.release_applied()?;
                 }
                 Ok(())
