@@ -10,8 +10,9 @@ use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
 
 use super::channel::{Channel, ChannelError};
-use super::node::{Hosted, SessionError, channel_send, refuse};
+use super::hosted::Hosted;
 use super::protocol::{HashedFile, ToNode, ToPrimary, decode};
+use super::session::{SessionError, channel_send, refuse};
 use crate::log::LogPath;
 use crate::manifest::chunks::CHUNK_BYTES;
 use crate::manifest::fresh::{self, Files};

@@ -4,10 +4,13 @@
 
 pub mod channel;
 pub mod copy;
+mod hosted;
 mod inspect;
 pub mod isr;
 pub mod key;
 pub mod node;
 pub mod primary;
 pub mod protocol;
+mod session;
 pub mod snapshot;
+mod stream;

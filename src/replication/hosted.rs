@@ -1,0 +1,124 @@
+//! One volume a replica node keeps: its copy, its stored hashes, and who streams to it.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime};
+
+use serde::{Deserialize, Serialize};
+
+use super::copy::{CopyStatus, Stuck, VolumeCopy};
+use super::key::VolumeKey;
+use crate::manifest::hasher::Hashing;
+use crate::manifest::store::HashStore;
+
+/// One volume a node keeps.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct HostedStatus {
+    /// The volume id.
+    pub id: String,
+    /// Where its copy stands.
+    #[serde(flatten)]
+    pub copy: CopyStatus,
+    /// Whether a primary is connected now.
+    pub connected: bool,
+    /// When a primary last sent something, in seconds since the Unix epoch.
+    pub last_contact: Option<f64>,
+}
+
+/// How often a copy stuck on the same record is logged again.
+const STUCK_LOG_EVERY: Duration = Duration::from_secs(60);
+
+/// One volume the node keeps.
+#[derive(Debug)]
+pub(super) struct Hosted {
+    /// The volume's key, which a primary must prove it holds.
+    pub(super) key: VolumeKey,
+    /// Whether the volume's connections may go unencrypted.
+    pub(super) plaintext: bool,
+    copy: Mutex<VolumeCopy>,
+    /// The copy's stored hashes and their hasher.
+    hashing: Hashing,
+    /// The newest connection's number; older ones stop at their next message.
+    pub(super) session: AtomicU64,
+    /// When a primary last sent something.
+    pub(super) contact: Mutex<Option<SystemTime>>,
+    /// Sessions open now.
+    pub(super) open_sessions: AtomicU64,
+    /// The stuck record last logged, and when.
+    stuck_logged: Mutex<Option<(u64, Instant)>>,
+}
+
+impl Hosted {
+    /// A volume kept with `key` (unencrypted connections allowed with `plaintext`), its
+    /// copy and its stored hashes' hasher.
+    pub(super) fn new(
+        key: VolumeKey,
+        plaintext: bool,
+        copy: VolumeCopy,
+        hashing: Hashing,
+    ) -> Hosted {
+        Hosted {
+            key,
+            plaintext,
+            copy: Mutex::new(copy),
+            hashing,
+            session: AtomicU64::new(0),
+            contact: Mutex::new(None),
+            open_sessions: AtomicU64::new(0),
+            stuck_logged: Mutex::new(None),
+        }
+    }
+
+    /// What status shows of it, as volume `id`.
+    pub(super) fn status(&self, id: &str) -> HostedStatus {
+        let contact = *self.contact.lock().unwrap_or_else(|p| p.into_inner());
+        HostedStatus {
+            id: id.to_string(),
+            copy: self.copy().status(),
+            connected: self.open_sessions.load(Ordering::SeqCst) > 0,
+            last_contact: contact.and_then(|at| {
+                at.duration_since(SystemTime::UNIX_EPOCH)
+                    .ok()
+                    .map(|since| since.as_secs_f64())
+            }),
+        }
+    }
+
+    /// Logs that the copy is stuck on `stuck`: at once for a new record, then once per
+    /// [`STUCK_LOG_EVERY`] (a primary retries every second or two).
+    pub(super) fn report_stuck(&self, volume: &str, stuck: &Stuck) {
+        let mut logged = self
+            .stuck_logged
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let due = logged
+            .is_none_or(|(offset, at)| offset != stuck.offset || at.elapsed() >= STUCK_LOG_EVERY);
+        if due {
+            tracing::error!(
+                %volume,
+                offset = stuck.offset,
+                error = %stuck.error,
+                "the copy is stuck: it holds this record but cannot apply it, and its tree \
+                 stays before it until the cause is removed (mirrorfs replica status shows it)"
+            );
+            *logged = Some((stuck.offset, Instant::now()));
+        }
+    }
+
+    /// The copy's stored hashes.
+    pub(super) fn hashes(&self) -> &Arc<HashStore> {
+        self.hashing.store()
+    }
+
+    /// Stops the hasher, saving the stored hashes.
+    pub(super) fn stop_hashing(&self) {
+        self.hashing.stop();
+    }
+
+    /// The copy, locked.
+    pub(super) fn copy(&self) -> MutexGuard<'_, VolumeCopy> {
+        self.copy
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}

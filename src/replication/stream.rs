@@ -1,0 +1,187 @@
+//! The streaming session on a replica node: a primary sends records (or a snapshot) and
+//! the node acknowledges each batch once it is durable in the copy's log and applied.
+
+use std::io;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::SystemTime;
+
+use tokio::net::TcpStream;
+
+use super::channel::{Channel, ChannelError};
+use super::copy::{Base, CopyError, VolumeCopy};
+use super::hosted::Hosted;
+use super::protocol::{ToNode, ToPrimary, decode};
+use super::session::{Limits, SessionError, channel_send, refuse};
+
+/// Streams volume `volume` from a primary at `epoch` into `hosted`'s copy over `channel`,
+/// until the primary goes or the session fails.
+pub(super) async fn serve(
+    hosted: Arc<Hosted>,
+    volume: &str,
+    mut channel: Channel<TcpStream>,
+    epoch: u32,
+    limits: &Limits,
+) -> Result<(), SessionError> {
+    let number = hosted.session.fetch_add(1, Ordering::SeqCst) + 1;
+    hosted.open_sessions.fetch_add(1, Ordering::SeqCst);
+    let _open = OpenSession(&hosted);
+    let position = {
+        let mut copy = hosted.copy();
+        if copy.stuck().is_some() {
+            // Each connection tries a stuck record again: the cause may be gone.
+            let _ = copy.apply_received(&[]);
+        }
+        copy.last_hash()
+            .map(|last| (copy.next(), copy.epoch(), last, copy.has_snapshot()))
+            .map(|position| (position, copy.stuck().cloned()))
+    };
+    let ((next, seen, last, snapshot), stuck) = match position {
+        Ok(position) => position,
+        Err(error) => return Err(refuse(&mut channel, error.to_string()).await),
+    };
+    if epoch < seen {
+        let reason = format!("epoch {epoch} is older than epoch {seen} already seen");
+        return Err(refuse(&mut channel, reason).await);
+    }
+    tracing::info!(%volume, epoch, next, "primary connected");
+    channel_send(
+        &mut channel,
+        &ToPrimary::Position {
+            next,
+            epoch: seen,
+            last,
+            snapshot,
+            stuck: stuck.clone(),
+        },
+    )
+    .await?;
+    if let Some(stuck) = stuck {
+        hosted.report_stuck(volume, &stuck);
+        return Err(SessionError::Stuck(stuck));
+    }
+    loop {
+        let received = tokio::time::timeout(limits.idle, channel.receive())
+            .await
+            .map_err(|_| SessionError::Silent("streaming", limits.idle))?;
+        let bytes = match received {
+            Ok(bytes) => bytes,
+            Err(ChannelError::Io(error)) if error.kind() == io::ErrorKind::UnexpectedEof => {
+                tracing::info!(%volume, "primary disconnected");
+                return Ok(());
+            }
+            Err(error) => return Err(error.into()),
+        };
+        if hosted.session.load(Ordering::SeqCst) != number {
+            return Err(SessionError::Superseded);
+        }
+        *hosted.contact.lock().unwrap_or_else(|p| p.into_inner()) = Some(SystemTime::now());
+        let message = match decode::<ToNode>(&bytes) {
+            Ok(message) => message,
+            Err(error) => {
+                let reason = error.to_string();
+                return Err(refuse(&mut channel, reason).await);
+            }
+        };
+        let reply = match message {
+            // Acknowledged once durable in the copy's log and applied to its tree, so what
+            // a primary's fsync waited for is in the tree when the fsync returns.
+            ToNode::Records(records) => {
+                answer(&hosted, number, move |copy| {
+                    let next = copy.receive(&records)?;
+                    copy.apply_received(&records)?;
+                    Ok(next)
+                })
+                .await?
+            }
+            ToNode::Open { .. } => ToPrimary::Refuse {
+                reason: "Open sent twice".to_string(),
+            },
+            ToNode::Inspect | ToNode::Walk { .. } | ToNode::Hash(_) | ToNode::Read { .. } => {
+                ToPrimary::Refuse {
+                    reason: "a verify request in a streaming session".to_string(),
+                }
+            }
+            ToNode::SnapshotBegin {
+                offset,
+                epoch,
+                last,
+            } => {
+                let base = Base {
+                    offset,
+                    epoch,
+                    last,
+                };
+                tracing::info!(%volume, offset, "snapshot begins");
+                answer(&hosted, number, move |copy| {
+                    copy.begin_snapshot(base)?;
+                    Ok(copy.next())
+                })
+                .await?
+            }
+            ToNode::SnapshotOps(ops) => {
+                answer(&hosted, number, move |copy| {
+                    copy.snapshot_ops(&ops)?;
+                    Ok(copy.next())
+                })
+                .await?
+            }
+            ToNode::SnapshotEnd => {
+                let answered = answer(&hosted, number, |copy| copy.end_snapshot()).await?;
+                if let ToPrimary::Ack { next } = answered {
+                    tracing::info!(%volume, next, "snapshot complete");
+                }
+                answered
+            }
+        };
+        channel_send(&mut channel, &reply).await?;
+        match reply {
+            ToPrimary::Refuse { reason } => return Err(SessionError::Refused(reason)),
+            ToPrimary::Stuck(stuck) => {
+                hosted.report_stuck(volume, &stuck);
+                return Err(SessionError::Stuck(stuck));
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Runs `take` on the copy in a blocking thread: an Ack of the offset it returns, or a
+/// Refuse saying why it failed.
+/// Nothing is done for session `number` once a newer one has begun: it is checked under
+/// the copy's lock, so an older session's message never lands in a newer one's snapshot.
+async fn answer(
+    hosted: &Arc<Hosted>,
+    number: u64,
+    take: impl FnOnce(&mut VolumeCopy) -> Result<u64, CopyError> + Send + 'static,
+) -> Result<ToPrimary, SessionError> {
+    let hosted = Arc::clone(hosted);
+    let taken = tokio::task::spawn_blocking(move || {
+        let mut copy = hosted.copy();
+        let current = hosted.session.load(Ordering::SeqCst) == number;
+        current.then(|| {
+            take(&mut copy).map_err(|error| match (&error, copy.stuck()) {
+                (CopyError::Apply(_), Some(stuck)) => ToPrimary::Stuck(stuck.clone()),
+                _ => ToPrimary::Refuse {
+                    reason: error.to_string(),
+                },
+            })
+        })
+    })
+    .await
+    .map_err(|error| ChannelError::Io(io::Error::other(error)))?;
+    Ok(match taken {
+        None => return Err(SessionError::Superseded),
+        Some(Ok(next)) => ToPrimary::Ack { next },
+        Some(Err(refusal)) => refusal,
+    })
+}
+
+/// Counts a session out when it ends, however it ends.
+struct OpenSession<'a>(&'a Hosted);
+
+impl Drop for OpenSession<'_> {
+    fn drop(&mut self) {
+        self.0.open_sessions.fetch_sub(1, Ordering::SeqCst);
+    }
+}
