@@ -15,6 +15,7 @@ pub mod origin;
 pub mod replication;
 pub mod signals;
 pub mod state;
+pub mod status;
 mod throttled;
 pub mod tree;
 pub mod types;

@@ -8,10 +8,11 @@ use std::time::Duration;
 use crate::config::Passthrough;
 use crate::config::raw::RawConfig;
 use crate::config::{Config, Overrides, WriteMode, normalize};
-use crate::control::{ControlSocket, LogStatus, Status, VerifyStatus};
+use crate::control::ControlSocket;
 use crate::fuse::{self, FS_TYPE, MountOptions};
 use crate::signals::StopSignals;
 use crate::state::{StateDir, StateError};
+use crate::status::{LogStatus, Status, VerifyStatus};
 use crate::vfs::Volume;
 
 use super::verify::LastRunCell;

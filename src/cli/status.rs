@@ -1,7 +1,8 @@
 //! `mirrorfs status`: asks a mounted volume's daemon how it stands.
 
 use crate::cache::{CacheStats, TierStats};
-use crate::control::{self, ControlError, Status};
+use crate::control::{self, ControlError};
+use crate::status::Status;
 
 use super::{CliError, StatusArgs};
 use crate::config::units::human;

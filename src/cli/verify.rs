@@ -12,10 +12,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::units::{ByteSize, human};
 use crate::config::{Config, VerifyConfig};
-use crate::control::{self, Handler, LastRun};
+use crate::control::{self, Handler};
 use crate::log::LogPath;
 use crate::replication::key::VolumeKey;
 use crate::state::{StateDir, StateError};
+use crate::status::LastRun;
 use crate::verify::report::{Report, exit};
 use crate::verify::run::{Options, Progress, Subject};
 use crate::vfs::Volume;

@@ -208,7 +208,7 @@ impl Mount {
     }
 
     /// `mirrorfs status --json` of this volume.
-    pub fn status(&self) -> mirrorfs::control::Status {
+    pub fn status(&self) -> mirrorfs::status::Status {
         serde_json::from_value(self.status_json()).unwrap()
     }
 
