@@ -66,7 +66,7 @@ impl StateDir {
         // SAFETY: valid fd.
         if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
             let error = std::io::Error::last_os_error();
-            if error.raw_os_error() == Some(libc::EWOULDBLOCK) {
+            if error.kind() == std::io::ErrorKind::WouldBlock {
                 let holder = std::fs::read_to_string(&lock_path)
                     .ok()
                     .map(|text| text.trim().to_string())

@@ -58,7 +58,7 @@ pub fn run(args: UnmountArgs) -> Result<(), CliError> {
 }
 
 fn unmount_error(path: &Path, error: std::io::Error) -> CliError {
-    if error.raw_os_error() == Some(libc::EBUSY) {
+    if error.kind() == std::io::ErrorKind::ResourceBusy {
         CliError::Failure(format!(
             "{} is busy: files are open there; close them, or unmount with --lazy",
             path.display()

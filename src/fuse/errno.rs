@@ -18,6 +18,8 @@ pub(crate) fn errno(error: &VfsError) -> Errno {
         VfsError::Name(NameError::TooLong) => Errno::ENAMETOOLONG,
         VfsError::Name(NameError::Empty | NameError::Dot | NameError::Separator) => Errno::EINVAL,
         VfsError::NotDirectory => Errno::ENOTDIR,
+        VfsError::IsDirectory => Errno::EISDIR,
+        VfsError::PassedThrough => Errno::ETXTBSY,
         VfsError::UnsupportedKind => Errno::EIO,
         // A full or failing state disk is reported as itself, like a full origin.
         VfsError::Log(LogError::Io { source, .. }) => {
@@ -55,9 +57,12 @@ pub(crate) fn is_notable(error: &VfsError) -> bool {
         | VfsError::Unrecorded(_)
         | VfsError::Replaced(_) => !matches!(error, VfsError::Follow(FollowError::Interrupted)),
         // Said once, when changes began to be refused.
-        VfsError::Name(_) | VfsError::NotDirectory | VfsError::Path(_) | VfsError::Refused(_) => {
-            false
-        }
+        VfsError::Name(_)
+        | VfsError::NotDirectory
+        | VfsError::IsDirectory
+        | VfsError::PassedThrough
+        | VfsError::Path(_)
+        | VfsError::Refused(_) => false,
     }
 }
 

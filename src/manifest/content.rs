@@ -58,14 +58,13 @@ impl Content for FileContent<'_> {
         if self.no_data.start <= range.start && range.end <= self.no_data.end {
             return Ok(true);
         }
-        let start = i64::try_from(range.start).unwrap_or(i64::MAX);
-        match self.file.seek(start, libc::SEEK_DATA) {
-            Ok(data) => {
-                self.no_data = range.start..data as u64;
-                Ok(data as u64 >= range.end)
+        match self.file.next_data(range.start) {
+            Ok(Some(data)) => {
+                self.no_data = range.start..data;
+                Ok(data >= range.end)
             }
             // No data from here to the end.
-            Err(error) if error.raw_os_error() == Some(libc::ENXIO) => {
+            Ok(None) => {
                 self.no_data = range.start..u64::MAX;
                 Ok(true)
             }
@@ -83,7 +82,10 @@ impl Content for FileContent<'_> {
         }
         self.chunks += 1;
         if self.chunks % GONE_EVERY == 0 && self.file.stat()?.nlink == 0 {
-            return Err(io::Error::from_raw_os_error(libc::ENOENT));
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                "deleted while it was hashed",
+            ));
         }
         Ok(())
     }

@@ -85,12 +85,7 @@ pub fn hash(
 ) -> io::Result<Option<Fresh>> {
     let file = match files.open(path) {
         Ok(file) => file,
-        Err(error)
-            if matches!(
-                error.raw_os_error(),
-                Some(libc::ENOENT | libc::ENOTDIR | libc::ELOOP | libc::EISDIR | libc::ENXIO)
-            ) =>
-        {
+        Err(error) if crate::origin::gone(&error) || crate::origin::not_regular(&error) => {
             return Ok(None);
         }
         Err(error) => return Err(error),

@@ -145,8 +145,10 @@ fn rehash(store: &HashStore, copy: Opener<'_>, job: Job) -> bool {
         }
         // Deleted while it was read, or too large to keep hashes of: nothing to keep.
         Err(error)
-            if error.raw_os_error() == Some(libc::ENOENT)
-                || error.kind() == io::ErrorKind::FileTooLarge =>
+            if matches!(
+                error.kind(),
+                io::ErrorKind::NotFound | io::ErrorKind::FileTooLarge
+            ) =>
         {
             store.forget(job.key);
             true

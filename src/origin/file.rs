@@ -137,6 +137,23 @@ impl OriginFile {
     }
 
     /// `lseek` for SEEK_DATA / SEEK_HOLE (and the others): the resulting offset.
+    /// Where the first data at or after `offset` begins; `None` when only a hole follows
+    /// (SEEK_DATA's ENXIO). A filesystem that cannot tell says there is data everywhere.
+    pub fn next_data(&self, offset: u64) -> io::Result<Option<u64>> {
+        match self.seek(i64::try_from(offset).unwrap_or(i64::MAX), libc::SEEK_DATA) {
+            Ok(data) => Ok(Some(data as u64)),
+            Err(error) if error.raw_os_error() == Some(libc::ENXIO) => Ok(None),
+            Err(error) => Err(error),
+        }
+    }
+
+    /// Where the first hole at or after `offset` begins (the end of the file counts).
+    pub fn next_hole(&self, offset: u64) -> io::Result<u64> {
+        self.seek(i64::try_from(offset).unwrap_or(i64::MAX), libc::SEEK_HOLE)
+            .map(|hole| hole as u64)
+    }
+
+    /// `lseek(2)` with `whence`, for SEEK_DATA and SEEK_HOLE asked through the mount.
     pub fn seek(&self, offset: i64, whence: i32) -> io::Result<i64> {
         // The descriptor's own position is never used for I/O (all I/O is positional),
         // so moving it here cannot disturb a concurrent read or write.

@@ -37,6 +37,21 @@ pub enum HoldError {
 }
 
 /// The pid holding a FLOCK on the object `dev`/`ino`, from the text of /proc/locks
+/// Whether `error` means nothing by that name any more: gone (ENOENT), or a directory on
+/// the way replaced by a file (ENOTDIR) or a symlink (ELOOP, as no path is followed).
+pub fn gone(error: &io::Error) -> bool {
+    matches!(
+        error.raw_os_error(),
+        Some(libc::ENOENT | libc::ENOTDIR | libc::ELOOP)
+    )
+}
+
+/// Whether `error` means the name holds something other than a regular file now
+/// (`Origin::open_regular`'s ENXIO, or EISDIR).
+pub fn not_regular(error: &io::Error) -> bool {
+    matches!(error.raw_os_error(), Some(libc::ENXIO | libc::EISDIR))
+}
+
 /// ("1: FLOCK  ADVISORY  WRITE 1234 fd:01:5678 0 EOF").
 fn lock_holder(locks: &str, dev: u64, ino: u64) -> Option<u32> {
     let wanted = format!(

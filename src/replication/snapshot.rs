@@ -174,15 +174,8 @@ impl Reader<'_> {
     /// shrank while it was read).
     fn content(&mut self, file: &OriginFile, path: &LogPath) -> Result<(), WalkError> {
         let mut position = 0;
-        loop {
-            let data = match file.seek(position as i64, libc::SEEK_DATA) {
-                Ok(data) => data as u64,
-                Err(error) if error.raw_os_error() == Some(libc::ENXIO) => break,
-                Err(error) => return Err(WalkError::read(path)(error)),
-            };
-            let hole = file
-                .seek(data as i64, libc::SEEK_HOLE)
-                .map_err(WalkError::read(path))? as u64;
+        while let Some(data) = file.next_data(position).map_err(WalkError::read(path))? {
+            let hole = file.next_hole(data).map_err(WalkError::read(path))?;
             let mut at = data;
             while at < hole {
                 let mut buffer = vec![0; (hole - at).min(CHUNK_BYTES) as usize];

@@ -6,7 +6,7 @@ use crate::types::Change;
 use crate::types::Timestamp;
 use crate::types::{FileKind, InodeId};
 
-use super::{Attr, Result, Target, Volume};
+use super::{Attr, Result, Target, VfsError, Volume};
 
 /// The attribute changes of one setattr call; `None` leaves a field as it is.
 #[derive(Clone, Copy, Debug, Default)]
@@ -84,7 +84,7 @@ impl Volume {
         }
         if let Some(size) = changes.size {
             if stat.kind() == Some(FileKind::Directory) {
-                return Err(std::io::Error::from_raw_os_error(libc::EISDIR).into());
+                return Err(VfsError::IsDirectory);
             }
             self.origin.truncate(at, size)?;
         }

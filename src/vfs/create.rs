@@ -147,7 +147,8 @@ impl Volume {
                     (file, attr, opening, true)
                 }
                 Err(error)
-                    if error.raw_os_error() == Some(libc::EEXIST) && flags & libc::O_EXCL == 0 =>
+                    if error.kind() == std::io::ErrorKind::AlreadyExists
+                        && flags & libc::O_EXCL == 0 =>
                 {
                     let file = self.origin.open_file(at, access)?;
                     let mut stat = file.stat()?;

@@ -93,7 +93,7 @@ impl Volume {
                 match self.origin.stat(At::Entry(&dir, &entry_name)) {
                     Ok(stat) => (Some(entry_name), stat),
                     // Removed since it was listed: skip it, as a local listing would have.
-                    Err(error) if super::is_gone(&error) => continue,
+                    Err(error) if crate::origin::gone(&error) => continue,
                     Err(error) => return Err(error.into()),
                 }
             };
@@ -150,7 +150,7 @@ impl Volume {
         };
         match self.origin.stat(At::Entry(dir, &entry_name)) {
             Ok(stat) => Ok(Some(stat.kind().ok_or(VfsError::UnsupportedKind)?)),
-            Err(error) if super::is_gone(&error) => Ok(None),
+            Err(error) if crate::origin::gone(&error) => Ok(None),
             Err(error) => Err(error.into()),
         }
     }

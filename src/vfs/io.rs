@@ -46,7 +46,7 @@ impl Volume {
         let access = origin_flags(flags);
         let (kind, key, first) = self.entry_point(id)?;
         if kind == FileKind::Directory {
-            return Err(std::io::Error::from_raw_os_error(libc::EISDIR).into());
+            return Err(VfsError::IsDirectory);
         }
         let (file, stat) = self.try_hints(id, key, first, |parent, entry| {
             let file = self.origin.open_file(At::Entry(parent, entry), access)?;
@@ -85,7 +85,7 @@ impl Volume {
                 .unwrap_or_else(|poisoned| poisoned.into_inner());
             modes = waited;
             if passed(&mut modes) {
-                return Err(std::io::Error::from_raw_os_error(libc::ETXTBSY).into());
+                return Err(VfsError::PassedThrough);
             }
         }
         let counts = modes.entry(id).or_default();

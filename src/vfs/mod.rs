@@ -93,6 +93,13 @@ pub enum VfsError {
     /// state dir, so nothing is acknowledged.
     #[error("nothing can be made durable: {0}")]
     Unrecorded(String),
+    /// A directory where only a file will do (open, truncate).
+    #[error("is a directory")]
+    IsDirectory,
+    /// A writer of a file whose reads the kernel serves itself (passthrough) until they
+    /// close.
+    #[error("the file is open for passthrough reads")]
+    PassedThrough,
     /// A repair found another object at the path than the one it checked.
     #[error("{0} is not the object that was checked any more")]
     Replaced(LogPath),
@@ -668,7 +675,7 @@ impl Volume {
         match attempt(&parent_fd, entry) {
             Ok((value, stat)) if stat.id() == key => Ok(Some((value, stat))),
             Ok(_) => Ok(None),
-            Err(error) if is_gone(&error) => Ok(None),
+            Err(error) if crate::origin::gone(&error) => Ok(None),
             Err(error) => Err(error.into()),
         }
     }
@@ -684,14 +691,6 @@ impl Volume {
     fn evict_dir_fd(&self, id: InodeId) {
         self.dir_cache().pop(&id);
     }
-}
-
-/// Errors meaning "nothing by that name any more": try another link hint.
-fn is_gone(error: &std::io::Error) -> bool {
-    matches!(
-        error.raw_os_error(),
-        Some(libc::ENOENT) | Some(libc::ENOTDIR) | Some(libc::ELOOP)
-    )
 }
 
 /// Validates a name the kernel sent.
