@@ -34,7 +34,7 @@ pub fn verify(
     let Checked {
         mut report,
         fixes,
-        mut remotes,
+        mut replicas,
     } = run::check(subject, options, progress);
     let to_repair: Vec<usize> = (0..fixes.len())
         .filter(|&at| report.findings[at].action == Action::Reported)
@@ -49,7 +49,7 @@ pub fn verify(
     });
     let failures = match volume.repairing() {
         Ok(repairing) => {
-            let failures = repair::repair(&fixes, &mut remotes, &repairing);
+            let failures = repair::repair(&fixes, &mut replicas, &repairing);
             if let Err(error) = repairing.finish() {
                 report.errors.push(format!("finishing repairs: {error}"));
             }
@@ -57,7 +57,7 @@ pub fn verify(
         }
         Err(error) => vec![Some(error.to_string()); fixes.len()],
     };
-    drop(remotes);
+    drop(replicas);
     let files: HashSet<Vec<u8>> = fixes
         .iter()
         .filter_map(|fix| match fix {

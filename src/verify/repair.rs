@@ -16,21 +16,20 @@ use crate::tree::{place, xattrs};
 use crate::vfs::Repairing;
 
 use super::compare::Aspect;
-use super::remote::Remote;
-use super::run::Fix;
+use super::run::{Fix, Replica};
 
 /// Carries out `fixes` (one per finding) while `repairing` holds the mount's changes.
 /// Returns, per finding, why its repair failed (`None`: done, or nothing to do).
 pub fn repair(
     fixes: &[Fix],
-    remotes: &mut [(String, Remote)],
+    replicas: &mut [Replica],
     repairing: &Repairing<'_>,
 ) -> Vec<Option<String>> {
     let mut done = Done::default();
     fixes
         .iter()
         .map(|fix| {
-            one(fix, remotes, repairing, &mut done)
+            one(fix, replicas, repairing, &mut done)
                 .err()
                 .map(|error| error.to_string())
         })
@@ -62,7 +61,7 @@ enum RepairError {
 
 fn one(
     fix: &Fix,
-    remotes: &mut [(String, Remote)],
+    replicas: &mut [Replica],
     repairing: &Repairing<'_>,
     done: &mut Done,
 ) -> Result<(), RepairError> {
@@ -129,7 +128,7 @@ fn one(
             expected,
             from,
         } => {
-            let (name, remote) = &mut remotes[*from];
+            let Replica { name, remote, .. } = &mut replicas[*from];
             let offset = chunk * CHUNK_BYTES;
             let data = remote
                 .read(path, offset, CHUNK_BYTES as u32)

@@ -152,14 +152,25 @@ pub enum Fix {
     Nothing,
 }
 
+/// A replica a run checks: its session, and whether it is still asked anything.
+pub struct Replica {
+    /// Its name in the config.
+    pub name: String,
+    /// The session with its node.
+    pub remote: Remote,
+    /// False once its session failed, or its copy proved not comparable as of the run's
+    /// offset (behind, stuck, diverged): a finding of its own, and nothing more is asked.
+    live: bool,
+}
+
 /// A finished check: the report, and for each finding what a repair would do.
 pub struct Checked {
     /// The report (actions all `Reported` or `Unrecoverable`).
     pub report: Report,
     /// One per finding, in the same order.
     pub fixes: Vec<Fix>,
-    /// The sessions with the replicas checked (index as in the fixes).
-    pub remotes: Vec<(String, Remote)>,
+    /// The replicas checked (index as in the fixes).
+    pub replicas: Vec<Replica>,
 }
 
 /// Runs the check `options` describe on `subject`.
@@ -204,8 +215,7 @@ fn run(
             ..Report::default()
         },
         fixes: Vec::new(),
-        remotes: Vec::new(),
-        dead: HashSet::new(),
+        replicas: Vec::new(),
         follow_up: Vec::new(),
         files: Files::new(subject.origin),
         state: Progress::default(),
@@ -236,7 +246,7 @@ fn run(
     Checked {
         report: run.report,
         fixes: run.fixes,
-        remotes: run.remotes,
+        replicas: run.replicas,
     }
 }
 
@@ -246,10 +256,8 @@ struct Run<'a, 'p> {
     progress: &'p mut dyn FnMut(&Progress),
     report: Report,
     fixes: Vec<Fix>,
-    /// Sessions open, by replica name; their index is the replica's in fixes.
-    remotes: Vec<(String, Remote)>,
-    /// Sessions that failed: no longer asked anything.
-    dead: HashSet<usize>,
+    /// The replicas with a session; their index is the replica's in fixes.
+    replicas: Vec<Replica>,
     /// Files whose stored roots differ: the quick check reads just these.
     follow_up: Vec<Entry>,
     /// The primary's files, opened for reading.
@@ -302,12 +310,16 @@ impl Run<'_, '_> {
                 Ok(remote) => {
                     shown.checked = true;
                     shown.applied = remote.applied;
-                    if let Some(why) = self.diverged(&remote) {
+                    let diverged = self.diverged(&remote);
+                    if let Some(why) = &diverged {
                         // Compared with nothing: its tree is another volume's state.
-                        self.position_finding(&replica.name, position::DIVERGED, why);
-                        self.dead.insert(self.remotes.len());
+                        self.position_finding(&replica.name, position::DIVERGED, why.clone());
                     }
-                    self.remotes.push((replica.name.clone(), remote));
+                    self.replicas.push(Replica {
+                        name: replica.name.clone(),
+                        remote,
+                        live: diverged.is_none(),
+                    });
                 }
                 Err(error) => shown.error = Some(error.to_string()),
             }
@@ -379,19 +391,20 @@ impl Run<'_, '_> {
                 .filter(|entry| entry.kind == Kind::File && entry.root.is_none())
                 .map(|entry| entry.path.as_bytes().to_vec())
                 .collect();
-            let remotes = std::mem::take(&mut self.remotes);
+            let replicas = std::mem::take(&mut self.replicas);
             let mut kept = Vec::new();
-            for (index, ((name, remote), walked)) in remotes.into_iter().zip(walks).enumerate() {
+            for (index, (mut replica, walked)) in replicas.into_iter().zip(walks).enumerate() {
+                let name = replica.name.clone();
                 let walked = match walked {
                     None => {
-                        kept.push((name, remote));
+                        kept.push(replica);
                         continue;
                     }
                     Some(Ok(walked)) => walked,
                     Some(Err(error)) => {
-                        self.dead.insert(index);
+                        replica.live = false;
                         self.replica_failed(&name, error.to_string());
-                        kept.push((name, remote));
+                        kept.push(replica);
                         continue;
                     }
                 };
@@ -426,10 +439,10 @@ impl Run<'_, '_> {
                         ),
                     };
                     self.position_finding(&name, kind, actual);
-                    self.dead.insert(index);
+                    replica.live = false;
                 }
                 let compare = Compare {
-                    skip_owner: !remote.owners,
+                    skip_owner: !replica.remote.owners,
                 };
                 let differences = compare.entries(&primary, &walked.entries);
                 // Both lists are in path order: an entry is found by binary search.
@@ -484,9 +497,9 @@ impl Run<'_, '_> {
                     let copy_subtree = subtree(&walked.entries, &difference.path);
                     self.metadata_finding(index, &name, difference, mine, copy, copy_subtree);
                 }
-                kept.push((name, remote));
+                kept.push(replica);
             }
-            self.remotes = kept;
+            self.replicas = kept;
             if still.is_empty() || round + 1 == ROUNDS {
                 self.busy(still.into_iter().map(|(_, path)| path));
                 break;
@@ -507,16 +520,16 @@ impl Run<'_, '_> {
     /// Walks the primary and every live replica at once (each node walks its own copy);
     /// `None` for a replica not asked.
     fn walk_all(&mut self, start: u64) -> (Option<Vec<Entry>>, Vec<Option<WalkResult>>) {
-        let mut remotes = std::mem::take(&mut self.remotes);
-        let dead = self.dead.clone();
+        let mut replicas = std::mem::take(&mut self.replicas);
         let under = self.options.under.clone();
         let walked = std::thread::scope(|scope| {
-            let walking: Vec<_> = remotes
+            let walking: Vec<_> = replicas
                 .iter_mut()
-                .enumerate()
-                .map(|(index, (_, remote))| {
+                .map(|replica| {
                     let under = &under;
-                    (!dead.contains(&index))
+                    let remote = &mut replica.remote;
+                    replica
+                        .live
                         .then(|| scope.spawn(move || remote.walk(under, start, CATCH_UP_WAIT)))
                 })
                 .collect();
@@ -535,7 +548,7 @@ impl Run<'_, '_> {
                 .collect();
             (primary, walks)
         });
-        self.remotes = remotes;
+        self.replicas = replicas;
         walked
     }
 
@@ -726,49 +739,42 @@ impl Run<'_, '_> {
 
     /// Whether every live session can take another path ahead.
     fn can_ask(&self) -> bool {
-        self.remotes
+        self.replicas
             .iter()
-            .enumerate()
-            .all(|(index, (_, remote))| self.dead.contains(&index) || remote.can_ask())
+            .all(|replica| !replica.live || replica.remote.can_ask())
+    }
+
+    /// Runs `ask` on every live replica's session; a session it fails is killed.
+    fn each_live(&mut self, ask: impl Fn(&mut Remote) -> Result<(), RemoteError>) {
+        for index in 0..self.replicas.len() {
+            if !self.replicas[index].live {
+                continue;
+            }
+            if let Err(error) = ask(&mut self.replicas[index].remote) {
+                self.kill(index, error.to_string());
+            }
+        }
     }
 
     fn ask_all(&mut self, entry: &Entry) {
-        for index in 0..self.remotes.len() {
-            if self.dead.contains(&index) {
-                continue;
-            }
-            if let Err(error) = self.remotes[index]
-                .1
-                .ask_hash(entry.path.clone(), entry.size)
-            {
-                self.kill(index, error.to_string());
-            }
-        }
+        self.each_live(|remote| remote.ask_hash(entry.path.clone(), entry.size));
     }
 
     fn send_asked(&mut self) {
-        for index in 0..self.remotes.len() {
-            if self.dead.contains(&index) {
-                continue;
-            }
-            if let Err(error) = self.remotes[index].1.send_asked() {
-                self.kill(index, error.to_string());
-            }
-        }
+        self.each_live(Remote::send_asked);
     }
 
     /// Whether every live session is ready for a new group of asks.
     fn wants_more(&self) -> bool {
-        self.remotes
+        self.replicas
             .iter()
-            .enumerate()
-            .all(|(index, (_, remote))| self.dead.contains(&index) || remote.wants_more())
+            .all(|replica| !replica.live || replica.remote.wants_more())
     }
 
     fn drain_asked(&mut self) {
-        for (index, (_, remote)) in self.remotes.iter_mut().enumerate() {
-            while !self.dead.contains(&index) && remote.waiting() > 0 {
-                if let Some((_, Err(_))) = remote.hashed() {
+        for replica in self.replicas.iter_mut().filter(|replica| replica.live) {
+            while replica.remote.waiting() > 0 {
+                if let Some((_, Err(_))) = replica.remote.hashed() {
                     break;
                 }
             }
@@ -777,8 +783,8 @@ impl Run<'_, '_> {
 
     /// A session that failed mid-run: reported, and asked nothing more.
     fn kill(&mut self, index: usize, error: String) {
-        self.dead.insert(index);
-        let name = self.remotes[index].0.clone();
+        self.replicas[index].live = false;
+        let name = self.replicas[index].name.clone();
         self.replica_failed(&name, error);
     }
 
@@ -796,13 +802,13 @@ impl Run<'_, '_> {
         );
         // The answers for this path, read in order from each session.
         let mut answers: Vec<Option<RemoteHashes>> = Vec::new();
-        for index in 0..self.remotes.len() {
-            if self.dead.contains(&index) {
+        for index in 0..self.replicas.len() {
+            if !self.replicas[index].live {
                 answers.push(None);
                 continue;
             }
-            let name = self.remotes[index].0.clone();
-            match self.remotes[index].1.hashed() {
+            let name = self.replicas[index].name.clone();
+            match self.replicas[index].remote.hashed() {
                 Some((path, Ok(answer))) if path == entry.path => answers.push(Some(answer)),
                 Some((_, Ok(_))) | None => {
                     self.kill(index, "answers out of step".to_string());
@@ -901,7 +907,7 @@ impl Run<'_, '_> {
                 return false;
             }
             clean = false;
-            let name = self.remotes[index].0.clone();
+            let name = self.replicas[index].name.clone();
             let why = match (stored, rotted.is_empty()) {
                 (Some(_), true) => "its content matches its stored hashes",
                 (Some(_), false) => "the primary's stored hashes (the primary is repaired first)",
@@ -962,7 +968,7 @@ impl Run<'_, '_> {
                     "rot",
                     format!(
                         "{} (its chunk matches the primary's stored hash)",
-                        self.remotes[index].0
+                        self.replicas[index].name
                     ),
                     Action::Reported,
                 ),
@@ -979,7 +985,7 @@ impl Run<'_, '_> {
                     let theirs = answer.as_ref()?.fresh.as_ref()?;
                     Some(format!(
                         "{}: {}",
-                        self.remotes[index].0,
+                        self.replicas[index].name,
                         chunk_hex(theirs, chunk)
                     ))
                 })
