@@ -748,8 +748,9 @@ fn issue13_7_a_diverged_replica_is_named_with_what_to_do() {
 
 /// Issue 13.10: deleting state_dir while mounted went unnoticed: records went to deleted
 /// files, and at the next segment roll a write failed half done (4096 of its 8000 bytes in
-/// the origin). The volume notices at once and refuses changes (EROFS, fsync EIO), so no
-/// change is made that no log holds; reads go on.
+/// the origin). The volume notices at once and refuses changes (EROFS, fsync EIO); reads
+/// go on. A change that finds the log gone before the watcher has said so (a segment
+/// roll, seen in a full run as ENOENT) is refused EROFS as well, and refuses the rest.
 #[test]
 fn issue13_10_a_deleted_state_dir_stops_changes_before_they_are_half_made() {
     let mut mount = Mount::with_config("[log]\nsegment_bytes = \"64KiB\"\n");

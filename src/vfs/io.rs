@@ -9,6 +9,7 @@ use crate::log::Op;
 use crate::origin::{At, OriginFile, Stat};
 use crate::types::Change;
 use crate::types::{FileKind, InodeId};
+use crate::write::WriteError;
 
 use super::handles::{FileHandle, OpenCounts, OpenMode};
 use super::{Result, VfsError, Volume, Writer};
@@ -211,7 +212,11 @@ impl Volume {
             &Change::Written(offset..offset + data.len() as u64),
         );
         self.journal
-            .write(open.inode, &open.file, path, offset, data)?;
+            .write(open.inode, &open.file, path, offset, data)
+            .map_err(|error| match error {
+                WriteError::Log(error) => self.log_failed(error),
+                WriteError::Origin(error) => VfsError::Origin(error),
+            })?;
         if let (Some(cache), Some(cached)) = (&self.cache, &open.cached) {
             cache.changed(
                 cached.key(),

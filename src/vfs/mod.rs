@@ -478,6 +478,21 @@ impl Volume {
         let _ = self.refused.set(reason);
     }
 
+    /// What a failed append means: a log file or directory gone (the state dir deleted,
+    /// before the watcher said so) refuses every change from now on, as the watcher would;
+    /// any other failure (a full state disk) is itself.
+    fn log_failed(&self, error: LogError) -> VfsError {
+        match &error {
+            LogError::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
+                let reason = format!("the volume's state is gone: {error}");
+                tracing::error!(%reason, "changes are refused from now on (reads go on)");
+                self.refuse_changes(reason.clone());
+                VfsError::Refused(reason)
+            }
+            _ => VfsError::Log(error),
+        }
+    }
+
     /// Err when changes are refused.
     pub(super) fn check_open(&self) -> Result<()> {
         match self.refused.get() {
@@ -532,7 +547,9 @@ impl Volume {
 
     /// Records a change the origin now has.
     fn record(&self, op: Op) -> Result<()> {
-        self.journal.record(op)?;
+        self.journal
+            .record(op)
+            .map_err(|error| self.log_failed(error))?;
         Ok(())
     }
 
