@@ -134,13 +134,18 @@ mount_mirrorfs() {
 mount_mirrorfs mirrorfs ""
 workloads mirrorfs "$work/mirrorfs-mnt" no
 target/release/mirrorfs status --state-dir "$work/fast/mirrorfs-state"
-# Read-ahead's effect on the origin: few, large reads (the test suite asserts only that
-# read-ahead is used, since this figure depends on how fast the reader is).
+# Read-ahead's effect on the origin: few, large reads, and how much of what was read
+# ahead the readers used (the test suite asserts only that read-ahead is used, since
+# these figures depend on how fast the reader is against the prefetch threads).
 target/release/mirrorfs status --state-dir "$work/fast/mirrorfs-state" --json | python3 -c '
 import json, sys
 cache = json.load(sys.stdin)["cache"]
 reads = max(cache["origin_reads"], 1)
-print(f"bench-cache: mirrorfs origin reads {reads}, average {cache[\"origin_bytes\"] / reads / 1024:.0f} KiB")'
+average = cache["origin_bytes"] / reads / 1024
+print(f"bench-cache: mirrorfs origin reads {reads}, average {average:.0f} KiB")
+ahead = max(cache["prefetched_bytes"], 1)
+used = 100 * cache["prefetch_used_bytes"] / ahead
+print(f"bench-cache: read ahead {ahead / 2**20:.1f} MiB, used {used:.0f}%")'
 kill -TERM "${pids[-1]}"; wait "${pids[-1]}"
 
 mount_mirrorfs passthrough 'passthrough = "auto"\n'

@@ -181,12 +181,15 @@ fn read_ahead_follows_a_stream_and_leaves_random_readers_alone() {
     }
     let streamed = cache_stats(&mount);
     assert!(streamed.prefetched_bytes >= size / 2, "{streamed:?}");
+    // Read ahead and used, and none of it evicted unused (the tier holds the file).
     assert!(
-        streamed.prefetch_used_bytes * 10 >= streamed.prefetched_bytes * 9,
+        streamed.prefetch_used_bytes > 0 && streamed.prefetch_unused_bytes == 0,
         "read-ahead was not used: {streamed:?}"
     );
-    // How large the origin reads were depends on how fast this reader is against the
-    // prefetch threads: scripts/bench-cache.sh reports it, with the machine's noise.
+    // How much of it was used before the reader fetched the same bytes itself, and how
+    // large the origin reads were, depend on how fast this reader is against the
+    // prefetch threads (a loaded machine saw 86% used): scripts/bench-cache.sh reports
+    // both, with the machine's noise.
     assert!(streamed.origin_bytes <= size + 8 * MIB, "{streamed:?}");
 
     let file = open_direct(&mount.path("rand")).unwrap();
