@@ -1,11 +1,12 @@
 //! Changing attributes: chmod, chown, truncate, utimens.
 
-use crate::log::Op;
+use crate::log::{LogPath, Op};
 use crate::origin::{Stat, TimeSet, TimesUpdate};
 use crate::types::Change;
 use crate::types::Timestamp;
 use crate::types::{FileKind, InodeId};
 
+use super::change::Wait;
 use super::{Attr, Result, Target, VfsError, Volume};
 
 /// The attribute changes of one setattr call; `None` leaves a field as it is.
@@ -30,29 +31,25 @@ impl Volume {
     /// chown clears setuid bits that a mode in the same call must be able to set; times last,
     /// since truncating moves mtime). Uses the open `handle` when given.
     pub fn setattr(&self, id: InodeId, handle: Option<u64>, changes: SetAttr) -> Result<Attr> {
-        let _naming = self.naming()?;
+        let naming = self.naming()?;
         let times = TimesUpdate {
             atime: changes.atime,
             mtime: changes.mtime,
         };
         let has_times = times.atime.is_some() || times.mtime.is_some();
-        // Also keeps writes to the file out from the flush below until the change is made.
-        let _turn = self.inode_turn(id);
-        if changes.size.is_some() {
+        let wait = if changes.size.is_some() {
             // Unflushed bytes must land first, or they would land past the new end; and
             // recovery must never replay them across it.
-            self.journal.barrier()?;
+            Wait::Barrier
         } else if has_times {
             // Unflushed bytes must land first, or the flush would move mtime again.
-            self.journal.flush_file(id)?;
-        }
-        // No name: an unlinked file still open, which no copy of the volume can see.
-        let path = self.inode_path(id)?;
-        let _hashing = changes
-            .size
-            .and_then(|size| self.hashing(id, path.as_ref(), &Change::Truncated(size)));
-        let (located, stat) = match self.target(id, handle)? {
-            Target::Place(located, stat) => (located, stat),
+            Wait::FileFlushed
+        } else {
+            Wait::Nothing
+        };
+        // The inode's turn also keeps writes to the file out until the change is made.
+        let change = naming.inode(id, self.inode_path(id)?, wait, Some(cache_change(&changes)))?;
+        let stat = match self.target(id, handle)? {
             Target::Open(open) => {
                 let file = &open.file;
                 if changes.uid.is_some() || changes.gid.is_some() {
@@ -67,71 +64,61 @@ impl Volume {
                 if has_times {
                     file.set_times(times)?;
                 }
-                self.cache_changed(id, cache_change(&changes));
-                let stat = file.stat()?;
-                if let Some(path) = path {
-                    self.record_setattr(path, &changes, &stat)?;
+                file.stat()?
+            }
+            Target::Place(located, stat) => {
+                let at = located.at();
+                if changes.uid.is_some() || changes.gid.is_some() {
+                    self.origin.chown(at, changes.uid, changes.gid)?;
                 }
-                return self.attr(id, &stat);
+                if let Some(mode) = changes.mode {
+                    self.origin.chmod(at, mode & 0o7777)?;
+                }
+                if let Some(size) = changes.size {
+                    if stat.kind() == Some(FileKind::Directory) {
+                        return Err(VfsError::IsDirectory);
+                    }
+                    self.origin.truncate(at, size)?;
+                }
+                if has_times {
+                    self.origin.set_times(at, times)?;
+                }
+                self.origin.stat(at)?
             }
         };
-        let at = located.at();
-        if changes.uid.is_some() || changes.gid.is_some() {
-            self.origin.chown(at, changes.uid, changes.gid)?;
-        }
-        if let Some(mode) = changes.mode {
-            self.origin.chmod(at, mode & 0o7777)?;
-        }
-        if let Some(size) = changes.size {
-            if stat.kind() == Some(FileKind::Directory) {
-                return Err(VfsError::IsDirectory);
-            }
-            self.origin.truncate(at, size)?;
-        }
-        if has_times {
-            self.origin.set_times(at, times)?;
-        }
-        self.cache_changed(id, cache_change(&changes));
-        let stat = self.origin.stat(at)?;
-        if let Some(path) = path {
-            self.record_setattr(path, &changes, &stat)?;
-        }
+        change.made(|path| setattr_records(path, &changes, &stat))?;
         self.attr(id, &stat)
     }
+}
 
-    /// Records what one setattr did: the size, then the other attributes as they now are
-    /// (so "now" becomes the time the origin took, the same on every copy).
-    fn record_setattr(
-        &self,
-        path: crate::log::LogPath,
-        changes: &SetAttr,
-        now: &Stat,
-    ) -> Result<()> {
-        if let Some(size) = changes.size {
-            self.record(Op::Truncate {
-                path: path.clone(),
-                size,
-            })?;
-        }
-        let owner = changes.uid.is_some() || changes.gid.is_some();
-        // Truncating moves mtime; the copies get the origin's.
-        let mtime_moved = changes.mtime.is_some() || changes.size.is_some();
-        if changes.mode.is_none() && !owner && changes.atime.is_none() && !mtime_moved {
-            return Ok(());
-        }
-        // A chown may clear setuid bits, so after one the mode is stated too; a symlink's
-        // mode means nothing on Linux and no copy could set it.
-        let mode_stated =
-            (changes.mode.is_some() || owner) && now.kind() != Some(FileKind::Symlink);
-        self.record(Op::SetAttr {
-            path,
-            mode: mode_stated.then_some(now.mode & 0o7777),
-            uid: changes.uid.map(|_| now.uid),
-            gid: changes.gid.map(|_| now.gid),
-            atime: changes.atime.map(|_| Timestamp::from(now.atime)),
-            mtime: mtime_moved.then(|| Timestamp::from(now.mtime)),
-        })
+/// The records of what one setattr did: the size, then the other attributes as they now
+/// are (so "now" becomes the time the origin took, the same on every copy).
+fn setattr_records(path: LogPath, changes: &SetAttr, now: &Stat) -> Vec<Op> {
+    let mut records = Vec::new();
+    if let Some(size) = changes.size {
+        records.push(Op::Truncate {
+            path: path.clone(),
+            size,
+        });
     }
+    let owner = changes.uid.is_some() || changes.gid.is_some();
+    // Truncating moves mtime; the copies get the origin's.
+    let mtime_moved = changes.mtime.is_some() || changes.size.is_some();
+    if changes.mode.is_none() && !owner && changes.atime.is_none() && !mtime_moved {
+        return records;
+    }
+    // A chown may clear setuid bits, so after one the mode is stated too; a symlink's
+    // mode means nothing on Linux and no copy could set it.
+    let mode_stated = (changes.mode.is_some() || owner) && now.kind() != Some(FileKind::Symlink);
+    records.push(Op::SetAttr {
+        path,
+        mode: mode_stated.then_some(now.mode & 0o7777),
+        uid: changes.uid.map(|_| now.uid),
+        gid: changes.gid.map(|_| now.gid),
+        atime: changes.atime.map(|_| Timestamp::from(now.atime)),
+        mtime: mtime_moved.then(|| Timestamp::from(now.mtime)),
+    });
+    records
 }
 
 /// What a setattr did to the content, as the read cache must hear of it.

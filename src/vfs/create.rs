@@ -8,6 +8,7 @@ use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::sync::atomic::Ordering;
 
+use super::change::{Wait, set_mtime};
 use super::io::{Opened, origin_flags};
 use super::{Attr, Caller, Result, VfsError, Volume, name};
 
@@ -21,7 +22,7 @@ impl Volume {
         mode: u32,
         rdev: u64,
     ) -> Result<Attr> {
-        let _naming = self.naming()?;
+        let naming = self.naming()?;
         let entry = name(entry)?;
         let path = self.entry_path(parent, &entry)?;
         let parent_fd = self.dir_fd(parent)?;
@@ -31,7 +32,7 @@ impl Volume {
         let attr = self.finish_new(caller, parent, &parent_fd, &entry, mode, None)?;
         let (perm, uid, gid) = (u32::from(attr.perm), attr.uid, attr.gid);
         let regular = attr.kind == FileKind::Regular;
-        self.record(if regular {
+        let made = if regular {
             Op::Create {
                 path: path.clone(),
                 mode: perm,
@@ -46,16 +47,16 @@ impl Volume {
                 uid,
                 gid,
             }
-        })?;
+        };
         // A copy creates the object later than the origin did: it gets the origin's time.
-        self.record_mtime(path, attr.mtime)?;
-        self.record_dir_mtime(parent, &parent_fd)?;
+        let records = [made, set_mtime(path, attr.mtime)];
+        naming.entries_changed(&[(parent, &parent_fd)], &[], records)?;
         Ok(attr)
     }
 
     /// `mkdir(2)`.
     pub fn mkdir(&self, caller: Caller, parent: InodeId, entry: &OsStr, mode: u32) -> Result<Attr> {
-        let _naming = self.naming()?;
+        let naming = self.naming()?;
         let entry = name(entry)?;
         let path = self.entry_path(parent, &entry)?;
         let parent_fd = self.dir_fd(parent)?;
@@ -70,14 +71,14 @@ impl Volume {
             libc::S_IFDIR | (mode & 0o7777),
             None,
         )?;
-        self.record(Op::Mkdir {
+        let made = Op::Mkdir {
             path: path.clone(),
             mode: attr.perm.into(),
             uid: attr.uid,
             gid: attr.gid,
-        })?;
-        self.record_mtime(path, attr.mtime)?;
-        self.record_dir_mtime(parent, &parent_fd)?;
+        };
+        let records = [made, set_mtime(path, attr.mtime)];
+        naming.entries_changed(&[(parent, &parent_fd)], &[], records)?;
         Ok(attr)
     }
 
@@ -89,21 +90,21 @@ impl Volume {
         entry: &OsStr,
         target: &OsStr,
     ) -> Result<Attr> {
-        let _naming = self.naming()?;
+        let naming = self.naming()?;
         let entry = name(entry)?;
         let path = self.entry_path(parent, &entry)?;
         let parent_fd = self.dir_fd(parent)?;
         self.origin.symlink(At::Entry(&parent_fd, &entry), target)?;
         let attr = self.finish_new(caller, parent, &parent_fd, &entry, libc::S_IFLNK, None)?;
-        self.record(Op::Symlink {
+        let made = Op::Symlink {
             path: path.clone(),
             target: target.as_bytes().to_vec(),
             uid: attr.uid,
             gid: attr.gid,
-        })?;
+        };
         // As for any new object: the copies get the origin's time.
-        self.record_mtime(path, attr.mtime)?;
-        self.record_dir_mtime(parent, &parent_fd)?;
+        let records = [made, set_mtime(path, attr.mtime)];
+        naming.entries_changed(&[(parent, &parent_fd)], &[], records)?;
         Ok(attr)
     }
 
@@ -116,7 +117,7 @@ impl Volume {
         mode: u32,
         flags: i32,
     ) -> Result<(Attr, Opened)> {
-        let _naming = self.naming()?;
+        let naming = self.naming()?;
         let entry = name(entry)?;
         let path = self.entry_path(parent, &entry)?;
         let parent_fd = self.dir_fd(parent)?;
@@ -136,13 +137,13 @@ impl Volume {
                         libc::S_IFREG | mode,
                         Some(&file),
                     )?;
-                    self.record(Op::Create {
+                    let made = Op::Create {
                         path,
                         mode: attr.perm.into(),
                         uid: attr.uid,
                         gid: attr.gid,
-                    })?;
-                    self.record_dir_mtime(parent, &parent_fd)?;
+                    };
+                    naming.entries_changed(&[(parent, &parent_fd)], &[], [made])?;
                     let opening = self.open_mode(attr.id, access)?;
                     (file, attr, opening, true)
                 }
@@ -157,13 +158,11 @@ impl Volume {
                     let opening = self.open_mode(id, access)?;
                     let truncate = || -> Result<Stat> {
                         // As for any truncate: see `setattr`.
-                        let _turn = self.inode_turn(id);
-                        self.journal.barrier()?;
-                        let _hashing = self.hashing(id, Some(&path), &Change::Truncated(0));
+                        let emptied = Some(Change::Truncated(0));
+                        let change = naming.inode(id, Some(path), Wait::Barrier, emptied)?;
                         file.set_len(0)?;
-                        self.cache_changed(id, Change::Truncated(0));
                         let stat = file.stat()?;
-                        self.record(Op::Truncate { path, size: 0 })?;
+                        change.made(|path| vec![Op::Truncate { path, size: 0 }])?;
                         Ok(stat)
                     };
                     if flags & libc::O_TRUNC != 0 {
@@ -185,7 +184,7 @@ impl Volume {
 
     /// `link(2)`: `new_entry` in `new_parent` becomes another name of `id`.
     pub fn link(&self, id: InodeId, new_parent: InodeId, new_entry: &OsStr) -> Result<Attr> {
-        let _naming = self.naming()?;
+        let naming = self.naming()?;
         let new_entry = name(new_entry)?;
         let new_path = self.entry_path(new_parent, &new_entry)?;
         let (located, _) = self.locate(id)?;
@@ -196,9 +195,11 @@ impl Volume {
         self.origin.link(located.at(), to)?;
         let stat = self.origin.stat(to)?;
         let linked = self.table().remember(new_parent, &new_entry, &stat);
-        self.cache_changed(linked, Change::Attributes);
-        self.record(Op::Link { path, new_path })?;
-        self.record_dir_mtime(new_parent, &new_parent_fd)?;
+        naming.entries_changed(
+            &[(new_parent, &new_parent_fd)],
+            &[(linked, Change::Attributes)],
+            [Op::Link { path, new_path }],
+        )?;
         self.attr(linked, &stat)
     }
 

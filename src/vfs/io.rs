@@ -11,6 +11,7 @@ use crate::types::Change;
 use crate::types::{FileKind, InodeId};
 use crate::write::WriteError;
 
+use super::change::{Wait, set_mode, set_mtime};
 use super::handles::{FileHandle, OpenCounts, OpenMode};
 use super::{Result, VfsError, Volume, Writer};
 
@@ -202,27 +203,19 @@ impl Volume {
 
     /// Writes all of `data` at `offset`.
     pub fn write(&self, handle: u64, offset: u64, data: &[u8]) -> Result<usize> {
-        let _naming = self.naming()?;
+        let naming = self.naming()?;
         let open = self.file_handle(handle)?;
+        let written = Change::Written(offset..offset + data.len() as u64);
         let path = self.inode_path(open.inode)?;
-        let _turn = self.inode_turn(open.inode);
-        let _hashing = self.hashing(
-            open.inode,
-            path.as_ref(),
-            &Change::Written(offset..offset + data.len() as u64),
-        );
+        let change = naming.inode(open.inode, path, Wait::Nothing, Some(written))?;
+        // Changes the origin (or, with write-behind, the dirty map) and records the write.
         self.journal
-            .write(open.inode, &open.file, path, offset, data)
+            .write(open.inode, &open.file, change.path().cloned(), offset, data)
             .map_err(|error| match error {
                 WriteError::Log(error) => self.log_failed(error),
                 WriteError::Origin(error) => VfsError::Origin(error),
             })?;
-        if let (Some(cache), Some(cached)) = (&self.cache, &open.cached) {
-            cache.changed(
-                cached.key(),
-                Change::Written(offset..offset + data.len() as u64),
-            );
-        }
+        change.made(|_| Vec::new())?;
         open.wrote.store(true, Ordering::Relaxed);
         Ok(data.len())
     }
@@ -245,8 +238,9 @@ impl Volume {
         }
         self.count_closed(open.inode, &open.mode);
         if open.wrote.load(Ordering::Relaxed) {
-            let _naming = self.naming()?;
-            let _turn = self.inode_turn(open.inode);
+            let naming = self.naming()?;
+            let path = self.inode_path(open.inode)?;
+            let change = naming.inode(open.inode, path, Wait::Nothing, None)?;
             let mut stat = self.attr(open.inode, &open.file.stat()?)?;
             // Not the stat's: a flush under way gives the origin its own time for a moment.
             stat.mtime = self.journal.mtime(open.inode, &open.file, stat.mtime)?;
@@ -255,9 +249,7 @@ impl Volume {
             }
             // Copies apply writes later than the origin took them; this gives them the
             // origin's modification time, once per open rather than once per write.
-            if let Some(path) = self.inode_path(open.inode)? {
-                self.record_mtime(path, stat.mtime)?;
-            }
+            change.made(|path| vec![set_mtime(path, stat.mtime)])?;
         }
         Ok(())
     }
@@ -289,14 +281,12 @@ impl Volume {
         length: u64,
         mode: i32,
     ) -> Result<()> {
-        let _naming = self.naming()?;
+        let naming = self.naming()?;
         let open = self.file_handle(handle)?;
         let path = self.inode_path(open.inode)?;
-        let _turn = self.inode_turn(open.inode);
         // Unflushed bytes in the range must land before the range changes under them,
         // and recovery must never replay them across it (see `setattr`).
-        self.journal.barrier()?;
-        let _hashing = self.hashing(open.inode, path.as_ref(), &Change::Content);
+        let change = naming.inode(open.inode, path, Wait::Barrier, Some(Change::Content))?;
         open.file.allocate(offset, length, mode)?;
         // Root drops nothing: no stat for it.
         let dropped = match writer.uid {
@@ -310,23 +300,16 @@ impl Volume {
         if let Some(mode) = dropped {
             open.file.chmod(mode)?;
         }
-        self.cache_changed(open.inode, Change::Content);
         open.wrote.store(true, Ordering::Relaxed);
-        let Some(path) = path else { return Ok(()) };
-        self.record(Op::Fallocate {
-            path: path.clone(),
-            mode,
-            offset,
-            length,
-        })?;
-        let Some(mode) = dropped else { return Ok(()) };
-        self.record(Op::SetAttr {
-            path,
-            mode: Some(mode),
-            uid: None,
-            gid: None,
-            atime: None,
-            mtime: None,
+        change.made(|path| {
+            let mut records = vec![Op::Fallocate {
+                path: path.clone(),
+                mode,
+                offset,
+                length,
+            }];
+            records.extend(dropped.map(|mode| set_mode(path, mode)));
+            records
         })
     }
 

@@ -7,6 +7,7 @@
 //! the object there is still the same (dev, ino) before anything is changed.
 
 mod attr;
+mod change;
 mod create;
 mod dir;
 mod handles;
@@ -21,7 +22,7 @@ use std::collections::{HashMap, HashSet};
 use std::ffi::OsStr;
 use std::num::NonZeroUsize;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
 use std::time::SystemTime;
 
 use lru::LruCache;
@@ -30,9 +31,9 @@ pub use attr::SetAttr;
 pub use dir::ListedEntry;
 pub use io::Opened;
 
-use crate::cache::{Cache, Change};
-use crate::log::{LogError, LogPath, Op, PathError};
-use crate::manifest::store::{Changing, HashStore};
+use crate::cache::Cache;
+use crate::log::{LogError, LogPath, PathError};
+use crate::manifest::store::HashStore;
 use crate::origin::{At, DirFd, Origin, Stat};
 use crate::types::FileId;
 use crate::types::{FileKind, InodeId, Name, NameError};
@@ -281,12 +282,6 @@ pub struct Volume {
     panics: std::sync::atomic::AtomicU64,
 }
 
-/// What a change that moves or removes names holds (see [`Volume::moving`]).
-struct Moving<'a> {
-    _snapshot: RwLockReadGuard<'a, ()>,
-    _names: RwLockWriteGuard<'a, ()>,
-}
-
 impl From<DurableError> for VfsError {
     fn from(error: DurableError) -> VfsError {
         match error {
@@ -364,54 +359,6 @@ impl Volume {
         self.cache.as_ref()
     }
 
-    /// Tells the read cache, and the stored hashes, of a change made to `id` through the
-    /// mount. A change to content has also marked the stored hashes before it was made
-    /// ([`Volume::hashing`]); here they only learn that the file's ctime moved.
-    fn cache_changed(&self, id: InodeId, change: Change) {
-        if self.hashes.is_some() {
-            let path = self.inode_path(id).ok().flatten();
-            drop(self.hashing(id, path.as_ref(), &Change::Attributes));
-        }
-        let Some(cache) = &self.cache else {
-            return;
-        };
-        let key = self.table().get(id).map(|inode| inode.key);
-        if let Some(key) = key {
-            cache.changed(key, change);
-        }
-    }
-
-    /// Marks a change about to be made to regular file `id` (named `path`) in the stored
-    /// hashes; the file is rehashed once the guard is dropped (after the change's record)
-    /// and the origin holds the change.
-    fn hashing<'s>(
-        &'s self,
-        id: InodeId,
-        path: Option<&LogPath>,
-        change: &Change,
-    ) -> Option<Changing<'s, impl Fn() -> u64 + use<'s>>> {
-        let hashes = self.hashes.as_ref()?;
-        let key = self
-            .table()
-            .get(id)
-            .filter(|inode| inode.kind == FileKind::Regular)?
-            .key;
-        let log = self.journal.log();
-        Some(hashes.changing(key, path, change, move || log.next_offset()))
-    }
-
-    /// Waits until every change made to the origin through the mount so far has its record
-    /// in the log: each change holds the names lock from its origin change to its append,
-    /// and this takes it exclusively for a moment. A check that sees the origin changed
-    /// then finds the change's record.
-    pub fn settle_records(&self) {
-        drop(
-            self.names
-                .write()
-                .unwrap_or_else(|poisoned| poisoned.into_inner()),
-        );
-    }
-
     /// The origin files (dev, ino) written through a handle not released yet: their
     /// modification time reaches the log only at release.
     pub fn files_being_written(&self) -> HashSet<FileId> {
@@ -437,29 +384,6 @@ impl Volume {
     /// The change log and write policy.
     pub fn journal(&self) -> &Journal {
         &self.journal
-    }
-
-    /// Held by a change that records a path, from before it takes the path until its
-    /// record is appended. Public operations take it once, at their start; nothing they
-    /// call takes it again (a waiting mover would make a second read wait forever).
-    fn naming(&self) -> Result<RwLockReadGuard<'_, ()>> {
-        self.check_open()?;
-        Ok(self
-            .names
-            .read()
-            .unwrap_or_else(|poisoned| poisoned.into_inner()))
-    }
-
-    /// Held from a change to inode `id` in the origin until its record is appended, and
-    /// around reading an attribute of `id` to record it, so the copies learn of one inode's
-    /// changes in the order the origin took them: two at once (a release recording a
-    /// file's mtime as rsync sets it, two creates stating their directory) could otherwise
-    /// be recorded the other way round, and leave every copy with the older value. Taken
-    /// after [`Self::naming`], never while holding another inode's turn.
-    fn inode_turn(&self, id: InodeId) -> MutexGuard<'_, ()> {
-        self.inode_turns[(id.0 % INODE_TURNS as u64) as usize]
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Counts a request whose handler panicked (it was answered EIO).
@@ -501,20 +425,6 @@ impl Volume {
         }
     }
 
-    /// Held by rename, unlink and rmdir: they wait for changes that took a path to record
-    /// it, and for a snapshot being read for a new replica.
-    fn moving(&self) -> Result<Moving<'_>> {
-        self.check_open()?;
-        let snapshot = self.journal.moving();
-        Ok(Moving {
-            _snapshot: snapshot,
-            _names: self
-                .names
-                .write()
-                .unwrap_or_else(|poisoned| poisoned.into_inner()),
-        })
-    }
-
     /// The path the log names `entry` in directory `parent` by. Taken before a change, so
     /// a change that cannot be recorded is refused before it happens.
     fn entry_path(&self, parent: InodeId, entry: &Name) -> Result<LogPath> {
@@ -543,37 +453,6 @@ impl Volume {
             attr.ctime = attr.ctime.max(mtime);
         }
         Ok(attr)
-    }
-
-    /// Records a change the origin now has.
-    fn record(&self, op: Op) -> Result<()> {
-        self.journal
-            .record(op)
-            .map_err(|error| self.log_failed(error))?;
-        Ok(())
-    }
-
-    /// Records the modification time directory `dir` (open as `dir_fd`) has after a change
-    /// to its entries: copies make the change later than the origin did, and would keep
-    /// their own time.
-    fn record_dir_mtime(&self, dir: InodeId, dir_fd: &DirFd) -> Result<()> {
-        let path = self.dir_path(dir)?;
-        let _turn = self.inode_turn(dir);
-        let mtime = self.origin.stat_dir(dir_fd)?.mtime;
-        self.record_mtime(path, mtime)
-    }
-
-    /// Records that `path` has modification time `mtime` (copies apply changes later than
-    /// the origin made them, and would otherwise get their own times).
-    fn record_mtime(&self, path: LogPath, mtime: SystemTime) -> Result<()> {
-        self.record(Op::SetAttr {
-            path,
-            mode: None,
-            uid: None,
-            gid: None,
-            atime: None,
-            mtime: Some(mtime.into()),
-        })
     }
 
     fn table(&self) -> MutexGuard<'_, InodeTable> {

@@ -12,24 +12,24 @@ use super::{Result, Volume, name};
 impl Volume {
     /// `unlink(2)`.
     pub fn unlink(&self, parent: InodeId, entry: &OsStr) -> Result<()> {
-        let _moving = self.moving()?;
+        let naming = self.moving()?;
         let entry = name(entry)?;
         let path = self.entry_path(parent, &entry)?;
         let parent_fd = self.dir_fd(parent)?;
         self.origin.unlink(At::Entry(&parent_fd, &entry))?;
         let unlinked = self.table().drop_name(parent, &entry);
-        if let Some(id) = unlinked {
-            // The inode number may soon name another file; its blocks must not be found.
-            self.cache_changed(id, Change::Content);
-        }
-        self.record(Op::Unlink { path })?;
-        self.record_dir_mtime(parent, &parent_fd)
+        // The inode number may soon name another file; its blocks must not be found.
+        let changed: Vec<_> = unlinked
+            .map(|id| (id, Change::Content))
+            .into_iter()
+            .collect();
+        naming.entries_changed(&[(parent, &parent_fd)], &changed, [Op::Unlink { path }])
     }
 
     /// `rmdir(2)`. The removed directory's cached fd is dropped, because the origin may
     /// give its inode number to a new directory at once.
     pub fn rmdir(&self, parent: InodeId, entry: &OsStr) -> Result<()> {
-        let _moving = self.moving()?;
+        let naming = self.moving()?;
         let entry = name(entry)?;
         let path = self.entry_path(parent, &entry)?;
         let parent_fd = self.dir_fd(parent)?;
@@ -44,8 +44,7 @@ impl Volume {
         if let Some(id) = removed {
             self.evict_dir_fd(id);
         }
-        self.record(Op::Rmdir { path })?;
-        self.record_dir_mtime(parent, &parent_fd)
+        naming.entries_changed(&[(parent, &parent_fd)], &[], [Op::Rmdir { path }])
     }
 
     /// `rename(2)` / `renameat2(2)` with RENAME_NOREPLACE or RENAME_EXCHANGE in `flags`.
@@ -57,7 +56,7 @@ impl Volume {
         new_entry: &OsStr,
         flags: u32,
     ) -> Result<()> {
-        let _moving = self.moving()?;
+        let naming = self.moving()?;
         let entry = name(entry)?;
         let new_entry = name(new_entry)?;
         let from_path = self.entry_path(parent, &entry)?;
@@ -86,8 +85,9 @@ impl Volume {
             }
         }
         drop(table);
+        let mut changed = Vec::new();
         if let Some(id) = moved_id {
-            self.cache_changed(id, Change::Attributes);
+            changed.push((id, Change::Attributes));
         }
         if let Some(id) = replaced_id.filter(|id| Some(*id) != moved_id) {
             let change = if exchange {
@@ -95,26 +95,28 @@ impl Volume {
             } else {
                 Change::Content
             };
-            self.cache_changed(id, change);
+            changed.push((id, change));
         }
         let replaced_dir = replaced.is_some_and(|stat| stat.kind() == Some(FileKind::Directory));
         if let Some(id) = replaced_id.filter(|_| replaced_dir && !exchange) {
             self.evict_dir_fd(id);
         }
-        if exchange {
-            self.record_exchange(from_path, to_path)?;
+        let records = if exchange {
+            exchange_records(from_path, to_path)?
         } else {
-            self.record(Op::Rename {
+            vec![Op::Rename {
                 from: from_path,
                 to: to_path,
                 flags,
-            })?;
-        }
-        self.record_dir_mtime(parent, &parent_fd)?;
-        if new_parent != parent {
-            self.record_dir_mtime(new_parent, &new_parent_fd)?;
-        }
-        Ok(())
+            }]
+        };
+        let parent_dirs = [(parent, &parent_fd), (new_parent, &new_parent_fd)];
+        let dirs = if new_parent == parent {
+            &parent_dirs[..1]
+        } else {
+            &parent_dirs[..]
+        };
+        naming.entries_changed(dirs, &changed, records)
     }
 
     /// Write-behind: makes a rename safe to lose in a crash. Recovery finds a file's
@@ -137,24 +139,24 @@ impl Volume {
         }
         Ok(())
     }
+}
 
-    /// Records RENAME_EXCHANGE as three plain renames through a temporary name beside
-    /// `from`, because a swap applied twice swaps back, while each plain rename applied
-    /// twice in a row finds its source gone and does nothing.
-    fn record_exchange(&self, from: LogPath, to: LogPath) -> Result<()> {
-        let unique =
-            blake3::hash(format!("{from}\0{to}\0{:?}", std::time::SystemTime::now()).as_bytes());
-        let temporary_name = format!(".mirrorfs-exchange-{}", &unique.to_hex()[..16]);
-        let mut parent = from.components().collect::<Vec<_>>();
-        parent.pop();
-        let temporary = LogPath::try_from(parent.join(&b'/'))?.join(temporary_name.as_bytes())?;
-        for (from, to) in [
-            (from.clone(), temporary.clone()),
-            (to.clone(), from),
-            (temporary, to),
-        ] {
-            self.record(Op::Rename { from, to, flags: 0 })?;
-        }
-        Ok(())
-    }
+/// The records of RENAME_EXCHANGE: three plain renames through a temporary name beside
+/// `from`, because a swap applied twice swaps back, while each plain rename applied twice
+/// in a row finds its source gone and does nothing.
+fn exchange_records(from: LogPath, to: LogPath) -> Result<Vec<Op>> {
+    let unique =
+        blake3::hash(format!("{from}\0{to}\0{:?}", std::time::SystemTime::now()).as_bytes());
+    let temporary_name = format!(".mirrorfs-exchange-{}", &unique.to_hex()[..16]);
+    let mut parent = from.components().collect::<Vec<_>>();
+    parent.pop();
+    let temporary = LogPath::try_from(parent.join(&b'/'))?.join(temporary_name.as_bytes())?;
+    Ok([
+        (from.clone(), temporary.clone()),
+        (to.clone(), from),
+        (temporary, to),
+    ]
+    .into_iter()
+    .map(|(from, to)| Op::Rename { from, to, flags: 0 })
+    .collect())
 }

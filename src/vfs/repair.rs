@@ -11,12 +11,13 @@ use crate::tree::open_regular;
 use crate::types::Change;
 use crate::types::FileId;
 
-use super::{Moving, Result, VfsError, Volume};
+use super::change::Naming;
+use super::{Result, VfsError, Volume};
 
 /// Repairs in progress: the mount's changes wait until [`Repairing::finish`].
 pub struct Repairing<'a> {
     volume: &'a Volume,
-    _moving: Moving<'a>,
+    _moving: Naming<'a>,
 }
 
 impl Volume {

@@ -7,6 +7,7 @@ use crate::log::Op;
 use crate::types::Change;
 use crate::types::InodeId;
 
+use super::change::{Wait, set_mode};
 use super::{Result, Target, Volume, Writer};
 
 /// The extended attribute that holds a file's access ACL.
@@ -34,9 +35,9 @@ impl Volume {
         value: &[u8],
         flags: i32,
     ) -> Result<()> {
-        let _naming = self.naming()?;
+        let naming = self.naming()?;
         let path = self.inode_path(id)?;
-        let _turn = self.inode_turn(id);
+        let change = naming.inode(id, path, Wait::Nothing, Some(Change::Attributes))?;
         let access_acl = key.as_bytes() == ACCESS_ACL;
         let mode =
             match self.target(id, None)? {
@@ -61,24 +62,15 @@ impl Volume {
                     }
                 }
             };
-        self.cache_changed(id, Change::Attributes);
-        let Some(path) = path else { return Ok(()) };
-        self.record(Op::SetXattr {
-            path: path.clone(),
-            name: key.as_bytes().to_vec(),
-            value: value.to_vec(),
-        })?;
-        match mode {
-            Some(mode) => self.record(Op::SetAttr {
-                path,
-                mode: Some(mode),
-                uid: None,
-                gid: None,
-                atime: None,
-                mtime: None,
-            }),
-            None => Ok(()),
-        }
+        change.made(|path| {
+            let mut records = vec![Op::SetXattr {
+                path: path.clone(),
+                name: key.as_bytes().to_vec(),
+                value: value.to_vec(),
+            }];
+            records.extend(mode.map(|mode| set_mode(path, mode)));
+            records
+        })
     }
 
     /// The permission bits of a file whose access ACL `writer` just set (`stat` after
@@ -107,20 +99,18 @@ impl Volume {
 
     /// Removes extended attribute `key` of `id`.
     pub fn removexattr(&self, id: InodeId, key: &OsStr) -> Result<()> {
-        let _naming = self.naming()?;
+        let naming = self.naming()?;
         let path = self.inode_path(id)?;
-        let _turn = self.inode_turn(id);
+        let change = naming.inode(id, path, Wait::Nothing, Some(Change::Attributes))?;
         match self.target(id, None)? {
             Target::Place(located, _) => self.origin.remove_xattr(located.at(), key)?,
             Target::Open(open) => open.file.remove_xattr(key)?,
         }
-        self.cache_changed(id, Change::Attributes);
-        match path {
-            Some(path) => self.record(Op::RemoveXattr {
+        change.made(|path| {
+            vec![Op::RemoveXattr {
                 path,
                 name: key.as_bytes().to_vec(),
-            }),
-            None => Ok(()),
-        }
+            }]
+        })
     }
 }
