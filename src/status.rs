@@ -7,8 +7,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::cache::CacheStats;
 use crate::log::LogStats;
-use crate::replication::primary::ReplicationStatus;
-use crate::write::behind::BehindStatus;
+use crate::replication::ReplicationStatus;
+use crate::write::BehindStatus;
 
 /// What `mirrorfs status` shows of a mounted volume.
 #[derive(Clone, Debug, Serialize, Deserialize)]

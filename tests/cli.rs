@@ -367,7 +367,7 @@ fn keygen_writes_a_private_key_file() {
         assert!(status.success());
         let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
-        keys.push(mirrorfs::replication::key::VolumeKey::read(&path).unwrap());
+        keys.push(mirrorfs::replication::VolumeKey::read(&path).unwrap());
     }
     assert_ne!(keys[0], keys[1]);
     assert_usage_error(&run(&["keygen", "extra"]), "unexpected argument");

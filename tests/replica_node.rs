@@ -9,9 +9,10 @@ use common::replica::{Node, key_file};
 use std::fs;
 
 use mirrorfs::log::{LogPath, Op, Record};
-use mirrorfs::replication::channel::{Channel, ChannelError};
-use mirrorfs::replication::key::VolumeKey;
-use mirrorfs::replication::protocol::{ToNode, ToPrimary, decode, encode, record_hash};
+use mirrorfs::replication::{
+    Channel, ChannelError, ToNode, ToPrimary, VolumeKey, decode_message as decode,
+    encode_message as encode, record_hash,
+};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
@@ -159,7 +160,7 @@ async fn bad_input_is_refused_logged_and_harmless() {
     // An oversized message: its announced length is past the limit.
     let mut channel = connect(&node, "demo", &key).await.unwrap();
     open(&mut channel).await;
-    let too_big = vec![0u8; mirrorfs::replication::channel::MESSAGE_MAX + 1];
+    let too_big = vec![0u8; mirrorfs::replication::MESSAGE_MAX + 1];
     assert!(
         channel.send(&too_big).await.is_err(),
         "refused before sending"

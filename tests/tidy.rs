@@ -219,6 +219,85 @@ fn the_kernel_and_the_os_are_named_only_at_their_boundaries() {
     assert!(wrong.is_empty(), "{}", wrong.join("\n"));
 }
 
+/// Whether `module` (a top-level module of `src/`) has a file module named `inner`.
+fn is_file_module(src: &Path, module: &str, inner: &str) -> bool {
+    let dir = src.join(module);
+    dir.join(format!("{inner}.rs")).is_file() || dir.join(inner).join("mod.rs").is_file()
+}
+
+/// The (layer, file module) pairs `line` names a path inside of, for a file in layer
+/// `own` (`None`: outside `src/`). `crate::tree::walk(` is the function the layer exports;
+/// only a path that goes on (`crate::tree::walk::X`) is inside the file.
+fn reaches_into<'a>(src: &Path, line: &'a str, own: Option<&str>) -> Vec<(&'a str, &'a str)> {
+    let mut found = Vec::new();
+    for marker in ["crate::", "mirrorfs::"] {
+        for (at, _) in line.match_indices(marker) {
+            let mut parts = line[at + marker.len()..].split("::");
+            let (Some(layer), Some(inner)) = (parts.next(), parts.next()) else {
+                continue;
+            };
+            let end = inner
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .unwrap_or(inner.len());
+            let goes_on = end == inner.len() && parts.next().is_some();
+            let inner = &inner[..end];
+            if own != Some(layer) && goes_on && is_file_module(src, layer, inner) {
+                found.push((layer, inner));
+            }
+        }
+    }
+    found
+}
+
+#[test]
+fn layers_show_only_their_surface() {
+    // Each layer's files are private modules; what others may use is the layer's own
+    // `pub use` list (redb's tree_store does this), so a sideways import fails to compile.
+    // Here: no file module is declared `pub` but the layers themselves, and no path from
+    // outside a layer (another layer, a test, a fuzz target, a benchmark) names one of
+    // its files, even through a re-export left behind.
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let src = root.join("src");
+    let mut wrong = Vec::new();
+    let mut files = sources(&src);
+    for outside in ["tests", "benches", "fuzz/fuzz_targets"] {
+        files.extend(sources(&root.join(outside)));
+    }
+    // This file's own examples of what the check refuses are not imports.
+    files.retain(|path| !path.ends_with("tests/tidy.rs"));
+    for path in files {
+        let inside = path.starts_with(&src);
+        let module = if inside {
+            module_of(&src, &path)
+        } else {
+            String::new()
+        };
+        let text = std::fs::read_to_string(&path).unwrap();
+        for (number, line) in code_lines(&text) {
+            let trimmed = line.trim();
+            let declares_pub = trimmed.starts_with("pub mod ") && trimmed.ends_with(';');
+            if inside && declares_pub && path != src.join("lib.rs") {
+                wrong.push(format!(
+                    "{}:{number}: a public file module (export items with pub use): {trimmed}",
+                    path.display()
+                ));
+            }
+            let own = inside.then_some(module.as_str());
+            for (layer, inner) in reaches_into(&src, line, own) {
+                wrong.push(format!(
+                    "{}:{number}: reaches into {layer}'s file {inner}: {trimmed}",
+                    path.display()
+                ));
+            }
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "past a layer's surface:\n{}",
+        wrong.join("\n")
+    );
+}
+
 #[test]
 fn the_checks_see_what_they_look_for() {
     // The rules above pass vacuously if these helpers find nothing: show they find.
@@ -235,4 +314,18 @@ fn the_checks_see_what_they_look_for() {
     );
     let lines = code_lines("use a;\n// use crate::x;\n#[cfg(test)]\nuse crate::y;\n");
     assert_eq!(lines, [(1, "use a;")]);
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    assert!(is_file_module(&src, "replication", "protocol"));
+    assert!(is_file_module(&src, "vfs", "change"));
+    assert!(!is_file_module(&src, "verify", "exit"));
+    let reaching = "use crate::manifest::store::HashStore; crate::tree::walk(a)";
+    assert_eq!(
+        reaches_into(&src, reaching, Some("vfs")),
+        [("manifest", "store")]
+    );
+    assert!(reaches_into(&src, reaching, Some("manifest")).is_empty());
+    assert_eq!(
+        reaches_into(&src, "use mirrorfs::replication::protocol::{ToNode};", None),
+        [("replication", "protocol")]
+    );
 }

@@ -8,8 +8,8 @@
 use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
-use mirrorfs::cache::block::FileKey;
-use mirrorfs::cache::disk::{DiskTier, Found};
+use mirrorfs::cache::{DiskTier, Found};
+use mirrorfs::types::FileId;
 
 const BLOCK: u64 = 64 * 1024;
 
@@ -27,7 +27,7 @@ fuzz_target!(|data: &[u8]| {
         return;
     }
     let (tier, dir) = tier();
-    let key = (FileKey { dev: 1, ino: 2 }, 0);
+    let key = (FileId { dev: 1, ino: 2 }, 0);
     let file = dir.join("blocks/1-2/0");
     std::fs::create_dir_all(file.parent().unwrap()).unwrap();
     std::fs::write(&file, &data[4..]).unwrap();

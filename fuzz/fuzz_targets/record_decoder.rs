@@ -6,7 +6,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use mirrorfs::log::frame::{self, Decoded};
+use mirrorfs::log::{Decoded, decode_frame, encode_frame};
 
 fuzz_target!(|data: &[u8]| {
     let Some((&mode, rest)) = data.split_first() else {
@@ -24,7 +24,7 @@ fuzz_target!(|data: &[u8]| {
         framed.extend_from_slice(rest);
         framed
     };
-    if let Decoded::Record(record, len) = frame::decode(&bytes) {
+    if let Decoded::Record(record, len) = decode_frame(&bytes) {
         for path in [Some(record.op.path()), record.op.new_path()]
             .into_iter()
             .flatten()
@@ -34,8 +34,8 @@ fuzz_target!(|data: &[u8]| {
         }
         // Varints may arrive in a longer form than ours; the meaning must survive.
         let mut again = Vec::new();
-        frame::encode(&record, &mut again).expect("a decoded record encodes");
-        match frame::decode(&again) {
+        encode_frame(&record, &mut again).expect("a decoded record encodes");
+        match decode_frame(&again) {
             Decoded::Record(same, used) => {
                 assert_eq!(same, record);
                 assert_eq!(used, again.len());

@@ -5,8 +5,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use mirrorfs::replication::channel::{MESSAGE_MAX, Receiving};
-use mirrorfs::replication::protocol::{ToNode, decode};
+use mirrorfs::replication::{MESSAGE_MAX, Receiving, ToNode, decode_message as decode};
 
 fuzz_target!(|data: &[u8]| {
     let runtime = tokio::runtime::Builder::new_current_thread()

@@ -4,7 +4,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use mirrorfs::replication::protocol::{ToNode, ToPrimary, decode};
+use mirrorfs::replication::{ToNode, ToPrimary, decode_message as decode};
 
 fuzz_target!(|data: &[u8]| {
     let _ = decode::<ToPrimary>(data);

@@ -8,7 +8,7 @@
 use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
-use mirrorfs::manifest::store::{FILE_NAME, HashStore, MAGIC};
+use mirrorfs::manifest::{HashStore, STORE_FILE_NAME as FILE_NAME, STORE_MAGIC as MAGIC};
 
 fn dir() -> &'static std::path::PathBuf {
     static DIR: OnceLock<std::path::PathBuf> = OnceLock::new();

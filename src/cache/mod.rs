@@ -15,16 +15,16 @@
 //! - the *generation*, bumped by every change made through the mount: a fill that began
 //!   before a change is not kept, so a reader racing a writer cannot cache old bytes.
 
-pub mod block;
-pub mod disk;
+mod block;
+mod disk;
 mod files;
-pub mod policy;
+mod policy;
 mod prefetch;
 mod queue;
-pub mod readahead;
+mod readahead;
 mod refresh;
 mod spill;
-pub mod stats;
+mod stats;
 
 use std::collections::{HashMap, HashSet};
 use std::io;
@@ -39,7 +39,8 @@ pub use crate::types::Change;
 use crate::types::FileId;
 use crate::types::Stamp;
 use block::{Block, BlockKey, page_aligned};
-use disk::{DiskError, DiskTier, Found};
+use disk::DiskError;
+pub use disk::{DiskTier, Found};
 use files::{FileState, Revalidated};
 use policy::TwoQ;
 use queue::WorkQueue;

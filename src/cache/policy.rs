@@ -88,11 +88,6 @@ impl<K: Hash + Eq + Clone, V> TwoQ<K, V> {
         self.protected.len() + self.probation.len()
     }
 
-    /// Whether nothing is held.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
     /// The entry under `key`, if held, counted as a hit or a miss.
     pub fn get(&mut self, key: &K) -> Option<&V> {
         let found = if self.protected.contains(key) {

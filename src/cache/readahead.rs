@@ -77,6 +77,7 @@ impl Readahead {
     }
 
     /// Streams followed now.
+    #[cfg(test)]
     pub fn streams(&self) -> usize {
         self.streams.len()
     }

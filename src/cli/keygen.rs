@@ -3,7 +3,7 @@
 use std::io::Write;
 use std::os::fd::AsRawFd;
 
-use crate::replication::key::VolumeKey;
+use crate::replication::VolumeKey;
 
 use super::CliError;
 

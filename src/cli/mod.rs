@@ -4,7 +4,7 @@
 mod keygen;
 mod log;
 mod mount;
-pub mod mountinfo;
+mod mountinfo;
 mod replica;
 mod status;
 mod unmount;
@@ -242,7 +242,7 @@ pub fn run(args: impl IntoIterator<Item = OsString>) -> ExitCode {
     let args: Vec<OsString> = args.into_iter().collect();
     // verify's usage errors exit as fsck's do.
     let usage_code = match args.get(1).and_then(|arg| arg.to_str()) {
-        Some("verify") => crate::verify::report::exit::USAGE as u8,
+        Some("verify") => crate::verify::exit::USAGE as u8,
         _ => 2,
     };
     let cli = match Cli::try_parse_from(args) {

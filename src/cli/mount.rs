@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use crate::config::Passthrough;
-use crate::config::raw::RawConfig;
+use crate::config::RawConfig;
 use crate::config::{Config, Overrides, WriteMode, normalize};
 use crate::control::ControlSocket;
 use crate::fuse::{self, FS_TYPE, MountOptions};

@@ -5,10 +5,10 @@ use std::time::SystemTime;
 
 use serde::Serialize;
 
-use crate::config::node::{NodeConfig, RawNodeConfig, parse_volume_arg};
+use crate::config::{NodeConfig, RawNodeConfig, parse_volume_arg};
 use crate::control::{self, ControlError};
-use crate::replication::copy::{self, CopyStatus};
-use crate::replication::node::{self, HostedStatus, NODE_DIR, NodeError, NodeStatus};
+use crate::replication::{CopyStatus, inspect_copy};
+use crate::replication::{HostedStatus, NODE_DIR, NodeError, NodeStatus, serve_node};
 use crate::signals::StopSignals;
 
 use super::{CliError, ReplicaStatusArgs, ServeArgs};
@@ -50,7 +50,7 @@ pub fn serve(args: ServeArgs) -> Result<(), CliError> {
         raw.volumes.push(volume);
     }
     let config = NodeConfig::resolve(raw, None).map_err(usage)?;
-    node::serve(config, signals).map_err(|error| match error {
+    serve_node(config, signals).map_err(|error| match error {
         NodeError::Key(_) | NodeError::Dir { .. } | NodeError::State(_) => {
             CliError::Usage(error.to_string())
         }
@@ -111,7 +111,7 @@ fn from_files(dir: &Path) -> Result<Vec<HostedStatus>, CliError> {
         if id.starts_with('.') || !entry.path().join("log").is_dir() {
             continue;
         }
-        let copy = copy::inspect(&entry.path()).map_err(|error| failed(&error))?;
+        let copy = inspect_copy(&entry.path()).map_err(|error| failed(&error))?;
         volumes.push(HostedStatus {
             id,
             copy,

@@ -5,7 +5,7 @@ use crate::control::{self, ControlError};
 use crate::status::Status;
 
 use super::{CliError, StatusArgs};
-use crate::config::units::human;
+use crate::config::human;
 
 /// Runs `mirrorfs status`.
 pub fn run(args: StatusArgs) -> Result<(), CliError> {
@@ -110,7 +110,7 @@ fn render(status: &Status) -> String {
                         "  {:<10} DIVERGED: {error}\n  {:<10} what to do: {}\n",
                         "",
                         "",
-                        crate::replication::primary::DIVERGED_ADVICE
+                        crate::replication::DIVERGED_ADVICE
                     );
                 }
                 (None, Some(error)) => text += &format!("  {:<10} last error: {error}\n", ""),

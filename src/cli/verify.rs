@@ -10,15 +10,15 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::units::{ByteSize, human};
+use crate::config::{ByteSize, human};
 use crate::config::{Config, VerifyConfig};
 use crate::control::{self, Handler};
 use crate::log::LogPath;
-use crate::replication::key::VolumeKey;
+use crate::replication::VolumeKey;
 use crate::state::{StateDir, StateError};
 use crate::status::LastRun;
-use crate::verify::report::{Report, exit};
-use crate::verify::run::{Options, Progress, Subject};
+use crate::verify::{Options, Progress, Subject};
+use crate::verify::{Report, exit};
 use crate::vfs::Volume;
 
 use super::{CliError, VerifyArgs};
@@ -127,7 +127,7 @@ fn options(args: &VerifyArgs) -> Result<Options, CliError> {
         .max_duration
         .as_ref()
         .map(|text| {
-            text.parse::<crate::config::units::Span>()
+            text.parse::<crate::config::Span>()
                 .map(|span| span.0)
                 .map_err(|error| usage(format!("--max-duration {text:?}: {error}")))
         })
@@ -219,7 +219,7 @@ pub type LastRunCell = Arc<Mutex<Option<LastRun>>>;
 fn remember(last: &LastRunCell, report: &Report, scheduled: bool) {
     let summary = report.human();
     let run = LastRun {
-        ended: crate::manifest::store::unix_now(),
+        ended: crate::manifest::unix_now(),
         scheduled,
         exit_code: report.exit_code,
         findings: report.findings.len() as u64,

@@ -8,12 +8,12 @@ use std::sync::Arc;
 use crate::cache::Cache;
 use crate::config::Config;
 use crate::log::LogPath;
-use crate::manifest::hasher::Hashing;
+use crate::manifest::Hashing;
 use crate::origin::{HoldError, Origin};
-use crate::replication::primary::{Replication, ReplicationError};
+use crate::replication::{Replication, ReplicationError};
 use crate::vfs::Volume;
+use crate::write::Follower;
 use crate::write::Journal;
-use crate::write::follower::Follower;
 
 use super::CliError;
 

@@ -4,20 +4,23 @@
 //! with a message naming the key. Nothing here touches the filesystem except reading the
 //! file; checks against the live system (does SOURCE exist?) belong to the command.
 
-pub mod cache;
-pub mod node;
-pub mod raw;
-pub mod replication;
-pub mod units;
-pub mod verify;
+mod cache;
+mod node;
+mod raw;
+mod replication;
+mod units;
+mod verify;
 
 use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
 pub use cache::{CacheConfig, DiskTierConfig};
-use raw::RawConfig;
+pub use node::{NodeConfig, RawNodeConfig, parse_volume_arg};
+pub use raw::RawConfig;
 pub use raw::{Admission, Passthrough, WriteMode};
+pub use replication::Replica;
 pub use replication::{Acks, OnInsufficient, ReplicationConfig};
+pub use units::{ByteSize, Span, human};
 pub use verify::VerifyConfig;
 
 /// Longest volume id; ids name directories on replica nodes.

@@ -5,7 +5,7 @@ use fuser::Errno;
 use crate::log::LogError;
 use crate::types::NameError;
 use crate::vfs::VfsError;
-use crate::write::follower::FollowError;
+use crate::write::FollowError;
 
 /// The errno an application sees for `error`. An origin error keeps its own errno, so
 /// ENOSPC stays ENOSPC and EACCES stays EACCES.

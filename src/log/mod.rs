@@ -7,8 +7,8 @@
 //! every record appended so far, so concurrent callers share one fsync (group commit).
 //! Recovery cuts a torn tail (a crash mid-append) and refuses damage anywhere else.
 
-pub mod frame;
-pub mod record;
+mod frame;
+mod record;
 mod segment;
 
 use std::fs::{File, OpenOptions};
@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-pub use frame::FrameError;
+pub use frame::{Decoded, FrameError, decode as decode_frame, encode as encode_frame};
 pub use record::{LogPath, Op, PathError, Record};
 pub use segment::{FORMAT_VERSION, ScanError, header as segment_header};
 

@@ -4,9 +4,17 @@
 //! manifests without reading content; the stored hashes are the evidence the content
 //! check tells rot from change by.
 
-pub mod chunks;
-pub mod content;
-pub mod fresh;
-pub mod hasher;
-pub mod store;
-pub mod tree;
+mod chunks;
+mod content;
+mod fresh;
+mod hasher;
+mod store;
+mod tree;
+
+pub use chunks::{CHUNK_BYTES, ChunkHash, FileHashes};
+pub use fresh::{Files, hash as hash_afresh};
+pub use hasher::Hashing;
+pub use store::{
+    Changing, FILE_NAME as STORE_FILE_NAME, HashStore, MAGIC as STORE_MAGIC, unix_now,
+};
+pub use tree::{Entry, Kind, Xattr, path_order, walk as list};

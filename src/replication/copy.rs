@@ -28,11 +28,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::durable;
 use crate::log::{Log, LogError, LogOptions, LogPath, Op, Record};
-use crate::manifest::store::HashStore;
+use crate::manifest::HashStore;
 use crate::origin::{At, Origin};
 use crate::tree::{ApplyError, apply, apply_op, place};
 use crate::types::{Change, FileId, FileKind, Stamp};
-use crate::write::applied;
+use crate::write::{load_applied, store_applied};
 
 /// Segment size of a copy's log.
 const SEGMENT_BYTES: u64 = 64 << 20;
@@ -176,7 +176,7 @@ pub fn inspect(root: &Path) -> Result<CopyStatus, CopyError> {
         _ => (stats.first_offset, stats.next_offset),
     };
     let applied_path = root.join("applied");
-    let applied = applied::load(&applied_path)
+    let applied = load_applied(&applied_path)
         .map_err(io_error(&applied_path))?
         .unwrap_or(log_start);
     Ok(CopyStatus {
@@ -253,7 +253,7 @@ fn switch_to_snapshot(root: &Path) -> Result<(), CopyError> {
     }
     remove_tree(&root.join("log"))?;
     let applied_path = root.join("applied");
-    applied::store(&applied_path, base.offset).map_err(io_error(&applied_path))?;
+    store_applied(&applied_path, base.offset).map_err(io_error(&applied_path))?;
     let base_path = root.join("base");
     std::fs::rename(&ready, &base_path).map_err(io_error(&ready))?;
     durable::sync_parent(&base_path).map_err(io_error(root))?;
@@ -318,7 +318,7 @@ impl VolumeCopy {
         let applied_path = root.join("applied");
         let view = log.view();
         let first = view.stats().first_offset;
-        let applied = applied::load(&applied_path)
+        let applied = load_applied(&applied_path)
             .map_err(io(&applied_path))?
             .unwrap_or(first)
             .max(first);
@@ -406,11 +406,6 @@ impl VolumeCopy {
     /// The highest epoch of the records held.
     pub fn epoch(&self) -> u32 {
         self.epoch
-    }
-
-    /// Where the copy lives.
-    pub fn root(&self) -> &Path {
-        &self.root
     }
 
     /// Takes `records` (the next ones, in order): durable in the copy's log when this
@@ -600,7 +595,7 @@ impl VolumeCopy {
             source,
         };
         self.tree.sync_filesystem().map_err(io)?;
-        applied::store(&path, self.applied).map_err(io)?;
+        store_applied(&path, self.applied).map_err(io)?;
         self.applied_stored = Instant::now();
         Ok(())
     }

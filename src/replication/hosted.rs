@@ -8,8 +8,8 @@ use serde::{Deserialize, Serialize};
 
 use super::copy::{CopyStatus, Stuck, VolumeCopy};
 use super::key::VolumeKey;
-use crate::manifest::hasher::Hashing;
-use crate::manifest::store::HashStore;
+use crate::manifest::HashStore;
+use crate::manifest::Hashing;
 
 /// One volume a node keeps.
 #[derive(Clone, Debug, Serialize, Deserialize)]

@@ -14,10 +14,10 @@ use super::hosted::Hosted;
 use super::protocol::{HashedFile, ToNode, ToPrimary, decode};
 use super::session::{SessionError, channel_send, refuse};
 use crate::log::LogPath;
-use crate::manifest::chunks::CHUNK_BYTES;
-use crate::manifest::fresh::{self, Files};
-use crate::manifest::store::HashStore;
-use crate::manifest::tree::{self, Entry};
+use crate::manifest::CHUNK_BYTES;
+use crate::manifest::HashStore;
+use crate::manifest::{Entry, list};
+use crate::manifest::{Files, hash_afresh};
 use crate::origin::Origin;
 
 /// Entries per `Entries` message.
@@ -161,7 +161,7 @@ async fn walk(
     let (batches, mut receive) = tokio::sync::mpsc::channel::<Vec<Entry>>(4);
     let walking = tokio::task::spawn_blocking(move || {
         let mut batch = Vec::with_capacity(ENTRIES_PER_MESSAGE);
-        let walked = tree::walk(&tree, &under, Some(&store), &mut |entry| {
+        let walked = list(&tree, &under, Some(&store), &mut |entry| {
             batch.push(entry);
             if batch.len() < ENTRIES_PER_MESSAGE {
                 return true;
@@ -217,7 +217,7 @@ async fn hash(hosted: &Arc<Hosted>, paths: Vec<LogPath>) -> Result<ToPrimary, Se
         paths
             .iter()
             .map(
-                |path| match fresh::hash(&mut files, path, Some(&store), &mut |_| {}) {
+                |path| match hash_afresh(&mut files, path, Some(&store), &mut |_| {}) {
                     Ok(fresh) => HashedFile {
                         stored: fresh.as_ref().and_then(|fresh| {
                             fresh.stored.as_ref().map(|stored| stored.hashes.clone())

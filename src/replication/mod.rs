@@ -2,15 +2,24 @@
 //! (offsets, acks, the in-sync set, the high watermark, epochs), and snapshots for copies
 //! the log alone cannot bring up to date.
 
-pub mod channel;
-pub mod copy;
+mod channel;
+mod copy;
 mod hosted;
 mod inspect;
-pub mod isr;
-pub mod key;
-pub mod node;
-pub mod primary;
-pub mod protocol;
+mod isr;
+mod key;
+mod node;
+mod primary;
+mod protocol;
 mod session;
-pub mod snapshot;
 mod stream;
+
+pub use channel::{Channel, ChannelError, MESSAGE_MAX, Receiving};
+pub use copy::{CopyStatus, Stuck, inspect as inspect_copy};
+pub use key::VolumeKey;
+pub use node::{HostedStatus, NODE_DIR, NodeError, NodeStatus, serve as serve_node};
+pub use primary::{DIVERGED_ADVICE, Replication, ReplicationError, ReplicationStatus};
+pub use protocol::{
+    ProtocolError, ToNode, ToPrimary, decode as decode_message, encode as encode_message,
+    record_hash, record_hash_at,
+};

@@ -26,14 +26,14 @@ use super::copy::Stuck;
 use super::isr::{Progress, Rule, high_watermark, satisfied};
 use super::key::{KeyError, VolumeKey};
 use super::protocol::{ProtocolError, ToNode, ToPrimary, decode, encode, record_hash_at};
-use super::snapshot::{WalkStats, walk};
-use crate::config::replication::Replica;
-use crate::config::units::Span;
+use crate::config::Replica;
+use crate::config::Span;
 use crate::config::{OnInsufficient, ReplicationConfig};
 use crate::log::{Log, LogError, Op, Record, Records};
 use crate::tree::WalkError;
-use crate::write::follower::{FollowError, Follower};
-use crate::write::snapshot::SnapshotSource;
+use crate::tree::{WalkStats, to_ops};
+use crate::write::SnapshotSource;
+use crate::write::{FollowError, Follower};
 
 /// Records per batch at most, by bytes (a single larger record goes alone).
 const BATCH_BYTES: u64 = 4 << 20;
@@ -759,7 +759,7 @@ impl Sender {
             if pieces.blocking_send(Piece::Begin { offset, last }).is_err() {
                 return Ok(());
             }
-            walk(frozen.origin, &mut |ops, stats| {
+            to_ops(frozen.origin, &mut |ops, stats| {
                 pieces.blocking_send(Piece::Ops(ops, stats)).is_ok()
             })?;
             drop(frozen);

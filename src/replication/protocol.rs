@@ -7,8 +7,8 @@ use serde::{Deserialize, Serialize};
 
 use super::copy::Stuck;
 use crate::log::{Log, LogError, LogPath, Op, Record};
-use crate::manifest::chunks::FileHashes;
-use crate::manifest::tree::Entry;
+use crate::manifest::Entry;
+use crate::manifest::FileHashes;
 
 /// Why a message could not be decoded.
 #[derive(Debug, thiserror::Error)]

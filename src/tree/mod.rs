@@ -3,9 +3,11 @@
 //! records applied. write, replication, manifest and verify stand on it side by side.
 
 mod apply;
+mod ops;
 mod place;
 mod walk;
 
 pub use apply::{ApplyError, apply, apply_op};
+pub use ops::{WalkStats, to_ops, to_ops_under};
 pub use place::{open_regular, place};
 pub use walk::{Visitor, WalkError, walk, xattrs};

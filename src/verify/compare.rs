@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::log::LogPath;
 
-use crate::manifest::tree::{Entry, Kind, path_order};
+use crate::manifest::{Entry, Kind, path_order};
 
 /// What differs about one path.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -242,7 +242,7 @@ fn past_subtree(entries: &[Entry], at: usize) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::manifest::tree::Xattr;
+    use crate::manifest::Xattr;
     use crate::types::Timestamp;
 
     fn path(text: &str) -> LogPath {

@@ -9,19 +9,21 @@
 //! - [`repair`]: what was found turned into records (and rot written back);
 //! - [`report`]: findings, figures and the fsck-style exit code.
 
-pub mod compare;
-pub mod remote;
-pub mod repair;
-pub mod report;
-pub mod run;
-pub mod window;
+mod compare;
+mod remote;
+mod repair;
+mod report;
+mod run;
+mod window;
 
 use std::collections::HashSet;
 
 use crate::vfs::Volume;
 
-use report::{Action, Report};
-use run::{Checked, Fix, Options, Progress, Subject};
+use report::Action;
+pub use report::{Report, exit};
+use run::{Checked, Fix, Found};
+pub use run::{Options, Progress, Subject};
 
 /// Checks `subject` as `options` say and, with `--repair`, repairs through `volume` and
 /// checks again what was repaired.
@@ -33,58 +35,52 @@ pub fn verify(
 ) -> Report {
     let Checked {
         mut report,
-        fixes,
+        mut found,
         mut replicas,
     } = run::check(subject, options, progress);
-    let to_repair: Vec<usize> = (0..fixes.len())
-        .filter(|&at| report.findings[at].action == Action::Reported)
-        .filter(|&at| !matches!(fixes[at], Fix::Nothing))
-        .collect();
-    if !options.repair || to_repair.is_empty() {
-        return report;
-    }
-    progress(&Progress {
-        phase: "repair".to_string(),
-        ..Progress::default()
-    });
-    let failures = match volume.repairing() {
-        Ok(repairing) => {
-            let failures = repair::repair(&fixes, &mut replicas, &repairing);
-            if let Err(error) = repairing.finish() {
-                report.errors.push(format!("finishing repairs: {error}"));
+    // Still `Reported` after the repairs: repaired, unless the recheck finds it again.
+    let repairable =
+        |item: &Found| item.finding.action == Action::Reported && !matches!(item.fix, Fix::Nothing);
+    if options.repair && found.iter().any(repairable) {
+        progress(&Progress {
+            phase: "repair".to_string(),
+            ..Progress::default()
+        });
+        match volume.repairing() {
+            Ok(repairing) => {
+                repair::repair(&mut found, &mut replicas, &repairing);
+                if let Err(error) = repairing.finish() {
+                    report.errors.push(format!("finishing repairs: {error}"));
+                }
             }
-            failures
+            Err(error) => {
+                for item in found.iter_mut().filter(|item| repairable(item)) {
+                    item.finding.action = Action::RepairFailed(error.to_string());
+                }
+            }
         }
-        Err(error) => vec![Some(error.to_string()); fixes.len()],
-    };
-    drop(replicas);
-    let files: HashSet<Vec<u8>> = fixes
-        .iter()
-        .filter_map(|fix| match fix {
-            Fix::Content { path, .. } | Fix::Rot { path, .. } => Some(path.as_bytes().to_vec()),
-            Fix::Metadata { path, .. } => Some(path.as_bytes().to_vec()),
-            Fix::Nothing => None,
-        })
-        .collect();
-    let again = run::recheck(subject, options, &files, progress).report;
-    for at in to_repair {
-        let finding = &mut report.findings[at];
-        finding.action = match &failures[at] {
-            Some(why) => Action::RepairFailed(why.clone()),
-            None if again.findings.iter().any(|later| {
-                later.copy == finding.copy
-                    && later.path == finding.path
-                    && later.kind == finding.kind
-                    && later.range == finding.range
-            }) =>
-            {
-                Action::RepairFailed("still differs after the repair".to_string())
-            }
-            None => Action::Repaired,
-        };
+        drop(replicas);
+        let files: HashSet<Vec<u8>> = found
+            .iter()
+            .filter_map(|item| item.fix.path())
+            .map(|path| path.as_bytes().to_vec())
+            .collect();
+        let again = run::recheck(subject, options, &files, progress);
+        let still: HashSet<_> = again
+            .found
+            .iter()
+            .map(|item| item.finding.about())
+            .collect();
+        for item in found.iter_mut().filter(|item| repairable(item)) {
+            item.finding.action = match still.contains(&item.finding.about()) {
+                true => Action::RepairFailed("still differs after the repair".to_string()),
+                false => Action::Repaired,
+            };
+        }
+        report.errors.extend(again.report.errors);
+        report.figures.seconds += again.report.figures.seconds;
     }
-    report.errors.extend(again.errors);
-    report.figures.seconds += again.figures.seconds;
+    report.findings = found.into_iter().map(|item| item.finding).collect();
     report.settle();
     report
 }

@@ -9,14 +9,14 @@ use std::time::Duration;
 use tokio::net::TcpStream;
 use tokio::runtime::Runtime;
 
-use crate::config::replication::Replica;
+use crate::config::Replica;
 use crate::log::LogPath;
-use crate::manifest::chunks::FileHashes;
-use crate::manifest::tree::Entry;
-use crate::replication::channel::{Channel, ChannelError};
-use crate::replication::copy::Stuck;
-use crate::replication::key::VolumeKey;
-use crate::replication::protocol::{ProtocolError, ToNode, ToPrimary, decode, encode};
+use crate::manifest::Entry;
+use crate::manifest::FileHashes;
+use crate::replication::Stuck;
+use crate::replication::VolumeKey;
+use crate::replication::{Channel, ChannelError};
+use crate::replication::{ProtocolError, ToNode, ToPrimary, decode_message, encode_message};
 
 /// How long connecting may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -66,8 +66,6 @@ pub enum RemoteError {
 pub struct RemoteHashes {
     /// Its content's hashes now; `None` when the copy has no regular file there.
     pub fresh: Option<FileHashes>,
-    /// The copy's stored hashes, where current.
-    pub stored: Option<FileHashes>,
     /// The copy's applied offset when the file was read.
     pub applied: u64,
 }
@@ -162,7 +160,7 @@ impl Remote {
     }
 
     fn send(&mut self, message: &ToNode) -> Result<(), RemoteError> {
-        let bytes = encode(message);
+        let bytes = encode_message(message);
         Ok(self.runtime.block_on(self.channel.send(&bytes))?)
     }
 
@@ -171,7 +169,7 @@ impl Remote {
             .runtime
             .block_on(async { tokio::time::timeout(ANSWER_TIMEOUT, self.channel.receive()).await })
             .map_err(|_| RemoteError::Silent(ANSWER_TIMEOUT))??;
-        match decode(&answer)? {
+        match decode_message(&answer)? {
             ToPrimary::Refuse { reason } => Err(RemoteError::Refused(reason)),
             ToPrimary::Failed { reason } => Err(RemoteError::Failed(reason)),
             answer => Ok(answer),
@@ -270,7 +268,6 @@ impl Remote {
                             Some(reason) => Err(RemoteError::Failed(reason)),
                             None => Ok(RemoteHashes {
                                 fresh: file.fresh,
-                                stored: file.stored,
                                 applied,
                             }),
                         }));

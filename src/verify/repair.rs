@@ -8,32 +8,25 @@ use std::collections::HashSet;
 use std::ops::Range;
 
 use crate::log::{LogPath, Op};
-use crate::manifest::chunks::CHUNK_BYTES;
-use crate::manifest::tree::Kind;
+use crate::manifest::CHUNK_BYTES;
+use crate::manifest::Kind;
 use crate::origin::{At, Origin, Stat};
-use crate::replication::snapshot;
-use crate::tree::{place, xattrs};
+use crate::tree::{place, to_ops_under, xattrs};
 use crate::vfs::Repairing;
 
 use super::compare::Aspect;
-use super::run::{Fix, Replica};
+use super::report::Action;
+use super::run::{Fix, Found, Replica};
 
-/// Carries out `fixes` (one per finding) while `repairing` holds the mount's changes.
-/// Returns, per finding, why its repair failed (`None`: done, or nothing to do).
-pub fn repair(
-    fixes: &[Fix],
-    replicas: &mut [Replica],
-    repairing: &Repairing<'_>,
-) -> Vec<Option<String>> {
+/// Carries out each fix in `found` while `repairing` holds the mount's changes; a finding
+/// whose repair failed is marked with why.
+pub fn repair(found: &mut [Found], replicas: &mut [Replica], repairing: &Repairing<'_>) {
     let mut done = Done::default();
-    fixes
-        .iter()
-        .map(|fix| {
-            one(fix, replicas, repairing, &mut done)
-                .err()
-                .map(|error| error.to_string())
-        })
-        .collect()
+    for item in found {
+        if let Err(error) = one(&item.fix, replicas, repairing, &mut done) {
+            item.finding.action = Action::RepairFailed(error.to_string());
+        }
+    }
 }
 
 /// What has been sent already: a change every replica gets is sent once.
@@ -242,7 +235,7 @@ fn metadata_ops(
 /// The records that make the primary's object at `path` (and all it holds) where the
 /// replica now has nothing; a second name of a file becomes a link to the first.
 fn recreate(origin: &Origin, path: &LogPath, ops: &mut Vec<Op>) -> Result<(), RepairError> {
-    snapshot::walk_under(origin, path, &mut |batch, _| {
+    to_ops_under(origin, path, &mut |batch, _| {
         ops.extend(batch);
         true
     })?;

@@ -137,6 +137,30 @@ impl Finding {
     pub fn is_position(&self) -> bool {
         [position::BEHIND, position::STUCK, position::DIVERGED].contains(&self.kind.as_str())
     }
+
+    /// What the finding is about, to know it again in a later run.
+    pub fn about(&self) -> About<'_> {
+        About {
+            copy: &self.copy,
+            path: &self.path,
+            kind: &self.kind,
+            range: self.range,
+        }
+    }
+}
+
+/// What a finding is about: the same in two runs when they found the same thing wrong,
+/// whatever values they saw.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct About<'a> {
+    /// The wrong copy.
+    pub copy: &'a str,
+    /// The path.
+    pub path: &'a str,
+    /// What kind of difference.
+    pub kind: &'a str,
+    /// The byte range, for content.
+    pub range: Option<(u64, u64)>,
 }
 
 impl Report {
@@ -237,7 +261,7 @@ impl Report {
                 text,
                 ", {} file(s) ({}) read",
                 figures.files_hashed,
-                crate::config::units::human(figures.bytes_hashed)
+                crate::config::human(figures.bytes_hashed)
             );
         }
         let _ = write!(text, ", {} finding(s)", self.findings.len());

@@ -16,13 +16,13 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::ReplicationConfig;
 use crate::log::{Log, LogPath};
-use crate::manifest::chunks::{CHUNK_BYTES, ChunkHash, FileHashes};
-use crate::manifest::fresh::{self, Files};
-use crate::manifest::store::HashStore;
-use crate::manifest::tree::{self, Entry, Kind, path_order};
+use crate::manifest::HashStore;
+use crate::manifest::{CHUNK_BYTES, ChunkHash, FileHashes};
+use crate::manifest::{Entry, Kind, list, path_order};
+use crate::manifest::{Files, hash_afresh};
 use crate::origin::Origin;
-use crate::replication::key::VolumeKey;
-use crate::replication::protocol::record_hash_at;
+use crate::replication::VolumeKey;
+use crate::replication::record_hash_at;
 use crate::types::FileId;
 
 use super::compare::{Aspect, Compare, Difference};
@@ -107,13 +107,21 @@ impl Subject<'_> {
     }
 }
 
-/// What a repair is to make right, one per finding.
+/// One finding, with what a repair of it would do.
+#[derive(Clone, Debug)]
+pub struct Found {
+    /// What was found (and, once repairs are made, what was done).
+    pub finding: Finding,
+    /// What a repair is to make right.
+    pub fix: Fix,
+}
+
+/// What a repair is to make right. Repairs to replicas are records in the log, so every
+/// replica gets them: no fix names one, but rot's names the replica to read from.
 #[derive(Clone, Debug)]
 pub enum Fix {
     /// A replica's metadata differs: make it the primary's.
     Metadata {
-        /// Which replica.
-        replica: usize,
         /// What differs.
         aspect: Aspect,
         /// The path.
@@ -127,8 +135,6 @@ pub enum Fix {
     },
     /// A replica's content differs in `ranges`: send the primary's bytes there.
     Content {
-        /// Which replica.
-        replica: usize,
         /// The file.
         path: LogPath,
         /// The byte ranges.
@@ -163,13 +169,25 @@ pub struct Replica {
     live: bool,
 }
 
-/// A finished check: the report, and for each finding what a repair would do.
+impl Fix {
+    /// The path a repair changes, if any.
+    pub fn path(&self) -> Option<&LogPath> {
+        match self {
+            Fix::Metadata { path, .. } | Fix::Content { path, .. } | Fix::Rot { path, .. } => {
+                Some(path)
+            }
+            Fix::Nothing => None,
+        }
+    }
+}
+
+/// A finished check: the report without its findings, and what was found.
 pub struct Checked {
-    /// The report (actions all `Reported` or `Unrecoverable`).
+    /// The report's figures, replicas and errors; its findings are [`Checked::found`]'s.
     pub report: Report,
-    /// One per finding, in the same order.
-    pub fixes: Vec<Fix>,
-    /// The replicas checked (index as in the fixes).
+    /// What was found (actions all `Reported` or `Unrecoverable`).
+    pub found: Vec<Found>,
+    /// The replicas checked (a rot fix's `from` is an index here).
     pub replicas: Vec<Replica>,
 }
 
@@ -214,7 +232,7 @@ fn run(
             as_of: subject.log.next_offset(),
             ..Report::default()
         },
-        fixes: Vec::new(),
+        found: Vec::new(),
         replicas: Vec::new(),
         follow_up: Vec::new(),
         files: Files::new(subject.origin),
@@ -242,10 +260,9 @@ fn run(
         run.compare_files(follow_up.iter().collect());
     }
     run.report.figures.seconds = started.elapsed().as_secs_f64();
-    run.report.settle();
     Checked {
         report: run.report,
-        fixes: run.fixes,
+        found: run.found,
         replicas: run.replicas,
     }
 }
@@ -254,9 +271,10 @@ struct Run<'a, 'p> {
     subject: &'a Subject<'a>,
     options: &'a Options,
     progress: &'p mut dyn FnMut(&Progress),
+    /// The report's figures, replicas and errors.
     report: Report,
-    fixes: Vec<Fix>,
-    /// The replicas with a session; their index is the replica's in fixes.
+    found: Vec<Found>,
+    /// The replicas with a session; a rot fix names one by its index here.
     replicas: Vec<Replica>,
     /// Files whose stored roots differ: the quick check reads just these.
     follow_up: Vec<Entry>,
@@ -274,6 +292,10 @@ struct Candidate<'e> {
 impl Run<'_, '_> {
     fn show(&mut self) {
         (self.progress)(&self.state);
+    }
+
+    fn found(&mut self, finding: Finding, fix: Fix) {
+        self.found.push(Found { finding, fix });
     }
 
     /// Opens a session with each replica to check.
@@ -349,7 +371,7 @@ impl Run<'_, '_> {
     /// A finding about where replica `name` stands: it was not compared as of the run's
     /// offset.
     fn position_finding(&mut self, name: &str, kind: &str, actual: String) {
-        self.report.findings.push(Finding {
+        let finding = Finding {
             kind: kind.to_string(),
             path: "/".to_string(),
             copy: name.to_string(),
@@ -363,8 +385,8 @@ impl Run<'_, '_> {
             }
             .to_string(),
             action: Action::Reported,
-        });
-        self.fixes.push(Fix::Nothing);
+        };
+        self.found(finding, Fix::Nothing);
     }
 
     /// The quick check: walks both sides in rounds until every difference is settled (or
@@ -495,7 +517,7 @@ impl Run<'_, '_> {
                         continue;
                     }
                     let copy_subtree = subtree(&walked.entries, &difference.path);
-                    self.metadata_finding(index, &name, difference, mine, copy, copy_subtree);
+                    self.metadata_finding(&name, difference, mine, copy, copy_subtree);
                 }
                 kept.push(replica);
             }
@@ -556,7 +578,7 @@ impl Run<'_, '_> {
     fn walk_primary(&mut self) -> Option<Vec<Entry>> {
         let mut entries = Vec::new();
         let mut shown = Instant::now();
-        let walked = tree::walk(
+        let walked = list(
             self.subject.origin,
             &self.options.under,
             self.subject.store,
@@ -587,7 +609,6 @@ impl Run<'_, '_> {
 
     fn metadata_finding(
         &mut self,
-        replica: usize,
         name: &str,
         difference: Difference,
         primary: Option<Entry>,
@@ -605,7 +626,7 @@ impl Run<'_, '_> {
         if difference.aspect == Aspect::Content {
             return;
         }
-        self.report.findings.push(Finding {
+        let finding = Finding {
             kind: difference.aspect.name().to_string(),
             path: difference.path.to_string(),
             copy: name.to_string(),
@@ -614,15 +635,15 @@ impl Run<'_, '_> {
             actual: difference.copy,
             trusted: format!("{PRIMARY} (every change is made there first)"),
             action: Action::Reported,
-        });
-        self.fixes.push(Fix::Metadata {
-            replica,
+        };
+        let fix = Fix::Metadata {
             aspect: difference.aspect,
             path: difference.path,
             link_of: primary.and_then(|entry| entry.link_of),
             copy: copy.map(Box::new),
             copy_subtree,
-        });
+        };
+        self.found(finding, fix);
     }
 
     /// The content check over the files the walk found, oldest verified first, as much as
@@ -794,14 +815,83 @@ impl Run<'_, '_> {
         let log = self.subject.log;
         let start = log.next_offset();
         let applied = (self.subject.applied)();
-        let ours = fresh::hash(
+        let ours = hash_afresh(
             &mut self.files,
             &entry.path,
             self.subject.store,
             &mut |len| pace.take(len),
         );
-        // The answers for this path, read in order from each session.
-        let mut answers: Vec<Option<RemoteHashes>> = Vec::new();
+        let answers = self.answers(entry);
+        let ours = match ours {
+            Ok(Some(ours)) => ours,
+            // Gone since the walk: a change did it; the next run sees the new state.
+            Ok(None) => return log.next_offset() != start,
+            Err(error) => {
+                self.report
+                    .errors
+                    .push(format!("primary: reading {}: {error}", entry.path));
+                return true;
+            }
+        };
+        self.report.figures.files_hashed += 1;
+        self.report.figures.bytes_hashed += ours.stamp.size;
+        let window = Window::new(start.min(applied), log.next_offset(), &answers);
+        let stored = ours.stored.as_ref().map(|stored| &stored.hashes);
+        let rotted: Vec<u64> = match stored {
+            Some(stored) if *stored != ours.hashes && stored.size == ours.hashes.size => {
+                differing_chunks(stored, &ours.hashes)
+            }
+            _ => Vec::new(),
+        };
+        // Where the primary rotted, a replica whose chunk matches the stored hash is the
+        // copy to trust; without one, the chunk is unrecoverable.
+        let mut lost = Vec::new();
+        let trusted = match stored.filter(|_| !rotted.is_empty()) {
+            Some(stored) => {
+                if !self.settled(entry, ours.key, window) {
+                    return false;
+                }
+                lost = self.rot_findings(entry, &ours.hashes, stored, ours.key, &rotted, &answers);
+                Trusted {
+                    hashes: stored,
+                    why: "the primary's stored hashes (the primary is repaired first)",
+                }
+            }
+            None => Trusted {
+                hashes: &ours.hashes,
+                why: match stored {
+                    Some(_) => "its content matches its stored hashes",
+                    None => {
+                        "no stored hashes on either side: the volume's content is the primary's"
+                    }
+                },
+            },
+        };
+        let mut clean = rotted.is_empty();
+        for (index, answer) in answers.iter().enumerate() {
+            let Some(theirs) = answer.as_ref().and_then(|answer| answer.fresh.as_ref()) else {
+                continue;
+            };
+            let ranges = differing_ranges(trusted.hashes, theirs, &lost);
+            if ranges.is_empty() {
+                continue;
+            }
+            if !self.settled(entry, ours.key, window) {
+                return false;
+            }
+            clean = false;
+            self.content_findings(index, entry, &trusted, theirs, ranges);
+        }
+        if clean && let (Some(store), true) = (self.subject.store, ours.stored.is_some()) {
+            store.verified(ours.key);
+        }
+        true
+    }
+
+    /// Each live replica's answer for `entry`'s path, read in order from its session;
+    /// `None` for a replica not asked or whose answer failed.
+    fn answers(&mut self, entry: &Entry) -> Vec<Option<RemoteHashes>> {
+        let mut answers = Vec::new();
         for index in 0..self.replicas.len() {
             if !self.replicas[index].live {
                 answers.push(None);
@@ -827,117 +917,49 @@ impl Run<'_, '_> {
                 }
             }
         }
-        let ours = match ours {
-            Ok(Some(ours)) => ours,
-            // Gone since the walk: a change did it; the next run sees the new state.
-            Ok(None) => return log.next_offset() != start,
-            Err(error) => {
-                self.report
-                    .errors
-                    .push(format!("primary: reading {}: {error}", entry.path));
-                return true;
-            }
-        };
-        self.report.figures.files_hashed += 1;
-        self.report.figures.bytes_hashed += ours.stamp.size;
-        let end = log.next_offset();
-        let low = answers
-            .iter()
-            .flatten()
-            .map(|answer| answer.applied)
-            .fold(start.min(applied), u64::min);
-        let high = answers
-            .iter()
-            .flatten()
-            .map(|answer| answer.applied)
-            .fold(end, u64::max);
-        // Asked only when something differs: a clean file reads no log.
-        let writing = self.subject.writing;
-        let settle = self.subject.settle;
-        let settled = || {
-            settle();
-            let high = high.max(log.next_offset());
-            !Touched::read(log, low, high).touches(&entry.path) && !writing().contains(&ours.key)
-        };
-        let stored = ours.stored.as_ref().map(|stored| &stored.hashes);
-        let rotted: Vec<u64> = match stored {
-            Some(stored) if *stored != ours.hashes && stored.size == ours.hashes.size => {
-                differing_chunks(stored, &ours.hashes)
-            }
-            _ => Vec::new(),
-        };
-        let mut clean = rotted.is_empty();
-        // Where the primary rotted, a replica whose chunk matches the stored hash is the
-        // copy to trust; without one, the chunk is unrecoverable.
-        let mut lost = Vec::new();
-        if let Some(stored) = stored.filter(|_| !rotted.is_empty()) {
-            if !settled() {
-                return false;
-            }
-            lost = self.rot_findings(entry, &ours.hashes, stored, ours.key, &rotted, &answers);
-        }
-        for (index, answer) in answers.iter().enumerate() {
-            let Some(theirs) = answer.as_ref().and_then(|answer| answer.fresh.as_ref()) else {
-                continue;
+        answers
+    }
+
+    /// Whether no change to `entry` (the primary's file `key`) fell in `window` or is
+    /// under way: only then is a difference a finding. Asked only when something
+    /// differs, so a clean file reads no log.
+    fn settled(&self, entry: &Entry, key: FileId, window: Window) -> bool {
+        let log = self.subject.log;
+        (self.subject.settle)();
+        let high = window.high.max(log.next_offset());
+        !Touched::read(log, window.low, high).touches(&entry.path)
+            && !(self.subject.writing)().contains(&key)
+    }
+
+    /// Findings that replica `index`'s content of `entry` differs from the trusted
+    /// content in `ranges`, one per range.
+    fn content_findings(
+        &mut self,
+        index: usize,
+        entry: &Entry,
+        trusted: &Trusted<'_>,
+        theirs: &FileHashes,
+        ranges: Vec<Range<u64>>,
+    ) {
+        let name = self.replicas[index].name.clone();
+        for range in ranges {
+            let chunk = range.start / CHUNK_BYTES;
+            let finding = Finding {
+                kind: "content".to_string(),
+                path: entry.path.to_string(),
+                copy: name.clone(),
+                range: Some((range.start, range.end)),
+                expected: chunk_hex(trusted.hashes, chunk),
+                actual: chunk_hex(theirs, chunk),
+                trusted: format!("{PRIMARY} ({})", trusted.why),
+                action: Action::Reported,
             };
-            // The trusted content: the primary's stored hashes where it rotted, else its own.
-            let trusted = stored
-                .filter(|_| !rotted.is_empty())
-                .unwrap_or(&ours.hashes);
-            // With sizes that differ, the size finding covers everything from the chunk the
-            // shorter copy ends in (its hash cannot say where in it the copies part).
-            let compared = match trusted.size == theirs.size {
-                true => trusted.size,
-                false => trusted.size.min(theirs.size) / CHUNK_BYTES * CHUNK_BYTES,
+            let fix = Fix::Content {
+                path: entry.path.clone(),
+                ranges: vec![range],
             };
-            // A chunk no copy holds rightly is one unrecoverable finding: the primary's
-            // bytes there are not sent anywhere.
-            let ranges: Vec<Range<u64>> = without_chunks(
-                trusted
-                    .differences(theirs)
-                    .into_iter()
-                    .map(|range| range.start..range.end.min(compared))
-                    .filter(|range| !range.is_empty()),
-                &lost,
-            );
-            if ranges.is_empty() {
-                continue;
-            }
-            if !settled() {
-                return false;
-            }
-            clean = false;
-            let name = self.replicas[index].name.clone();
-            let why = match (stored, rotted.is_empty()) {
-                (Some(_), true) => "its content matches its stored hashes",
-                (Some(_), false) => "the primary's stored hashes (the primary is repaired first)",
-                (None, _) => {
-                    "no stored hashes on either side: the volume's content is the primary's"
-                }
-            };
-            for range in &ranges {
-                let chunk = range.start / CHUNK_BYTES;
-                self.report.findings.push(Finding {
-                    kind: "content".to_string(),
-                    path: entry.path.to_string(),
-                    copy: name.clone(),
-                    range: Some((range.start, range.end)),
-                    expected: chunk_hex(trusted, chunk),
-                    actual: chunk_hex(theirs, chunk),
-                    trusted: format!("{PRIMARY} ({why})"),
-                    action: Action::Reported,
-                });
-                self.fixes.push(Fix::Content {
-                    replica: index,
-                    path: entry.path.clone(),
-                    ranges: vec![range.clone()],
-                });
-            }
+            self.found(finding, fix);
         }
-        if clean && let (Some(store), true) = (self.subject.store, ours.stored.is_some()) {
-            store.verified(ours.key);
-        }
-        true
     }
 
     /// Findings for chunks of the primary that no longer match its stored hashes.
@@ -994,7 +1016,7 @@ impl Run<'_, '_> {
             if good.is_none() && !others.is_empty() {
                 actual = format!("{actual} ({})", others.join(", "));
             }
-            self.report.findings.push(Finding {
+            let finding = Finding {
                 kind: kind.to_string(),
                 path: entry.path.to_string(),
                 copy: PRIMARY.to_string(),
@@ -1003,8 +1025,8 @@ impl Run<'_, '_> {
                 actual,
                 trusted,
                 action,
-            });
-            self.fixes.push(match good {
+            };
+            let fix = match good {
                 Some(from) => Fix::Rot {
                     path: entry.path.clone(),
                     key,
@@ -1016,10 +1038,55 @@ impl Run<'_, '_> {
                     lost.push(chunk);
                     Fix::Nothing
                 }
-            });
+            };
+            self.found(finding, fix);
         }
         lost
     }
+}
+
+/// The offsets a file's comparison saw the copies between: the earliest the primary or a
+/// replica was at, and the latest.
+#[derive(Clone, Copy)]
+struct Window {
+    low: u64,
+    high: u64,
+}
+
+impl Window {
+    /// From the primary's `low` and `high` and each replica's applied offset.
+    fn new(low: u64, high: u64, answers: &[Option<RemoteHashes>]) -> Window {
+        let applied = || answers.iter().flatten().map(|answer| answer.applied);
+        Window {
+            low: applied().fold(low, u64::min),
+            high: applied().fold(high, u64::max),
+        }
+    }
+}
+
+/// The content the replicas are held to, and why it is trusted.
+struct Trusted<'a> {
+    hashes: &'a FileHashes,
+    why: &'static str,
+}
+
+/// Where a replica's content `theirs` differs from the `trusted` content, without the
+/// chunks in `lost` (no copy holds them rightly: the primary's bytes there are not sent
+/// anywhere). With sizes that differ, the size finding covers everything from the chunk
+/// the shorter copy ends in (its hash cannot say where in it the copies part).
+fn differing_ranges(trusted: &FileHashes, theirs: &FileHashes, lost: &[u64]) -> Vec<Range<u64>> {
+    let compared = match trusted.size == theirs.size {
+        true => trusted.size,
+        false => trusted.size.min(theirs.size) / CHUNK_BYTES * CHUNK_BYTES,
+    };
+    without_chunks(
+        trusted
+            .differences(theirs)
+            .into_iter()
+            .map(|range| range.start..range.end.min(compared))
+            .filter(|range| !range.is_empty()),
+        lost,
+    )
 }
 
 /// `ranges` (ascending) without the chunks in `chunks`.

@@ -17,7 +17,7 @@ use std::time::SystemTime;
 
 use crate::cache::Change;
 use crate::log::{LogPath, Op};
-use crate::manifest::store::Changing;
+use crate::manifest::Changing;
 use crate::origin::DirFd;
 use crate::types::{FileKind, InodeId};
 

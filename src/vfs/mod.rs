@@ -33,11 +33,11 @@ pub use io::Opened;
 
 use crate::cache::Cache;
 use crate::log::{LogError, LogPath, PathError};
-use crate::manifest::store::HashStore;
+use crate::manifest::HashStore;
 use crate::origin::{At, DirFd, Origin, Stat};
 use crate::types::FileId;
 use crate::types::{FileKind, InodeId, Name, NameError};
-use crate::write::follower::FollowError;
+use crate::write::FollowError;
 use crate::write::{DurableError, Journal, WriteError};
 use handles::{DirHandle, FileHandle, HandleTable, OpenCounts};
 use inodes::{InodeTable, LinkHint};

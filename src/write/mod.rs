@@ -8,12 +8,12 @@
 //!   is appended to the log and kept in memory, and a flusher brings the origin up to date.
 //!   Recovery ([`recover`]) replays what the flusher had not applied.
 
-pub mod applied;
-pub mod behind;
+mod applied;
+mod behind;
 mod dirty;
-pub mod follower;
-pub mod recover;
-pub mod snapshot;
+mod follower;
+mod recover;
+mod snapshot;
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -28,9 +28,11 @@ use crate::origin::{Origin, OriginFile};
 use crate::types::InodeId;
 
 use crate::tree::ApplyError;
-use behind::{BehindStatus, Overlay, Tuning, WriteBehind};
-use follower::{FollowError, Follower};
-use snapshot::SnapshotSource;
+pub use applied::{load as load_applied, store as store_applied};
+pub use behind::BehindStatus;
+use behind::{Overlay, Tuning, WriteBehind};
+pub use follower::{FollowError, Follower};
+pub use snapshot::SnapshotSource;
 
 /// The leader epoch of records written before failover exists.
 const EPOCH_FIRST: u32 = 1;

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use mirrorfs::replication::key::VolumeKey;
+use mirrorfs::replication::VolumeKey;
 
 /// A running `mirrorfs replica serve`, stopped (by its pid) when dropped.
 pub struct Node {

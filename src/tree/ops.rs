@@ -2,7 +2,7 @@
 //! what a new replica gets before the log's records from the snapshot's offset on.
 //!
 //! The operations are the log's own (`Op`), applied by the same code, so a snapshot needs
-//! no second format and no second applier. The walk is `tree::walk`'s; a directory is made
+//! no second format and no second applier. The walk is the tree's one walk; a directory is made
 //! writable by its owner until its entries are in, and gets its real mode and times after
 //! them (making an entry changes its directory's times). Files are read by their data
 //! extents (SEEK_DATA/SEEK_HOLE), so holes stay holes. A second name of a file already
@@ -10,9 +10,9 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::walk::{Visitor, WalkError, walk, xattrs};
 use crate::log::{LogPath, Op};
 use crate::origin::{At, DirFd, Origin, OriginFile, Stat};
-use crate::tree::{Visitor, WalkError, xattrs};
 use crate::types::{FileKind, Name};
 
 /// File bytes per write operation.
@@ -34,17 +34,17 @@ pub struct WalkStats {
 
 /// Reads all of `origin` into operations, handing them to `emit` in batches with the
 /// figures so far; `emit` returns false to stop the walk.
-pub fn walk(
+pub fn to_ops(
     origin: &Origin,
     emit: &mut dyn FnMut(Vec<Op>, WalkStats) -> bool,
 ) -> Result<WalkStats, WalkError> {
-    walk_under(origin, &LogPath::root(), emit)
+    to_ops_under(origin, &LogPath::root(), emit)
 }
 
 /// Reads the object at `under` (and all it holds) into the operations that make it where
 /// nothing is: what a repair sends for an object a replica lacks. A name that is missing
 /// gives no operations.
-pub fn walk_under(
+pub fn to_ops_under(
     origin: &Origin,
     under: &LogPath,
     emit: &mut dyn FnMut(Vec<Op>, WalkStats) -> bool,
@@ -56,7 +56,7 @@ pub fn walk_under(
         batch_bytes: 0,
         stats: WalkStats::default(),
     };
-    crate::tree::walk(origin, under, &mut reader)?;
+    walk(origin, under, &mut reader)?;
     reader.hand_on()?;
     Ok(reader.stats)
 }
