@@ -298,6 +298,97 @@ fn layers_show_only_their_surface() {
     );
 }
 
+/// The sibling files `text` (a file of one layer) imports with `super::`: `use
+/// super::a::X` and `use super::{a, b}` give "a" (and "b").
+fn siblings_used(text: &str) -> Vec<String> {
+    let mut used = Vec::new();
+    for (_, line) in code_lines(text) {
+        for (at, _) in line.match_indices("super::") {
+            let rest = &line[at + "super::".len()..];
+            let names = match rest.strip_prefix('{') {
+                Some(group) => &group[..group.find('}').unwrap_or(group.len())],
+                None => rest,
+            };
+            for name in names.split(',') {
+                let name = name.trim();
+                let end = name
+                    .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                    .unwrap_or(name.len());
+                let name = &name[..end];
+                let is_module = name.chars().next().is_some_and(|c| c.is_ascii_lowercase());
+                if is_module && !used.iter().any(|seen| seen == name) {
+                    used.push(name.to_string());
+                }
+            }
+        }
+    }
+    used
+}
+
+/// A cycle in `edges` (file -> files it imports), as the files along it.
+fn cycle(edges: &BTreeMap<String, Vec<String>>) -> Option<Vec<String>> {
+    fn visit(
+        at: &str,
+        edges: &BTreeMap<String, Vec<String>>,
+        path: &mut Vec<String>,
+        done: &mut Vec<String>,
+    ) -> Option<Vec<String>> {
+        if let Some(start) = path.iter().position(|seen| seen == at) {
+            let mut found = path[start..].to_vec();
+            found.push(at.to_string());
+            return Some(found);
+        }
+        if done.iter().any(|seen| seen == at) {
+            return None;
+        }
+        path.push(at.to_string());
+        for next in edges.get(at).into_iter().flatten() {
+            if let Some(found) = visit(next, edges, path, done) {
+                return Some(found);
+            }
+        }
+        path.pop();
+        done.push(at.to_string());
+        None
+    }
+    let mut done = Vec::new();
+    edges
+        .keys()
+        .find_map(|start| visit(start, edges, &mut Vec::new(), &mut done))
+}
+
+#[test]
+fn no_two_files_of_a_layer_import_each_other() {
+    // Within a layer, files form a tree too: a file a sibling imports never imports it
+    // back, directly or around a loop (replication's node dispatches to its sessions, and
+    // no session imports the node). `mod.rs` is the layer's surface, above its files.
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut wrong = Vec::new();
+    for entry in std::fs::read_dir(&src).unwrap() {
+        let dir = entry.unwrap().path();
+        if !dir.is_dir() {
+            continue;
+        }
+        let mut edges = BTreeMap::new();
+        for path in sources(&dir) {
+            if path.parent() != Some(dir.as_path()) || path.ends_with("mod.rs") {
+                continue;
+            }
+            let name = path.file_stem().unwrap().to_string_lossy().to_string();
+            let text = std::fs::read_to_string(&path).unwrap();
+            edges.insert(name, siblings_used(&text));
+        }
+        if let Some(found) = cycle(&edges) {
+            wrong.push(format!("{}: {}", dir.display(), found.join(" -> ")));
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "files importing each other:\n{}",
+        wrong.join("\n")
+    );
+}
+
 #[test]
 fn the_checks_see_what_they_look_for() {
     // The rules above pass vacuously if these helpers find nothing: show they find.
@@ -314,6 +405,15 @@ fn the_checks_see_what_they_look_for() {
     );
     let lines = code_lines("use a;\n// use crate::x;\n#[cfg(test)]\nuse crate::y;\n");
     assert_eq!(lines, [(1, "use a;")]);
+    assert_eq!(
+        siblings_used("use super::channel::{Channel, X};\nuse super::{inspect, stream};\n"),
+        ["channel", "inspect", "stream"]
+    );
+    let edges: BTreeMap<String, Vec<String>> = [("node", "inspect"), ("inspect", "node")]
+        .into_iter()
+        .map(|(from, to)| (from.to_string(), vec![to.to_string()]))
+        .collect();
+    assert_eq!(cycle(&edges).unwrap(), ["inspect", "node", "inspect"]);
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
     assert!(is_file_module(&src, "replication", "protocol"));
     assert!(is_file_module(&src, "vfs", "change"));

@@ -34,6 +34,8 @@ use crate::tree::{ApplyError, apply, apply_op, place};
 use crate::types::{Change, FileId, FileKind, Stamp};
 use crate::write::{load_applied, store_applied};
 
+use super::protocol::{Stuck, record_hash};
+
 /// Segment size of a copy's log.
 const SEGMENT_BYTES: u64 = 64 << 20;
 
@@ -80,17 +82,6 @@ pub enum CopyError {
     },
 }
 
-/// A record the copy holds durably in its log but cannot apply to its tree: the tree
-/// stops before it until the cause is removed (a node of a newer version, or room on the
-/// disk). Never silent: status shows it, the node logs it, verify reports the copy behind.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Stuck {
-    /// The record's offset.
-    pub offset: u64,
-    /// What applying it said.
-    pub error: String,
-}
-
 /// Where a copy's log begins when a snapshot began it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Base {
@@ -98,7 +89,7 @@ pub struct Base {
     pub offset: u64,
     /// The primary's epoch at the snapshot.
     pub epoch: u32,
-    /// The primary's record `offset - 1`, as [`record_hash`](super::protocol::record_hash).
+    /// The primary's record `offset - 1`, as [`record_hash`].
     pub last: Option<[u8; 32]>,
 }
 
@@ -362,7 +353,7 @@ impl VolumeCopy {
         self.log.next_offset()
     }
 
-    /// [`record_hash`](super::protocol::record_hash) of the last record held, if any.
+    /// [`record_hash`] of the last record held, if any.
     pub fn last_hash(&self) -> Result<Option<[u8; 32]>, CopyError> {
         let Some(last) = self.next().checked_sub(1) else {
             return Ok(None);
@@ -376,7 +367,7 @@ impl VolumeCopy {
                 .and_then(|base| base.last));
         }
         match view.records(last)?.next() {
-            Some(record) => Ok(Some(super::protocol::record_hash(&record?))),
+            Some(record) => Ok(Some(record_hash(&record?))),
             None => Ok(None),
         }
     }

@@ -6,8 +6,9 @@ use std::time::{Duration, Instant, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
-use super::copy::{CopyStatus, Stuck, VolumeCopy};
+use super::copy::{CopyStatus, VolumeCopy};
 use super::key::VolumeKey;
+use super::protocol::Stuck;
 use crate::manifest::HashStore;
 use crate::manifest::Hashing;
 

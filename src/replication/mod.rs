@@ -15,11 +15,11 @@ mod session;
 mod stream;
 
 pub use channel::{Channel, ChannelError, MESSAGE_MAX, Receiving};
-pub use copy::{CopyStatus, Stuck, inspect as inspect_copy};
+pub use copy::{CopyStatus, inspect as inspect_copy};
 pub use key::VolumeKey;
 pub use node::{HostedStatus, NODE_DIR, NodeError, NodeStatus, serve as serve_node};
 pub use primary::{DIVERGED_ADVICE, Replication, ReplicationError, ReplicationStatus};
 pub use protocol::{
-    ProtocolError, ToNode, ToPrimary, decode as decode_message, encode as encode_message,
+    ProtocolError, Stuck, ToNode, ToPrimary, decode as decode_message, encode as encode_message,
     record_hash, record_hash_at,
 };

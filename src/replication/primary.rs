@@ -22,9 +22,9 @@ use tokio::net::TcpStream;
 use tokio::sync::Notify;
 
 use super::channel::{Channel, ChannelError};
-use super::copy::Stuck;
 use super::isr::{Progress, Rule, high_watermark, satisfied};
 use super::key::{KeyError, VolumeKey};
+use super::protocol::Stuck;
 use super::protocol::{ProtocolError, ToNode, ToPrimary, decode, encode, record_hash_at};
 use crate::config::Replica;
 use crate::config::Span;

@@ -5,7 +5,6 @@
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use super::copy::Stuck;
 use crate::log::{Log, LogError, LogPath, Op, Record};
 use crate::manifest::Entry;
 use crate::manifest::FileHashes;
@@ -14,6 +13,17 @@ use crate::manifest::FileHashes;
 #[derive(Debug, thiserror::Error)]
 #[error("malformed message: {0}")]
 pub struct ProtocolError(String);
+
+/// A record the copy holds durably in its log but cannot apply to its tree: the tree
+/// stops before it until the cause is removed (a node of a newer version, or room on the
+/// disk). Never silent: status shows it, the node logs it, verify reports the copy behind.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stuck {
+    /// The record's offset.
+    pub offset: u64,
+    /// What applying it said.
+    pub error: String,
+}
 
 /// What a primary sends.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

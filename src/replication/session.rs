@@ -8,7 +8,7 @@ use std::time::Duration;
 use tokio::net::TcpStream;
 
 use super::channel::{Channel, ChannelError};
-use super::copy::Stuck;
+use super::protocol::Stuck;
 use super::protocol::{ProtocolError, ToPrimary, encode};
 
 /// Why one connection ended.
