@@ -250,7 +250,7 @@ pub fn handler(config: &Config, volume: &Arc<Volume>, last: &LastRunCell) -> Han
                 return;
             }
         };
-        let Ok(_running) = RUNNING.try_lock() else {
+        let Ok(running) = RUNNING.try_lock() else {
             let busy = "a verify run is already under way on this volume".to_string();
             let _ = send(&mut stream, &Line::Error(busy));
             return;
@@ -267,6 +267,9 @@ pub fn handler(config: &Config, volume: &Arc<Volume>, last: &LastRunCell) -> Han
                 stop.store(true, Ordering::Relaxed);
             }
         });
+        // The run is over before its client hears so: a client that asks again at once
+        // must not find it under way.
+        drop(running);
         tracing::info!(
             findings = report.findings.len(),
             exit_code = report.exit_code,
