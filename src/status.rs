@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use crate::cache::CacheStats;
-use crate::log::LogStats;
+use crate::log::{EpochStart, LogStats};
 use crate::replication::ReplicationStatus;
 use crate::write::BehindStatus;
 
@@ -75,4 +75,7 @@ pub struct LogStatus {
     pub stats: LogStats,
     /// Every record below this offset is on stable storage.
     pub durable_offset: u64,
+    /// Where each leader epoch's records begin, oldest first.
+    #[serde(default)]
+    pub epochs: Vec<EpochStart>,
 }

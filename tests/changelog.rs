@@ -148,6 +148,14 @@ fn log_and_status_commands_show_the_volume() {
     assert_eq!(stats["next_offset"], 6);
     assert_eq!(stats["segments"], 1);
     assert!(stats["bytes"].as_u64().unwrap() > 16);
+    assert_eq!(
+        stats["epochs"],
+        serde_json::json!([{"epoch": 1, "start": 0}]),
+        "a new volume's log begins in epoch 1"
+    );
+    let output = run(&["log", "--state-dir", &state, "--stats"]);
+    let text = String::from_utf8(output.stdout).unwrap();
+    assert!(text.contains("epochs        1 from 0"), "{text}");
 
     // Bad input: one line and exit 2.
     for args in [
@@ -176,6 +184,17 @@ fn log_and_status_commands_show_the_volume() {
     let stderr = String::from_utf8(output.stderr).unwrap();
     assert!(
         stderr.contains("not mounted") && stderr.lines().count() == 1,
+        "{stderr}"
+    );
+
+    // A damaged epoch history: one line naming the file, exit 1.
+    let epochs = mount.state.join("log/epochs");
+    fs::write(&epochs, "mirrorfs-epochs 1\n1 0\n2 1").unwrap();
+    let output = run(&["log", "--state-dir", &state, "--stats"]);
+    assert_eq!(output.status.code(), Some(1), "{output:?}");
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert!(
+        stderr.contains(&epochs.display().to_string()) && stderr.lines().count() == 1,
         "{stderr}"
     );
 }

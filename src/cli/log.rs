@@ -23,7 +23,10 @@ pub fn run(args: LogArgs) -> Result<(), CliError> {
     let view = log::inspect(&dir).map_err(|error| CliError::Failure(error.to_string()))?;
     let mut out = io::stdout().lock();
     let written = if args.stats {
-        print_stats(&mut out, &view.stats(), args.json)
+        let epochs = log::Epochs::load(&dir)
+            .map_err(|error| CliError::Failure(error.to_string()))?
+            .unwrap_or_default();
+        print_stats(&mut out, &view.stats(), &epochs, args.json)
     } else {
         let stats = view.stats();
         let from = args.from.unwrap_or(stats.first_offset);
@@ -58,10 +61,16 @@ impl From<io::Error> for Printed {
     }
 }
 
-fn print_stats(out: &mut impl Write, stats: &log::LogStats, json: bool) -> Result<(), Printed> {
+fn print_stats(
+    out: &mut impl Write,
+    stats: &log::LogStats,
+    epochs: &log::Epochs,
+    json: bool,
+) -> Result<(), Printed> {
     if json {
-        let text = serde_json::to_string(stats).map_err(io::Error::other)?;
-        writeln!(out, "{text}")?;
+        let mut value = serde_json::to_value(stats).map_err(io::Error::other)?;
+        value["epochs"] = serde_json::to_value(epochs.entries()).map_err(io::Error::other)?;
+        writeln!(out, "{value}")?;
     } else {
         writeln!(out, "first offset  {}", stats.first_offset)?;
         writeln!(out, "next offset   {}", stats.next_offset)?;
@@ -72,6 +81,9 @@ fn print_stats(out: &mut impl Write, stats: &log::LogStats, json: bool) -> Resul
         )?;
         writeln!(out, "segments      {}", stats.segments)?;
         writeln!(out, "bytes         {}", stats.bytes)?;
+        // Where each leader epoch's records begin: "1 from 0, 2 from 1500".
+        let history: Vec<String> = epochs.entries().iter().map(ToString::to_string).collect();
+        writeln!(out, "epochs        {}", history.join(", "))?;
     }
     Ok(())
 }

@@ -174,6 +174,7 @@ fn start_control(
             log: LogStatus {
                 stats: log.view().stats(),
                 durable_offset: log.durable_offset(),
+                epochs: log.epochs().entries().to_vec(),
             },
             write_behind: journal.behind_status(),
             cache: volume.cache().map(|cache| cache.stats()),

@@ -45,6 +45,8 @@ fn render(status: &Status) -> String {
         log.stats.segments,
         human(log.stats.bytes),
     );
+    let epochs: Vec<String> = log.epochs.iter().map(ToString::to_string).collect();
+    text += &format!("epochs       {}\n", epochs.join(", "));
     if let Some(behind) = &status.write_behind {
         text += &format!(
             "unflushed    {} in {} file(s); origin has every record below {}\n\

@@ -17,10 +17,6 @@ use crate::write::Journal;
 
 use super::CliError;
 
-/// The leader epoch of records this daemon writes (failover, which moves it on, is a
-/// later issue).
-const LEADER_EPOCH: u32 = 1;
-
 /// A volume's parts, running.
 pub struct Served {
     /// The volume.
@@ -71,7 +67,8 @@ pub fn open(config: &Config, state_dir: &Path, cache: bool) -> Result<Served, Cl
                 replication,
                 volume.id.as_str(),
                 journal.snapshot_source(),
-                LEADER_EPOCH,
+                // The log's latest epoch: the one its new records carry.
+                journal.log().epoch(),
             )
             .map_err(|error| match error {
                 ReplicationError::Key(_) => CliError::Usage(error.to_string()),

@@ -7,6 +7,7 @@
 //! every record appended so far, so concurrent callers share one fsync (group commit).
 //! Recovery cuts a torn tail (a crash mid-append) and refuses damage anywhere else.
 
+mod epochs;
 mod frame;
 mod record;
 mod segment;
@@ -18,6 +19,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+pub use epochs::{EpochStart, Epochs, EpochsError};
 pub use frame::{Decoded, FrameError, decode as decode_frame, encode as encode_frame};
 pub use record::{LogPath, Op, PathError, Record};
 pub use segment::{FORMAT_VERSION, ScanError, header as segment_header};
@@ -73,6 +75,19 @@ pub enum LogError {
         /// The log's next offset.
         next: u64,
     },
+    /// The epoch history cannot be read, kept, or moved as asked.
+    #[error("epoch history: {0}")]
+    Epochs(#[from] EpochsError),
+    /// A record of an epoch older than one the log has accepted: from a deposed primary.
+    #[error("record {offset} is of epoch {epoch}, older than epoch {latest} already accepted")]
+    StaleEpoch {
+        /// The record's offset.
+        offset: u64,
+        /// Its epoch.
+        epoch: u32,
+        /// The latest epoch the log holds.
+        latest: u32,
+    },
     /// Records asked for that retention already deleted.
     #[error("offset {offset} is no longer in the log, which starts at {first}")]
     Deleted {
@@ -98,7 +113,8 @@ fn io_error(path: &Path) -> impl FnOnce(io::Error) -> LogError + '_ {
 pub struct LogOptions {
     /// A segment is sealed and a new one started once it would grow past this.
     pub segment_bytes: u64,
-    /// The leader epoch stamped on new records.
+    /// The leader epoch a log with no epoch history begins in (0 for a replica's log,
+    /// whose epochs are its records'). New records are stamped with the history's latest.
     pub epoch: u32,
 }
 
@@ -164,6 +180,8 @@ pub struct Log {
 struct Appender {
     /// Oldest first; the last is the active segment, the only one written.
     segments: Vec<Segment>,
+    /// Where each epoch begins; the latest stamps new records.
+    epochs: Epochs,
     active: Arc<File>,
     buf: Vec<u8>,
 }
@@ -216,11 +234,13 @@ impl Log {
         // What a killed process left in the page cache is not yet on disk.
         file.sync_data().map_err(io_error(&active.path))?;
         let next = active.next;
-        Ok(Log {
+        let stored = Epochs::load(dir)?;
+        let log = Log {
             dir: dir.to_path_buf(),
             options,
             appender: Mutex::new(Appender {
                 segments,
+                epochs: stored.clone().unwrap_or_default(),
                 active: Arc::new(file),
                 buf: Vec::new(),
             }),
@@ -228,7 +248,66 @@ impl Log {
             syncing: Mutex::new(()),
             torn_bytes,
             retained_from: AtomicU64::new(u64::MAX),
-        })
+        };
+        log.settle_epochs(stored)?;
+        Ok(log)
+    }
+
+    /// Makes the epoch history fit the log as opened, and keeps it if that changed it:
+    /// one is begun for a log that has none (from its first record's epoch, or the epoch
+    /// options give a new log), and an epoch the log lost the start of (a torn tail cut
+    /// back past it) begins at the log's end instead.
+    fn settle_epochs(&self, stored: Option<Epochs>) -> Result<()> {
+        let next = self.next_offset();
+        let first_record = match stored {
+            Some(_) => None,
+            None => {
+                let view = self.view();
+                let first = view.stats().first_offset;
+                view.records(first)?.next().transpose()?
+            }
+        };
+        let mut appender = self.appender();
+        let epochs = &mut appender.epochs;
+        let before = epochs.clone();
+        if let Some(record) = first_record {
+            epochs.begin(record.epoch, record.offset)?;
+        }
+        if epochs.latest().is_some_and(|latest| latest.start > next) {
+            epochs.cut_at(next);
+        }
+        if epochs.latest().is_none() && self.options.epoch > 0 {
+            epochs.begin(self.options.epoch, next)?;
+        }
+        if *epochs != before || !self.dir.join(epochs::FILE_NAME).exists() {
+            epochs.store(&self.dir)?;
+        }
+        Ok(())
+    }
+
+    /// The epoch history: where each epoch's records begin.
+    pub fn epochs(&self) -> Epochs {
+        self.appender().epochs.clone()
+    }
+
+    /// The latest epoch the log has accepted (0 for a replica's log that has none yet).
+    pub fn epoch(&self) -> u32 {
+        self.appender()
+            .epochs
+            .latest()
+            .map_or(0, |latest| latest.epoch)
+    }
+
+    /// Begins `epoch` at the log's end, durably, so new records are stamped with it and
+    /// records of older epochs are refused ([`Log::append_record`]). An epoch already the
+    /// latest changes nothing; an older one is refused.
+    pub fn begin_epoch(&self, epoch: u32) -> Result<()> {
+        let mut appender = self.appender();
+        let next = appender.active().next;
+        if appender.epochs.begin(epoch, next)? {
+            appender.epochs.store(&self.dir)?;
+        }
+        Ok(())
     }
 
     /// Bytes of a torn tail cut off when this log was opened.
@@ -262,6 +341,18 @@ impl Log {
                 next,
             });
         }
+        let latest = self.epoch();
+        if record.epoch < latest {
+            return Err(LogError::StaleEpoch {
+                offset: record.offset,
+                epoch: record.epoch,
+                latest,
+            });
+        }
+        if record.epoch > latest {
+            // Kept before the record: a history never lacks the epoch of a record held.
+            self.begin_epoch(record.epoch)?;
+        }
         self.append_with(&[], |_, _, buf| frame::encode(record, buf))
             .map(|appended| appended.offset)
     }
@@ -285,7 +376,8 @@ impl Log {
         let appender = &mut *appender;
         let offset = appender.active().next;
         appender.buf.clear();
-        let len = encode(offset, self.options.epoch, &mut appender.buf)
+        let epoch = appender.epochs.latest().map_or(0, |latest| latest.epoch);
+        let len = encode(offset, epoch, &mut appender.buf)
             .map_err(|error| LogError::Encode { offset, error })? as u64;
         let active = appender.active();
         if active.len + len > self.options.segment_bytes && active.next > active.first {

@@ -500,3 +500,131 @@ fn a_reader_extended_with_newer_views_follows_the_log_without_gaps_or_repeats() 
     assert!(log.view().stats().segments > 5);
     assert_eq!(seen, (0..log.next_offset()).collect::<Vec<_>>());
 }
+
+fn history(log: &Log) -> Vec<(u32, u64)> {
+    log.epochs()
+        .entries()
+        .iter()
+        .map(|entry| (entry.epoch, entry.start))
+        .collect()
+}
+
+#[test]
+fn the_epoch_history_follows_the_records_and_survives_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path(), options(1 << 20)).unwrap();
+    assert_eq!(
+        history(&log),
+        [(1, 0)],
+        "a new log begins in its first epoch"
+    );
+    for offset in 0..5 {
+        log.append(&write_op("f", offset, 10)).unwrap();
+    }
+    // A promotion: the next records are stamped with the new epoch.
+    log.begin_epoch(2).unwrap();
+    log.append(&write_op("f", 5, 10)).unwrap();
+    assert_eq!(all(&log)[5].epoch, 2);
+    assert!(matches!(
+        log.begin_epoch(1),
+        Err(LogError::Epochs(EpochsError::Backwards { .. }))
+    ));
+    drop(log);
+    let log = Log::open(dir.path(), options(1 << 20)).unwrap();
+    assert_eq!(history(&log), [(1, 0), (2, 5)]);
+    assert_eq!(log.epoch(), 2);
+    assert_eq!(log.epochs().end_of(1, log.next_offset()), Some((1, 5)));
+}
+
+#[test]
+fn a_copied_log_learns_epochs_from_its_records_and_refuses_older_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let copy = LogOptions {
+        segment_bytes: 1 << 20,
+        epoch: 0,
+    };
+    let log = Log::open_at(dir.path(), copy, 10).unwrap();
+    assert_eq!(log.epoch(), 0);
+    let record = |offset, epoch| Record {
+        offset,
+        epoch,
+        op: write_op("f", offset, 4),
+    };
+    log.append_record(&record(10, 1)).unwrap();
+    log.append_record(&record(11, 1)).unwrap();
+    log.append_record(&record(12, 3)).unwrap();
+    let error = log.append_record(&record(13, 2)).unwrap_err();
+    assert!(
+        matches!(
+            error,
+            LogError::StaleEpoch {
+                offset: 13,
+                epoch: 2,
+                latest: 3
+            }
+        ),
+        "{error}"
+    );
+    drop(log);
+    let log = Log::open_at(dir.path(), copy, 0).unwrap();
+    assert_eq!(history(&log), [(1, 10), (3, 12)]);
+    assert_eq!(log.next_offset(), 13);
+}
+
+#[test]
+fn a_log_without_a_history_gets_one_from_its_first_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path(), options(1 << 20)).unwrap();
+    for offset in 0..3 {
+        log.append(&write_op("f", offset, 10)).unwrap();
+    }
+    drop(log);
+    // A log from before epoch histories existed.
+    std::fs::remove_file(dir.path().join(epochs::FILE_NAME)).unwrap();
+    let later = LogOptions {
+        segment_bytes: 1 << 20,
+        epoch: 7,
+    };
+    let log = Log::open(dir.path(), later).unwrap();
+    assert_eq!(
+        history(&log),
+        [(1, 0)],
+        "the records say epoch 1, not the option"
+    );
+    assert!(dir.path().join(epochs::FILE_NAME).exists());
+}
+
+#[test]
+fn an_epoch_whose_start_was_cut_off_begins_at_the_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path(), options(1 << 20)).unwrap();
+    for offset in 0..4 {
+        log.append(&write_op("f", offset, 100)).unwrap();
+    }
+    log.begin_epoch(2).unwrap();
+    log.append(&write_op("f", 4, 100)).unwrap();
+    let segment = log.view().segments[0].clone();
+    drop(log);
+    // A crash cut the only record of epoch 2 in half.
+    let file = OpenOptions::new().write(true).open(&segment.path).unwrap();
+    file.set_len(segment.len - 50).unwrap();
+    let log = Log::open(dir.path(), options(1 << 20)).unwrap();
+    assert_eq!(log.next_offset(), 4);
+    assert_eq!(history(&log), [(1, 0), (2, 4)], "epoch 2 is still accepted");
+}
+
+#[test]
+fn a_damaged_history_is_refused_with_its_name() {
+    let dir = tempfile::tempdir().unwrap();
+    drop(Log::open(dir.path(), options(1 << 20)).unwrap());
+    let path = dir.path().join(epochs::FILE_NAME);
+    let text = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(&path, &text[..text.len() - 2]).unwrap();
+    let error = Log::open(dir.path(), options(1 << 20))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.contains(&path.display().to_string()) && error.contains("cut short"),
+        "{error}"
+    );
+}

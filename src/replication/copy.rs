@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use crate::durable;
-use crate::log::{Log, LogError, LogOptions, LogPath, Op, Record};
+use crate::log::{Epochs, Log, LogError, LogOptions, LogPath, Op, Record};
 use crate::manifest::HashStore;
 use crate::origin::{At, Origin};
 use crate::tree::{ApplyError, apply, apply_op, place};
@@ -174,7 +174,13 @@ pub fn inspect(root: &Path) -> Result<CopyStatus, CopyError> {
         log_start,
         next,
         applied,
-        epoch: base.map_or(0, |b| b.epoch),
+        epoch: match Epochs::load(&root.join("log"))
+            .map_err(LogError::from)?
+            .and_then(|epochs| epochs.latest())
+        {
+            Some(latest) => latest.epoch,
+            None => base.map_or(0, |b| b.epoch),
+        },
         receiving_snapshot: root.join("staging").exists(),
         // Known only to a running node, which has tried.
         stuck: None,
@@ -198,7 +204,6 @@ pub struct VolumeCopy {
     staging: Option<Staging>,
     applied: u64,
     applied_stored: Instant,
-    epoch: u32,
     as_root: bool,
     /// The tree's stored hashes, kept current as records are applied, when kept.
     hashes: Option<Arc<HashStore>>,
@@ -302,7 +307,8 @@ impl VolumeCopy {
             &root.join("log"),
             LogOptions {
                 segment_bytes: SEGMENT_BYTES,
-                epoch: 0,
+                // A log the snapshot began starts in the snapshot's epoch.
+                epoch: base.map_or(0, |base| base.epoch),
             },
             base.map_or(0, |base| base.offset),
         )?;
@@ -315,12 +321,10 @@ impl VolumeCopy {
             .max(first);
         // SAFETY: geteuid cannot fail.
         let as_root = unsafe { libc::geteuid() } == 0;
-        let mut epoch = base.map_or(0, |base| base.epoch);
         let mut copy_applied = applied;
         let mut stuck = None;
         for record in view.records(applied)? {
             let record = record?;
-            epoch = epoch.max(record.epoch);
             if stuck.is_some() {
                 continue;
             }
@@ -339,7 +343,6 @@ impl VolumeCopy {
             staging: None,
             applied: copy_applied,
             applied_stored: Instant::now(),
-            epoch,
             as_root,
             hashes: None,
             stuck,
@@ -378,7 +381,7 @@ impl VolumeCopy {
             log_start: self.log.view().stats().first_offset,
             next: self.next(),
             applied: self.applied,
-            epoch: self.epoch,
+            epoch: self.epoch(),
             receiving_snapshot: self.staging.is_some(),
             stuck: self.stuck.clone(),
         }
@@ -394,9 +397,9 @@ impl VolumeCopy {
         self.base.is_some()
     }
 
-    /// The highest epoch of the records held.
+    /// The highest epoch the copy's log has accepted.
     pub fn epoch(&self) -> u32 {
-        self.epoch
+        self.log.epoch()
     }
 
     /// Takes `records` (the next ones, in order): durable in the copy's log when this
@@ -406,15 +409,15 @@ impl VolumeCopy {
     pub fn receive(&mut self, records: &[Record]) -> Result<u64, CopyError> {
         self.abandon_snapshot()?;
         for record in records {
-            if record.epoch < self.epoch {
+            let seen = self.log.epoch();
+            if record.epoch < seen {
                 return Err(CopyError::StaleEpoch {
                     offset: record.offset,
                     epoch: record.epoch,
-                    seen: self.epoch,
+                    seen,
                 });
             }
             self.log.append_record(record)?;
-            self.epoch = record.epoch;
         }
         let Some(last) = records.last() else {
             return Ok(self.next());
@@ -555,7 +558,7 @@ impl VolumeCopy {
             &root.join("log"),
             LogOptions {
                 segment_bytes: SEGMENT_BYTES,
-                epoch: 0,
+                epoch: base.epoch,
             },
             base.offset,
         )?;
@@ -566,7 +569,6 @@ impl VolumeCopy {
         }
         self.applied = base.offset;
         self.applied_stored = Instant::now();
-        self.epoch = self.epoch.max(base.epoch);
         Ok(base.offset)
     }
 

@@ -34,7 +34,7 @@ use behind::{Overlay, Tuning, WriteBehind};
 pub use follower::{FollowError, Follower};
 pub use snapshot::SnapshotSource;
 
-/// The leader epoch of records written before failover exists.
+/// The leader epoch a new volume's log begins in (a promotion moves a log to the next).
 const EPOCH_FIRST: u32 = 1;
 
 /// Where the log lives inside a volume's state directory.
