@@ -77,8 +77,16 @@ async fn first_records_taken(node: &Node, volume: &str, key: &VolumeKey) {
             stuck: None,
         }
     );
-    let taken = ask(&mut channel, &ToNode::Records(records(0))).await;
+    let taken = ask(&mut channel, &batch(records(0), 0)).await;
     assert_eq!(taken, ToPrimary::Ack { next: 3 });
+}
+
+/// A batch of `records` sent with high watermark `high_watermark`.
+fn batch(records: Vec<Record>, high_watermark: u64) -> ToNode {
+    ToNode::Records {
+        records,
+        high_watermark,
+    }
 }
 
 async fn open(channel: &mut Channel<TcpStream>) -> ToPrimary {
@@ -150,7 +158,7 @@ async fn bad_input_is_refused_logged_and_harmless() {
     // A record whose path climbs out of the volume: the message does not decode.
     let mut channel = connect(&node, "demo", &key).await.unwrap();
     open(&mut channel).await;
-    let mut bytes = encode(&ToNode::Records(records(0)));
+    let mut bytes = encode(&batch(records(0), 0));
     let at = bytes.windows(3).position(|w| w == b"d/f").unwrap();
     bytes[at..at + 3].copy_from_slice(b"../");
     channel.send(&bytes).await.unwrap();
@@ -174,14 +182,14 @@ async fn bad_input_is_refused_logged_and_harmless() {
         record.epoch = 5;
     }
     assert_eq!(
-        ask(&mut channel, &ToNode::Records(newer)).await,
+        ask(&mut channel, &batch(newer, 0)).await,
         ToPrimary::Ack { next: 3 }
     );
     let mut older = records(3);
     for record in &mut older {
         record.epoch = 4;
     }
-    let reply = ask(&mut channel, &ToNode::Records(older)).await;
+    let reply = ask(&mut channel, &batch(older, 0)).await;
     assert!(
         matches!(&reply, ToPrimary::Refuse { reason } if reason.contains("epoch")),
         "{reply:?}"
@@ -224,9 +232,17 @@ async fn replica_status_shows_each_copy_running_or_not() {
     let mut channel = connect(&node, "demo", &key).await.unwrap();
     open(&mut channel).await;
     assert_eq!(
-        ask(&mut channel, &ToNode::Records(records(0))).await,
+        ask(&mut channel, &batch(records(0), 1)).await,
         ToPrimary::Ack { next: 3 }
     );
+    // A high watermark past what the copy holds is kept at once (it proves the copy
+    // behind); a lower one later changes nothing.
+    for high_watermark in [9, 2] {
+        assert_eq!(
+            ask(&mut channel, &batch(Vec::new(), high_watermark)).await,
+            ToPrimary::Ack { next: 3 }
+        );
+    }
     let status = |json: bool| {
         let mut args = vec!["replica", "status", "--dir", dir.as_str()];
         if json {
@@ -240,6 +256,7 @@ async fn replica_status_shows_each_copy_running_or_not() {
     let demo = &report["volumes"][0];
     assert_eq!(demo["id"], "demo");
     assert_eq!(demo["next"], 3);
+    assert_eq!(demo["high_watermark"], 9);
     assert_eq!(demo["connected"], true);
     assert!(demo["last_contact"].as_f64().unwrap() > 1.7e9, "{report}");
     assert_eq!(report["volumes"][1]["id"], "idle");
@@ -270,6 +287,7 @@ async fn replica_status_shows_each_copy_running_or_not() {
     let report: serde_json::Value = serde_json::from_str(&status(true)).unwrap();
     assert!(report["running"].is_null(), "{report}");
     assert_eq!(report["volumes"][0]["next"], 3);
+    assert_eq!(report["volumes"][0]["high_watermark"], 9, "kept durably");
     let text = status(false);
     assert!(text.contains("not running"), "{text}");
 }

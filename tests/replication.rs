@@ -67,11 +67,32 @@ fn two_replicas_converge_to_byte_identical_copies() {
         assert_eq!(tree(&node.dir.join("vol/data")), expected, "{}", node.log());
     }
     let status = mount.status().replication.unwrap();
-    assert_eq!(status.high_watermark, mount.status().log.stats.next_offset);
+    let end = mount.status().log.stats.next_offset;
+    assert_eq!(status.high_watermark, end);
     assert!(
         status.replicas.iter().all(|r| r.state == "in sync"),
         "{status:?}"
     );
+    // Each copy is told the high watermark (with the next batch or heartbeat, within a
+    // second), so that it can later show it was in sync.
+    for node in &nodes {
+        let told = || {
+            let output = common::run(&[
+                "replica",
+                "status",
+                "--json",
+                "--dir",
+                node.dir.to_str().unwrap(),
+            ]);
+            let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+            report["volumes"][0]["high_watermark"].as_u64().unwrap()
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while told() < end && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        assert_eq!(told(), end, "{}", node.log());
+    }
 }
 
 #[test]

@@ -134,8 +134,8 @@ fn render(dir: &Path, report: &Report) -> String {
         None => format!("node         not running ({})\n", dir.display()),
     };
     text += &format!(
-        "{:<20} {:>12} {:>12} {:>6}  primary\n",
-        "volume", "next", "applied", "epoch"
+        "{:<20} {:>12} {:>12} {:>12} {:>6}  primary\n",
+        "volume", "next", "applied", "told hw", "epoch"
     );
     let now = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
@@ -144,6 +144,7 @@ fn render(dir: &Path, report: &Report) -> String {
         let CopyStatus {
             next,
             applied,
+            high_watermark,
             epoch,
             ..
         } = volume.copy;
@@ -162,7 +163,7 @@ fn render(dir: &Path, report: &Report) -> String {
             ""
         };
         text += &format!(
-            "{:<20} {next:>12} {applied:>12} {epoch:>6}  {contact}{snapshot}\n",
+            "{:<20} {next:>12} {applied:>12} {high_watermark:>12} {epoch:>6}  {contact}{snapshot}\n",
             volume.id
         );
         if let Some(stuck) = &volume.copy.stuck {

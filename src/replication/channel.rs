@@ -32,7 +32,7 @@ use super::key::VolumeKey;
 const MAGIC: &[u8; 8] = b"MFSREP1\0";
 
 /// The protocol version this build speaks.
-pub const PROTOCOL_VERSION: u16 = 2;
+pub const PROTOCOL_VERSION: u16 = 3;
 
 /// The Noise pattern: both sides know a pre-shared key, neither has a static key pair.
 const NOISE_PATTERN: &str = "Noise_NNpsk0_25519_ChaChaPoly_BLAKE2s";

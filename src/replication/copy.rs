@@ -6,6 +6,7 @@
 //! applied    every record below this offset is durably in data/
 //! base       where the copy's log begins, if a snapshot began it
 //! staging/   a snapshot being received (base.new once it is complete)
+//! high-watermark   the last high watermark the primary told
 //! ```
 //!
 //! Records are appended to the copy's log and fsynced before they are acknowledged, then
@@ -148,6 +149,9 @@ pub struct CopyStatus {
     pub next: u64,
     /// Every record below this is durably in `data/` (as last stored).
     pub applied: u64,
+    /// The last high watermark the primary told (as last stored).
+    #[serde(default)]
+    pub high_watermark: u64,
     /// The highest epoch seen.
     pub epoch: u32,
     /// A snapshot is being received.
@@ -174,6 +178,7 @@ pub fn inspect(root: &Path) -> Result<CopyStatus, CopyError> {
         log_start,
         next,
         applied,
+        high_watermark: load_high_watermark(root)?,
         epoch: match Epochs::load(&root.join("log"))
             .map_err(LogError::from)?
             .and_then(|epochs| epochs.latest())
@@ -209,6 +214,10 @@ pub struct VolumeCopy {
     hashes: Option<Arc<HashStore>>,
     /// The record the tree is stuck before, if any.
     stuck: Option<Stuck>,
+    /// The last high watermark the primary told, and whether a newer one than the file
+    /// holds waits to be stored.
+    high_watermark: u64,
+    high_watermark_unstored: bool,
 }
 
 fn stuck_on(error: &ApplyError) -> Stuck {
@@ -346,9 +355,36 @@ impl VolumeCopy {
             as_root,
             hashes: None,
             stuck,
+            high_watermark: load_high_watermark(root)?,
+            high_watermark_unstored: false,
         };
         copy.store_applied()?;
         Ok(copy)
+    }
+
+    /// Keeps `high_watermark`, told by the primary with a batch, if it is the highest
+    /// yet: durably at once when it is past what the copy holds (the copy is behind what
+    /// the primary counts as held by every in-sync replica, and must never be promoted
+    /// as if it were not), otherwise with the applied offset, at most a second later.
+    pub fn told_high_watermark(&mut self, high_watermark: u64) -> Result<(), CopyError> {
+        if high_watermark <= self.high_watermark {
+            return Ok(());
+        }
+        self.high_watermark = high_watermark;
+        self.high_watermark_unstored = true;
+        if high_watermark > self.next() {
+            self.store_high_watermark()?;
+        }
+        Ok(())
+    }
+
+    fn store_high_watermark(&mut self) -> Result<(), CopyError> {
+        if self.high_watermark_unstored {
+            let path = self.root.join(HIGH_WATERMARK_FILE);
+            store_applied(&path, self.high_watermark).map_err(io_error(&path))?;
+            self.high_watermark_unstored = false;
+        }
+        Ok(())
     }
 
     /// The offset of the first record the copy lacks.
@@ -381,6 +417,7 @@ impl VolumeCopy {
             log_start: self.log.view().stats().first_offset,
             next: self.next(),
             applied: self.applied,
+            high_watermark: self.high_watermark,
             epoch: self.epoch(),
             receiving_snapshot: self.staging.is_some(),
             stuck: self.stuck.clone(),
@@ -590,8 +627,17 @@ impl VolumeCopy {
         self.tree.sync_filesystem().map_err(io)?;
         store_applied(&path, self.applied).map_err(io)?;
         self.applied_stored = Instant::now();
-        Ok(())
+        self.store_high_watermark()
     }
+}
+
+/// The file in a copy's directory holding the last high watermark the primary told.
+const HIGH_WATERMARK_FILE: &str = "high-watermark";
+
+/// The high watermark stored in the copy at `root` (0 when none was told yet).
+fn load_high_watermark(root: &Path) -> Result<u64, CopyError> {
+    let path = root.join(HIGH_WATERMARK_FILE);
+    Ok(load_applied(&path).map_err(io_error(&path))?.unwrap_or(0))
 }
 
 /// The identity and stamp of the regular file at `path` in `tree`, if there is one.

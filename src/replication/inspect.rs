@@ -94,7 +94,7 @@ pub(super) async fn serve(
 fn message_name(message: &ToNode) -> &'static str {
     match message {
         ToNode::Open { .. } => "Open",
-        ToNode::Records(_) => "Records",
+        ToNode::Records { .. } => "Records",
         ToNode::SnapshotBegin { .. } => "SnapshotBegin",
         ToNode::SnapshotOps(_) => "SnapshotOps",
         ToNode::SnapshotEnd => "SnapshotEnd",

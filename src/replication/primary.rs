@@ -209,6 +209,8 @@ struct Retention {
 
 #[derive(Debug)]
 struct Shared {
+    /// What fsync waits for, and what counts as in sync.
+    rule: Rule,
     replicas: Mutex<Vec<ReplicaState>>,
     /// Signalled on every acknowledgement and connection change.
     changed: Condvar,
@@ -248,6 +250,18 @@ impl Shared {
         self.replicas
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The high watermark now: every record below it is held by every in-sync replica
+    /// (the log's end when none is in sync).
+    fn high_watermark(&self) -> u64 {
+        let progress: Vec<Progress> = self
+            .replicas()
+            .iter()
+            .map(|state| state.progress.clone())
+            .collect();
+        let end = self.retention.log.next_offset();
+        high_watermark(self.rule, &progress, end, Instant::now())
     }
 
     /// Moves the log's retention floor: the oldest record any replica still needs (and
@@ -301,7 +315,13 @@ impl Replication {
             .enable_all()
             .build()
             .map_err(ReplicationError::Runtime)?;
+        let rule = Rule {
+            acks: config.acks,
+            min_insync: config.min_insync,
+            lag_max: config.lag_max,
+        };
         let shared = Arc::new(Shared {
+            rule,
             replicas: Mutex::new(
                 config
                     .replicas
@@ -354,11 +374,7 @@ impl Replication {
             runtime.spawn(sender.run());
         }
         Ok(Arc::new(Replication {
-            rule: Rule {
-                acks: config.acks,
-                min_insync: config.min_insync,
-                lag_max: config.lag_max,
-            },
+            rule,
             on_insufficient: config.on_insufficient,
             ack_timeout: config.ack_timeout,
             epoch,
@@ -702,14 +718,22 @@ impl Sender {
                     .map_err(|error| SendError::Connect(io::Error::other(error)))??;
                 let Some(last) = batch.last() else { break };
                 sent = last.offset + 1;
-                sending.send(&encode(&ToNode::Records(batch))).await?;
+                let batch = ToNode::Records {
+                    records: batch,
+                    high_watermark: self.shared.high_watermark(),
+                };
+                sending.send(&encode(&batch)).await?;
                 if in_flight.is_empty() {
                     heard = Instant::now();
                 }
                 in_flight.push_back(sent);
             }
             if in_flight.is_empty() && idle_since.elapsed() >= HEARTBEAT {
-                sending.send(&encode(&ToNode::Records(Vec::new()))).await?;
+                let heartbeat = ToNode::Records {
+                    records: Vec::new(),
+                    high_watermark: self.shared.high_watermark(),
+                };
+                sending.send(&encode(&heartbeat)).await?;
                 heard = Instant::now();
                 in_flight.push_back(sent);
             }

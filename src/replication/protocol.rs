@@ -37,8 +37,15 @@ pub enum ToNode {
         /// The offset its next record will get.
         log_end: u64,
     },
-    /// Records in offset order, continuing from the node's position.
-    Records(Vec<Record>),
+    /// Records in offset order, continuing from the node's position (none: a heartbeat).
+    Records {
+        /// The records.
+        records: Vec<Record>,
+        /// The primary's high watermark when they were sent: every record below it is
+        /// held by every in-sync replica. A copy keeps the last one it was told, so that
+        /// a promotion can tell whether it was in sync.
+        high_watermark: u64,
+    },
     /// A snapshot of the volume follows; with the records from `offset` on applied after
     /// it, the copy equals the volume.
     SnapshotBegin {
@@ -219,7 +226,10 @@ mod tests {
                 log_start: 0,
                 log_end: 8,
             },
-            ToNode::Records(vec![record.clone()]),
+            ToNode::Records {
+                records: vec![record.clone()],
+                high_watermark: 5,
+            },
             ToNode::SnapshotBegin {
                 offset: 3,
                 epoch: 2,
@@ -233,7 +243,10 @@ mod tests {
         let ack = ToPrimary::Ack { next: 8 };
         assert_eq!(decode::<ToPrimary>(&encode(&ack)).unwrap(), ack);
         // The same record naming "../f": the bytes are well-formed postcard, the path is not.
-        let bytes = encode(&ToNode::Records(vec![record]));
+        let bytes = encode(&ToNode::Records {
+            records: vec![record],
+            high_watermark: 0,
+        });
         let at = bytes.windows(3).position(|w| w == b"d/f").unwrap();
         for evil in [&b"../"[..], b"/et", b"d/\0"] {
             let mut bad = bytes.clone();

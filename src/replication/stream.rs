@@ -86,10 +86,14 @@ pub(super) async fn serve(
         let reply = match message {
             // Acknowledged once durable in the copy's log and applied to its tree, so what
             // a primary's fsync waited for is in the tree when the fsync returns.
-            ToNode::Records(records) => {
+            ToNode::Records {
+                records,
+                high_watermark,
+            } => {
                 answer(&hosted, number, move |copy| {
                     let next = copy.receive(&records)?;
                     copy.apply_received(&records)?;
+                    copy.told_high_watermark(high_watermark)?;
                     Ok(next)
                 })
                 .await?
