@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use crate::cache::CacheStats;
-use crate::log::{EpochStart, LogStats};
+use crate::log::{EpochStart, Fence, LogStats};
 use crate::replication::ReplicationStatus;
 use crate::write::BehindStatus;
 
@@ -78,4 +78,7 @@ pub struct LogStatus {
     /// Where each leader epoch's records begin, oldest first.
     #[serde(default)]
     pub epochs: Vec<EpochStart>,
+    /// What fenced the log, once a newer primary was promoted.
+    #[serde(default)]
+    pub fence: Option<Fence>,
 }

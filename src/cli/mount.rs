@@ -10,10 +10,12 @@ use crate::config::RawConfig;
 use crate::config::{Config, Overrides, WriteMode, normalize};
 use crate::control::ControlSocket;
 use crate::fuse::{self, FS_TYPE, MountOptions};
+use crate::log::Fence;
 use crate::signals::StopSignals;
 use crate::state::{StateDir, StateError};
 use crate::status::{LogStatus, Status, VerifyStatus};
 use crate::vfs::Volume;
+use crate::write::log_dir;
 
 use super::verify::LastRunCell;
 use super::volume::Served;
@@ -58,6 +60,16 @@ pub fn run(args: MountArgs) -> Result<(), CliError> {
     })?;
     prepare_process();
 
+    // A fenced primary serves nothing, not even reads: its copy is older than the new
+    // primary's, and applications must reach that one (or wait), not read stale data.
+    let fence = Fence::load(&log_dir(state.path()))
+        .map_err(|error| CliError::Failure(error.to_string()))?;
+    if let Some(fence) = fence {
+        return Err(CliError::Failure(format!(
+            "volume {} is {fence}: a replica was promoted, and this copy is behind it; rejoin it as a replica of the new primary",
+            volume.id
+        )));
+    }
     tracing::info!(
         volume = %volume.id,
         source = %volume.source.display(),
@@ -175,6 +187,7 @@ fn start_control(
                 stats: log.view().stats(),
                 durable_offset: log.durable_offset(),
                 epochs: log.epochs().entries().to_vec(),
+                fence: log.fence(),
             },
             write_behind: journal.behind_status(),
             cache: volume.cache().map(|cache| cache.stats()),

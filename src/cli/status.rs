@@ -47,6 +47,9 @@ fn render(status: &Status) -> String {
     );
     let epochs: Vec<String> = log.epochs.iter().map(ToString::to_string).collect();
     text += &format!("epochs       {}\n", epochs.join(", "));
+    if let Some(fence) = &log.fence {
+        text += &format!("FENCED       {fence}: changes fail with EROFS, fsync with EIO\n");
+    }
     if let Some(behind) = &status.write_behind {
         text += &format!(
             "unflushed    {} in {} file(s); origin has every record below {}\n\

@@ -239,6 +239,59 @@ impl Epochs {
     }
 }
 
+/// The file in a log's directory that says the log is fenced.
+pub const FENCE_FILE: &str = "fenced";
+
+/// What fenced a primary's log: a replica had accepted a newer epoch, so another primary
+/// was promoted. A fenced log takes no new record, across restarts, until the volume
+/// rejoins as a replica.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Fence {
+    /// The newer epoch.
+    pub epoch: u32,
+    /// Who told: the replica's name.
+    pub by: String,
+}
+
+impl std::fmt::Display for Fence {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "fenced by epoch {} (node {})", self.epoch, self.by)
+    }
+}
+
+impl Fence {
+    /// The fence kept in log directory `dir`, if the log is fenced.
+    pub fn load(dir: &Path) -> Result<Option<Fence>, EpochsError> {
+        let path = dir.join(FENCE_FILE);
+        let text = match std::fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(source) => return Err(EpochsError::Io { path, source }),
+        };
+        let malformed = |reason: &str| EpochsError::Malformed {
+            path: path.clone(),
+            line: 1,
+            reason: reason.to_string(),
+        };
+        let (epoch, by) = text
+            .strip_suffix('\n')
+            .and_then(|line| line.split_once(' '))
+            .ok_or_else(|| malformed("expected EPOCH NODE"))?;
+        let epoch = epoch.parse().map_err(|_| malformed("not an epoch"))?;
+        Ok(Some(Fence {
+            epoch,
+            by: by.to_string(),
+        }))
+    }
+
+    /// Keeps this fence in log directory `dir`, durably.
+    pub fn store(&self, dir: &Path) -> Result<(), EpochsError> {
+        let path = dir.join(FENCE_FILE);
+        let text = format!("{} {}\n", self.epoch, self.by.replace('\n', " "));
+        durable::replace(&path, text).map_err(|source| EpochsError::Io { path, source })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -16,10 +16,10 @@ use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-pub use epochs::{EpochStart, Epochs, EpochsError};
+pub use epochs::{EpochStart, Epochs, EpochsError, Fence};
 pub use frame::{Decoded, FrameError, decode as decode_frame, encode as encode_frame};
 pub use record::{LogPath, Op, PathError, Record};
 pub use segment::{FORMAT_VERSION, ScanError, header as segment_header};
@@ -88,6 +88,9 @@ pub enum LogError {
         /// The latest epoch the log holds.
         latest: u32,
     },
+    /// The log is fenced: a newer primary was promoted, and this one takes no record.
+    #[error("the volume is {0}: it takes no change; rejoin it as a replica of the new primary")]
+    Fenced(Fence),
     /// Records asked for that retention already deleted.
     #[error("offset {offset} is no longer in the log, which starts at {first}")]
     Deleted {
@@ -172,6 +175,10 @@ pub struct Log {
     /// Held while fsyncing, so waiters queue behind one fsync instead of issuing their own.
     syncing: Mutex<()>,
     torn_bytes: u64,
+    /// Set once a newer primary was promoted: no record is appended from then on.
+    fence: Mutex<Option<Fence>>,
+    /// Whether `fence` is set, read by every append without taking its lock.
+    fenced: AtomicBool,
     /// Records from this offset on are kept whatever `delete_before` is asked (replicas
     /// that still need them).
     retained_from: AtomicU64,
@@ -235,6 +242,7 @@ impl Log {
         file.sync_data().map_err(io_error(&active.path))?;
         let next = active.next;
         let stored = Epochs::load(dir)?;
+        let fence = Fence::load(dir)?;
         let log = Log {
             dir: dir.to_path_buf(),
             options,
@@ -247,6 +255,8 @@ impl Log {
             durable: AtomicU64::new(next),
             syncing: Mutex::new(()),
             torn_bytes,
+            fenced: AtomicBool::new(fence.is_some()),
+            fence: Mutex::new(fence),
             retained_from: AtomicU64::new(u64::MAX),
         };
         log.settle_epochs(stored)?;
@@ -288,6 +298,37 @@ impl Log {
     /// The epoch history: where each epoch's records begin.
     pub fn epochs(&self) -> Epochs {
         self.appender().epochs.clone()
+    }
+
+    /// What fenced the log, if it is fenced.
+    pub fn fence(&self) -> Option<Fence> {
+        self.fence
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    /// Whether the log is fenced (without taking a lock: asked by every change).
+    pub fn is_fenced(&self) -> bool {
+        self.fenced.load(Ordering::SeqCst)
+    }
+
+    /// Fences the log, durably: `fence` says a newer primary exists, so no record is
+    /// appended from now on, by this process or the next to open the log.
+    pub fn fence_by(&self, fence: Fence) -> Result<()> {
+        // Under the appender's lock: no append is half done while the fence goes up.
+        let _appender = self.appender();
+        let mut held = self
+            .fence
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if held.as_ref().is_some_and(|held| held.epoch >= fence.epoch) {
+            return Ok(());
+        }
+        // Fenced in memory even if the disk refuses to keep it.
+        *held = Some(fence.clone());
+        self.fenced.store(true, Ordering::SeqCst);
+        Ok(fence.store(&self.dir)?)
     }
 
     /// The latest epoch the log has accepted (0 for a replica's log that has none yet).
@@ -373,6 +414,11 @@ impl Log {
         encode: impl FnOnce(u64, u32, &mut Vec<u8>) -> std::result::Result<usize, FrameError>,
     ) -> Result<Appended> {
         let mut appender = self.appender();
+        if self.is_fenced()
+            && let Some(fence) = self.fence()
+        {
+            return Err(LogError::Fenced(fence));
+        }
         let appender = &mut *appender;
         let offset = appender.active().next;
         appender.buf.clear();

@@ -362,6 +362,12 @@ impl VolumeCopy {
         Ok(copy)
     }
 
+    /// Accepts leader epoch `epoch` from a primary that opened a session with it: durably,
+    /// so every primary of an older epoch is refused from now on, even after a restart.
+    pub fn accept_epoch(&mut self, epoch: u32) -> Result<(), CopyError> {
+        Ok(self.log.begin_epoch(epoch)?)
+    }
+
     /// Keeps `high_watermark`, told by the primary with a batch, if it is the highest
     /// yet: durably at once when it is past what the copy holds (the copy is behind what
     /// the primary counts as held by every in-sync replica, and must never be promoted

@@ -29,7 +29,7 @@ use super::protocol::{ProtocolError, ToNode, ToPrimary, decode, encode, record_h
 use crate::config::Replica;
 use crate::config::Span;
 use crate::config::{OnInsufficient, ReplicationConfig};
-use crate::log::{Log, LogError, Op, Record, Records};
+use crate::log::{Fence, Log, LogError, Op, Record, Records};
 use crate::tree::WalkError;
 use crate::tree::{WalkStats, to_ops};
 use crate::write::SnapshotSource;
@@ -115,6 +115,8 @@ enum SendError {
     Refused(String),
     #[error("stuck: the replica holds record {} but cannot apply it: {}", .0.offset, .0.error)]
     Stuck(Stuck),
+    #[error("fenced: the replica has accepted epoch {0}, so another primary was promoted")]
+    Fenced(u32),
     #[error("no answer for {0:?}")]
     Silent(Duration),
     #[error("unexpected answer: {0}")]
@@ -590,6 +592,9 @@ impl Sender {
     /// reconnects every few seconds and fails again, and nothing else would show it), any
     /// other loss once when it begins.
     fn lost(&self, error: &SendError) {
+        if let SendError::Fenced(epoch) = error {
+            self.fenced(*epoch);
+        }
         let mut replicas = self.shared.replicas();
         let state = &mut replicas[self.index];
         let name = &self.replica.name;
@@ -618,6 +623,24 @@ impl Sender {
         state.progress.connected = false;
         state.error = Some(error.to_string());
         state.snapshot = None;
+    }
+
+    /// A replica has accepted a newer epoch: another primary was promoted, and this one
+    /// must take no more changes. The log is fenced (durably: a restart stays fenced),
+    /// every sender stops, and every fsync waiting for replicas fails.
+    fn fenced(&self, epoch: u32) {
+        let fence = Fence {
+            epoch,
+            by: self.replica.name.clone(),
+        };
+        tracing::error!(%fence, "this primary is fenced: it takes no more changes (EROFS); rejoin it as a replica of the new primary");
+        if let Err(error) = self.log().fence_by(fence) {
+            tracing::error!(%error, "the fence could not be kept on disk; the mount still refuses changes until it stops");
+        }
+        self.shared.stopping.store(true, Ordering::SeqCst);
+        self.shared.appended.notify_waiters();
+        self.shared.waits_cancelled.store(true, Ordering::SeqCst);
+        self.shared.changed.notify_all();
     }
 
     /// One connection: from the handshake until it fails (or the volume stops).
@@ -752,6 +775,7 @@ impl Sender {
                         }
                         ToPrimary::Refuse { reason } => return Err(SendError::Refused(reason)),
                         ToPrimary::Stuck(stuck) => return Err(SendError::Stuck(stuck)),
+                        ToPrimary::Fenced { epoch } => return Err(SendError::Fenced(epoch)),
                         other => return Err(SendError::Unexpected(format!("{other:?}"))),
                     }
                 }
@@ -859,6 +883,7 @@ impl Sender {
             .map_err(|_| SendError::Silent(self.answer_timeout))??;
         match decode(&answer)? {
             ToPrimary::Refuse { reason } => Err(SendError::Refused(reason)),
+            ToPrimary::Fenced { epoch } => Err(SendError::Fenced(epoch)),
             answer => Ok(answer),
         }
     }

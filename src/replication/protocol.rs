@@ -158,6 +158,12 @@ pub enum ToPrimary {
     /// The node holds the records durably but cannot apply `stuck` to its copy's tree;
     /// the connection closes after this, and the primary shows the replica as stuck.
     Stuck(Stuck),
+    /// The copy has accepted a newer leader epoch than the primary's: another primary has
+    /// been promoted, and this one is fenced. The connection closes after this.
+    Fenced {
+        /// The epoch the copy has accepted.
+        epoch: u32,
+    },
 }
 
 /// One file of a `Hashed` answer.

@@ -25,6 +25,11 @@ pub(super) enum SessionError {
     /// The peer said nothing for too long: a dead or half-open connection.
     #[error("nothing heard for {1:?} while {0}")]
     Silent(&'static str, Duration),
+    /// A primary of an older epoch than the copy has accepted: it is fenced.
+    #[error(
+        "the primary's epoch {epoch} is older than epoch {seen}, accepted already: it is fenced"
+    )]
+    Fenced { epoch: u32, seen: u32 },
     /// The copy cannot apply a record (logged by [`Hosted::report_stuck`]).
     #[error("the copy is stuck on record {}", .0.offset)]
     Stuck(Stuck),

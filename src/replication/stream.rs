@@ -41,15 +41,24 @@ pub(super) async fn serve(
         Err(error) => return Err(refuse(&mut channel, error.to_string()).await),
     };
     if epoch < seen {
-        let reason = format!("epoch {epoch} is older than epoch {seen} already seen");
-        return Err(refuse(&mut channel, reason).await);
+        tracing::warn!(%volume, epoch, seen, "a primary of an older epoch refused: it is fenced");
+        channel_send(&mut channel, &ToPrimary::Fenced { epoch: seen }).await?;
+        return Err(SessionError::Fenced { epoch, seen });
+    }
+    if epoch > seen {
+        // From now on the copy refuses every older primary, whatever happens to this one.
+        let accepted = hosted.copy().accept_epoch(epoch);
+        if let Err(error) = accepted {
+            return Err(refuse(&mut channel, error.to_string()).await);
+        }
+        tracing::info!(%volume, epoch, seen, "a primary of a newer epoch: the older is fenced");
     }
     tracing::info!(%volume, epoch, next, "primary connected");
     channel_send(
         &mut channel,
         &ToPrimary::Position {
             next,
-            epoch: seen,
+            epoch,
             last,
             snapshot,
             stuck: stuck.clone(),
@@ -141,6 +150,9 @@ pub(super) async fn serve(
         channel_send(&mut channel, &reply).await?;
         match reply {
             ToPrimary::Refuse { reason } => return Err(SessionError::Refused(reason)),
+            ToPrimary::Fenced { epoch: seen } => {
+                return Err(SessionError::Fenced { epoch, seen });
+            }
             ToPrimary::Stuck(stuck) => {
                 hosted.report_stuck(volume, &stuck);
                 return Err(SessionError::Stuck(stuck));
@@ -166,6 +178,7 @@ async fn answer(
         current.then(|| {
             take(&mut copy).map_err(|error| match (&error, copy.stuck()) {
                 (CopyError::Apply(_), Some(stuck)) => ToPrimary::Stuck(stuck.clone()),
+                (CopyError::StaleEpoch { seen, .. }, _) => ToPrimary::Fenced { epoch: *seen },
                 _ => ToPrimary::Refuse {
                     reason: error.to_string(),
                 },

@@ -413,14 +413,21 @@ impl Volume {
                 self.refuse_changes(reason.clone());
                 VfsError::Refused(reason)
             }
+            // Fenced between the check at the change's start and its append.
+            LogError::Fenced(fence) => VfsError::Refused(fence.to_string()),
             _ => VfsError::Log(error),
         }
     }
 
-    /// Err when changes are refused.
+    /// Err when changes are refused: the volume's state can no longer record them, or a
+    /// newer primary was promoted and this one is fenced.
     pub(super) fn check_open(&self) -> Result<()> {
-        match self.refused.get() {
-            Some(reason) => Err(VfsError::Refused(reason.clone())),
+        if let Some(reason) = self.refused.get() {
+            return Err(VfsError::Refused(reason.clone()));
+        }
+        let log = self.journal.log();
+        match log.is_fenced().then(|| log.fence()).flatten() {
+            Some(fence) => Err(VfsError::Refused(fence.to_string())),
             None => Ok(()),
         }
     }
