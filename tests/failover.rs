@@ -61,6 +61,17 @@ fn a_primary_is_fenced_once_a_replica_accepts_a_newer_epoch() {
     kept.sync_all().unwrap();
     wait_replicated(&mount);
     assert_eq!(mount.status_json()["log"]["epochs"][0]["epoch"], 1);
+    let state = mount.state.to_str().unwrap().to_string();
+    let check = common::run(&["status", "--check", "--state-dir", &state]);
+    assert_eq!(
+        check.status.code(),
+        Some(0),
+        "the unfenced primary: {check:?}"
+    );
+    assert!(
+        check.stdout.is_empty() && check.stderr.is_empty(),
+        "{check:?}"
+    );
 
     // Another primary, promoted at epoch 2, reaches the node first.
     let answer = open_as_primary(&node, &key, 2);
@@ -96,6 +107,9 @@ fn a_primary_is_fenced_once_a_replica_accepts_a_newer_epoch() {
         text.contains("FENCED       fenced by epoch 2 (node r0)"),
         "{text}"
     );
+    let check = common::run(&["status", "--check", "--state-dir", &state]);
+    assert_eq!(check.status.code(), Some(1), "{check:?}");
+    assert!(check.stdout.is_empty());
     assert!(
         mount.log().contains("this primary is fenced"),
         "{}",

@@ -191,7 +191,11 @@ async fn bad_input_is_refused_logged_and_harmless() {
         record.epoch = 4;
     }
     let reply = ask(&mut channel, &batch(older, 0)).await;
-    assert_eq!(reply, ToPrimary::Fenced { epoch: 5 }, "the sender is fenced");
+    assert_eq!(
+        reply,
+        ToPrimary::Fenced { epoch: 5 },
+        "the sender is fenced"
+    );
 
     // Nothing was written outside the volumes' copies (and the node's own files), and the
     // node still serves.

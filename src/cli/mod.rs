@@ -195,8 +195,12 @@ pub struct StatusArgs {
     #[command(flatten)]
     volume: VolumeArgs,
     /// One JSON object.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "check")]
     json: bool,
+    /// Exit 0, printing nothing, only if this volume is mounted here as an unfenced
+    /// primary (for keepalived's vrrp_script); otherwise say why in one line, exit 1.
+    #[arg(long)]
+    check: bool,
 }
 
 /// Arguments of `mirrorfs log`.

@@ -10,6 +10,17 @@ use crate::config::human;
 /// Runs `mirrorfs status`.
 pub fn run(args: StatusArgs) -> Result<(), CliError> {
     let state_dir = args.volume.state_dir()?;
+    if args.check {
+        return match control::query::<Status>(&state_dir) {
+            Ok(status) if status.log.fence.is_none() => Ok(()),
+            Ok(status) => Err(CliError::Failure(format!(
+                "volume {} is {}",
+                status.volume,
+                status.log.fence.map(|f| f.to_string()).unwrap_or_default()
+            ))),
+            Err(error) => Err(CliError::Failure(error.to_string())),
+        };
+    }
     let status: Status = control::query(&state_dir).map_err(|error| match error {
         ControlError::NotRunning { .. } => {
             CliError::Failure(format!("volume is not mounted: {error}"))
