@@ -8,7 +8,7 @@ use std::fs;
 use std::io::Write;
 use std::time::{Duration, Instant};
 
-use common::replica::{Node, key_file, replicated_mount, wait_replicated};
+use common::replica::{Node, key_file, peers, replicated_mount, wait_replicated};
 use mirrorfs::replication::{
     Channel, ToNode, ToPrimary, VolumeKey, decode_message as decode, encode_message as encode,
 };
@@ -28,6 +28,7 @@ fn open_as_primary(node: &Node, key: &VolumeKey, epoch: u32) -> ToPrimary {
             epoch,
             log_start: 0,
             log_end: 0,
+            peers: peers("r0", &node.address),
         };
         channel.send(&encode(&open)).await.unwrap();
         decode(&channel.receive().await.unwrap()).unwrap()
@@ -61,6 +62,12 @@ fn a_primary_is_fenced_once_a_replica_accepts_a_newer_epoch() {
     kept.sync_all().unwrap();
     wait_replicated(&mount);
     assert_eq!(mount.status_json()["log"]["epochs"][0]["epoch"], 1);
+    // The node keeps what the primary said of the volume's replication, for a promotion.
+    let peers: serde_json::Value =
+        serde_json::from_slice(&fs::read(node.dir.join("vol/peers.json")).unwrap()).unwrap();
+    assert_eq!(peers["this"], "r0");
+    assert_eq!(peers["replicas"][0]["address"], node.address.as_str());
+    assert_eq!(peers["acks"], "all");
     let state = mount.state.to_str().unwrap().to_string();
     let check = common::run(&["status", "--check", "--state-dir", &state]);
     assert_eq!(

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::replica::{Node, key_file};
+use common::replica::{Node, key_file, peers};
 
 use std::fs;
 
@@ -97,6 +97,7 @@ async fn open(channel: &mut Channel<TcpStream>) -> ToPrimary {
             epoch: 1,
             log_start: 0,
             log_end: 0,
+            peers: peers("r0", "127.0.0.1:1"),
         },
     )
     .await

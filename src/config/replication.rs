@@ -6,13 +6,13 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::units::{ByteSize, Span};
 use super::{ConfigError, invalid, within};
 
 /// What fsync waits for beyond the local log.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Acks {
     /// Nothing: replicas catch up on their own.
@@ -24,7 +24,7 @@ pub enum Acks {
 }
 
 /// What fsync does when too few replicas are in sync.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum OnInsufficient {
     /// Wait until enough are (a signal interrupts the wait: EINTR).
@@ -92,7 +92,7 @@ pub struct ReplicationConfig {
 }
 
 /// One replica node.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
 pub struct Replica {
     /// Its name (1-64 of `A-Z a-z 0-9 . _ -`).
     pub name: String,

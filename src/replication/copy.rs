@@ -7,6 +7,7 @@
 //! base       where the copy's log begins, if a snapshot began it
 //! staging/   a snapshot being received (base.new once it is complete)
 //! high-watermark   the last high watermark the primary told
+//! peers.json the volume's replication as the primary last said it (for a promotion)
 //! ```
 //!
 //! Records are appended to the copy's log and fsynced before they are acknowledged, then
@@ -21,6 +22,7 @@
 //! only a staging directory, removed at the next start.
 
 use std::collections::HashSet;
+use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -35,7 +37,7 @@ use crate::tree::{ApplyError, apply, apply_op, place};
 use crate::types::{Change, FileId, FileKind, Stamp};
 use crate::write::{load_applied, store_applied};
 
-use super::protocol::{Stuck, record_hash};
+use super::protocol::{Peers, Stuck, record_hash};
 
 /// Segment size of a copy's log.
 const SEGMENT_BYTES: u64 = 64 << 20;
@@ -368,6 +370,20 @@ impl VolumeCopy {
         Ok(self.log.begin_epoch(epoch)?)
     }
 
+    /// Keeps what the primary said of the volume's replication (in `peers.json`, durably,
+    /// when it changed): a promotion of this copy writes the new primary's config from it.
+    pub fn keep_peers(&mut self, peers: &Peers) -> Result<(), CopyError> {
+        let path = self.root.join(PEERS_FILE);
+        if load_peers(&self.root)?.as_ref() == Some(peers) {
+            return Ok(());
+        }
+        let text = serde_json::to_vec_pretty(peers).map_err(|error| CopyError::Io {
+            path: path.clone(),
+            source: io::Error::other(error),
+        })?;
+        durable::replace(&path, text).map_err(io_error(&path))
+    }
+
     /// Keeps `high_watermark`, told by the primary with a batch, if it is the highest
     /// yet: durably at once when it is past what the copy holds (the copy is behind what
     /// the primary counts as held by every in-sync replica, and must never be promoted
@@ -635,6 +651,27 @@ impl VolumeCopy {
         self.applied_stored = Instant::now();
         self.store_high_watermark()
     }
+}
+
+/// The file in a copy's directory holding what the primary said of the volume's
+/// replication.
+const PEERS_FILE: &str = "peers.json";
+
+/// What the primary last said of the volume's replication to the copy at `root`, if it
+/// said anything yet.
+pub fn load_peers(root: &Path) -> Result<Option<Peers>, CopyError> {
+    let path = root.join(PEERS_FILE);
+    let bytes = match std::fs::read(&path) {
+        Ok(bytes) => bytes,
+        Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => return Err(CopyError::Io { path, source }),
+    };
+    serde_json::from_slice(&bytes)
+        .map(Some)
+        .map_err(|error| CopyError::Io {
+            path,
+            source: io::Error::new(io::ErrorKind::InvalidData, error),
+        })
 }
 
 /// The file in a copy's directory holding the last high watermark the primary told.

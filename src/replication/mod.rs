@@ -20,6 +20,6 @@ pub use key::VolumeKey;
 pub use node::{HostedStatus, NODE_DIR, NodeError, NodeStatus, serve as serve_node};
 pub use primary::{DIVERGED_ADVICE, Replication, ReplicationError, ReplicationStatus};
 pub use protocol::{
-    ProtocolError, Stuck, ToNode, ToPrimary, decode as decode_message, encode as encode_message,
-    record_hash, record_hash_at,
+    Peers, ProtocolError, Stuck, ToNode, ToPrimary, decode as decode_message,
+    encode as encode_message, record_hash, record_hash_at,
 };

@@ -260,13 +260,13 @@ async fn session(
         .await
         .map_err(|_| SessionError::Silent("opening a session", limits.handshake))??;
     let hosted = Arc::clone(&volumes[&volume]);
-    let epoch = match decode(&first)? {
-        ToNode::Open { epoch, .. } => epoch,
+    let (epoch, peers) = match decode(&first)? {
+        ToNode::Open { epoch, peers, .. } => (epoch, peers),
         ToNode::Inspect => return inspect::serve(&hosted, &volume, channel).await,
         _ => {
             let reason = "the first message must be Open or Inspect".to_string();
             return Err(refuse(&mut channel, reason).await);
         }
     };
-    stream::serve(hosted, &volume, channel, epoch, limits).await
+    stream::serve(hosted, &volume, channel, epoch, peers, limits).await
 }

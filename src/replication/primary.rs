@@ -25,7 +25,7 @@ use super::channel::{Channel, ChannelError};
 use super::isr::{Progress, Rule, high_watermark, satisfied};
 use super::key::{KeyError, VolumeKey};
 use super::protocol::Stuck;
-use super::protocol::{ProtocolError, ToNode, ToPrimary, decode, encode, record_hash_at};
+use super::protocol::{Peers, ProtocolError, ToNode, ToPrimary, decode, encode, record_hash_at};
 use crate::config::Replica;
 use crate::config::Span;
 use crate::config::{OnInsufficient, ReplicationConfig};
@@ -369,6 +369,14 @@ impl Replication {
                 plaintext: config.plaintext,
                 source: source.clone(),
                 epoch,
+                peers: Peers {
+                    this: config.replicas[index].name.clone(),
+                    replicas: config.replicas.clone(),
+                    acks: config.acks,
+                    min_insync: config.min_insync,
+                    on_insufficient: config.on_insufficient,
+                    plaintext: config.plaintext,
+                },
                 // As long as a replica may lag and stay in sync, and no shorter than a
                 // batch takes on a slow link.
                 answer_timeout: config.lag_max.max(ANSWER_TIMEOUT_MIN),
@@ -561,6 +569,8 @@ struct Sender {
     plaintext: bool,
     source: SnapshotSource,
     epoch: u32,
+    /// What the replica is told of the volume's replication when a session opens.
+    peers: Peers,
     answer_timeout: Duration,
 }
 
@@ -657,6 +667,7 @@ impl Sender {
             epoch: self.epoch,
             log_start: stats.first_offset,
             log_end: stats.next_offset,
+            peers: self.peers.clone(),
         };
         let (next, last, based) = match self.ask(&mut channel, &open).await? {
             ToPrimary::Position {

@@ -5,6 +5,7 @@
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use crate::config::{Acks, OnInsufficient, Replica};
 use crate::log::{Log, LogError, LogPath, Op, Record};
 use crate::manifest::Entry;
 use crate::manifest::FileHashes;
@@ -25,6 +26,25 @@ pub struct Stuck {
     pub error: String,
 }
 
+/// What a primary tells a node of its volume's replication when it opens a session: what
+/// a copy promoted to primary needs to write the new primary's config (the other replicas
+/// to follow it, and what its fsync waits for).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Peers {
+    /// The name the primary's config gives this node.
+    pub this: String,
+    /// Every replica of the volume, this one included, in config order.
+    pub replicas: Vec<Replica>,
+    /// What fsync waits for.
+    pub acks: Acks,
+    /// How many replicas must be in sync.
+    pub min_insync: u32,
+    /// What fsync does when too few are.
+    pub on_insufficient: OnInsufficient,
+    /// Records cross the network unencrypted.
+    pub plaintext: bool,
+}
+
 /// What a primary sends.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ToNode {
@@ -36,6 +56,8 @@ pub enum ToNode {
         log_start: u64,
         /// The offset its next record will get.
         log_end: u64,
+        /// The volume's replication, as the primary's config has it.
+        peers: Peers,
     },
     /// Records in offset order, continuing from the node's position (none: a heartbeat).
     Records {
@@ -231,6 +253,17 @@ mod tests {
                 epoch: 2,
                 log_start: 0,
                 log_end: 8,
+                peers: Peers {
+                    this: "r1".to_string(),
+                    replicas: vec![Replica {
+                        name: "r1".to_string(),
+                        address: "[::1]:7000".to_string(),
+                    }],
+                    acks: Acks::Quorum,
+                    min_insync: 1,
+                    on_insufficient: OnInsufficient::Wait,
+                    plaintext: false,
+                },
             },
             ToNode::Records {
                 records: vec![record.clone()],

@@ -11,7 +11,7 @@ use tokio::net::TcpStream;
 use super::channel::{Channel, ChannelError};
 use super::copy::{Base, CopyError, VolumeCopy};
 use super::hosted::Hosted;
-use super::protocol::{ToNode, ToPrimary, decode};
+use super::protocol::{Peers, ToNode, ToPrimary, decode};
 use super::session::{Limits, SessionError, channel_send, refuse};
 
 /// Streams volume `volume` from a primary at `epoch` into `hosted`'s copy over `channel`,
@@ -21,6 +21,7 @@ pub(super) async fn serve(
     volume: &str,
     mut channel: Channel<TcpStream>,
     epoch: u32,
+    peers: Peers,
     limits: &Limits,
 ) -> Result<(), SessionError> {
     let number = hosted.session.fetch_add(1, Ordering::SeqCst) + 1;
@@ -52,6 +53,11 @@ pub(super) async fn serve(
             return Err(refuse(&mut channel, error.to_string()).await);
         }
         tracing::info!(%volume, epoch, seen, "a primary of a newer epoch: the older is fenced");
+    }
+    // What a promotion of this copy will need to know of the volume's replication.
+    let kept = hosted.copy().keep_peers(&peers);
+    if let Err(error) = kept {
+        return Err(refuse(&mut channel, error.to_string()).await);
     }
     tracing::info!(%volume, epoch, next, "primary connected");
     channel_send(

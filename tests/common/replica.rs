@@ -6,7 +6,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use mirrorfs::replication::VolumeKey;
+use mirrorfs::config::{Acks, OnInsufficient, Replica};
+use mirrorfs::replication::{Peers, VolumeKey};
 
 /// A running `mirrorfs replica serve`, stopped (by its pid) when dropped.
 pub struct Node {
@@ -161,6 +162,21 @@ pub fn key_file(dir: &Path, name: &str) -> (PathBuf, VolumeKey) {
         .unwrap();
     std::io::Write::write_all(&mut file, format!("{}\n", key.to_hex()).as_bytes()).unwrap();
     (path, key)
+}
+
+/// What a test playing a primary tells a node it is: replica `this` of one.
+pub fn peers(this: &str, address: &str) -> Peers {
+    Peers {
+        this: this.to_string(),
+        replicas: vec![Replica {
+            name: this.to_string(),
+            address: address.to_string(),
+        }],
+        acks: Acks::All,
+        min_insync: 1,
+        on_insufficient: OnInsufficient::Fail,
+        plaintext: false,
+    }
 }
 
 /// A mount of volume `id` replicating to `nodes`, with `extra` lines in [replication].
