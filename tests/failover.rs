@@ -126,6 +126,138 @@ fn a_primary_is_fenced_once_a_replica_accepts_a_newer_epoch() {
 
     // Restarted, it stays fenced: the mount is refused, with why, in one line.
     mount.stop_with(libc::SIGTERM);
+    assert_mount_refused(&mount, "fenced by epoch 2 (node r0)");
+
+    // The node keeps refusing epoch 1 after a restart: the epoch it accepted is durable.
+    node.kill();
+    node.restart();
+    assert_eq!(
+        open_as_primary(&node, &key, 1),
+        ToPrimary::Fenced { epoch: 2 }
+    );
+    assert!(node.log().contains("it is fenced"), "{}", node.log());
+}
+
+/// Writes `count` files of a few KiB through `mount`, each fsynced, and returns what each
+/// holds: every one of them was acknowledged.
+fn acknowledged_writes(
+    mount: &common::Mount,
+    prefix: &str,
+    count: usize,
+) -> Vec<(String, Vec<u8>)> {
+    (0..count)
+        .map(|n| {
+            let name = format!("{prefix}-{n:03}");
+            let data: Vec<u8> = (0..(1000 + n * 37)).map(|i| (i * 7 + n) as u8).collect();
+            let mut file = fs::File::create(mount.path(&name)).unwrap();
+            file.write_all(&data).unwrap();
+            file.sync_all().unwrap();
+            (name, data)
+        })
+        .collect()
+}
+
+/// The main failover: the primary dies (kill -9), a replica whose node is running is
+/// promoted, the other replica follows it from where it is (no snapshot), every write an
+/// fsync acknowledged is on both, and new writes through the new primary reach the other
+/// replica. The old primary, restarted, is fenced before it takes a write.
+#[test]
+fn a_promoted_replica_serves_every_acknowledged_write_and_the_other_follows_it() {
+    let scratch = common::scratch();
+    let (key_path, _) = key_file(scratch.path(), "vol.key");
+    let node_dirs = [scratch.path().join("r1"), scratch.path().join("r2")];
+    for dir in &node_dirs {
+        fs::create_dir(dir).unwrap();
+    }
+    let nodes: Vec<Node> = node_dirs
+        .iter()
+        .map(|dir| Node::start(dir, "127.0.0.1:0", &[("vol", &key_path)]))
+        .collect();
+    let mut old = replicated_mount(
+        "vol",
+        &key_path,
+        &[&nodes[0], &nodes[1]],
+        "acks = \"all\"\nmin_insync = 1\n",
+    );
+    let acknowledged = acknowledged_writes(&old, "before", 40);
+    wait_replicated(&old);
+    old.crash();
+
+    // Promote r1 (its node runs): refused with a bad volume, then done.
+    let config = scratch.path().join("promoted.toml");
+    let r1 = nodes[0].dir.to_str().unwrap().to_string();
+    let promote = |volume: &str| {
+        common::run(&[
+            "promote",
+            "--dir",
+            &r1,
+            "--volume",
+            volume,
+            "--write-config",
+            config.to_str().unwrap(),
+        ])
+    };
+    let unknown = promote("nosuch");
+    assert_eq!(unknown.status.code(), Some(1), "{unknown:?}");
+    assert!(String::from_utf8_lossy(&unknown.stderr).contains("no copy of volume nosuch"));
+    let promoted = promote("vol");
+    assert!(
+        promoted.status.success(),
+        "{promoted:?}\n{}",
+        nodes[0].log()
+    );
+    let said = String::from_utf8(promoted.stdout).unwrap();
+    assert!(said.contains("promoted to primary at epoch 2"), "{said}");
+    let again = promote("vol");
+    assert_eq!(again.status.code(), Some(2), "the config exists: {again:?}");
+    let text = fs::read_to_string(&config).unwrap();
+    assert!(
+        text.contains("name = \"r1\"") && !text.contains("name = \"r0\""),
+        "{text}"
+    );
+
+    // The new primary: the copy's tree and directory, the same log at epoch 2.
+    let primary_dir = common::scratch();
+    let copy = nodes[0].dir.join("vol");
+    let new = common::Mount::over_state(
+        primary_dir,
+        copy.join("data"),
+        copy.clone(),
+        &["--config", config.to_str().unwrap()],
+    );
+    for (name, data) in &acknowledged {
+        assert_eq!(
+            &fs::read(new.path(name)).unwrap(),
+            data,
+            "{name} on the new primary"
+        );
+    }
+    let after = acknowledged_writes(&new, "after", 10);
+    wait_replicated(&new);
+    let status = new.status_json();
+    assert_eq!(
+        status["log"]["epochs"].as_array().unwrap().last().unwrap()["epoch"],
+        2
+    );
+    let other = nodes[1].dir.join("vol/data");
+    for (name, data) in acknowledged.iter().chain(&after) {
+        assert_eq!(&fs::read(other.join(name)).unwrap(), data, "{name} on r2");
+    }
+    let log = nodes[1].log();
+    assert!(
+        !log.contains("snapshot begins"),
+        "r2 followed without a snapshot:\n{log}"
+    );
+
+    // The old primary, restarted, learns the epoch from the replicas before it mounts,
+    // and is refused.
+    assert_mount_refused(&old, "fenced by epoch 2");
+    assert!(old.state.join("log/fenced").exists());
+}
+
+/// Runs `mirrorfs mount` again for `mount` (stopped) and checks it is refused, exit 1,
+/// with one line saying `why`.
+fn assert_mount_refused(mount: &common::Mount, why: &str) {
     let config = mount.dir.path().join("mount.toml");
     let output = common::run(&[
         "mount",
@@ -138,17 +270,14 @@ fn a_primary_is_fenced_once_a_replica_accepts_a_newer_epoch() {
     ]);
     assert_eq!(output.status.code(), Some(1), "{output:?}");
     let stderr = String::from_utf8(output.stderr).unwrap();
-    assert!(
-        stderr.contains("fenced by epoch 2 (node r0)") && stderr.trim().lines().count() == 1,
-        "{stderr}"
-    );
-
-    // The node keeps refusing epoch 1 after a restart: the epoch it accepted is durable.
-    node.kill();
-    node.restart();
+    let said: Vec<&str> = stderr
+        .lines()
+        .filter(|line| line.starts_with("mirrorfs:"))
+        .collect();
+    assert!(said.len() == 1 && said[0].contains(why), "{stderr}");
     assert_eq!(
-        open_as_primary(&node, &key, 1),
-        ToPrimary::Fenced { epoch: 2 }
+        common::mount_type(&mount.mountpoint),
+        None,
+        "nothing mounted"
     );
-    assert!(node.log().contains("it is fenced"), "{}", node.log());
 }

@@ -5,6 +5,7 @@ mod keygen;
 mod log;
 mod mount;
 mod mountinfo;
+mod promote;
 mod replica;
 mod status;
 mod unmount;
@@ -45,6 +46,39 @@ enum Command {
     /// repair from the copy to trust (exit 0 clean, 1 all repaired, 4 differences left,
     /// 8 something could not be checked, 16 usage; added up as fsck's).
     Verify(VerifyArgs),
+    /// Make a replica's copy of a volume its new primary at the next epoch, and write the
+    /// mount config that serves it (`mirrorfs mount --config FILE`); the node may be
+    /// running or not. The old primary is fenced once it reaches a replica.
+    Promote(PromoteArgs),
+}
+
+/// Arguments of `mirrorfs promote`.
+#[derive(Debug, Args)]
+pub struct PromoteArgs {
+    /// The replica node's directory.
+    #[arg(long, value_name = "DIR")]
+    dir: PathBuf,
+    /// The volume whose copy becomes the primary.
+    #[arg(long, value_name = "ID")]
+    volume: String,
+    /// Where to write the new primary's mount config (refused if the file exists).
+    #[arg(long, value_name = "FILE")]
+    write_config: PathBuf,
+    /// Promote even a copy that was behind what every in-sync replica held (Kafka's
+    /// unclean leader election), printing the offsets it cannot vouch for.
+    #[arg(long)]
+    unclean: bool,
+    /// A replica the new primary streams to, as NAME=HOST:PORT (repeatable); by default
+    /// the volume's other replicas, as its old primary last named them.
+    #[arg(long = "replica", value_name = "NAME=ADDR")]
+    replicas: Vec<String>,
+    /// The volume's key file, for the config's [replication] (by default, the one the
+    /// node was given).
+    #[arg(long, value_name = "FILE")]
+    key_file: Option<PathBuf>,
+    /// The mount point to put in the config.
+    #[arg(long, value_name = "DIR")]
+    mountpoint: Option<PathBuf>,
 }
 
 /// Arguments of `mirrorfs verify`.
@@ -267,6 +301,7 @@ pub fn run(args: impl IntoIterator<Item = OsString>) -> ExitCode {
         Command::Replica(ReplicaCommand::Serve(args)) => replica::serve(args),
         Command::Replica(ReplicaCommand::Status(args)) => replica::status(args),
         Command::Verify(args) => verify::run(args),
+        Command::Promote(args) => promote::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

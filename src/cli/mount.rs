@@ -65,10 +65,7 @@ pub fn run(args: MountArgs) -> Result<(), CliError> {
     let fence = Fence::load(&log_dir(state.path()))
         .map_err(|error| CliError::Failure(error.to_string()))?;
     if let Some(fence) = fence {
-        return Err(CliError::Failure(format!(
-            "volume {} is {fence}: a replica was promoted, and this copy is behind it; rejoin it as a replica of the new primary",
-            volume.id
-        )));
+        return Err(super::volume::fenced(volume.id.as_str(), &fence));
     }
     tracing::info!(
         volume = %volume.id,

@@ -7,7 +7,7 @@ use serde::Serialize;
 
 use crate::config::{NodeConfig, RawNodeConfig, parse_volume_arg};
 use crate::control::{self, ControlError};
-use crate::replication::{CopyStatus, inspect_copy};
+use crate::replication::{CopyStatus, inspect_copy, promoted_at};
 use crate::replication::{HostedStatus, NODE_DIR, NodeError, NodeStatus, serve_node};
 use crate::signals::StopSignals;
 
@@ -117,6 +117,7 @@ fn from_files(dir: &Path) -> Result<Vec<HostedStatus>, CliError> {
             copy,
             connected: false,
             last_contact: None,
+            promoted: promoted_at(&entry.path()).map_err(|error| failed(&error))?,
         });
     }
     volumes.sort_by(|a, b| a.id.cmp(&b.id));

@@ -4,10 +4,11 @@
 
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::cache::Cache;
 use crate::config::Config;
-use crate::log::LogPath;
+use crate::log::{Fence, LogPath};
 use crate::manifest::Hashing;
 use crate::origin::{HoldError, Origin};
 use crate::replication::{Replication, ReplicationError};
@@ -16,6 +17,17 @@ use crate::write::Follower;
 use crate::write::Journal;
 
 use super::CliError;
+
+/// How long a starting primary waits to have tried a handshake with every replica (one
+/// refusing connections answers at once; an unreachable one takes a connect timeout).
+const FIRST_CONTACT_WAIT: Duration = Duration::from_secs(6);
+
+/// The error of a mount or open of volume `id` refused because `fence` fenced it.
+pub fn fenced(id: &str, fence: &Fence) -> CliError {
+    CliError::Failure(format!(
+        "volume {id} is {fence}: a replica was promoted, and this copy is behind it; rejoin it as a replica of the new primary"
+    ))
+}
 
 /// A volume's parts, running.
 pub struct Served {
@@ -78,6 +90,13 @@ pub fn open(config: &Config, state_dir: &Path, cache: bool) -> Result<Served, Cl
     };
     if let Some(replication) = &replication {
         journal.follow(Arc::clone(replication) as Arc<dyn Follower>);
+        // A primary restarted after a replica was promoted learns so from the replicas
+        // before it takes a change, and stops there.
+        replication.first_contact(FIRST_CONTACT_WAIT);
+        if let Some(fence) = journal.log().fence() {
+            replication.shutdown();
+            return Err(fenced(volume.id.as_str(), &fence));
+        }
     }
     let hashing = match config.verify.stored_hashes {
         false => None,

@@ -8,6 +8,7 @@
 //! staging/   a snapshot being received (base.new once it is complete)
 //! high-watermark   the last high watermark the primary told
 //! peers.json the volume's replication as the primary last said it (for a promotion)
+//! key-file   where the node was told the volume's key is (for a promotion)
 //! ```
 //!
 //! Records are appended to the copy's log and fsynced before they are acknowledged, then
@@ -400,6 +401,11 @@ impl VolumeCopy {
         Ok(())
     }
 
+    /// The last high watermark the primary told.
+    pub fn high_watermark(&self) -> u64 {
+        self.high_watermark
+    }
+
     fn store_high_watermark(&mut self) -> Result<(), CopyError> {
         if self.high_watermark_unstored {
             let path = self.root.join(HIGH_WATERMARK_FILE);
@@ -672,6 +678,30 @@ pub fn load_peers(root: &Path) -> Result<Option<Peers>, CopyError> {
             path,
             source: io::Error::new(io::ErrorKind::InvalidData, error),
         })
+}
+
+/// The file in a copy's directory naming the volume's key file, as the node was given it.
+const KEY_FILE_FILE: &str = "key-file";
+
+/// Notes in the copy at `root` that the volume's key is in `key_file` (a promotion writes
+/// it into the new primary's config), if it did not say so already.
+pub fn keep_key_file(root: &Path, key_file: &Path) -> Result<(), CopyError> {
+    if load_key_file(root)?.as_deref() == Some(key_file) {
+        return Ok(());
+    }
+    let path = root.join(KEY_FILE_FILE);
+    let text = format!("{}\n", key_file.display());
+    durable::replace(&path, text).map_err(io_error(&path))
+}
+
+/// The volume's key file, as the node keeping the copy at `root` was last given it.
+pub fn load_key_file(root: &Path) -> Result<Option<PathBuf>, CopyError> {
+    let path = root.join(KEY_FILE_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => Ok(Some(PathBuf::from(text.trim_end_matches('\n')))),
+        Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(CopyError::Io { path, source }),
+    }
 }
 
 /// The file in a copy's directory holding the last high watermark the primary told.

@@ -1,13 +1,15 @@
 //! One volume a replica node keeps: its copy, its stored hashes, and who streams to it.
 
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
 use super::copy::{CopyStatus, VolumeCopy};
 use super::key::VolumeKey;
+use super::promote::{PromoteError, Promotion, promote};
 use super::protocol::Stuck;
 use crate::manifest::HashStore;
 use crate::manifest::Hashing;
@@ -24,6 +26,9 @@ pub struct HostedStatus {
     pub connected: bool,
     /// When a primary last sent something, in seconds since the Unix epoch.
     pub last_contact: Option<f64>,
+    /// The epoch the copy was promoted to primary at, here: the node keeps it no more.
+    #[serde(default)]
+    pub promoted: Option<u32>,
 }
 
 /// How often a copy stuck on the same record is logged again.
@@ -47,6 +52,11 @@ pub(super) struct Hosted {
     pub(super) open_sessions: AtomicU64,
     /// The stuck record last logged, and when.
     stuck_logged: Mutex<Option<(u64, Instant)>>,
+    /// Held by a promotion of the copy.
+    promoting: Mutex<()>,
+    /// Set once the copy was promoted to primary: its directory is a primary's state from
+    /// then on, which the node never writes again.
+    promoted: OnceLock<u32>,
 }
 
 impl Hosted {
@@ -67,7 +77,33 @@ impl Hosted {
             contact: Mutex::new(None),
             open_sessions: AtomicU64::new(0),
             stuck_logged: Mutex::new(None),
+            promoting: Mutex::new(()),
+            promoted: OnceLock::new(),
         }
+    }
+
+    /// The epoch the copy was promoted at, if it was.
+    pub(super) fn promoted(&self) -> Option<u32> {
+        self.promoted.get().copied()
+    }
+
+    /// Promotes the copy, kept in `root`, to the volume's primary and hands it over: from
+    /// now on the node refuses the volume's primaries (fencing the older ones) and never
+    /// writes the directory again. Refused while a primary streams to the copy.
+    pub(super) fn hand_over(&self, root: &Path, unclean: bool) -> Result<Promotion, PromoteError> {
+        let Ok(_one) = self.promoting.try_lock() else {
+            return Err(PromoteError::Busy);
+        };
+        if let Some(epoch) = self.promoted() {
+            return Err(PromoteError::Promoted(epoch));
+        }
+        if self.open_sessions.load(Ordering::SeqCst) > 0 {
+            return Err(PromoteError::PrimaryConnected);
+        }
+        let promotion = promote(&mut self.copy(), root, unclean)?;
+        let _ = self.promoted.set(promotion.epoch);
+        self.stop_hashing();
+        Ok(promotion)
     }
 
     /// What status shows of it, as volume `id`.
@@ -77,6 +113,7 @@ impl Hosted {
             id: id.to_string(),
             copy: self.copy().status(),
             connected: self.open_sessions.load(Ordering::SeqCst) > 0,
+            promoted: self.promoted(),
             last_contact: contact.and_then(|at| {
                 at.duration_since(SystemTime::UNIX_EPOCH)
                     .ok()

@@ -4,7 +4,7 @@
 //! one log line, and the node keeps serving everyone else.
 
 use std::collections::HashMap;
-use std::io;
+use std::io::{self, Write};
 use std::net::SocketAddr;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::PathBuf;
@@ -15,12 +15,13 @@ use serde::{Deserialize, Serialize};
 use tokio::net::{TcpListener, TcpStream};
 
 use super::channel::{Admission, Channel, ChannelError};
-use super::copy::{CopyError, VolumeCopy};
+use super::copy::{CopyError, VolumeCopy, keep_key_file};
 use super::hosted::Hosted;
 pub use super::hosted::HostedStatus;
 use super::key::{KeyError, VolumeKey};
-use super::protocol::{ToNode, decode};
-use super::session::{Limits, SessionError, refuse};
+use super::promote::{PromoteAnswer, PromoteError, PromoteRequest, promoted_at};
+use super::protocol::{ToNode, ToPrimary, decode};
+use super::session::{Limits, SessionError, channel_send, refuse};
 use super::{inspect, stream};
 use crate::config::NodeConfig;
 use crate::control::ControlSocket;
@@ -98,6 +99,7 @@ pub fn serve(config: NodeConfig, signals: StopSignals) -> Result<(), NodeError> 
         })?;
     let own = StateDir::open(&config.dir.join(NODE_DIR))?;
     let mut volumes = HashMap::new();
+    let mut handed = HashMap::new();
     for volume in &config.volumes {
         let key = VolumeKey::read(&volume.key_file)?;
         let root = config.dir.join(volume.id.as_str());
@@ -105,7 +107,21 @@ pub fn serve(config: NodeConfig, signals: StopSignals) -> Result<(), NodeError> 
             volume: volume.id.to_string(),
             source,
         };
+        if let Some(epoch) = promoted_at(&root).map_err(failed)? {
+            // A primary's state now, maybe in use: never opened as a copy again.
+            tracing::warn!(volume = %volume.id, epoch, "the copy was promoted to primary here: not kept as a copy (its older primaries are fenced)");
+            handed.insert(
+                volume.id.to_string(),
+                Handed {
+                    key,
+                    plaintext: volume.plaintext,
+                    epoch,
+                },
+            );
+            continue;
+        }
         let mut copy = VolumeCopy::open(&root).map_err(failed)?;
+        keep_key_file(&root, &volume.key_file).map_err(failed)?;
         let data = copy.data_dir();
         // Records are applied before they are acknowledged: the tree always holds all the
         // copy has, so nothing waits for an applied offset.
@@ -131,7 +147,7 @@ pub fn serve(config: NodeConfig, signals: StopSignals) -> Result<(), NodeError> 
         }
         volumes.insert(volume.id.to_string(), hosted);
     }
-    let volumes = Arc::new(volumes);
+    let volumes = Arc::new(Kept { volumes, handed });
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -149,21 +165,24 @@ pub fn serve(config: NodeConfig, signals: StopSignals) -> Result<(), NodeError> 
         let address = listener.local_addr().map_err(NodeError::Runtime)?;
         let answering = Arc::clone(&listening);
         let dir = config.dir.clone();
-        let _control = ControlSocket::serve(own.path(), move || NodeStatus {
+        let status = move || NodeStatus {
             pid: std::process::id(),
             listen: address.to_string(),
             dir: dir.clone(),
             volumes: {
                 let mut volumes: Vec<HostedStatus> = answering
+                    .volumes
                     .iter()
                     .map(|(id, hosted)| hosted.status(id))
                     .collect();
                 volumes.sort_by(|a, b| a.id.cmp(&b.id));
                 volumes
             },
-        })
-        .map_err(NodeError::Runtime)?;
-        tracing::info!(%address, volumes = listening.len(), "replica node serving");
+        };
+        let handler = promotions(Arc::clone(&listening), config.dir.clone());
+        let _control = ControlSocket::serve_with(own.path(), status, Some(handler))
+            .map_err(NodeError::Runtime)?;
+        tracing::info!(%address, volumes = listening.volumes.len(), "replica node serving");
         let (stop, mut stopped) = tokio::sync::watch::channel(false);
         std::thread::Builder::new()
             .name("stop".to_string())
@@ -220,7 +239,10 @@ pub fn serve(config: NodeConfig, signals: StopSignals) -> Result<(), NodeError> 
     })?;
     drop(runtime);
     // A stopped node's trees hold everything its logs do: copying one restores the volume.
-    for (id, hosted) in volumes.iter() {
+    for (id, hosted) in volumes.volumes.iter() {
+        if hosted.promoted().is_some() {
+            continue;
+        }
         let mut copy = hosted.copy();
         if let Err(error) = copy.apply_received(&[]).and_then(|()| copy.store_applied()) {
             tracing::error!(volume = %id, %error, "cannot bring the copy up to its log");
@@ -236,21 +258,76 @@ const LOG_EVERY: Duration = Duration::from_secs(10);
 /// How long the accept loop pauses after a failure, first and at most.
 const ACCEPT_PAUSE: (Duration, Duration) = (Duration::from_millis(50), Duration::from_secs(1));
 
+/// The volumes a node was started with: the copies it keeps, and those promoted to
+/// primary here before it started (it only fences their older primaries).
+struct Kept {
+    volumes: HashMap<String, Arc<Hosted>>,
+    handed: HashMap<String, Handed>,
+}
+
+/// A volume promoted to primary on this node before it started.
+struct Handed {
+    key: VolumeKey,
+    plaintext: bool,
+    epoch: u32,
+}
+
+/// Answers `promote {...}` requests on the node's control socket: the copy is promoted,
+/// and handed over, while the node goes on serving the others.
+fn promotions(kept: Arc<Kept>, dir: PathBuf) -> crate::control::Handler {
+    Arc::new(
+        move |request: &str, mut stream: std::os::unix::net::UnixStream| {
+            let answer = match request
+                .strip_prefix("promote ")
+                .map(serde_json::from_str::<PromoteRequest>)
+            {
+                Some(Ok(asked)) => match kept.volumes.get(&asked.volume) {
+                    Some(hosted) => {
+                        let root = dir.join(&asked.volume);
+                        match hosted.hand_over(&root, asked.unclean) {
+                            Ok(promotion) => {
+                                tracing::warn!(volume = %asked.volume, epoch = promotion.epoch, next = promotion.next, "the copy was promoted to primary: handed over, no longer kept");
+                                PromoteAnswer::Promoted(promotion)
+                            }
+                            Err(error) => PromoteAnswer::Refused(error.to_string()),
+                        }
+                    }
+                    None => match kept.handed.get(&asked.volume) {
+                        Some(handed) => {
+                            PromoteAnswer::Refused(PromoteError::Promoted(handed.epoch).to_string())
+                        }
+                        None => PromoteAnswer::Refused(
+                            PromoteError::Unknown(asked.volume.clone()).to_string(),
+                        ),
+                    },
+                },
+                Some(Err(error)) => PromoteAnswer::Refused(format!("bad request: {error}")),
+                None => PromoteAnswer::Refused(format!("unknown request {request:?}")),
+            };
+            if let Ok(line) = serde_json::to_string(&answer) {
+                let _ = writeln!(stream, "{line}");
+            }
+        },
+    )
+}
+
 /// One primary's connection: the handshake and its first message, then the session it
 /// asks for, streaming or verify.
-async fn session(
-    stream: TcpStream,
-    volumes: &HashMap<String, Arc<Hosted>>,
-    limits: &Limits,
-) -> Result<(), SessionError> {
+async fn session(stream: TcpStream, kept: &Kept, limits: &Limits) -> Result<(), SessionError> {
     stream.set_nodelay(true).map_err(ChannelError::Io)?;
     let opening = async {
-        let (volume, mut channel) = Channel::accept(stream, |id| match volumes.get(id) {
-            Some(hosted) => Ok(Admission {
-                key: hosted.key.clone(),
-                plaintext: hosted.plaintext,
-            }),
-            None => Err(format!("volume {id:?} is not kept on this node")),
+        let (volume, mut channel) = Channel::accept(stream, |id| {
+            match (kept.volumes.get(id), kept.handed.get(id)) {
+                (Some(hosted), _) => Ok(Admission {
+                    key: hosted.key.clone(),
+                    plaintext: hosted.plaintext,
+                }),
+                (None, Some(handed)) => Ok(Admission {
+                    key: handed.key.clone(),
+                    plaintext: handed.plaintext,
+                }),
+                (None, None) => Err(format!("volume {id:?} is not kept on this node")),
+            }
         })
         .await?;
         let first = channel.receive().await?;
@@ -259,7 +336,14 @@ async fn session(
     let (volume, mut channel, first) = tokio::time::timeout(limits.handshake, opening)
         .await
         .map_err(|_| SessionError::Silent("opening a session", limits.handshake))??;
-    let hosted = Arc::clone(&volumes[&volume]);
+    let promoted = match kept.volumes.get(&volume) {
+        Some(hosted) => hosted.promoted(),
+        None => kept.handed.get(&volume).map(|handed| handed.epoch),
+    };
+    if let Some(promoted) = promoted {
+        return Err(answer_promoted(&mut channel, &volume, &first, promoted).await);
+    }
+    let hosted = Arc::clone(&kept.volumes[&volume]);
     let (epoch, peers) = match decode(&first)? {
         ToNode::Open { epoch, peers, .. } => (epoch, peers),
         ToNode::Inspect => return inspect::serve(&hosted, &volume, channel).await,
@@ -269,4 +353,31 @@ async fn session(
         }
     };
     stream::serve(hosted, &volume, channel, epoch, peers, limits).await
+}
+
+/// Answers the first message of a session for `volume`, promoted to primary on this node
+/// at epoch `promoted`: a primary of an older epoch is told it is fenced; anything else is
+/// refused, since the node keeps no copy of the volume any more.
+async fn answer_promoted(
+    channel: &mut Channel<TcpStream>,
+    volume: &str,
+    first: &[u8],
+    promoted: u32,
+) -> SessionError {
+    if let Ok(ToNode::Open { epoch, .. }) = decode(first)
+        && epoch < promoted
+    {
+        tracing::warn!(%volume, epoch, promoted, "a primary of an older epoch refused: it is fenced");
+        if let Err(error) = channel_send(channel, &ToPrimary::Fenced { epoch: promoted }).await {
+            return error.into();
+        }
+        return SessionError::Fenced {
+            epoch,
+            seen: promoted,
+        };
+    }
+    let reason = format!(
+        "volume {volume} was promoted to primary on this node at epoch {promoted}: it is not kept as a copy here"
+    );
+    refuse(channel, reason).await
 }

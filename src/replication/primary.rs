@@ -238,6 +238,8 @@ struct ReplicaState {
     diverged: bool,
     /// When that was last logged.
     alarmed: Option<Instant>,
+    /// A handshake with it has been tried (answered or failed) since the start.
+    tried: bool,
 }
 
 #[derive(Debug)]
@@ -336,6 +338,7 @@ impl Replication {
                         stuck: None,
                         diverged: false,
                         alarmed: None,
+                        tried: false,
                     })
                     .collect(),
             ),
@@ -437,6 +440,26 @@ impl Replication {
                 .shared
                 .changed
                 .wait_timeout(replicas, Duration::from_millis(100))
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .0;
+        }
+    }
+
+    /// Waits, at most `timeout`, until a handshake with every replica has been tried: a
+    /// primary that starts learns from them whether a newer one was promoted (and is
+    /// fenced, [`Log::fence`]) before it takes a change.
+    pub fn first_contact(&self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        let mut replicas = self.shared.replicas();
+        while !replicas.iter().all(|state| state.tried) && !self.log.is_fenced() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return;
+            }
+            replicas = self
+                .shared
+                .changed
+                .wait_timeout(replicas, left)
                 .unwrap_or_else(|poisoned| poisoned.into_inner())
                 .0;
         }
@@ -633,6 +656,7 @@ impl Sender {
         state.progress.connected = false;
         state.error = Some(error.to_string());
         state.snapshot = None;
+        state.tried = true;
     }
 
     /// A replica has accepted a newer epoch: another primary was promoted, and this one
@@ -902,6 +926,8 @@ impl Sender {
     fn mark_connected(&self) {
         let mut replicas = self.shared.replicas();
         let state = &mut replicas[self.index];
+        state.tried = true;
+        self.shared.changed.notify_all();
         state.progress.connected = true;
         state.error = None;
         state.stuck = None;

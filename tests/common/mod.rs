@@ -97,8 +97,18 @@ impl Mount {
 
     /// Mounts `origin` (kept in `dir`, which the guard removes at the end).
     pub fn over(dir: tempfile::TempDir, origin: PathBuf, extra: &[&str]) -> Mount {
-        let mountpoint = dir.path().join("mnt");
         let state = dir.path().join("state");
+        Mount::over_state(dir, origin, state, extra)
+    }
+
+    /// [`Mount::over`] with its state in `state` (a promoted copy's directory).
+    pub fn over_state(
+        dir: tempfile::TempDir,
+        origin: PathBuf,
+        state: PathBuf,
+        extra: &[&str],
+    ) -> Mount {
+        let mountpoint = dir.path().join("mnt");
         let log = dir.path().join("daemon.log");
         fs::create_dir_all(&mountpoint).unwrap();
         let mut mount = Mount {

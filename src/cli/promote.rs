@@ -1,0 +1,233 @@
+//! `mirrorfs promote`: a replica's copy becomes the volume's primary, and the mount config
+//! that serves it is written. Everything the config needs is gathered first, so a refusal
+//! leaves the copy as it was.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use crate::config::Replica;
+use crate::replication::{Peers, Promotion, load_key_file, load_peers, promote_volume};
+use crate::types::Name;
+
+use super::{CliError, PromoteArgs};
+
+/// Runs `mirrorfs promote`.
+pub fn run(args: PromoteArgs) -> Result<(), CliError> {
+    Name::new(std::ffi::OsStr::new(&args.volume))
+        .map_err(|error| CliError::Usage(format!("--volume {:?}: {error}", args.volume)))?;
+    if args.write_config.exists() {
+        return Err(CliError::Usage(format!(
+            "--write-config {}: the file exists (a config is never overwritten)",
+            args.write_config.display()
+        )));
+    }
+    let dir = std::path::absolute(&args.dir)
+        .map_err(|error| CliError::Usage(format!("--dir {}: {error}", args.dir.display())))?;
+    let root = dir.join(&args.volume);
+    let failed = |error: &dyn std::fmt::Display| CliError::Failure(error.to_string());
+    let peers = load_peers(&root).map_err(|e| failed(&e))?;
+    let replicas = match args.replicas.is_empty() {
+        false => parse_replicas(&args.replicas)?,
+        // The old primary's other replicas follow the new one.
+        true => peers.as_ref().map_or_else(Vec::new, |peers| {
+            peers
+                .replicas
+                .iter()
+                .filter(|replica| replica.name != peers.this)
+                .cloned()
+                .collect()
+        }),
+    };
+    let key_file = match args.key_file {
+        Some(key_file) => Some(key_file),
+        None => load_key_file(&root).map_err(|e| failed(&e))?,
+    };
+    if !replicas.is_empty() && key_file.is_none() {
+        return Err(CliError::Usage(
+            "the volume's key file is not known here: give --key-file".to_string(),
+        ));
+    }
+    let promotion = promote_volume(&dir, &args.volume, args.unclean).map_err(|e| failed(&e))?;
+    let config = render_config(&Config {
+        volume: &args.volume,
+        root: &root,
+        mountpoint: args.mountpoint.as_deref(),
+        promotion: &promotion,
+        peers: peers.as_ref(),
+        replicas: &replicas,
+        key_file: key_file.as_deref(),
+    });
+    crate::durable::replace(&args.write_config, config).map_err(|error| {
+        CliError::Failure(format!(
+            "promoted at epoch {}, but the config could not be written to {}: {error}",
+            promotion.epoch,
+            args.write_config.display()
+        ))
+    })?;
+    println!(
+        "volume {} promoted to primary at epoch {}: its log continues at offset {}",
+        args.volume, promotion.epoch, promotion.next
+    );
+    if let Some(unvouched) = &promotion.unvouched {
+        println!(
+            "unclean: offsets {} to {} ({} records) were held by the old primary's in-sync replicas but not by this copy: they may be lost",
+            unvouched.start,
+            unvouched.end,
+            unvouched.end - unvouched.start
+        );
+    }
+    println!(
+        "config written to {}; serve it with: mirrorfs mount --config {}",
+        args.write_config.display(),
+        args.write_config.display()
+    );
+    Ok(())
+}
+
+/// `NAME=HOST:PORT` arguments as replicas.
+fn parse_replicas(args: &[String]) -> Result<Vec<Replica>, CliError> {
+    args.iter()
+        .map(|arg| match arg.split_once('=') {
+            Some((name, address)) if !name.is_empty() && !address.is_empty() => Ok(Replica {
+                name: name.to_string(),
+                address: address.to_string(),
+            }),
+            _ => Err(CliError::Usage(format!(
+                "--replica {arg:?}: expected NAME=HOST:PORT"
+            ))),
+        })
+        .collect()
+}
+
+/// What the new primary's config says.
+struct Config<'a> {
+    volume: &'a str,
+    root: &'a Path,
+    mountpoint: Option<&'a Path>,
+    promotion: &'a Promotion,
+    peers: Option<&'a Peers>,
+    replicas: &'a [Replica],
+    key_file: Option<&'a Path>,
+}
+
+/// The new primary's mount config: the copy's tree as its source, the copy's directory
+/// as its state (the log continues there), and its replicas, with what fsync waited for
+/// on the old primary.
+fn render_config(config: &Config<'_>) -> String {
+    let quote = |path: &Path| toml_string(&path.display().to_string());
+    let mut text = format!(
+        "# Written by `mirrorfs promote`: volume {} promoted to primary at epoch {}.\n\
+         # The source is the copy's tree; the state is the copy's directory, whose log\n\
+         # continues at offset {}.\n\n[volume]\nid = {}\nsource = {}\nstate_dir = {}\n",
+        config.volume,
+        config.promotion.epoch,
+        config.promotion.next,
+        toml_string(config.volume),
+        quote(&config.root.join("data")),
+        quote(config.root),
+    );
+    if let Some(mountpoint) = config.mountpoint {
+        let _ = writeln!(text, "mountpoint = {}", quote(mountpoint));
+    }
+    let (Some(key_file), false) = (config.key_file, config.replicas.is_empty()) else {
+        return text;
+    };
+    let _ = write!(text, "\n[replication]\nkey_file = {}\n", quote(key_file));
+    if let Some(peers) = config.peers {
+        let acks = serde_json::to_value(peers.acks).unwrap_or_default();
+        let on_insufficient = serde_json::to_value(peers.on_insufficient).unwrap_or_default();
+        // No more in sync than there are replicas left.
+        let min_insync = peers.min_insync.min(config.replicas.len() as u32).max(1);
+        let _ = write!(
+            text,
+            "acks = {acks}\nmin_insync = {min_insync}\non_insufficient = {on_insufficient}\n"
+        );
+        if peers.plaintext {
+            text.push_str("plaintext = true\n");
+        }
+    }
+    for replica in config.replicas {
+        let _ = write!(
+            text,
+            "\n[[replication.replicas]]\nname = {}\naddress = {}\n",
+            toml_string(&replica.name),
+            toml_string(&replica.address)
+        );
+    }
+    text
+}
+
+/// `text` as a TOML basic string.
+fn toml_string(text: &str) -> String {
+    toml::Value::String(text.to_string()).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Acks, OnInsufficient};
+
+    #[test]
+    fn the_config_names_the_copy_and_the_other_replicas() {
+        let promotion = Promotion {
+            epoch: 3,
+            next: 120,
+            unvouched: None,
+            whole: false,
+        };
+        let peers = Peers {
+            this: "r1".to_string(),
+            replicas: Vec::new(),
+            acks: Acks::Quorum,
+            min_insync: 2,
+            on_insufficient: OnInsufficient::Wait,
+            plaintext: false,
+        };
+        let replicas = [Replica {
+            name: "r2".to_string(),
+            address: "10.0.0.3:7000".to_string(),
+        }];
+        let root = std::path::PathBuf::from("/srv/node/vol \"x\"");
+        let text = render_config(&Config {
+            volume: "vol",
+            root: &root,
+            mountpoint: Some(Path::new("/mnt/vol")),
+            promotion: &promotion,
+            peers: Some(&peers),
+            replicas: &replicas,
+            key_file: Some(Path::new("/etc/vol.key")),
+        });
+        let parsed: toml::Value = toml::from_str(&text).unwrap();
+        assert_eq!(
+            parsed["volume"]["source"].as_str(),
+            Some("/srv/node/vol \"x\"/data")
+        );
+        assert_eq!(
+            parsed["volume"]["state_dir"].as_str(),
+            Some("/srv/node/vol \"x\"")
+        );
+        assert_eq!(parsed["replication"]["acks"].as_str(), Some("quorum"));
+        assert_eq!(parsed["replication"]["min_insync"].as_integer(), Some(1));
+        assert_eq!(
+            parsed["replication"]["on_insufficient"].as_str(),
+            Some("wait")
+        );
+        assert_eq!(
+            parsed["replication"]["replicas"][0]["address"].as_str(),
+            Some("10.0.0.3:7000")
+        );
+        let alone = render_config(&Config {
+            replicas: &[],
+            ..Config {
+                volume: "vol",
+                root: &root,
+                mountpoint: None,
+                promotion: &promotion,
+                peers: Some(&peers),
+                replicas: &replicas,
+                key_file: Some(Path::new("/etc/vol.key")),
+            }
+        });
+        assert!(!alone.contains("[replication]"), "{alone}");
+    }
+}

@@ -1,0 +1,222 @@
+//! Promoting a replica's copy to the volume's primary: the copy's tree becomes the new
+//! primary's origin and its log the new primary's log, continuing the same offsets in the
+//! next leader epoch, so the other replicas follow it from where they are.
+//!
+//! A copy is promoted only if it holds everything the old primary counted as held by every
+//! in-sync replica (its applied offset at least the last high watermark it was told), is
+//! not stuck and not in the middle of a snapshot, and was not promoted already; `unclean`
+//! (Kafka's unclean leader election) promotes a copy that was behind anyway, and says which
+//! offsets it cannot vouch for.
+//!
+//! Promotion writes, in the copy's directory: the new epoch in the log's history (durably,
+//! so this copy refuses the old primary from now on), the applied offset (after a syncfs
+//! of the tree), `log-base` (whether the log holds the whole volume), and last
+//! `promoted`, the marker that the directory is a primary's state now: a node never opens
+//! it as a copy again.
+
+use std::io::BufRead;
+use std::ops::Range;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::control;
+use crate::durable;
+use crate::state::{StateDir, StateError};
+
+use super::copy::{CopyError, VolumeCopy};
+use super::node::NODE_DIR;
+use super::protocol::Stuck;
+
+/// The marker a promotion leaves in the copy's directory: the epoch it began.
+pub const PROMOTED_FILE: &str = "promoted";
+
+/// What a promotion did.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Promotion {
+    /// The new leader epoch.
+    pub epoch: u32,
+    /// The offset the new primary's first record gets: the other replicas follow from
+    /// here.
+    pub next: u64,
+    /// With `unclean`, the offsets the copy lacked of what the old primary counted as held
+    /// by every in-sync replica: what may be lost.
+    pub unvouched: Option<Range<u64>>,
+    /// The log holds the whole volume (it began with it empty), so a new replica needs no
+    /// snapshot.
+    pub whole: bool,
+}
+
+/// Why a copy was not promoted.
+#[derive(Debug, thiserror::Error)]
+pub enum PromoteError {
+    /// No copy of the volume here.
+    #[error("no copy of volume {0} here")]
+    Unknown(String),
+    /// A snapshot is being received: the copy holds no whole volume.
+    #[error("the copy is in the middle of a snapshot, so it holds no whole volume")]
+    MidSnapshot,
+    /// The copy was behind what every in-sync replica held.
+    #[error(
+        "the copy was not in sync: it holds records below {applied}, but was told every in-sync replica holds those below {high_watermark} (--unclean promotes it anyway, losing what it lacks)"
+    )]
+    OutOfSync {
+        /// What the copy holds, applied.
+        applied: u64,
+        /// The last high watermark it was told.
+        high_watermark: u64,
+    },
+    /// The copy's tree cannot take a record its log holds.
+    #[error("the copy is stuck on record {}: {}", .0.offset, .0.error)]
+    Stuck(Stuck),
+    /// The copy is a primary already.
+    #[error("the copy was promoted already, at epoch {0}")]
+    Promoted(u32),
+    /// A primary is streaming to the copy: the primary is not lost.
+    #[error("its primary is still connected to the node; promote only when it is lost")]
+    PrimaryConnected,
+    /// Another promotion of the copy holds it.
+    #[error("another promotion of this copy is under way")]
+    Busy,
+    /// The copy's files.
+    #[error(transparent)]
+    Copy(#[from] CopyError),
+    /// The node's directory could not be locked, or the running node asked.
+    #[error("{0}")]
+    Node(String),
+}
+
+/// What a running node asked to promote one of its copies is sent, after `promote `.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct PromoteRequest {
+    /// The volume.
+    pub volume: String,
+    /// Promote a copy that was behind.
+    pub unclean: bool,
+}
+
+/// A running node's answer to a promotion request.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum PromoteAnswer {
+    /// Done.
+    Promoted(Promotion),
+    /// Refused, and why.
+    Refused(String),
+}
+
+/// Promotes the copy of `volume` in node directory `dir`: through the node, if one runs
+/// there (it hands the volume over and goes on serving the others), else on the files,
+/// holding the node's lock so that no node starts meanwhile.
+pub fn promote_volume(dir: &Path, volume: &str, unclean: bool) -> Result<Promotion, PromoteError> {
+    let root = dir.join(volume);
+    check_before_opening(&root, volume)?;
+    let own = dir.join(NODE_DIR);
+    match StateDir::open(&own) {
+        Ok(_lock) => {
+            let mut copy = VolumeCopy::open(&root)?;
+            promote(&mut copy, &root, unclean)
+        }
+        Err(StateError::Locked { .. }) => ask_node(&own, volume, unclean),
+        Err(error) => Err(PromoteError::Node(error.to_string())),
+    }
+}
+
+/// Asks the node running with its own files in `own` to promote its copy of `volume`.
+fn ask_node(own: &Path, volume: &str, unclean: bool) -> Result<Promotion, PromoteError> {
+    let request = PromoteRequest {
+        volume: volume.to_string(),
+        unclean,
+    };
+    let line = serde_json::to_string(&request).map_err(|e| PromoteError::Node(e.to_string()))?;
+    let failed = |reason: String| {
+        PromoteError::Node(format!(
+            "the node's directory is locked and no node answers a promotion ({reason}): another promotion may be under way"
+        ))
+    };
+    let mut answers = control::request(own, &format!("promote {line}"))
+        .map_err(|error| failed(error.to_string()))?;
+    let mut answer = String::new();
+    answers
+        .read_line(&mut answer)
+        .map_err(|error| failed(error.to_string()))?;
+    match serde_json::from_str(&answer) {
+        Ok(PromoteAnswer::Promoted(promotion)) => Ok(promotion),
+        Ok(PromoteAnswer::Refused(reason)) => Err(PromoteError::Node(reason)),
+        Err(error) => Err(failed(format!("its answer: {error}"))),
+    }
+}
+
+/// The epoch a promotion of the copy at `root` began, if it was promoted.
+pub fn promoted_at(root: &Path) -> Result<Option<u32>, CopyError> {
+    let path = root.join(PROMOTED_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => text.trim().parse().map(Some).map_err(|_| CopyError::Io {
+            path,
+            source: std::io::Error::new(std::io::ErrorKind::InvalidData, "not an epoch"),
+        }),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(CopyError::Io { path, source }),
+    }
+}
+
+/// Why the copy at `root` cannot be promoted before it is opened, if it cannot: it is
+/// not there, a snapshot is half received, or it is a primary already.
+pub fn check_before_opening(root: &Path, volume: &str) -> Result<(), PromoteError> {
+    if !root.join("log").is_dir() {
+        return Err(PromoteError::Unknown(volume.to_string()));
+    }
+    if let Some(epoch) = promoted_at(root)? {
+        return Err(PromoteError::Promoted(epoch));
+    }
+    if root.join("staging").exists() && !root.join("base.new").exists() {
+        return Err(PromoteError::MidSnapshot);
+    }
+    Ok(())
+}
+
+/// Promotes `copy`, open from `root`, to the next epoch (see the module doc).
+pub fn promote(
+    copy: &mut VolumeCopy,
+    root: &Path,
+    unclean: bool,
+) -> Result<Promotion, PromoteError> {
+    if let Some(epoch) = promoted_at(root)? {
+        return Err(PromoteError::Promoted(epoch));
+    }
+    if copy.status().receiving_snapshot {
+        return Err(PromoteError::MidSnapshot);
+    }
+    // Records the log holds and the tree lacks are applied first (a node applies them as
+    // they come; one that died between may not have).
+    copy.apply_received(&[])?;
+    if let Some(stuck) = copy.stuck() {
+        return Err(PromoteError::Stuck(stuck.clone()));
+    }
+    let status = copy.status();
+    let (applied, high_watermark) = (status.applied, copy.high_watermark());
+    let unvouched = (applied < high_watermark).then_some(applied..high_watermark);
+    if unvouched.is_some() && !unclean {
+        return Err(PromoteError::OutOfSync {
+            applied,
+            high_watermark,
+        });
+    }
+    let epoch = copy.epoch() + 1;
+    copy.accept_epoch(epoch)?;
+    copy.store_applied()?;
+    let whole = status.log_start == 0 && !copy.has_snapshot();
+    let base = root.join("log-base");
+    durable::replace(&base, if whole { "whole\n" } else { "partial\n" })
+        .map_err(|source| CopyError::Io { path: base, source })?;
+    let marker = root.join(PROMOTED_FILE);
+    durable::replace(&marker, format!("{epoch}\n")).map_err(|source| CopyError::Io {
+        path: marker,
+        source,
+    })?;
+    Ok(Promotion {
+        epoch,
+        next: copy.next(),
+        unvouched,
+        whole,
+    })
+}
