@@ -9,30 +9,104 @@ use std::io::Write;
 use std::time::{Duration, Instant};
 
 use common::replica::{Node, key_file, peers, replicated_mount, wait_replicated};
+use mirrorfs::log::{LogPath, Op, Record};
 use mirrorfs::replication::{
     Channel, ToNode, ToPrimary, VolumeKey, decode_message as decode, encode_message as encode,
 };
 use tokio::net::TcpStream;
 
+/// A test playing a primary of volume "vol" to one node, in its own small runtime.
+struct FakePrimary {
+    runtime: tokio::runtime::Runtime,
+    channel: Channel<TcpStream>,
+}
+
+impl FakePrimary {
+    /// Connects to `node` with the volume's key.
+    fn connect(node: &Node, key: &VolumeKey) -> FakePrimary {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let channel = runtime.block_on(async {
+            let stream = TcpStream::connect(&node.address).await.unwrap();
+            Channel::connect(stream, "vol", key, false).await.unwrap()
+        });
+        FakePrimary { runtime, channel }
+    }
+
+    /// Sends `message` and returns the answer.
+    fn ask(&mut self, message: &ToNode) -> ToPrimary {
+        let channel = &mut self.channel;
+        self.runtime.block_on(async {
+            channel.send(&encode(message)).await.unwrap();
+            decode(&channel.receive().await.unwrap()).unwrap()
+        })
+    }
+
+    /// Opens a streaming session as a primary of `epoch` whose log ends at `log_end`.
+    fn open(&mut self, node: &Node, epoch: u32, log_end: u64) -> ToPrimary {
+        self.ask(&ToNode::Open {
+            epoch,
+            log_start: 0,
+            log_end,
+            peers: peers("r0", &node.address),
+        })
+    }
+}
+
 /// Opens a streaming session with `node` for volume "vol" as a primary of `epoch`, and
 /// returns the node's answer.
 fn open_as_primary(node: &Node, key: &VolumeKey, epoch: u32) -> ToPrimary {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(async {
-        let stream = TcpStream::connect(&node.address).await.unwrap();
-        let mut channel = Channel::connect(stream, "vol", key, false).await.unwrap();
-        let open = ToNode::Open {
-            epoch,
-            log_start: 0,
-            log_end: 0,
-            peers: peers("r0", &node.address),
-        };
-        channel.send(&encode(&open)).await.unwrap();
-        decode(&channel.receive().await.unwrap()).unwrap()
+    FakePrimary::connect(node, key).open(node, epoch, 0)
+}
+
+/// Three records of epoch 1 from offset `from`: a directory, a file in it, its bytes.
+fn records(from: u64) -> Vec<Record> {
+    let path = |text: &str| LogPath::try_from(text.as_bytes().to_vec()).unwrap();
+    [
+        Op::Mkdir {
+            path: path("d"),
+            mode: 0o755,
+            uid: 0,
+            gid: 0,
+        },
+        Op::Create {
+            path: path("d/f"),
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+        },
+        Op::Write {
+            path: path("d/f"),
+            offset: 0,
+            data: b"hello".to_vec(),
+        },
+    ]
+    .into_iter()
+    .enumerate()
+    .map(|(n, op)| Record {
+        offset: from + n as u64,
+        epoch: 1,
+        op,
     })
+    .collect()
+}
+
+/// `mirrorfs promote` of volume "vol" in `node`'s directory, writing `config`, with
+/// `extra` arguments.
+fn promote(node: &Node, config: &std::path::Path, extra: &[&str]) -> std::process::Output {
+    let mut args = vec![
+        "promote",
+        "--dir",
+        node.dir.to_str().unwrap(),
+        "--volume",
+        "vol",
+        "--write-config",
+        config.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    common::run(&args)
 }
 
 /// Waits until `check` holds, for at most 20 s.
@@ -279,5 +353,126 @@ fn assert_mount_refused(mount: &common::Mount, why: &str) {
         common::mount_type(&mount.mountpoint),
         None,
         "nothing mounted"
+    );
+}
+
+/// Promotion refuses what it must, with a one-line reason and exit 1, and changes nothing
+/// then: a copy whose primary still streams to it, a copy behind the high watermark it
+/// was told (until --unclean, which says what may be lost), a copy in the middle of a
+/// snapshot, and a second promotion (exactly one epoch wins).
+#[test]
+fn promotion_refuses_what_it_must() {
+    let scratch = common::scratch();
+    let (key_path, key) = key_file(scratch.path(), "vol.key");
+    let mut node = Node::start(scratch.path(), "127.0.0.1:0", &[("vol", &key_path)]);
+    let config = scratch.path().join("promoted.toml");
+    let refused = |output: std::process::Output, why: &str| {
+        assert_eq!(output.status.code(), Some(1), "{output:?}");
+        let stderr = String::from_utf8(output.stderr).unwrap();
+        assert!(
+            stderr.contains(why) && stderr.trim().lines().count() == 1,
+            "{stderr}"
+        );
+        assert!(!config.exists(), "no config written");
+    };
+
+    // Three records held, and told that every in-sync replica holds nine.
+    let mut primary = FakePrimary::connect(&node, &key);
+    assert!(matches!(
+        primary.open(&node, 1, 9),
+        ToPrimary::Position { .. }
+    ));
+    let batch = ToNode::Records {
+        records: records(0),
+        high_watermark: 9,
+    };
+    assert_eq!(primary.ask(&batch), ToPrimary::Ack { next: 3 });
+    refused(promote(&node, &config, &[]), "still connected");
+    drop(primary);
+    wait_for("the session's end", || {
+        let output = common::run(&[
+            "replica",
+            "status",
+            "--json",
+            "--dir",
+            node.dir.to_str().unwrap(),
+        ]);
+        let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+        report["volumes"][0]["connected"] == false
+    });
+    refused(
+        promote(&node, &config, &[]),
+        "not in sync: it holds records below 3, but was told every in-sync replica holds those below 9",
+    );
+
+    // A snapshot half received, the node gone: the copy holds no whole volume.
+    let mut primary = FakePrimary::connect(&node, &key);
+    assert!(matches!(
+        primary.open(&node, 1, 20),
+        ToPrimary::Position { .. }
+    ));
+    let begin = ToNode::SnapshotBegin {
+        offset: 20,
+        epoch: 1,
+        last: None,
+    };
+    assert!(matches!(primary.ask(&begin), ToPrimary::Ack { .. }));
+    drop(primary);
+    node.kill();
+    refused(
+        promote(&node, &config, &["--unclean"]),
+        "middle of a snapshot",
+    );
+    node.restart();
+
+    // Unclean: promoted anyway, saying what may be lost. Two at once: one epoch wins.
+    let configs = [scratch.path().join("a.toml"), scratch.path().join("b.toml")];
+    let racing: Vec<_> = configs
+        .iter()
+        .map(|config| {
+            let (dir, config) = (node.dir.clone(), config.clone());
+            std::thread::spawn(move || {
+                common::run(&[
+                    "promote",
+                    "--dir",
+                    dir.to_str().unwrap(),
+                    "--volume",
+                    "vol",
+                    "--write-config",
+                    config.to_str().unwrap(),
+                    "--unclean",
+                ])
+            })
+        })
+        .collect();
+    let outputs: Vec<_> = racing
+        .into_iter()
+        .map(|thread| thread.join().unwrap())
+        .collect();
+    let won: Vec<_> = outputs
+        .iter()
+        .filter(|output| output.status.success())
+        .collect();
+    assert_eq!(won.len(), 1, "{outputs:?}");
+    let said = String::from_utf8_lossy(&won[0].stdout);
+    assert!(
+        said.contains("at epoch 2") && said.contains("offsets 3 to 9 (6 records)"),
+        "{said}"
+    );
+    let lost = outputs
+        .iter()
+        .find(|output| !output.status.success())
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&lost.stderr);
+    assert!(
+        stderr.contains("promoted already, at epoch 2") || stderr.contains("under way"),
+        "{stderr}"
+    );
+    assert_eq!(configs.iter().filter(|config| config.exists()).count(), 1);
+    assert_eq!(
+        fs::read_to_string(node.dir.join("vol/promoted"))
+            .unwrap()
+            .trim(),
+        "2"
     );
 }
