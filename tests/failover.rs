@@ -8,8 +8,9 @@ use std::fs;
 use std::io::Write;
 use std::time::{Duration, Instant};
 
-use common::replica::{Node, key_file, peers, replicated_mount, wait_replicated};
-use mirrorfs::log::{LogPath, Op, Record};
+use common::replica::{
+    Node, key_file, peers, replicated_mount, sample_records as records, wait_replicated,
+};
 use mirrorfs::replication::{
     Channel, ToNode, ToPrimary, VolumeKey, decode_message as decode, encode_message as encode,
 };
@@ -59,38 +60,6 @@ impl FakePrimary {
 /// returns the node's answer.
 fn open_as_primary(node: &Node, key: &VolumeKey, epoch: u32) -> ToPrimary {
     FakePrimary::connect(node, key).open(node, epoch, 0)
-}
-
-/// Three records of epoch 1 from offset `from`: a directory, a file in it, its bytes.
-fn records(from: u64) -> Vec<Record> {
-    let path = |text: &str| LogPath::try_from(text.as_bytes().to_vec()).unwrap();
-    [
-        Op::Mkdir {
-            path: path("d"),
-            mode: 0o755,
-            uid: 0,
-            gid: 0,
-        },
-        Op::Create {
-            path: path("d/f"),
-            mode: 0o644,
-            uid: 0,
-            gid: 0,
-        },
-        Op::Write {
-            path: path("d/f"),
-            offset: 0,
-            data: b"hello".to_vec(),
-        },
-    ]
-    .into_iter()
-    .enumerate()
-    .map(|(n, op)| Record {
-        offset: from + n as u64,
-        epoch: 1,
-        op,
-    })
-    .collect()
 }
 
 /// `mirrorfs promote` of volume "vol" in `node`'s directory, writing `config`, with
@@ -390,15 +359,7 @@ fn promotion_refuses_what_it_must() {
     refused(promote(&node, &config, &[]), "still connected");
     drop(primary);
     wait_for("the session's end", || {
-        let output = common::run(&[
-            "replica",
-            "status",
-            "--json",
-            "--dir",
-            node.dir.to_str().unwrap(),
-        ]);
-        let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
-        report["volumes"][0]["connected"] == false
+        node.first_volume()["connected"] == false
     });
     refused(
         promote(&node, &config, &[]),

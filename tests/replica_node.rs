@@ -4,51 +4,17 @@
 
 mod common;
 
-use common::replica::{Node, key_file, peers};
+use common::replica::{Node, key_file, peers, sample_records as records};
 
 use std::fs;
 
-use mirrorfs::log::{LogPath, Op, Record};
+use mirrorfs::log::Record;
 use mirrorfs::replication::{
     Channel, ChannelError, ToNode, ToPrimary, VolumeKey, decode_message as decode,
     encode_message as encode, record_hash,
 };
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
-
-fn path(text: &str) -> LogPath {
-    LogPath::try_from(text.as_bytes().to_vec()).unwrap()
-}
-
-fn records(from: u64) -> Vec<Record> {
-    [
-        Op::Mkdir {
-            path: path("d"),
-            mode: 0o755,
-            uid: 0,
-            gid: 0,
-        },
-        Op::Create {
-            path: path("d/f"),
-            mode: 0o644,
-            uid: 0,
-            gid: 0,
-        },
-        Op::Write {
-            path: path("d/f"),
-            offset: 0,
-            data: b"hello".to_vec(),
-        },
-    ]
-    .into_iter()
-    .enumerate()
-    .map(|(n, op)| Record {
-        offset: from + n as u64,
-        epoch: 1,
-        op,
-    })
-    .collect()
-}
 
 async fn connect(
     node: &Node,

@@ -76,17 +76,7 @@ fn two_replicas_converge_to_byte_identical_copies() {
     // Each copy is told the high watermark (with the next batch or heartbeat, within a
     // second), so that it can later show it was in sync.
     for node in &nodes {
-        let told = || {
-            let output = common::run(&[
-                "replica",
-                "status",
-                "--json",
-                "--dir",
-                node.dir.to_str().unwrap(),
-            ]);
-            let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
-            report["volumes"][0]["high_watermark"].as_u64().unwrap()
-        };
+        let told = || node.first_volume()["high_watermark"].as_u64().unwrap();
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         while told() < end && std::time::Instant::now() < deadline {
             std::thread::sleep(std::time::Duration::from_millis(100));

@@ -7,6 +7,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use mirrorfs::config::{Acks, OnInsufficient, Replica};
+use mirrorfs::log::{LogPath, Op, Record};
 use mirrorfs::replication::{Peers, VolumeKey};
 
 /// A running `mirrorfs replica serve`, stopped (by its pid) when dropped.
@@ -107,6 +108,19 @@ impl Node {
         }
     }
 
+    /// `mirrorfs replica status --json` of this node: its first volume's entry.
+    pub fn first_volume(&self) -> serde_json::Value {
+        let output = super::run(&[
+            "replica",
+            "status",
+            "--json",
+            "--dir",
+            self.dir.to_str().unwrap(),
+        ]);
+        let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+        report["volumes"][0].clone()
+    }
+
     /// The node's log so far.
     pub fn log(&self) -> String {
         fs::read_to_string(&self.log).unwrap_or_default()
@@ -162,6 +176,38 @@ pub fn key_file(dir: &Path, name: &str) -> (PathBuf, VolumeKey) {
         .unwrap();
     std::io::Write::write_all(&mut file, format!("{}\n", key.to_hex()).as_bytes()).unwrap();
     (path, key)
+}
+
+/// Three records of epoch 1 from offset `from`: a directory, a file in it, its bytes.
+pub fn sample_records(from: u64) -> Vec<Record> {
+    let path = |text: &str| LogPath::try_from(text.as_bytes().to_vec()).unwrap();
+    [
+        Op::Mkdir {
+            path: path("d"),
+            mode: 0o755,
+            uid: 0,
+            gid: 0,
+        },
+        Op::Create {
+            path: path("d/f"),
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+        },
+        Op::Write {
+            path: path("d/f"),
+            offset: 0,
+            data: b"hello".to_vec(),
+        },
+    ]
+    .into_iter()
+    .enumerate()
+    .map(|(n, op)| Record {
+        offset: from + n as u64,
+        epoch: 1,
+        op,
+    })
+    .collect()
 }
 
 /// What a test playing a primary tells a node it is: replica `this` of one.
