@@ -9,6 +9,7 @@ pub mod config;
 pub mod control;
 mod durable;
 pub mod fuse;
+mod hooks;
 pub mod log;
 pub mod manifest;
 pub mod origin;

@@ -99,7 +99,12 @@ fn a_primary_is_fenced_once_a_replica_accepts_a_newer_epoch() {
     let scratch = common::scratch();
     let (key_path, key) = key_file(scratch.path(), "vol.key");
     let mut node = Node::start(scratch.path(), "127.0.0.1:0", &[("vol", &key_path)]);
-    let mut mount = replicated_mount("vol", &key_path, &[&node], "acks = \"all\"\n");
+    let told = scratch.path().join("on_fenced.out");
+    let hook = format!(
+        "acks = \"all\"\non_fenced = 'echo $MIRRORFS_VOLUME $MIRRORFS_EPOCH $MIRRORFS_ROLE > {}'\n",
+        told.display()
+    );
+    let mut mount = replicated_mount("vol", &key_path, &[&node], &hook);
     let mut kept = fs::File::create(mount.path("kept")).unwrap();
     kept.write_all(b"before the promotion").unwrap();
     kept.sync_all().unwrap();
@@ -165,6 +170,9 @@ fn a_primary_is_fenced_once_a_replica_accepts_a_newer_epoch() {
         "{}",
         mount.log()
     );
+    wait_for("on_fenced", || {
+        fs::read_to_string(&told).is_ok_and(|text| text == "vol 2 fenced\n")
+    });
     drop(kept);
 
     // Restarted, it stays fenced: the mount is refused, with why, in one line.
@@ -216,12 +224,12 @@ fn a_promoted_replica_serves_every_acknowledged_write_and_the_other_follows_it()
         .iter()
         .map(|dir| Node::start(dir, "127.0.0.1:0", &[("vol", &key_path)]))
         .collect();
-    let mut old = replicated_mount(
-        "vol",
-        &key_path,
-        &[&nodes[0], &nodes[1]],
-        "acks = \"all\"\nmin_insync = 1\n",
+    let told = scratch.path().join("on_promote.out");
+    let settings = format!(
+        "acks = \"all\"\nmin_insync = 1\non_promote = 'echo $MIRRORFS_VOLUME $MIRRORFS_EPOCH $MIRRORFS_ROLE > {}'\n",
+        told.display()
     );
+    let mut old = replicated_mount("vol", &key_path, &[&nodes[0], &nodes[1]], &settings);
     let acknowledged = acknowledged_writes(&old, "before", 40);
     wait_replicated(&old);
     old.crash();
@@ -251,6 +259,8 @@ fn a_promoted_replica_serves_every_acknowledged_write_and_the_other_follows_it()
     );
     let said = String::from_utf8(promoted.stdout).unwrap();
     assert!(said.contains("promoted to primary at epoch 2"), "{said}");
+    assert!(said.contains("on_promote ran"), "{said}");
+    assert_eq!(fs::read_to_string(&told).unwrap(), "vol 2 primary\n");
     let again = promote("vol");
     assert_eq!(again.status.code(), Some(2), "the config exists: {again:?}");
     let text = fs::read_to_string(&config).unwrap();

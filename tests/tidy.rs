@@ -15,6 +15,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("throttled", &[]),
     ("signals", &[]),
     ("control", &[]),
+    ("hooks", &[]),
     ("config", &["types"]),
     ("state", &["types"]),
     // The origin and the log: the two things everything else stands on.
@@ -42,6 +43,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "throttled",
             "signals",
             "control",
+            "hooks",
             "state",
             "origin",
             "log",

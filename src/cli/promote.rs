@@ -6,6 +6,7 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 use crate::config::Replica;
+use crate::hooks::Moment;
 use crate::replication::{Peers, Promotion, load_key_file, load_peers, promote_volume};
 use crate::types::Name;
 
@@ -81,6 +82,26 @@ pub fn run(args: PromoteArgs) -> Result<(), CliError> {
         args.write_config.display(),
         args.write_config.display()
     );
+    if let Some(hook) = peers.as_ref().and_then(|peers| peers.on_promote.as_deref()) {
+        let moment = Moment {
+            volume: &args.volume,
+            epoch: promotion.epoch,
+            role: "primary",
+        };
+        match crate::hooks::run(hook, moment) {
+            Ok(status) if status.success() => println!("on_promote ran: {hook}"),
+            Ok(status) => {
+                return Err(CliError::Failure(format!(
+                    "promoted, but on_promote ({hook}) failed: {status}"
+                )));
+            }
+            Err(error) => {
+                return Err(CliError::Failure(format!(
+                    "promoted, but on_promote ({hook}) could not run: {error}"
+                )));
+            }
+        }
+    }
     Ok(())
 }
 
@@ -145,6 +166,14 @@ fn render_config(config: &Config<'_>) -> String {
         if peers.plaintext {
             text.push_str("plaintext = true\n");
         }
+        for (key, hook) in [
+            ("on_promote", &peers.on_promote),
+            ("on_fenced", &peers.on_fenced),
+        ] {
+            if let Some(hook) = hook {
+                let _ = writeln!(text, "{key} = {}", toml_string(hook));
+            }
+        }
     }
     for replica in config.replicas {
         let _ = write!(
@@ -182,6 +211,8 @@ mod tests {
             min_insync: 2,
             on_insufficient: OnInsufficient::Wait,
             plaintext: false,
+            on_promote: Some("echo \"$MIRRORFS_ROLE\" > /run/role".to_string()),
+            on_fenced: None,
         };
         let replicas = [Replica {
             name: "r2".to_string(),
@@ -211,6 +242,10 @@ mod tests {
         assert_eq!(
             parsed["replication"]["on_insufficient"].as_str(),
             Some("wait")
+        );
+        assert_eq!(
+            parsed["replication"]["on_promote"].as_str(),
+            Some("echo \"$MIRRORFS_ROLE\" > /run/role")
         );
         assert_eq!(
             parsed["replication"]["replicas"][0]["address"].as_str(),

@@ -53,6 +53,10 @@ pub struct RawReplication {
     pub key_file: Option<PathBuf>,
     /// Send records unencrypted (still authenticated). Only for trusted networks.
     pub plaintext: Option<bool>,
+    /// A shell command a promotion of a replica runs once it has made it the primary.
+    pub on_promote: Option<String>,
+    /// A shell command the daemon runs when it is fenced (a replica was promoted).
+    pub on_fenced: Option<String>,
     /// The replica nodes.
     #[serde(default)]
     pub replicas: Vec<RawReplica>,
@@ -87,6 +91,10 @@ pub struct ReplicationConfig {
     pub key_file: PathBuf,
     /// Records cross the network unencrypted.
     pub plaintext: bool,
+    /// Run by `sh -c` once a promotion made a replica the primary (on that machine).
+    pub on_promote: Option<String>,
+    /// Run by `sh -c` when this primary is fenced.
+    pub on_fenced: Option<String>,
     /// The replica nodes, in config order.
     pub replicas: Vec<Replica>,
 }
@@ -197,6 +205,8 @@ pub(super) fn resolve(raw: &RawReplication) -> Result<Option<ReplicationConfig>,
         )?,
         key_file,
         plaintext: raw.plaintext.unwrap_or(false),
+        on_promote: hook("replication.on_promote", &raw.on_promote)?,
+        on_fenced: hook("replication.on_fenced", &raw.on_fenced)?,
         replicas,
     }))
 }
@@ -214,4 +224,15 @@ pub fn valid_address(text: &str) -> bool {
         && host
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-')
+}
+
+/// A hook's command, if given: not empty, and one line.
+fn hook(key: &'static str, command: &Option<String>) -> Result<Option<String>, ConfigError> {
+    match command {
+        Some(command) if command.trim().is_empty() || command.contains('\n') => Err(invalid(
+            key,
+            "a hook is one non-empty line of shell".to_string(),
+        )),
+        other => Ok(other.clone()),
+    }
 }

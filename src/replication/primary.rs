@@ -29,6 +29,7 @@ use super::protocol::{Peers, ProtocolError, ToNode, ToPrimary, decode, encode, r
 use crate::config::Replica;
 use crate::config::Span;
 use crate::config::{OnInsufficient, ReplicationConfig};
+use crate::hooks::Moment;
 use crate::log::{Fence, Log, LogError, Op, Record, Records};
 use crate::tree::WalkError;
 use crate::tree::{WalkStats, to_ops};
@@ -379,6 +380,8 @@ impl Replication {
                     min_insync: config.min_insync,
                     on_insufficient: config.on_insufficient,
                     plaintext: config.plaintext,
+                    on_promote: config.on_promote.clone(),
+                    on_fenced: config.on_fenced.clone(),
                 },
                 // As long as a replica may lag and stay in sync, and no shorter than a
                 // batch takes on a slow link.
@@ -670,6 +673,14 @@ impl Sender {
         tracing::error!(%fence, "this primary is fenced: it takes no more changes (EROFS); rejoin it as a replica of the new primary");
         if let Err(error) = self.log().fence_by(fence) {
             tracing::error!(%error, "the fence could not be kept on disk; the mount still refuses changes until it stops");
+        }
+        if let Some(hook) = &self.peers.on_fenced {
+            let moment = Moment {
+                volume: &self.volume,
+                epoch,
+                role: "fenced",
+            };
+            crate::hooks::spawn(hook, moment);
         }
         self.shared.stopping.store(true, Ordering::SeqCst);
         self.shared.appended.notify_waiters();

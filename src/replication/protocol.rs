@@ -43,6 +43,12 @@ pub struct Peers {
     pub on_insufficient: OnInsufficient,
     /// Records cross the network unencrypted.
     pub plaintext: bool,
+    /// The config's `on_promote` hook, for a promoted copy to run and keep.
+    #[serde(default)]
+    pub on_promote: Option<String>,
+    /// The config's `on_fenced` hook, for a promoted copy's config to keep.
+    #[serde(default)]
+    pub on_fenced: Option<String>,
 }
 
 /// What a primary sends.
@@ -263,6 +269,8 @@ mod tests {
                     min_insync: 1,
                     on_insufficient: OnInsufficient::Wait,
                     plaintext: false,
+                    on_promote: Some("ip addr add 10.0.0.9/24 dev eth0".to_string()),
+                    on_fenced: None,
                 },
             },
             ToNode::Records {

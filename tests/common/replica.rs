@@ -222,6 +222,8 @@ pub fn peers(this: &str, address: &str) -> Peers {
         min_insync: 1,
         on_insufficient: OnInsufficient::Fail,
         plaintext: false,
+        on_promote: None,
+        on_fenced: None,
     }
 }
 
