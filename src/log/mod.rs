@@ -24,6 +24,7 @@ pub use frame::{Decoded, FrameError, decode as decode_frame, encode as encode_fr
 pub use record::{LogPath, Op, PathError, Record};
 pub use segment::{FORMAT_VERSION, ScanError, header as segment_header};
 
+use crate::durable;
 use segment::{FrameReader, Segment, Tail};
 
 /// What went wrong in the log.
@@ -548,6 +549,72 @@ impl Log {
         Ok(doomed)
     }
 
+    /// Cuts the log back so that its next record gets offset `to`: every record from `to`
+    /// on is removed, durably, and epochs that began there are forgotten (the latest
+    /// still refused below it). What a replica does when it holds records a new primary
+    /// never had (Kafka's truncation at the divergence point). Returns how many records
+    /// went. A log cannot be cut below its oldest kept record.
+    pub fn truncate_to(&self, to: u64) -> Result<u64> {
+        let mut appender = self.appender();
+        let appender = &mut *appender;
+        let next = appender.active().next;
+        if to >= next {
+            return Ok(0);
+        }
+        let first = appender.segments[0].first;
+        if to < first {
+            return Err(LogError::Deleted { offset: to, first });
+        }
+        // The segment that keeps `to`'s place; those after it go whole, newest first, so a
+        // crash midway leaves a log that ends earlier, never one with a gap.
+        let keep = appender
+            .segments
+            .iter()
+            .rposition(|segment| segment.first <= to)
+            .expect("the first segment starts at or before `to`");
+        while appender.segments.len() > keep + 1 {
+            let doomed = appender.segments.pop().expect("more than one");
+            remove_segment(&doomed)?;
+        }
+        let segment = appender.active();
+        let start = segment.start_for(to);
+        let mut reader =
+            FrameReader::open(&segment.path, start.position).map_err(io_error(&segment.path))?;
+        let mut offset = start.offset;
+        while offset < to {
+            match reader.next_frame().map_err(io_error(&segment.path))? {
+                Some(Decoded::Record(..)) => offset += 1,
+                _ => {
+                    return Err(LogError::Corrupt {
+                        path: segment.path.clone(),
+                        offset,
+                        position: reader.position,
+                        error: FrameError::Truncated.into(),
+                    });
+                }
+            }
+        }
+        let position = reader.position;
+        // Writable again: it may have been sealed, with an index of its own.
+        let index = segment.index_path();
+        durable::remove(&index).map_err(io_error(&index))?;
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&segment.path)
+            .map_err(io_error(&segment.path))?;
+        file.set_len(position).map_err(io_error(&segment.path))?;
+        file.sync_all().map_err(io_error(&segment.path))?;
+        segment.next = to;
+        segment.len = position;
+        segment.index.retain(|entry| entry.offset < to);
+        appender.active = Arc::new(file);
+        self.durable.fetch_min(to, Ordering::AcqRel);
+        appender.epochs.cut_at(to);
+        appender.epochs.store(&self.dir)?;
+        Ok(next - to)
+    }
+
     /// The records and sizes as they are now.
     pub fn view(&self) -> LogView {
         LogView {
@@ -797,6 +864,14 @@ fn load(dir: &Path) -> Result<(Vec<Segment>, Tail)> {
         segments.push(loaded);
     }
     Ok((segments, tail))
+}
+
+/// Removes a segment's files durably, its index first (a segment without an index is
+/// rescanned, never the reverse).
+fn remove_segment(segment: &Segment) -> Result<()> {
+    let index = segment.index_path();
+    durable::remove(&index).map_err(io_error(&index))?;
+    durable::remove(&segment.path).map_err(io_error(&segment.path))
 }
 
 /// Makes an empty segment file starting at `first`, durable with its directory entry.

@@ -628,3 +628,53 @@ fn a_damaged_history_is_refused_with_its_name() {
         "{error}"
     );
 }
+
+#[test]
+fn truncation_cuts_back_to_an_offset_across_segments_and_survives_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path(), options(4096)).unwrap();
+    for offset in 0..20 {
+        log.append(&write_op("f", offset, 300)).unwrap();
+    }
+    log.begin_epoch(2).unwrap();
+    for offset in 20..40 {
+        log.append(&write_op("f", offset, 300)).unwrap();
+    }
+    log.sync_to(40).unwrap();
+    let segments = log.view().segments.len();
+    assert!(segments > 3, "{segments} segments");
+    assert_eq!(log.truncate_to(13).unwrap(), 27);
+    assert_eq!(log.next_offset(), 13);
+    assert!(log.durable_offset() <= 13);
+    assert!(log.view().segments.len() < segments);
+    let kept = all(&log);
+    assert_eq!(kept.len(), 13);
+    assert_eq!(kept.last().unwrap().offset, 12);
+    // Epoch 2 began past the cut: its records are gone, but it is still the latest.
+    assert_eq!(history(&log), [(1, 0), (2, 13)]);
+    assert_eq!(log.append(&write_op("g", 0, 10)).unwrap(), 13);
+    assert_eq!(all(&log)[13].epoch, 2);
+    assert_eq!(log.truncate_to(20).unwrap(), 0, "nothing past the end");
+    drop(log);
+    let log = Log::open(dir.path(), options(4096)).unwrap();
+    assert_eq!(log.next_offset(), 14);
+    assert_eq!(all(&log).len(), 14);
+    assert!(matches!(log.truncate_to(0), Ok(14)));
+    assert_eq!(log.next_offset(), 0);
+    log.delete_before(0).unwrap();
+}
+
+#[test]
+fn truncation_stops_at_the_oldest_kept_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open_at(dir.path(), options(1 << 20), 100).unwrap();
+    log.append(&write_op("f", 0, 10)).unwrap();
+    assert!(matches!(
+        log.truncate_to(50),
+        Err(LogError::Deleted {
+            offset: 50,
+            first: 100
+        })
+    ));
+    assert_eq!(log.next_offset(), 101);
+}
