@@ -447,3 +447,49 @@ fn promotion_refuses_what_it_must() {
         "2"
     );
 }
+
+/// A replica cut off from the primary (its node stopped) cannot know the others went on
+/// without it: promotion asks the other replicas, and refuses the one behind, naming the
+/// one to promote instead, which then holds every acknowledged write.
+#[test]
+fn a_replica_left_behind_is_not_promoted_over_one_that_reaches_further() {
+    let scratch = common::scratch();
+    let (key_path, _) = key_file(scratch.path(), "vol.key");
+    let node_dirs = [scratch.path().join("r1"), scratch.path().join("r2")];
+    for dir in &node_dirs {
+        fs::create_dir(dir).unwrap();
+    }
+    let mut nodes: Vec<Node> = node_dirs
+        .iter()
+        .map(|dir| Node::start(dir, "127.0.0.1:0", &[("vol", &key_path)]))
+        .collect();
+    let mut old = replicated_mount(
+        "vol",
+        &key_path,
+        &[&nodes[0], &nodes[1]],
+        "acks = \"all\"\nmin_insync = 1\n",
+    );
+    let mut acknowledged = acknowledged_writes(&old, "both", 5);
+    wait_replicated(&old);
+    nodes[0].kill();
+    acknowledged.extend(acknowledged_writes(&old, "r2-only", 5));
+    old.crash();
+    nodes[0].restart();
+
+    let config = scratch.path().join("promoted.toml");
+    let refused = promote(&nodes[0], &config, &[]);
+    assert_eq!(refused.status.code(), Some(1), "{refused:?}");
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains("replica r1 holds records up to"),
+        "{stderr}"
+    );
+    assert!(!config.exists() && !nodes[0].dir.join("vol/promoted").exists());
+
+    let promoted = promote(&nodes[1], &config, &[]);
+    assert!(promoted.status.success(), "{promoted:?}");
+    for (name, data) in &acknowledged {
+        let copy = nodes[1].dir.join("vol/data").join(name);
+        assert_eq!(&fs::read(copy).unwrap(), data, "{name}");
+    }
+}

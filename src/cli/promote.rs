@@ -7,7 +7,10 @@ use std::path::Path;
 
 use crate::config::Replica;
 use crate::hooks::Moment;
-use crate::replication::{Peers, Promotion, load_key_file, load_peers, promote_volume};
+use crate::replication::{
+    Peers, Promotion, VolumeKey, inspect_copy, load_key_file, load_peers, peer_positions,
+    promote_volume,
+};
 use crate::types::Name;
 
 use super::{CliError, PromoteArgs};
@@ -47,6 +50,17 @@ pub fn run(args: PromoteArgs) -> Result<(), CliError> {
         return Err(CliError::Usage(
             "the volume's key file is not known here: give --key-file".to_string(),
         ));
+    }
+    if let Some(key_file) = key_file.as_deref().filter(|_| !replicas.is_empty()) {
+        let plaintext = peers.as_ref().is_some_and(|peers| peers.plaintext);
+        compare_with_peers(
+            &root,
+            &args.volume,
+            &replicas,
+            key_file,
+            plaintext,
+            args.unclean,
+        )?;
     }
     let promotion = promote_volume(&dir, &args.volume, args.unclean).map_err(|e| failed(&e))?;
     let config = render_config(&Config {
@@ -100,6 +114,43 @@ pub fn run(args: PromoteArgs) -> Result<(), CliError> {
                     "promoted, but on_promote ({hook}) could not run: {error}"
                 )));
             }
+        }
+    }
+    Ok(())
+}
+
+/// Refuses (unless `unclean`) to promote the copy at `root` when another replica's copy
+/// reaches further: that one may hold acknowledged records this one lacks. Replicas that
+/// cannot be asked are named, and do not stop the promotion.
+fn compare_with_peers(
+    root: &Path,
+    volume: &str,
+    replicas: &[Replica],
+    key_file: &Path,
+    plaintext: bool,
+    unclean: bool,
+) -> Result<(), CliError> {
+    let key = VolumeKey::read(key_file).map_err(|error| CliError::Usage(error.to_string()))?;
+    let ours = inspect_copy(root)
+        .map_err(|error| CliError::Failure(error.to_string()))?
+        .next;
+    for peer in peer_positions(volume, replicas, &key, plaintext) {
+        match peer.next {
+            Ok(next) if next > ours && !unclean => {
+                return Err(CliError::Failure(format!(
+                    "replica {} holds records up to {next}, past this copy's {ours}: promote it instead (--unclean promotes this one, losing what it lacks)",
+                    peer.name
+                )));
+            }
+            Ok(next) if next > ours => println!(
+                "unclean: replica {} holds records up to {next}, past this copy's {ours}: they may be lost",
+                peer.name
+            ),
+            Ok(_) => {}
+            Err(why) => println!(
+                "replica {} could not be asked where its copy reaches ({why}): not compared",
+                peer.name
+            ),
         }
     }
     Ok(())

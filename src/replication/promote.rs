@@ -17,16 +17,21 @@
 use std::io::BufRead;
 use std::ops::Range;
 use std::path::Path;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use tokio::net::TcpStream;
 
+use crate::config::Replica;
 use crate::control;
 use crate::durable;
 use crate::state::{StateDir, StateError};
 
+use super::channel::Channel;
 use super::copy::{CopyError, VolumeCopy};
+use super::key::VolumeKey;
 use super::node::NODE_DIR;
-use super::protocol::Stuck;
+use super::protocol::{Stuck, ToNode, ToPrimary, decode, encode};
 
 /// The marker a promotion leaves in the copy's directory: the epoch it began.
 pub const PROMOTED_FILE: &str = "promoted";
@@ -85,6 +90,64 @@ pub enum PromoteError {
     #[error("{0}")]
     Node(String),
 }
+
+/// Where another replica's copy of the volume reaches, as its node answered.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerPosition {
+    /// The replica's name.
+    pub name: String,
+    /// The offset of the first record its copy lacks, or why it could not be asked.
+    pub next: Result<u64, String>,
+}
+
+/// Asks each replica in `replicas` (other than `this`) how far its copy of `volume`
+/// reaches, over a read-only (verify) session: a copy behind any of them must not be
+/// promoted, since they may hold acknowledged records it lacks.
+pub fn peer_positions(
+    volume: &str,
+    replicas: &[Replica],
+    key: &VolumeKey,
+    plaintext: bool,
+) -> Vec<PeerPosition> {
+    let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    else {
+        return Vec::new();
+    };
+    replicas
+        .iter()
+        .map(|replica| PeerPosition {
+            name: replica.name.clone(),
+            next: runtime.block_on(async {
+                let ask = async {
+                    let stream = TcpStream::connect(&replica.address)
+                        .await
+                        .map_err(|error| error.to_string())?;
+                    let mut channel = Channel::connect(stream, volume, key, plaintext)
+                        .await
+                        .map_err(|error| error.to_string())?;
+                    channel
+                        .send(&encode(&ToNode::Inspect))
+                        .await
+                        .map_err(|error| error.to_string())?;
+                    let answer = channel.receive().await.map_err(|error| error.to_string())?;
+                    match decode(&answer).map_err(|error| error.to_string())? {
+                        ToPrimary::Inspecting { next, .. } => Ok(next),
+                        ToPrimary::Refuse { reason } => Err(reason),
+                        other => Err(format!("unexpected answer {other:?}")),
+                    }
+                };
+                tokio::time::timeout(PEER_TIMEOUT, ask)
+                    .await
+                    .unwrap_or_else(|_| Err("no answer".to_string()))
+            }),
+        })
+        .collect()
+}
+
+/// How long a promotion waits for another replica's node to say where its copy reaches.
+const PEER_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// What a running node asked to promote one of its copies is sent, after `promote `.
 #[derive(Debug, Serialize, Deserialize)]
