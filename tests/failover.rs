@@ -493,3 +493,86 @@ fn a_replica_left_behind_is_not_promoted_over_one_that_reaches_further() {
         assert_eq!(&fs::read(copy).unwrap(), data, "{name}");
     }
 }
+
+/// A primary cut off from its replicas keeps writing while one of them is promoted: none
+/// of its fsyncs returns 0 from the promotion on (with acks = "all" none can while it
+/// reaches no replica), and it is fenced as soon as it reaches a node again.
+#[test]
+fn a_partitioned_primary_acknowledges_nothing_after_the_promotion_and_is_fenced_on_contact() {
+    use common::netns::Link;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    let scratch = common::scratch();
+    let (key_path, _) = key_file(scratch.path(), "vol.key");
+    let links = [Link::new(), Link::new()];
+    let nodes: Vec<Node> = links
+        .iter()
+        .enumerate()
+        .map(|(n, link)| {
+            let dir = scratch.path().join(format!("n{n}"));
+            fs::create_dir(&dir).unwrap();
+            let listen = format!("{}:7071", link.address);
+            Node::start_in(Some(&link.name), &dir, &listen, &[("vol", &key_path)])
+        })
+        .collect();
+    let mount = replicated_mount(
+        "vol",
+        &key_path,
+        &[&nodes[0], &nodes[1]],
+        "acks = \"all\"\nmin_insync = 1\nlag_max = \"1s\"\nack_timeout = \"1s\"\n",
+    );
+    acknowledged_writes(&mount, "before", 3);
+    wait_replicated(&mount);
+    for link in &links {
+        link.cut();
+    }
+
+    // The primary keeps writing; every fsync's end and outcome is noted.
+    let stop = Arc::new(AtomicBool::new(false));
+    let outcomes = Arc::new(Mutex::new(Vec::new()));
+    let writer = {
+        let (stop, outcomes) = (Arc::clone(&stop), Arc::clone(&outcomes));
+        let root = mount.mountpoint.clone();
+        std::thread::spawn(move || {
+            let mut n = 0;
+            while !stop.load(Ordering::SeqCst) {
+                let synced =
+                    fs::File::create(root.join(format!("during-{n}"))).and_then(|mut file| {
+                        file.write_all(b"partitioned")
+                            .and_then(|()| file.sync_all())
+                    });
+                outcomes
+                    .lock()
+                    .unwrap()
+                    .push((Instant::now(), synced.is_ok()));
+                n += 1;
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        })
+    };
+    // A node counts a primary silent for three heartbeats as gone.
+    std::thread::sleep(Duration::from_secs(4));
+    let config = scratch.path().join("promoted.toml");
+    let promoted = promote(&nodes[0], &config, &[]);
+    assert!(promoted.status.success(), "{promoted:?}");
+    let promoted_at = Instant::now();
+
+    // The link to the promoted replica's node comes back: fenced at the next handshake.
+    links[0].restore();
+    wait_for("fencing", || !mount.status_json()["log"]["fence"].is_null());
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, Ordering::SeqCst);
+    writer.join().unwrap();
+    let outcomes = outcomes.lock().unwrap();
+    assert!(outcomes.len() >= 5, "{} fsyncs", outcomes.len());
+    let acknowledged_after: Vec<_> = outcomes
+        .iter()
+        .filter(|(at, ok)| *ok && *at >= promoted_at)
+        .collect();
+    assert!(acknowledged_after.is_empty(), "{acknowledged_after:?}");
+    let fence = &mount.status_json()["log"]["fence"];
+    assert_eq!(fence["epoch"], 2);
+    let error = fs::File::create(mount.path("late")).unwrap_err();
+    assert_eq!(error.raw_os_error(), Some(libc::EROFS), "{error}");
+}

@@ -31,6 +31,9 @@ pub struct HostedStatus {
     pub promoted: Option<u32>,
 }
 
+/// A primary not heard from for this long (three heartbeats) counts as gone for a promotion.
+const PRIMARY_SILENT: Duration = Duration::from_secs(3);
+
 /// How often a copy stuck on the same record is logged again.
 const STUCK_LOG_EVERY: Duration = Duration::from_secs(60);
 
@@ -82,6 +85,15 @@ impl Hosted {
         }
     }
 
+    /// Whether a primary streams to the copy and was heard from lately (a primary sends at
+    /// least a heartbeat a second; a session whose link was cut stays open, silent, until
+    /// the idle timeout).
+    fn primary_heard(&self) -> bool {
+        let contact = *self.contact.lock().unwrap_or_else(|p| p.into_inner());
+        self.open_sessions.load(Ordering::SeqCst) > 0
+            && contact.is_some_and(|at| at.elapsed().is_ok_and(|since| since < PRIMARY_SILENT))
+    }
+
     /// The epoch the copy was promoted at, if it was.
     pub(super) fn promoted(&self) -> Option<u32> {
         self.promoted.get().copied()
@@ -97,7 +109,7 @@ impl Hosted {
         if let Some(epoch) = self.promoted() {
             return Err(PromoteError::Promoted(epoch));
         }
-        if self.open_sessions.load(Ordering::SeqCst) > 0 {
+        if self.primary_heard() {
             return Err(PromoteError::PrimaryConnected);
         }
         let promotion = promote(&mut self.copy(), root, unclean)?;
