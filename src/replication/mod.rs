@@ -18,11 +18,11 @@ mod stream;
 pub use channel::{Channel, ChannelError, MESSAGE_MAX, Receiving};
 pub use copy::{CopyStatus, inspect as inspect_copy, load_key_file, load_peers};
 pub use key::VolumeKey;
-pub use node::{HostedStatus, NODE_DIR, NodeError, NodeStatus, serve as serve_node};
-pub use primary::{DIVERGED_ADVICE, Replication, ReplicationError, ReplicationStatus};
-pub use promote::{
-    PeerPosition, PromoteError, Promotion, peer_positions, promote_volume, promoted_at,
+pub use node::{
+    HostedStatus, NODE_DIR, NodeError, NodeStatus, promote_volume, serve as serve_node,
 };
+pub use primary::{DIVERGED_ADVICE, Replication, ReplicationError, ReplicationStatus};
+pub use promote::{PeerPosition, PromoteError, Promotion, peer_positions, promoted_at};
 pub use protocol::{
     Peers, ProtocolError, Stuck, ToNode, ToPrimary, decode as decode_message,
     encode as encode_message, record_hash, record_hash_at,

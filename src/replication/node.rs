@@ -4,10 +4,10 @@
 //! one log line, and the node keeps serving everyone else.
 
 use std::collections::HashMap;
-use std::io::{self, Write};
+use std::io::{self, BufRead, Write};
 use std::net::SocketAddr;
 use std::os::unix::fs::DirBuilderExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,7 +19,10 @@ use super::copy::{CopyError, VolumeCopy, keep_key_file};
 use super::hosted::Hosted;
 pub use super::hosted::HostedStatus;
 use super::key::{KeyError, VolumeKey};
-use super::promote::{PromoteAnswer, PromoteError, PromoteRequest, promoted_at};
+use super::promote::{
+    PromoteAnswer, PromoteError, PromoteRequest, Promotion, check_before_opening, promote,
+    promoted_at,
+};
 use super::protocol::{ToNode, ToPrimary, decode};
 use super::session::{Limits, SessionError, channel_send, refuse};
 use super::{inspect, stream};
@@ -250,6 +253,48 @@ pub fn serve(config: NodeConfig, signals: StopSignals) -> Result<(), NodeError> 
         hosted.stop_hashing();
     }
     Ok(())
+}
+
+/// Promotes the copy of `volume` in node directory `dir`: through the node, if one runs
+/// there (it hands the volume over and goes on serving the others), else on the files,
+/// holding the node's lock so that no node starts meanwhile.
+pub fn promote_volume(dir: &Path, volume: &str, unclean: bool) -> Result<Promotion, PromoteError> {
+    let root = dir.join(volume);
+    check_before_opening(&root, volume)?;
+    let own = dir.join(NODE_DIR);
+    match StateDir::open(&own) {
+        Ok(_lock) => {
+            let mut copy = VolumeCopy::open(&root)?;
+            promote(&mut copy, &root, unclean)
+        }
+        Err(StateError::Locked { .. }) => ask_node(&own, volume, unclean),
+        Err(error) => Err(PromoteError::Node(error.to_string())),
+    }
+}
+
+/// Asks the node running with its own files in `own` to promote its copy of `volume`.
+fn ask_node(own: &Path, volume: &str, unclean: bool) -> Result<Promotion, PromoteError> {
+    let request = PromoteRequest {
+        volume: volume.to_string(),
+        unclean,
+    };
+    let line = serde_json::to_string(&request).map_err(|e| PromoteError::Node(e.to_string()))?;
+    let failed = |reason: String| {
+        PromoteError::Node(format!(
+            "the node's directory is locked and no node answers a promotion ({reason}): another promotion may be under way"
+        ))
+    };
+    let mut answers = crate::control::request(own, &format!("promote {line}"))
+        .map_err(|error| failed(error.to_string()))?;
+    let mut answer = String::new();
+    answers
+        .read_line(&mut answer)
+        .map_err(|error| failed(error.to_string()))?;
+    match serde_json::from_str(&answer) {
+        Ok(PromoteAnswer::Promoted(promotion)) => Ok(promotion),
+        Ok(PromoteAnswer::Refused(reason)) => Err(PromoteError::Node(reason)),
+        Err(error) => Err(failed(format!("its answer: {error}"))),
+    }
 }
 
 /// The accept loop's warnings are said at most this often.

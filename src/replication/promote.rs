@@ -14,7 +14,6 @@
 //! `promoted`, the marker that the directory is a primary's state now: a node never opens
 //! it as a copy again.
 
-use std::io::BufRead;
 use std::ops::Range;
 use std::path::Path;
 use std::time::Duration;
@@ -23,14 +22,11 @@ use serde::{Deserialize, Serialize};
 use tokio::net::TcpStream;
 
 use crate::config::Replica;
-use crate::control;
 use crate::durable;
-use crate::state::{StateDir, StateError};
 
 use super::channel::Channel;
 use super::copy::{CopyError, VolumeCopy};
 use super::key::VolumeKey;
-use super::node::NODE_DIR;
 use super::protocol::{Stuck, ToNode, ToPrimary, decode, encode};
 
 /// The marker a promotion leaves in the copy's directory: the epoch it began.
@@ -165,48 +161,6 @@ pub enum PromoteAnswer {
     Promoted(Promotion),
     /// Refused, and why.
     Refused(String),
-}
-
-/// Promotes the copy of `volume` in node directory `dir`: through the node, if one runs
-/// there (it hands the volume over and goes on serving the others), else on the files,
-/// holding the node's lock so that no node starts meanwhile.
-pub fn promote_volume(dir: &Path, volume: &str, unclean: bool) -> Result<Promotion, PromoteError> {
-    let root = dir.join(volume);
-    check_before_opening(&root, volume)?;
-    let own = dir.join(NODE_DIR);
-    match StateDir::open(&own) {
-        Ok(_lock) => {
-            let mut copy = VolumeCopy::open(&root)?;
-            promote(&mut copy, &root, unclean)
-        }
-        Err(StateError::Locked { .. }) => ask_node(&own, volume, unclean),
-        Err(error) => Err(PromoteError::Node(error.to_string())),
-    }
-}
-
-/// Asks the node running with its own files in `own` to promote its copy of `volume`.
-fn ask_node(own: &Path, volume: &str, unclean: bool) -> Result<Promotion, PromoteError> {
-    let request = PromoteRequest {
-        volume: volume.to_string(),
-        unclean,
-    };
-    let line = serde_json::to_string(&request).map_err(|e| PromoteError::Node(e.to_string()))?;
-    let failed = |reason: String| {
-        PromoteError::Node(format!(
-            "the node's directory is locked and no node answers a promotion ({reason}): another promotion may be under way"
-        ))
-    };
-    let mut answers = control::request(own, &format!("promote {line}"))
-        .map_err(|error| failed(error.to_string()))?;
-    let mut answer = String::new();
-    answers
-        .read_line(&mut answer)
-        .map_err(|error| failed(error.to_string()))?;
-    match serde_json::from_str(&answer) {
-        Ok(PromoteAnswer::Promoted(promotion)) => Ok(promotion),
-        Ok(PromoteAnswer::Refused(reason)) => Err(PromoteError::Node(reason)),
-        Err(error) => Err(failed(format!("its answer: {error}"))),
-    }
 }
 
 /// The epoch a promotion of the copy at `root` began, if it was promoted.
