@@ -739,6 +739,7 @@ mod tests {
         .replication
         .unwrap();
         assert_eq!((config.acks, config.min_insync), (Acks::Quorum, 2));
+        assert_eq!(config.on_promote, None);
         assert_eq!(config.on_insufficient, OnInsufficient::Wait);
         assert!(config.plaintext);
         for (body, key) in [
@@ -768,6 +769,14 @@ mod tests {
                 "key_file = \"/k\"\n[[replication.replicas]]\nname = \"r\"\naddress = \"h:1\"\n\
                  [[replication.replicas]]\nname = \"r\"\naddress = \"h:2\"\n",
                 "twice",
+            ),
+            (
+                &format!("key_file = \"/k\"\non_promote = \" \"\n{replicas}"),
+                "replication.on_promote",
+            ),
+            (
+                &format!("key_file = \"/k\"\non_fenced = \"a\\nb\"\n{replicas}"),
+                "replication.on_fenced",
             ),
         ] {
             let message = resolve(&format!("{base}[replication]\n{body}"))
