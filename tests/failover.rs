@@ -269,6 +269,15 @@ fn a_promoted_replica_serves_every_acknowledged_write_and_the_other_follows_it()
         "{text}"
     );
 
+    // A second promotion, of the other replica, before the new primary has
+    // reached it, learns from r0's node that the volume has a primary.
+    let second = crate::promote(&nodes[1], &scratch.path().join("second.toml"), &[]);
+    assert_eq!(second.status.code(), Some(1), "{second:?}");
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert!(
+        stderr.contains("replica r0 was promoted to primary already, at epoch 2"),
+        "{stderr}"
+    );
     // The new primary: the copy's tree and directory, the same log at epoch 2.
     let primary_dir = common::scratch();
     let copy = nodes[0].dir.join("vol");

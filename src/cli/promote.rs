@@ -8,7 +8,7 @@ use std::path::Path;
 use crate::config::Replica;
 use crate::hooks::Moment;
 use crate::replication::{
-    Peers, Promotion, VolumeKey, inspect_copy, load_key_file, load_peers, peer_positions,
+    Peers, Promotion, Reach, VolumeKey, inspect_copy, load_key_file, load_peers, peer_positions,
     promote_volume,
 };
 use crate::types::Name;
@@ -135,19 +135,25 @@ fn compare_with_peers(
         .map_err(|error| CliError::Failure(error.to_string()))?
         .next;
     for peer in peer_positions(volume, replicas, &key, plaintext) {
-        match peer.next {
-            Ok(next) if next > ours && !unclean => {
+        match peer.reach {
+            Reach::Promoted(epoch) => {
+                return Err(CliError::Failure(format!(
+                    "replica {} was promoted to primary already, at epoch {epoch}: the volume has a primary",
+                    peer.name
+                )));
+            }
+            Reach::Next(next) if next > ours && !unclean => {
                 return Err(CliError::Failure(format!(
                     "replica {} holds records up to {next}, past this copy's {ours}: promote it instead (--unclean promotes this one, losing what it lacks)",
                     peer.name
                 )));
             }
-            Ok(next) if next > ours => println!(
+            Reach::Next(next) if next > ours => println!(
                 "unclean: replica {} holds records up to {next}, past this copy's {ours}: they may be lost",
                 peer.name
             ),
-            Ok(_) => {}
-            Err(why) => println!(
+            Reach::Next(_) => {}
+            Reach::Unknown(why) => println!(
                 "replica {} could not be asked where its copy reaches ({why}): not compared",
                 peer.name
             ),

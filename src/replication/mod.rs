@@ -22,7 +22,7 @@ pub use node::{
     HostedStatus, NODE_DIR, NodeError, NodeStatus, promote_volume, serve as serve_node,
 };
 pub use primary::{DIVERGED_ADVICE, Replication, ReplicationError, ReplicationStatus};
-pub use promote::{PeerPosition, PromoteError, Promotion, peer_positions, promoted_at};
+pub use promote::{PeerPosition, PromoteError, Promotion, Reach, peer_positions, promoted_at};
 pub use protocol::{
     Peers, ProtocolError, Stuck, ToNode, ToPrimary, decode as decode_message,
     encode as encode_message, record_hash, record_hash_at,

@@ -409,6 +409,14 @@ async fn answer_promoted(
     first: &[u8],
     promoted: u32,
 ) -> SessionError {
+    // A promotion of another copy asks where this one reaches: it is told this one is a
+    // primary now, at `promoted`.
+    if let Ok(ToNode::Inspect) = decode(first) {
+        return match channel_send(channel, &ToPrimary::Fenced { epoch: promoted }).await {
+            Ok(()) => SessionError::Refused(format!("promoted here at epoch {promoted}")),
+            Err(error) => error.into(),
+        };
+    }
     if let Ok(ToNode::Open { epoch, .. }) = decode(first)
         && epoch < promoted
     {

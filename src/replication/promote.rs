@@ -92,8 +92,19 @@ pub enum PromoteError {
 pub struct PeerPosition {
     /// The replica's name.
     pub name: String,
-    /// The offset of the first record its copy lacks, or why it could not be asked.
-    pub next: Result<u64, String>,
+    /// Its answer.
+    pub reach: Reach,
+}
+
+/// What another replica's node said of its copy.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Reach {
+    /// Its copy holds every record below this offset.
+    Next(u64),
+    /// Its copy was promoted to primary already, at this epoch: the volume has one.
+    Promoted(u32),
+    /// It could not be asked, and why.
+    Unknown(String),
 }
 
 /// Asks each replica in `replicas` (other than `this`) how far its copy of `volume`
@@ -115,7 +126,7 @@ pub fn peer_positions(
         .iter()
         .map(|replica| PeerPosition {
             name: replica.name.clone(),
-            next: runtime.block_on(async {
+            reach: runtime.block_on(async {
                 let ask = async {
                     let stream = TcpStream::connect(&replica.address)
                         .await
@@ -129,14 +140,17 @@ pub fn peer_positions(
                         .map_err(|error| error.to_string())?;
                     let answer = channel.receive().await.map_err(|error| error.to_string())?;
                     match decode(&answer).map_err(|error| error.to_string())? {
-                        ToPrimary::Inspecting { next, .. } => Ok(next),
+                        ToPrimary::Inspecting { next, .. } => Ok(Reach::Next(next)),
+                        ToPrimary::Fenced { epoch } => Ok(Reach::Promoted(epoch)),
                         ToPrimary::Refuse { reason } => Err(reason),
                         other => Err(format!("unexpected answer {other:?}")),
                     }
                 };
-                tokio::time::timeout(PEER_TIMEOUT, ask)
-                    .await
-                    .unwrap_or_else(|_| Err("no answer".to_string()))
+                match tokio::time::timeout(PEER_TIMEOUT, ask).await {
+                    Ok(Ok(reach)) => reach,
+                    Ok(Err(why)) => Reach::Unknown(why),
+                    Err(_) => Reach::Unknown("no answer".to_string()),
+                }
             }),
         })
         .collect()
