@@ -1,10 +1,12 @@
 //! A copy's manifest (the primary's origin, or a replica's tree): its metadata walked in
 //! one canonical order, and per file the blake3 hashes of its content in fixed-size
-//! chunks, stored and kept current as changes are made. The quick check compares
+//! chunks, stored and kept current as changes are made; and two manifests merged into
+//! their differences (`compare.rs`, pure logic). The quick check compares
 //! manifests without reading content; the stored hashes are the evidence the content
 //! check tells rot from change by.
 
 mod chunks;
+mod compare;
 mod content;
 mod fresh;
 mod hasher;
@@ -12,6 +14,7 @@ mod store;
 mod tree;
 
 pub use chunks::{CHUNK_BYTES, ChunkHash, FileHashes};
+pub use compare::{Aspect, Compare, Difference};
 pub use fresh::{Files, hash as hash_afresh};
 pub use hasher::Hashing;
 pub use store::{

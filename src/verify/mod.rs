@@ -3,13 +3,11 @@
 //!
 //! - [`run`]: the quick and content checks as of one log offset, and the choice of the copy
 //!   to trust;
-//! - [`compare`]: two copies' entries merged into their differences (pure logic);
 //! - [`window`]: which differences a change still travelling may explain;
 //! - [`remote`]: the primary's end of a verify session with a replica node;
 //! - [`repair`]: what was found turned into records (and rot written back);
 //! - [`report`]: findings, figures and the fsck-style exit code.
 
-mod compare;
 mod remote;
 mod repair;
 mod report;

@@ -14,9 +14,9 @@ use crate::origin::{At, Origin, Stat};
 use crate::tree::{place, to_ops_under, xattrs};
 use crate::vfs::Repairing;
 
-use super::compare::Aspect;
 use super::report::Action;
 use super::run::{Fix, Found, Replica};
+use crate::manifest::Aspect;
 
 /// Carries out each fix in `found` while `repairing` holds the mount's changes; a finding
 /// whose repair failed is marked with why.

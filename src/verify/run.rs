@@ -25,10 +25,10 @@ use crate::replication::VolumeKey;
 use crate::replication::record_hash_at;
 use crate::types::FileId;
 
-use super::compare::{Aspect, Compare, Difference};
 use super::remote::{Remote, RemoteError, RemoteHashes, RemoteWalk};
 use super::report::{Action, Finding, PRIMARY, ReplicaReport, Report, position};
 use super::window::Touched;
+use crate::manifest::{Aspect, Compare, Difference};
 
 /// A replica's walk, or why it failed.
 type WalkResult = Result<RemoteWalk, RemoteError>;

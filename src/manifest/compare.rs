@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::log::LogPath;
 
-use crate::manifest::{Entry, Kind, path_order};
+use super::tree::{Entry, Kind, path_order};
 
 /// What differs about one path.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
