@@ -8,6 +8,7 @@
 mod chunks;
 mod compare;
 mod content;
+mod fixes;
 mod fresh;
 mod hasher;
 mod store;
@@ -15,6 +16,9 @@ mod tree;
 
 pub use chunks::{CHUNK_BYTES, ChunkHash, FileHashes};
 pub use compare::{Aspect, Compare, Difference};
+pub use fixes::{
+    FixError, Seen, content_ops, metadata_ops, parent_of, removes, set_times, stat_at,
+};
 pub use fresh::{Files, hash as hash_afresh};
 pub use hasher::Hashing;
 pub use store::{
