@@ -585,3 +585,59 @@ fn a_partitioned_primary_acknowledges_nothing_after_the_promotion_and_is_fenced_
     let error = fs::File::create(mount.path("late")).unwrap_err();
     assert_eq!(error.raw_os_error(), Some(libc::EROFS), "{error}");
 }
+
+/// After an unclean promotion of a replica that was behind, the other replica holds
+/// records the new primary never had: it is cut back at the divergence point (where epoch
+/// 2 began) and brought back by a snapshot, and then equals the new primary.
+#[test]
+fn a_replica_ahead_of_the_new_primary_is_cut_back_and_converges() {
+    let scratch = common::scratch();
+    let (key_path, _) = key_file(scratch.path(), "vol.key");
+    let node_dirs = [scratch.path().join("r0"), scratch.path().join("r1")];
+    for dir in &node_dirs {
+        fs::create_dir(dir).unwrap();
+    }
+    let mut nodes: Vec<Node> = node_dirs
+        .iter()
+        .map(|dir| Node::start(dir, "127.0.0.1:0", &[("vol", &key_path)]))
+        .collect();
+    let mut old = replicated_mount(
+        "vol",
+        &key_path,
+        &[&nodes[0], &nodes[1]],
+        "acks = \"all\"\nmin_insync = 1\n",
+    );
+    let kept = acknowledged_writes(&old, "both", 5);
+    wait_replicated(&old);
+    nodes[0].kill();
+    acknowledged_writes(&old, "r1-only", 5);
+    old.crash();
+    nodes[0].restart();
+
+    let config = scratch.path().join("promoted.toml");
+    let promoted = promote(&nodes[0], &config, &["--unclean"]);
+    assert!(promoted.status.success(), "{promoted:?}");
+    let said = String::from_utf8_lossy(&promoted.stdout);
+    assert!(said.contains("replica r1 holds records up to"), "{said}");
+    let copy = nodes[0].dir.join("vol");
+    let new = common::Mount::over_state(
+        common::scratch(),
+        copy.join("data"),
+        copy.clone(),
+        &["--config", config.to_str().unwrap()],
+    );
+    let after = acknowledged_writes(&new, "after", 3);
+    wait_replicated(&new);
+    let other = nodes[1].dir.join("vol/data");
+    assert_eq!(common::tree(&other), common::tree(&new.origin));
+    for (name, data) in kept.iter().chain(&after) {
+        assert_eq!(&fs::read(other.join(name)).unwrap(), data, "{name}");
+    }
+    assert!(!other.join("r1-only-000").exists());
+    let log = nodes[1].log();
+    assert!(
+        log.contains("cut back") && log.contains("snapshot complete"),
+        "{log}"
+    );
+    assert!(!nodes[1].dir.join("vol/needs-snapshot").exists());
+}

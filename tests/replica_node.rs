@@ -42,6 +42,8 @@ async fn first_records_taken(node: &Node, volume: &str, key: &VolumeKey) {
             last: None,
             snapshot: false,
             stuck: None,
+            last_epoch: None,
+            needs_snapshot: false,
         }
     );
     let taken = ask(&mut channel, &batch(records(0), 0)).await;
@@ -88,6 +90,8 @@ async fn records_from_an_authenticated_primary_land_in_the_copy() {
             last,
             snapshot: false,
             stuck: None,
+            last_epoch: Some(1),
+            needs_snapshot: false,
         }
     );
 }

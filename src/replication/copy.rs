@@ -38,7 +38,7 @@ use crate::tree::{ApplyError, apply, apply_op, place};
 use crate::types::{Change, FileId, FileKind, Stamp};
 use crate::write::{load_applied, store_applied};
 
-use super::protocol::{Peers, Stuck, record_hash};
+use super::protocol::{Peers, Stuck, ToPrimary, record_hash};
 
 /// Segment size of a copy's log.
 const SEGMENT_BYTES: u64 = 64 << 20;
@@ -74,6 +74,9 @@ pub enum CopyError {
     /// Snapshot operations without a snapshot begun.
     #[error("no snapshot is being received")]
     NoSnapshot,
+    /// Records for a copy whose tree holds records its log no longer does.
+    #[error("the copy was cut back at a divergence point and takes only a snapshot")]
+    NeedsSnapshot,
     /// Records from an epoch older than one already seen: a deposed primary.
     #[error("record {offset} is of epoch {epoch}, older than epoch {seen} already seen")]
     StaleEpoch {
@@ -371,6 +374,45 @@ impl VolumeCopy {
         Ok(self.log.begin_epoch(epoch)?)
     }
 
+    /// The epoch of the last record the copy holds, if it holds any.
+    pub fn last_epoch(&self) -> Option<u32> {
+        let held = self.next().checked_sub(1)?;
+        match self.base {
+            Some(base) if held < base.offset => Some(base.epoch),
+            _ => self.log.epochs().epoch_at(held),
+        }
+    }
+
+    /// Whether the tree holds records the log no longer does (it was cut back at a
+    /// divergence point), so only a snapshot makes it the volume again.
+    pub fn needs_snapshot(&self) -> bool {
+        self.root.join(RESYNC_FILE).exists()
+    }
+
+    /// Cuts the copy's log back so that its next record is `to`, removing records a newer
+    /// primary never had. Its tree cannot un-apply them: the copy is marked (durably,
+    /// first) as needing a snapshot, which the primary sends at once.
+    pub fn truncate_to(&mut self, to: u64) -> Result<(), CopyError> {
+        let marker = self.root.join(RESYNC_FILE);
+        durable::replace(&marker, format!("{to}\n")).map_err(io_error(&marker))?;
+        self.log.truncate_to(to)?;
+        self.applied = self.applied.min(to);
+        self.store_applied()
+    }
+
+    /// Where the copy stands, as `Position` tells a primary of `epoch`.
+    pub fn position(&mut self, epoch: u32) -> Result<ToPrimary, CopyError> {
+        Ok(ToPrimary::Position {
+            next: self.next(),
+            epoch,
+            last: self.last_hash()?,
+            snapshot: self.has_snapshot(),
+            stuck: self.stuck().cloned(),
+            last_epoch: self.last_epoch(),
+            needs_snapshot: self.needs_snapshot(),
+        })
+    }
+
     /// Keeps what the primary said of the volume's replication (in `peers.json`, durably,
     /// when it changed): a promotion of this copy writes the new primary's config from it.
     pub fn keep_peers(&mut self, peers: &Peers) -> Result<(), CopyError> {
@@ -473,6 +515,9 @@ impl VolumeCopy {
     /// Nothing from a record that is refused on is kept.
     pub fn receive(&mut self, records: &[Record]) -> Result<u64, CopyError> {
         self.abandon_snapshot()?;
+        if self.needs_snapshot() && !records.is_empty() {
+            return Err(CopyError::NeedsSnapshot);
+        }
         for record in records {
             let seen = self.log.epoch();
             if record.epoch < seen {
@@ -634,6 +679,9 @@ impl VolumeCopy {
         }
         self.applied = base.offset;
         self.applied_stored = Instant::now();
+        // A snapshot makes a copy cut back under its tree whole again.
+        let marker = self.root.join(RESYNC_FILE);
+        durable::remove(&marker).map_err(io_error(&marker))?;
         Ok(base.offset)
     }
 
@@ -679,6 +727,9 @@ pub fn load_peers(root: &Path) -> Result<Option<Peers>, CopyError> {
             source: io::Error::new(io::ErrorKind::InvalidData, error),
         })
 }
+
+/// The marker of a copy whose log was cut back under its tree: it needs a snapshot.
+const RESYNC_FILE: &str = "needs-snapshot";
 
 /// The file in a copy's directory naming the volume's key file, as the node was given it.
 const KEY_FILE_FILE: &str = "key-file";

@@ -95,6 +95,7 @@ fn message_name(message: &ToNode) -> &'static str {
     match message {
         ToNode::Open { .. } => "Open",
         ToNode::Records { .. } => "Records",
+        ToNode::Truncate { .. } => "Truncate",
         ToNode::SnapshotBegin { .. } => "SnapshotBegin",
         ToNode::SnapshotOps(_) => "SnapshotOps",
         ToNode::SnapshotEnd => "SnapshotEnd",

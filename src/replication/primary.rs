@@ -688,6 +688,26 @@ impl Sender {
         self.shared.changed.notify_all();
     }
 
+    /// Where this log's history parts from the copy `position` describes, if the copy
+    /// holds records past it: its last record is of an older epoch than this primary's,
+    /// and reaches past where that epoch ends in this log (the next one's start, Kafka's
+    /// OffsetsForLeaderEpoch). Records below it are this log's too (checked after the cut).
+    fn parting(&self, position: &ToPrimary, end: u64) -> Option<u64> {
+        let ToPrimary::Position {
+            next,
+            last_epoch: Some(last_epoch),
+            ..
+        } = *position
+        else {
+            return None;
+        };
+        if last_epoch >= self.epoch {
+            return None;
+        }
+        let parting = self.log().epochs().end_of(last_epoch, end)?.1;
+        (parting < next).then_some(parting)
+    }
+
     /// One connection: from the handshake until it fails (or the volume stops).
     async fn stream(&self) -> Result<(), SendError> {
         let stream =
@@ -704,7 +724,14 @@ impl Sender {
             log_end: stats.next_offset,
             peers: self.peers.clone(),
         };
-        let (next, last, based) = match self.ask(&mut channel, &open).await? {
+        let mut position = self.ask(&mut channel, &open).await?;
+        if let Some(to) = self.parting(&position, stats.next_offset) {
+            // It holds records of an older epoch this primary never had (written by the
+            // old primary after this log's copy of it stopped): cut them off.
+            tracing::warn!(replica = %self.replica.name, to, "the replica holds records past where this primary's epoch began: it is cut back, and gets a snapshot");
+            position = self.ask(&mut channel, &ToNode::Truncate { to }).await?;
+        }
+        let (next, last, based, needs_snapshot) = match position {
             ToPrimary::Position {
                 stuck: Some(stuck), ..
             } => return Err(SendError::Stuck(stuck)),
@@ -712,8 +739,9 @@ impl Sender {
                 next,
                 last,
                 snapshot,
+                needs_snapshot,
                 ..
-            } => (next, last, snapshot),
+            } => (next, last, snapshot, needs_snapshot),
             other => return Err(SendError::Unexpected(format!("{other:?}"))),
         };
         if next > stats.next_offset {
@@ -736,7 +764,8 @@ impl Sender {
         tracing::info!(replica = %self.replica.name, next, "replica connected");
         self.mark_connected();
         let whole = stats.first_offset == 0 && self.source.log_is_whole();
-        let next = if next < stats.first_offset || (next == 0 && !whole && !based) {
+        let next = if needs_snapshot || next < stats.first_offset || (next == 0 && !whole && !based)
+        {
             self.snapshot(&mut channel).await?
         } else {
             next

@@ -65,6 +65,12 @@ pub enum ToNode {
         /// The volume's replication, as the primary's config has it.
         peers: Peers,
     },
+    /// Cut the copy's log back so its next record is `to`: it holds records past the
+    /// point where this primary's history parts from it. The node answers `Position`.
+    Truncate {
+        /// The first offset to remove.
+        to: u64,
+    },
     /// Records in offset order, continuing from the node's position (none: a heartbeat).
     Records {
         /// The records.
@@ -135,6 +141,12 @@ pub enum ToPrimary {
         /// The record the copy cannot apply, if it is stuck (tried again just now): it
         /// holds what it acknowledges, but its tree stops before this record.
         stuck: Option<Stuck>,
+        /// The epoch of its record `next - 1`: where a copy that holds records a newer
+        /// primary never had parts from it (Kafka's divergence point).
+        last_epoch: Option<u32>,
+        /// Its tree holds records its log no longer does (it was cut back at a divergence
+        /// point): only a snapshot makes it the volume again.
+        needs_snapshot: bool,
     },
     /// Every record below `next` is durable on the node.
     Ack {

@@ -60,6 +60,10 @@ pub(super) async fn serve(
         return Err(refuse(&mut channel, error.to_string()).await);
     }
     tracing::info!(%volume, epoch, next, "primary connected");
+    let (last_epoch, needs_snapshot) = {
+        let copy = hosted.copy();
+        (copy.last_epoch(), copy.needs_snapshot())
+    };
     channel_send(
         &mut channel,
         &ToPrimary::Position {
@@ -68,6 +72,8 @@ pub(super) async fn serve(
             last,
             snapshot,
             stuck: stuck.clone(),
+            last_epoch,
+            needs_snapshot,
         },
     )
     .await?;
@@ -116,6 +122,25 @@ pub(super) async fn serve(
             ToNode::Open { .. } => ToPrimary::Refuse {
                 reason: "Open sent twice".to_string(),
             },
+            // The primary's history parts from the copy's at `to`: the records past it go
+            // (they were never this primary's), and the copy waits for a snapshot.
+            ToNode::Truncate { to } => {
+                tracing::warn!(%volume, to, "the copy holds records the primary never had: cut back, a snapshot follows");
+                let hosted = Arc::clone(&hosted);
+                let answered = tokio::task::spawn_blocking(move || {
+                    let mut copy = hosted.copy();
+                    copy.truncate_to(to)?;
+                    copy.position(epoch)
+                })
+                .await
+                .map_err(|error| ChannelError::Io(io::Error::other(error)))?;
+                match answered {
+                    Ok(position) => position,
+                    Err(error) => ToPrimary::Refuse {
+                        reason: error.to_string(),
+                    },
+                }
+            }
             ToNode::Inspect | ToNode::Walk { .. } | ToNode::Hash(_) | ToNode::Read { .. } => {
                 ToPrimary::Refuse {
                     reason: "a verify request in a streaming session".to_string(),
