@@ -640,4 +640,24 @@ fn a_replica_ahead_of_the_new_primary_is_cut_back_and_converges() {
         "{log}"
     );
     assert!(!nodes[1].dir.join("vol/needs-snapshot").exists());
+    // What it held past the divergence point is kept, and mirrorfs log reads it.
+    let aside: Vec<_> = fs::read_dir(nodes[1].dir.join("vol"))
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| {
+            path.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("diverged-")
+        })
+        .collect();
+    assert_eq!(aside.len(), 1, "{aside:?}");
+    let listed = common::run(&["log", "--state-dir", aside[0].to_str().unwrap()]);
+    let listed = String::from_utf8(listed.stdout).unwrap();
+    assert!(listed.contains("/r1-only-004"), "{listed}");
+    assert!(!listed.contains("/both-"), "{listed}");
+    assert!(
+        log.contains("kept aside") && log.contains("/r1-only-000"),
+        "{log}"
+    );
 }

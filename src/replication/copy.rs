@@ -392,12 +392,57 @@ impl VolumeCopy {
     /// Cuts the copy's log back so that its next record is `to`, removing records a newer
     /// primary never had. Its tree cannot un-apply them: the copy is marked (durably,
     /// first) as needing a snapshot, which the primary sends at once.
-    pub fn truncate_to(&mut self, to: u64) -> Result<(), CopyError> {
+    /// The records cut off are not lost: they are kept first, with their offsets and
+    /// epochs, in a log of their own (`diverged-TO/log`, which `mirrorfs log --state-dir
+    /// DIR/ID/diverged-TO` reads); what they were is returned.
+    pub fn truncate_to(&mut self, to: u64) -> Result<KeptAside, CopyError> {
+        let kept = self.keep_aside(to)?;
         let marker = self.root.join(RESYNC_FILE);
         durable::replace(&marker, format!("{to}\n")).map_err(io_error(&marker))?;
         self.log.truncate_to(to)?;
         self.applied = self.applied.min(to);
-        self.store_applied()
+        self.store_applied()?;
+        Ok(kept)
+    }
+
+    /// Copies the records from `to` on into `diverged-TO/log`, durably.
+    fn keep_aside(&self, to: u64) -> Result<KeptAside, CopyError> {
+        let dir = self.root.join(format!("diverged-{to}"));
+        let aside = Log::open_at(
+            &dir.join("log"),
+            LogOptions {
+                segment_bytes: SEGMENT_BYTES,
+                epoch: 0,
+            },
+            to,
+        )?;
+        let mut kept = KeptAside {
+            dir,
+            records: 0,
+            data_bytes: 0,
+            paths: Vec::new(),
+        };
+        for record in self.log.view().records(to)? {
+            let record = record?;
+            // A cut made twice at one place (a session lost midway) keeps each once.
+            if record.offset >= aside.next_offset() {
+                aside.append_record(&record)?;
+            }
+            kept.records += 1;
+            if let Op::Write { data, .. } = &record.op {
+                kept.data_bytes += data.len() as u64;
+            }
+            for path in [Some(record.op.path()), record.op.new_path()]
+                .into_iter()
+                .flatten()
+            {
+                if !kept.paths.contains(path) {
+                    kept.paths.push(path.clone());
+                }
+            }
+        }
+        aside.sync_to(aside.next_offset())?;
+        Ok(kept)
     }
 
     /// Where the copy stands, as `Position` tells a primary of `epoch`.
@@ -726,6 +771,19 @@ pub fn load_peers(root: &Path) -> Result<Option<Peers>, CopyError> {
             path,
             source: io::Error::new(io::ErrorKind::InvalidData, error),
         })
+}
+
+/// Records a copy held past a divergence point, kept aside when its log was cut back.
+#[derive(Clone, Debug)]
+pub struct KeptAside {
+    /// Where they are kept (a state directory `mirrorfs log --state-dir` reads).
+    pub dir: PathBuf,
+    /// How many.
+    pub records: u64,
+    /// The bytes of data their writes carried.
+    pub data_bytes: u64,
+    /// The paths they name, in the order first named.
+    pub paths: Vec<LogPath>,
 }
 
 /// The marker of a copy whose log was cut back under its tree: it needs a snapshot.

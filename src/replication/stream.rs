@@ -127,9 +127,20 @@ pub(super) async fn serve(
             ToNode::Truncate { to } => {
                 tracing::warn!(%volume, to, "the copy holds records the primary never had: cut back, a snapshot follows");
                 let hosted = Arc::clone(&hosted);
+                let volume = volume.to_string();
                 let answered = tokio::task::spawn_blocking(move || {
                     let mut copy = hosted.copy();
-                    copy.truncate_to(to)?;
+                    let kept = copy.truncate_to(to)?;
+                    let shown: Vec<String> = kept.paths.iter().take(10).map(ToString::to_string).collect();
+                    tracing::warn!(
+                        %volume,
+                        records = kept.records,
+                        data_bytes = kept.data_bytes,
+                        paths = %shown.join(" "),
+                        more_paths = kept.paths.len().saturating_sub(shown.len()),
+                        kept_in = %kept.dir.display(),
+                        "records the new primary never had were cut off and kept aside (mirrorfs log --state-dir shows them)"
+                    );
                     copy.position(epoch)
                 })
                 .await
