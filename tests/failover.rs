@@ -661,3 +661,103 @@ fn a_replica_ahead_of_the_new_primary_is_cut_back_and_converges() {
         "{log}"
     );
 }
+
+/// The old primary, fenced, rejoins as a replica of the new one: its origin and log move
+/// into a node's directory, the records it wrote that the new primary never had are cut
+/// off and kept (mirrorfs log lists them), and its tree converges to the new primary's
+/// (verify --content clean).
+#[test]
+fn a_fenced_old_primary_rejoins_as_a_replica() {
+    let scratch = common::scratch();
+    let (key_path, _) = key_file(scratch.path(), "vol.key");
+    for dir in ["r0", "home"] {
+        fs::create_dir(scratch.path().join(dir)).unwrap();
+    }
+    let mut node = Node::start(
+        &scratch.path().join("r0"),
+        "127.0.0.1:0",
+        &[("vol", &key_path)],
+    );
+    // The old primary's machine gets a node of its own later, at this address.
+    let mut home = Node::start(
+        &scratch.path().join("home"),
+        "127.0.0.1:0",
+        &[("vol", &key_path)],
+    );
+    home.kill();
+    fs::remove_dir_all(home.dir.join("vol")).unwrap();
+
+    let mut old = replicated_mount("vol", &key_path, &[&node], "acks = \"all\"\n");
+    let kept = acknowledged_writes(&old, "acked", 5);
+    wait_replicated(&old);
+    node.kill();
+    // Written, never acknowledged: only the old primary's log has these.
+    for n in 0..3 {
+        fs::write(
+            old.path(&format!("unacked-{n}")),
+            b"lost with the old primary",
+        )
+        .unwrap();
+    }
+    old.crash();
+    node.restart();
+
+    let config = scratch.path().join("promoted.toml");
+    let home_replica = format!("home={}", home.address);
+    let primary_dir = common::scratch();
+    let mountpoint = primary_dir.path().join("mnt");
+    let promoted = promote(
+        &node,
+        &config,
+        &[
+            "--replica",
+            &home_replica,
+            "--mountpoint",
+            mountpoint.to_str().unwrap(),
+        ],
+    );
+    assert!(promoted.status.success(), "{promoted:?}");
+    let copy = node.dir.join("vol");
+    let new = common::Mount::over_state(
+        primary_dir,
+        copy.join("data"),
+        copy.clone(),
+        &["--config", config.to_str().unwrap()],
+    );
+    assert_mount_refused(&old, "fenced by epoch 2");
+
+    // The rejoin: refused while not fenced elsewhere, done here by renames.
+    let state = old.state.to_str().unwrap().to_string();
+    let rejoined = common::run(&[
+        "rejoin",
+        "--config",
+        old.dir.path().join("mount.toml").to_str().unwrap(),
+        "--source",
+        old.origin.to_str().unwrap(),
+        "--state-dir",
+        &state,
+        "--dir",
+        home.dir.to_str().unwrap(),
+    ]);
+    assert!(rejoined.status.success(), "{rejoined:?}");
+    assert!(
+        !old.origin.exists(),
+        "the origin moved into the node's directory"
+    );
+    home.restart();
+    let after = acknowledged_writes(&new, "after", 3);
+    wait_replicated(&new);
+    let mine = home.dir.join("vol/data");
+    assert_eq!(common::tree(&mine), common::tree(&new.origin));
+    for (name, data) in kept.iter().chain(&after) {
+        assert_eq!(&fs::read(mine.join(name)).unwrap(), data, "{name}");
+    }
+    assert!(!mine.join("unacked-0").exists());
+    let log = home.log();
+    assert!(
+        log.contains("kept aside") && log.contains("/unacked-0"),
+        "{log}"
+    );
+    let verified = common::run(&["verify", "--config", config.to_str().unwrap(), "--content"]);
+    assert_eq!(verified.status.code(), Some(0), "{verified:?}");
+}

@@ -50,6 +50,26 @@ enum Command {
     /// mount config that serves it (`mirrorfs mount --config FILE`); the node may be
     /// running or not. The old primary is fenced once it reaches a replica.
     Promote(PromoteArgs),
+    /// Make a fenced old primary a replica of the new one: its origin and state move into
+    /// a node's directory as the volume's copy (by rename), for a node started there.
+    Rejoin(RejoinArgs),
+}
+
+/// Arguments of `mirrorfs rejoin`.
+#[derive(Debug, Args)]
+pub struct RejoinArgs {
+    /// The old primary's mount config (its [volume] id, source and state_dir).
+    #[arg(long, value_name = "FILE")]
+    config: PathBuf,
+    /// The origin, if the config does not name it.
+    #[arg(long, value_name = "DIR")]
+    source: Option<PathBuf>,
+    /// The state directory, if the config does not name it.
+    #[arg(long, value_name = "DIR")]
+    state_dir: Option<PathBuf>,
+    /// The node directory the copy moves into (on the same filesystem).
+    #[arg(long, value_name = "DIR")]
+    dir: PathBuf,
 }
 
 /// Arguments of `mirrorfs promote`.
@@ -302,6 +322,7 @@ pub fn run(args: impl IntoIterator<Item = OsString>) -> ExitCode {
         Command::Replica(ReplicaCommand::Status(args)) => replica::status(args),
         Command::Verify(args) => verify::run(args),
         Command::Promote(args) => promote::run(args),
+        Command::Rejoin(args) => promote::rejoin(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

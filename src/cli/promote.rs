@@ -3,7 +3,7 @@
 //! leaves the copy as it was.
 
 use std::fmt::Write as _;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use crate::config::Replica;
 use crate::hooks::Moment;
@@ -13,7 +13,7 @@ use crate::replication::{
 };
 use crate::types::Name;
 
-use super::{CliError, PromoteArgs};
+use super::{CliError, PromoteArgs, RejoinArgs};
 
 /// Runs `mirrorfs promote`.
 pub fn run(args: PromoteArgs) -> Result<(), CliError> {
@@ -159,6 +159,39 @@ fn compare_with_peers(
             ),
         }
     }
+    Ok(())
+}
+
+/// Runs `mirrorfs rejoin`.
+pub fn rejoin(args: RejoinArgs) -> Result<(), CliError> {
+    let usage = |error: &dyn std::fmt::Display| CliError::Usage(error.to_string());
+    let raw = crate::config::Config::read(&args.config).map_err(|e| usage(&e))?;
+    let absolute = |path: PathBuf| std::path::absolute(&path).map_err(|e| usage(&e));
+    let named = |given: Option<PathBuf>, in_file: Option<PathBuf>, what: &str| {
+        given
+            .or(in_file)
+            .ok_or_else(|| CliError::Usage(format!("give --{what} (the config names none)")))
+            .and_then(absolute)
+    };
+    let id = raw
+        .volume
+        .id
+        .clone()
+        .ok_or_else(|| CliError::Usage("the config names no volume id".to_string()))?;
+    let source = named(args.source, raw.volume.source.clone(), "source")?;
+    let state_dir = named(args.state_dir, raw.volume.state_dir.clone(), "state-dir")?;
+    let dir = absolute(args.dir)?;
+    let rejoined = crate::replication::rejoin(&id, &source, &state_dir, &dir)
+        .map_err(|error| CliError::Failure(error.to_string()))?;
+    println!(
+        "volume {id} ({}) is a copy in {} now, its log ending at offset {}; start a node there \
+         (mirrorfs replica serve --dir {} --volume {id}=KEY_FILE) and make it a replica of the \
+         new primary: its records past the divergence point are kept aside when it first connects",
+        rejoined.fence,
+        rejoined.root.display(),
+        rejoined.next,
+        dir.display()
+    );
     Ok(())
 }
 

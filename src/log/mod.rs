@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-pub use epochs::{EpochStart, Epochs, EpochsError, Fence};
+pub use epochs::{EpochStart, Epochs, EpochsError, FENCE_FILE, Fence};
 pub use frame::{Decoded, FrameError, decode as decode_frame, encode as encode_frame};
 pub use record::{LogPath, Op, PathError, Record};
 pub use segment::{FORMAT_VERSION, ScanError, header as segment_header};

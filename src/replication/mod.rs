@@ -12,6 +12,7 @@ mod node;
 mod primary;
 mod promote;
 mod protocol;
+mod rejoin;
 mod session;
 mod stream;
 
@@ -27,3 +28,4 @@ pub use protocol::{
     Peers, ProtocolError, Stuck, ToNode, ToPrimary, decode as decode_message,
     encode as encode_message, record_hash, record_hash_at,
 };
+pub use rejoin::{RejoinError, Rejoined, rejoin};

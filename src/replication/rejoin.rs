@@ -1,0 +1,128 @@
+//! An old primary, fenced after a replica was promoted, becoming a replica of the new
+//! primary: its origin and log are moved into a node's directory as that volume's copy
+//! (renames: nothing is copied), so a node started there follows the new primary. Its
+//! records past the divergence point are cut off and kept aside at the first session
+//! (`Truncate`), and its tree is brought to the new primary's state.
+
+use std::path::{Path, PathBuf};
+
+use crate::durable;
+use crate::log::{Fence, inspect};
+use crate::manifest::STORE_FILE_NAME;
+use crate::state::StateDir;
+use crate::write::{load_applied, log_dir, store_applied};
+
+/// What a rejoin did.
+#[derive(Clone, Debug)]
+pub struct Rejoined {
+    /// The copy's directory now.
+    pub root: PathBuf,
+    /// What fenced the old primary.
+    pub fence: Fence,
+    /// The first offset its log lacks.
+    pub next: u64,
+}
+
+/// Why an old primary could not rejoin.
+#[derive(Debug, thiserror::Error)]
+pub enum RejoinError {
+    /// The state directory is in use (the volume is mounted) or unusable.
+    #[error("{0}")]
+    State(String),
+    /// Not fenced: no newer primary is known to exist.
+    #[error(
+        "volume {0} is not fenced: no replica is known to have been promoted, so this may still be its primary"
+    )]
+    NotFenced(String),
+    /// The node already keeps a copy of the volume.
+    #[error("{0} exists: the node keeps a copy of the volume already")]
+    CopyExists(PathBuf),
+    /// A move failed (another filesystem: a rename cannot move it).
+    #[error("moving {from} to {to}: {source}")]
+    Move {
+        /// From.
+        from: PathBuf,
+        /// To.
+        to: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The old primary's log.
+    #[error("{0}")]
+    Log(String),
+}
+
+/// Moves volume `volume`'s origin `source` and its `state_dir` (log, applied offset,
+/// stored hashes) into node directory `dir` as the volume's copy. Refused unless the
+/// volume is fenced, its state is not in use, and the node has no copy of it.
+pub fn rejoin(
+    volume: &str,
+    source: &Path,
+    state_dir: &Path,
+    dir: &Path,
+) -> Result<Rejoined, RejoinError> {
+    let _lock = StateDir::open(state_dir).map_err(|error| RejoinError::State(error.to_string()))?;
+    let log = log_dir(state_dir);
+    let fence = Fence::load(&log)
+        .map_err(|error| RejoinError::Log(error.to_string()))?
+        .ok_or_else(|| RejoinError::NotFenced(volume.to_string()))?;
+    let next = inspect(&log)
+        .map_err(|error| RejoinError::Log(error.to_string()))?
+        .stats()
+        .next_offset;
+    let root = dir.join(volume);
+    if root.exists() {
+        return Err(RejoinError::CopyExists(root));
+    }
+    let moved = |from: &Path, to: &Path| {
+        std::fs::rename(from, to).map_err(|source| RejoinError::Move {
+            from: from.to_path_buf(),
+            to: to.to_path_buf(),
+            source,
+        })
+    };
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source: std::io::Error| RejoinError::Move {
+            from: path.clone(),
+            to: path,
+            source,
+        }
+    };
+    // Everything moves by rename, so all of it must be on the node directory's filesystem:
+    // checked first, so nothing is half moved.
+    let device = |path: &Path| {
+        std::fs::metadata(path)
+            .map(|meta| std::os::unix::fs::MetadataExt::dev(&meta))
+            .map_err(io(path))
+    };
+    let node_device = device(dir)?;
+    for path in [source, state_dir] {
+        if device(path)? != node_device {
+            return Err(RejoinError::Move {
+                from: path.to_path_buf(),
+                to: dir.to_path_buf(),
+                source: std::io::Error::from(std::io::ErrorKind::CrossesDevices),
+            });
+        }
+    }
+    std::fs::create_dir_all(&root).map_err(io(&root))?;
+    // The applied offset first: the origin holds every record below it (write-through:
+    // all of them, and the file is absent).
+    let applied_path = state_dir.join("applied");
+    let applied = load_applied(&applied_path)
+        .map_err(io(&applied_path))?
+        .unwrap_or(next);
+    store_applied(&root.join("applied"), applied).map_err(io(&root))?;
+    // The stored hashes describe the origin's files, which keep their inodes.
+    let hashes = state_dir.join(STORE_FILE_NAME);
+    if hashes.exists() {
+        moved(&hashes, &root.join(STORE_FILE_NAME))?;
+    }
+    moved(&log, &root.join("log"))?;
+    // A copy's log takes records of the newer epoch; the fence was the primary's.
+    durable::remove(&root.join("log").join(crate::log::FENCE_FILE)).map_err(io(&root))?;
+    moved(source, &root.join("data"))?;
+    durable::sync_parent(&root.join("data")).map_err(io(&root))?;
+    Ok(Rejoined { root, fence, next })
+}
