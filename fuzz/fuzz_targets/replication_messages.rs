@@ -9,7 +9,7 @@ use mirrorfs::replication::{ToNode, ToPrimary, decode_message as decode};
 fuzz_target!(|data: &[u8]| {
     let _ = decode::<ToPrimary>(data);
     let ops = match decode::<ToNode>(data) {
-        Ok(ToNode::Records(records)) => records.into_iter().map(|r| r.op).collect(),
+        Ok(ToNode::Records { records, .. }) => records.into_iter().map(|r| r.op).collect(),
         Ok(ToNode::SnapshotOps(ops)) => ops,
         _ => return,
     };
