@@ -636,7 +636,7 @@ fn a_replica_ahead_of_the_new_primary_is_cut_back_and_converges() {
     assert!(!other.join("r1-only-000").exists());
     let log = nodes[1].log();
     assert!(
-        log.contains("cut back") && log.contains("snapshot complete"),
+        log.contains("cut back") && log.contains("resync complete"),
         "{log}"
     );
     assert!(!nodes[1].dir.join("vol/needs-snapshot").exists());
@@ -758,6 +758,22 @@ fn a_fenced_old_primary_rejoins_as_a_replica() {
         log.contains("kept aside") && log.contains("/unacked-0"),
         "{log}"
     );
+    // Only what differs was sent: no byte of a file the old primary held already (at
+    // most those written through the new primary since), not a snapshot of the volume.
+    let said = new.log();
+    let resynced = said
+        .lines()
+        .find(|line| line.contains("resync complete"))
+        .unwrap_or_else(|| panic!("{said}"));
+    let sent: u64 = resynced
+        .split("bytes=")
+        .nth(1)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let new_bytes: u64 = after.iter().map(|(_, data)| data.len() as u64).sum();
+    assert!(sent <= new_bytes, "{resynced}");
     let verified = common::run(&["verify", "--config", config.to_str().unwrap(), "--content"]);
     assert_eq!(verified.status.code(), Some(0), "{verified:?}");
 }

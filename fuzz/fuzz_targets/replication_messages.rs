@@ -10,7 +10,7 @@ fuzz_target!(|data: &[u8]| {
     let _ = decode::<ToPrimary>(data);
     let ops = match decode::<ToNode>(data) {
         Ok(ToNode::Records { records, .. }) => records.into_iter().map(|r| r.op).collect(),
-        Ok(ToNode::SnapshotOps(ops)) => ops,
+        Ok(ToNode::SnapshotOps(ops) | ToNode::ResyncOps(ops)) => ops,
         _ => return,
     };
     for op in ops {

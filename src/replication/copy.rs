@@ -32,7 +32,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::durable;
 use crate::log::{Epochs, Log, LogError, LogOptions, LogPath, Op, Record};
-use crate::manifest::HashStore;
+use crate::manifest::{Entry, HashStore, list};
 use crate::origin::{At, Origin};
 use crate::tree::{ApplyError, apply, apply_op, place};
 use crate::types::{Change, FileId, FileKind, Stamp};
@@ -220,6 +220,8 @@ pub struct VolumeCopy {
     hashes: Option<Arc<HashStore>>,
     /// The record the tree is stuck before, if any.
     stuck: Option<Stuck>,
+    /// An incremental resync under way, from this base.
+    resyncing: Option<Base>,
     /// The last high watermark the primary told, and whether a newer one than the file
     /// holds waits to be stored.
     high_watermark: u64,
@@ -363,6 +365,7 @@ impl VolumeCopy {
             stuck,
             high_watermark: load_high_watermark(root)?,
             high_watermark_unstored: false,
+            resyncing: None,
         };
         copy.store_applied()?;
         Ok(copy)
@@ -683,6 +686,74 @@ impl VolumeCopy {
         let tree = Origin::open(&staging).map_err(io_error(&staging))?;
         self.staging = Some(Staging { tree, base });
         Ok(())
+    }
+
+    /// An incremental resync from `base` begins: the tree is marked (durably) as not
+    /// matching the log until it ends, so a resync cut short is done again.
+    pub fn begin_resync(&mut self, base: Base) -> Result<(), CopyError> {
+        self.abandon_snapshot()?;
+        let marker = self.root.join(RESYNC_FILE);
+        durable::replace(&marker, format!("{}\n", base.offset)).map_err(io_error(&marker))?;
+        self.resyncing = Some(base);
+        Ok(())
+    }
+
+    /// The tree's entries, in path order, with stored roots where current: what the
+    /// primary compares its own with.
+    pub fn list_tree(&self) -> Result<Vec<Entry>, CopyError> {
+        let mut entries = Vec::new();
+        let store = self.hashes.as_deref();
+        list(&self.tree, &LogPath::root(), store, &mut |entry| {
+            entries.push(entry);
+            true
+        })
+        .map_err(|error| CopyError::Io {
+            path: self.root.join("data"),
+            source: std::io::Error::other(error.to_string()),
+        })?;
+        Ok(entries)
+    }
+
+    /// Applies a part of the resync under way to the tree, in place.
+    pub fn resync_ops(&mut self, ops: &[Op]) -> Result<(), CopyError> {
+        let base = self.resyncing.ok_or(CopyError::NoSnapshot)?;
+        for op in ops {
+            // As a record, so the stored hashes hear of it like of any other.
+            let record = Record {
+                offset: base.offset,
+                epoch: base.epoch,
+                op: op.clone(),
+            };
+            self.apply(&record)?;
+        }
+        Ok(())
+    }
+
+    /// The resync is complete: the tree is synced, and the log starts over at its offset
+    /// (as after a snapshot, the switch repeatable after a crash). Returns that offset.
+    pub fn end_resync(&mut self) -> Result<u64, CopyError> {
+        let base = self.resyncing.take().ok_or(CopyError::NoSnapshot)?;
+        let root = self.root.clone();
+        self.tree
+            .sync_filesystem()
+            .map_err(io_error(&root.join("data")))?;
+        base.store(&root.join("base.new"))?;
+        switch_to_snapshot(&root)?;
+        self.log = Log::open_at(
+            &root.join("log"),
+            LogOptions {
+                segment_bytes: SEGMENT_BYTES,
+                epoch: base.epoch,
+            },
+            base.offset,
+        )?;
+        self.base = Some(base);
+        self.applied = base.offset;
+        self.applied_stored = Instant::now();
+        self.stuck = None;
+        let marker = root.join(RESYNC_FILE);
+        durable::remove(&marker).map_err(io_error(&marker))?;
+        Ok(base.offset)
     }
 
     /// Applies a part of the snapshot being received.

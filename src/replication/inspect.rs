@@ -21,7 +21,7 @@ use crate::manifest::{Files, hash_afresh};
 use crate::origin::Origin;
 
 /// Entries per `Entries` message.
-const ENTRIES_PER_MESSAGE: usize = 512;
+pub(super) const ENTRIES_PER_MESSAGE: usize = 512;
 
 /// A verify session that asks nothing for this long is closed (between requests the
 /// primary may read its own files for a while).
@@ -99,6 +99,9 @@ fn message_name(message: &ToNode) -> &'static str {
         ToNode::SnapshotBegin { .. } => "SnapshotBegin",
         ToNode::SnapshotOps(_) => "SnapshotOps",
         ToNode::SnapshotEnd => "SnapshotEnd",
+        ToNode::ResyncBegin { .. } => "ResyncBegin",
+        ToNode::ResyncOps(_) => "ResyncOps",
+        ToNode::ResyncEnd => "ResyncEnd",
         ToNode::Inspect => "Inspect",
         ToNode::Walk { .. } => "Walk",
         ToNode::Hash(_) => "Hash",
@@ -203,7 +206,10 @@ async fn walk(
 }
 
 /// Answers a `Hash`: the files read in one go, with the copy's directory fds kept.
-async fn hash(hosted: &Arc<Hosted>, paths: Vec<LogPath>) -> Result<ToPrimary, SessionError> {
+pub(super) async fn hash(
+    hosted: &Arc<Hosted>,
+    paths: Vec<LogPath>,
+) -> Result<ToPrimary, SessionError> {
     let (tree, store) = match tree(hosted).await? {
         Ok(opened) => opened,
         Err(error) => {

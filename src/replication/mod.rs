@@ -13,6 +13,7 @@ mod primary;
 mod promote;
 mod protocol;
 mod rejoin;
+mod resync;
 mod session;
 mod stream;
 

@@ -26,6 +26,7 @@ use super::isr::{Progress, Rule, high_watermark, satisfied};
 use super::key::{KeyError, VolumeKey};
 use super::protocol::Stuck;
 use super::protocol::{Peers, ProtocolError, ToNode, ToPrimary, decode, encode, record_hash_at};
+use super::resync;
 use crate::config::Replica;
 use crate::config::Span;
 use crate::config::{OnInsufficient, ReplicationConfig};
@@ -272,7 +273,7 @@ impl Shared {
     /// Moves the log's retention floor: the oldest record any replica still needs (and
     /// the one before it, so that a returning replica's last record can be checked), but
     /// no further back than `retain_bytes_max` of log. A replica left behind that floor
-    /// gets a snapshot when it returns.
+    /// is resynced when it returns (a snapshot if its copy is empty).
     fn retain(&self, replicas: &[ReplicaState]) {
         let needed = replicas
             .iter()
@@ -728,7 +729,7 @@ impl Sender {
         if let Some(to) = self.parting(&position, stats.next_offset) {
             // It holds records of an older epoch this primary never had (written by the
             // old primary after this log's copy of it stopped): cut them off.
-            tracing::warn!(replica = %self.replica.name, to, "the replica holds records past where this primary's epoch began: it is cut back, and gets a snapshot");
+            tracing::warn!(replica = %self.replica.name, to, "the replica holds records past where this primary's epoch began: it is cut back, and resynced (only what differs is sent)");
             position = self.ask(&mut channel, &ToNode::Truncate { to }).await?;
         }
         let (next, last, based, needs_snapshot) = match position {
@@ -764,8 +765,11 @@ impl Sender {
         tracing::info!(replica = %self.replica.name, next, "replica connected");
         self.mark_connected();
         let whole = stats.first_offset == 0 && self.source.log_is_whole();
-        let next = if needs_snapshot || next < stats.first_offset || (next == 0 && !whole && !based)
-        {
+        let next = if next > 0 && (needs_snapshot || next < stats.first_offset) {
+            // A copy that still has a tree (cut back, rejoined, or let go by retention)
+            // gets only what differs.
+            self.resync(&mut channel).await?
+        } else if needs_snapshot || next < stats.first_offset || (next == 0 && !whole && !based) {
             self.snapshot(&mut channel).await?
         } else {
             next
@@ -946,13 +950,75 @@ impl Sender {
         snapshot.sent = sent;
     }
 
-    async fn ask(
-        &self,
-        channel: &mut Channel<TcpStream>,
-        message: &ToNode,
-    ) -> Result<ToPrimary, SendError> {
-        channel.send(&encode(message)).await?;
-        // A peer gone silent (a cut link sends no reset) is given up on after this.
+    /// An incremental resync (`resync.rs`): its reading side on a blocking thread that
+    /// holds the freeze, this side relaying its steps to the node. Returns the offset the
+    /// copy continues from.
+    async fn resync(&self, channel: &mut Channel<TcpStream>) -> Result<u64, SendError> {
+        let (steps, mut stepped) = tokio::sync::mpsc::channel(SNAPSHOT_AHEAD);
+        let (hearing, heard) = std::sync::mpsc::channel();
+        let source = self.source.clone();
+        let reading = tokio::task::spawn_blocking(move || resync::run(&source, &steps, &heard));
+        let mut offset = None;
+        let mut sent = WalkStats::default();
+        while let Some(step) = stepped.recv().await {
+            match step {
+                resync::Step::Begin { offset: at, last } => {
+                    tracing::info!(replica = %self.replica.name, offset = at, "resync begins");
+                    offset = Some(at);
+                    self.snapshot_progress(at, sent);
+                    let begin = ToNode::ResyncBegin {
+                        offset: at,
+                        epoch: self.epoch,
+                        last,
+                    };
+                    channel.send(&encode(&begin)).await?;
+                    let mut entries = Vec::new();
+                    let owners = loop {
+                        match self.receive(channel).await? {
+                            ToPrimary::Entries(batch) => entries.extend(batch),
+                            ToPrimary::Listed { owners } => break owners,
+                            other => return Err(SendError::Unexpected(format!("{other:?}"))),
+                        }
+                    };
+                    let _ = hearing.send(resync::Heard::Listed(entries, owners));
+                }
+                resync::Step::Hash(paths) => match self.ask(channel, &ToNode::Hash(paths)).await? {
+                    ToPrimary::Hashed { files, .. } => {
+                        let _ = hearing.send(resync::Heard::Hashed(files));
+                    }
+                    other => return Err(SendError::Unexpected(format!("{other:?}"))),
+                },
+                resync::Step::Ops(ops, bytes) => {
+                    sent.objects += ops.len() as u64;
+                    sent.bytes += bytes;
+                    self.snapshot_progress(offset.unwrap_or(0), sent);
+                    match self.ask(channel, &ToNode::ResyncOps(ops)).await? {
+                        ToPrimary::Ack { .. } => {}
+                        other => return Err(SendError::Unexpected(format!("{other:?}"))),
+                    }
+                }
+                resync::Step::End => match self.ask(channel, &ToNode::ResyncEnd).await? {
+                    ToPrimary::Ack { next } if Some(next) == offset => {
+                        tracing::info!(replica = %self.replica.name, next, operations = sent.objects, bytes = sent.bytes, "resync complete");
+                        self.shared.replicas()[self.index].snapshot = None;
+                        return Ok(next);
+                    }
+                    other => return Err(SendError::Unexpected(format!("{other:?}"))),
+                },
+            }
+        }
+        reading
+            .await
+            .map_err(|error| SendError::Snapshot(io::Error::other(error)))?
+            .map_err(|error| SendError::Snapshot(io::Error::other(error.to_string())))?;
+        Err(SendError::Snapshot(io::Error::other(
+            "the resync ended early",
+        )))
+    }
+
+    /// The node's next message, within the answer timeout (a peer gone silent, as a cut
+    /// link leaves it, is given up on after it).
+    async fn receive(&self, channel: &mut Channel<TcpStream>) -> Result<ToPrimary, SendError> {
         let answer = tokio::time::timeout(self.answer_timeout, channel.receive())
             .await
             .map_err(|_| SendError::Silent(self.answer_timeout))??;
@@ -961,6 +1027,15 @@ impl Sender {
             ToPrimary::Fenced { epoch } => Err(SendError::Fenced(epoch)),
             answer => Ok(answer),
         }
+    }
+
+    async fn ask(
+        &self,
+        channel: &mut Channel<TcpStream>,
+        message: &ToNode,
+    ) -> Result<ToPrimary, SendError> {
+        channel.send(&encode(message)).await?;
+        self.receive(channel).await
     }
 
     fn mark_connected(&self) {

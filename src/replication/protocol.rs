@@ -93,6 +93,22 @@ pub enum ToNode {
     },
     /// Part of a snapshot: operations that rebuild the volume in an empty directory.
     SnapshotOps(Vec<Op>),
+    /// An incremental resync begins: the copy's tree, which holds some other state of the
+    /// volume, is brought to this primary's by only what differs; with the records from
+    /// `offset` on applied after it, the copy equals the volume. The node answers with its
+    /// tree's entries (`Entries` batches, then `Listed`).
+    ResyncBegin {
+        /// The log offset the resync is consistent from.
+        offset: u64,
+        /// The primary's epoch.
+        epoch: u32,
+        /// [`record_hash`] of the primary's record `offset - 1`.
+        last: Option<[u8; 32]>,
+    },
+    /// Part of a resync: operations applied to the copy's tree in place.
+    ResyncOps(Vec<Op>),
+    /// The resync is complete: the copy's log continues from its offset.
+    ResyncEnd,
     /// The snapshot is complete.
     SnapshotEnd,
     /// First, instead of `Open`: a verify session, which only reads the copy (it streams
@@ -166,6 +182,12 @@ pub enum ToPrimary {
     },
     /// Entries of a walk, in path order.
     Entries(Vec<Entry>),
+    /// The copy's tree is listed (after its `Entries`), for a resync; whether owners in it
+    /// are the volume's (the node runs as root).
+    Listed {
+        /// The node sets owners.
+        owners: bool,
+    },
     /// A walk is complete; the copy's applied offset when it began and ended.
     Walked {
         /// Before.

@@ -11,6 +11,7 @@ use tokio::net::TcpStream;
 use super::channel::{Channel, ChannelError};
 use super::copy::{Base, CopyError, VolumeCopy};
 use super::hosted::Hosted;
+use super::inspect::{ENTRIES_PER_MESSAGE, hash};
 use super::protocol::{Peers, ToNode, ToPrimary, decode};
 use super::session::{Limits, SessionError, channel_send, refuse};
 
@@ -125,7 +126,7 @@ pub(super) async fn serve(
             // The primary's history parts from the copy's at `to`: the records past it go
             // (they were never this primary's), and the copy waits for a snapshot.
             ToNode::Truncate { to } => {
-                tracing::warn!(%volume, to, "the copy holds records the primary never had: cut back, a snapshot follows");
+                tracing::warn!(%volume, to, "the copy holds records the primary never had: cut back, a resync follows");
                 let hosted = Arc::clone(&hosted);
                 let volume = volume.to_string();
                 let answered = tokio::task::spawn_blocking(move || {
@@ -152,11 +153,57 @@ pub(super) async fn serve(
                     },
                 }
             }
-            ToNode::Inspect | ToNode::Walk { .. } | ToNode::Hash(_) | ToNode::Read { .. } => {
-                ToPrimary::Refuse {
-                    reason: "a verify request in a streaming session".to_string(),
+            // A resync: the tree is listed for the primary to compare with its own.
+            ToNode::ResyncBegin {
+                offset,
+                epoch,
+                last,
+            } => {
+                tracing::info!(%volume, offset, "resync begins");
+                let base = Base {
+                    offset,
+                    epoch,
+                    last,
+                };
+                let hosted = Arc::clone(&hosted);
+                let listed = tokio::task::spawn_blocking(move || {
+                    let mut copy = hosted.copy();
+                    copy.begin_resync(base)?;
+                    Ok::<_, CopyError>((copy.list_tree()?, copy.sets_owners()))
+                })
+                .await
+                .map_err(|error| ChannelError::Io(io::Error::other(error)))?;
+                match listed {
+                    Ok((entries, owners)) => {
+                        for batch in entries.chunks(ENTRIES_PER_MESSAGE) {
+                            channel_send(&mut channel, &ToPrimary::Entries(batch.to_vec())).await?;
+                        }
+                        ToPrimary::Listed { owners }
+                    }
+                    Err(error) => ToPrimary::Refuse {
+                        reason: error.to_string(),
+                    },
                 }
             }
+            // The chunk hashes of files whose content a resync compares.
+            ToNode::Hash(paths) => hash(&hosted, paths).await?,
+            ToNode::ResyncOps(ops) => {
+                answer(&hosted, number, move |copy| {
+                    copy.resync_ops(&ops)?;
+                    Ok(copy.next())
+                })
+                .await?
+            }
+            ToNode::ResyncEnd => {
+                let answered = answer(&hosted, number, |copy| copy.end_resync()).await?;
+                if let ToPrimary::Ack { next } = answered {
+                    tracing::info!(%volume, next, "resync complete");
+                }
+                answered
+            }
+            ToNode::Inspect | ToNode::Walk { .. } | ToNode::Read { .. } => ToPrimary::Refuse {
+                reason: "a verify request in a streaming session".to_string(),
+            },
             ToNode::SnapshotBegin {
                 offset,
                 epoch,
