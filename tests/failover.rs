@@ -9,7 +9,8 @@ use std::io::Write;
 use std::time::{Duration, Instant};
 
 use common::replica::{
-    Node, key_file, peers, replicated_mount, sample_records as records, wait_replicated,
+    Node, key_file, nodes_apart, peers, replicated_mount, resync_bytes, sample_records as records,
+    wait_replicated,
 };
 use mirrorfs::replication::{
     Channel, ToNode, ToPrimary, VolumeKey, decode_message as decode, encode_message as encode,
@@ -216,14 +217,7 @@ fn acknowledged_writes(
 fn a_promoted_replica_serves_every_acknowledged_write_and_the_other_follows_it() {
     let scratch = common::scratch();
     let (key_path, _) = key_file(scratch.path(), "vol.key");
-    let node_dirs = [scratch.path().join("r1"), scratch.path().join("r2")];
-    for dir in &node_dirs {
-        fs::create_dir(dir).unwrap();
-    }
-    let nodes: Vec<Node> = node_dirs
-        .iter()
-        .map(|dir| Node::start(dir, "127.0.0.1:0", &[("vol", &key_path)]))
-        .collect();
+    let nodes = nodes_apart(scratch.path(), &["r1", "r2"], &key_path);
     let told = scratch.path().join("on_promote.out");
     let settings = format!(
         "acks = \"all\"\nmin_insync = 1\non_promote = 'echo $MIRRORFS_VOLUME $MIRRORFS_EPOCH $MIRRORFS_ROLE > {}'\n",
@@ -464,14 +458,7 @@ fn promotion_refuses_what_it_must() {
 fn a_replica_left_behind_is_not_promoted_over_one_that_reaches_further() {
     let scratch = common::scratch();
     let (key_path, _) = key_file(scratch.path(), "vol.key");
-    let node_dirs = [scratch.path().join("r1"), scratch.path().join("r2")];
-    for dir in &node_dirs {
-        fs::create_dir(dir).unwrap();
-    }
-    let mut nodes: Vec<Node> = node_dirs
-        .iter()
-        .map(|dir| Node::start(dir, "127.0.0.1:0", &[("vol", &key_path)]))
-        .collect();
+    let mut nodes = nodes_apart(scratch.path(), &["r1", "r2"], &key_path);
     let mut old = replicated_mount(
         "vol",
         &key_path,
@@ -593,14 +580,7 @@ fn a_partitioned_primary_acknowledges_nothing_after_the_promotion_and_is_fenced_
 fn a_replica_ahead_of_the_new_primary_is_cut_back_and_converges() {
     let scratch = common::scratch();
     let (key_path, _) = key_file(scratch.path(), "vol.key");
-    let node_dirs = [scratch.path().join("r0"), scratch.path().join("r1")];
-    for dir in &node_dirs {
-        fs::create_dir(dir).unwrap();
-    }
-    let mut nodes: Vec<Node> = node_dirs
-        .iter()
-        .map(|dir| Node::start(dir, "127.0.0.1:0", &[("vol", &key_path)]))
-        .collect();
+    let mut nodes = nodes_apart(scratch.path(), &["r0", "r1"], &key_path);
     let mut old = replicated_mount(
         "vol",
         &key_path,
@@ -761,19 +741,9 @@ fn a_fenced_old_primary_rejoins_as_a_replica() {
     // Only what differs was sent: no byte of a file the old primary held already (at
     // most those written through the new primary since), not a snapshot of the volume.
     let said = new.log();
-    let resynced = said
-        .lines()
-        .find(|line| line.contains("resync complete"))
-        .unwrap_or_else(|| panic!("{said}"));
-    let sent: u64 = resynced
-        .split("bytes=")
-        .nth(1)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
+    let sent = resync_bytes(&said);
     let new_bytes: u64 = after.iter().map(|(_, data)| data.len() as u64).sum();
-    assert!(sent <= new_bytes, "{resynced}");
+    assert!(sent <= new_bytes, "{sent} bytes sent:\n{said}");
     let verified = common::run(&["verify", "--config", config.to_str().unwrap(), "--content"]);
     assert_eq!(verified.status.code(), Some(0), "{verified:?}");
 }

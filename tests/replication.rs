@@ -351,18 +351,8 @@ fn a_replica_away_past_retain_bytes_max_is_resynced_on_return() {
     assert!(node.log().contains("resync complete"), "{}", node.log());
     assert!(!node.log().contains("snapshot begins"), "{}", node.log());
     let said = mount.log();
-    let resynced = said
-        .lines()
-        .find(|line| line.contains("resync complete"))
-        .unwrap();
-    let sent: u64 = resynced
-        .split("bytes=")
-        .nth(1)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
-    assert!(sent <= 65 * (64 << 10), "{resynced}");
+    let sent = common::replica::resync_bytes(&said);
+    assert!(sent <= 65 * (64 << 10), "{sent} bytes sent:\n{said}");
 }
 
 /// Writes through files held open while their directory is renamed back and forth: every

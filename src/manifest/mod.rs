@@ -24,4 +24,4 @@ pub use hasher::Hashing;
 pub use store::{
     Changing, FILE_NAME as STORE_FILE_NAME, HashStore, MAGIC as STORE_MAGIC, unix_now,
 };
-pub use tree::{Entry, Kind, Xattr, path_order, walk as list};
+pub use tree::{Entry, Kind, Xattr, find, path_order, subtree, walk as list};

@@ -116,6 +116,28 @@ pub fn path_order(a: &LogPath, b: &LogPath) -> Ordering {
     a.components().cmp(b.components())
 }
 
+/// The entry at `path` in `entries` (a listing, in [`path_order`]).
+pub fn find<'e>(entries: &'e [Entry], path: &LogPath) -> Option<&'e Entry> {
+    entries
+        .binary_search_by(|entry| path_order(&entry.path, path))
+        .ok()
+        .map(|at| &entries[at])
+}
+
+/// The entry at `path` in `entries` (a listing, in [`path_order`]) and everything under
+/// it, with their kinds.
+pub fn subtree(entries: &[Entry], path: &LogPath) -> Vec<(LogPath, Kind)> {
+    let Ok(at) = entries.binary_search_by(|entry| path_order(&entry.path, path)) else {
+        return Vec::new();
+    };
+    let depth = path.components().count();
+    entries[at..]
+        .iter()
+        .take_while(|entry| entry.path.components().take(depth).eq(path.components()))
+        .map(|entry| (entry.path.clone(), entry.kind))
+        .collect()
+}
+
 /// Walks `copy` from `under` (the empty path for all of it), handing each entry to `take`,
 /// which returns false to stop the walk (`WalkError::Stopped`). Objects removed while the
 /// walk runs are left out. Regular files get their root from `store` where it holds a

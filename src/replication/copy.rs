@@ -737,8 +737,27 @@ impl VolumeCopy {
         self.tree
             .sync_filesystem()
             .map_err(io_error(&root.join("data")))?;
+        self.start_over(base, false)?;
+        self.stuck = None;
+        Ok(base.offset)
+    }
+
+    /// Makes `base` the copy's beginning once its tree is synced (`new_tree`: the one a
+    /// snapshot built in `staging/`): the switch (repeatable after a crash), the log
+    /// started over at its offset, the applied offset there, and the mark of a tree out
+    /// of step gone.
+    fn start_over(&mut self, base: Base, new_tree: bool) -> Result<(), CopyError> {
+        let root = self.root.clone();
         base.store(&root.join("base.new"))?;
         switch_to_snapshot(&root)?;
+        if new_tree {
+            let data = root.join("data");
+            self.tree = Origin::open(&data).map_err(io_error(&data))?;
+            if let Some(hashes) = &self.hashes {
+                // A new tree: nothing stored describes its files.
+                hashes.retain(&HashSet::new());
+            }
+        }
         self.log = Log::open_at(
             &root.join("log"),
             LogOptions {
@@ -750,10 +769,8 @@ impl VolumeCopy {
         self.base = Some(base);
         self.applied = base.offset;
         self.applied_stored = Instant::now();
-        self.stuck = None;
         let marker = root.join(RESYNC_FILE);
-        durable::remove(&marker).map_err(io_error(&marker))?;
-        Ok(base.offset)
+        durable::remove(&marker).map_err(io_error(&marker))
     }
 
     /// Applies a part of the snapshot being received.
@@ -776,28 +793,7 @@ impl VolumeCopy {
             .sync_filesystem()
             .map_err(io_error(&root.join("staging")))?;
         drop(staging);
-        base.store(&root.join("base.new"))?;
-        switch_to_snapshot(&root)?;
-        let data = root.join("data");
-        self.tree = Origin::open(&data).map_err(io_error(&data))?;
-        self.log = Log::open_at(
-            &root.join("log"),
-            LogOptions {
-                segment_bytes: SEGMENT_BYTES,
-                epoch: base.epoch,
-            },
-            base.offset,
-        )?;
-        self.base = Some(base);
-        if let Some(hashes) = &self.hashes {
-            // A new tree: nothing stored describes its files.
-            hashes.retain(&HashSet::new());
-        }
-        self.applied = base.offset;
-        self.applied_stored = Instant::now();
-        // A snapshot makes a copy cut back under its tree whole again.
-        let marker = self.root.join(RESYNC_FILE);
-        durable::remove(&marker).map_err(io_error(&marker))?;
+        self.start_over(base, true)?;
         Ok(base.offset)
     }
 

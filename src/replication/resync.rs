@@ -20,8 +20,8 @@ use tokio::sync::mpsc;
 
 use crate::log::{LogPath, Op};
 use crate::manifest::{
-    Aspect, CHUNK_BYTES, Compare, Entry, FileHashes, Files, Kind, Seen, content_ops, hash_afresh,
-    list, metadata_ops, parent_of, path_order, removes, set_times, stat_at,
+    Aspect, CHUNK_BYTES, Compare, Entry, FileHashes, Files, Kind, Seen, content_ops, find,
+    hash_afresh, list, metadata_ops, parent_of, path_order, removes, set_times, stat_at, subtree,
 };
 use crate::write::SnapshotSource;
 
@@ -195,27 +195,6 @@ fn differing(ours: &FileHashes, theirs: &FileHashes) -> Vec<std::ops::Range<u64>
         .into_iter()
         .map(|range| range.start..range.end.min(compared))
         .filter(|range| !range.is_empty())
-        .collect()
-}
-
-/// The entry at `path` in `entries` (in path order).
-fn find<'e>(entries: &'e [Entry], path: &LogPath) -> Option<&'e Entry> {
-    entries
-        .binary_search_by(|entry| path_order(&entry.path, path))
-        .ok()
-        .map(|at| &entries[at])
-}
-
-/// The entry at `path` in `entries` (in path order) and everything under it.
-fn subtree(entries: &[Entry], path: &LogPath) -> Vec<(LogPath, Kind)> {
-    let Ok(at) = entries.binary_search_by(|entry| path_order(&entry.path, path)) else {
-        return Vec::new();
-    };
-    let depth = path.components().count();
-    entries[at..]
-        .iter()
-        .take_while(|entry| entry.path.components().take(depth).eq(path.components()))
-        .map(|entry| (entry.path.clone(), entry.kind))
         .collect()
 }
 

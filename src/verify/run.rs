@@ -18,7 +18,7 @@ use crate::config::ReplicationConfig;
 use crate::log::{Log, LogPath};
 use crate::manifest::HashStore;
 use crate::manifest::{CHUNK_BYTES, ChunkHash, FileHashes};
-use crate::manifest::{Entry, Kind, list, path_order};
+use crate::manifest::{Entry, Kind, list, path_order, subtree};
 use crate::manifest::{Files, hash_afresh};
 use crate::origin::Origin;
 use crate::replication::VolumeKey;
@@ -1107,19 +1107,6 @@ fn without_chunks(ranges: impl Iterator<Item = Range<u64>>, chunks: &[u64]) -> V
         }
     }
     kept
-}
-
-/// The entry at `path` in `entries` (in path order) and everything under it.
-fn subtree(entries: &[Entry], path: &LogPath) -> Vec<(LogPath, Kind)> {
-    let Ok(at) = entries.binary_search_by(|entry| path_order(&entry.path, path)) else {
-        return Vec::new();
-    };
-    let depth = path.components().count();
-    entries[at..]
-        .iter()
-        .take_while(|entry| entry.path.components().take(depth).eq(path.components()))
-        .map(|entry| (entry.path.clone(), entry.kind))
-        .collect()
 }
 
 /// The chunks two hashings of the same size differ in.

@@ -283,6 +283,29 @@ pub fn wait_replicated(mount: &super::Mount) {
     }
 }
 
+/// Nodes keeping volume "vol" (key file `key`), each in a directory of its own under
+/// `scratch`, named `names`.
+pub fn nodes_apart(scratch: &Path, names: &[&str], key: &Path) -> Vec<Node> {
+    names
+        .iter()
+        .map(|name| {
+            let dir = scratch.join(name);
+            fs::create_dir(&dir).unwrap();
+            Node::start(&dir, "127.0.0.1:0", &[("vol", key)])
+        })
+        .collect()
+}
+
+/// The bytes of data the first resync a primary's `log` tells of sent.
+pub fn resync_bytes(log: &str) -> u64 {
+    let line = log
+        .lines()
+        .find(|line| line.contains("resync complete"))
+        .unwrap_or_else(|| panic!("no resync in the log:\n{log}"));
+    let bytes = line.split("bytes=").nth(1).unwrap_or_default();
+    bytes.trim().parse().unwrap_or_else(|_| panic!("{line}"))
+}
+
 /// A key for volume "vol" in `scratch`, and a node keeping that volume: the start of most
 /// replication tests.
 pub fn vol_node(scratch: &Path) -> (PathBuf, Node) {
