@@ -705,7 +705,12 @@ impl Sender {
         if last_epoch >= self.epoch {
             return None;
         }
-        let parting = self.log().epochs().end_of(last_epoch, end)?.1;
+        let epochs = self.log().epochs();
+        // Every epoch here newer than the copy's: they part where this history begins.
+        let parting = match epochs.end_of(last_epoch, end) {
+            Some((_, parting)) => parting,
+            None => epochs.entries().first()?.start,
+        };
         (parting < next).then_some(parting)
     }
 
@@ -765,11 +770,11 @@ impl Sender {
         tracing::info!(replica = %self.replica.name, next, "replica connected");
         self.mark_connected();
         let whole = stats.first_offset == 0 && self.source.log_is_whole();
-        let next = if next > 0 && (needs_snapshot || next < stats.first_offset) {
+        let next = if needs_snapshot || (next > 0 && next < stats.first_offset) {
             // A copy that still has a tree (cut back, rejoined, or let go by retention)
             // gets only what differs.
             self.resync(&mut channel).await?
-        } else if needs_snapshot || next < stats.first_offset || (next == 0 && !whole && !based) {
+        } else if next < stats.first_offset || (next == 0 && !whole && !based) {
             self.snapshot(&mut channel).await?
         } else {
             next

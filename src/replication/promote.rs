@@ -67,6 +67,9 @@ pub enum PromoteError {
         /// The last high watermark it was told.
         high_watermark: u64,
     },
+    /// The copy holds nothing of the volume: no record, and no snapshot completed.
+    #[error("the copy holds nothing of the volume yet (no record, no completed snapshot)")]
+    Empty,
     /// The copy's tree cannot take a record its log holds.
     #[error("the copy is stuck on record {}: {}", .0.offset, .0.error)]
     Stuck(Stuck),
@@ -224,6 +227,10 @@ pub fn promote(
         return Err(PromoteError::Stuck(stuck.clone()));
     }
     let status = copy.status();
+    // A copy that never completed a snapshot and holds no record has none of the volume.
+    if copy.next() == 0 && !copy.has_snapshot() && !unclean {
+        return Err(PromoteError::Empty);
+    }
     let (applied, high_watermark) = (status.applied, copy.high_watermark());
     let unvouched = (applied < high_watermark).then_some(applied..high_watermark);
     if unvouched.is_some() && !unclean {
