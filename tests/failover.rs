@@ -359,7 +359,10 @@ fn promotion_refuses_what_it_must() {
     };
 
     // A copy that never received anything holds none of the volume.
-    refused(promote(&node, &config, &[]), "holds nothing of the volume yet");
+    refused(
+        promote(&node, &config, &[]),
+        "holds nothing of the volume yet",
+    );
 
     // Three records held, and told that every in-sync replica holds nine.
     let mut primary = FakePrimary::connect(&node, &key);

@@ -30,8 +30,12 @@ use super::protocol::{HashedFile, record_hash_at};
 /// Operations are handed on in batches of about this many bytes.
 const BATCH_BYTES: u64 = 4 << 20;
 
-/// Files whose chunk hashes are asked for at once.
+/// Files whose chunk hashes are asked for at once, at most...
 const HASHED_PER_ASK: usize = 64;
+
+/// ...and bytes of them at most (beyond the first), so that the node answers well within
+/// the primary's answer timeout, however large the files.
+const HASHED_BYTES_PER_ASK: u64 = 256 << 20;
 
 /// What the resync's thread asks the connection to do.
 #[derive(Debug)]
@@ -146,7 +150,7 @@ pub fn run(
         }
     }
     let mut files = Files::new(origin);
-    for asked in compared.chunks(HASHED_PER_ASK) {
+    for asked in asks(&compared, &ours) {
         if steps.blocking_send(Step::Hash(asked.to_vec())).is_err() {
             return Ok(());
         }
@@ -182,6 +186,26 @@ pub fn run(
     drop(frozen);
     let _ = steps.blocking_send(Step::End);
     Ok(())
+}
+
+/// `paths` in groups of at most [`HASHED_PER_ASK`] files and [`HASHED_BYTES_PER_ASK`]
+/// bytes (by their sizes in `ours`; a larger file alone).
+fn asks<'p>(paths: &'p [LogPath], ours: &[Entry]) -> Vec<&'p [LogPath]> {
+    let mut groups = Vec::new();
+    let (mut start, mut bytes) = (0, 0);
+    for (at, path) in paths.iter().enumerate() {
+        let size = find(ours, path).map_or(0, |entry| entry.size);
+        let full = at - start == HASHED_PER_ASK || bytes + size > HASHED_BYTES_PER_ASK;
+        if at > start && full {
+            groups.push(&paths[start..at]);
+            (start, bytes) = (at, 0);
+        }
+        bytes += size;
+    }
+    if start < paths.len() {
+        groups.push(&paths[start..]);
+    }
+    groups
 }
 
 /// The byte ranges of the trusted content `ours` that the copy's `theirs` lacks, up to
@@ -236,5 +260,49 @@ impl<'a> Batch<'a> {
         // A connection gone ends the resync from the other side; nothing to say here.
         let _ = self.steps.blocking_send(Step::Ops(ops, bytes));
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(path: &str, size: u64) -> Entry {
+        Entry {
+            path: LogPath::try_from(path.as_bytes().to_vec()).unwrap(),
+            kind: Kind::File,
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+            size,
+            mtime: std::time::UNIX_EPOCH.into(),
+            rdev: 0,
+            target: Vec::new(),
+            xattrs: Vec::new(),
+            link_of: None,
+            root: None,
+            local: None,
+        }
+    }
+
+    #[test]
+    fn hashes_are_asked_for_in_bounded_groups() {
+        let path = |text: &str| LogPath::try_from(text.as_bytes().to_vec()).unwrap();
+        let ours = vec![
+            file("a", 200 << 20),
+            file("b", 100 << 20),
+            file("c", 1 << 30),
+            file("d", 1),
+        ];
+        let paths: Vec<LogPath> = ["a", "b", "c", "d"].into_iter().map(path).collect();
+        let groups: Vec<usize> = asks(&paths, &ours)
+            .iter()
+            .map(|group| group.len())
+            .collect();
+        // a alone (a with b passes 256 MiB), b alone (the 1 GiB c follows), c alone, d.
+        assert_eq!(groups, [1, 1, 1, 1]);
+        let small: Vec<LogPath> = (0..130).map(|n| path(&format!("s{n:03}"))).collect();
+        let groups: Vec<usize> = asks(&small, &[]).iter().map(|group| group.len()).collect();
+        assert_eq!(groups, [64, 64, 2]);
     }
 }
