@@ -46,6 +46,11 @@ const HEARTBEAT: Duration = Duration::from_secs(1);
 /// The shortest wait for a replica's answer.
 const ANSWER_TIMEOUT_MIN: Duration = Duration::from_secs(5);
 
+/// How long a resync waits for a node to hash the files it was asked for (it reads them
+/// whole; the node's own idle timeout for a session in a resync is its streaming one, and
+/// it is the one talking then).
+const HASH_TIMEOUT: Duration = Duration::from_secs(15 * 60);
+
 /// How long connecting may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -987,12 +992,16 @@ impl Sender {
                     };
                     let _ = hearing.send(resync::Heard::Listed(entries, owners));
                 }
-                resync::Step::Hash(paths) => match self.ask(channel, &ToNode::Hash(paths)).await? {
-                    ToPrimary::Hashed { files, .. } => {
-                        let _ = hearing.send(resync::Heard::Hashed(files));
+                resync::Step::Hash(paths) => {
+                    channel.send(&encode(&ToNode::Hash(paths))).await?;
+                    // The node reads the files whole: a large one takes its time.
+                    match self.receive_within(channel, HASH_TIMEOUT).await? {
+                        ToPrimary::Hashed { files, .. } => {
+                            let _ = hearing.send(resync::Heard::Hashed(files));
+                        }
+                        other => return Err(SendError::Unexpected(format!("{other:?}"))),
                     }
-                    other => return Err(SendError::Unexpected(format!("{other:?}"))),
-                },
+                }
                 resync::Step::Ops(ops, bytes) => {
                     sent.objects += ops.len() as u64;
                     sent.bytes += bytes;
@@ -1024,9 +1033,18 @@ impl Sender {
     /// The node's next message, within the answer timeout (a peer gone silent, as a cut
     /// link leaves it, is given up on after it).
     async fn receive(&self, channel: &mut Channel<TcpStream>) -> Result<ToPrimary, SendError> {
-        let answer = tokio::time::timeout(self.answer_timeout, channel.receive())
+        self.receive_within(channel, self.answer_timeout).await
+    }
+
+    /// The node's next message, within `timeout`.
+    async fn receive_within(
+        &self,
+        channel: &mut Channel<TcpStream>,
+        timeout: Duration,
+    ) -> Result<ToPrimary, SendError> {
+        let answer = tokio::time::timeout(timeout, channel.receive())
             .await
-            .map_err(|_| SendError::Silent(self.answer_timeout))??;
+            .map_err(|_| SendError::Silent(timeout))??;
         match decode(&answer)? {
             ToPrimary::Refuse { reason } => Err(SendError::Refused(reason)),
             ToPrimary::Fenced { epoch } => Err(SendError::Fenced(epoch)),

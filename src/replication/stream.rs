@@ -15,6 +15,10 @@ use super::inspect::{ENTRIES_PER_MESSAGE, hash};
 use super::protocol::{Peers, ToNode, ToPrimary, decode};
 use super::session::{Limits, SessionError, channel_send, refuse};
 
+/// How long a session in a resync may stay silent (the primary hashes its own files
+/// between messages).
+const RESYNC_IDLE: std::time::Duration = std::time::Duration::from_secs(15 * 60);
+
 /// Streams volume `volume` from a primary at `epoch` into `hosted`'s copy over `channel`,
 /// until the primary goes or the session fails.
 pub(super) async fn serve(
@@ -82,10 +86,13 @@ pub(super) async fn serve(
         hosted.report_stuck(volume, &stuck);
         return Err(SessionError::Stuck(stuck));
     }
+    // A resync's primary may read large files of its own between two messages.
+    let mut resyncing = false;
     loop {
-        let received = tokio::time::timeout(limits.idle, channel.receive())
+        let idle = if resyncing { RESYNC_IDLE } else { limits.idle };
+        let received = tokio::time::timeout(idle, channel.receive())
             .await
-            .map_err(|_| SessionError::Silent("streaming", limits.idle))?;
+            .map_err(|_| SessionError::Silent("streaming", idle))?;
         let bytes = match received {
             Ok(bytes) => bytes,
             Err(ChannelError::Io(error)) if error.kind() == io::ErrorKind::UnexpectedEof => {
@@ -160,6 +167,7 @@ pub(super) async fn serve(
                 last,
             } => {
                 tracing::info!(%volume, offset, "resync begins");
+                resyncing = true;
                 let base = Base {
                     offset,
                     epoch,
@@ -195,6 +203,7 @@ pub(super) async fn serve(
                 .await?
             }
             ToNode::ResyncEnd => {
+                resyncing = false;
                 let answered = answer(&hosted, number, |copy| copy.end_resync()).await?;
                 if let ToPrimary::Ack { next } = answered {
                     tracing::info!(%volume, next, "resync complete");
