@@ -12,6 +12,7 @@ use common::replica::{
     Node, key_file, nodes_apart, peers, replicated_mount, resync_bytes, sample_records as records,
     wait_replicated,
 };
+use mirrorfs::log::{LogPath, Op, Record};
 use mirrorfs::replication::{
     Channel, ToNode, ToPrimary, VolumeKey, decode_message as decode, encode_message as encode,
 };
@@ -752,4 +753,88 @@ fn a_fenced_old_primary_rejoins_as_a_replica() {
     assert!(sent <= new_bytes, "{sent} bytes sent:\n{said}");
     let verified = common::run(&["verify", "--config", config.to_str().unwrap(), "--content"]);
     assert_eq!(verified.status.code(), Some(0), "{verified:?}");
+}
+
+/// A replica's copy mounted read-only while its node applies the stream: readers see what
+/// the copy holds, new records show within the revalidation time, writes fail with EROFS.
+#[test]
+fn a_standby_mount_serves_the_copy_read_only_as_the_stream_applies() {
+    let scratch = common::scratch();
+    let (key_path, key) = key_file(scratch.path(), "vol.key");
+    let node = Node::start(scratch.path(), "127.0.0.1:0", &[("vol", &key_path)]);
+    let mut primary = FakePrimary::connect(&node, &key);
+    assert!(matches!(
+        primary.open(&node, 1, 0),
+        ToPrimary::Position { .. }
+    ));
+    let batch = |records, high_watermark| ToNode::Records {
+        records,
+        high_watermark,
+    };
+    assert_eq!(
+        primary.ask(&batch(records(0), 3)),
+        ToPrimary::Ack { next: 3 }
+    );
+
+    let mountpoint = scratch.path().join("standby");
+    fs::create_dir(&mountpoint).unwrap();
+    let dir = node.dir.to_str().unwrap().to_string();
+    let standby = common::MountedChild::start(
+        &[
+            "--standby",
+            "--dir",
+            &dir,
+            "--volume",
+            "vol",
+            mountpoint.to_str().unwrap(),
+        ],
+        &mountpoint,
+        &scratch.path().join("standby.log"),
+    );
+    assert_eq!(fs::read(mountpoint.join("d/f")).unwrap(), b"hello");
+    let error = fs::write(mountpoint.join("d/g"), b"no").unwrap_err();
+    assert_eq!(error.raw_os_error(), Some(libc::EROFS), "{error}");
+    let error = fs::OpenOptions::new()
+        .append(true)
+        .open(mountpoint.join("d/f"))
+        .and_then(|mut file| file.write_all(b" there"))
+        .unwrap_err();
+    assert_eq!(error.raw_os_error(), Some(libc::EROFS), "{error}");
+
+    // The stream goes on: a new write to the file shows through the standby.
+    let more = vec![Record {
+        offset: 3,
+        epoch: 1,
+        op: Op::Write {
+            path: LogPath::try_from(b"d/f".to_vec()).unwrap(),
+            offset: 5,
+            data: b", world".to_vec(),
+        },
+    }];
+    assert_eq!(primary.ask(&batch(more, 4)), ToPrimary::Ack { next: 4 });
+    wait_for("the standby to show the new bytes", || {
+        fs::read(mountpoint.join("d/f")).is_ok_and(|bytes| bytes == b"hello, world")
+    });
+    drop(standby);
+    assert_eq!(common::mount_type(&mountpoint), None);
+
+    // Bad input: a volume the node does not keep, a missing --dir: one line, exit 2.
+    let mnt = mountpoint.to_str().unwrap();
+    for args in [
+        vec![
+            "mount",
+            "--standby",
+            "--dir",
+            &dir,
+            "--volume",
+            "nosuch",
+            mnt,
+        ],
+        vec!["mount", "--standby", "--volume", "vol", mnt],
+    ] {
+        let output = common::run(&args);
+        assert_eq!(output.status.code(), Some(2), "{args:?}: {output:?}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    }
 }

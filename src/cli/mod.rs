@@ -200,6 +200,16 @@ pub struct MountArgs {
     /// Let other users use the mount; permissions are checked as on a local filesystem.
     #[arg(long)]
     allow_other: bool,
+    /// Mount a replica's copy read-only, while its node keeps applying the stream:
+    /// `mirrorfs mount --standby --dir DIR --volume ID MOUNTPOINT`.
+    #[arg(long, requires_all = ["dir", "volume"])]
+    standby: bool,
+    /// With --standby: the replica node's directory.
+    #[arg(long, value_name = "DIR", requires = "standby")]
+    dir: Option<PathBuf>,
+    /// With --standby: the volume whose copy is mounted.
+    #[arg(long, value_name = "ID", requires = "standby")]
+    volume: Option<String>,
 }
 
 /// Arguments of `mirrorfs unmount`.

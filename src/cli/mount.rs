@@ -26,6 +26,10 @@ pub fn run(args: MountArgs) -> Result<(), CliError> {
     // First, before anything can start a thread (the origin does): see StopSignals.
     let signals = StopSignals::block()
         .map_err(|error| CliError::Failure(format!("cannot set up signal handling: {error}")))?;
+    let mut args = args;
+    if args.standby {
+        standby_args(&mut args)?;
+    }
     if args.source.is_some() != args.mountpoint.is_some() {
         return Err(CliError::Usage(
             "give both SOURCE and MOUNTPOINT, or neither (then --config names them)".to_string(),
@@ -38,6 +42,7 @@ pub fn run(args: MountArgs) -> Result<(), CliError> {
     let cwd = std::env::current_dir().map_err(|error| {
         CliError::Failure(format!("cannot read the current directory: {error}"))
     })?;
+    let args_standby = args.standby;
     let overrides = Overrides {
         source: args.source,
         mountpoint: args.mountpoint,
@@ -81,6 +86,12 @@ pub fn run(args: MountArgs) -> Result<(), CliError> {
         passthrough: config.cache.passthrough == Passthrough::Auto,
     };
     let served = super::volume::open(&config, state.path(), true)?;
+    if args_standby {
+        // The node writes the copy; through this mount it is only read.
+        served
+            .volume
+            .refuse_changes("a standby mount of a replica's copy is read-only (EROFS)".to_string());
+    }
     // Marked once the volume is open (a refused mount leaves no mark), before any change.
     let unclean = state.begin_serving().map_err(|error| {
         CliError::Failure(format!("state_dir {}: {error}", state.path().display()))
@@ -376,4 +387,33 @@ fn prepare_process() {
 fn worker_threads() -> usize {
     let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
     cores.clamp(2, 16)
+}
+
+/// `--standby --dir DIR --volume ID MOUNTPOINT`: the copy's tree as the source, a state
+/// directory of the standby's own beside the copy (its log stays empty: every change is
+/// refused), and no stored hashes (the node keeps the copy's).
+fn standby_args(args: &mut MountArgs) -> Result<(), CliError> {
+    let (Some(dir), Some(id)) = (&args.dir, &args.volume) else {
+        return Err(CliError::Usage(
+            "--standby needs --dir and --volume".to_string(),
+        ));
+    };
+    // The one positional argument is the mount point.
+    if args.mountpoint.is_some() {
+        return Err(CliError::Usage(
+            "--standby takes the mount point alone (the source is the copy)".to_string(),
+        ));
+    }
+    let root = dir.join(id);
+    if !root.join("data").is_dir() {
+        return Err(CliError::Usage(format!(
+            "no copy of volume {id} in {} (is the node keeping it?)",
+            dir.display()
+        )));
+    }
+    args.mountpoint = args.source.take();
+    args.source = Some(root.join("data"));
+    args.state_dir.get_or_insert(root.join("standby"));
+    args.id.get_or_insert(id.clone());
+    Ok(())
 }

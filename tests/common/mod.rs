@@ -275,6 +275,59 @@ impl Drop for Mount {
     }
 }
 
+/// A `mirrorfs mount` started with arguments of its own (a standby, say): stopped by its
+/// pid and its mount detached when dropped.
+pub struct MountedChild {
+    child: Child,
+    /// Where it is mounted.
+    pub mountpoint: PathBuf,
+    log: PathBuf,
+}
+
+impl MountedChild {
+    /// Runs `mirrorfs mount ARGS`, its log in `log`, and waits until `mountpoint` is
+    /// mounted (or the daemon exits: then this panics with its log).
+    pub fn start(args: &[&str], mountpoint: &Path, log: &Path) -> MountedChild {
+        let child = Command::new(binary())
+            .arg("mount")
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(fs::File::create(log).unwrap())
+            .spawn()
+            .unwrap();
+        let mut mounted = MountedChild {
+            child,
+            mountpoint: mountpoint.to_path_buf(),
+            log: log.to_path_buf(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while mount_type(mountpoint).as_deref() != Some("fuse.mirrorfs") {
+            if let Some(status) = mounted.child.try_wait().unwrap() {
+                panic!("mirrorfs exited with {status}:\n{}", mounted.log());
+            }
+            assert!(Instant::now() < deadline, "not mounted:\n{}", mounted.log());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        mounted
+    }
+
+    /// Its log so far.
+    pub fn log(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for MountedChild {
+    fn drop(&mut self) {
+        signal(self.child.id(), libc::SIGTERM);
+        let _ = self.child.wait();
+        if mount_type(&self.mountpoint).is_some() {
+            detach(&self.mountpoint);
+        }
+    }
+}
+
 /// A kernel mount made for one test (tmpfs, bind), unmounted when dropped.
 pub struct KernelMount {
     /// Where it is mounted.
