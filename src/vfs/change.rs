@@ -19,7 +19,7 @@ use crate::cache::Change;
 use crate::log::{LogPath, Op};
 use crate::manifest::Changing;
 use crate::origin::DirFd;
-use crate::types::{FileKind, InodeId};
+use crate::types::{FileId, FileKind, InodeId};
 
 use super::{INODE_TURNS, Result, Volume};
 
@@ -61,8 +61,10 @@ pub(super) struct InodeChange<'n, H: Fn() -> u64> {
     id: InodeId,
     path: Option<LogPath>,
     effect: Option<Change>,
+    /// The inode's origin identity, looked up once for the stored hashes and the cache.
+    key: Option<FileId>,
     // Dropped after the records are appended: the file is rehashed from then on.
-    hashing: Option<Changing<'n, H>>,
+    _hashing: Option<Changing<'n, H>>,
     _turn: MutexGuard<'n, ()>,
 }
 
@@ -191,16 +193,25 @@ impl<'v> Naming<'v> {
             Wait::FileFlushed => volume.journal.flush_file(id)?,
             Wait::Barrier => volume.journal.barrier()?,
         }
-        let hashing = match &effect {
-            Some(Change::Attributes) | None => None,
-            Some(content) => volume.hashing(id, path.as_ref(), content),
+        // One look at the table, for the hashes and the cache both: a write comes here.
+        let known = (volume.hashes.is_some() || volume.cache.is_some())
+            .then(|| volume.table().get(id).map(|inode| (inode.kind, inode.key)))
+            .flatten();
+        let hashing = match (&effect, &volume.hashes, known) {
+            (Some(Change::Attributes) | None, _, _) => None,
+            (Some(content), Some(hashes), Some((FileKind::Regular, key))) => {
+                let log = volume.journal.log();
+                Some(hashes.changing(key, path.as_ref(), content, move || log.next_offset()))
+            }
+            _ => None,
         };
         Ok(InodeChange {
             volume,
             id,
             path,
             effect,
-            hashing,
+            key: known.map(|(_, key)| key),
+            _hashing: hashing,
             _turn: turn,
         })
     }
@@ -242,11 +253,17 @@ impl<H: Fn() -> u64> InodeChange<'_, H> {
     /// Step 4: the origin holds the change. The read cache hears of it, then the records
     /// `records` makes of the inode's path are appended (none without a path).
     pub(super) fn made(self, records: impl FnOnce(LogPath) -> Vec<Op>) -> Result<()> {
-        match (&self.effect, &self.hashing) {
-            // The stored hashes were marked before the change: they know.
-            (Some(effect), Some(_)) => self.volume.cache_heard(self.id, effect.clone()),
-            (Some(effect), None) => self.volume.cache_changed(self.id, effect.clone()),
-            (None, _) => {}
+        match &self.effect {
+            None => {}
+            // The stored hashes learn that the file's ctime moved.
+            Some(Change::Attributes) => self.volume.cache_changed(self.id, Change::Attributes),
+            // A content change marked the stored hashes before it was made (a regular
+            // file, with hashes kept): the cache is all that is left to tell.
+            Some(content) => {
+                if let (Some(cache), Some(key)) = (&self.volume.cache, self.key) {
+                    cache.changed(key, content.clone());
+                }
+            }
         }
         let Some(path) = self.path.clone() else {
             return Ok(());
