@@ -18,31 +18,8 @@ scripts/install-deps.sh --bench
 cargo build --release --locked --quiet
 mirrorfs="$PWD/target/release/mirrorfs"
 
-work=$(mktemp -d /var/tmp/mirrorfs-bench-rejoin.XXXXXX)
-pids=()
-mounts=()
-cleanup() {
-  for point in "${mounts[@]}"; do
-    if grep -q " $point " /proc/self/mountinfo; then umount -l "$point" || true; fi
-  done
-  for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
-  rm -rf "$work"
-}
-trap cleanup EXIT
-
-now() { date +%s.%N; }
-since() { awk -v start="$1" -v end="$(now)" 'BEGIN { printf "%.2f", end - start }'; }
-
-wait_mounted() {
-  for _ in $(seq 3000); do
-    grep " $1 " /proc/self/mountinfo | grep -q " fuse.mirrorfs " && return 0
-    sleep 0.01
-  done
-  echo "not mounted: $1" >&2
-  cat "$2" >&2
-  exit 1
-}
+# shellcheck source=scripts/failover-common.sh
+. scripts/failover-common.sh rejoin
 
 # start_node NAME PORT: a node keeping volume "vol" in $work/NAME.
 start_node() {
