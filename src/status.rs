@@ -39,6 +39,31 @@ pub struct Status {
     /// Requests whose handler panicked (each answered EIO; see the daemon's log).
     #[serde(default)]
     pub handler_panics: u64,
+    /// For a standby mount of a replica's copy: what it serves.
+    #[serde(default)]
+    pub standby: Option<StandbyStatus>,
+}
+
+/// A standby mount of a replica's copy: the offset it serves and how far behind it is.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct StandbyStatus {
+    /// The copy's directory (the node's DIR/ID).
+    pub copy: PathBuf,
+    /// The first record the served tree lacks, once the node has said (the offset served).
+    pub served_offset: Option<u64>,
+    /// Records the node holds durably (what it acknowledged).
+    pub received: u64,
+    /// The last high watermark the primary told the copy (stored at most once a second).
+    pub high_watermark: u64,
+    /// Records the served tree lacks of those the node holds or the primary counted as
+    /// committed.
+    pub lag: u64,
+    /// The tree is between offsets: cut back or mid-resync (reads may mix two states).
+    pub out_of_step: bool,
+    /// The copy's tree was replaced by a snapshot; this mount serves the old one.
+    pub replaced: bool,
+    /// Invalidation notices sent to the kernel.
+    pub notices: u64,
 }
 
 /// verify as status shows it.

@@ -11,9 +11,11 @@ use crate::config::{Config, Overrides, WriteMode, normalize};
 use crate::control::ControlSocket;
 use crate::fuse::{self, FS_TYPE, MountOptions};
 use crate::log::Fence;
+use crate::origin::TreeGate;
+use crate::replication::{GATE_FILE, inspect_copy};
 use crate::signals::StopSignals;
 use crate::state::{StateDir, StateError};
-use crate::status::{LogStatus, Status, VerifyStatus};
+use crate::status::{LogStatus, StandbyStatus, Status, VerifyStatus};
 use crate::vfs::Volume;
 use crate::write::log_dir;
 
@@ -27,9 +29,10 @@ pub fn run(args: MountArgs) -> Result<(), CliError> {
     let signals = StopSignals::block()
         .map_err(|error| CliError::Failure(format!("cannot set up signal handling: {error}")))?;
     let mut args = args;
-    if args.standby {
-        standby_args(&mut args)?;
-    }
+    let standby_copy = match args.standby {
+        true => Some(standby_args(&mut args)?),
+        false => None,
+    };
     if args.source.is_some() != args.mountpoint.is_some() {
         return Err(CliError::Usage(
             "give both SOURCE and MOUNTPOINT, or neither (then --config names them)".to_string(),
@@ -42,7 +45,6 @@ pub fn run(args: MountArgs) -> Result<(), CliError> {
     let cwd = std::env::current_dir().map_err(|error| {
         CliError::Failure(format!("cannot read the current directory: {error}"))
     })?;
-    let args_standby = args.standby;
     let overrides = Overrides {
         source: args.source,
         mountpoint: args.mountpoint,
@@ -83,21 +85,31 @@ pub fn run(args: MountArgs) -> Result<(), CliError> {
         allow_other: volume.allow_other,
         threads: worker_threads(),
         ttl: config.cache.revalidate_after,
-        passthrough: config.cache.passthrough == Passthrough::Auto,
+        // A standby's reads must go through the daemon, which holds the copy's gate.
+        passthrough: config.cache.passthrough == Passthrough::Auto && standby_copy.is_none(),
     };
-    let served = super::volume::open(&config, state.path(), true)?;
-    if args_standby {
-        // The node writes the copy; through this mount it is only read.
-        served
-            .volume
-            .refuse_changes("a standby mount of a replica's copy is read-only (EROFS)".to_string());
-    }
+    // A standby reads through no cache of its own: the node changes the tree under it,
+    // and a block read ahead outside a request would be read outside the gate.
+    let served = super::volume::open(&config, state.path(), standby_copy.is_none())?;
+    let standby = match &standby_copy {
+        None => None,
+        Some(copy) => Some(stand_by(&served, copy)?),
+    };
+    let followed = standby
+        .as_ref()
+        .map(|standby: &fuse::Standby| Arc::clone(&standby.followed));
     // Marked once the volume is open (a refused mount leaves no mark), before any change.
     let unclean = state.begin_serving().map_err(|error| {
         CliError::Failure(format!("state_dir {}: {error}", state.path().display()))
     })?;
     let last_verify = LastRunCell::default();
-    let _control = start_control(&config, state.path(), &served, &last_verify);
+    let _control = start_control(
+        &config,
+        state.path(),
+        &served,
+        &last_verify,
+        standby_copy.zip(followed),
+    );
     let schedule = super::verify::schedule(&config, &served.volume, &last_verify);
     // A change the origin took just before the daemon died may have no record, so no
     // replica will ever get it: after an unclean stop, the copies are checked against the
@@ -116,6 +128,7 @@ pub fn run(args: MountArgs) -> Result<(), CliError> {
             &volume.mountpoint,
             &options,
             signals,
+            standby,
         )
         .map_err(|error| CliError::Failure(error.to_string()));
         unmounted.store(true, Ordering::Relaxed);
@@ -168,6 +181,7 @@ fn start_control(
     state_dir: &Path,
     served: &Served,
     last_verify: &LastRunCell,
+    standby: Option<(PathBuf, Arc<fuse::Followed>)>,
 ) -> Option<ControlSocket> {
     let verify = super::verify::handler(config, &served.volume, last_verify);
     let last_verify = Arc::clone(last_verify);
@@ -212,6 +226,9 @@ fn start_control(
                     .unwrap_or_else(|p| p.into_inner())
                     .clone(),
             },
+            standby: standby
+                .as_ref()
+                .map(|(copy, followed)| standby_status(copy, followed)),
         }
     };
     match ControlSocket::serve_with(state_dir, status, Some(verify)) {
@@ -392,7 +409,7 @@ fn worker_threads() -> usize {
 /// `--standby --dir DIR --volume ID MOUNTPOINT`: the copy's tree as the source, a state
 /// directory of the standby's own beside the copy (its log stays empty: every change is
 /// refused), and no stored hashes (the node keeps the copy's).
-fn standby_args(args: &mut MountArgs) -> Result<(), CliError> {
+fn standby_args(args: &mut MountArgs) -> Result<PathBuf, CliError> {
     let (Some(dir), Some(id)) = (&args.dir, &args.volume) else {
         return Err(CliError::Usage(
             "--standby needs --dir and --volume".to_string(),
@@ -411,9 +428,53 @@ fn standby_args(args: &mut MountArgs) -> Result<(), CliError> {
             dir.display()
         )));
     }
+    // A copy that never received anything would be replaced whole by its first
+    // snapshot, under the mount.
+    let copy = inspect_copy(&root).map_err(|error| CliError::Failure(error.to_string()))?;
+    if copy.next == 0 {
+        return Err(CliError::Usage(format!(
+            "the copy of volume {id} holds nothing of the volume yet: mount the standby once its node has received some"
+        )));
+    }
     args.mountpoint = args.source.take();
     args.source = Some(root.join("data"));
     args.state_dir.get_or_insert(root.join("standby"));
     args.id.get_or_insert(id.clone());
-    Ok(())
+    Ok(root)
+}
+
+/// Makes `served` a standby of the copy in `root`: read through the copy's gate, changes
+/// refused, and followed for the kernel's caches.
+fn stand_by(served: &Served, root: &Path) -> Result<fuse::Standby, CliError> {
+    let gate_path = root.join(GATE_FILE);
+    let gate = TreeGate::open(&gate_path)
+        .map_err(|error| CliError::Failure(format!("{}: {error}", gate_path.display())))?;
+    served.volume.stand_by(gate.clone());
+    Ok(fuse::Standby {
+        gate,
+        log_dir: root.join("log"),
+        data_dir: root.join("data"),
+        followed: Arc::default(),
+    })
+}
+
+/// What status shows of a standby of the copy in `root`.
+fn standby_status(root: &Path, followed: &fuse::Followed) -> StandbyStatus {
+    let copy = inspect_copy(root).ok();
+    let served_offset = followed.served();
+    let high_watermark = copy.as_ref().map_or(0, |copy| copy.high_watermark);
+    let received = copy.as_ref().map_or(0, |copy| copy.next);
+    StandbyStatus {
+        copy: root.to_path_buf(),
+        served_offset,
+        received,
+        high_watermark,
+        // The stored high watermark may be a second old; what the node holds is current.
+        lag: high_watermark
+            .max(received)
+            .saturating_sub(served_offset.unwrap_or(0)),
+        out_of_step: copy.as_ref().is_some_and(|copy| copy.out_of_step),
+        replaced: followed.replaced(),
+        notices: followed.notices(),
+    }
 }

@@ -2,7 +2,7 @@
 
 use crate::cache::{CacheStats, TierStats};
 use crate::control::{self, ControlError};
-use crate::status::Status;
+use crate::status::{StandbyStatus, Status};
 
 use super::{CliError, StatusArgs};
 use crate::config::human;
@@ -12,6 +12,10 @@ pub fn run(args: StatusArgs) -> Result<(), CliError> {
     let state_dir = args.volume.state_dir()?;
     if args.check {
         return match control::query::<Status>(&state_dir) {
+            Ok(status) if status.standby.is_some() => Err(CliError::Failure(format!(
+                "volume {} is mounted here as a standby, not the primary",
+                status.volume
+            ))),
             Ok(status) if status.log.fence.is_none() => Ok(()),
             Ok(status) => Err(CliError::Failure(format!(
                 "volume {} is {}",
@@ -60,6 +64,9 @@ fn render(status: &Status) -> String {
     text += &format!("epochs       {}\n", epochs.join(", "));
     if let Some(fence) = &log.fence {
         text += &format!("FENCED       {fence}: changes fail with EROFS, fsync with EIO\n");
+    }
+    if let Some(standby) = &status.standby {
+        text += &standby_text(standby);
     }
     if let Some(behind) = &status.write_behind {
         text += &format!(
@@ -171,6 +178,26 @@ fn render(status: &Status) -> String {
 }
 
 /// The read cache's lines of `status`.
+fn standby_text(standby: &StandbyStatus) -> String {
+    let served = standby
+        .served_offset
+        .map_or_else(|| "not known yet".to_string(), |offset| offset.to_string());
+    let mut text = format!(
+        "STANDBY      read-only copy {}: serves every record below {served}; the node holds {} durably; lag {} record(s) behind high watermark {}\n",
+        standby.copy.display(),
+        standby.received,
+        standby.lag,
+        standby.high_watermark,
+    );
+    if standby.out_of_step {
+        text += "             the copy is being resynced: reads may mix two states until it ends\n";
+    }
+    if standby.replaced {
+        text += "             the copy was replaced by a snapshot: this mount serves the old tree; mount it again\n";
+    }
+    text
+}
+
 fn cache_text(cache: &CacheStats) -> String {
     let tier = |name: &str, tier: &TierStats| {
         let looked = tier.hits + tier.misses;

@@ -6,6 +6,7 @@ mod errno;
 mod interrupt;
 mod passthrough;
 mod session;
+mod standby;
 
 use std::cell::RefCell;
 use std::ffi::OsStr;
@@ -21,6 +22,7 @@ use fuser::{
 };
 
 pub use session::{FS_TYPE, MountError, MountOptions, serve};
+pub use standby::{Followed, Standby};
 
 use crate::origin::TimeSet;
 use crate::types::InodeId;
@@ -72,7 +74,16 @@ impl MirrorFs {
     /// Runs one request's work. A panic in it is caught, so the worker thread lives on:
     /// the reply it dropped unsent answers the kernel with EIO (fuser does that), and the
     /// panic is logged and counted in status.
+    /// On a standby, the work runs holding the copy's tree (its node's changes wait); if
+    /// the tree cannot be held, the work is dropped with its reply (EIO).
     fn guarded(&self, operation: &'static str, work: impl FnOnce()) {
+        let _holding = match self.volume.hold_tree() {
+            Ok(holding) => holding,
+            Err(error) => {
+                tracing::error!(operation, %error, "cannot hold the standby's tree; answered EIO");
+                return;
+            }
+        };
         let Err(panic) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(work)) else {
             return;
         };

@@ -6,6 +6,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use fuser::{Config, MountOption, Session, SessionACL};
@@ -14,6 +15,7 @@ use crate::signals::StopSignals;
 use crate::vfs::Volume;
 
 use super::MirrorFs;
+use super::standby::{Standby, follow};
 
 /// How a volume is presented to the kernel.
 #[derive(Clone, Debug)]
@@ -44,6 +46,9 @@ pub enum MountError {
         /// Why.
         source: io::Error,
     },
+    /// The standby's follower thread could not be started.
+    #[error("cannot start the standby's follower: {0}")]
+    Follower(io::Error),
     /// The request loop ended with an error.
     #[error("serving the mount failed: {0}")]
     Serve(io::Error),
@@ -59,6 +64,7 @@ pub fn serve(
     mountpoint: &Path,
     options: &MountOptions,
     signals: StopSignals,
+    standby: Option<Standby>,
 ) -> Result<(), MountError> {
     let path = CString::new(mountpoint.as_os_str().as_bytes()).unwrap_or_default();
     let mount_error = |source| MountError::Mount {
@@ -75,6 +81,7 @@ pub fn serve(
     config.n_threads = Some(options.threads.max(1));
     config.clone_fd = true;
     let stopping = Arc::clone(&volume);
+    let following = Arc::clone(&volume);
     let filesystem = MirrorFs::new(volume, options.ttl, options.passthrough);
 
     // SAFETY: geteuid cannot fail.
@@ -98,7 +105,31 @@ pub fn serve(
         .name("signals".to_string())
         .spawn(move || unmount_on_signal(signals, waiter_path, &stopping))
         .map_err(MountError::Signals)?;
-    match session.run() {
+    let stop_following = Arc::new(AtomicBool::new(false));
+    let follower = match standby {
+        None => None,
+        Some(standby) => {
+            let (notifier, stop) = (session.notifier(), Arc::clone(&stop_following));
+            let spawned = std::thread::Builder::new()
+                .name("standby".to_string())
+                .spawn(move || follow(&standby, &notifier, &following, &stop));
+            match spawned {
+                Ok(thread) => Some(thread),
+                Err(error) => {
+                    // The mount is up: take it down rather than serve it unfollowed.
+                    // SAFETY: NUL-terminated path.
+                    unsafe { libc::umount2(path.as_ptr(), libc::MNT_DETACH) };
+                    return Err(MountError::Follower(error));
+                }
+            }
+        }
+    };
+    let ran = session.run();
+    stop_following.store(true, Ordering::Relaxed);
+    if let Some(follower) = follower {
+        let _ = follower.join();
+    }
+    match ran {
         Ok(()) => {}
         // The kernel ended the connection as the mount went (the last open file of a
         // lazily unmounted volume closed): the same end as ENODEV, which fuser takes for one.

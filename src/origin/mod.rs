@@ -6,6 +6,7 @@
 
 mod dir_stream;
 mod file;
+mod gate;
 mod sys;
 
 use std::ffi::OsStr;
@@ -18,6 +19,7 @@ use std::time::SystemTime;
 
 pub use dir_stream::{DirEntry, DirStream};
 pub use file::OriginFile;
+pub use gate::{Changing, Reading, TreeGate};
 use sys::CName;
 
 use crate::types::{FileId, FileKind, Name, Stamp};

@@ -9,12 +9,18 @@
 //! high-watermark   the last high watermark the primary told
 //! peers.json the volume's replication as the primary last said it (for a promotion)
 //! key-file   where the node was told the volume's key is (for a promotion)
+//! gate       the lock a standby mount's readers share with the applier, and the offset
+//!            data/ holds (see origin::TreeGate)
 //! ```
 //!
 //! Records are appended to the copy's log and fsynced before they are acknowledged, then
 //! applied to `data/` by the same code that applies write-behind's records to an origin.
 //! After a crash, opening the copy applies again what the log holds past `applied`;
 //! applying a record twice leaves what applying it once does.
+//!
+//! Every change to `data/` (a batch of records, the replay at open, a whole resync, the
+//! switch to a snapshot) is made holding the gate, so a standby mount's reader sees the
+//! tree as of one applied offset, never a record half applied.
 //!
 //! A snapshot is built in `staging/` while `data/` stays as it was. Once it is complete
 //! and synced, `base.new` says so, and the switch (staging becomes data, the log starts
@@ -33,7 +39,7 @@ use serde::{Deserialize, Serialize};
 use crate::durable;
 use crate::log::{Epochs, Log, LogError, LogOptions, LogPath, Op, Record};
 use crate::manifest::{Entry, HashStore, list};
-use crate::origin::{At, Origin};
+use crate::origin::{At, Changing, Origin, TreeGate};
 use crate::tree::{ApplyError, apply, apply_op, place};
 use crate::types::{Change, FileId, FileKind, Stamp};
 use crate::write::{load_applied, store_applied};
@@ -165,6 +171,9 @@ pub struct CopyStatus {
     /// The record the copy is stuck on, if it is.
     #[serde(default)]
     pub stuck: Option<Stuck>,
+    /// The tree is out of step with the log (cut back, or a resync not finished).
+    #[serde(default)]
+    pub out_of_step: bool,
 }
 
 /// The status of the copy in `root`, read from its files without changing them (for a
@@ -195,6 +204,7 @@ pub fn inspect(root: &Path) -> Result<CopyStatus, CopyError> {
         receiving_snapshot: root.join("staging").exists(),
         // Known only to a running node, which has tried.
         stuck: None,
+        out_of_step: root.join(RESYNC_FILE).exists(),
     })
 }
 
@@ -222,6 +232,11 @@ pub struct VolumeCopy {
     stuck: Option<Stuck>,
     /// An incremental resync under way, from this base.
     resyncing: Option<Base>,
+    /// The lock a standby mount's readers share, and the offset they see.
+    gate: TreeGate,
+    /// The gate held through a resync, while its session lasts (the tree is between
+    /// offsets until it ends).
+    resync_changing: Option<Changing>,
     /// The last high watermark the primary told, and whether a newer one than the file
     /// holds waits to be stored.
     high_watermark: u64,
@@ -252,11 +267,12 @@ fn remove_tree(path: &Path) -> Result<(), CopyError> {
 
 /// Finishes switching the copy in `root` to the complete snapshot `base.new` describes
 /// (each step is harmless to repeat after a crash).
-fn switch_to_snapshot(root: &Path) -> Result<(), CopyError> {
+fn switch_to_snapshot(root: &Path, gate: &TreeGate) -> Result<(), CopyError> {
     let ready = root.join("base.new");
     let Some(base) = Base::load(&ready)? else {
         return Ok(());
     };
+    let changing = gate.change().map_err(io_error(gate.path()))?;
     let (staging, data, trash) = (root.join("staging"), root.join("data"), root.join("trash"));
     if staging.exists() {
         if data.exists() {
@@ -270,6 +286,9 @@ fn switch_to_snapshot(root: &Path) -> Result<(), CopyError> {
     let base_path = root.join("base");
     std::fs::rename(&ready, &base_path).map_err(io_error(&ready))?;
     durable::sync_parent(&base_path).map_err(io_error(root))?;
+    changing
+        .set_offset(base.offset)
+        .map_err(io_error(gate.path()))?;
     discard(root, &trash)
 }
 
@@ -306,7 +325,9 @@ impl VolumeCopy {
             move |source| CopyError::Io { path, source }
         };
         std::fs::create_dir_all(root).map_err(io(root))?;
-        switch_to_snapshot(root)?;
+        let gate_path = root.join(GATE_FILE);
+        let gate = TreeGate::open(&gate_path).map_err(io(&gate_path))?;
+        switch_to_snapshot(root, &gate)?;
         // A snapshot cut short.
         remove_tree(&root.join("staging"))?;
         remove_tree(&root.join("trash"))?;
@@ -340,6 +361,7 @@ impl VolumeCopy {
         let as_root = unsafe { libc::geteuid() } == 0;
         let mut copy_applied = applied;
         let mut stuck = None;
+        let changing = gate.change().map_err(io(&gate_path))?;
         for record in view.records(applied)? {
             let record = record?;
             if stuck.is_some() {
@@ -352,6 +374,8 @@ impl VolumeCopy {
                 Err(error) => stuck = Some(stuck_on(&error)),
             }
         }
+        changing.set_offset(copy_applied).map_err(io(&gate_path))?;
+        drop(changing);
         let mut copy = VolumeCopy {
             root: root.to_path_buf(),
             tree,
@@ -366,6 +390,8 @@ impl VolumeCopy {
             high_watermark: load_high_watermark(root)?,
             high_watermark_unstored: false,
             resyncing: None,
+            gate,
+            resync_changing: None,
         };
         copy.store_applied()?;
         Ok(copy)
@@ -539,6 +565,7 @@ impl VolumeCopy {
             epoch: self.epoch(),
             receiving_snapshot: self.staging.is_some(),
             stuck: self.stuck.clone(),
+            out_of_step: self.needs_snapshot(),
         }
     }
 
@@ -598,6 +625,26 @@ impl VolumeCopy {
     }
 
     fn apply_held(&mut self, received: &[Record]) -> Result<(), CopyError> {
+        // A resync under way holds the gate already.
+        let changing = match self.resync_changing {
+            Some(_) => None,
+            None => Some(self.gate.change().map_err(io_error(self.gate.path()))?),
+        };
+        let applied = self.apply_next(received);
+        if let Some(changing) = changing {
+            // What was applied stands even when a record after it failed.
+            changing
+                .set_offset(self.applied)
+                .map_err(io_error(self.gate.path()))?;
+        }
+        applied?;
+        if self.applied_stored.elapsed() >= APPLIED_EVERY {
+            self.store_applied()?;
+        }
+        Ok(())
+    }
+
+    fn apply_next(&mut self, received: &[Record]) -> Result<(), CopyError> {
         if received
             .first()
             .is_some_and(|first| first.offset == self.applied)
@@ -613,9 +660,6 @@ impl VolumeCopy {
                 self.apply(&record)?;
                 self.applied = record.offset + 1;
             }
-        }
-        if self.applied_stored.elapsed() >= APPLIED_EVERY {
-            self.store_applied()?;
         }
         Ok(())
     }
@@ -692,10 +736,20 @@ impl VolumeCopy {
     /// matching the log until it ends, so a resync cut short is done again.
     pub fn begin_resync(&mut self, base: Base) -> Result<(), CopyError> {
         self.abandon_snapshot()?;
+        if self.resync_changing.is_none() {
+            let changing = self.gate.change().map_err(io_error(self.gate.path()))?;
+            self.resync_changing = Some(changing);
+        }
         let marker = self.root.join(RESYNC_FILE);
         durable::replace(&marker, format!("{}\n", base.offset)).map_err(io_error(&marker))?;
         self.resyncing = Some(base);
         Ok(())
+    }
+
+    /// The session a resync was part of ended: standby readers may read the tree again,
+    /// which stays marked as between offsets until a resync completes.
+    pub fn session_ended(&mut self) {
+        self.resync_changing = None;
     }
 
     /// The tree's entries, in path order, with stored roots where current: what the
@@ -737,6 +791,9 @@ impl VolumeCopy {
         self.tree
             .sync_filesystem()
             .map_err(io_error(&root.join("data")))?;
+        // The tree is whole again, as of the resync's offset: the switch says so under the
+        // gate (taken afresh).
+        self.resync_changing = None;
         self.start_over(base, false)?;
         self.stuck = None;
         Ok(base.offset)
@@ -749,7 +806,7 @@ impl VolumeCopy {
     fn start_over(&mut self, base: Base, new_tree: bool) -> Result<(), CopyError> {
         let root = self.root.clone();
         base.store(&root.join("base.new"))?;
-        switch_to_snapshot(&root)?;
+        switch_to_snapshot(&root, &self.gate)?;
         if new_tree {
             let data = root.join("data");
             self.tree = Origin::open(&data).map_err(io_error(&data))?;
@@ -818,6 +875,9 @@ impl VolumeCopy {
         self.store_high_watermark()
     }
 }
+
+/// The gate file in a copy's directory.
+pub const GATE_FILE: &str = "gate";
 
 /// The file in a copy's directory holding what the primary said of the volume's
 /// replication.

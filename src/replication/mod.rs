@@ -18,7 +18,7 @@ mod session;
 mod stream;
 
 pub use channel::{Channel, ChannelError, MESSAGE_MAX, Receiving};
-pub use copy::{CopyStatus, inspect as inspect_copy, load_key_file, load_peers};
+pub use copy::{CopyStatus, GATE_FILE, inspect as inspect_copy, load_key_file, load_peers};
 pub use key::VolumeKey;
 pub use node::{
     HostedStatus, NODE_DIR, NodeError, NodeStatus, promote_volume, serve as serve_node,

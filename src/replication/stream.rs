@@ -31,7 +31,7 @@ pub(super) async fn serve(
 ) -> Result<(), SessionError> {
     let number = hosted.session.fetch_add(1, Ordering::SeqCst) + 1;
     hosted.open_sessions.fetch_add(1, Ordering::SeqCst);
-    let _open = OpenSession(&hosted);
+    let _open = OpenSession(&hosted, number);
     let position = {
         let mut copy = hosted.copy();
         if copy.stuck().is_some() {
@@ -292,11 +292,17 @@ async fn answer(
     })
 }
 
-/// Counts a session out when it ends, however it ends.
-struct OpenSession<'a>(&'a Hosted);
+/// Counts a session out when it ends, however it ends, and lets standby readers back into
+/// a tree its resync left between offsets (unless a newer session holds it now).
+struct OpenSession<'a>(&'a Hosted, u64);
 
 impl Drop for OpenSession<'_> {
     fn drop(&mut self) {
+        let mut copy = self.0.copy();
+        if self.0.session.load(Ordering::SeqCst) == self.1 {
+            copy.session_ended();
+        }
+        drop(copy);
         self.0.open_sessions.fetch_sub(1, Ordering::SeqCst);
     }
 }

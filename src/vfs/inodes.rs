@@ -115,6 +115,11 @@ impl InodeTable {
             .or_else(|| self.synthetic.get(&key).copied())
     }
 
+    /// Every live inode.
+    pub(crate) fn all(&self) -> impl Iterator<Item = (InodeId, &Inode)> {
+        self.inodes.iter().map(|(id, inode)| (*id, inode))
+    }
+
     /// The number an entry is listed with in a plain readdir (informational only).
     pub(crate) fn listing_ino(&self, dev_ino: FileId) -> u64 {
         self.plain_id(dev_ino)

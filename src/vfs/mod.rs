@@ -16,6 +16,7 @@ mod io;
 mod lookup;
 mod remove;
 mod repair;
+mod standby;
 mod xattr;
 
 use std::collections::{HashMap, HashSet};
@@ -42,6 +43,7 @@ use crate::write::{DurableError, Journal, WriteError};
 use handles::{DirHandle, FileHandle, HandleTable, OpenCounts};
 use inodes::{InodeTable, LinkHint};
 pub use repair::Repairing;
+pub use standby::Outside;
 
 /// Directory fds kept open for path resolution (O_PATH, cheap). Far below RLIMIT_NOFILE,
 /// so open files never starve; deep trees fall back to walking from the nearest cached one.
@@ -280,6 +282,8 @@ pub struct Volume {
     refused: std::sync::OnceLock<String>,
     /// Requests whose handler panicked.
     panics: std::sync::atomic::AtomicU64,
+    /// A standby's: the gate the origin is read through (see [`Volume::stand_by`]).
+    standby: Mutex<Option<crate::origin::TreeGate>>,
 }
 
 impl From<DurableError> for VfsError {
@@ -329,6 +333,7 @@ impl Volume {
             inode_turns: (0..INODE_TURNS).map(|_| Mutex::new(())).collect(),
             refused: std::sync::OnceLock::new(),
             panics: std::sync::atomic::AtomicU64::new(0),
+            standby: Mutex::new(None),
         }
     }
 
@@ -425,6 +430,7 @@ impl Volume {
         if let Some(reason) = self.refused.get() {
             return Err(VfsError::Refused(reason.clone()));
         }
+        self.check_standby()?;
         let log = self.journal.log();
         match log.is_fenced().then(|| log.fence()).flatten() {
             Some(fence) => Err(VfsError::Refused(fence.to_string())),
@@ -460,6 +466,12 @@ impl Volume {
             attr.ctime = attr.ctime.max(mtime);
         }
         Ok(attr)
+    }
+
+    fn standby_gate(&self) -> MutexGuard<'_, Option<crate::origin::TreeGate>> {
+        self.standby
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn table(&self) -> MutexGuard<'_, InodeTable> {
