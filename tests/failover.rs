@@ -1057,3 +1057,92 @@ fn a_standby_reader_never_sees_a_record_half_applied() {
     drop(standby);
     assert_eq!(common::mount_type(&mountpoint), None);
 }
+
+/// Promoting a copy whose standby is mounted turns that mount into the primary without
+/// unmounting it: a file open before keeps reading, opened again it takes writes, which
+/// go to the copy's log at the new epoch and on to the other replica; status and
+/// `status --check` say it is the primary now.
+#[test]
+fn a_standby_is_promoted_in_place_and_keeps_its_open_files() {
+    let scratch = common::scratch();
+    let (key_path, _) = key_file(scratch.path(), "vol.key");
+    let nodes = nodes_apart(scratch.path(), &["r1", "r2"], &key_path);
+    let mut old = replicated_mount(
+        "vol",
+        &key_path,
+        &[&nodes[0], &nodes[1]],
+        "acks = \"all\"\nmin_insync = 1\n",
+    );
+    let acknowledged = acknowledged_writes(&old, "before", 10);
+    wait_replicated(&old);
+    let mountpoint = scratch.path().join("standby");
+    fs::create_dir(&mountpoint).unwrap();
+    let standby = mount_standby(&nodes[0], &mountpoint, scratch.path());
+    let (name, data) = &acknowledged[3];
+    let mut open = fs::File::open(mountpoint.join(name)).unwrap();
+    let mut first = vec![0u8; 100];
+    std::io::Read::read_exact(&mut open, &mut first).unwrap();
+    assert_eq!(&first[..], &data[..100]);
+    old.crash();
+
+    let config = scratch.path().join("promoted.toml");
+    let promoted = promote(&nodes[0], &config, &[]);
+    assert!(promoted.status.success(), "{promoted:?}");
+    let said = String::from_utf8(promoted.stdout).unwrap();
+    assert!(
+        said.contains(&format!(
+            "the standby mounted at {} serves the volume read-write now (promoted in place at epoch 2)",
+            mountpoint.display()
+        )),
+        "{said}"
+    );
+    // Still the same mount, the open file still reading.
+    assert_eq!(
+        common::mount_type(&mountpoint).as_deref(),
+        Some("fuse.mirrorfs")
+    );
+    let mut rest = Vec::new();
+    std::io::Read::read_to_end(&mut open, &mut rest).unwrap();
+    assert_eq!(&rest[..], &data[100..]);
+    // Opened again, it takes writes, acknowledged by the other replica (acks = "all").
+    let mut reopened = fs::OpenOptions::new()
+        .append(true)
+        .open(mountpoint.join(name))
+        .unwrap();
+    reopened.write_all(b" and more").unwrap();
+    reopened.sync_all().unwrap();
+    fs::write(mountpoint.join("after"), b"written after the promotion").unwrap();
+    fs::File::open(mountpoint.join("after"))
+        .unwrap()
+        .sync_all()
+        .unwrap();
+    let other = nodes[1].dir.join("vol/data");
+    let mut expected = data.clone();
+    expected.extend_from_slice(b" and more");
+    assert_eq!(fs::read(other.join(name)).unwrap(), expected);
+    assert_eq!(
+        fs::read(other.join("after")).unwrap(),
+        b"written after the promotion"
+    );
+    // The promoted volume answers status at the copy's directory: the primary, epoch 2.
+    let state = nodes[0].dir.join("vol");
+    let status = common::run(&["status", "--json", "--state-dir", state.to_str().unwrap()]);
+    assert!(status.status.success(), "{status:?}");
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(
+        status["log"]["epochs"].as_array().unwrap().last().unwrap()["epoch"],
+        2,
+        "{status}"
+    );
+    assert!(status["standby"].is_null(), "{status}");
+    let check = common::run(&["status", "--check", "--state-dir", state.to_str().unwrap()]);
+    assert_eq!(check.status.code(), Some(0), "{check:?}");
+    let log = common::run(&["log", "--json", "--state-dir", state.to_str().unwrap()]);
+    let log = String::from_utf8(log.stdout).unwrap();
+    let last: serde_json::Value = serde_json::from_str(log.lines().last().unwrap()).unwrap();
+    assert_eq!(last["epoch"], 2, "{last}");
+    drop(open);
+    drop(reopened);
+    drop(standby);
+    assert_eq!(common::mount_type(&mountpoint), None);
+}

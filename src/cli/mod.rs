@@ -7,6 +7,7 @@ mod mount;
 mod mountinfo;
 mod promote;
 mod replica;
+mod standby;
 mod status;
 mod unmount;
 mod verify;

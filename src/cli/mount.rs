@@ -8,20 +8,18 @@ use std::time::Duration;
 use crate::config::Passthrough;
 use crate::config::RawConfig;
 use crate::config::{Config, Overrides, WriteMode, normalize};
-use crate::control::ControlSocket;
+use crate::control::{ControlSocket, Handler};
 use crate::fuse::{self, FS_TYPE, MountOptions};
 use crate::log::Fence;
-use crate::origin::TreeGate;
-use crate::replication::{GATE_FILE, inspect_copy};
+use crate::replication::Replication;
 use crate::signals::StopSignals;
 use crate::state::{StateDir, StateError};
-use crate::status::{LogStatus, StandbyStatus, Status, VerifyStatus};
+use crate::status::{LogStatus, Status, VerifyStatus};
 use crate::vfs::Volume;
 use crate::write::log_dir;
 
 use super::verify::LastRunCell;
-use super::volume::Served;
-use super::{CliError, MountArgs, mountinfo};
+use super::{CliError, MountArgs, mountinfo, standby};
 
 /// Mounts and serves until unmounted.
 pub fn run(args: MountArgs) -> Result<(), CliError> {
@@ -30,7 +28,7 @@ pub fn run(args: MountArgs) -> Result<(), CliError> {
         .map_err(|error| CliError::Failure(format!("cannot set up signal handling: {error}")))?;
     let mut args = args;
     let standby_copy = match args.standby {
-        true => Some(standby_args(&mut args)?),
+        true => Some(standby::args(&mut args)?),
         false => None,
     };
     if args.source.is_some() != args.mountpoint.is_some() {
@@ -93,22 +91,38 @@ pub fn run(args: MountArgs) -> Result<(), CliError> {
     let served = super::volume::open(&config, state.path(), standby_copy.is_none())?;
     let standby = match &standby_copy {
         None => None,
-        Some(copy) => Some(stand_by(&served, copy)?),
+        Some(copy) => Some(standby::stand_by(&served, copy)?),
     };
     let followed = standby
         .as_ref()
         .map(|standby: &fuse::Standby| Arc::clone(&standby.followed));
+    let in_place = standby::InPlace::default();
     // Marked once the volume is open (a refused mount leaves no mark), before any change.
     let unclean = state.begin_serving().map_err(|error| {
         CliError::Failure(format!("state_dir {}: {error}", state.path().display()))
     })?;
     let last_verify = LastRunCell::default();
+    let promoted_control = {
+        let (volume, last_verify) = (Arc::clone(&served.volume), Arc::clone(&last_verify));
+        move |config: &Config, state_dir: &Path, replication| {
+            let parts = Parts {
+                volume: &volume,
+                replication,
+                last_verify: &last_verify,
+            };
+            start_control(config, state_dir, parts, None, None)
+        }
+    };
     let _control = start_control(
         &config,
         state.path(),
-        &served,
-        &last_verify,
+        Parts {
+            volume: &served.volume,
+            replication: served.replication.clone(),
+            last_verify: &last_verify,
+        },
         standby_copy.zip(followed),
+        Some(in_place.handler(&served.volume, Box::new(promoted_control))),
     );
     let schedule = super::verify::schedule(&config, &served.volume, &last_verify);
     // A change the origin took just before the daemon died may have no record, so no
@@ -139,6 +153,7 @@ pub fn run(args: MountArgs) -> Result<(), CliError> {
     drop(after_crash);
     drop(schedule);
     served.shutdown();
+    in_place.shutdown();
     if let Err(error) = state.end_serving() {
         tracing::warn!(%error, "cannot mark the volume as stopped cleanly");
     }
@@ -174,19 +189,36 @@ fn watch_state(state: &StateDir, volume: &Volume, unmounted: &AtomicBool) {
     }
 }
 
-/// Answers `mirrorfs status` while mounted. A volume without it still works, so a socket
-/// that cannot be made (a state path too long for a socket name) is only a warning.
+/// What a control socket reports on.
+struct Parts<'a> {
+    volume: &'a Arc<Volume>,
+    replication: Option<Arc<Replication>>,
+    last_verify: &'a LastRunCell,
+}
+
+/// Answers `mirrorfs status` while mounted (for a standby, with its section; and
+/// `become-primary` with `in_place`). A volume without it still works, so a socket that
+/// cannot be made (a state path too long for a socket name) is only a warning.
 fn start_control(
     config: &Config,
     state_dir: &Path,
-    served: &Served,
-    last_verify: &LastRunCell,
+    parts: Parts<'_>,
     standby: Option<(PathBuf, Arc<fuse::Followed>)>,
+    in_place: Option<Handler>,
 ) -> Option<ControlSocket> {
-    let verify = super::verify::handler(config, &served.volume, last_verify);
-    let last_verify = Arc::clone(last_verify);
-    let volume = Arc::clone(&served.volume);
-    let replication = served.replication.clone();
+    let verify = super::verify::handler(config, parts.volume, parts.last_verify);
+    let handler: Handler = match in_place {
+        None => verify,
+        Some(in_place) => Arc::new(move |request: &str, stream| {
+            match request.starts_with(standby::BECOME_PRIMARY) {
+                true => in_place(request, stream),
+                false => verify(request, stream),
+            }
+        }),
+    };
+    let last_verify = Arc::clone(parts.last_verify);
+    let volume = Arc::clone(parts.volume);
+    let replication = parts.replication;
     let (id, source, mountpoint) = (
         config.volume.id.to_string(),
         config.volume.source.clone(),
@@ -228,10 +260,10 @@ fn start_control(
             },
             standby: standby
                 .as_ref()
-                .map(|(copy, followed)| standby_status(copy, followed)),
+                .and_then(|(copy, followed)| standby::status(&volume, copy, followed)),
         }
     };
-    match ControlSocket::serve_with(state_dir, status, Some(verify)) {
+    match ControlSocket::serve_with(state_dir, status, Some(handler)) {
         Ok(socket) => Some(socket),
         Err(error) => {
             tracing::warn!(%error, "no control socket; 'mirrorfs status' will not reach this mount");
@@ -404,77 +436,4 @@ fn prepare_process() {
 fn worker_threads() -> usize {
     let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
     cores.clamp(2, 16)
-}
-
-/// `--standby --dir DIR --volume ID MOUNTPOINT`: the copy's tree as the source, a state
-/// directory of the standby's own beside the copy (its log stays empty: every change is
-/// refused), and no stored hashes (the node keeps the copy's).
-fn standby_args(args: &mut MountArgs) -> Result<PathBuf, CliError> {
-    let (Some(dir), Some(id)) = (&args.dir, &args.volume) else {
-        return Err(CliError::Usage(
-            "--standby needs --dir and --volume".to_string(),
-        ));
-    };
-    // The one positional argument is the mount point.
-    if args.mountpoint.is_some() {
-        return Err(CliError::Usage(
-            "--standby takes the mount point alone (the source is the copy)".to_string(),
-        ));
-    }
-    let root = dir.join(id);
-    if !root.join("data").is_dir() {
-        return Err(CliError::Usage(format!(
-            "no copy of volume {id} in {} (is the node keeping it?)",
-            dir.display()
-        )));
-    }
-    // A copy that never received anything would be replaced whole by its first
-    // snapshot, under the mount.
-    let copy = inspect_copy(&root).map_err(|error| CliError::Failure(error.to_string()))?;
-    if copy.next == 0 {
-        return Err(CliError::Usage(format!(
-            "the copy of volume {id} holds nothing of the volume yet: mount the standby once its node has received some"
-        )));
-    }
-    args.mountpoint = args.source.take();
-    args.source = Some(root.join("data"));
-    args.state_dir.get_or_insert(root.join("standby"));
-    args.id.get_or_insert(id.clone());
-    Ok(root)
-}
-
-/// Makes `served` a standby of the copy in `root`: read through the copy's gate, changes
-/// refused, and followed for the kernel's caches.
-fn stand_by(served: &Served, root: &Path) -> Result<fuse::Standby, CliError> {
-    let gate_path = root.join(GATE_FILE);
-    let gate = TreeGate::open(&gate_path)
-        .map_err(|error| CliError::Failure(format!("{}: {error}", gate_path.display())))?;
-    served.volume.stand_by(gate.clone());
-    Ok(fuse::Standby {
-        gate,
-        log_dir: root.join("log"),
-        data_dir: root.join("data"),
-        followed: Arc::default(),
-    })
-}
-
-/// What status shows of a standby of the copy in `root`.
-fn standby_status(root: &Path, followed: &fuse::Followed) -> StandbyStatus {
-    let copy = inspect_copy(root).ok();
-    let served_offset = followed.served();
-    let high_watermark = copy.as_ref().map_or(0, |copy| copy.high_watermark);
-    let received = copy.as_ref().map_or(0, |copy| copy.next);
-    StandbyStatus {
-        copy: root.to_path_buf(),
-        served_offset,
-        received,
-        high_watermark,
-        // The stored high watermark may be a second old; what the node holds is current.
-        lag: high_watermark
-            .max(received)
-            .saturating_sub(served_offset.unwrap_or(0)),
-        out_of_step: copy.as_ref().is_some_and(|copy| copy.out_of_step),
-        replaced: followed.replaced(),
-        notices: followed.notices(),
-    }
 }

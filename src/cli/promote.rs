@@ -6,11 +6,13 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use crate::config::Replica;
+use crate::control;
 use crate::hooks::Moment;
 use crate::replication::{
     Peers, Promotion, Reach, VolumeKey, inspect_copy, load_key_file, load_peers, peer_positions,
     promote_volume,
 };
+use crate::status::Status;
 use crate::types::Name;
 
 use super::{CliError, PromoteArgs, RejoinArgs};
@@ -62,11 +64,26 @@ pub fn run(args: PromoteArgs) -> Result<(), CliError> {
             args.unclean,
         )?;
     }
+    // A standby mount of the copy is promoted in place, at its own mount point.
+    let standby_dir = root.join("standby");
+    let standby = control::query::<Status>(&standby_dir)
+        .ok()
+        .filter(|status| status.standby.is_some());
+    let mountpoint = args
+        .mountpoint
+        .as_deref()
+        .or(standby.as_ref().map(|status| status.mountpoint.as_path()));
+    let write_config = std::path::absolute(&args.write_config).map_err(|error| {
+        CliError::Usage(format!(
+            "--write-config {}: {error}",
+            args.write_config.display()
+        ))
+    })?;
     let promotion = promote_volume(&dir, &args.volume, args.unclean).map_err(|e| failed(&e))?;
     let config = render_config(&Config {
         volume: &args.volume,
         root: &root,
-        mountpoint: args.mountpoint.as_deref(),
+        mountpoint,
         promotion: &promotion,
         peers: peers.as_ref(),
         replicas: &replicas,
@@ -91,11 +108,33 @@ pub fn run(args: PromoteArgs) -> Result<(), CliError> {
             unvouched.end - unvouched.start
         );
     }
-    println!(
-        "config written to {}; serve it with: mirrorfs mount --config {}",
-        args.write_config.display(),
-        args.write_config.display()
-    );
+    let in_place = match standby {
+        None => None,
+        Some(status) => Some((
+            status.mountpoint,
+            super::standby::hand_over(&standby_dir, &write_config),
+        )),
+    };
+    match in_place {
+        Some((mountpoint, Ok(Some(epoch)))) => println!(
+            "config written to {}; the standby mounted at {} serves the volume read-write now (promoted in place at epoch {epoch})",
+            write_config.display(),
+            mountpoint.display()
+        ),
+        Some((mountpoint, Err(error))) => {
+            return Err(CliError::Failure(format!(
+                "promoted, but the standby mounted at {} could not take over in place: {}; unmount it and serve the config with: mirrorfs mount --config {}",
+                mountpoint.display(),
+                error.message(),
+                write_config.display()
+            )));
+        }
+        _ => println!(
+            "config written to {}; serve it with: mirrorfs mount --config {}",
+            write_config.display(),
+            write_config.display()
+        ),
+    }
     if let Some(hook) = peers.as_ref().and_then(|peers| peers.on_promote.as_deref()) {
         let moment = Moment {
             volume: &args.volume,

@@ -57,21 +57,60 @@ pub fn open(config: &Config, state_dir: &Path, cache: bool) -> Result<Served, Cl
             HoldError::Io(_) => CliError::Failure(message),
         }
     })?;
+    let cache = match cache {
+        true => Cache::start(&config.cache)
+            .map_err(|error| CliError::Failure(format!("read cache: {error}")))?,
+        false => None,
+    };
+    let recording = open_recording(config, state_dir, &origin, config.verify.stored_hashes)?;
+    let volume = Arc::new(Volume::new(
+        origin,
+        recording.journal,
+        cache,
+        recording
+            .hashing
+            .as_ref()
+            .map(|hashing| Arc::clone(hashing.store())),
+    ));
+    Ok(Served {
+        volume,
+        replication: recording.replication,
+        hashing: recording.hashing,
+        _hold: hold,
+    })
+}
+
+/// What records a volume's changes and sends them on: the journal (the log and the write
+/// policy), the replica senders, and the stored hashes' hasher.
+pub struct Recording {
+    /// The journal, following its log to the replicas.
+    pub journal: Journal,
+    /// The replica senders, if the volume has replicas.
+    pub replication: Option<Arc<Replication>>,
+    /// The stored hashes kept current, with `hashes`.
+    pub hashing: Option<Hashing>,
+}
+
+/// Opens what records the changes of the volume `config` describes over `origin`, its
+/// state in `state_dir` (locked by the caller); with `hashes`, the stored hashes are kept.
+/// Refused (and nothing left running) once the replicas say the volume is fenced.
+pub fn open_recording(
+    config: &Config,
+    state_dir: &Path,
+    origin: &Arc<Origin>,
+    hashes: bool,
+) -> Result<Recording, CliError> {
+    let volume = &config.volume;
     // SAFETY: geteuid cannot fail.
     let as_root = unsafe { libc::geteuid() } == 0;
     let mut journal = Journal::open(
         state_dir,
         &config.write,
         &config.log,
-        Arc::clone(&origin),
+        Arc::clone(origin),
         as_root,
     )
     .map_err(|error| CliError::Failure(error.to_string()))?;
-    let cache = match cache {
-        true => Cache::start(&config.cache)
-            .map_err(|error| CliError::Failure(format!("read cache: {error}")))?,
-        false => None,
-    };
     let replication = match &config.replication {
         None => None,
         Some(replication) => Some(
@@ -98,10 +137,10 @@ pub fn open(config: &Config, state_dir: &Path, cache: bool) -> Result<Served, Cl
             return Err(fenced(volume.id.as_str(), &fence));
         }
     }
-    let hashing = match config.verify.stored_hashes {
+    let hashing = match hashes {
         false => None,
         true => {
-            let reading = Arc::clone(&origin);
+            let reading = Arc::clone(origin);
             Some(
                 Hashing::start(
                     state_dir,
@@ -112,17 +151,10 @@ pub fn open(config: &Config, state_dir: &Path, cache: bool) -> Result<Served, Cl
             )
         }
     };
-    let volume = Arc::new(Volume::new(
-        origin,
+    Ok(Recording {
         journal,
-        cache,
-        hashing.as_ref().map(|hashing| Arc::clone(hashing.store())),
-    ));
-    Ok(Served {
-        volume,
         replication,
         hashing,
-        _hold: hold,
     })
 }
 

@@ -69,6 +69,10 @@ pub(super) fn follow(standby: &Standby, notifier: &Notifier, volume: &Volume, st
     let root = volume.root_id();
     while !stop.load(Ordering::Relaxed) {
         std::thread::sleep(POLL);
+        if !volume.is_standby() {
+            // Promoted in place: the mount makes the changes now.
+            return;
+        }
         if replaced(standby, root) {
             if !standby.followed.replaced.swap(true, Ordering::Relaxed) {
                 tracing::error!(

@@ -85,7 +85,7 @@ impl Volume {
     /// Step 1 of a change that moves or removes names (rename, unlink, rmdir, repairs).
     pub(super) fn moving(&self) -> Result<Naming<'_>> {
         self.check_open()?;
-        let snapshot = self.journal.moving();
+        let snapshot = self.journal().moving();
         let names = self
             .names
             .write()
@@ -160,13 +160,13 @@ impl Volume {
             .get(id)
             .filter(|inode| inode.kind == FileKind::Regular)?
             .key;
-        let log = self.journal.log();
+        let log = self.journal().log();
         Some(hashes.changing(key, path, change, move || log.next_offset()))
     }
 
     /// Appends a record of a change the origin now has.
     pub(super) fn record(&self, op: Op) -> Result<()> {
-        self.journal
+        self.journal()
             .record(op)
             .map_err(|error| self.log_failed(error))?;
         Ok(())
@@ -190,8 +190,8 @@ impl<'v> Naming<'v> {
         let turn = volume.inode_turn(id);
         match wait {
             Wait::Nothing => {}
-            Wait::FileFlushed => volume.journal.flush_file(id)?,
-            Wait::Barrier => volume.journal.barrier()?,
+            Wait::FileFlushed => volume.journal().flush_file(id)?,
+            Wait::Barrier => volume.journal().barrier()?,
         }
         // One look at the table, for the hashes and the cache both: a write comes here.
         let known = (volume.hashes.is_some() || volume.cache.is_some())
@@ -200,7 +200,7 @@ impl<'v> Naming<'v> {
         let hashing = match (&effect, &volume.hashes, known) {
             (Some(Change::Attributes) | None, _, _) => None,
             (Some(content), Some(hashes), Some((FileKind::Regular, key))) => {
-                let log = volume.journal.log();
+                let log = volume.journal().log();
                 Some(hashes.changing(key, path.as_ref(), content, move || log.next_offset()))
             }
             _ => None,

@@ -132,7 +132,7 @@ impl Volume {
     pub fn fsyncdir(&self, id: InodeId) -> Result<()> {
         let dir = self.dir_fd(id)?;
         self.origin.sync_dir(At::Dir(&dir))?;
-        Ok(self.journal.sync()?)
+        Ok(self.journal().sync()?)
     }
 
     fn dir_handle(&self, handle: u64) -> Result<Arc<DirHandle>> {

@@ -95,7 +95,7 @@ impl Volume {
             && (counts.passthrough > 0
                 || (self.passthrough.load(Ordering::Relaxed)
                     && counts.served == 0
-                    && self.journal.dirty_attr(id).is_none()));
+                    && self.journal().dirty_attr(id).is_none()));
         if passthrough {
             counts.passthrough += 1;
             self.passthrough_opens.fetch_add(1, Ordering::Relaxed);
@@ -159,7 +159,7 @@ impl Volume {
                     Some(stat) => *stat,
                     None => file.stat().inspect_err(|_| self.count_closed(id, &mode))?,
                 };
-                let dirty = self.journal.dirty_attr(id).is_some();
+                let dirty = self.journal().dirty_attr(id).is_some();
                 Some(cache.open(Arc::clone(&file), &stat, dirty))
             }
         };
@@ -187,10 +187,10 @@ impl Volume {
             buffer.resize(size, 0);
         }
         // Taken before the origin is read: a byte leaves it only once the origin has it.
-        let overlay = self.journal.overlay(open.inode, offset, size);
+        let overlay = self.journal().overlay(open.inode, offset, size);
         let read = match (&self.cache, &open.cached) {
             (Some(cache), Some(cached)) => {
-                let dirty = || self.journal.dirty_attr(open.inode).is_some();
+                let dirty = || self.journal().dirty_attr(open.inode).is_some();
                 cache.read(cached, offset, &mut buffer[..size], dirty)?
             }
             _ => open.file.read_at(&mut buffer[..size], offset)?,
@@ -209,7 +209,7 @@ impl Volume {
         let path = self.inode_path(open.inode)?;
         let change = naming.inode(open.inode, path, Wait::Nothing, Some(written))?;
         // Changes the origin (or, with write-behind, the dirty map) and records the write.
-        self.journal
+        self.journal()
             .write(open.inode, &open.file, change.path().cloned(), offset, data)
             .map_err(|error| match error {
                 WriteError::Log(error) => self.log_failed(error),
@@ -243,7 +243,7 @@ impl Volume {
             let change = naming.inode(open.inode, path, Wait::Nothing, None)?;
             let mut stat = self.attr(open.inode, &open.file.stat()?)?;
             // Not the stat's: a flush under way gives the origin its own time for a moment.
-            stat.mtime = self.journal.mtime(open.inode, &open.file, stat.mtime)?;
+            stat.mtime = self.journal().mtime(open.inode, &open.file, stat.mtime)?;
             if let Some(inode) = self.table().get_mut(open.inode) {
                 inode.cached_version = Some((stat.mtime, stat.size));
             }
@@ -272,7 +272,7 @@ impl Volume {
             return Err(VfsError::Unrecorded(reason));
         }
         let open = self.file_handle(handle)?;
-        Ok(self.journal.durable(&open.file, data_only, interrupted)?)
+        Ok(self.journal().durable(&open.file, data_only, interrupted)?)
     }
 
     /// `fallocate(2)` with the application's mode bits, by `writer`, who loses setuid and

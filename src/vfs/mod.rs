@@ -261,6 +261,8 @@ pub struct Volume {
     dirs: HandleTable<DirHandle>,
     daemon: Daemon,
     journal: Journal,
+    /// The journal a standby promoted in place took on (see [`Volume::promote_in_place`]).
+    promoted: std::sync::OnceLock<Journal>,
     cache: Option<Arc<Cache>>,
     /// verify's stored hashes of the origin's files, when they are kept.
     hashes: Option<Arc<HashStore>>,
@@ -323,6 +325,7 @@ impl Volume {
             dirs: HandleTable::new(),
             daemon,
             journal,
+            promoted: std::sync::OnceLock::new(),
             cache,
             hashes,
             passthrough: AtomicBool::new(false),
@@ -356,7 +359,7 @@ impl Volume {
 
     /// The daemon is stopping: fsyncs waiting for replicas give up (EIO).
     pub fn stopping(&self) {
-        self.journal.stopping();
+        self.journal().stopping();
     }
 
     /// The read cache, if reads go through one.
@@ -388,7 +391,7 @@ impl Volume {
 
     /// The change log and write policy.
     pub fn journal(&self) -> &Journal {
-        &self.journal
+        self.promoted.get().unwrap_or(&self.journal)
     }
 
     /// Counts a request whose handler panicked (it was answered EIO).
@@ -431,7 +434,7 @@ impl Volume {
             return Err(VfsError::Refused(reason.clone()));
         }
         self.check_standby()?;
-        let log = self.journal.log();
+        let log = self.journal().log();
         match log.is_fenced().then(|| log.fence()).flatten() {
             Some(fence) => Err(VfsError::Refused(fence.to_string())),
             None => Ok(()),
@@ -459,7 +462,7 @@ impl Volume {
     /// write-behind, unflushed writes make it longer and newer than the origin says.
     fn attr(&self, id: InodeId, stat: &Stat) -> Result<Attr> {
         let mut attr = Attr::new(id, stat)?;
-        if let Some((end, mtime)) = self.journal.dirty_attr(id) {
+        if let Some((end, mtime)) = self.journal().dirty_attr(id) {
             attr.size = attr.size.max(end);
             attr.blocks = attr.blocks.max(end.div_ceil(512));
             attr.mtime = mtime;

@@ -128,14 +128,14 @@ impl Volume {
     ///   name, so no record older than the rename may be replayed at all: a barrier.
     fn flush_before_rename(&self, moved: &Stat, replaced: Option<&Stat>) -> Result<()> {
         if replaced.is_some() {
-            return Ok(self.journal.barrier()?);
+            return Ok(self.journal().barrier()?);
         }
         if moved.kind() == Some(FileKind::Directory) {
-            return Ok(self.journal.flush_all()?);
+            return Ok(self.journal().flush_all()?);
         }
         let id = self.table().id_of(moved.id());
         if let Some(id) = id {
-            self.journal.flush_file(id)?;
+            self.journal().flush_file(id)?;
         }
         Ok(())
     }

@@ -25,7 +25,7 @@ impl Volume {
     /// log, so repairs read and write what the volume holds.
     pub fn repairing(&self) -> Result<Repairing<'_>> {
         let moving = self.moving()?;
-        self.journal.flush_all()?;
+        self.journal().flush_all()?;
         Ok(Repairing {
             volume: self,
             _moving: moving,
@@ -62,7 +62,7 @@ impl Repairing<'_> {
         }
         let range = offset..offset + data.len() as u64;
         {
-            let log = self.volume.journal.log();
+            let log = self.volume.journal().log();
             let _hashing = self.volume.hashes.as_ref().map(|hashes| {
                 hashes.changing(key, Some(path), &Change::Written(range.clone()), || {
                     log.next_offset()
@@ -97,7 +97,7 @@ impl Repairing<'_> {
     /// Ends the repairs: with write-behind, the origin is marked as holding their records,
     /// so crash recovery never replays them onto it.
     pub fn finish(self) -> Result<()> {
-        self.volume.journal.barrier()?;
+        self.volume.journal().barrier()?;
         Ok(())
     }
 }

@@ -7,6 +7,7 @@ use crate::log::LogPath;
 use crate::origin::{At, Reading, TreeGate};
 use crate::tree::place;
 use crate::types::{InodeId, Name};
+use crate::write::Journal;
 
 use super::{Result, VfsError, Volume};
 
@@ -43,6 +44,26 @@ impl Volume {
             None => Ok(None),
             Some(gate) => Ok(Some(gate.read()?)),
         }
+    }
+
+    /// Turns a standby into a primary in place: `journal` (the promoted copy's log, and
+    /// through it the replicas) records its changes from now on, and changes are taken.
+    /// Open files stay open (those opened read-only stay so). Gives `journal` back if
+    /// the volume is no standby, or was promoted already.
+    pub fn promote_in_place(&self, journal: Journal) -> std::result::Result<(), Journal> {
+        let mut standby = self.standby_gate();
+        if standby.is_none() {
+            return Err(journal);
+        }
+        // Set before the gate goes: a change let in afterwards records in this journal.
+        self.promoted.set(journal)?;
+        *standby = None;
+        Ok(())
+    }
+
+    /// The origin the volume serves, to share with a journal opened for it.
+    pub fn origin_shared(&self) -> &std::sync::Arc<crate::origin::Origin> {
+        &self.origin
     }
 
     /// Err(Refused) while the volume is a standby.
