@@ -118,6 +118,9 @@ fn from_files(dir: &Path) -> Result<Vec<HostedStatus>, CliError> {
             connected: false,
             last_contact: None,
             promoted: promoted_at(&entry.path()).map_err(|error| failed(&error))?,
+            // Known only to a running node's hasher.
+            stored_files: 0,
+            hashes_pending: 0,
         });
     }
     volumes.sort_by(|a, b| a.id.cmp(&b.id));

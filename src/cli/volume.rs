@@ -151,6 +151,9 @@ pub fn open_recording(
             )
         }
     };
+    if let (Some(replication), Some(hashing)) = (&replication, &hashing) {
+        replication.keep_hashes(Arc::clone(hashing.store()));
+    }
     Ok(Recording {
         journal,
         replication,

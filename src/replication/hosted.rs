@@ -29,6 +29,12 @@ pub struct HostedStatus {
     /// The epoch the copy was promoted to primary at, here: the node keeps it no more.
     #[serde(default)]
     pub promoted: Option<u32>,
+    /// Files of the copy with stored hashes.
+    #[serde(default)]
+    pub stored_files: u64,
+    /// Files whose changes the hasher has yet to take in.
+    #[serde(default)]
+    pub hashes_pending: u64,
 }
 
 /// A primary not heard from for this long (three heartbeats) counts as gone for a promotion.
@@ -126,6 +132,8 @@ impl Hosted {
             copy: self.copy().status(),
             connected: self.open_sessions.load(Ordering::SeqCst) > 0,
             promoted: self.promoted(),
+            stored_files: self.hashing.store().stored_files() as u64,
+            hashes_pending: self.hashing.store().pending_files() as u64,
             last_contact: contact.and_then(|at| {
                 at.duration_since(SystemTime::UNIX_EPOCH)
                     .ok()

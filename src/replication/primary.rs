@@ -32,6 +32,7 @@ use crate::config::Span;
 use crate::config::{OnInsufficient, ReplicationConfig};
 use crate::hooks::Moment;
 use crate::log::{Fence, Log, LogError, Op, Record, Records};
+use crate::manifest::HashStore;
 use crate::tree::WalkError;
 use crate::tree::{WalkStats, to_ops};
 use crate::write::SnapshotSource;
@@ -231,6 +232,8 @@ struct Shared {
     /// fsync calls waiting now.
     waiting: AtomicU64,
     retention: Retention,
+    /// The volume's stored hashes, once kept: a resync trusts their current roots.
+    hashes: std::sync::OnceLock<Arc<HashStore>>,
 }
 
 #[derive(Debug)]
@@ -358,6 +361,7 @@ impl Replication {
                 log: Arc::clone(&log),
                 bytes_max: config.retain_bytes_max,
             },
+            hashes: std::sync::OnceLock::new(),
         });
         // Nothing is deleted until every replica has said what it holds (or the log
         // outgrows retain_bytes_max).
@@ -452,6 +456,12 @@ impl Replication {
                 .unwrap_or_else(|poisoned| poisoned.into_inner())
                 .0;
         }
+    }
+
+    /// Lets resyncs use the volume's stored hashes: a file whose current stored root is the
+    /// copy's is not read on either side, and a file compared is not read for its hashes.
+    pub fn keep_hashes(&self, store: Arc<HashStore>) {
+        let _ = self.shared.hashes.set(store);
     }
 
     /// Waits, at most `timeout`, until a handshake with every replica has been tried: a
@@ -967,9 +977,14 @@ impl Sender {
         let (steps, mut stepped) = tokio::sync::mpsc::channel(SNAPSHOT_AHEAD);
         let (hearing, heard) = std::sync::mpsc::channel();
         let source = self.source.clone();
-        let reading = tokio::task::spawn_blocking(move || resync::run(&source, &steps, &heard));
+        let store = self.shared.hashes.get().cloned();
+        let reading = tokio::task::spawn_blocking(move || {
+            resync::run(&source, store.as_deref(), &steps, &heard)
+        });
         let mut offset = None;
         let mut sent = WalkStats::default();
+        // Files compared by their chunk hashes (no current stored root vouched for them).
+        let mut hashed = 0usize;
         while let Some(step) = stepped.recv().await {
             match step {
                 resync::Step::Begin { offset: at, last } => {
@@ -993,6 +1008,7 @@ impl Sender {
                     let _ = hearing.send(resync::Heard::Listed(entries, owners));
                 }
                 resync::Step::Hash(paths) => {
+                    hashed += paths.len();
                     channel.send(&encode(&ToNode::Hash(paths))).await?;
                     // The node reads the files whole: a large one takes its time.
                     match self.receive_within(channel, HASH_TIMEOUT).await? {
@@ -1013,7 +1029,7 @@ impl Sender {
                 }
                 resync::Step::End => match self.ask(channel, &ToNode::ResyncEnd).await? {
                     ToPrimary::Ack { next } if Some(next) == offset => {
-                        tracing::info!(replica = %self.replica.name, next, operations = sent.objects, bytes = sent.bytes, "resync complete");
+                        tracing::info!(replica = %self.replica.name, next, operations = sent.objects, hashed, bytes = sent.bytes, "resync complete");
                         self.shared.replicas()[self.index].snapshot = None;
                         return Ok(next);
                     }

@@ -7,8 +7,9 @@
 //! each difference becomes the records that make the copy's object the origin's
 //! (`manifest::metadata_ops`); files both have whose content may differ (a stored root
 //! differs or is missing on a side, or the sizes differ) are compared by their chunk
-//! hashes (the node hashes its own), and only differing chunks are sent
-//! (`manifest::content_ops`). The node applies them in place; its log then continues at S.
+//! hashes (the node hashes its own; the primary takes its stored ones where current), and
+//! only differing chunks are sent (`manifest::content_ops`). A file whose current stored
+//! root is the same on both sides is read on neither. The node applies them in place; its log then continues at S.
 //! Records from S on are replayed over what was read after S, as after a snapshot.
 //!
 //! This side runs on a blocking thread that holds the freeze, and talks to the connection
@@ -20,9 +21,11 @@ use tokio::sync::mpsc;
 
 use crate::log::{LogPath, Op};
 use crate::manifest::{
-    Aspect, CHUNK_BYTES, Compare, Entry, FileHashes, Files, Kind, Seen, content_ops, find,
-    hash_afresh, list, metadata_ops, parent_of, path_order, removes, set_times, stat_at, subtree,
+    Aspect, CHUNK_BYTES, Compare, Entry, FileHashes, Files, HashStore, Kind, Seen, content_ops,
+    find, hash_afresh, list, metadata_ops, parent_of, path_order, removes, set_times, stat_at,
+    subtree,
 };
+use crate::origin::Origin;
 use crate::write::SnapshotSource;
 
 use super::protocol::{HashedFile, record_hash_at};
@@ -82,6 +85,7 @@ pub enum ResyncError {
 /// `heard` until it is done or the connection is gone (then it returns early, quietly).
 pub fn run(
     source: &SnapshotSource,
+    store: Option<&HashStore>,
     steps: &mpsc::Sender<Step>,
     heard: &std::sync::mpsc::Receiver<Heard>,
 ) -> Result<(), ResyncError> {
@@ -99,7 +103,8 @@ pub fn run(
     };
     let origin = frozen.origin;
     let mut ours = Vec::new();
-    list(origin, &LogPath::root(), None, &mut |entry| {
+    // With the stored hashes, a file's current root stands for its content.
+    list(origin, &LogPath::root(), store, &mut |entry| {
         ours.push(entry);
         true
     })?;
@@ -158,14 +163,14 @@ pub fn run(
             return Ok(());
         };
         for (path, answer) in asked.iter().zip(answers) {
-            let Some(fresh) = hash_afresh(&mut files, path, None, &mut |_| {})? else {
+            let Some(ours) = our_hashes(origin, &mut files, path, store)? else {
                 continue;
             };
             let theirs = answer.fresh.unwrap_or(FileHashes {
                 size: 0,
                 chunks: Vec::new(),
             });
-            let ranges = differing(&fresh.hashes, &theirs);
+            let ranges = differing(&ours, &theirs);
             for range in &ranges {
                 batch.push(content_ops(origin, path, range.clone())?)?;
             }
@@ -186,6 +191,22 @@ pub fn run(
     drop(frozen);
     let _ = steps.blocking_send(Step::End);
     Ok(())
+}
+
+/// The chunk hashes of the origin's file at `path`: the stored ones where current, else
+/// read (and stored). `None` when no regular file is there.
+fn our_hashes(
+    origin: &Origin,
+    files: &mut Files<'_>,
+    path: &LogPath,
+    store: Option<&HashStore>,
+) -> Result<Option<FileHashes>, ResyncError> {
+    if let (Some(store), Ok(stat)) = (store, stat_at(origin, path))
+        && let Some(stored) = store.current(stat.id(), &stat.stamp())
+    {
+        return Ok(Some(stored.hashes));
+    }
+    Ok(hash_afresh(files, path, store, &mut |_| {})?.map(|fresh| fresh.hashes))
 }
 
 /// `paths` in groups of at most [`HASHED_PER_ASK`] files and [`HASHED_BYTES_PER_ASK`]

@@ -135,6 +135,15 @@ impl Node {
         }
     }
 
+    /// Stops the node with SIGTERM, as an operator would (it saves its stored hashes).
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // SAFETY: kill(2) on the pid of the child this guard started.
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            let _ = child.wait();
+        }
+    }
+
     /// Starts a killed node again, on the same address, directory and volumes.
     pub fn restart(&mut self) {
         assert!(self.child.is_none(), "still running");
@@ -298,12 +307,22 @@ pub fn nodes_apart(scratch: &Path, names: &[&str], key: &Path) -> Vec<Node> {
 
 /// The bytes of data the first resync a primary's `log` tells of sent.
 pub fn resync_bytes(log: &str) -> u64 {
+    resync_figure(log, "bytes")
+}
+
+/// The figure `name` (`bytes`, `hashed`, `operations`) of the resync a primary's `log`
+/// says completed.
+pub fn resync_figure(log: &str, name: &str) -> u64 {
     let line = log
         .lines()
         .find(|line| line.contains("resync complete"))
         .unwrap_or_else(|| panic!("no resync in the log:\n{log}"));
-    let bytes = line.split("bytes=").nth(1).unwrap_or_default();
-    bytes.trim().parse().unwrap_or_else(|_| panic!("{line}"))
+    let figure = line
+        .split(&format!("{name}="))
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_default();
+    figure.parse().unwrap_or_else(|_| panic!("{line}"))
 }
 
 /// A key for volume "vol" in `scratch`, and a node keeping that volume: the start of most
