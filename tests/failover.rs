@@ -80,6 +80,52 @@ fn promote(node: &Node, config: &std::path::Path, extra: &[&str]) -> std::proces
     common::run(&args)
 }
 
+/// Runs `mirrorfs promote` of volume "vol" for each (node directory, config to write) at
+/// once, with `extra` arguments; their outputs in order.
+fn promote_at_once(
+    promotions: Vec<(std::path::PathBuf, std::path::PathBuf)>,
+    extra: &[&str],
+) -> Vec<std::process::Output> {
+    let extra: Vec<String> = extra.iter().map(|arg| arg.to_string()).collect();
+    let racing: Vec<_> = promotions
+        .into_iter()
+        .map(|(dir, config)| {
+            let extra = extra.clone();
+            std::thread::spawn(move || {
+                let mut args = vec![
+                    "promote",
+                    "--dir",
+                    dir.to_str().unwrap(),
+                    "--volume",
+                    "vol",
+                    "--write-config",
+                    config.to_str().unwrap(),
+                ];
+                args.extend(extra.iter().map(String::as_str));
+                common::run(&args)
+            })
+        })
+        .collect();
+    racing
+        .into_iter()
+        .map(|thread| thread.join().unwrap())
+        .collect()
+}
+
+/// Two nodes apart (r1, r2) keeping "vol", and a primary replicating to both with
+/// acks = "all".
+fn primary_and_two_nodes(scratch: &std::path::Path) -> (Vec<Node>, common::Mount) {
+    let (key_path, _) = key_file(scratch, "vol.key");
+    let nodes = nodes_apart(scratch, &["r1", "r2"], &key_path);
+    let primary = replicated_mount(
+        "vol",
+        &key_path,
+        &[&nodes[0], &nodes[1]],
+        "acks = \"all\"\nmin_insync = 1\n",
+    );
+    (nodes, primary)
+}
+
 /// Waits until `check` holds, for at most 20 s.
 fn wait_for(what: &str, mut check: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -408,28 +454,13 @@ fn promotion_refuses_what_it_must() {
 
     // Unclean: promoted anyway, saying what may be lost. Two at once: one epoch wins.
     let configs = [scratch.path().join("a.toml"), scratch.path().join("b.toml")];
-    let racing: Vec<_> = configs
-        .iter()
-        .map(|config| {
-            let (dir, config) = (node.dir.clone(), config.clone());
-            std::thread::spawn(move || {
-                common::run(&[
-                    "promote",
-                    "--dir",
-                    dir.to_str().unwrap(),
-                    "--volume",
-                    "vol",
-                    "--write-config",
-                    config.to_str().unwrap(),
-                    "--unclean",
-                ])
-            })
-        })
-        .collect();
-    let outputs: Vec<_> = racing
-        .into_iter()
-        .map(|thread| thread.join().unwrap())
-        .collect();
+    let outputs = promote_at_once(
+        configs
+            .iter()
+            .map(|config| (node.dir.clone(), config.clone()))
+            .collect(),
+        &["--unclean"],
+    );
     let won: Vec<_> = outputs
         .iter()
         .filter(|output| output.status.success())
@@ -1065,14 +1096,7 @@ fn a_standby_reader_never_sees_a_record_half_applied() {
 #[test]
 fn a_standby_is_promoted_in_place_and_keeps_its_open_files() {
     let scratch = common::scratch();
-    let (key_path, _) = key_file(scratch.path(), "vol.key");
-    let nodes = nodes_apart(scratch.path(), &["r1", "r2"], &key_path);
-    let mut old = replicated_mount(
-        "vol",
-        &key_path,
-        &[&nodes[0], &nodes[1]],
-        "acks = \"all\"\nmin_insync = 1\n",
-    );
+    let (nodes, mut old) = primary_and_two_nodes(scratch.path());
     let acknowledged = acknowledged_writes(&old, "before", 10);
     wait_replicated(&old);
     let mountpoint = scratch.path().join("standby");
@@ -1145,4 +1169,44 @@ fn a_standby_is_promoted_in_place_and_keeps_its_open_files() {
     drop(reopened);
     drop(standby);
     assert_eq!(common::mount_type(&mountpoint), None);
+}
+
+/// Two operators promoting two in-sync copies at once: each copy's node, and the other's,
+/// grants the next epoch once, so exactly one promotion goes on; the other is refused,
+/// saying why, and its copy stays a replica. Three rounds, each racing afresh.
+#[test]
+fn two_copies_promoted_at_once_end_with_one_primary() {
+    for round in 0..3 {
+        let scratch = common::scratch();
+        let (nodes, mut old) = primary_and_two_nodes(scratch.path());
+        acknowledged_writes(&old, "both", 5);
+        wait_replicated(&old);
+        old.crash();
+        let outputs = promote_at_once(
+            nodes
+                .iter()
+                .enumerate()
+                .map(|(n, node)| {
+                    let config = scratch.path().join(format!("promoted-{n}.toml"));
+                    (node.dir.clone(), config)
+                })
+                .collect(),
+            &[],
+        );
+        let won: Vec<usize> = (0..2).filter(|&n| outputs[n].status.success()).collect();
+        assert_eq!(won.len(), 1, "round {round}: {outputs:?}");
+        let lost = &outputs[1 - won[0]];
+        let stderr = String::from_utf8_lossy(&lost.stderr);
+        assert!(
+            stderr.contains("did not grant epoch 2")
+                || stderr.contains("was promoted to primary already"),
+            "round {round}: {stderr}"
+        );
+        let promoted: Vec<bool> = nodes
+            .iter()
+            .map(|node| node.dir.join("vol/promoted").exists())
+            .collect();
+        assert_eq!(promoted.iter().filter(|p| **p).count(), 1, "{promoted:?}");
+        assert!(promoted[won[0]]);
+    }
 }

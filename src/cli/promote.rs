@@ -53,14 +53,27 @@ pub fn run(args: PromoteArgs) -> Result<(), CliError> {
             "the volume's key file is not known here: give --key-file".to_string(),
         ));
     }
+    // The name the volume's replication knows this copy by: the epoch is granted to it.
+    let candidate = peers.as_ref().map(|peers| peers.this.clone());
     if let Some(key_file) = key_file.as_deref().filter(|_| !replicas.is_empty()) {
+        let own = peers.as_ref().and_then(|peers| {
+            peers
+                .replicas
+                .iter()
+                .find(|replica| replica.name == peers.this)
+                .cloned()
+        });
         let plaintext = peers.as_ref().is_some_and(|peers| peers.plaintext);
         compare_with_peers(
-            &root,
-            &args.volume,
-            &replicas,
-            key_file,
-            plaintext,
+            &Asking {
+                root: &root,
+                volume: &args.volume,
+                own: own.as_ref(),
+                candidate: candidate.as_deref(),
+                replicas: &replicas,
+                key_file,
+                plaintext,
+            },
             args.unclean,
         )?;
     }
@@ -79,7 +92,8 @@ pub fn run(args: PromoteArgs) -> Result<(), CliError> {
             args.write_config.display()
         ))
     })?;
-    let promotion = promote_volume(&dir, &args.volume, args.unclean).map_err(|e| failed(&e))?;
+    let promotion = promote_volume(&dir, &args.volume, args.unclean, candidate.as_deref())
+        .map_err(|e| failed(&e))?;
     let config = render_config(&Config {
         volume: &args.volume,
         root: &root,
@@ -158,22 +172,33 @@ pub fn run(args: PromoteArgs) -> Result<(), CliError> {
     Ok(())
 }
 
-/// Refuses (unless `unclean`) to promote the copy at `root` when another replica's copy
-/// reaches further: that one may hold acknowledged records this one lacks. Replicas that
-/// cannot be asked are named, and do not stop the promotion.
-fn compare_with_peers(
-    root: &Path,
-    volume: &str,
-    replicas: &[Replica],
-    key_file: &Path,
+/// Whom a promotion asks, and as whom.
+struct Asking<'a> {
+    /// The copy being promoted.
+    root: &'a Path,
+    volume: &'a str,
+    /// This copy's own node, as the volume's replication knows it.
+    own: Option<&'a Replica>,
+    /// This copy's replica name, the epoch's candidate.
+    candidate: Option<&'a str>,
+    /// The other replicas.
+    replicas: &'a [Replica],
+    key_file: &'a Path,
     plaintext: bool,
-    unclean: bool,
-) -> Result<(), CliError> {
-    let key = VolumeKey::read(key_file).map_err(|error| CliError::Usage(error.to_string()))?;
-    let ours = inspect_copy(root)
-        .map_err(|error| CliError::Failure(error.to_string()))?
-        .next;
-    for peer in peer_positions(volume, replicas, &key, plaintext) {
+}
+
+/// Refuses (unless `unclean`) to promote the copy when another replica's copy reaches
+/// further: that one may hold acknowledged records this one lacks; and refuses when
+/// another replica was promoted already. Replicas that cannot be asked are named, and do
+/// not stop the promotion. Then asks this copy's own node, and every other replica's, to
+/// grant the next epoch to this promotion (each grants an epoch once, so of two
+/// promotions racing one goes on).
+fn compare_with_peers(asking: &Asking<'_>, unclean: bool) -> Result<(), CliError> {
+    let key =
+        VolumeKey::read(asking.key_file).map_err(|error| CliError::Usage(error.to_string()))?;
+    let copy = inspect_copy(asking.root).map_err(|error| CliError::Failure(error.to_string()))?;
+    let ours = copy.next;
+    for peer in peer_positions(asking.volume, asking.replicas, &key, asking.plaintext, None) {
         match peer.reach {
             Reach::Promoted(epoch) => {
                 return Err(CliError::Failure(format!(
@@ -191,12 +216,41 @@ fn compare_with_peers(
                 "unclean: replica {} holds records up to {next}, past this copy's {ours}: they may be lost",
                 peer.name
             ),
-            Reach::Next(_) => {}
+            Reach::Next(_) | Reach::Refused(_) => {}
             Reach::Unknown(why) => println!(
                 "replica {} could not be asked where its copy reaches ({why}): not compared",
                 peer.name
             ),
         }
+    }
+    let Some(candidate) = asking.candidate else {
+        return Ok(());
+    };
+    let grant = Some((copy.epoch + 1, candidate.to_string()));
+    // Its own node first: a promotion of another copy that reached it first holds the
+    // epoch there, or yields it to this one (see `replication::grant`). A node not
+    // running grants nothing to anyone: nothing to settle there.
+    let own: Vec<Replica> = asking.own.cloned().into_iter().collect();
+    let granting = peer_positions(asking.volume, &own, &key, asking.plaintext, grant.clone())
+        .into_iter()
+        .chain(peer_positions(
+            asking.volume,
+            asking.replicas,
+            &key,
+            asking.plaintext,
+            grant,
+        ));
+    for peer in granting {
+        let why = match peer.reach {
+            Reach::Refused(why) => why,
+            Reach::Promoted(epoch) => format!("it was promoted to primary at epoch {epoch}"),
+            Reach::Next(_) | Reach::Unknown(_) => continue,
+        };
+        return Err(CliError::Failure(format!(
+            "replica {} did not grant epoch {} to this promotion: {why}",
+            peer.name,
+            copy.epoch + 1
+        )));
     }
     Ok(())
 }

@@ -669,6 +669,11 @@ impl VolumeCopy {
         self.hashes = Some(hashes);
     }
 
+    /// The copy's directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
     /// Where the tree lives (it is replaced whole when a snapshot is switched in).
     pub fn data_dir(&self) -> PathBuf {
         self.root.join("data")

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use super::copy::{CopyStatus, VolumeCopy};
 use super::key::VolumeKey;
-use super::promote::{PromoteError, Promotion, promote};
+use super::promote::{PromoteError, Promotion, grant, promote};
 use super::protocol::Stuck;
 use crate::manifest::HashStore;
 use crate::manifest::Hashing;
@@ -108,7 +108,12 @@ impl Hosted {
     /// Promotes the copy, kept in `root`, to the volume's primary and hands it over: from
     /// now on the node refuses the volume's primaries (fencing the older ones) and never
     /// writes the directory again. Refused while a primary streams to the copy.
-    pub(super) fn hand_over(&self, root: &Path, unclean: bool) -> Result<Promotion, PromoteError> {
+    pub(super) fn hand_over(
+        &self,
+        root: &Path,
+        unclean: bool,
+        candidate: Option<&str>,
+    ) -> Result<Promotion, PromoteError> {
         let Ok(_one) = self.promoting.try_lock() else {
             return Err(PromoteError::Busy);
         };
@@ -118,10 +123,19 @@ impl Hosted {
         if self.primary_heard() {
             return Err(PromoteError::PrimaryConnected);
         }
-        let promotion = promote(&mut self.copy(), root, unclean)?;
+        let promotion = promote(&mut self.copy(), root, unclean, candidate)?;
         let _ = self.promoted.set(promotion.epoch);
         self.stop_hashing();
         Ok(promotion)
+    }
+
+    /// Grants leader epoch `epoch` to the promotion of replica `candidate` (see
+    /// [`super::promote::grant`]).
+    pub(super) fn grant(&self, epoch: u32, candidate: &str) -> Result<(), PromoteError> {
+        if let Some(promoted) = self.promoted() {
+            return Err(PromoteError::Promoted(promoted));
+        }
+        grant(&self.copy(), epoch, candidate)
     }
 
     /// What status shows of it, as volume `id`.

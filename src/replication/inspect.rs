@@ -82,6 +82,21 @@ pub(super) async fn serve(
                 let answer = read(hosted, path, offset, len).await?;
                 channel_send(&mut channel, &answer).await?;
             }
+            Ok(ToNode::Grant { epoch, candidate }) => {
+                let granting = Arc::clone(hosted);
+                let who = candidate.clone();
+                let granted = blocking(move || granting.grant(epoch, &who)).await?;
+                let answer = match granted {
+                    Ok(()) => {
+                        tracing::warn!(%volume, epoch, %candidate, "epoch granted to a promotion");
+                        ToPrimary::Granted
+                    }
+                    Err(error) => ToPrimary::Refuse {
+                        reason: error.to_string(),
+                    },
+                };
+                channel_send(&mut channel, &answer).await?;
+            }
             Ok(other) => {
                 let reason = format!("{} in a verify session", message_name(&other));
                 return Err(refuse(&mut channel, reason).await);
@@ -106,6 +121,7 @@ fn message_name(message: &ToNode) -> &'static str {
         ToNode::Walk { .. } => "Walk",
         ToNode::Hash(_) => "Hash",
         ToNode::Read { .. } => "Read",
+        ToNode::Grant { .. } => "Grant",
     }
 }
 

@@ -258,25 +258,38 @@ pub fn serve(config: NodeConfig, signals: StopSignals) -> Result<(), NodeError> 
 /// Promotes the copy of `volume` in node directory `dir`: through the node, if one runs
 /// there (it hands the volume over and goes on serving the others), else on the files,
 /// holding the node's lock so that no node starts meanwhile.
-pub fn promote_volume(dir: &Path, volume: &str, unclean: bool) -> Result<Promotion, PromoteError> {
+/// With `candidate`, the copy's replica name, the epoch must not have been granted to
+/// another replica's promotion.
+pub fn promote_volume(
+    dir: &Path,
+    volume: &str,
+    unclean: bool,
+    candidate: Option<&str>,
+) -> Result<Promotion, PromoteError> {
     let root = dir.join(volume);
     check_before_opening(&root, volume)?;
     let own = dir.join(NODE_DIR);
     match StateDir::open(&own) {
         Ok(_lock) => {
             let mut copy = VolumeCopy::open(&root)?;
-            promote(&mut copy, &root, unclean)
+            promote(&mut copy, &root, unclean, candidate)
         }
-        Err(StateError::Locked { .. }) => ask_node(&own, volume, unclean),
+        Err(StateError::Locked { .. }) => ask_node(&own, volume, unclean, candidate),
         Err(error) => Err(PromoteError::Node(error.to_string())),
     }
 }
 
 /// Asks the node running with its own files in `own` to promote its copy of `volume`.
-fn ask_node(own: &Path, volume: &str, unclean: bool) -> Result<Promotion, PromoteError> {
+fn ask_node(
+    own: &Path,
+    volume: &str,
+    unclean: bool,
+    candidate: Option<&str>,
+) -> Result<Promotion, PromoteError> {
     let request = PromoteRequest {
         volume: volume.to_string(),
         unclean,
+        candidate: candidate.map(str::to_string),
     };
     let line = serde_json::to_string(&request).map_err(|e| PromoteError::Node(e.to_string()))?;
     let failed = |reason: String| {
@@ -329,7 +342,7 @@ fn promotions(kept: Arc<Kept>, dir: PathBuf) -> crate::control::Handler {
                 Some(Ok(asked)) => match kept.volumes.get(&asked.volume) {
                     Some(hosted) => {
                         let root = dir.join(&asked.volume);
-                        match hosted.hand_over(&root, asked.unclean) {
+                        match hosted.hand_over(&root, asked.unclean, asked.candidate.as_deref()) {
                             Ok(promotion) => {
                                 tracing::warn!(volume = %asked.volume, epoch = promotion.epoch, next = promotion.next, "the copy was promoted to primary: handed over, no longer kept");
                                 PromoteAnswer::Promoted(promotion)

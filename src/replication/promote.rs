@@ -32,6 +32,13 @@ use super::protocol::{Stuck, ToNode, ToPrimary, decode, encode};
 /// The marker a promotion leaves in the copy's directory: the epoch it began.
 pub const PROMOTED_FILE: &str = "promoted";
 
+/// The epoch a copy granted to a promotion, and to whose: `EPOCH NAME UNIX_SECONDS`.
+const GRANTED_FILE: &str = "granted";
+
+/// A grant not followed by its promotion within this long no longer counts (the
+/// promotion gave up; the `promoted` marker, not the grant, says who won).
+const GRANT_TTL: Duration = Duration::from_secs(30);
+
 /// What a promotion did.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Promotion {
@@ -82,6 +89,22 @@ pub enum PromoteError {
     /// Another promotion of the copy holds it.
     #[error("another promotion of this copy is under way")]
     Busy,
+    /// The epoch was granted to the promotion of another replica's copy.
+    #[error("epoch {epoch} was granted to the promotion of replica {to}: one promotion per epoch")]
+    GrantedTo {
+        /// The epoch.
+        epoch: u32,
+        /// The replica being promoted.
+        to: String,
+    },
+    /// The copy follows the epoch asked for already (a newer primary streams to it).
+    #[error("epoch {asked} is in use already: the copy follows epoch {seen}")]
+    EpochInUse {
+        /// The epoch asked for.
+        asked: u32,
+        /// The copy's.
+        seen: u32,
+    },
     /// The copy's files.
     #[error(transparent)]
     Copy(#[from] CopyError),
@@ -106,18 +129,87 @@ pub enum Reach {
     Next(u64),
     /// Its copy was promoted to primary already, at this epoch: the volume has one.
     Promoted(u32),
+    /// It refused to grant the epoch to this promotion, and why: another one is under way.
+    Refused(String),
     /// It could not be asked, and why.
     Unknown(String),
 }
 
-/// Asks each replica in `replicas` (other than `this`) how far its copy of `volume`
-/// reaches, over a read-only (verify) session: a copy behind any of them must not be
-/// promoted, since they may hold acknowledged records it lacks.
+/// An epoch's grant: to whom, and when.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Grant {
+    epoch: u32,
+    to: String,
+}
+
+fn now_seconds() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| since.as_secs())
+}
+
+/// The grant the copy at `root` made that still counts, if any.
+fn live_grant(root: &Path) -> Result<Option<Grant>, CopyError> {
+    let path = root.join(GRANTED_FILE);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => return Err(CopyError::Io { path, source }),
+    };
+    let mut words = text.split_whitespace();
+    let (Some(epoch), Some(to), Some(at)) = (words.next(), words.next(), words.next()) else {
+        // A grant half written is no grant.
+        return Ok(None);
+    };
+    let (Ok(epoch), Ok(at)) = (epoch.parse(), at.parse::<u64>()) else {
+        return Ok(None);
+    };
+    let live = now_seconds().saturating_sub(at) < GRANT_TTL.as_secs();
+    Ok(live.then(|| Grant {
+        epoch,
+        to: to.to_string(),
+    }))
+}
+
+/// Grants leader epoch `epoch` to the promotion of replica `candidate`, for the copy at
+/// `root`: each epoch once, as a Raft voter grants its vote. A grant to another candidate
+/// for the epoch stands, unless `candidate`'s name is lower (so two promotions racing,
+/// each granted its own copy first, end with exactly one); a copy that follows the epoch
+/// already, or was promoted, grants nothing. Durable before it is answered.
+pub fn grant(copy: &VolumeCopy, epoch: u32, candidate: &str) -> Result<(), PromoteError> {
+    let root = copy.root();
+    if let Some(promoted) = promoted_at(root)? {
+        return Err(PromoteError::Promoted(promoted));
+    }
+    let seen = copy.epoch();
+    if seen >= epoch {
+        return Err(PromoteError::EpochInUse { asked: epoch, seen });
+    }
+    if let Some(granted) = live_grant(root)?
+        && granted.to != candidate
+        && (granted.epoch > epoch || (granted.epoch == epoch && granted.to.as_str() < candidate))
+    {
+        return Err(PromoteError::GrantedTo {
+            epoch: granted.epoch,
+            to: granted.to,
+        });
+    }
+    let path = root.join(GRANTED_FILE);
+    durable::replace(&path, format!("{epoch} {candidate} {}\n", now_seconds()))
+        .map_err(|source| CopyError::Io { path, source })?;
+    Ok(())
+}
+
+/// Asks each replica in `replicas` how far its copy of `volume` reaches, over a
+/// read-only (verify) session: a copy behind any of them must not be promoted, since they
+/// may hold acknowledged records it lacks. With `grant` (an epoch and a candidate), each
+/// is asked to grant the epoch to that promotion too.
 pub fn peer_positions(
     volume: &str,
     replicas: &[Replica],
     key: &VolumeKey,
     plaintext: bool,
+    grant: Option<(u32, String)>,
 ) -> Vec<PeerPosition> {
     let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -142,10 +234,23 @@ pub fn peer_positions(
                         .await
                         .map_err(|error| error.to_string())?;
                     let answer = channel.receive().await.map_err(|error| error.to_string())?;
+                    let next = match decode(&answer).map_err(|error| error.to_string())? {
+                        ToPrimary::Inspecting { next, .. } => next,
+                        ToPrimary::Fenced { epoch } => return Ok(Reach::Promoted(epoch)),
+                        ToPrimary::Refuse { reason } => return Err(reason),
+                        other => return Err(format!("unexpected answer {other:?}")),
+                    };
+                    let Some((epoch, candidate)) = grant.clone() else {
+                        return Ok(Reach::Next(next));
+                    };
+                    channel
+                        .send(&encode(&ToNode::Grant { epoch, candidate }))
+                        .await
+                        .map_err(|error| error.to_string())?;
+                    let answer = channel.receive().await.map_err(|error| error.to_string())?;
                     match decode(&answer).map_err(|error| error.to_string())? {
-                        ToPrimary::Inspecting { next, .. } => Ok(Reach::Next(next)),
-                        ToPrimary::Fenced { epoch } => Ok(Reach::Promoted(epoch)),
-                        ToPrimary::Refuse { reason } => Err(reason),
+                        ToPrimary::Granted => Ok(Reach::Next(next)),
+                        ToPrimary::Refuse { reason } => Ok(Reach::Refused(reason)),
                         other => Err(format!("unexpected answer {other:?}")),
                     }
                 };
@@ -169,6 +274,9 @@ pub struct PromoteRequest {
     pub volume: String,
     /// Promote a copy that was behind.
     pub unclean: bool,
+    /// The copy's replica name, to whose promotion the other replicas granted the epoch.
+    #[serde(default)]
+    pub candidate: Option<String>,
 }
 
 /// A running node's answer to a promotion request.
@@ -209,13 +317,25 @@ pub fn check_before_opening(root: &Path, volume: &str) -> Result<(), PromoteErro
 }
 
 /// Promotes `copy`, open from `root`, to the next epoch (see the module doc).
+/// With `candidate` (the copy's replica name), the epoch must not be granted to another
+/// replica's promotion.
 pub fn promote(
     copy: &mut VolumeCopy,
     root: &Path,
     unclean: bool,
+    candidate: Option<&str>,
 ) -> Result<Promotion, PromoteError> {
     if let Some(epoch) = promoted_at(root)? {
         return Err(PromoteError::Promoted(epoch));
+    }
+    if let Some(granted) = live_grant(root)?
+        && granted.epoch > copy.epoch()
+        && candidate != Some(granted.to.as_str())
+    {
+        return Err(PromoteError::GrantedTo {
+            epoch: granted.epoch,
+            to: granted.to,
+        });
     }
     if copy.status().receiving_snapshot {
         return Err(PromoteError::MidSnapshot);
@@ -257,4 +377,50 @@ pub fn promote(
         unvouched,
         whole,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_epoch_is_granted_once_and_the_lower_name_wins_a_tie() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("vol");
+        let mut copy = VolumeCopy::open(&root).unwrap();
+        grant(&copy, 2, "r1").unwrap();
+        // Asked again by the same promotion: granted again.
+        grant(&copy, 2, "r1").unwrap();
+        // Another promotion for the same epoch: refused, unless its name is lower.
+        let refused = grant(&copy, 2, "r2").unwrap_err().to_string();
+        assert!(
+            refused.contains("granted to the promotion of replica r1"),
+            "{refused}"
+        );
+        grant(&copy, 2, "r0").unwrap();
+        assert!(grant(&copy, 2, "r1").is_err());
+        // A later epoch is another election.
+        grant(&copy, 3, "r1").unwrap();
+        assert!(
+            grant(&copy, 2, "r0").is_err(),
+            "an older epoch than one granted"
+        );
+        // The copy's own promotion checks the grant: the epoch went to r1, not r0.
+        let taken = promote(&mut copy, &root, true, Some("r0")).unwrap_err();
+        assert!(
+            matches!(taken, PromoteError::GrantedTo { epoch: 3, .. }),
+            "{taken}"
+        );
+        // A grant that was never followed by its promotion lapses.
+        let stale = format!("3 r1 {}\n", now_seconds() - GRANT_TTL.as_secs() - 1);
+        std::fs::write(root.join(GRANTED_FILE), stale).unwrap();
+        grant(&copy, 3, "r2").unwrap();
+        // A copy following the epoch already grants nothing.
+        copy.accept_epoch(3).unwrap();
+        let in_use = grant(&copy, 3, "r2").unwrap_err();
+        assert!(
+            matches!(in_use, PromoteError::EpochInUse { asked: 3, seen: 3 }),
+            "{in_use}"
+        );
+    }
 }

@@ -135,6 +135,14 @@ pub enum ToNode {
         /// How many bytes (at most one chunk).
         len: u32,
     },
+    /// In a verify session: grant leader epoch `epoch` to the promotion of replica
+    /// `candidate` (each epoch once): `Granted`, or `Refuse` saying to whom it went.
+    Grant {
+        /// The epoch the promotion would begin.
+        epoch: u32,
+        /// The name of the replica whose copy is being promoted.
+        candidate: String,
+    },
 }
 
 /// What a replica node answers.
@@ -226,6 +234,8 @@ pub enum ToPrimary {
         /// The epoch the copy has accepted.
         epoch: u32,
     },
+    /// The epoch asked for is granted to the promotion that asked.
+    Granted,
 }
 
 /// One file of a `Hashed` answer.

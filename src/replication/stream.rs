@@ -210,9 +210,11 @@ pub(super) async fn serve(
                 }
                 answered
             }
-            ToNode::Inspect | ToNode::Walk { .. } | ToNode::Read { .. } => ToPrimary::Refuse {
-                reason: "a verify request in a streaming session".to_string(),
-            },
+            ToNode::Inspect | ToNode::Walk { .. } | ToNode::Read { .. } | ToNode::Grant { .. } => {
+                ToPrimary::Refuse {
+                    reason: "a verify request in a streaming session".to_string(),
+                }
+            }
             ToNode::SnapshotBegin {
                 offset,
                 epoch,
