@@ -197,6 +197,22 @@ fn log_and_status_commands_show_the_volume() {
         stderr.contains(&epochs.display().to_string()) && stderr.lines().count() == 1,
         "{stderr}"
     );
+    // And the volume is not served on it: the mount is refused, naming the file.
+    let output = common::run_expecting_exit(
+        &[
+            "mount".as_ref(),
+            mount.origin.as_os_str(),
+            mount.mountpoint.as_os_str(),
+            "--state-dir".as_ref(),
+            mount.state.as_os_str(),
+        ],
+        None,
+    );
+    assert_eq!(output.status.code(), Some(1), "{output:?}");
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    let last = stderr.lines().last().unwrap_or_default();
+    assert!(last.contains(&epochs.display().to_string()), "{stderr}");
+    assert!(common::mount_type(&mount.mountpoint).is_none());
 }
 
 #[test]

@@ -107,7 +107,9 @@ async fn bad_input_is_refused_logged_and_harmless() {
         &[("demo", &key_path), ("other", &other_path)],
     );
 
-    // Another volume's key, and a volume the node does not keep.
+    // Another volume's key, and a volume the node does not keep. Without the key nothing
+    // gets past the handshake: a forged Open of a higher epoch is never read (the copy
+    // accepts epoch 1 below, which it would fence had a forged epoch landed).
     let wrong = connect(&node, "demo", &other_key).await;
     assert!(
         matches!(wrong, Err(ChannelError::Authentication(_))),
