@@ -256,6 +256,95 @@ fn acknowledged_writes(
         .collect()
 }
 
+/// An application writing small files through a mount, each with fsync, until stopped or
+/// until the mount fails it: every fsync's outcome is noted with its time.
+struct Writer {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    synced: std::sync::Arc<std::sync::Mutex<Vec<Synced>>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// One file the writer wrote, and what its fsync said.
+#[derive(Clone, Debug)]
+struct Synced {
+    name: String,
+    data: Vec<u8>,
+    at: Instant,
+    ok: bool,
+}
+
+impl Writer {
+    /// Starts writing `PREFIX-N` files in `root`, `pause` apart.
+    fn start(root: &std::path::Path, prefix: &str, pause: Duration) -> Writer {
+        use std::sync::atomic::Ordering;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let synced = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let thread = {
+            let (stop, synced, root, prefix) = (
+                std::sync::Arc::clone(&stop),
+                std::sync::Arc::clone(&synced),
+                root.to_path_buf(),
+                prefix.to_string(),
+            );
+            std::thread::spawn(move || {
+                let mut n = 0usize;
+                while !stop.load(Ordering::SeqCst) {
+                    let name = format!("{prefix}-{n:04}");
+                    let data: Vec<u8> = (0..(500 + n * 13)).map(|i| (i * 3 + n) as u8).collect();
+                    let ok = fs::File::create(root.join(&name))
+                        .and_then(|mut file| file.write_all(&data).and_then(|()| file.sync_all()))
+                        .is_ok();
+                    synced.lock().unwrap().push(Synced {
+                        name,
+                        data,
+                        at: Instant::now(),
+                        ok,
+                    });
+                    n += 1;
+                    std::thread::sleep(pause);
+                }
+            })
+        };
+        Writer {
+            stop,
+            synced,
+            thread: Some(thread),
+        }
+    }
+
+    /// How many fsyncs returned 0 so far.
+    fn acknowledged(&self) -> usize {
+        self.synced.lock().unwrap().iter().filter(|s| s.ok).count()
+    }
+
+    /// Stops writing; every file written, with its fsync's outcome.
+    fn stop(mut self) -> Vec<Synced> {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        if let Some(thread) = self.thread.take() {
+            thread.join().unwrap();
+        }
+        self.synced.lock().unwrap().clone()
+    }
+}
+
+/// Nodes keeping "vol", each in a network namespace of its own behind `links`.
+fn nodes_behind(
+    links: &[common::netns::Link],
+    scratch: &std::path::Path,
+    key: &std::path::Path,
+) -> Vec<Node> {
+    links
+        .iter()
+        .enumerate()
+        .map(|(n, link)| {
+            let dir = scratch.join(format!("n{n}"));
+            fs::create_dir(&dir).unwrap();
+            let listen = format!("{}:7071", link.address);
+            Node::start_in(Some(&link.name), &dir, &listen, &[("vol", key)])
+        })
+        .collect()
+}
+
 /// The main failover: the primary dies (kill -9), a replica whose node is running is
 /// promoted, the other replica follows it from where it is (no snapshot), every write an
 /// fsync acknowledged is on both, and new writes through the new primary reach the other
@@ -264,16 +353,25 @@ fn acknowledged_writes(
 fn a_promoted_replica_serves_every_acknowledged_write_and_the_other_follows_it() {
     let scratch = common::scratch();
     let (key_path, _) = key_file(scratch.path(), "vol.key");
-    let nodes = nodes_apart(scratch.path(), &["r1", "r2"], &key_path);
+    let links = [common::netns::Link::new(), common::netns::Link::new()];
+    let nodes = nodes_behind(&links, scratch.path(), &key_path);
     let told = scratch.path().join("on_promote.out");
     let settings = format!(
         "acks = \"all\"\nmin_insync = 1\non_promote = 'echo $MIRRORFS_VOLUME $MIRRORFS_EPOCH $MIRRORFS_ROLE > {}'\n",
         told.display()
     );
     let mut old = replicated_mount("vol", &key_path, &[&nodes[0], &nodes[1]], &settings);
-    let acknowledged = acknowledged_writes(&old, "before", 40);
-    wait_replicated(&old);
+    // Killed mid-workload: a writer is between two fsyncs, or in one.
+    let writer = Writer::start(&old.mountpoint, "before", Duration::from_millis(5));
+    wait_for("40 acknowledged writes", || writer.acknowledged() >= 40);
     old.crash();
+    let written = writer.stop();
+    let acknowledged: Vec<(String, Vec<u8>)> = written
+        .iter()
+        .filter(|synced| synced.ok)
+        .map(|synced| (synced.name.clone(), synced.data.clone()))
+        .collect();
+    assert!(acknowledged.len() >= 40);
 
     // Promote r1 (its node runs): refused with a bad volume, then done.
     let config = scratch.path().join("promoted.toml");
@@ -534,22 +632,11 @@ fn a_replica_left_behind_is_not_promoted_over_one_that_reaches_further() {
 #[test]
 fn a_partitioned_primary_acknowledges_nothing_after_the_promotion_and_is_fenced_on_contact() {
     use common::netns::Link;
-    use std::sync::atomic::{AtomicBool, Ordering};
-    use std::sync::{Arc, Mutex};
 
     let scratch = common::scratch();
     let (key_path, _) = key_file(scratch.path(), "vol.key");
     let links = [Link::new(), Link::new()];
-    let nodes: Vec<Node> = links
-        .iter()
-        .enumerate()
-        .map(|(n, link)| {
-            let dir = scratch.path().join(format!("n{n}"));
-            fs::create_dir(&dir).unwrap();
-            let listen = format!("{}:7071", link.address);
-            Node::start_in(Some(&link.name), &dir, &listen, &[("vol", &key_path)])
-        })
-        .collect();
+    let nodes = nodes_behind(&links, scratch.path(), &key_path);
     let mount = replicated_mount(
         "vol",
         &key_path,
@@ -563,28 +650,7 @@ fn a_partitioned_primary_acknowledges_nothing_after_the_promotion_and_is_fenced_
     }
 
     // The primary keeps writing; every fsync's end and outcome is noted.
-    let stop = Arc::new(AtomicBool::new(false));
-    let outcomes = Arc::new(Mutex::new(Vec::new()));
-    let writer = {
-        let (stop, outcomes) = (Arc::clone(&stop), Arc::clone(&outcomes));
-        let root = mount.mountpoint.clone();
-        std::thread::spawn(move || {
-            let mut n = 0;
-            while !stop.load(Ordering::SeqCst) {
-                let synced =
-                    fs::File::create(root.join(format!("during-{n}"))).and_then(|mut file| {
-                        file.write_all(b"partitioned")
-                            .and_then(|()| file.sync_all())
-                    });
-                outcomes
-                    .lock()
-                    .unwrap()
-                    .push((Instant::now(), synced.is_ok()));
-                n += 1;
-                std::thread::sleep(Duration::from_millis(100));
-            }
-        })
-    };
+    let writer = Writer::start(&mount.mountpoint, "during", Duration::from_millis(100));
     // A node counts a primary silent for three heartbeats as gone.
     std::thread::sleep(Duration::from_secs(4));
     let config = scratch.path().join("promoted.toml");
@@ -596,13 +662,11 @@ fn a_partitioned_primary_acknowledges_nothing_after_the_promotion_and_is_fenced_
     links[0].restore();
     wait_for("fencing", || !mount.status_json()["log"]["fence"].is_null());
     std::thread::sleep(Duration::from_millis(500));
-    stop.store(true, Ordering::SeqCst);
-    writer.join().unwrap();
-    let outcomes = outcomes.lock().unwrap();
+    let outcomes = writer.stop();
     assert!(outcomes.len() >= 5, "{} fsyncs", outcomes.len());
     let acknowledged_after: Vec<_> = outcomes
         .iter()
-        .filter(|(at, ok)| *ok && *at >= promoted_at)
+        .filter(|synced| synced.ok && synced.at >= promoted_at)
         .collect();
     assert!(acknowledged_after.is_empty(), "{acknowledged_after:?}");
     let fence = &mount.status_json()["log"]["fence"];
