@@ -840,6 +840,26 @@ fn a_fenced_old_primary_rejoins_as_a_replica() {
         log.contains("kept aside") && log.contains("/unacked-0"),
         "{log}"
     );
+    // And `mirrorfs replica status` shows them, with their count, bytes and paths.
+    let status = common::run(&["replica", "status", "--dir", home.dir.to_str().unwrap()]);
+    let status = String::from_utf8(status.stdout).unwrap();
+    assert!(
+        status.contains("KEPT ASIDE")
+            && status.contains("/unacked-0")
+            && status.contains("mirrorfs log --state-dir"),
+        "{status}"
+    );
+    let status = common::run(&[
+        "replica",
+        "status",
+        "--json",
+        "--dir",
+        home.dir.to_str().unwrap(),
+    ]);
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    let kept = &status["volumes"][0]["kept_aside"][0];
+    assert_eq!(kept["data_bytes"], 3 * 25, "{status}");
+    assert!(kept["records"].as_u64() >= Some(6), "{status}");
     // Only what differs was sent: no byte of a file the old primary held already (at
     // most those written through the new primary since), not a snapshot of the volume.
     let said = new.log();

@@ -279,10 +279,12 @@ pub fn rejoin(args: RejoinArgs) -> Result<(), CliError> {
     println!(
         "volume {id} ({}) is a copy in {} now, its log ending at offset {}; start a node there \
          (mirrorfs replica serve --dir {} --volume {id}=KEY_FILE) and make it a replica of the \
-         new primary: its records past the divergence point are kept aside when it first connects",
+         new primary: its records past the divergence point are kept aside when it first connects \
+         (mirrorfs replica status --dir {} then shows how many, their bytes and paths)",
         rejoined.fence,
         rejoined.root.display(),
         rejoined.next,
+        dir.display(),
         dir.display()
     );
     Ok(())

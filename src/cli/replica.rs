@@ -5,7 +5,7 @@ use std::time::SystemTime;
 
 use serde::Serialize;
 
-use crate::config::{NodeConfig, RawNodeConfig, parse_volume_arg};
+use crate::config::{NodeConfig, RawNodeConfig, human, parse_volume_arg};
 use crate::control::{self, ControlError};
 use crate::replication::{CopyStatus, inspect_copy, promoted_at};
 use crate::replication::{HostedStatus, NODE_DIR, NodeError, NodeStatus, serve_node};
@@ -170,6 +170,23 @@ fn render(dir: &Path, report: &Report) -> String {
             "{:<20} {next:>12} {applied:>12} {high_watermark:>12} {epoch:>6}  {contact}{snapshot}\n",
             volume.id
         );
+        for kept in &volume.copy.kept_aside {
+            let shown: Vec<&str> = kept.paths.iter().take(5).map(String::as_str).collect();
+            let more = kept.paths.len() - shown.len();
+            text += &format!(
+                "{:<20} KEPT ASIDE {} record(s) the new primary never had, {} of data, naming {}{}: mirrorfs log --state-dir {}\n",
+                "",
+                kept.records,
+                human(kept.data_bytes),
+                shown.join(" "),
+                if more > 0 {
+                    format!(" and {more} more")
+                } else {
+                    String::new()
+                },
+                kept.dir.display()
+            );
+        }
         if let Some(stuck) = &volume.copy.stuck {
             text += &format!(
                 "{:<20} STUCK on record {}: {}\n",

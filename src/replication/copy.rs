@@ -174,6 +174,9 @@ pub struct CopyStatus {
     /// The tree is out of step with the log (cut back, or a resync not finished).
     #[serde(default)]
     pub out_of_step: bool,
+    /// Records cut off at divergence points and kept aside.
+    #[serde(default)]
+    pub kept_aside: Vec<KeptAside>,
 }
 
 /// The status of the copy in `root`, read from its files without changing them (for a
@@ -205,6 +208,7 @@ pub fn inspect(root: &Path) -> Result<CopyStatus, CopyError> {
         // Known only to a running node, which has tried.
         stuck: None,
         out_of_step: root.join(RESYNC_FILE).exists(),
+        kept_aside: kept_aside(root)?,
     })
 }
 
@@ -445,33 +449,15 @@ impl VolumeCopy {
             },
             to,
         )?;
-        let mut kept = KeptAside {
-            dir,
-            records: 0,
-            data_bytes: 0,
-            paths: Vec::new(),
-        };
         for record in self.log.view().records(to)? {
             let record = record?;
             // A cut made twice at one place (a session lost midway) keeps each once.
             if record.offset >= aside.next_offset() {
                 aside.append_record(&record)?;
             }
-            kept.records += 1;
-            if let Op::Write { data, .. } = &record.op {
-                kept.data_bytes += data.len() as u64;
-            }
-            for path in [Some(record.op.path()), record.op.new_path()]
-                .into_iter()
-                .flatten()
-            {
-                if !kept.paths.contains(path) {
-                    kept.paths.push(path.clone());
-                }
-            }
         }
         aside.sync_to(aside.next_offset())?;
-        Ok(kept)
+        describe_kept(&dir)
     }
 
     /// Where the copy stands, as `Position` tells a primary of `epoch`.
@@ -566,6 +552,8 @@ impl VolumeCopy {
             receiving_snapshot: self.staging.is_some(),
             stuck: self.stuck.clone(),
             out_of_step: self.needs_snapshot(),
+            // Shown, not worth failing a status for.
+            kept_aside: kept_aside(&self.root).unwrap_or_default(),
         }
     }
 
@@ -906,7 +894,7 @@ pub fn load_peers(root: &Path) -> Result<Option<Peers>, CopyError> {
 }
 
 /// Records a copy held past a divergence point, kept aside when its log was cut back.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KeptAside {
     /// Where they are kept (a state directory `mirrorfs log --state-dir` reads).
     pub dir: PathBuf,
@@ -915,7 +903,52 @@ pub struct KeptAside {
     /// The bytes of data their writes carried.
     pub data_bytes: u64,
     /// The paths they name, in the order first named.
-    pub paths: Vec<LogPath>,
+    pub paths: Vec<String>,
+}
+
+/// What the records kept aside in `dir` (a `diverged-TO` directory) are.
+fn describe_kept(dir: &Path) -> Result<KeptAside, CopyError> {
+    let mut kept = KeptAside {
+        dir: dir.to_path_buf(),
+        records: 0,
+        data_bytes: 0,
+        paths: Vec::new(),
+    };
+    let view = crate::log::inspect(&dir.join("log"))?;
+    for record in view.records(view.stats().first_offset)? {
+        let record = record?;
+        kept.records += 1;
+        if let Op::Write { data, .. } = &record.op {
+            kept.data_bytes += data.len() as u64;
+        }
+        for path in [Some(record.op.path()), record.op.new_path()]
+            .into_iter()
+            .flatten()
+        {
+            let path = path.to_string();
+            if !kept.paths.contains(&path) {
+                kept.paths.push(path);
+            }
+        }
+    }
+    Ok(kept)
+}
+
+/// Every set of records kept aside in the copy at `root`, oldest cut first.
+pub fn kept_aside(root: &Path) -> Result<Vec<KeptAside>, CopyError> {
+    let mut dirs: Vec<(u64, PathBuf)> = Vec::new();
+    for entry in std::fs::read_dir(root).map_err(io_error(root))? {
+        let entry = entry.map_err(io_error(root))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if let Some(to) = name
+            .strip_prefix("diverged-")
+            .and_then(|to| to.parse().ok())
+        {
+            dirs.push((to, entry.path()));
+        }
+    }
+    dirs.sort();
+    dirs.iter().map(|(_, dir)| describe_kept(dir)).collect()
 }
 
 /// The marker of a copy whose log was cut back under its tree: it needs a snapshot.

@@ -139,7 +139,7 @@ pub(super) async fn serve(
                 let answered = tokio::task::spawn_blocking(move || {
                     let mut copy = hosted.copy();
                     let kept = copy.truncate_to(to)?;
-                    let shown: Vec<String> = kept.paths.iter().take(10).map(ToString::to_string).collect();
+                    let shown: Vec<String> = kept.paths.iter().take(10).cloned().collect();
                     tracing::warn!(
                         %volume,
                         records = kept.records,
