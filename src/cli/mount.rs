@@ -50,7 +50,11 @@ pub fn run(args: MountArgs) -> Result<(), CliError> {
         id: args.id,
         allow_other: args.allow_other.then_some(true),
     };
-    let config = Config::resolve(raw, overrides, &cwd).map_err(usage)?;
+    let mut config = Config::resolve(raw, overrides, &cwd).map_err(usage)?;
+    if standby_copy.is_some() {
+        // The node keeps the copy's stored hashes; a standby changes nothing to hash.
+        config.verify.stored_hashes = false;
+    }
     let volume = &config.volume;
     let disk_dir = config.cache.disk.as_ref().map(|disk| disk.dir.as_path());
     check_system(
