@@ -5,6 +5,7 @@
 //! file; checks against the live system (does SOURCE exist?) belong to the command.
 
 mod cache;
+mod failover;
 mod node;
 mod raw;
 mod replication;
@@ -15,6 +16,7 @@ use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
 pub use cache::{CacheConfig, DiskTierConfig};
+pub use failover::{FailoverConfig, FailoverMode};
 pub use node::{NodeConfig, RawNodeConfig, parse_volume_arg};
 pub use raw::RawConfig;
 pub use raw::{Admission, Passthrough, WriteMode};
@@ -178,6 +180,8 @@ pub struct Config {
     pub replication: Option<ReplicationConfig>,
     /// The `[verify]` section.
     pub verify: VerifyConfig,
+    /// The `[failover]` section.
+    pub failover: FailoverConfig,
 }
 
 /// The validated `[write]` section.
@@ -322,6 +326,7 @@ impl Config {
                 ("state directory", &state_dir),
             ],
         )?;
+        let replication = replication::resolve(&raw.replication)?;
         Ok(Config {
             volume: VolumeConfig {
                 id,
@@ -331,7 +336,8 @@ impl Config {
                 allow_other,
             },
             cache,
-            replication: replication::resolve(&raw.replication)?,
+            failover: failover::resolve(&raw.failover, replication.as_ref())?,
+            replication,
             verify: verify::resolve(&raw.verify)?,
             write: resolve_write(&raw.write)?,
             log: LogConfig {
@@ -708,6 +714,71 @@ mod tests {
             assert!(message.contains(key), "{bad}: {message}");
             assert_eq!(message.lines().count(), 1, "{message}");
         }
+    }
+
+    #[test]
+    fn failover_section_defaults_derives_its_timings_and_rejects_nonsense() {
+        let base = "[volume]\nsource = \"/s\"\nmountpoint = \"/m\"\n";
+        let replication = "[replication]\nkey_file = \"/k\"\n\
+                           [[replication.replicas]]\nname = \"r1\"\naddress = \"h:1\"\n";
+        let manual = resolve(base).unwrap().failover;
+        assert_eq!(manual.mode, FailoverMode::Manual);
+        assert!(!manual.is_auto() && !manual.unclean);
+        assert_eq!(manual.lease, Duration::from_secs(5));
+        // The primary counts its lease shrunk by the clock bound twice, and renews four
+        // times within it.
+        assert_eq!(
+            manual.lease_valid_for(),
+            Duration::from_secs(5).div_f64(1.21)
+        );
+        assert_eq!(manual.renew_every(), manual.lease_valid_for() / 4);
+        // Two machines: auto asked for, but no majority survives losing one; it says so.
+        let two = resolve(&format!("{base}{replication}[failover]\nmode = \"auto\"\n"))
+            .unwrap()
+            .failover;
+        assert_eq!((two.voters, two.majority()), (2, 2));
+        assert!(!two.is_auto());
+        assert!(two.auto_off.as_deref().unwrap().contains("add a witness"));
+        // Two machines and a witness: three voters, a majority of two.
+        let three = resolve(&format!(
+            "{base}{replication}[failover]\nmode = \"auto\"\nlease = \"10s\"\n\
+             clock_rate_bound = 1.5\nunclean = true\n\
+             [[failover.witnesses]]\nname = \"w\"\naddress = \"witness.example:7080\"\n"
+        ))
+        .unwrap()
+        .failover;
+        assert!(three.is_auto() && three.unclean);
+        assert_eq!((three.voters, three.majority()), (3, 2));
+        assert_eq!(three.witnesses[0].name, "w");
+        assert_eq!(
+            three.lease_valid_for(),
+            Duration::from_secs(10).div_f64(2.25)
+        );
+        for (body, key) in [
+            ("mode = \"sometimes\"\n", "failover.mode"),
+            ("lease = \"100ms\"\n", "failover.lease"),
+            ("clock_rate_bound = 1.0\n", "failover.clock_rate_bound"),
+            ("clock_rate_bound = 3\n", "failover.clock_rate_bound"),
+            ("clock_rate_bound = nan\n", "failover.clock_rate_bound"),
+            (
+                "[[failover.witnesses]]\nname = \"r1\"\naddress = \"h:2\"\n",
+                "listed twice",
+            ),
+            (
+                "[[failover.witnesses]]\nname = \"w\"\naddress = \"nowhere\"\n",
+                "failover.witnesses.address",
+            ),
+        ] {
+            let message = resolve(&format!("{base}{replication}[failover]\n{body}"))
+                .unwrap_err()
+                .to_string();
+            assert!(message.contains(key), "{body}: {message}");
+            assert_eq!(message.lines().count(), 1, "{message}");
+        }
+        let alone = resolve(&format!("{base}[failover]\nmode = \"auto\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(alone.contains("needs replicas"), "{alone}");
     }
 
     #[test]

@@ -29,6 +29,9 @@ pub struct RawConfig {
     /// `[verify]`: stored hashes and scheduled checks.
     #[serde(default)]
     pub verify: super::verify::RawVerify,
+    /// `[failover]`: who decides that a replica takes over.
+    #[serde(default)]
+    pub failover: super::failover::RawFailover,
 }
 
 /// How writes reach the origin.

@@ -108,6 +108,42 @@ pub struct Replica {
     pub address: String,
 }
 
+/// Checks the named members `raw` (replicas, or witnesses) whose name and address keys are
+/// `keys`: valid names, none listed twice or among `others`, addresses `host:port`.
+pub(super) fn check_members(
+    (name_key, address_key): (&'static str, &'static str),
+    raw: &[RawReplica],
+    others: &[Replica],
+) -> Result<Vec<Replica>, ConfigError> {
+    let mut members: Vec<Replica> = Vec::new();
+    for member in raw {
+        if let Err(reason) = super::VolumeId::new(&member.name) {
+            return Err(invalid(name_key, reason));
+        }
+        if members
+            .iter()
+            .chain(others)
+            .any(|other| other.name == member.name)
+        {
+            return Err(invalid(
+                name_key,
+                format!("{:?} is listed twice", member.name),
+            ));
+        }
+        if !valid_address(&member.address) {
+            return Err(invalid(
+                address_key,
+                format!("{:?} is not host:port", member.address),
+            ));
+        }
+        members.push(Replica {
+            name: member.name.clone(),
+            address: member.address.clone(),
+        });
+    }
+    Ok(members)
+}
+
 const LAG_MAX_DEFAULT: Duration = Duration::from_secs(10);
 const ACK_TIMEOUT_DEFAULT: Duration = Duration::from_secs(30);
 const RETAIN_BYTES_DEFAULT: u64 = 20 << 30;
@@ -153,28 +189,11 @@ pub(super) fn resolve(raw: &RawReplication) -> Result<Option<ReplicationConfig>,
             ),
         ));
     }
-    let mut replicas: Vec<Replica> = Vec::new();
-    for replica in &raw.replicas {
-        if let Err(reason) = super::VolumeId::new(&replica.name) {
-            return Err(invalid("replication.replicas.name", reason));
-        }
-        if replicas.iter().any(|other| other.name == replica.name) {
-            return Err(invalid(
-                "replication.replicas.name",
-                format!("{:?} is listed twice", replica.name),
-            ));
-        }
-        if !valid_address(&replica.address) {
-            return Err(invalid(
-                "replication.replicas.address",
-                format!("{:?} is not host:port", replica.address),
-            ));
-        }
-        replicas.push(Replica {
-            name: replica.name.clone(),
-            address: replica.address.clone(),
-        });
-    }
+    let replicas = check_members(
+        ("replication.replicas.name", "replication.replicas.address"),
+        &raw.replicas,
+        &[],
+    )?;
     Ok(Some(ReplicationConfig {
         acks,
         min_insync,

@@ -16,6 +16,7 @@ mod rejoin;
 mod resync;
 mod session;
 mod stream;
+mod vote;
 
 pub use channel::{Channel, ChannelError, MESSAGE_MAX, Receiving};
 pub use copy::{CopyStatus, GATE_FILE, inspect as inspect_copy, load_key_file, load_peers};
@@ -30,3 +31,4 @@ pub use protocol::{
     encode as encode_message, record_hash, record_hash_at,
 };
 pub use rejoin::{RejoinError, Rejoined, rejoin};
+pub use vote::{Ballot, Refusal, Standing, Voter};
