@@ -43,6 +43,10 @@ enum Command {
     /// Run a replica node, which keeps copies of volumes for their primaries.
     #[command(subcommand)]
     Replica(ReplicaCommand),
+    /// Run a witness: a voter for automatic failover that keeps no copy, only, per volume,
+    /// the epoch it granted and the lease it holds to (the third vote of two machines).
+    #[command(subcommand)]
+    Witness(WitnessCommand),
     /// Check that the replicas hold what the primary holds and that nothing rotted, and
     /// repair from the copy to trust (exit 0 clean, 1 all repaired, 4 differences left,
     /// 8 something could not be checked, 16 usage; added up as fsck's).
@@ -141,6 +145,14 @@ pub struct VerifyArgs {
     /// Check the primary alone: its content against its own stored hashes (rot).
     #[arg(long, conflicts_with = "replicas")]
     primary_only: bool,
+}
+
+/// `mirrorfs witness ...`.
+#[derive(Debug, Subcommand)]
+enum WitnessCommand {
+    /// Serve volumes' votes until SIGINT/SIGTERM: `--config FILE`, or `--listen`, `--dir`
+    /// and `--volume ID=KEY_FILE` (repeatable), as `replica serve` takes them.
+    Serve(ServeArgs),
 }
 
 /// `mirrorfs replica ...`.
@@ -331,6 +343,7 @@ pub fn run(args: impl IntoIterator<Item = OsString>) -> ExitCode {
         Command::Keygen => keygen::run(),
         Command::Replica(ReplicaCommand::Serve(args)) => replica::serve(args),
         Command::Replica(ReplicaCommand::Status(args)) => replica::status(args),
+        Command::Witness(WitnessCommand::Serve(args)) => replica::serve_witness(args),
         Command::Verify(args) => verify::run(args),
         Command::Promote(args) => promote::run(args),
         Command::Rejoin(args) => promote::rejoin(args),

@@ -15,6 +15,15 @@ use super::{CliError, ReplicaStatusArgs, ServeArgs};
 
 /// Runs a node from `--config` and/or the command line until a stop signal.
 pub fn serve(args: ServeArgs) -> Result<(), CliError> {
+    serve_as(args, false)
+}
+
+/// Runs `mirrorfs witness serve`: the node's server, keeping votes instead of copies.
+pub fn serve_witness(args: ServeArgs) -> Result<(), CliError> {
+    serve_as(args, true)
+}
+
+fn serve_as(args: ServeArgs, witness: bool) -> Result<(), CliError> {
     // First, before the runtime starts its threads: see StopSignals.
     let signals = StopSignals::block()
         .map_err(|error| CliError::Failure(format!("cannot block stop signals: {error}")))?;
@@ -49,11 +58,13 @@ pub fn serve(args: ServeArgs) -> Result<(), CliError> {
         volume.key_file = absolute(volume.key_file);
         raw.volumes.push(volume);
     }
-    let config = NodeConfig::resolve(raw, None).map_err(usage)?;
+    let mut config = NodeConfig::resolve(raw, None).map_err(usage)?;
+    config.witness = witness;
     serve_node(config, signals).map_err(|error| match error {
-        NodeError::Key(_) | NodeError::Dir { .. } | NodeError::State(_) => {
-            CliError::Usage(error.to_string())
-        }
+        NodeError::Key(_)
+        | NodeError::Dir { .. }
+        | NodeError::State(_)
+        | NodeError::Ballot { .. } => CliError::Usage(error.to_string()),
         other => CliError::Failure(other.to_string()),
     })
 }

@@ -57,6 +57,8 @@ pub struct NodeConfig {
     pub handshake_timeout: Duration,
     /// See [`RawNodeConfig::idle_timeout`].
     pub idle_timeout: Duration,
+    /// A witness (`mirrorfs witness serve`): it keeps no copies, only votes.
+    pub witness: bool,
 }
 
 const CONNECTIONS_MAX_DEFAULT: u32 = 64;
@@ -139,6 +141,7 @@ impl NodeConfig {
         }
         let show_span = |span: Duration| Span(span).to_string();
         Ok(NodeConfig {
+            witness: false,
             listen,
             dir,
             volumes,

@@ -7,10 +7,12 @@ use std::time::{Duration, Instant, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
+use super::ballot::BallotBox;
 use super::copy::{CopyStatus, VolumeCopy};
 use super::key::VolumeKey;
 use super::promote::{PromoteError, Promotion, grant, promote};
 use super::protocol::Stuck;
+use super::vote::Standing;
 use crate::manifest::HashStore;
 use crate::manifest::Hashing;
 
@@ -66,6 +68,8 @@ pub(super) struct Hosted {
     /// Set once the copy was promoted to primary: its directory is a primary's state from
     /// then on, which the node never writes again.
     promoted: OnceLock<u32>,
+    /// The node's votes for the volume (automatic failover).
+    pub(super) ballots: Arc<BallotBox>,
 }
 
 impl Hosted {
@@ -76,6 +80,7 @@ impl Hosted {
         plaintext: bool,
         copy: VolumeCopy,
         hashing: Hashing,
+        ballots: BallotBox,
     ) -> Hosted {
         Hosted {
             key,
@@ -88,6 +93,16 @@ impl Hosted {
             stuck_logged: Mutex::new(None),
             promoting: Mutex::new(()),
             promoted: OnceLock::new(),
+            ballots: Arc::new(ballots),
+        }
+    }
+
+    /// How far the copy reaches, for an election: its last record's epoch, its next offset.
+    pub(super) fn standing(&self) -> Standing {
+        let copy = self.copy();
+        Standing {
+            epoch: copy.last_epoch().unwrap_or(0),
+            next: copy.next(),
         }
     }
 

@@ -122,6 +122,8 @@ fn message_name(message: &ToNode) -> &'static str {
         ToNode::Hash(_) => "Hash",
         ToNode::Read { .. } => "Read",
         ToNode::Grant { .. } => "Grant",
+        ToNode::Elect { .. } => "Elect",
+        ToNode::Lease { .. } => "Lease",
     }
 }
 

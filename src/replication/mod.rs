@@ -2,6 +2,7 @@
 //! (offsets, acks, the in-sync set, the high watermark, epochs), and snapshots for copies
 //! the log alone cannot bring up to date.
 
+mod ballot;
 mod channel;
 mod copy;
 mod hosted;
@@ -17,7 +18,9 @@ mod resync;
 mod session;
 mod stream;
 mod vote;
+mod voting;
 
+pub use ballot::{BALLOT_FILE, BallotBox, VoteError};
 pub use channel::{Channel, ChannelError, MESSAGE_MAX, Receiving};
 pub use copy::{CopyStatus, GATE_FILE, inspect as inspect_copy, load_key_file, load_peers};
 pub use key::VolumeKey;

@@ -14,6 +14,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tokio::net::{TcpListener, TcpStream};
 
+use super::ballot::{BALLOT_FILE, BallotBox, VoteError};
 use super::channel::{Admission, Channel, ChannelError};
 use super::copy::{CopyError, VolumeCopy, keep_key_file};
 use super::hosted::Hosted;
@@ -25,6 +26,7 @@ use super::promote::{
 };
 use super::protocol::{ToNode, ToPrimary, decode};
 use super::session::{Limits, SessionError, channel_send, refuse};
+use super::voting::{self, Voting};
 use super::{inspect, stream};
 use crate::config::NodeConfig;
 use crate::control::ControlSocket;
@@ -71,6 +73,14 @@ pub enum NodeError {
     /// The node's own directory is locked by another node, or unusable.
     #[error(transparent)]
     State(#[from] StateError),
+    /// A volume's ballot file cannot be read: voting without it could grant an epoch twice.
+    #[error("volume {volume}: {source}")]
+    Ballot {
+        /// The volume.
+        volume: String,
+        /// Why.
+        source: VoteError,
+    },
 }
 
 /// The node's own files (its lock and control socket), beside the copies: a volume id
@@ -103,6 +113,7 @@ pub fn serve(config: NodeConfig, signals: StopSignals) -> Result<(), NodeError> 
     let own = StateDir::open(&config.dir.join(NODE_DIR))?;
     let mut volumes = HashMap::new();
     let mut handed = HashMap::new();
+    let mut witnessed = HashMap::new();
     for volume in &config.volumes {
         let key = VolumeKey::read(&volume.key_file)?;
         let root = config.dir.join(volume.id.as_str());
@@ -110,6 +121,30 @@ pub fn serve(config: NodeConfig, signals: StopSignals) -> Result<(), NodeError> 
             volume: volume.id.to_string(),
             source,
         };
+        let ballots = |root: &Path| {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(root)
+                .map_err(|source| NodeError::Dir {
+                    path: root.to_path_buf(),
+                    source,
+                })?;
+            BallotBox::open(&root.join(BALLOT_FILE)).map_err(|source| NodeError::Ballot {
+                volume: volume.id.to_string(),
+                source,
+            })
+        };
+        if config.witness {
+            // A witness keeps no copy: only its votes.
+            let votes = Witnessed {
+                key,
+                plaintext: volume.plaintext,
+                ballots: Arc::new(ballots(&root)?),
+            };
+            witnessed.insert(volume.id.to_string(), votes);
+            continue;
+        }
         if let Some(epoch) = promoted_at(&root).map_err(failed)? {
             // A primary's state now, maybe in use: never opened as a copy again.
             tracing::warn!(volume = %volume.id, epoch, "the copy was promoted to primary here: not kept as a copy (its older primaries are fenced)");
@@ -144,13 +179,23 @@ pub fn serve(config: NodeConfig, signals: StopSignals) -> Result<(), NodeError> 
         copy.keep_hashes(Arc::clone(hashing.store()));
         tracing::info!(volume = %volume.id, next = copy.next(), "volume copy opened");
         let stuck = copy.stuck().cloned();
-        let hosted = Arc::new(Hosted::new(key, volume.plaintext, copy, hashing));
+        let hosted = Arc::new(Hosted::new(
+            key,
+            volume.plaintext,
+            copy,
+            hashing,
+            ballots(&root)?,
+        ));
         if let Some(stuck) = stuck {
             hosted.report_stuck(volume.id.as_str(), &stuck);
         }
         volumes.insert(volume.id.to_string(), hosted);
     }
-    let volumes = Arc::new(Kept { volumes, handed });
+    let volumes = Arc::new(Kept {
+        volumes,
+        handed,
+        witnessed,
+    });
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -185,7 +230,14 @@ pub fn serve(config: NodeConfig, signals: StopSignals) -> Result<(), NodeError> 
         let handler = promotions(Arc::clone(&listening), config.dir.clone());
         let _control = ControlSocket::serve_with(own.path(), status, Some(handler))
             .map_err(NodeError::Runtime)?;
-        tracing::info!(%address, volumes = listening.volumes.len(), "replica node serving");
+        match config.witness {
+            true => {
+                tracing::info!(%address, volumes = listening.witnessed.len(), "witness serving")
+            }
+            false => {
+                tracing::info!(%address, volumes = listening.volumes.len(), "replica node serving")
+            }
+        }
         let (stop, mut stopped) = tokio::sync::watch::channel(false);
         std::thread::Builder::new()
             .name("stop".to_string())
@@ -321,6 +373,15 @@ const ACCEPT_PAUSE: (Duration, Duration) = (Duration::from_millis(50), Duration:
 struct Kept {
     volumes: HashMap<String, Arc<Hosted>>,
     handed: HashMap<String, Handed>,
+    /// A witness's volumes: votes only.
+    witnessed: HashMap<String, Witnessed>,
+}
+
+/// A volume a witness votes for.
+struct Witnessed {
+    key: VolumeKey,
+    plaintext: bool,
+    ballots: Arc<BallotBox>,
 }
 
 /// A volume promoted to primary on this node before it started.
@@ -375,17 +436,22 @@ async fn session(stream: TcpStream, kept: &Kept, limits: &Limits) -> Result<(), 
     stream.set_nodelay(true).map_err(ChannelError::Io)?;
     let opening = async {
         let (volume, mut channel) = Channel::accept(stream, |id| {
-            match (kept.volumes.get(id), kept.handed.get(id)) {
-                (Some(hosted), _) => Ok(Admission {
-                    key: hosted.key.clone(),
-                    plaintext: hosted.plaintext,
-                }),
-                (None, Some(handed)) => Ok(Admission {
-                    key: handed.key.clone(),
-                    plaintext: handed.plaintext,
-                }),
-                (None, None) => Err(format!("volume {id:?} is not kept on this node")),
-            }
+            let (key, plaintext) = match (
+                kept.volumes.get(id),
+                kept.handed.get(id),
+                kept.witnessed.get(id),
+            ) {
+                (Some(hosted), _, _) => (&hosted.key, hosted.plaintext),
+                (None, Some(handed), _) => (&handed.key, handed.plaintext),
+                (None, None, Some(witnessed)) => (&witnessed.key, witnessed.plaintext),
+                (None, None, None) => {
+                    return Err(format!("volume {id:?} is not kept on this node"));
+                }
+            };
+            Ok(Admission {
+                key: key.clone(),
+                plaintext,
+            })
         })
         .await?;
         let first = channel.receive().await?;
@@ -394,6 +460,22 @@ async fn session(stream: TcpStream, kept: &Kept, limits: &Limits) -> Result<(), 
     let (volume, mut channel, first) = tokio::time::timeout(limits.handshake, opening)
         .await
         .map_err(|_| SessionError::Silent("opening a session", limits.handshake))??;
+    let first = decode(&first)?;
+    if let Some(witnessed) = kept.witnessed.get(&volume) {
+        let voting = Voting {
+            ballots: Arc::clone(&witnessed.ballots),
+            own: None,
+        };
+        return match first {
+            ToNode::Elect { .. } | ToNode::Lease { .. } => {
+                voting::serve(voting, &volume, channel, first, limits).await
+            }
+            _ => {
+                let reason = "a witness answers only Elect and Lease".to_string();
+                Err(refuse(&mut channel, reason).await)
+            }
+        };
+    }
     let promoted = match kept.volumes.get(&volume) {
         Some(hosted) => hosted.promoted(),
         None => kept.handed.get(&volume).map(|handed| handed.epoch),
@@ -402,11 +484,19 @@ async fn session(stream: TcpStream, kept: &Kept, limits: &Limits) -> Result<(), 
         return Err(answer_promoted(&mut channel, &volume, &first, promoted).await);
     }
     let hosted = Arc::clone(&kept.volumes[&volume]);
-    let (epoch, peers) = match decode(&first)? {
+    let (epoch, peers) = match first {
         ToNode::Open { epoch, peers, .. } => (epoch, peers),
         ToNode::Inspect => return inspect::serve(&hosted, &volume, channel).await,
+        ToNode::Elect { .. } | ToNode::Lease { .. } => {
+            let standing = Arc::clone(&hosted);
+            let voting = Voting {
+                ballots: Arc::clone(&hosted.ballots),
+                own: Some(Box::new(move || standing.standing())),
+            };
+            return voting::serve(voting, &volume, channel, first, limits).await;
+        }
         _ => {
-            let reason = "the first message must be Open or Inspect".to_string();
+            let reason = "the first message must be Open, Inspect, Elect or Lease".to_string();
             return Err(refuse(&mut channel, reason).await);
         }
     };
@@ -419,18 +509,18 @@ async fn session(stream: TcpStream, kept: &Kept, limits: &Limits) -> Result<(), 
 async fn answer_promoted(
     channel: &mut Channel<TcpStream>,
     volume: &str,
-    first: &[u8],
+    first: &ToNode,
     promoted: u32,
 ) -> SessionError {
     // A promotion of another copy asks where this one reaches: it is told this one is a
     // primary now, at `promoted`.
-    if let Ok(ToNode::Inspect) = decode(first) {
+    if let ToNode::Inspect = first {
         return match channel_send(channel, &ToPrimary::Fenced { epoch: promoted }).await {
             Ok(()) => SessionError::Refused(format!("promoted here at epoch {promoted}")),
             Err(error) => error.into(),
         };
     }
-    if let Ok(ToNode::Open { epoch, .. }) = decode(first)
+    if let ToNode::Open { epoch, .. } = *first
         && epoch < promoted
     {
         tracing::warn!(%volume, epoch, promoted, "a primary of an older epoch refused: it is fenced");

@@ -10,6 +10,8 @@ use crate::log::{Log, LogError, LogPath, Op, Record};
 use crate::manifest::Entry;
 use crate::manifest::FileHashes;
 
+use super::vote::Standing;
+
 /// Why a message could not be decoded.
 #[derive(Debug, thiserror::Error)]
 #[error("malformed message: {0}")]
@@ -143,6 +145,29 @@ pub enum ToNode {
         /// The name of the replica whose copy is being promoted.
         candidate: String,
     },
+    /// First, or next in a vote session (automatic failover, to a replica node or a
+    /// witness): elect `candidate`, whose copy reaches `standing`, primary at `epoch`:
+    /// `Voted`, or `Refuse` saying why not.
+    Elect {
+        /// The epoch asked for.
+        epoch: u32,
+        /// The member asking.
+        candidate: String,
+        /// How far its copy reaches.
+        standing: Standing,
+    },
+    /// First, or next in a vote session: a lease of `length_ms` for `holder`, primary of
+    /// `epoch`: `Leased`, or `Refuse`.
+    Lease {
+        /// The primary's epoch.
+        epoch: u32,
+        /// The primary's member name.
+        holder: String,
+        /// How far its log reaches.
+        standing: Standing,
+        /// The lease's length, in milliseconds.
+        length_ms: u64,
+    },
 }
 
 /// What a replica node answers.
@@ -236,6 +261,10 @@ pub enum ToPrimary {
     },
     /// The epoch asked for is granted to the promotion that asked.
     Granted,
+    /// The election asked for has this voter's vote.
+    Voted,
+    /// The lease asked for is granted.
+    Leased,
 }
 
 /// One file of a `Hashed` answer.

@@ -210,11 +210,14 @@ pub(super) async fn serve(
                 }
                 answered
             }
-            ToNode::Inspect | ToNode::Walk { .. } | ToNode::Read { .. } | ToNode::Grant { .. } => {
-                ToPrimary::Refuse {
-                    reason: "a verify request in a streaming session".to_string(),
-                }
-            }
+            ToNode::Inspect
+            | ToNode::Walk { .. }
+            | ToNode::Read { .. }
+            | ToNode::Grant { .. }
+            | ToNode::Elect { .. }
+            | ToNode::Lease { .. } => ToPrimary::Refuse {
+                reason: "a verify request in a streaming session".to_string(),
+            },
             ToNode::SnapshotBegin {
                 offset,
                 epoch,

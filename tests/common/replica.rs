@@ -22,6 +22,8 @@ pub struct Node {
     volumes: Vec<(String, PathBuf)>,
     /// The network namespace it runs in, if not this one.
     netns: Option<String>,
+    /// "replica", or "witness" for a witness (votes only).
+    role: &'static str,
 }
 
 impl Node {
@@ -42,8 +44,29 @@ impl Node {
         Node::start_configured(netns, scratch, listen, volumes, "")
     }
 
+    /// A witness (`mirrorfs witness serve`) inside `netns`, if given, voting for `volumes`.
+    pub fn witness(
+        netns: Option<&str>,
+        scratch: &Path,
+        listen: &str,
+        volumes: &[(&str, &Path)],
+    ) -> Node {
+        Node::spawn("witness", netns, scratch, listen, volumes, "")
+    }
+
     /// [`Node::start_in`] with `settings` (lines of a node config file) as well.
     pub fn start_configured(
+        netns: Option<&str>,
+        scratch: &Path,
+        listen: &str,
+        volumes: &[(&str, &Path)],
+        settings: &str,
+    ) -> Node {
+        Node::spawn("replica", netns, scratch, listen, volumes, settings)
+    }
+
+    fn spawn(
+        role: &'static str,
         netns: Option<&str>,
         scratch: &Path,
         listen: &str,
@@ -61,7 +84,7 @@ impl Node {
             None => Command::new(super::binary()),
         };
         command
-            .args(["replica", "serve", "--listen", listen, "--dir"])
+            .args([role, "serve", "--listen", listen, "--dir"])
             .arg(&dir);
         for (id, key) in volumes {
             command
@@ -91,6 +114,7 @@ impl Node {
                 .map(|(id, key)| (id.to_string(), key.to_path_buf()))
                 .collect(),
             netns: netns.map(str::to_string),
+            role,
         };
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
@@ -152,11 +176,13 @@ impl Node {
             .iter()
             .map(|(id, key)| (id.as_str(), key.as_path()))
             .collect();
-        let mut again = Node::start_in(
+        let mut again = Node::spawn(
+            self.role,
             self.netns.as_deref(),
             &self.scratch,
             &self.address,
             &borrowed,
+            "",
         );
         self.child = again.child.take();
     }

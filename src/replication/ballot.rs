@@ -1,0 +1,176 @@
+//! A voter's box: the [`Voter`] of one volume on a replica node or a witness, with its
+//! ballot kept in a file (`DIR/<volume>/ballot`), written durably before any answer that
+//! depends on it, so a restarted voter never grants an epoch twice.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use crate::durable;
+
+use super::vote::{Ballot, Standing, Voter};
+
+/// The ballot file's name in a volume's directory.
+pub const BALLOT_FILE: &str = "ballot";
+
+/// What the file holds: the ballot, and the longest lease ever granted (a restarted voter
+/// grants no new epoch for that long).
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Saved {
+    ballot: Option<Ballot>,
+    lease_max_ms: u64,
+}
+
+/// One volume's votes.
+#[derive(Debug)]
+pub struct BallotBox {
+    path: PathBuf,
+    state: Mutex<State>,
+}
+
+#[derive(Debug)]
+struct State {
+    voter: Voter,
+    /// The longest lease granted, as saved.
+    lease_max_ms: u64,
+    /// A save failed: the voter in memory may hold a grant the file lacks, so it answers
+    /// nothing more (a restart reads the file again).
+    broken: bool,
+}
+
+/// Why a vote could not be given: refused, or not made durable.
+#[derive(Debug, thiserror::Error)]
+pub enum VoteError {
+    /// The voter's rules say no.
+    #[error("{0}")]
+    Refused(#[from] super::vote::Refusal),
+    /// The ballot could not be saved: nothing was granted.
+    #[error("cannot save the ballot {path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: io::Error,
+    },
+}
+
+impl BallotBox {
+    /// Opens the box whose file is `path` (none yet: an empty ballot). A ballot file that
+    /// cannot be read refuses the start: granting without it could grant an epoch twice.
+    pub fn open(path: &Path) -> Result<BallotBox, VoteError> {
+        let io_error = |source| VoteError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        let saved: Saved = match std::fs::read(path) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map_err(|error| io_error(io::Error::new(io::ErrorKind::InvalidData, error)))?,
+            Err(error) if error.kind() == io::ErrorKind::NotFound => Saved::default(),
+            Err(error) => return Err(io_error(error)),
+        };
+        let quiet = Duration::from_millis(saved.lease_max_ms);
+        Ok(BallotBox {
+            path: path.to_path_buf(),
+            state: Mutex::new(State {
+                voter: Voter::new(saved.ballot, Instant::now(), quiet),
+                lease_max_ms: saved.lease_max_ms,
+                broken: false,
+            }),
+        })
+    }
+
+    /// The state, unless a save failed.
+    fn state(&self) -> Result<MutexGuard<'_, State>, VoteError> {
+        let state = self
+            .state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        match state.broken {
+            false => Ok(state),
+            true => Err(VoteError::Io {
+                path: self.path.clone(),
+                source: io::Error::other("an earlier save failed; restart the voter"),
+            }),
+        }
+    }
+
+    /// `candidate`, reaching `standing`, asks for epoch `epoch`; `own` is this voter's copy's
+    /// standing (none for a witness).
+    pub fn elect(
+        &self,
+        epoch: u32,
+        candidate: &str,
+        standing: Standing,
+        own: Option<Standing>,
+    ) -> Result<(), VoteError> {
+        let mut state = self.state()?;
+        let before = state.voter.ballot().cloned();
+        state
+            .voter
+            .elect(Instant::now(), epoch, candidate, standing, own)?;
+        self.save_if_changed(&mut state, before.as_ref())
+    }
+
+    /// `holder`, primary of `epoch` reaching `standing`, asks for a lease of `length`.
+    pub fn lease(
+        &self,
+        epoch: u32,
+        holder: &str,
+        standing: Standing,
+        length: Duration,
+    ) -> Result<(), VoteError> {
+        let mut state = self.state()?;
+        let before = state.voter.ballot().cloned();
+        // The longest lease is saved before it is granted: a restart must wait it out.
+        let length_ms = length.as_millis() as u64;
+        if length_ms > state.lease_max_ms {
+            self.save(state.voter.ballot(), length_ms)?;
+            state.lease_max_ms = length_ms;
+        }
+        state
+            .voter
+            .lease_for(Instant::now(), epoch, holder, standing, length)?;
+        self.save_if_changed(&mut state, before.as_ref())
+    }
+
+    /// The ballot, and the lease this voter granted while it runs (holder, epoch, left).
+    pub fn shown(&self) -> (Option<Ballot>, Option<(String, u32, Duration)>) {
+        let state = self
+            .state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let lease = state
+            .voter
+            .lease(Instant::now())
+            .map(|(holder, epoch, left)| (holder.to_string(), epoch, left));
+        (state.voter.ballot().cloned(), lease)
+    }
+
+    /// Saves the ballot if the vote changed it; a failed save breaks the box.
+    fn save_if_changed(&self, state: &mut State, before: Option<&Ballot>) -> Result<(), VoteError> {
+        if state.voter.ballot() == before {
+            return Ok(());
+        }
+        let saved = self.save(state.voter.ballot(), state.lease_max_ms);
+        state.broken = saved.is_err();
+        saved
+    }
+
+    fn save(&self, ballot: Option<&Ballot>, lease_max_ms: u64) -> Result<(), VoteError> {
+        let saved = Saved {
+            ballot: ballot.cloned(),
+            lease_max_ms,
+        };
+        let text = serde_json::to_string(&saved).map_err(|error| VoteError::Io {
+            path: self.path.clone(),
+            source: io::Error::other(error),
+        })?;
+        durable::replace(&self.path, format!("{text}\n")).map_err(|source| VoteError::Io {
+            path: self.path.clone(),
+            source,
+        })
+    }
+}

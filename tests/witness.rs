@@ -1,0 +1,182 @@
+//! Voters for automatic failover (issue 16) as real processes over real TCP: a witness and
+//! a replica node grant each epoch once, hold to the leases they granted (across a kill -9
+//! and restart too), and refuse what the rules refuse, saying why.
+
+mod common;
+
+use std::fs;
+use std::time::{Duration, Instant};
+
+use common::replica::{Node, key_file, peers, sample_records as records};
+use mirrorfs::replication::{
+    Channel, ChannelError, Standing, ToNode, ToPrimary, VolumeKey, decode_message as decode,
+    encode_message as encode,
+};
+use tokio::net::TcpStream;
+
+async fn connect(node: &Node, key: &VolumeKey) -> Result<Channel<TcpStream>, ChannelError> {
+    let stream = TcpStream::connect(&node.address).await.unwrap();
+    Channel::connect(stream, "vol", key, false).await
+}
+
+/// One question on a connection of its own; the answer.
+async fn ask(node: &Node, key: &VolumeKey, message: ToNode) -> ToPrimary {
+    let mut channel = connect(node, key).await.unwrap();
+    channel.send(&encode(&message)).await.unwrap();
+    decode(&channel.receive().await.unwrap()).unwrap()
+}
+
+fn standing(epoch: u32, next: u64) -> Standing {
+    Standing { epoch, next }
+}
+
+fn elect(epoch: u32, candidate: &str, reach: Standing) -> ToNode {
+    ToNode::Elect {
+        epoch,
+        candidate: candidate.to_string(),
+        standing: reach,
+    }
+}
+
+fn lease(epoch: u32, holder: &str, length: Duration) -> ToNode {
+    ToNode::Lease {
+        epoch,
+        holder: holder.to_string(),
+        standing: standing(epoch, 10),
+        length_ms: length.as_millis() as u64,
+    }
+}
+
+/// The reason of a refusal; panics on anything else.
+fn refused(answer: ToPrimary) -> String {
+    match answer {
+        ToPrimary::Refuse { reason } => reason,
+        other => panic!("not refused: {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_witness_grants_each_epoch_once_and_holds_to_its_leases_across_a_restart() {
+    const LEASE: Duration = Duration::from_secs(2);
+    let scratch = common::scratch();
+    let (key_path, key) = key_file(scratch.path(), "vol.key");
+    let mut witness = Node::witness(None, scratch.path(), "127.0.0.1:0", &[("vol", &key_path)]);
+
+    // p, primary of epoch 1, takes a lease and renews it on one connection.
+    let mut channel = connect(&witness, &key).await.unwrap();
+    for _ in 0..2 {
+        channel.send(&encode(&lease(1, "p", LEASE))).await.unwrap();
+        let answer: ToPrimary = decode(&channel.receive().await.unwrap()).unwrap();
+        assert_eq!(answer, ToPrimary::Leased);
+    }
+    drop(channel);
+    // While it runs, no election.
+    let why = refused(ask(&witness, &key, elect(2, "r1", standing(1, 10))).await);
+    assert!(why.contains("lease of p (epoch 1)"), "{why}");
+
+    // Killed and restarted: it remembers the epoch it granted, and waits a whole lease
+    // before it grants a new one (it cannot know when the one it granted ends).
+    witness.kill();
+    witness.restart();
+    let why = refused(ask(&witness, &key, lease(1, "q", LEASE)).await);
+    assert!(why.contains("granted to p"), "{why}");
+    let why = refused(ask(&witness, &key, elect(2, "r1", standing(1, 10))).await);
+    assert!(why.contains("restarted"), "{why}");
+    let restarted = Instant::now();
+
+    // Then: epoch 2 to r1; not to r2, no further; the old primary's renewal is refused.
+    let voted = loop {
+        match ask(&witness, &key, elect(2, "r1", standing(1, 10))).await {
+            ToPrimary::Voted => break restarted.elapsed(),
+            answer => {
+                let why = refused(answer);
+                assert!(why.contains("restarted"), "{why}");
+                assert!(restarted.elapsed() < LEASE * 3, "{why}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    assert!(voted >= LEASE / 2, "voted {voted:?} after the restart");
+    let why = refused(ask(&witness, &key, elect(2, "r2", standing(1, 10))).await);
+    assert!(why.contains("epoch 2 was granted to r1"), "{why}");
+    let why = refused(ask(&witness, &key, lease(1, "p", LEASE)).await);
+    assert!(why.contains("epoch 2 was granted already"), "{why}");
+    assert_eq!(
+        ask(&witness, &key, lease(2, "r1", LEASE)).await,
+        ToPrimary::Leased
+    );
+
+    // It wrote nothing but its own files and the volume's ballot.
+    let mut entries: Vec<String> = fs::read_dir(&witness.dir)
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    entries.sort();
+    assert_eq!(entries, [".node", "vol"]);
+    let ballot = fs::read_to_string(witness.dir.join("vol/ballot")).unwrap();
+    assert!(
+        ballot.contains("\"epoch\":2") && ballot.contains("\"to\":\"r1\""),
+        "{ballot}"
+    );
+}
+
+#[tokio::test]
+async fn a_witness_refuses_what_is_not_a_vote_and_anyone_without_the_key() {
+    let scratch = common::scratch();
+    let (key_path, key) = key_file(scratch.path(), "vol.key");
+    let (_, other_key) = key_file(scratch.path(), "other.key");
+    let witness = Node::witness(None, scratch.path(), "127.0.0.1:0", &[("vol", &key_path)]);
+    let wrong = connect(&witness, &other_key).await;
+    assert!(
+        matches!(wrong, Err(ChannelError::Authentication(_))),
+        "{wrong:?}"
+    );
+    let open = ToNode::Open {
+        epoch: 1,
+        log_start: 0,
+        log_end: 0,
+        peers: peers("r0", "127.0.0.1:1"),
+    };
+    let why = refused(ask(&witness, &key, open).await);
+    assert!(why.contains("only Elect and Lease"), "{why}");
+    let why = refused(ask(&witness, &key, ToNode::Inspect).await);
+    assert!(why.contains("only Elect and Lease"), "{why}");
+    // Still voting.
+    assert_eq!(
+        ask(&witness, &key, elect(1, "r1", standing(0, 0))).await,
+        ToPrimary::Voted
+    );
+}
+
+/// A replica node votes too, and refuses a candidate whose copy is behind its own.
+#[tokio::test]
+async fn a_replica_node_votes_only_for_a_candidate_as_far_as_its_own_copy() {
+    let scratch = common::scratch();
+    let (key_path, key) = key_file(scratch.path(), "vol.key");
+    let node = Node::start(scratch.path(), "127.0.0.1:0", &[("vol", &key_path)]);
+    let mut primary = connect(&node, &key).await.unwrap();
+    let open = ToNode::Open {
+        epoch: 1,
+        log_start: 0,
+        log_end: 0,
+        peers: peers("r0", "127.0.0.1:1"),
+    };
+    primary.send(&encode(&open)).await.unwrap();
+    let _position: ToPrimary = decode(&primary.receive().await.unwrap()).unwrap();
+    let batch = ToNode::Records {
+        records: records(0),
+        high_watermark: 3,
+    };
+    primary.send(&encode(&batch)).await.unwrap();
+    let acked: ToPrimary = decode(&primary.receive().await.unwrap()).unwrap();
+    assert_eq!(acked, ToPrimary::Ack { next: 3 });
+    drop(primary);
+
+    let why = refused(ask(&node, &key, elect(2, "r9", standing(1, 2))).await);
+    assert!(why.contains("behind this voter's"), "{why}");
+    assert_eq!(
+        ask(&node, &key, elect(2, "r9", standing(1, 3))).await,
+        ToPrimary::Voted
+    );
+    assert!(node.dir.join("vol/ballot").exists());
+}
