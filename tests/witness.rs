@@ -99,8 +99,11 @@ async fn a_witness_grants_each_epoch_once_and_holds_to_its_leases_across_a_resta
     assert!(voted >= LEASE / 2, "voted {voted:?} after the restart");
     let why = refused(ask(&witness, &key, elect(2, "r2", standing(1, 10))).await);
     assert!(why.contains("epoch 2 was granted to r1"), "{why}");
-    let why = refused(ask(&witness, &key, lease(1, "p", LEASE)).await);
-    assert!(why.contains("epoch 2 was granted already"), "{why}");
+    // The old primary, renewing, is told it is deposed, as a replica tells it (fenced).
+    assert_eq!(
+        ask(&witness, &key, lease(1, "p", LEASE)).await,
+        ToPrimary::Fenced { epoch: 2 }
+    );
     assert_eq!(
         ask(&witness, &key, lease(2, "r1", LEASE)).await,
         ToPrimary::Leased
@@ -179,4 +182,106 @@ async fn a_replica_node_votes_only_for_a_candidate_as_far_as_its_own_copy() {
         ToPrimary::Voted
     );
     assert!(node.dir.join("vol/ballot").exists());
+}
+
+/// Writes `name` with fsync through `mount`: Ok, or the errno of the step that failed.
+fn synced_write(mount: &common::Mount, name: &str) -> Result<(), i32> {
+    use std::io::Write;
+    let mut file = fs::File::create(mount.path(name)).map_err(|e| e.raw_os_error().unwrap())?;
+    file.write_all(b"leased")
+        .map_err(|e| e.raw_os_error().unwrap())?;
+    file.sync_all().map_err(|e| e.raw_os_error().unwrap())
+}
+
+/// With automatic failover, the primary (P) takes changes only while a majority of the
+/// voters (P, its replica R1, a witness W) grants its lease: with R1 cut off P and W are
+/// two of three and it goes on; with W cut off too its lease runs out within the lease's
+/// length and changes fail with EROFS (fsync EIO); once W is back it holds the lease again.
+#[test]
+fn a_primary_takes_changes_only_while_a_majority_grants_its_lease() {
+    use common::netns::Link;
+    let scratch = common::scratch();
+    let (key_path, _) = key_file(scratch.path(), "vol.key");
+    let links = [Link::new(), Link::new()];
+    for dir in ["r1", "w"] {
+        fs::create_dir(scratch.path().join(dir)).unwrap();
+    }
+    let replica = Node::start_in(
+        Some(&links[0].name),
+        &scratch.path().join("r1"),
+        &format!("{}:7071", links[0].address),
+        &[("vol", &key_path)],
+    );
+    let witness = Node::witness(
+        Some(&links[1].name),
+        &scratch.path().join("w"),
+        &format!("{}:7080", links[1].address),
+        &[("vol", &key_path)],
+    );
+    let settings = format!(
+        "acks = \"none\"\n[failover]\nmode = \"auto\"\nlease = \"2s\"\nname = \"p\"\n\
+         [[failover.witnesses]]\nname = \"w\"\naddress = \"{}\"\n",
+        witness.address
+    );
+    let mount = common::replica::replicated_mount("vol", &key_path, &[&replica], &settings);
+    assert_eq!(synced_write(&mount, "all-up"), Ok(()));
+
+    links[0].cut();
+    for n in 0..5 {
+        assert_eq!(
+            synced_write(&mount, &format!("r1-away-{n}")),
+            Ok(()),
+            "{}",
+            mount.log()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+
+    // Alone: the lease (2 s, counted as 2 s / 1.1² here) runs out, and P says why.
+    let mut open = fs::OpenOptions::new()
+        .append(true)
+        .open(mount.path("all-up"))
+        .unwrap();
+    links[1].cut();
+    let cut = Instant::now();
+    let refused = loop {
+        match synced_write(&mount, "alone") {
+            Err(errno) => break errno,
+            Ok(()) => {
+                assert!(
+                    cut.elapsed() < Duration::from_secs(4),
+                    "still taking changes"
+                );
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    };
+    eprintln!("changes refused {:?} after the cut", cut.elapsed());
+    assert_eq!(refused, libc::EROFS);
+    assert!(
+        cut.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        cut.elapsed()
+    );
+    let error = std::io::Write::write_all(&mut open, b"x")
+        .and_then(|()| open.sync_all())
+        .unwrap_err();
+    assert!(
+        matches!(error.raw_os_error(), Some(libc::EROFS | libc::EIO)),
+        "{error}"
+    );
+    assert!(
+        mount.log().contains("lease was not renewed"),
+        "{}",
+        mount.log()
+    );
+
+    // W back: P and W are a majority again.
+    links[1].restore();
+    let back = Instant::now();
+    while synced_write(&mount, "w-back").is_err() {
+        assert!(back.elapsed() < Duration::from_secs(10), "{}", mount.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    links[0].restore();
 }

@@ -11,7 +11,10 @@ use crate::config::Config;
 use crate::log::{Fence, LogPath};
 use crate::manifest::Hashing;
 use crate::origin::{HoldError, Origin};
-use crate::replication::{Replication, ReplicationError};
+use crate::replication::{
+    BALLOT_FILE, BallotBox, LeaseKeeper, LeaseSetup, Replication, ReplicationError, Standing,
+    VolumeKey,
+};
 use crate::vfs::Volume;
 use crate::write::Follower;
 use crate::write::Journal;
@@ -27,6 +30,76 @@ pub fn fenced(id: &str, fence: &Fence) -> CliError {
     CliError::Failure(format!(
         "volume {id} is {fence}: a replica was promoted, and this copy is behind it; rejoin it as a replica of the new primary"
     ))
+}
+
+/// With automatic failover, starts renewing the primary's lease with the voters (its own
+/// ballot in `state_dir`, the replicas, the witnesses): changes are taken only while it is
+/// held (docs/design.md 9.8). Returns once the first round is over.
+fn hold_lease(
+    config: &Config,
+    state_dir: &Path,
+    journal: &Journal,
+    replication: &Arc<Replication>,
+) -> Result<(), CliError> {
+    let (failover, Some(settings)) = (&config.failover, &config.replication) else {
+        return Ok(());
+    };
+    if let Some(why) = &failover.auto_off {
+        if failover.mode == crate::config::FailoverMode::Auto {
+            tracing::warn!(volume = %config.volume.id, "{why}");
+        }
+        return Ok(());
+    }
+    if !failover.is_auto() {
+        return Ok(());
+    }
+    let failed = |error: &dyn std::fmt::Display| CliError::Failure(error.to_string());
+    let key = VolumeKey::read(&settings.key_file).map_err(|e| CliError::Usage(e.to_string()))?;
+    let own = BallotBox::open(&state_dir.join(BALLOT_FILE)).map_err(|e| failed(&e))?;
+    let log = Arc::clone(journal.snapshot_source().log());
+    let setup = LeaseSetup {
+        volume: config.volume.id.to_string(),
+        name: failover.name.clone().unwrap_or_else(host_name),
+        epoch: log.epoch(),
+        voters: settings
+            .replicas
+            .iter()
+            .chain(&failover.witnesses)
+            .cloned()
+            .collect(),
+        key,
+        plaintext: settings.plaintext,
+        own,
+        failover: failover.clone(),
+    };
+    let deposing = Arc::downgrade(replication);
+    let keeper = LeaseKeeper::start(
+        setup,
+        move || Standing {
+            epoch: log.epoch(),
+            next: log.next_offset(),
+        },
+        move |epoch, by| {
+            if let Some(replication) = deposing.upgrade() {
+                replication.deposed(epoch, by);
+            }
+        },
+    )
+    .map_err(|e| failed(&format!("cannot start the lease keeper: {e}")))?;
+    replication.keep_lease(keeper);
+    Ok(())
+}
+
+/// The machine's host name: a primary's default name among the voters.
+fn host_name() -> String {
+    let mut buffer = [0u8; 256];
+    // SAFETY: the buffer and its length match; the result is checked.
+    let result = unsafe { libc::gethostname(buffer.as_mut_ptr().cast(), buffer.len()) };
+    let end = buffer.iter().position(|&b| b == 0).unwrap_or(buffer.len());
+    match result {
+        0 => String::from_utf8_lossy(&buffer[..end]).into_owned(),
+        _ => "primary".to_string(),
+    }
 }
 
 /// A volume's parts, running.
@@ -153,6 +226,9 @@ pub fn open_recording(
     };
     if let (Some(replication), Some(hashing)) = (&replication, &hashing) {
         replication.keep_hashes(Arc::clone(hashing.store()));
+    }
+    if let Some(replication) = &replication {
+        hold_lease(config, state_dir, &journal, replication)?;
     }
     Ok(Recording {
         journal,

@@ -38,6 +38,8 @@ pub struct RawFailover {
     /// Voters that keep no copy, only their votes (`mirrorfs witness serve`).
     #[serde(default)]
     pub witnesses: Vec<RawReplica>,
+    /// This primary's name among the voters (default: the machine's host name).
+    pub name: Option<String>,
 }
 
 /// The validated `[failover]` section.
@@ -57,6 +59,8 @@ pub struct FailoverConfig {
     pub witnesses: Vec<super::Replica>,
     /// Every voter: the primary itself, the replica nodes and the witnesses.
     pub voters: usize,
+    /// See [`RawFailover::name`]; the command fills in the host name when it is not given.
+    pub name: Option<String>,
 }
 
 /// Default lease.
@@ -131,6 +135,21 @@ pub(super) fn resolve(
         replicas,
     )?;
     let voters = 1 + replicas.len() + witnesses.len();
+    if let Some(name) = &raw.name {
+        if let Err(reason) = super::VolumeId::new(name) {
+            return Err(invalid("failover.name", reason));
+        }
+        if replicas
+            .iter()
+            .chain(&witnesses)
+            .any(|member| &member.name == name)
+        {
+            return Err(invalid(
+                "failover.name",
+                format!("{name:?} names a replica or a witness too"),
+            ));
+        }
+    }
     let auto_off = (mode == FailoverMode::Auto && voters < VOTERS_FOR_AUTO).then(|| {
         format!(
             "automatic failover is off: {voters} voter(s) (this primary and its replicas and witnesses) cannot keep a majority when one is lost; add a witness ([[failover.witnesses]], mirrorfs witness serve)"
@@ -144,5 +163,6 @@ pub(super) fn resolve(
         unclean: raw.unclean.unwrap_or(false),
         witnesses,
         voters,
+        name: raw.name.clone(),
     })
 }

@@ -33,6 +33,8 @@ use crate::config::{OnInsufficient, ReplicationConfig};
 use crate::hooks::Moment;
 use crate::log::{Fence, Log, LogError, Op, Record, Records};
 use crate::manifest::HashStore;
+
+use super::lease::LeaseKeeper;
 use crate::tree::WalkError;
 use crate::tree::{WalkStats, to_ops};
 use crate::write::SnapshotSource;
@@ -208,6 +210,11 @@ pub struct Replication {
     log: Arc<Log>,
     shared: Arc<Shared>,
     runtime: Mutex<Option<tokio::runtime::Runtime>>,
+    /// The volume, and the hook run when this primary is fenced.
+    volume: String,
+    on_fenced: Option<String>,
+    /// With automatic failover: the primary's lease, without which it takes nothing.
+    lease: std::sync::OnceLock<LeaseKeeper>,
 }
 
 /// The log's retention for the replicas.
@@ -304,11 +311,21 @@ impl Follower for Replication {
         self.wait(end, interrupted).map_err(|error| match error {
             ReplicationError::Interrupted => FollowError::Interrupted,
             other => FollowError::Unheld(other.to_string()),
-        })
+        })?;
+        // Acknowledged only under a held lease: one that ran out while the replicas were
+        // waited for acknowledges nothing (docs/design.md 9.8).
+        match self.refuses() {
+            Some(why) => Err(FollowError::Unheld(why)),
+            None => Ok(()),
+        }
     }
 
     fn stopping(&self) {
         self.cancel_waits();
+    }
+
+    fn refuses(&self) -> Option<String> {
+        self.lease.get().and_then(LeaseKeeper::why_not)
     }
 }
 
@@ -407,7 +424,37 @@ impl Replication {
             log,
             shared,
             runtime: Mutex::new(Some(runtime)),
+            volume: volume.to_string(),
+            on_fenced: config.on_fenced.clone(),
+            lease: std::sync::OnceLock::new(),
         }))
+    }
+
+    /// Takes changes only while `keeper` holds the primary's lease (automatic failover).
+    pub fn keep_lease(&self, keeper: LeaseKeeper) {
+        let _ = self.lease.set(keeper);
+    }
+
+    /// How the lease stands, with automatic failover: the time it is held for from now
+    /// (none when it is not), and the voters that granted its last round.
+    pub fn lease(&self) -> Option<(Option<Duration>, usize)> {
+        self.lease.get().map(LeaseKeeper::shown)
+    }
+
+    /// A voter granted epoch `epoch`, newer than this primary's: it is fenced, as when a
+    /// replica says so.
+    pub fn deposed(&self, epoch: u32, by: &str) {
+        let fence = Fence {
+            epoch,
+            by: by.to_string(),
+        };
+        fence_primary(
+            &self.shared,
+            &self.log,
+            &self.volume,
+            self.on_fenced.as_deref(),
+            fence,
+        );
     }
 
     /// Records were appended to the log: senders waiting for them go on.
@@ -572,6 +619,9 @@ impl Replication {
 
     /// Stops the senders (records not yet sent stay in the log for the next mount).
     pub fn shutdown(&self) {
+        if let Some(lease) = self.lease.get() {
+            lease.stop();
+        }
         self.shared.stopping.store(true, Ordering::SeqCst);
         self.shared.appended.notify_waiters();
         let runtime = self
@@ -583,6 +633,29 @@ impl Replication {
             runtime.shutdown_timeout(Duration::from_secs(2));
         }
     }
+}
+
+/// A newer primary exists (a replica or a voter said so): the log is fenced (durably: a
+/// restart stays fenced), `on_fenced` runs, every sender stops, and every fsync waiting for
+/// replicas fails.
+fn fence_primary(shared: &Shared, log: &Log, volume: &str, on_fenced: Option<&str>, fence: Fence) {
+    let epoch = fence.epoch;
+    tracing::error!(%fence, "this primary is fenced: it takes no more changes (EROFS); rejoin it as a replica of the new primary");
+    if let Err(error) = log.fence_by(fence) {
+        tracing::error!(%error, "the fence could not be kept on disk; the mount still refuses changes until it stops");
+    }
+    if let Some(hook) = on_fenced {
+        let moment = Moment {
+            volume,
+            epoch,
+            role: "fenced",
+        };
+        crate::hooks::spawn(hook, moment);
+    }
+    shared.stopping.store(true, Ordering::SeqCst);
+    shared.appended.notify_waiters();
+    shared.waits_cancelled.store(true, Ordering::SeqCst);
+    shared.changed.notify_all();
 }
 
 /// Counts one waiting fsync for as long as it lives.
@@ -679,29 +752,14 @@ impl Sender {
     }
 
     /// A replica has accepted a newer epoch: another primary was promoted, and this one
-    /// must take no more changes. The log is fenced (durably: a restart stays fenced),
-    /// every sender stops, and every fsync waiting for replicas fails.
+    /// must take no more changes.
     fn fenced(&self, epoch: u32) {
         let fence = Fence {
             epoch,
             by: self.replica.name.clone(),
         };
-        tracing::error!(%fence, "this primary is fenced: it takes no more changes (EROFS); rejoin it as a replica of the new primary");
-        if let Err(error) = self.log().fence_by(fence) {
-            tracing::error!(%error, "the fence could not be kept on disk; the mount still refuses changes until it stops");
-        }
-        if let Some(hook) = &self.peers.on_fenced {
-            let moment = Moment {
-                volume: &self.volume,
-                epoch,
-                role: "fenced",
-            };
-            crate::hooks::spawn(hook, moment);
-        }
-        self.shared.stopping.store(true, Ordering::SeqCst);
-        self.shared.appended.notify_waiters();
-        self.shared.waits_cancelled.store(true, Ordering::SeqCst);
-        self.shared.changed.notify_all();
+        let hook = self.peers.on_fenced.as_deref();
+        fence_primary(&self.shared, self.log(), &self.volume, hook, fence);
     }
 
     /// Where this log's history parts from the copy `position` describes, if the copy

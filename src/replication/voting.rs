@@ -8,11 +8,11 @@ use std::time::Duration;
 
 use tokio::net::TcpStream;
 
-use super::ballot::BallotBox;
+use super::ballot::{BallotBox, VoteError};
 use super::channel::{Channel, ChannelError};
 use super::protocol::{ToNode, ToPrimary, decode};
 use super::session::{Limits, SessionError, channel_send, refuse};
-use super::vote::Standing;
+use super::vote::{Refusal, Standing};
 
 /// What a voter answers from: its ballot box, and how far its own copy reaches (a
 /// witness has none).
@@ -94,6 +94,11 @@ async fn answer(
             Ok(
                 match voting.ballots.lease(epoch, &holder, standing, length) {
                     Ok(()) => ToPrimary::Leased,
+                    // A newer epoch was granted: the asker is deposed, as a replica tells
+                    // an older primary (9.6).
+                    Err(VoteError::Refused(Refusal::Stale { granted, .. })) => {
+                        ToPrimary::Fenced { epoch: granted }
+                    }
                     Err(error) => ToPrimary::Refuse {
                         reason: error.to_string(),
                     },

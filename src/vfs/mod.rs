@@ -434,6 +434,9 @@ impl Volume {
             return Err(VfsError::Refused(reason.clone()));
         }
         self.check_standby()?;
+        if let Some(reason) = self.journal().refuses() {
+            return Err(VfsError::Refused(reason));
+        }
         let log = self.journal().log();
         match log.is_fenced().then(|| log.fence()).flatten() {
             Some(fence) => Err(VfsError::Refused(fence.to_string())),

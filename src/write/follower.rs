@@ -27,4 +27,10 @@ pub trait Follower: Debug + Send + Sync {
 
     /// The daemon is stopping: waits give up, now and later.
     fn stopping(&self);
+
+    /// Why no change may be taken now, if none may (a primary that does not hold its
+    /// lease). Asked before every change.
+    fn refuses(&self) -> Option<String> {
+        None
+    }
 }

@@ -233,6 +233,13 @@ impl Journal {
         Ok(())
     }
 
+    /// Why no change may be taken now, if the followers say none may.
+    pub fn refuses(&self) -> Option<String> {
+        self.follower
+            .as_ref()
+            .and_then(|follower| follower.refuses())
+    }
+
     /// The daemon is stopping: waits for followers give up.
     pub fn stopping(&self) {
         if let Some(follower) = &self.follower {
