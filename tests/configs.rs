@@ -18,7 +18,13 @@ fn every_example_config_loads_and_resolves() {
             .unwrap_or_else(|error| panic!("{}: {error}", path.display()));
         assert!(config.volume.source.is_absolute());
         assert!(!config.volume.state_dir.starts_with(&config.volume.source));
-        loaded.push(path.file_name().unwrap().to_string_lossy().into_owned());
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        if name.starts_with("failover-") {
+            // Three voters each: a majority survives the loss of any one machine.
+            assert!(config.failover.is_auto(), "{name}: {:?}", config.failover);
+            assert_eq!(config.failover.voters, 3, "{name}");
+        }
+        loaded.push(name);
     }
     loaded.sort();
     assert!(loaded.len() >= 3, "examples found: {loaded:?}");
