@@ -225,6 +225,19 @@ fn a_primary_takes_changes_only_while_a_majority_grants_its_lease() {
     );
     let mount = common::replica::replicated_mount("vol", &key_path, &[&replica], &settings);
     assert_eq!(synced_write(&mount, "all-up"), Ok(()));
+    let lease = |mount: &common::Mount| mount.status_json()["replication"]["lease"].clone();
+    let held = lease(&mount);
+    assert!(held["held_for_ms"].as_u64().is_some(), "{held}");
+    assert_eq!(
+        (
+            &held["name"],
+            &held["granted"],
+            &held["majority"],
+            &held["voters"]
+        ),
+        (&"p".into(), &3.into(), &2.into(), &3.into()),
+        "{held}"
+    );
 
     links[0].cut();
     for n in 0..5 {
@@ -236,6 +249,11 @@ fn a_primary_takes_changes_only_while_a_majority_grants_its_lease() {
         );
         std::thread::sleep(Duration::from_millis(500));
     }
+    let held = lease(&mount);
+    assert!(
+        held["held_for_ms"].as_u64().is_some() && held["granted"] == 2,
+        "{held}"
+    );
 
     // Alone: the lease (2 s, counted as 2 s / 1.1² here) runs out, and P says why.
     let mut open = fs::OpenOptions::new()
@@ -275,6 +293,14 @@ fn a_primary_takes_changes_only_while_a_majority_grants_its_lease() {
         "{}",
         mount.log()
     );
+    let lost = lease(&mount);
+    assert!(
+        lost["held_for_ms"].is_null() && lost["why_not"].is_string(),
+        "{lost}"
+    );
+    let text = common::run(&["status", "--state-dir", mount.state.to_str().unwrap()]);
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(text.contains("LEASE        not held by p"), "{text}");
 
     // W back: P and W are a majority again.
     links[1].restore();

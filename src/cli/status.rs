@@ -2,6 +2,7 @@
 
 use crate::cache::{CacheStats, TierStats};
 use crate::control::{self, ControlError};
+use crate::replication::LeaseStatus;
 use crate::status::{StandbyStatus, Status};
 
 use super::{CliError, StatusArgs};
@@ -90,6 +91,9 @@ fn render(status: &Status) -> String {
             "replication  epoch {}, high watermark {}, log kept from {}\n",
             replication.epoch, replication.high_watermark, replication.retained_from
         );
+        if let Some(lease) = &replication.lease {
+            text += &lease_text(lease);
+        }
         if let Some(why) = &replication.waiting_for {
             text += &format!(
                 "  {} fsync call(s) waiting for replicas: {why}\n",
@@ -178,6 +182,25 @@ fn render(status: &Status) -> String {
 }
 
 /// The read cache's lines of `status`.
+fn lease_text(lease: &LeaseStatus) -> String {
+    let votes = format!(
+        "{} of {} voters granted the last round, {} needed",
+        lease.granted, lease.voters, lease.majority
+    );
+    match lease.held_for_ms {
+        Some(ms) => format!(
+            "lease        held as {} for {:.1} s more ({votes})\n",
+            lease.name,
+            ms as f64 / 1000.0
+        ),
+        None => format!(
+            "LEASE        not held by {}: changes fail with EROFS, fsync with EIO ({votes}; {})\n",
+            lease.name,
+            lease.why_not.as_deref().unwrap_or("no round won yet")
+        ),
+    }
+}
+
 fn standby_text(standby: &StandbyStatus) -> String {
     let served = standby
         .served_offset

@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use serde::{Deserialize, Serialize};
 use tokio::net::TcpStream;
 
 use crate::config::{FailoverConfig, Replica};
@@ -49,9 +50,29 @@ struct Held {
     granted: usize,
 }
 
+/// The lease as status shows it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LeaseStatus {
+    /// This primary's name among the voters.
+    pub name: String,
+    /// How long it holds the lease from now, in milliseconds; none when it does not.
+    pub held_for_ms: Option<u64>,
+    /// Voters that granted its last round, itself included.
+    pub granted: usize,
+    /// Votes a round needs.
+    pub majority: usize,
+    /// Every voter: the primary, its replicas, its witnesses.
+    pub voters: usize,
+    /// Why the last round did not win, if it did not.
+    pub why_not: Option<String>,
+}
+
 /// Renews the primary's lease on a thread of its own.
 #[derive(Debug)]
 pub struct LeaseKeeper {
+    name: String,
+    majority: usize,
+    voters: usize,
     held: Arc<Mutex<Held>>,
     stop: Arc<AtomicBool>,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
@@ -76,6 +97,11 @@ impl LeaseKeeper {
     ) -> std::io::Result<LeaseKeeper> {
         let held = Arc::new(Mutex::new(Held::default()));
         let stop = Arc::new(AtomicBool::new(false));
+        let (name, majority, voters) = (
+            setup.name.clone(),
+            setup.failover.majority(),
+            setup.failover.voters,
+        );
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
@@ -91,6 +117,9 @@ impl LeaseKeeper {
         // The first round's end (or the thread's).
         let _ = first_rx.recv();
         Ok(LeaseKeeper {
+            name,
+            majority,
+            voters,
             held,
             stop,
             thread: Mutex::new(Some(thread)),
@@ -109,14 +138,20 @@ impl LeaseKeeper {
         }
     }
 
-    /// Until when the lease is held from now, if it is; and the voters that granted the
-    /// last round.
-    pub fn shown(&self) -> (Option<Duration>, usize) {
+    /// How the lease stands, for status.
+    pub fn status(&self) -> LeaseStatus {
         let held = self.held.lock().unwrap_or_else(|p| p.into_inner());
         let left = held
             .until
             .and_then(|until| until.checked_duration_since(Instant::now()));
-        (left, held.granted)
+        LeaseStatus {
+            name: self.name.clone(),
+            held_for_ms: left.map(|left| left.as_millis() as u64),
+            granted: held.granted,
+            majority: self.majority,
+            voters: self.voters,
+            why_not: (!held.why_not.is_empty()).then(|| held.why_not.clone()),
+        }
     }
 
     /// Stops renewing (the lease runs out on its own).

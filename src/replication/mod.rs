@@ -25,7 +25,7 @@ pub use ballot::{BALLOT_FILE, BallotBox, VoteError};
 pub use channel::{Channel, ChannelError, MESSAGE_MAX, Receiving};
 pub use copy::{CopyStatus, GATE_FILE, inspect as inspect_copy, load_key_file, load_peers};
 pub use key::VolumeKey;
-pub use lease::{LeaseKeeper, LeaseSetup};
+pub use lease::{LeaseKeeper, LeaseSetup, LeaseStatus};
 pub use node::{
     HostedStatus, NODE_DIR, NodeError, NodeStatus, promote_volume, serve as serve_node,
 };

@@ -34,7 +34,7 @@ use crate::hooks::Moment;
 use crate::log::{Fence, Log, LogError, Op, Record, Records};
 use crate::manifest::HashStore;
 
-use super::lease::LeaseKeeper;
+use super::lease::{LeaseKeeper, LeaseStatus};
 use crate::tree::WalkError;
 use crate::tree::{WalkStats, to_ops};
 use crate::write::SnapshotSource;
@@ -198,6 +198,9 @@ pub struct ReplicationStatus {
     pub waiting_for: Option<String>,
     /// Per replica.
     pub replicas: Vec<ReplicaStatus>,
+    /// With automatic failover: the primary's lease.
+    #[serde(default)]
+    pub lease: Option<LeaseStatus>,
 }
 
 /// The senders of one volume, and what fsync waits on.
@@ -435,12 +438,6 @@ impl Replication {
         let _ = self.lease.set(keeper);
     }
 
-    /// How the lease stands, with automatic failover: the time it is held for from now
-    /// (none when it is not), and the voters that granted its last round.
-    pub fn lease(&self) -> Option<(Option<Duration>, usize)> {
-        self.lease.get().map(LeaseKeeper::shown)
-    }
-
     /// A voter granted epoch `epoch`, newer than this primary's: it is fenced, as when a
     /// replica says so.
     pub fn deposed(&self, epoch: u32, by: &str) {
@@ -561,6 +558,7 @@ impl Replication {
         });
         ReplicationStatus {
             epoch: self.epoch,
+            lease: self.lease.get().map(LeaseKeeper::status),
             waiting_fsyncs: waiting,
             waiting_for,
             high_watermark: high_watermark(self.rule, &progress, end, now),
