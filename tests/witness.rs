@@ -108,6 +108,13 @@ async fn a_witness_grants_each_epoch_once_and_holds_to_its_leases_across_a_resta
         ask(&witness, &key, lease(2, "r1", LEASE)).await,
         ToPrimary::Leased
     );
+    let status = common::run(&["replica", "status", "--dir", witness.dir.to_str().unwrap()]);
+    let status = String::from_utf8_lossy(&status.stdout);
+    assert!(
+        status.contains("a witness: votes only")
+            && status.contains("votes: epoch 2 granted to r1; lease of r1 (epoch 2) runs"),
+        "{status}"
+    );
 
     // It wrote nothing but its own files and the volume's ballot.
     let mut entries: Vec<String> = fs::read_dir(&witness.dir)
@@ -182,6 +189,11 @@ async fn a_replica_node_votes_only_for_a_candidate_as_far_as_its_own_copy() {
         ToPrimary::Voted
     );
     assert!(node.dir.join("vol/ballot").exists());
+    assert_eq!(
+        node.first_volume()["votes"]["granted_to"],
+        "r9",
+        "replica status --json shows the node's votes"
+    );
 }
 
 /// Writes `name` with fsync through `mount`: Ok, or the errno of the step that failed.

@@ -7,7 +7,7 @@ use serde::Serialize;
 
 use crate::config::{NodeConfig, RawNodeConfig, human, parse_volume_arg};
 use crate::control::{self, ControlError};
-use crate::replication::{CopyStatus, inspect_copy, promoted_at};
+use crate::replication::{CopyStatus, VotesStatus, inspect_copy, promoted_at};
 use crate::replication::{HostedStatus, NODE_DIR, NodeError, NodeStatus, serve_node};
 use crate::signals::StopSignals;
 
@@ -129,13 +129,29 @@ fn from_files(dir: &Path) -> Result<Vec<HostedStatus>, CliError> {
             connected: false,
             last_contact: None,
             promoted: promoted_at(&entry.path()).map_err(|error| failed(&error))?,
-            // Known only to a running node's hasher.
+            // Known only to a running node.
             stored_files: 0,
             hashes_pending: 0,
+            votes: None,
         });
     }
     volumes.sort_by(|a, b| a.id.cmp(&b.id));
     Ok(volumes)
+}
+
+/// A voter's votes, when it gave any: a line under its volume.
+fn votes_text(votes: &VotesStatus) -> String {
+    let (Some(epoch), Some(to)) = (votes.granted_epoch, &votes.granted_to) else {
+        return String::new();
+    };
+    let lease = match (&votes.lease_holder, votes.lease_epoch, votes.lease_left_ms) {
+        (Some(holder), Some(held), Some(ms)) => format!(
+            "; lease of {holder} (epoch {held}) runs {:.1} s more here",
+            ms as f64 / 1000.0
+        ),
+        _ => "; no lease runs here".to_string(),
+    };
+    format!("{:<20} votes: epoch {epoch} granted to {to}{lease}\n", "")
 }
 
 fn render(dir: &Path, report: &Report) -> String {
@@ -198,12 +214,19 @@ fn render(dir: &Path, report: &Report) -> String {
                 kept.dir.display()
             );
         }
+        if let Some(votes) = &volume.votes {
+            text += &votes_text(votes);
+        }
         if let Some(stuck) = &volume.copy.stuck {
             text += &format!(
                 "{:<20} STUCK on record {}: {}\n",
                 "", stuck.offset, stuck.error
             );
         }
+    }
+    for (id, votes) in report.running.iter().flat_map(|node| &node.witnessed) {
+        text += &format!("{id:<20} a witness: votes only, no copy\n");
+        text += &votes_text(votes);
     }
     text
 }

@@ -24,6 +24,21 @@ struct Saved {
     lease_max_ms: u64,
 }
 
+/// A voter's votes for one volume, as status shows them.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VotesStatus {
+    /// The newest epoch it granted.
+    pub granted_epoch: Option<u32>,
+    /// To whom.
+    pub granted_to: Option<String>,
+    /// Who holds a lease it granted, while it runs.
+    pub lease_holder: Option<String>,
+    /// That lease's epoch.
+    pub lease_epoch: Option<u32>,
+    /// How long it runs here, in milliseconds.
+    pub lease_left_ms: Option<u64>,
+}
+
 /// One volume's votes.
 #[derive(Debug)]
 pub struct BallotBox {
@@ -136,17 +151,21 @@ impl BallotBox {
         self.save_if_changed(&mut state, before.as_ref())
     }
 
-    /// The ballot, and the lease this voter granted while it runs (holder, epoch, left).
-    pub fn shown(&self) -> (Option<Ballot>, Option<(String, u32, Duration)>) {
+    /// The votes, as status shows them.
+    pub fn status(&self) -> VotesStatus {
         let state = self
             .state
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let lease = state
-            .voter
-            .lease(Instant::now())
-            .map(|(holder, epoch, left)| (holder.to_string(), epoch, left));
-        (state.voter.ballot().cloned(), lease)
+        let ballot = state.voter.ballot();
+        let lease = state.voter.lease(Instant::now());
+        VotesStatus {
+            granted_epoch: ballot.map(|ballot| ballot.epoch),
+            granted_to: ballot.map(|ballot| ballot.to.clone()),
+            lease_holder: lease.map(|(holder, _, _)| holder.to_string()),
+            lease_epoch: lease.map(|(_, epoch, _)| epoch),
+            lease_left_ms: lease.map(|(_, _, left)| left.as_millis() as u64),
+        }
     }
 
     /// Saves the ballot if the vote changed it; a failed save breaks the box.

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
-use super::ballot::BallotBox;
+use super::ballot::{BallotBox, VotesStatus};
 use super::copy::{CopyStatus, VolumeCopy};
 use super::key::VolumeKey;
 use super::promote::{PromoteError, Promotion, grant, promote};
@@ -37,6 +37,9 @@ pub struct HostedStatus {
     /// Files whose changes the hasher has yet to take in.
     #[serde(default)]
     pub hashes_pending: u64,
+    /// The node's votes for the volume (automatic failover), while it runs.
+    #[serde(default)]
+    pub votes: Option<VotesStatus>,
 }
 
 /// A primary not heard from for this long (three heartbeats) counts as gone for a promotion.
@@ -163,6 +166,7 @@ impl Hosted {
             promoted: self.promoted(),
             stored_files: self.hashing.store().stored_files() as u64,
             hashes_pending: self.hashing.store().pending_files() as u64,
+            votes: Some(self.ballots.status()),
             last_contact: contact.and_then(|at| {
                 at.duration_since(SystemTime::UNIX_EPOCH)
                     .ok()

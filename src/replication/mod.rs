@@ -21,7 +21,7 @@ mod stream;
 mod vote;
 mod voting;
 
-pub use ballot::{BALLOT_FILE, BallotBox, VoteError};
+pub use ballot::{BALLOT_FILE, BallotBox, VoteError, VotesStatus};
 pub use channel::{Channel, ChannelError, MESSAGE_MAX, Receiving};
 pub use copy::{CopyStatus, GATE_FILE, inspect as inspect_copy, load_key_file, load_peers};
 pub use key::VolumeKey;

@@ -14,7 +14,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tokio::net::{TcpListener, TcpStream};
 
-use super::ballot::{BALLOT_FILE, BallotBox, VoteError};
+use super::ballot::{BALLOT_FILE, BallotBox, VoteError, VotesStatus};
 use super::channel::{Admission, Channel, ChannelError};
 use super::copy::{CopyError, VolumeCopy, keep_key_file};
 use super::hosted::Hosted;
@@ -98,6 +98,9 @@ pub struct NodeStatus {
     pub dir: PathBuf,
     /// Each volume it keeps, by id.
     pub volumes: Vec<HostedStatus>,
+    /// A witness's volumes, by id, with its votes.
+    #[serde(default)]
+    pub witnessed: Vec<(String, VotesStatus)>,
 }
 
 /// Runs the node described by `config` until a stop signal.
@@ -225,6 +228,15 @@ pub fn serve(config: NodeConfig, signals: StopSignals) -> Result<(), NodeError> 
                     .collect();
                 volumes.sort_by(|a, b| a.id.cmp(&b.id));
                 volumes
+            },
+            witnessed: {
+                let mut witnessed: Vec<(String, VotesStatus)> = answering
+                    .witnessed
+                    .iter()
+                    .map(|(id, votes)| (id.clone(), votes.ballots.status()))
+                    .collect();
+                witnessed.sort_by(|a, b| a.0.cmp(&b.0));
+                witnessed
             },
         };
         let handler = promotions(Arc::clone(&listening), config.dir.clone());
