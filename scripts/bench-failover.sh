@@ -25,12 +25,7 @@ start_node() {
   "$mirrorfs" replica serve --listen "127.0.0.1:$2" --dir "$1" --volume "$3=$work/key" \
     2>>"$1.log" &
   pids+=("$!")
-  for _ in $(seq 200); do
-    grep -q "replica node serving" "$1.log" 2>/dev/null && return 0
-    sleep 0.05
-  done
-  echo "node did not start" >&2
-  exit 1
+  wait_logged "$1.log" "replica node serving"
 }
 
 "$mirrorfs" keygen > "$work/key"

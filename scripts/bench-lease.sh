@@ -27,12 +27,8 @@ pids+=("$!")
 "$mirrorfs" witness serve --listen 127.0.0.1:7502 --dir "$work/witness" --volume "vol=$work/key" \
   2>"$work/witness.log" &
 pids+=("$!")
-for log in node witness; do
-  for _ in $(seq 200); do
-    grep -q "serving" "$work/$log.log" 2>/dev/null && break
-    sleep 0.05
-  done
-done
+wait_logged "$work/node.log" "replica node serving"
+wait_logged "$work/witness.log" "witness serving"
 
 # config MODE: the mount config with [failover] mode = MODE.
 config() {

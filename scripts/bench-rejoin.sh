@@ -30,12 +30,7 @@ start_node() {
     2>>"$work/$1.log" &
   pids+=("$!")
   eval "node_$1=$!"
-  for _ in $(seq 200); do
-    grep -q "replica node serving" "$work/$1.log" 2>/dev/null && return 0
-    sleep 0.05
-  done
-  echo "node $1 did not start" >&2
-  exit 1
+  wait_logged "$work/$1.log" "replica node serving"
 }
 
 # wait_acked CONFIG REPLICA: until REPLICA has acknowledged the whole log (10 min at most).

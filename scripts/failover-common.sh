@@ -18,6 +18,17 @@ now() { date +%s.%N; }
 # Seconds since START (a `now`).
 since() { awk -v start="$1" -v end="$(now)" 'BEGIN { printf "%.3f", end - start }'; }
 
+# wait_logged LOG TEXT: until LOG says TEXT (a daemon started; 10 s at most, else exit).
+wait_logged() {
+  for _ in $(seq 200); do
+    grep -q "$2" "$1" 2>/dev/null && return 0
+    sleep 0.05
+  done
+  echo "$1 never said: $2" >&2
+  cat "$1" >&2
+  exit 1
+}
+
 # wait_mounted POINT LOG: until POINT is a mirrorfs mount (30 s at most; else LOG, exit).
 wait_mounted() {
   for _ in $(seq 3000); do

@@ -103,6 +103,20 @@ fn replaying_the_log_into_an_empty_directory_rebuilds_the_origin() {
     assert_eq!(origin.len(), rebuilt.len(), "{rebuilt:#?}");
 }
 
+/// `mirrorfs mount` of `mount`'s origin and state again (it is stopped), expected to exit.
+fn mount_again(mount: &Mount) -> std::process::Output {
+    common::run_expecting_exit(
+        &[
+            "mount".as_ref(),
+            mount.origin.as_os_str(),
+            mount.mountpoint.as_os_str(),
+            "--state-dir".as_ref(),
+            mount.state.as_os_str(),
+        ],
+        None,
+    )
+}
+
 #[test]
 fn log_and_status_commands_show_the_volume() {
     let mut mount = Mount::new();
@@ -198,16 +212,7 @@ fn log_and_status_commands_show_the_volume() {
         "{stderr}"
     );
     // And the volume is not served on it: the mount is refused, naming the file.
-    let output = common::run_expecting_exit(
-        &[
-            "mount".as_ref(),
-            mount.origin.as_os_str(),
-            mount.mountpoint.as_os_str(),
-            "--state-dir".as_ref(),
-            mount.state.as_os_str(),
-        ],
-        None,
-    );
+    let output = mount_again(&mount);
     assert_eq!(output.status.code(), Some(1), "{output:?}");
     let stderr = String::from_utf8(output.stderr).unwrap();
     let last = stderr.lines().last().unwrap_or_default();
@@ -294,16 +299,7 @@ fn a_damaged_record_before_the_tail_stops_the_mount_with_its_place() {
     file.write_all_at(&[byte[0] ^ 0xff], at).unwrap();
     drop(file);
 
-    let output = common::run_expecting_exit(
-        &[
-            "mount".as_ref(),
-            mount.origin.as_os_str(),
-            mount.mountpoint.as_os_str(),
-            "--state-dir".as_ref(),
-            mount.state.as_os_str(),
-        ],
-        None,
-    );
+    let output = mount_again(&mount);
     assert_eq!(output.status.code(), Some(1), "{output:?}");
     let stderr = String::from_utf8(output.stderr).unwrap();
     let last = stderr.lines().last().unwrap_or_default();

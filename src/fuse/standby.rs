@@ -120,14 +120,12 @@ fn look(
     volume: &Volume,
     served: Option<u64>,
 ) -> Result<(Option<u64>, Vec<Outside>), log::LogError> {
-    let reading = standby.gate.read().map_err(|source| log::LogError::Io {
+    let gate_error = |source| log::LogError::Io {
         path: standby.gate.path().to_path_buf(),
         source,
-    })?;
-    let offset = reading.offset().map_err(|source| log::LogError::Io {
-        path: standby.gate.path().to_path_buf(),
-        source,
-    })?;
+    };
+    let reading = standby.gate.read().map_err(gate_error)?;
+    let offset = reading.offset().map_err(gate_error)?;
     let (Some(from), Some(to)) = (served, offset) else {
         return Ok((offset, Vec::new()));
     };

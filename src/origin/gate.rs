@@ -122,33 +122,31 @@ impl TreeGate {
 
     /// Waits until no reader is in the tree and holds it for a change.
     pub fn change(&self) -> io::Result<Changing> {
-        self.hold(libc::F_WRLCK, libc::F_WRLCK).map(Changing)
+        // The turnstile is kept until the tree is held, so readers arriving meanwhile wait.
+        self.hold(|file| {
+            lock(file, TURNSTILE, libc::F_WRLCK)?;
+            lock(file, TREE, libc::F_WRLCK)?;
+            lock(file, TURNSTILE, libc::F_UNLCK)
+        })
+        .map(Changing)
     }
 
     /// Waits until no change is under way and holds the tree for reading.
     pub fn read(&self) -> io::Result<Reading> {
-        self.hold(libc::F_RDLCK, libc::F_RDLCK).map(Reading)
+        // Passing the turnstile queues this reader behind a writer waiting for the tree.
+        self.hold(|file| {
+            lock(file, TURNSTILE, libc::F_RDLCK)?;
+            lock(file, TURNSTILE, libc::F_UNLCK)?;
+            lock(file, TREE, libc::F_RDLCK)
+        })
+        .map(Reading)
     }
 
-    /// Passes the turnstile (a writer keeps it until it holds the tree, so later readers
-    /// queue behind it) and takes the tree, on a description of its own.
-    fn hold(&self, turnstile: libc::c_int, tree: libc::c_int) -> io::Result<Held> {
+    /// Takes the tree with `enter`, on a description of its own.
+    fn hold(&self, enter: impl FnOnce(&File) -> io::Result<()>) -> io::Result<Held> {
         let file = self.take_file()?;
-        let entered = lock(&file, TURNSTILE, turnstile)
-            .and_then(|()| match turnstile {
-                libc::F_WRLCK => lock(&file, TREE, tree),
-                _ => Ok(()),
-            })
-            .and_then(|()| lock(&file, TURNSTILE, libc::F_UNLCK))
-            .and_then(|()| match turnstile {
-                libc::F_WRLCK => Ok(()),
-                _ => lock(&file, TREE, tree),
-            });
-        if let Err(error) = entered {
-            // Closing it drops whatever it held.
-            drop(file);
-            return Err(error);
-        }
+        // On failure the description is closed, which drops whatever it held.
+        enter(&file)?;
         Ok(Held {
             gate: self.clone(),
             file: Some(file),

@@ -174,7 +174,8 @@ pub struct CopyStatus {
     /// The tree is out of step with the log (cut back, or a resync not finished).
     #[serde(default)]
     pub out_of_step: bool,
-    /// Records cut off at divergence points and kept aside.
+    /// Records cut off at divergence points and kept aside (read from their logs for
+    /// `mirrorfs replica status`; [`VolumeCopy::status`] leaves it empty).
     #[serde(default)]
     pub kept_aside: Vec<KeptAside>,
 }
@@ -552,8 +553,8 @@ impl VolumeCopy {
             receiving_snapshot: self.staging.is_some(),
             stuck: self.stuck.clone(),
             out_of_step: self.needs_snapshot(),
-            // Shown, not worth failing a status for.
-            kept_aside: kept_aside(&self.root).unwrap_or_default(),
+            // Read from their logs only where status is shown (`Hosted::status`).
+            kept_aside: Vec::new(),
         }
     }
 

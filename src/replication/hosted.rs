@@ -8,7 +8,7 @@ use std::time::{Duration, Instant, SystemTime};
 use serde::{Deserialize, Serialize};
 
 use super::ballot::{BallotBox, VotesStatus};
-use super::copy::{CopyStatus, VolumeCopy};
+use super::copy::{CopyStatus, VolumeCopy, kept_aside};
 use super::key::VolumeKey;
 use super::promote::{PromoteError, Promotion, grant, promote};
 use super::protocol::Stuck;
@@ -161,7 +161,13 @@ impl Hosted {
         let contact = *self.contact.lock().unwrap_or_else(|p| p.into_inner());
         HostedStatus {
             id: id.to_string(),
-            copy: self.copy().status(),
+            copy: {
+                let copy = self.copy();
+                let mut status = copy.status();
+                // Shown, not worth failing a status for.
+                status.kept_aside = kept_aside(copy.root()).unwrap_or_default();
+                status
+            },
             connected: self.open_sessions.load(Ordering::SeqCst) > 0,
             promoted: self.promoted(),
             stored_files: self.hashing.store().stored_files() as u64,

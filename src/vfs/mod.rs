@@ -284,8 +284,9 @@ pub struct Volume {
     refused: std::sync::OnceLock<String>,
     /// Requests whose handler panicked.
     panics: std::sync::atomic::AtomicU64,
-    /// A standby's: the gate the origin is read through (see [`Volume::stand_by`]).
-    standby: Mutex<Option<crate::origin::TreeGate>>,
+    /// A standby's: the gate the origin is read through (see [`Volume::stand_by`]); it
+    /// stops being one once `promoted` is set.
+    standby: std::sync::OnceLock<crate::origin::TreeGate>,
 }
 
 impl From<DurableError> for VfsError {
@@ -336,7 +337,7 @@ impl Volume {
             inode_turns: (0..INODE_TURNS).map(|_| Mutex::new(())).collect(),
             refused: std::sync::OnceLock::new(),
             panics: std::sync::atomic::AtomicU64::new(0),
-            standby: Mutex::new(None),
+            standby: std::sync::OnceLock::new(),
         }
     }
 
@@ -472,12 +473,6 @@ impl Volume {
             attr.ctime = attr.ctime.max(mtime);
         }
         Ok(attr)
-    }
-
-    fn standby_gate(&self) -> MutexGuard<'_, Option<crate::origin::TreeGate>> {
-        self.standby
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn table(&self) -> MutexGuard<'_, InodeTable> {

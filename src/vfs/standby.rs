@@ -28,22 +28,23 @@ impl Volume {
     /// Makes this a standby: requests read the origin through `gate`, shared with the
     /// process that changes it, and changes are refused (EROFS).
     pub fn stand_by(&self, gate: TreeGate) {
-        *self.standby_gate() = Some(gate);
+        let _ = self.standby.set(gate);
+    }
+
+    /// The gate requests read through, while the volume is a standby (not promoted).
+    fn gate(&self) -> Option<&TreeGate> {
+        self.standby.get().filter(|_| self.promoted.get().is_none())
     }
 
     /// Whether the volume is a standby.
     pub fn is_standby(&self) -> bool {
-        self.standby_gate().is_some()
+        self.gate().is_some()
     }
 
     /// Holds the tree for one request, if the volume is a standby: the node's changes
     /// wait until it is dropped.
     pub fn hold_tree(&self) -> Result<Option<Reading>> {
-        let gate = self.standby_gate().clone();
-        match gate {
-            None => Ok(None),
-            Some(gate) => Ok(Some(gate.read()?)),
-        }
+        Ok(self.gate().map(TreeGate::read).transpose()?)
     }
 
     /// Turns a standby into a primary in place: `journal` (the promoted copy's log, and
@@ -51,14 +52,11 @@ impl Volume {
     /// Open files stay open (those opened read-only stay so). Gives `journal` back if
     /// the volume is no standby, or was promoted already.
     pub fn promote_in_place(&self, journal: Journal) -> std::result::Result<(), Journal> {
-        let mut standby = self.standby_gate();
-        if standby.is_none() {
+        if self.standby.get().is_none() {
             return Err(journal);
         }
-        // Set before the gate goes: a change let in afterwards records in this journal.
-        self.promoted.set(journal)?;
-        *standby = None;
-        Ok(())
+        // One store: the journal is there for any change the end of the standby lets in.
+        self.promoted.set(journal)
     }
 
     /// The origin the volume serves, to share with a journal opened for it.
