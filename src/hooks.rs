@@ -13,18 +13,25 @@ pub struct Moment<'a> {
     pub epoch: u32,
     /// What this machine's copy is now: "primary" or "fenced" (`MIRRORFS_ROLE`).
     pub role: &'a str,
+    /// The mount config that serves a promoted copy, if one was written
+    /// (`MIRRORFS_CONFIG`): a hook may mount it.
+    pub config: Option<&'a std::path::Path>,
 }
 
 /// Runs `command` for `moment` and waits for it; its output goes where ours does.
 pub fn run(command: &str, moment: Moment<'_>) -> std::io::Result<ExitStatus> {
-    Command::new("/bin/sh")
+    let mut shell = Command::new("/bin/sh");
+    shell
         .arg("-c")
         .arg(command)
         .env("MIRRORFS_VOLUME", moment.volume)
         .env("MIRRORFS_EPOCH", moment.epoch.to_string())
         .env("MIRRORFS_ROLE", moment.role)
-        .stdin(Stdio::null())
-        .status()
+        .stdin(Stdio::null());
+    if let Some(config) = moment.config {
+        shell.env("MIRRORFS_CONFIG", config);
+    }
+    shell.status()
 }
 
 /// Runs `command` for `moment` on a thread of its own, logging how it ended: for a daemon,
@@ -43,6 +50,7 @@ pub fn spawn(command: &str, moment: Moment<'_>) {
                 volume: &volume,
                 epoch,
                 role: &role,
+                config: None,
             };
             match run(&command, moment) {
                 Ok(status) if status.success() => {

@@ -883,26 +883,6 @@ fn node_streaming_from_empty(scratch: &std::path::Path) -> (Node, FakePrimary) {
     (node, primary)
 }
 
-/// Mounts the standby of `node`'s copy of "vol" at `mountpoint`, its log in `scratch`.
-fn mount_standby(
-    node: &Node,
-    mountpoint: &std::path::Path,
-    scratch: &std::path::Path,
-) -> common::MountedChild {
-    common::MountedChild::start(
-        &[
-            "--standby",
-            "--dir",
-            node.dir.to_str().unwrap(),
-            "--volume",
-            "vol",
-            mountpoint.to_str().unwrap(),
-        ],
-        mountpoint,
-        &scratch.join("standby.log"),
-    )
-}
-
 /// A replica's copy mounted read-only while its node applies the stream: readers see what
 /// the copy holds, new records show within the revalidation time, writes fail with EROFS.
 #[test]
@@ -933,7 +913,7 @@ fn a_standby_mount_serves_the_copy_read_only_as_the_stream_applies() {
         ToPrimary::Ack { next: 3 }
     );
 
-    let standby = mount_standby(&node, &mountpoint, scratch.path());
+    let standby = node.mount_standby(&mountpoint, &scratch.path().join("standby.log"));
     assert_eq!(fs::read(mountpoint.join("d/f")).unwrap(), b"hello");
     let error = fs::write(mountpoint.join("d/g"), b"no").unwrap_err();
     assert_eq!(error.raw_os_error(), Some(libc::EROFS), "{error}");
@@ -1055,7 +1035,7 @@ fn a_standby_reader_never_sees_a_record_half_applied() {
 
     let mountpoint = scratch.path().join("standby");
     fs::create_dir(&mountpoint).unwrap();
-    let standby = mount_standby(&node, &mountpoint, scratch.path());
+    let standby = node.mount_standby(&mountpoint, &scratch.path().join("standby.log"));
 
     let stop = Arc::new(AtomicBool::new(false));
     let seen_states = Arc::new(AtomicU64::new(0));
@@ -1185,7 +1165,7 @@ fn a_standby_is_promoted_in_place_and_keeps_its_open_files() {
     wait_replicated(&old);
     let mountpoint = scratch.path().join("standby");
     fs::create_dir(&mountpoint).unwrap();
-    let standby = mount_standby(&nodes[0], &mountpoint, scratch.path());
+    let standby = nodes[0].mount_standby(&mountpoint, &scratch.path().join("standby.log"));
     let (name, data) = &acknowledged[3];
     let mut open = fs::File::open(mountpoint.join(name)).unwrap();
     let mut first = vec![0u8; 100];

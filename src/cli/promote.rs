@@ -5,12 +5,12 @@
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
-use crate::config::Replica;
+use crate::config::{Replica, Span};
 use crate::control;
 use crate::hooks::Moment;
 use crate::replication::{
-    Peers, Promotion, Reach, VolumeKey, inspect_copy, load_key_file, load_peers, peer_positions,
-    promote_volume,
+    AutoFailover, Elected, Peers, Promotion, Reach, VolumeKey, inspect_copy, load_key_file,
+    load_peers, peer_positions, promote_volume,
 };
 use crate::status::Status;
 use crate::types::Name;
@@ -78,10 +78,8 @@ pub fn run(args: PromoteArgs) -> Result<(), CliError> {
         )?;
     }
     // A standby mount of the copy is promoted in place, at its own mount point.
-    let standby_dir = root.join("standby");
-    let standby = control::query::<Status>(&standby_dir)
-        .ok()
-        .filter(|status| status.standby.is_some());
+    let standby_dir = root.join(STANDBY_DIR);
+    let standby = running_standby(&root);
     let mountpoint = args
         .mountpoint
         .as_deref()
@@ -150,26 +148,118 @@ pub fn run(args: PromoteArgs) -> Result<(), CliError> {
         ),
     }
     if let Some(hook) = peers.as_ref().and_then(|peers| peers.on_promote.as_deref()) {
-        let moment = Moment {
-            volume: &args.volume,
-            epoch: promotion.epoch,
-            role: "primary",
-        };
-        match crate::hooks::run(hook, moment) {
-            Ok(status) if status.success() => println!("on_promote ran: {hook}"),
-            Ok(status) => {
-                return Err(CliError::Failure(format!(
-                    "promoted, but on_promote ({hook}) failed: {status}"
-                )));
-            }
-            Err(error) => {
-                return Err(CliError::Failure(format!(
-                    "promoted, but on_promote ({hook}) could not run: {error}"
-                )));
-            }
-        }
+        on_promote(hook, &args.volume, promotion.epoch, &write_config)
+            .map_err(|error| CliError::Failure(format!("promoted, but {error}")))?;
+        println!("on_promote ran: {hook}");
     }
     Ok(())
+}
+
+/// Where a standby mount of a copy keeps its state, in the copy's directory.
+const STANDBY_DIR: &str = "standby";
+
+/// The file a node writes, in a copy's directory, with the config that serves the copy it
+/// promoted after winning an election.
+pub const ELECTED_CONFIG: &str = "primary.toml";
+
+/// The status of the standby mount of the copy in `root`, if one runs.
+fn running_standby(root: &Path) -> Option<Status> {
+    control::query::<Status>(&root.join(STANDBY_DIR))
+        .ok()
+        .filter(|status| status.standby.is_some())
+}
+
+/// Runs the `on_promote` hook `hook` for volume `volume`, promoted at `epoch` and served by
+/// the config at `config`; why it failed, if it did.
+fn on_promote(hook: &str, volume: &str, epoch: u32, config: &Path) -> Result<(), String> {
+    let moment = Moment {
+        volume,
+        epoch,
+        role: "primary",
+        config: Some(config),
+    };
+    match crate::hooks::run(hook, moment) {
+        Ok(status) if status.success() => Ok(()),
+        Ok(status) => Err(format!("on_promote ({hook}) failed: {status}")),
+        Err(error) => Err(format!("on_promote ({hook}) could not run: {error}")),
+    }
+}
+
+/// Serves a copy a replica node promoted after winning an election: writes the new
+/// primary's config beside it, promotes a standby mount of the copy in place if one runs
+/// (else the config mounts where the old primary did), and runs `on_promote`, which is
+/// told the config (`MIRRORFS_CONFIG`). The old primary is listed as a replica where its
+/// config said its node would serve once it rejoins. Every step is logged.
+pub fn serve_elected(elected: Elected) {
+    let Elected {
+        volume,
+        root,
+        promotion,
+        peers,
+    } = elected;
+    let Some(auto) = peers.failover.as_ref() else {
+        return;
+    };
+    let epoch = promotion.epoch;
+    let mut replicas: Vec<Replica> = peers
+        .replicas
+        .iter()
+        .filter(|replica| replica.name != peers.this)
+        .cloned()
+        .collect();
+    if let Some(address) = &auto.primary_address {
+        replicas.push(Replica {
+            name: auto.primary.clone(),
+            address: address.clone(),
+        });
+    }
+    let key_file = match load_key_file(&root) {
+        Ok(key_file) => key_file,
+        Err(error) => {
+            tracing::error!(%volume, epoch, %error, "elected, but the volume's key file is not known here: the config lists no replicas");
+            None
+        }
+    };
+    let standby = running_standby(&root);
+    let mountpoint = standby
+        .as_ref()
+        .map_or(auto.mountpoint.as_path(), |status| {
+            status.mountpoint.as_path()
+        });
+    let path = root.join(ELECTED_CONFIG);
+    let text = render_config(&Config {
+        volume: &volume,
+        root: &root,
+        mountpoint: Some(mountpoint),
+        promotion: &promotion,
+        peers: Some(&peers),
+        replicas: &replicas,
+        key_file: key_file.as_deref(),
+    });
+    if let Err(error) = crate::durable::replace(&path, text) {
+        tracing::error!(%volume, epoch, config = %path.display(), %error, "elected, but the config could not be written: nothing serves the volume");
+        return;
+    }
+    let in_place = standby
+        .is_some()
+        .then(|| super::standby::hand_over(&root.join(STANDBY_DIR), &path));
+    match in_place {
+        Some(Ok(Some(_))) => {
+            tracing::warn!(%volume, epoch, mountpoint = %mountpoint.display(), "the standby serves the volume read-write now: promoted in place")
+        }
+        Some(Ok(None)) | None => {
+            tracing::warn!(%volume, epoch, config = %path.display(), "elected: serve the copy with mirrorfs mount --config (on_promote is told it in MIRRORFS_CONFIG)")
+        }
+        Some(Err(error)) => {
+            tracing::error!(%volume, epoch, config = %path.display(), error = %error.message(), "elected, but the standby could not take over in place: unmount it and serve the config with mirrorfs mount --config")
+        }
+    }
+    if let Some(hook) = &peers.on_promote {
+        match on_promote(hook, &volume, epoch, &path) {
+            Ok(()) => tracing::info!(%volume, epoch, %hook, "on_promote ran"),
+            Err(error) => tracing::error!(%volume, epoch, %error, "on_promote"),
+        }
+    }
 }
 
 /// Whom a promotion asks, and as whom.
@@ -318,7 +408,8 @@ struct Config<'a> {
 
 /// The new primary's mount config: the copy's tree as its source, the copy's directory
 /// as its state (the log continues there), and its replicas, with what fsync waited for
-/// on the old primary.
+/// on the old primary; with automatic failover, the same `[failover]` under the copy's
+/// replica name.
 fn render_config(config: &Config<'_>) -> String {
     let quote = |path: &Path| toml_string(&path.display().to_string());
     let mut text = format!(
@@ -368,7 +459,42 @@ fn render_config(config: &Config<'_>) -> String {
             toml_string(&replica.address)
         );
     }
+    if let Some(peers) = config.peers
+        && let Some(auto) = &peers.failover
+    {
+        render_failover(&mut text, peers, auto);
+    }
     text
+}
+
+/// The `[failover]` of a copy promoted from a primary that had `auto`: the same voters'
+/// timings and witnesses, under the copy's replica name, its node's address as where it
+/// serves once it rejoins.
+fn render_failover(text: &mut String, peers: &Peers, auto: &AutoFailover) {
+    let failover = auto.config(peers.replicas.len());
+    let _ = write!(
+        text,
+        "\n[failover]\nmode = \"auto\"\nname = {}\nlease = {}\nclock_rate_bound = {}\nunclean = {}\n",
+        toml_string(&peers.this),
+        toml_string(&Span(failover.lease).to_string()),
+        failover.clock_rate_bound,
+        failover.unclean,
+    );
+    if let Some(own) = peers
+        .replicas
+        .iter()
+        .find(|replica| replica.name == peers.this)
+    {
+        let _ = writeln!(text, "address = {}", toml_string(&own.address));
+    }
+    for witness in &auto.witnesses {
+        let _ = write!(
+            text,
+            "\n[[failover.witnesses]]\nname = {}\naddress = {}\n",
+            toml_string(&witness.name),
+            toml_string(&witness.address)
+        );
+    }
 }
 
 /// `text` as a TOML basic string.
@@ -398,6 +524,7 @@ mod tests {
             plaintext: false,
             on_promote: Some("echo \"$MIRRORFS_ROLE\" > /run/role".to_string()),
             on_fenced: None,
+            failover: None,
         };
         let replicas = [Replica {
             name: "r2".to_string(),
@@ -449,5 +576,69 @@ mod tests {
             }
         });
         assert!(!alone.contains("[replication]"), "{alone}");
+    }
+
+    /// A copy elected under automatic failover is configured for it too: the same
+    /// timings and witnesses, under its own name, and the config resolves.
+    #[test]
+    fn an_elected_copy_keeps_automatic_failover_under_its_own_name() {
+        let promotion = Promotion {
+            epoch: 4,
+            next: 9,
+            unvouched: None,
+            whole: true,
+        };
+        let replica = |name: &str, address: &str| Replica {
+            name: name.to_string(),
+            address: address.to_string(),
+        };
+        let peers = Peers {
+            this: "r1".to_string(),
+            replicas: vec![
+                replica("r1", "10.0.0.2:7071"),
+                replica("r2", "10.0.0.3:7071"),
+            ],
+            acks: Acks::All,
+            min_insync: 1,
+            on_insufficient: OnInsufficient::Fail,
+            plaintext: false,
+            on_promote: None,
+            on_fenced: None,
+            failover: Some(AutoFailover {
+                primary: "p".to_string(),
+                primary_address: Some("10.0.0.1:7071".to_string()),
+                mountpoint: "/mnt/vol".into(),
+                lease_ms: 3000,
+                clock_rate_bound_ppm: 1_200_000,
+                unclean: false,
+                witnesses: vec![replica("w", "10.0.0.9:7080")],
+            }),
+        };
+        let replicas = [
+            replica("r2", "10.0.0.3:7071"),
+            replica("p", "10.0.0.1:7071"),
+        ];
+        let root = std::path::PathBuf::from("/srv/node/vol");
+        let text = render_config(&Config {
+            volume: "vol",
+            root: &root,
+            mountpoint: Some(Path::new("/mnt/vol")),
+            promotion: &promotion,
+            peers: Some(&peers),
+            replicas: &replicas,
+            key_file: Some(Path::new("/etc/vol.key")),
+        });
+        let raw = crate::config::Config::parse(Path::new("primary.toml"), &text).unwrap();
+        let config =
+            crate::config::Config::resolve(raw, Default::default(), Path::new("/")).unwrap();
+        let failover = &config.failover;
+        assert!(failover.is_auto(), "{text}");
+        assert_eq!(failover.name.as_deref(), Some("r1"));
+        assert_eq!(failover.address.as_deref(), Some("10.0.0.2:7071"));
+        assert_eq!(failover.lease, std::time::Duration::from_secs(3));
+        assert_eq!(failover.clock_rate_bound, 1.2);
+        assert_eq!(failover.witnesses[0].name, "w");
+        // The new primary, its replicas r2 and the old primary p, and w.
+        assert_eq!(failover.voters, 4);
     }
 }

@@ -1,13 +1,16 @@
 //! `mirrorfs replica serve` (run a replica node) and `mirrorfs replica status`.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use serde::Serialize;
 
 use crate::config::{NodeConfig, RawNodeConfig, human, parse_volume_arg};
 use crate::control::{self, ControlError};
-use crate::replication::{CopyStatus, VotesStatus, inspect_copy, promoted_at};
+use crate::replication::{
+    CopyStatus, ElectionStatus, OnElected, VotesStatus, inspect_copy, promoted_at,
+};
 use crate::replication::{HostedStatus, NODE_DIR, NodeError, NodeStatus, serve_node};
 use crate::signals::StopSignals;
 
@@ -60,7 +63,8 @@ fn serve_as(args: ServeArgs, witness: bool) -> Result<(), CliError> {
     }
     let mut config = NodeConfig::resolve(raw, None).map_err(usage)?;
     config.witness = witness;
-    serve_node(config, signals).map_err(|error| match error {
+    let on_elected: OnElected = Arc::new(super::promote::serve_elected);
+    serve_node(config, signals, on_elected).map_err(|error| match error {
         NodeError::Key(_)
         | NodeError::Dir { .. }
         | NodeError::State(_)
@@ -124,6 +128,7 @@ fn from_files(dir: &Path) -> Result<Vec<HostedStatus>, CliError> {
         }
         let copy = inspect_copy(&entry.path()).map_err(|error| failed(&error))?;
         volumes.push(HostedStatus {
+            election: None,
             id,
             copy,
             connected: false,
@@ -152,6 +157,31 @@ fn votes_text(votes: &VotesStatus) -> String {
         _ => "; no lease runs here".to_string(),
     };
     format!("{:<20} votes: epoch {epoch} granted to {to}{lease}\n", "")
+}
+
+/// Where the copy's elections stand (automatic failover): what the node does now, and the
+/// last election it stood in.
+fn election_text(election: &ElectionStatus) -> String {
+    let mut text = String::new();
+    if !election.now.is_empty() {
+        text += &format!("{:<20} election: {}\n", "", election.now);
+    }
+    if let Some(last) = &election.last {
+        let ago = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0.0, |since| since.as_secs_f64())
+            - last.at;
+        text += &format!(
+            "{:<20} last election: epoch {}, {:.0} s ago, {} ({}): {}\n",
+            "",
+            last.epoch,
+            ago.max(0.0),
+            if last.won { "won" } else { "lost" },
+            last.reason,
+            last.outcome
+        );
+    }
+    text
 }
 
 fn render(dir: &Path, report: &Report) -> String {
@@ -216,6 +246,9 @@ fn render(dir: &Path, report: &Report) -> String {
         }
         if let Some(votes) = &volume.votes {
             text += &votes_text(votes);
+        }
+        if let Some(election) = &volume.election {
+            text += &election_text(election);
         }
         if let Some(stuck) = &volume.copy.stuck {
             text += &format!(

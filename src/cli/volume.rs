@@ -7,13 +7,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::cache::Cache;
-use crate::config::Config;
+use crate::config::{Config, FailoverConfig};
 use crate::log::{Fence, LogPath};
 use crate::manifest::Hashing;
 use crate::origin::{HoldError, Origin};
 use crate::replication::{
-    BALLOT_FILE, BallotBox, LeaseKeeper, LeaseSetup, Replication, ReplicationError, Standing,
-    VolumeKey,
+    AutoFailover, BALLOT_FILE, BallotBox, LeaseKeeper, LeaseSetup, Replication, ReplicationError,
+    Standing, VolumeKey,
 };
 use crate::vfs::Volume;
 use crate::write::Follower;
@@ -59,7 +59,7 @@ fn hold_lease(
     let log = Arc::clone(journal.snapshot_source().log());
     let setup = LeaseSetup {
         volume: config.volume.id.to_string(),
-        name: failover.name.clone().unwrap_or_else(host_name),
+        name: primary_name(failover),
         epoch: log.epoch(),
         voters: settings
             .replicas
@@ -88,6 +88,11 @@ fn hold_lease(
     .map_err(|e| failed(&format!("cannot start the lease keeper: {e}")))?;
     replication.keep_lease(keeper);
     Ok(())
+}
+
+/// The primary's name among the voters: as configured, or the machine's host name.
+fn primary_name(failover: &FailoverConfig) -> String {
+    failover.name.clone().unwrap_or_else(host_name)
 }
 
 /// The machine's host name: a primary's default name among the voters.
@@ -193,6 +198,13 @@ pub fn open_recording(
                 journal.snapshot_source(),
                 // The log's latest epoch: the one its new records carry.
                 journal.log().epoch(),
+                config.failover.is_auto().then(|| {
+                    AutoFailover::from_config(
+                        &config.failover,
+                        primary_name(&config.failover),
+                        volume.mountpoint.clone(),
+                    )
+                }),
             )
             .map_err(|error| match error {
                 ReplicationError::Key(_) => CliError::Usage(error.to_string()),

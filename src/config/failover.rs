@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::replication::{RawReplica, ReplicationConfig, check_members};
+use super::replication::{Acks, RawReplica, ReplicationConfig, check_members};
 use super::units::Span;
 use super::{ConfigError, invalid, within};
 
@@ -40,6 +40,9 @@ pub struct RawFailover {
     pub witnesses: Vec<RawReplica>,
     /// This primary's name among the voters (default: the machine's host name).
     pub name: Option<String>,
+    /// Where this machine's replica node listens once it rejoins as a replica after a
+    /// failover: a new primary's config lists it there.
+    pub address: Option<String>,
 }
 
 /// The validated `[failover]` section.
@@ -61,6 +64,8 @@ pub struct FailoverConfig {
     pub voters: usize,
     /// See [`RawFailover::name`]; the command fills in the host name when it is not given.
     pub name: Option<String>,
+    /// See [`RawFailover::address`].
+    pub address: Option<String>,
 }
 
 /// Default lease.
@@ -135,6 +140,19 @@ pub(super) fn resolve(
         replicas,
     )?;
     let voters = 1 + replicas.len() + witnesses.len();
+    if let Some(address) = &raw.address
+        && !super::replication::valid_address(address)
+    {
+        return Err(invalid(
+            "failover.address",
+            format!("{address:?} is not host:port"),
+        ));
+    }
+    if mode == FailoverMode::Auto
+        && let Some(replication) = replication
+    {
+        check_durability(replication, witnesses.len(), voters)?;
+    }
     if let Some(name) = &raw.name {
         if let Err(reason) = super::VolumeId::new(name) {
             return Err(invalid("failover.name", reason));
@@ -164,5 +182,40 @@ pub(super) fn resolve(
         witnesses,
         voters,
         name: raw.name.clone(),
+        address: raw.address.clone(),
     })
+}
+
+/// Refuses replication settings under which an election could pass over an acknowledged
+/// write. A new primary is elected by a majority of the voters without the old primary;
+/// each replica among them refuses a candidate behind its own copy. So every such majority
+/// must hold a replica that had each acknowledged record: at least `majority - witnesses`
+/// of its members are replicas (and one at least, the candidate), and a record is acknowledged once `min_insync` replicas
+/// hold it, so `min_insync` must exceed `replicas - (majority - witnesses)`.
+fn check_durability(
+    replication: &ReplicationConfig,
+    witnesses: usize,
+    voters: usize,
+) -> Result<(), ConfigError> {
+    if replication.acks == Acks::None {
+        return Err(invalid(
+            "replication.acks",
+            "\"none\" acknowledges writes no replica holds, which a failover would lose: use \"quorum\" or \"all\" with failover.mode = \"auto\"",
+        ));
+    }
+    let replicas = replication.replicas.len();
+    let majority = voters / 2 + 1;
+    // The candidate is a replica in its own majority, so it holds at least one.
+    let replicas_in_majority = majority.saturating_sub(witnesses).max(1);
+    let needed = (replicas + 1).saturating_sub(replicas_in_majority).max(1);
+    if (replication.min_insync as usize) < needed {
+        return Err(invalid(
+            "replication.min_insync",
+            format!(
+                "{} is too few for failover.mode = \"auto\" with {replicas} replicas and {witnesses} witness(es): a majority of the voters could then lack an acknowledged write; use at least {needed}",
+                replication.min_insync
+            ),
+        ));
+    }
+    Ok(())
 }

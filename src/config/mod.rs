@@ -779,6 +779,37 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(alone.contains("needs replicas"), "{alone}");
+        // Auto mode refuses settings under which a majority could lack an acknowledged
+        // write: acks = "none", or two replicas and two witnesses with min_insync = 1 (r1,
+        // w1 and w2 make a majority of five without r2).
+        let witnesses = "[[failover.witnesses]]\nname = \"w1\"\naddress = \"h:3\"\n\
+                         [[failover.witnesses]]\nname = \"w2\"\naddress = \"h:4\"\n";
+        let two_replicas = "[[replication.replicas]]\nname = \"r1\"\naddress = \"h:1\"\n\
+                            [[replication.replicas]]\nname = \"r2\"\naddress = \"h:2\"\n";
+        for (settings, auto, key) in [
+            ("acks = \"none\"\n", "", "replication.acks"),
+            ("min_insync = 1\n", witnesses, "use at least 2"),
+            ("", "address = \"nowhere\"\n", "failover.address"),
+        ] {
+            let message = resolve(&format!(
+                "{base}[replication]\nkey_file = \"/k\"\n{settings}{two_replicas}\
+                 [failover]\nmode = \"auto\"\n{auto}"
+            ))
+            .unwrap_err()
+            .to_string();
+            assert!(message.contains(key), "{settings}{auto}: {message}");
+            assert_eq!(message.lines().count(), 1, "{message}");
+        }
+        let safe = resolve(&format!(
+            "{base}[replication]\nkey_file = \"/k\"\nmin_insync = 2\n{two_replicas}\
+             [failover]\nmode = \"auto\"\naddress = \"10.0.0.1:7071\"\n{witnesses}"
+        ))
+        .unwrap()
+        .failover;
+        assert_eq!(
+            (safe.voters, safe.address.as_deref()),
+            (5, Some("10.0.0.1:7071"))
+        );
     }
 
     #[test]

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant, SystemTime};
 use serde::{Deserialize, Serialize};
 
 use super::ballot::{BallotBox, VotesStatus};
+use super::candidacy::{Candidacy, ElectionStatus};
 use super::copy::{CopyStatus, VolumeCopy, kept_aside};
 use super::key::VolumeKey;
 use super::promote::{PromoteError, Promotion, grant, promote};
@@ -40,6 +41,9 @@ pub struct HostedStatus {
     /// The node's votes for the volume (automatic failover), while it runs.
     #[serde(default)]
     pub votes: Option<VotesStatus>,
+    /// Where an election of a new primary stands here (automatic failover), while it runs.
+    #[serde(default)]
+    pub election: Option<ElectionStatus>,
 }
 
 /// A primary not heard from for this long (three heartbeats) counts as gone for a promotion.
@@ -73,6 +77,10 @@ pub(super) struct Hosted {
     promoted: OnceLock<u32>,
     /// The node's votes for the volume (automatic failover).
     pub(super) ballots: Arc<BallotBox>,
+    /// The copy standing for election (automatic failover).
+    pub(super) candidacy: Candidacy,
+    /// When the node took the copy up: a primary never heard is silent since.
+    started: Instant,
 }
 
 impl Hosted {
@@ -97,6 +105,8 @@ impl Hosted {
             promoting: Mutex::new(()),
             promoted: OnceLock::new(),
             ballots: Arc::new(ballots),
+            candidacy: Candidacy::default(),
+            started: Instant::now(),
         }
     }
 
@@ -118,6 +128,16 @@ impl Hosted {
             && contact.is_some_and(|at| at.elapsed().is_ok_and(|since| since < PRIMARY_SILENT))
     }
 
+    /// How long no primary was heard from: since its last message, or since the node took
+    /// the copy up if none was heard since.
+    pub(super) fn primary_silent_for(&self) -> Duration {
+        let contact = *self.contact.lock().unwrap_or_else(|p| p.into_inner());
+        match contact {
+            Some(at) => at.elapsed().unwrap_or_default(),
+            None => self.started.elapsed(),
+        }
+    }
+
     /// The epoch the copy was promoted at, if it was.
     pub(super) fn promoted(&self) -> Option<u32> {
         self.promoted.get().copied()
@@ -131,6 +151,7 @@ impl Hosted {
         root: &Path,
         unclean: bool,
         candidate: Option<&str>,
+        epoch: Option<u32>,
     ) -> Result<Promotion, PromoteError> {
         let Ok(_one) = self.promoting.try_lock() else {
             return Err(PromoteError::Busy);
@@ -141,7 +162,7 @@ impl Hosted {
         if self.primary_heard() {
             return Err(PromoteError::PrimaryConnected);
         }
-        let promotion = promote(&mut self.copy(), root, unclean, candidate)?;
+        let promotion = promote(&mut self.copy(), root, unclean, candidate, epoch)?;
         let _ = self.promoted.set(promotion.epoch);
         self.stop_hashing();
         Ok(promotion)
@@ -173,6 +194,7 @@ impl Hosted {
             stored_files: self.hashing.store().stored_files() as u64,
             hashes_pending: self.hashing.store().pending_files() as u64,
             votes: Some(self.ballots.status()),
+            election: Some(self.candidacy.status()),
             last_contact: contact.and_then(|at| {
                 at.duration_since(SystemTime::UNIX_EPOCH)
                     .ok()

@@ -8,15 +8,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use serde::{Deserialize, Serialize};
-use tokio::net::TcpStream;
-
 use crate::config::{FailoverConfig, Replica};
+use serde::{Deserialize, Serialize};
 
 use super::ballot::{BallotBox, VoteError};
-use super::channel::Channel;
+use super::canvass::{self, Answer, Canvass};
 use super::key::VolumeKey;
-use super::protocol::{ToNode, ToPrimary, decode, encode};
+use super::protocol::ToNode;
 use super::vote::{Refusal, Standing};
 
 /// What a lease keeper needs.
@@ -76,14 +74,6 @@ pub struct LeaseKeeper {
     held: Arc<Mutex<Held>>,
     stop: Arc<AtomicBool>,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
-}
-
-/// One voter's answer in a round.
-enum Answer {
-    Leased,
-    Refused(String),
-    /// It granted a newer epoch: this primary is deposed.
-    Deposed(u32),
 }
 
 impl LeaseKeeper {
@@ -184,7 +174,7 @@ async fn renew(
         failover,
     } = setup;
     let length = failover.lease;
-    let mut channels: Vec<Option<Channel<TcpStream>>> = voters.iter().map(|_| None).collect();
+    let mut canvass = Canvass::new(volume.clone(), voters, key, plaintext);
     let mut first = Some(first);
     while !stop.load(Ordering::SeqCst) {
         let began = Instant::now();
@@ -195,59 +185,24 @@ async fn renew(
             standing: reach,
             length_ms: length.as_millis() as u64,
         };
-        let mut answers: Vec<(String, Answer)> = Vec::new();
-        answers.push((
-            name.clone(),
-            match own.lease(epoch, &name, reach, length) {
-                Ok(()) => Answer::Leased,
-                Err(VoteError::Refused(Refusal::Stale { granted, .. })) => Answer::Deposed(granted),
-                Err(error) => Answer::Refused(error.to_string()),
-            },
-        ));
-        let mut asking = tokio::task::JoinSet::new();
-        for (index, voter) in voters.iter().enumerate() {
-            let (channel, voter, volume, key) = (
-                channels[index].take(),
-                voter.clone(),
-                volume.clone(),
-                key.clone(),
-            );
-            let ask = ask.clone();
-            let within = failover.renew_every();
-            asking.spawn(async move {
-                let asked = tokio::time::timeout(
-                    within,
-                    ask_voter(channel, &voter, &volume, &key, plaintext, &ask),
-                )
-                .await;
-                let (channel, answer) = match asked {
-                    Ok(asked) => asked,
-                    Err(_) => (None, Answer::Refused("no answer in time".to_string())),
-                };
-                (index, voter.name, channel, answer)
-            });
-        }
-        while let Some(joined) = asking.join_next().await {
-            if let Ok((index, voter, channel, answer)) = joined {
-                channels[index] = channel;
-                answers.push((voter, answer));
-            }
-        }
-        if let Some((voter, newer)) = answers.iter().find_map(|(voter, answer)| match answer {
-            Answer::Deposed(newer) => Some((voter.clone(), *newer)),
-            _ => None,
-        }) {
+        let mut answers = canvass.round(&ask, failover.renew_every()).await;
+        let own_answer = match own.lease(epoch, &name, reach, length) {
+            Ok(()) => Answer::Granted,
+            Err(VoteError::Refused(Refusal::Stale { granted, .. })) => Answer::Newer(granted),
+            Err(error) => Answer::Refused(error.to_string()),
+        };
+        let others_granted = canvass::granted(&answers);
+        answers.push((name.clone(), own_answer));
+        if let Some((newer, voter)) = canvass::newer(&answers) {
             tracing::error!(%volume, epoch, newer, %voter, "a voter granted a newer epoch: this primary is deposed");
-            deposed(newer, &voter);
+            deposed(newer, voter);
             let mut held = held.lock().unwrap_or_else(|p| p.into_inner());
             held.until = None;
             held.why_not = format!("deposed: {voter} granted epoch {newer}");
             break;
         }
-        let granted = answers
-            .iter()
-            .filter(|(_, answer)| matches!(answer, Answer::Leased))
-            .count();
+        let granted = canvass::granted(&answers);
+        let mut next = began + failover.renew_every();
         {
             let mut held = held.lock().unwrap_or_else(|p| p.into_inner());
             held.granted = granted;
@@ -255,73 +210,33 @@ async fn renew(
                 held.until = Some(began + failover.lease_valid_for());
                 held.why_not.clear();
             } else {
-                let refusals: Vec<String> = answers
-                    .iter()
-                    .filter_map(|(voter, answer)| match answer {
-                        Answer::Refused(why) => Some(format!("{voter}: {why}")),
-                        _ => None,
-                    })
-                    .collect();
                 held.why_not = format!(
                     "{granted} of the {} votes needed; {}",
                     failover.majority(),
-                    refusals.join("; ")
+                    canvass::refusals(&answers)
                 );
                 tracing::warn!(%volume, epoch, granted, why = %held.why_not, "the lease was not renewed in this round");
+                // Out of its lease and short of a majority, the primary stops renewing
+                // with the other voters that granted for a whole lease, so that they are
+                // free to elect another: renewing would keep them from ever voting
+                // (a primary cut from its replicas but not from the witness).
+                if others_granted > 0 && held.until.is_none_or(|until| until <= Instant::now()) {
+                    held.until = None;
+                    let aside = length.mul_f64(failover.clock_rate_bound);
+                    held.why_not = format!(
+                        "{}; stepped aside for {aside:?} so that the voters may elect another",
+                        held.why_not
+                    );
+                    next = Instant::now() + aside;
+                }
             }
         }
         if let Some(first) = first.take() {
             let _ = first.send(());
         }
-        let next = began + failover.renew_every();
         while !stop.load(Ordering::SeqCst) && Instant::now() < next {
             let pause = next.saturating_duration_since(Instant::now());
             tokio::time::sleep(pause.min(Duration::from_millis(50))).await;
         }
-    }
-}
-
-/// Asks `voter` for the lease `ask` names, on `channel` if it is still open, else on a new
-/// one. The channel comes back for the next round unless it failed.
-async fn ask_voter(
-    channel: Option<Channel<TcpStream>>,
-    voter: &Replica,
-    volume: &str,
-    key: &VolumeKey,
-    plaintext: bool,
-    ask: &ToNode,
-) -> (Option<Channel<TcpStream>>, Answer) {
-    let mut channel = match channel {
-        Some(channel) => channel,
-        None => {
-            let connected = async {
-                let stream = TcpStream::connect(&voter.address).await?;
-                stream.set_nodelay(true)?;
-                Channel::connect(stream, volume, key, plaintext)
-                    .await
-                    .map_err(std::io::Error::other)
-            };
-            match connected.await {
-                Ok(channel) => channel,
-                Err(error) => return (None, Answer::Refused(error.to_string())),
-            }
-        }
-    };
-    if let Err(error) = channel.send(&encode(ask)).await {
-        return (None, Answer::Refused(error.to_string()));
-    }
-    let answer = match channel.receive().await {
-        Ok(bytes) => bytes,
-        Err(error) => return (None, Answer::Refused(error.to_string())),
-    };
-    match decode::<ToPrimary>(&answer) {
-        Ok(ToPrimary::Leased) => (Some(channel), Answer::Leased),
-        Ok(ToPrimary::Fenced { epoch }) => (None, Answer::Deposed(epoch)),
-        Ok(ToPrimary::Refuse { reason }) => (None, Answer::Refused(reason)),
-        Ok(other) => (
-            None,
-            Answer::Refused(format!("unexpected answer {other:?}")),
-        ),
-        Err(error) => (None, Answer::Refused(error.to_string())),
     }
 }

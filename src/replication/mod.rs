@@ -3,8 +3,11 @@
 //! the log alone cannot bring up to date.
 
 mod ballot;
+mod candidacy;
+mod canvass;
 mod channel;
 mod copy;
+mod elector;
 mod hosted;
 mod inspect;
 mod isr;
@@ -22,8 +25,10 @@ mod vote;
 mod voting;
 
 pub use ballot::{BALLOT_FILE, BallotBox, VoteError, VotesStatus};
+pub use candidacy::{ElectionStatus, LastElection};
 pub use channel::{Channel, ChannelError, MESSAGE_MAX, Receiving};
 pub use copy::{CopyStatus, GATE_FILE, inspect as inspect_copy, load_key_file, load_peers};
+pub use elector::{Elected, OnElected};
 pub use key::VolumeKey;
 pub use lease::{LeaseKeeper, LeaseSetup, LeaseStatus};
 pub use node::{
@@ -32,7 +37,7 @@ pub use node::{
 pub use primary::{DIVERGED_ADVICE, Replication, ReplicationError, ReplicationStatus};
 pub use promote::{PeerPosition, PromoteError, Promotion, Reach, peer_positions, promoted_at};
 pub use protocol::{
-    Peers, ProtocolError, Stuck, ToNode, ToPrimary, decode as decode_message,
+    AutoFailover, Peers, ProtocolError, Stuck, ToNode, ToPrimary, decode as decode_message,
     encode as encode_message, record_hash, record_hash_at,
 };
 pub use rejoin::{RejoinError, Rejoined, rejoin};

@@ -17,6 +17,7 @@ use tokio::net::{TcpListener, TcpStream};
 use super::ballot::{BALLOT_FILE, BallotBox, VoteError, VotesStatus};
 use super::channel::{Admission, Channel, ChannelError};
 use super::copy::{CopyError, VolumeCopy, keep_key_file};
+use super::elector::{self, OnElected};
 use super::hosted::Hosted;
 pub use super::hosted::HostedStatus;
 use super::key::{KeyError, VolumeKey};
@@ -103,8 +104,13 @@ pub struct NodeStatus {
     pub witnessed: Vec<(String, VotesStatus)>,
 }
 
-/// Runs the node described by `config` until a stop signal.
-pub fn serve(config: NodeConfig, signals: StopSignals) -> Result<(), NodeError> {
+/// Runs the node described by `config` until a stop signal. A copy it promotes after
+/// winning an election (automatic failover) is handed to `on_elected`.
+pub fn serve(
+    config: NodeConfig,
+    signals: StopSignals,
+    on_elected: OnElected,
+) -> Result<(), NodeError> {
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
@@ -251,6 +257,14 @@ pub fn serve(config: NodeConfig, signals: StopSignals) -> Result<(), NodeError> 
             }
         }
         let (stop, mut stopped) = tokio::sync::watch::channel(false);
+        if !listening.volumes.is_empty() {
+            tokio::spawn(elector::run(
+                listening.volumes.clone(),
+                config.dir.clone(),
+                on_elected,
+                stopped.clone(),
+            ));
+        }
         std::thread::Builder::new()
             .name("stop".to_string())
             .spawn(move || {
@@ -336,7 +350,7 @@ pub fn promote_volume(
     match StateDir::open(&own) {
         Ok(_lock) => {
             let mut copy = VolumeCopy::open(&root)?;
-            promote(&mut copy, &root, unclean, candidate)
+            promote(&mut copy, &root, unclean, candidate, None)
         }
         Err(StateError::Locked { .. }) => ask_node(&own, volume, unclean, candidate),
         Err(error) => Err(PromoteError::Node(error.to_string())),
@@ -415,7 +429,12 @@ fn promotions(kept: Arc<Kept>, dir: PathBuf) -> crate::control::Handler {
                 Some(Ok(asked)) => match kept.volumes.get(&asked.volume) {
                     Some(hosted) => {
                         let root = dir.join(&asked.volume);
-                        match hosted.hand_over(&root, asked.unclean, asked.candidate.as_deref()) {
+                        match hosted.hand_over(
+                            &root,
+                            asked.unclean,
+                            asked.candidate.as_deref(),
+                            None,
+                        ) {
                             Ok(promotion) => {
                                 tracing::warn!(volume = %asked.volume, epoch = promotion.epoch, next = promotion.next, "the copy was promoted to primary: handed over, no longer kept");
                                 PromoteAnswer::Promoted(promotion)

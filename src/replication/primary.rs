@@ -25,7 +25,9 @@ use super::channel::{Channel, ChannelError};
 use super::isr::{Progress, Rule, high_watermark, satisfied};
 use super::key::{KeyError, VolumeKey};
 use super::protocol::Stuck;
-use super::protocol::{Peers, ProtocolError, ToNode, ToPrimary, decode, encode, record_hash_at};
+use super::protocol::{
+    AutoFailover, Peers, ProtocolError, ToNode, ToPrimary, decode, encode, record_hash_at,
+};
 use super::resync;
 use crate::config::Replica;
 use crate::config::Span;
@@ -334,12 +336,14 @@ impl Follower for Replication {
 
 impl Replication {
     /// Starts a sender per replica of `config` for volume `volume`, reading the log and,
-    /// for snapshots, the origin of `source`.
+    /// for snapshots, the origin of `source`; the replicas are told `failover`, with
+    /// which they elect the next primary on their own.
     pub fn start(
         config: &ReplicationConfig,
         volume: &str,
         source: SnapshotSource,
         epoch: u32,
+        failover: Option<AutoFailover>,
     ) -> Result<Arc<Replication>, ReplicationError> {
         let log = Arc::clone(source.log());
         let key = VolumeKey::read(&config.key_file)?;
@@ -412,6 +416,7 @@ impl Replication {
                     plaintext: config.plaintext,
                     on_promote: config.on_promote.clone(),
                     on_fenced: config.on_fenced.clone(),
+                    failover: failover.clone(),
                 },
                 // As long as a replica may lag and stay in sync, and no shorter than a
                 // batch takes on a slow link.
@@ -647,6 +652,7 @@ fn fence_primary(shared: &Shared, log: &Log, volume: &str, on_fenced: Option<&st
             volume,
             epoch,
             role: "fenced",
+            config: None,
         };
         crate::hooks::spawn(hook, moment);
     }

@@ -316,14 +316,15 @@ pub fn check_before_opening(root: &Path, volume: &str) -> Result<(), PromoteErro
     Ok(())
 }
 
-/// Promotes `copy`, open from `root`, to the next epoch (see the module doc).
-/// With `candidate` (the copy's replica name), the epoch must not be granted to another
-/// replica's promotion.
+/// Promotes `copy`, open from `root`, to epoch `epoch` (by default the next one; see the
+/// module doc). With `candidate` (the copy's replica name), the epoch must not be granted
+/// to another replica's promotion.
 pub fn promote(
     copy: &mut VolumeCopy,
     root: &Path,
     unclean: bool,
     candidate: Option<&str>,
+    epoch: Option<u32>,
 ) -> Result<Promotion, PromoteError> {
     if let Some(epoch) = promoted_at(root)? {
         return Err(PromoteError::Promoted(epoch));
@@ -359,7 +360,16 @@ pub fn promote(
             high_watermark,
         });
     }
-    let epoch = copy.epoch() + 1;
+    let epoch = match epoch {
+        None => copy.epoch() + 1,
+        Some(epoch) if epoch > copy.epoch() => epoch,
+        Some(asked) => {
+            return Err(PromoteError::EpochInUse {
+                asked,
+                seen: copy.epoch(),
+            });
+        }
+    };
     copy.accept_epoch(epoch)?;
     copy.store_applied()?;
     let whole = status.log_start == 0 && !copy.has_snapshot();
@@ -406,7 +416,7 @@ mod tests {
             "an older epoch than one granted"
         );
         // The copy's own promotion checks the grant: the epoch went to r1, not r0.
-        let taken = promote(&mut copy, &root, true, Some("r0")).unwrap_err();
+        let taken = promote(&mut copy, &root, true, Some("r0"), None).unwrap_err();
         assert!(
             matches!(taken, PromoteError::GrantedTo { epoch: 3, .. }),
             "{taken}"

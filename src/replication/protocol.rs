@@ -5,7 +5,7 @@
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::config::{Acks, OnInsufficient, Replica};
+use crate::config::{Acks, FailoverConfig, FailoverMode, OnInsufficient, Replica};
 use crate::log::{Log, LogError, LogPath, Op, Record};
 use crate::manifest::Entry;
 use crate::manifest::FileHashes;
@@ -51,6 +51,66 @@ pub struct Peers {
     /// The config's `on_fenced` hook, for a promoted copy's config to keep.
     #[serde(default)]
     pub on_fenced: Option<String>,
+    /// With automatic failover: what the replicas need to elect the next primary.
+    #[serde(default)]
+    pub failover: Option<AutoFailover>,
+}
+
+/// A volume's automatic failover as the primary's config has it (`[failover]`): what a
+/// replica node needs to stand for election, and to write its own config when it wins.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AutoFailover {
+    /// The primary's name among the voters.
+    pub primary: String,
+    /// Where the primary's machine serves a replica node once it rejoins, if it says.
+    pub primary_address: Option<String>,
+    /// Where the primary mounts the volume: a copy elected in its place, with no standby
+    /// mounted, is configured to mount there.
+    pub mountpoint: std::path::PathBuf,
+    /// The lease, in milliseconds.
+    pub lease_ms: u64,
+    /// The clock rate bound in millionths, rounded up (1.1 is 1 100 000).
+    pub clock_rate_bound_ppm: u32,
+    /// Promote the most advanced replica when none can prove it is in sync.
+    pub unclean: bool,
+    /// The witnesses.
+    pub witnesses: Vec<Replica>,
+}
+
+impl AutoFailover {
+    /// What a primary with `config` (automatic, and named), mounted at `mountpoint`, tells
+    /// its replicas.
+    pub fn from_config(
+        config: &FailoverConfig,
+        primary: String,
+        mountpoint: std::path::PathBuf,
+    ) -> AutoFailover {
+        AutoFailover {
+            primary,
+            mountpoint,
+            primary_address: config.address.clone(),
+            lease_ms: config.lease.as_millis() as u64,
+            clock_rate_bound_ppm: (config.clock_rate_bound * 1e6).ceil() as u32,
+            unclean: config.unclean,
+            witnesses: config.witnesses.clone(),
+        }
+    }
+
+    /// The failover settings of a volume with `replicas` replicas whose primary sent this:
+    /// the timings and the majority derive from these as on the primary.
+    pub fn config(&self, replicas: usize) -> FailoverConfig {
+        FailoverConfig {
+            mode: FailoverMode::Auto,
+            auto_off: None,
+            lease: std::time::Duration::from_millis(self.lease_ms),
+            clock_rate_bound: f64::from(self.clock_rate_bound_ppm) / 1e6,
+            unclean: self.unclean,
+            witnesses: self.witnesses.clone(),
+            voters: 1 + replicas + self.witnesses.len(),
+            name: Some(self.primary.clone()),
+            address: self.primary_address.clone(),
+        }
+    }
 }
 
 /// What a primary sends.
@@ -344,6 +404,18 @@ mod tests {
                     plaintext: false,
                     on_promote: Some("ip addr add 10.0.0.9/24 dev eth0".to_string()),
                     on_fenced: None,
+                    failover: Some(AutoFailover {
+                        primary: "p".to_string(),
+                        primary_address: Some("10.0.0.1:7071".to_string()),
+                        mountpoint: "/mnt/vol".into(),
+                        lease_ms: 5000,
+                        clock_rate_bound_ppm: 1_100_000,
+                        unclean: false,
+                        witnesses: vec![Replica {
+                            name: "w".to_string(),
+                            address: "10.0.0.3:7080".to_string(),
+                        }],
+                    }),
                 },
             },
             ToNode::Records {

@@ -78,6 +78,10 @@ async fn answer(
                         tracing::warn!(%volume, epoch, %candidate, ?standing, "voted for a new primary");
                         ToPrimary::Voted
                     }
+                    // The candidate learns the newest epoch, to stand at the next one.
+                    Err(VoteError::Refused(Refusal::Stale { granted, .. })) => {
+                        ToPrimary::Fenced { epoch: granted }
+                    }
                     Err(error) => ToPrimary::Refuse {
                         reason: error.to_string(),
                     },

@@ -145,6 +145,22 @@ impl Node {
         report["volumes"][0].clone()
     }
 
+    /// Mounts the standby of this node's copy of "vol" at `mountpoint`, its log in `log`.
+    pub fn mount_standby(&self, mountpoint: &Path, log: &Path) -> super::MountedChild {
+        super::MountedChild::start(
+            &[
+                "--standby",
+                "--dir",
+                self.dir.to_str().unwrap(),
+                "--volume",
+                "vol",
+                mountpoint.to_str().unwrap(),
+            ],
+            mountpoint,
+            log,
+        )
+    }
+
     /// The node's log so far.
     pub fn log(&self) -> String {
         fs::read_to_string(&self.log).unwrap_or_default()
@@ -259,6 +275,7 @@ pub fn peers(this: &str, address: &str) -> Peers {
         plaintext: false,
         on_promote: None,
         on_fenced: None,
+        failover: None,
     }
 }
 

@@ -1,0 +1,196 @@
+//! Automatic failover end to end (docs/design.md 9.8): real replica nodes, a witness, a
+//! primary mount and standby mounts, as separate processes. The replicas elect a new
+//! primary when the old one is lost, and only when a majority of the voters can.
+
+mod common;
+
+use std::fs;
+use std::io::Write;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::replica::{Node, key_file, nodes_apart, replicated_mount, wait_replicated};
+
+/// Writes `name` with fsync under `dir`: whether every step returned 0.
+fn synced_write(dir: &Path, name: &str) -> bool {
+    let written = fs::File::create(dir.join(name)).and_then(|mut file| {
+        file.write_all(name.as_bytes())?;
+        file.sync_all()
+    });
+    written.is_ok()
+}
+
+/// A node's first volume, as `replica status --json` shows it.
+fn election(node: &Node) -> serde_json::Value {
+    node.first_volume()["election"].clone()
+}
+
+/// The primary (p) replicates to r0 and r1 with a witness w, each copy mounted as a
+/// standby. Killed with SIGKILL, p is replaced without anyone's help: one replica wins
+/// the next epoch, its standby turns read-write in place, it holds every write p
+/// acknowledged, the other replica follows it, `on_promote` is told the config written,
+/// and both nodes' status tells the election.
+#[test]
+fn a_replica_is_elected_when_the_primary_is_killed_and_serves_every_acknowledged_write() {
+    let scratch = common::scratch();
+    let (key_path, _) = key_file(scratch.path(), "vol.key");
+    let nodes = nodes_apart(scratch.path(), &["r0", "r1"], &key_path);
+    fs::create_dir(scratch.path().join("w")).unwrap();
+    let witness = Node::witness(
+        None,
+        &scratch.path().join("w"),
+        "127.0.0.1:0",
+        &[("vol", &key_path)],
+    );
+    let promoted_log = scratch.path().join("promoted");
+    let settings = format!(
+        "acks = \"all\"\nmin_insync = 1\n\
+         on_promote = \"echo $MIRRORFS_EPOCH $MIRRORFS_CONFIG >> {}\"\n\
+         [failover]\nmode = \"auto\"\nlease = \"2s\"\nname = \"p\"\n\
+         [[failover.witnesses]]\nname = \"w\"\naddress = \"{}\"\n",
+        promoted_log.display(),
+        witness.address
+    );
+    let mut primary = replicated_mount("vol", &key_path, &[&nodes[0], &nodes[1]], &settings);
+    let mut acknowledged = Vec::new();
+    for n in 0..20 {
+        let name = format!("before-{n}");
+        assert!(synced_write(&primary.path(""), &name), "{}", primary.log());
+        acknowledged.push(name);
+    }
+    wait_replicated(&primary);
+    let standbys: Vec<common::MountedChild> = nodes
+        .iter()
+        .enumerate()
+        .map(|(n, node)| {
+            let mountpoint = scratch.path().join(format!("standby{n}"));
+            fs::create_dir(&mountpoint).unwrap();
+            node.mount_standby(&mountpoint, &scratch.path().join(format!("standby{n}.log")))
+        })
+        .collect();
+    for node in &nodes {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while election(node)["now"] != "following p" {
+            assert!(Instant::now() < deadline, "{}", node.log());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    let killed = Instant::now();
+    primary.crash();
+    // The first write acknowledged after the kill, on whichever standby was promoted.
+    let winner = 'elected: loop {
+        for (n, standby) in standbys.iter().enumerate() {
+            if synced_write(&standby.mountpoint, "after") {
+                break 'elected n;
+            }
+        }
+        assert!(
+            killed.elapsed() < Duration::from_secs(30),
+            "no replica took over:\n{}\n{}",
+            nodes[0].log(),
+            nodes[1].log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    eprintln!(
+        "failover: first acknowledged write {:?} after the kill",
+        killed.elapsed()
+    );
+    let loser = 1 - winner;
+    let served = &standbys[winner].mountpoint;
+    for name in &acknowledged {
+        assert_eq!(
+            fs::read(served.join(name)).unwrap(),
+            name.as_bytes(),
+            "{name} lost"
+        );
+    }
+    // The winner stood, and says why and with what votes.
+    let won = election(&nodes[winner]);
+    let last = &won["last"];
+    assert_eq!(last["won"], true, "{won}");
+    // Epoch 2, unless both replicas stood at once and split the first votes.
+    let epoch = last["epoch"].as_u64().unwrap();
+    assert!(epoch >= 2, "{won}");
+    let reason = last["reason"].as_str().unwrap();
+    assert!(reason.contains("primary p not heard"), "{won}");
+    assert_eq!(nodes[winner].first_volume()["promoted"], epoch);
+    // The other follows the new primary: the write after the kill reaches its copy.
+    let follower = nodes[loser].dir.join("vol/data/after");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while fs::read(&follower).ok().as_deref() != Some(&b"after"[..]) {
+        assert!(
+            Instant::now() < deadline,
+            "the other replica does not follow:\n{}\n{}",
+            nodes[loser].log(),
+            standbys[winner].log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let text = common::run(&[
+        "replica",
+        "status",
+        "--dir",
+        nodes[winner].dir.to_str().unwrap(),
+    ]);
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        text.contains(&format!("last election: epoch {epoch}")) && text.contains("won"),
+        "{text}"
+    );
+    // on_promote was told the epoch and the config the node wrote, which keeps automatic
+    // failover for the next time under the winner's name.
+    let hook = fs::read_to_string(&promoted_log).unwrap();
+    let config_path = nodes[winner].dir.join("vol/primary.toml");
+    assert_eq!(hook.trim(), format!("{epoch} {}", config_path.display()));
+    let config: toml::Value = toml::from_str(&fs::read_to_string(&config_path).unwrap()).unwrap();
+    assert_eq!(config["failover"]["mode"].as_str(), Some("auto"));
+    assert_eq!(
+        config["failover"]["name"].as_str(),
+        Some(format!("r{winner}").as_str())
+    );
+    // The new primary holds its lease from the voters left: itself, the other, w.
+    let status = common::run(&[
+        "status",
+        "--json",
+        "--state-dir",
+        nodes[winner].dir.join("vol").to_str().unwrap(),
+    ]);
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    let lease = &status["replication"]["lease"];
+    assert!(lease["held_for_ms"].as_u64().is_some(), "{status}");
+    assert_eq!(lease["voters"], 3, "{status}");
+}
+
+/// Two machines and no witness: the primary says automatic failover is off (two voters
+/// keep no majority when one is lost), and the replica never promotes itself when the
+/// primary is killed.
+#[test]
+fn two_voters_never_elect_and_say_why() {
+    let scratch = common::scratch();
+    let (key_path, _) = key_file(scratch.path(), "vol.key");
+    let nodes = nodes_apart(scratch.path(), &["r0"], &key_path);
+    let settings = "acks = \"all\"\n[failover]\nmode = \"auto\"\nlease = \"1s\"\nname = \"p\"\n";
+    let mut primary = replicated_mount("vol", &key_path, &[&nodes[0]], settings);
+    assert!(synced_write(&primary.path(""), "acknowledged"));
+    wait_replicated(&primary);
+    assert!(
+        primary
+            .log()
+            .contains("automatic failover is off: 2 voter(s)"),
+        "{}",
+        primary.log()
+    );
+    primary.crash();
+    // Far past when an election would have been won with three voters (see above).
+    std::thread::sleep(Duration::from_secs(8));
+    let volume = nodes[0].first_volume();
+    assert!(volume["promoted"].is_null(), "{volume}");
+    assert!(
+        volume["election"]["last"].is_null(),
+        "it stood for election: {volume}"
+    );
+    assert!(!nodes[0].dir.join("vol/primary.toml").exists());
+    assert!(nodes[0].dir.join("vol/data/acknowledged").exists());
+}
