@@ -9,8 +9,8 @@ use crate::config::{Replica, Span};
 use crate::control;
 use crate::hooks::Moment;
 use crate::replication::{
-    AutoFailover, Elected, Peers, Promotion, Reach, VolumeKey, inspect_copy, load_key_file,
-    load_peers, peer_positions, promote_volume,
+    AutoFailover, ELECTED_CONFIG, Elected, Peers, Promotion, Reach, VolumeKey, inspect_copy,
+    load_key_file, load_peers, peer_positions, promote_volume,
 };
 use crate::status::Status;
 use crate::types::Name;
@@ -157,10 +157,6 @@ pub fn run(args: PromoteArgs) -> Result<(), CliError> {
 
 /// Where a standby mount of a copy keeps its state, in the copy's directory.
 const STANDBY_DIR: &str = "standby";
-
-/// The file a node writes, in a copy's directory, with the config that serves the copy it
-/// promoted after winning an election.
-pub const ELECTED_CONFIG: &str = "primary.toml";
 
 /// The status of the standby mount of the copy in `root`, if one runs.
 fn running_standby(root: &Path) -> Option<Status> {

@@ -38,13 +38,14 @@ use serde::{Deserialize, Serialize};
 
 use crate::durable;
 use crate::log::{Epochs, Log, LogError, LogOptions, LogPath, Op, Record};
-use crate::manifest::{Entry, HashStore, list};
+use crate::manifest::{Entry, HashStore, list, stat_at};
 use crate::origin::{At, Changing, Origin, TreeGate};
 use crate::tree::{ApplyError, apply, apply_op, place};
 use crate::types::{Change, FileId, FileKind, Stamp};
 use crate::write::{load_applied, store_applied};
 
 use super::protocol::{Peers, Stuck, ToPrimary, record_hash};
+use super::untimed::{self, Untimed};
 
 /// Segment size of a copy's log.
 const SEGMENT_BYTES: u64 = 64 << 20;
@@ -204,7 +205,8 @@ pub fn inspect(root: &Path) -> Result<CopyStatus, CopyError> {
         {
             Some(latest) => latest.epoch,
             None => base.map_or(0, |b| b.epoch),
-        },
+        }
+        .max(load_accepted(root)?),
         receiving_snapshot: root.join("staging").exists(),
         // Known only to a running node, which has tried.
         stuck: None,
@@ -246,6 +248,22 @@ pub struct VolumeCopy {
     /// holds waits to be stored.
     high_watermark: u64,
     high_watermark_unstored: bool,
+    /// The newest leader epoch a primary opened a session with (durable in
+    /// [`ACCEPTED_FILE`]): primaries of older epochs are refused. Kept apart from the log's
+    /// epoch history, which records only the epochs of the records it holds: a copy behind
+    /// a new primary still takes the older epochs' records it lacks.
+    accepted: u32,
+    /// What records moved and no record timed since, as of `applied`.
+    untimed: Untimed,
+}
+
+/// The file in a copy's directory holding the newest leader epoch it accepted.
+const ACCEPTED_FILE: &str = "accepted-epoch";
+
+fn load_accepted(root: &Path) -> Result<u32, CopyError> {
+    let path = root.join(ACCEPTED_FILE);
+    let accepted = load_applied(&path).map_err(io_error(&path))?.unwrap_or(0);
+    Ok(u32::try_from(accepted).unwrap_or(u32::MAX))
 }
 
 fn stuck_on(error: &ApplyError) -> Stuck {
@@ -366,6 +384,8 @@ impl VolumeCopy {
         let as_root = unsafe { libc::geteuid() } == 0;
         let mut copy_applied = applied;
         let mut stuck = None;
+        let untimed_path = untimed::file(root);
+        let mut untimed = Untimed::load(root).map_err(io(&untimed_path))?;
         let changing = gate.change().map_err(io(&gate_path))?;
         for record in view.records(applied)? {
             let record = record?;
@@ -375,7 +395,10 @@ impl VolumeCopy {
             // A record the tree cannot take leaves the node serving, and saying so,
             // rather than refusing to start.
             match apply(&tree, &record, as_root) {
-                Ok(()) => copy_applied = record.offset + 1,
+                Ok(()) => {
+                    untimed.note(&record.op);
+                    copy_applied = record.offset + 1;
+                }
                 Err(error) => stuck = Some(stuck_on(&error)),
             }
         }
@@ -394,6 +417,8 @@ impl VolumeCopy {
             stuck,
             high_watermark: load_high_watermark(root)?,
             high_watermark_unstored: false,
+            accepted: load_accepted(root)?,
+            untimed,
             resyncing: None,
             gate,
             resync_changing: None,
@@ -404,8 +429,47 @@ impl VolumeCopy {
 
     /// Accepts leader epoch `epoch` from a primary that opened a session with it: durably,
     /// so every primary of an older epoch is refused from now on, even after a restart.
+    /// The log's history takes the epoch with the first record of it.
     pub fn accept_epoch(&mut self, epoch: u32) -> Result<(), CopyError> {
-        Ok(self.log.begin_epoch(epoch)?)
+        if epoch > self.accepted {
+            let path = self.root.join(ACCEPTED_FILE);
+            store_applied(&path, u64::from(epoch)).map_err(io_error(&path))?;
+            self.accepted = epoch;
+        }
+        Ok(())
+    }
+
+    /// Begins leader epoch `epoch` in the copy's log at its end: the copy is promoted, and
+    /// its next records are the new primary's. Their first ones record the times the tree
+    /// has for what the old primary's records left untimed (see [`super::untimed`]), so
+    /// the other copies end where this one does. Returns how many it recorded.
+    pub fn begin_epoch(&mut self, epoch: u32) -> Result<usize, CopyError> {
+        self.accept_epoch(epoch)?;
+        self.log.begin_epoch(epoch)?;
+        self.apply_received(&[])?;
+        let mut last = None;
+        let mut timed = 0;
+        for path in self.untimed.paths() {
+            let Ok(stat) = stat_at(&self.tree, path) else {
+                continue;
+            };
+            last = Some(self.log.append(&Op::SetAttr {
+                path: path.clone(),
+                mode: None,
+                uid: None,
+                gid: None,
+                atime: None,
+                mtime: Some(stat.mtime.into()),
+            })?);
+            timed += 1;
+        }
+        if let Some(last) = last {
+            self.log.sync_to(last)?;
+        }
+        // The tree has these times already.
+        self.applied = self.next();
+        self.untimed.clear();
+        Ok(timed)
     }
 
     /// The epoch of the last record the copy holds, if it holds any.
@@ -568,9 +632,9 @@ impl VolumeCopy {
         self.base.is_some()
     }
 
-    /// The highest epoch the copy's log has accepted.
+    /// The highest epoch the copy has accepted: from a primary, or in its log's records.
     pub fn epoch(&self) -> u32 {
-        self.log.epoch()
+        self.accepted.max(self.log.epoch())
     }
 
     /// Takes `records` (the next ones, in order): durable in the copy's log when this
@@ -640,6 +704,7 @@ impl VolumeCopy {
         {
             for record in received {
                 self.apply(record)?;
+                self.untimed.note(&record.op);
                 self.applied = record.offset + 1;
             }
         }
@@ -647,6 +712,7 @@ impl VolumeCopy {
             for record in self.log.view().records(self.applied)? {
                 let record = record?;
                 self.apply(&record)?;
+                self.untimed.note(&record.op);
                 self.applied = record.offset + 1;
             }
         }
@@ -820,6 +886,11 @@ impl VolumeCopy {
         self.base = Some(base);
         self.applied = base.offset;
         self.applied_stored = Instant::now();
+        // The tree is the primary's, times included.
+        self.untimed.clear();
+        self.untimed
+            .save(&root)
+            .map_err(io_error(&untimed::file(&root)))?;
         let marker = root.join(RESYNC_FILE);
         durable::remove(&marker).map_err(io_error(&marker))
     }
@@ -864,6 +935,11 @@ impl VolumeCopy {
             source,
         };
         self.tree.sync_filesystem().map_err(io)?;
+        // The set first: one newer than the offset only holds more than it must.
+        let untimed_path = untimed::file(&self.root);
+        self.untimed
+            .save(&self.root)
+            .map_err(io_error(&untimed_path))?;
         store_applied(&path, self.applied).map_err(io)?;
         self.applied_stored = Instant::now();
         self.store_high_watermark()
@@ -1084,6 +1160,28 @@ mod tests {
             "{error}"
         );
         assert_eq!(copy.next(), 3);
+    }
+
+    /// A copy behind a newly elected primary accepts its epoch at once (older primaries
+    /// are refused from then on, across a restart) and still takes the records of older
+    /// epochs it lacks, which the new primary's log holds before its own.
+    #[test]
+    fn a_copy_behind_a_new_primary_takes_the_older_epochs_records_it_lacks() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut copy = VolumeCopy::open(dir.path()).unwrap();
+        copy.receive(&records(0, 1)).unwrap();
+        copy.accept_epoch(3).unwrap();
+        let older = records(3, 2);
+        copy.receive(&older).unwrap();
+        copy.apply_received(&older).unwrap();
+        assert_eq!(
+            (copy.next(), copy.epoch(), copy.last_epoch()),
+            (6, 3, Some(2))
+        );
+        drop(copy);
+        let copy = VolumeCopy::open(dir.path()).unwrap();
+        assert_eq!(copy.epoch(), 3, "the accepted epoch is durable");
+        assert_eq!(inspect(dir.path()).unwrap().epoch, 3);
     }
 
     #[test]

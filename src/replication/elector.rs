@@ -31,6 +31,10 @@ pub struct Elected {
     pub peers: Peers,
 }
 
+/// The file a node writes, in a copy's directory, with the config that serves the copy it
+/// promoted after winning an election.
+pub const ELECTED_CONFIG: &str = "primary.toml";
+
 /// What a node does with a copy it promoted after winning an election: run on a thread of
 /// its own, since serving it may take a while (a standby promoted in place, hooks).
 pub type OnElected = Arc<dyn Fn(Elected) + Send + Sync>;

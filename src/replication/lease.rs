@@ -6,7 +6,7 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use crate::config::{FailoverConfig, Replica};
 use serde::{Deserialize, Serialize};
@@ -177,7 +177,7 @@ async fn renew(
     let mut canvass = Canvass::new(volume.clone(), voters, key, plaintext);
     let mut first = Some(first);
     while !stop.load(Ordering::SeqCst) {
-        let began = Instant::now();
+        let (began, began_wall) = (Instant::now(), SystemTime::now());
         let reach = standing();
         let ask = ToNode::Lease {
             epoch,
@@ -209,6 +209,20 @@ async fn renew(
             if granted >= failover.majority() {
                 held.until = Some(began + failover.lease_valid_for());
                 held.why_not.clear();
+                // Each lease held, by the wall clock: what a test running every process on
+                // one machine checks for overlaps between primaries.
+                let unix_ms = |at: SystemTime| {
+                    at.duration_since(SystemTime::UNIX_EPOCH)
+                        .map_or(0, |since| since.as_millis() as u64)
+                };
+                tracing::debug!(
+                    %volume,
+                    epoch,
+                    %name,
+                    from_ms = unix_ms(began_wall),
+                    until_ms = unix_ms(began_wall + failover.lease_valid_for()),
+                    "lease held"
+                );
             } else {
                 held.why_not = format!(
                     "{granted} of the {} votes needed; {}",

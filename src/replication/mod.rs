@@ -21,6 +21,7 @@ mod rejoin;
 mod resync;
 mod session;
 mod stream;
+mod untimed;
 mod vote;
 mod voting;
 
@@ -28,7 +29,7 @@ pub use ballot::{BALLOT_FILE, BallotBox, VoteError, VotesStatus};
 pub use candidacy::{ElectionStatus, LastElection};
 pub use channel::{Channel, ChannelError, MESSAGE_MAX, Receiving};
 pub use copy::{CopyStatus, GATE_FILE, inspect as inspect_copy, load_key_file, load_peers};
-pub use elector::{Elected, OnElected};
+pub use elector::{ELECTED_CONFIG, Elected, OnElected};
 pub use key::VolumeKey;
 pub use lease::{LeaseKeeper, LeaseSetup, LeaseStatus};
 pub use node::{

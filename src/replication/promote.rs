@@ -33,7 +33,7 @@ use super::protocol::{Stuck, ToNode, ToPrimary, decode, encode};
 pub const PROMOTED_FILE: &str = "promoted";
 
 /// The epoch a copy granted to a promotion, and to whose: `EPOCH NAME UNIX_SECONDS`.
-const GRANTED_FILE: &str = "granted";
+pub(super) const GRANTED_FILE: &str = "granted";
 
 /// A grant not followed by its promotion within this long no longer counts (the
 /// promotion gave up; the `promoted` marker, not the grant, says who won).
@@ -370,7 +370,7 @@ pub fn promote(
             });
         }
     };
-    copy.accept_epoch(epoch)?;
+    copy.begin_epoch(epoch)?;
     copy.store_applied()?;
     let whole = status.log_start == 0 && !copy.has_snapshot();
     let base = root.join("log-base");

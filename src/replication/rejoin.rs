@@ -6,6 +6,7 @@
 
 use std::path::{Path, PathBuf};
 
+use super::elector::ELECTED_CONFIG;
 use crate::durable;
 use crate::log::{Fence, inspect};
 use crate::manifest::STORE_FILE_NAME;
@@ -54,7 +55,9 @@ pub enum RejoinError {
 
 /// Moves volume `volume`'s origin `source` and its `state_dir` (log, applied offset,
 /// stored hashes) into node directory `dir` as the volume's copy. Refused unless the
-/// volume is fenced, its state is not in use, and the node has no copy of it.
+/// volume is fenced, its state is not in use, and the node has no copy of it. A copy that
+/// was promoted in `dir` (its state `dir/<volume>`, its source the copy's `data/`) becomes
+/// a copy again where it is.
 pub fn rejoin(
     volume: &str,
     source: &Path,
@@ -71,6 +74,9 @@ pub fn rejoin(
         .stats()
         .next_offset;
     let root = dir.join(volume);
+    if same_file(state_dir, &root) && same_file(source, &root.join("data")) {
+        return back_in_place(root, fence, next);
+    }
     if root.exists() {
         return Err(RejoinError::CopyExists(root));
     }
@@ -124,5 +130,52 @@ pub fn rejoin(
     durable::remove(&root.join("log").join(crate::log::FENCE_FILE)).map_err(io(&root))?;
     moved(source, &root.join("data"))?;
     durable::sync_parent(&root.join("data")).map_err(io(&root))?;
+    Ok(Rejoined { root, fence, next })
+}
+
+/// Whether `a` and `b` name the same existing file.
+fn same_file(a: &Path, b: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (std::fs::metadata(a), std::fs::metadata(b)) {
+        (Ok(a), Ok(b)) => (a.dev(), a.ino()) == (b.dev(), b.ino()),
+        _ => false,
+    }
+}
+
+/// Makes the promoted copy at `root`, fenced by `fence`, a copy again in place: its log,
+/// tree, applied offset and stored hashes are already where a copy keeps them. The fence
+/// goes first, then the marker that made the node leave the directory alone: a crash in
+/// between leaves a promoted copy no longer fenced, which a mount would find deposed again
+/// at its first contact, never a copy whose log refuses the new primary.
+fn back_in_place(root: PathBuf, fence: Fence, next: u64) -> Result<Rejoined, RejoinError> {
+    let gone = |name: &str| {
+        let path = root.join(name);
+        durable::remove(&path).map_err(|source| RejoinError::Move {
+            from: path.clone(),
+            to: path,
+            source,
+        })
+    };
+    // The tree was the primary's origin: with write-through it holds every record (and
+    // the journal keeps no applied offset); with write-behind, what the offset says.
+    let applied_path = root.join("applied");
+    let stored = load_applied(&applied_path).map_err(|source| RejoinError::Move {
+        from: applied_path.clone(),
+        to: applied_path.clone(),
+        source,
+    })?;
+    if stored.is_none() {
+        store_applied(&applied_path, next).map_err(|source| RejoinError::Move {
+            from: applied_path.clone(),
+            to: applied_path.clone(),
+            source,
+        })?;
+    }
+    gone(&format!("log/{}", crate::log::FENCE_FILE))?;
+    gone(super::promote::PROMOTED_FILE)?;
+    // What the promotion and the election left: no longer true of a copy.
+    for name in ["log-base", super::promote::GRANTED_FILE, ELECTED_CONFIG] {
+        gone(name)?;
+    }
     Ok(Rejoined { root, fence, next })
 }

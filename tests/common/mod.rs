@@ -6,6 +6,7 @@
 
 #![allow(dead_code)]
 
+pub mod cluster;
 pub mod netns;
 pub mod replica;
 pub mod workload;
