@@ -438,6 +438,15 @@ fn render_config(config: &Config<'_>) -> String {
         if peers.plaintext {
             text.push_str("plaintext = true\n");
         }
+        for (key, ms) in [
+            ("ack_timeout", peers.ack_timeout_ms),
+            ("lag_max", peers.lag_max_ms),
+        ] {
+            if let Some(ms) = ms {
+                let span = Span(std::time::Duration::from_millis(ms)).to_string();
+                let _ = writeln!(text, "{key} = {}", toml_string(&span));
+            }
+        }
         for (key, hook) in [
             ("on_promote", &peers.on_promote),
             ("on_fenced", &peers.on_fenced),
@@ -521,6 +530,8 @@ mod tests {
             on_promote: Some("echo \"$MIRRORFS_ROLE\" > /run/role".to_string()),
             on_fenced: None,
             failover: None,
+            ack_timeout_ms: Some(4000),
+            lag_max_ms: None,
         };
         let replicas = [Replica {
             name: "r2".to_string(),
@@ -551,6 +562,7 @@ mod tests {
             parsed["replication"]["on_insufficient"].as_str(),
             Some("wait")
         );
+        assert_eq!(parsed["replication"]["ack_timeout"].as_str(), Some("4s"));
         assert_eq!(
             parsed["replication"]["on_promote"].as_str(),
             Some("echo \"$MIRRORFS_ROLE\" > /run/role")
@@ -600,6 +612,8 @@ mod tests {
             plaintext: false,
             on_promote: None,
             on_fenced: None,
+            ack_timeout_ms: None,
+            lag_max_ms: Some(2500),
             failover: Some(AutoFailover {
                 primary: "p".to_string(),
                 primary_address: Some("10.0.0.1:7071".to_string()),
@@ -636,5 +650,7 @@ mod tests {
         assert_eq!(failover.witnesses[0].name, "w");
         // The new primary, its replicas r2 and the old primary p, and w.
         assert_eq!(failover.voters, 4);
+        let replication = config.replication.as_ref().unwrap();
+        assert_eq!(replication.lag_max, std::time::Duration::from_millis(2500));
     }
 }

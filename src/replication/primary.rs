@@ -107,6 +107,9 @@ pub enum ReplicationError {
     /// The daemon is stopping: fsync no longer waits for replicas.
     #[error("the volume is being unmounted; the replicas may not hold this yet")]
     Stopping,
+    /// The primary does not hold its lease (automatic failover): it acknowledges nothing.
+    #[error("{0}")]
+    NotLeased(String),
     /// The caller has a signal to take: the wait ends as a local one would (EINTR).
     #[error("interrupted while waiting for replicas")]
     Interrupted,
@@ -417,6 +420,8 @@ impl Replication {
                     on_promote: config.on_promote.clone(),
                     on_fenced: config.on_fenced.clone(),
                     failover: failover.clone(),
+                    ack_timeout_ms: Some(config.ack_timeout.as_millis() as u64),
+                    lag_max_ms: Some(config.lag_max.as_millis() as u64),
                 },
                 // As long as a replica may lag and stay in sync, and no shorter than a
                 // batch takes on a slow link.
@@ -477,6 +482,11 @@ impl Replication {
         loop {
             if self.shared.waits_cancelled.load(Ordering::SeqCst) {
                 return Err(ReplicationError::Stopping);
+            }
+            // Without its lease the primary acknowledges nothing: no use waiting for the
+            // replicas (docs/design.md 9.8).
+            if let Some(why) = self.lease.get().and_then(LeaseKeeper::why_not) {
+                return Err(ReplicationError::NotLeased(why));
             }
             let now = Instant::now();
             let progress: Vec<Progress> = replicas.iter().map(|r| r.progress.clone()).collect();

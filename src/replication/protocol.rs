@@ -54,6 +54,12 @@ pub struct Peers {
     /// With automatic failover: what the replicas need to elect the next primary.
     #[serde(default)]
     pub failover: Option<AutoFailover>,
+    /// How long fsync waits for too few replicas in sync, in milliseconds.
+    #[serde(default)]
+    pub ack_timeout_ms: Option<u64>,
+    /// How far behind a replica may fall and stay in sync, in milliseconds.
+    #[serde(default)]
+    pub lag_max_ms: Option<u64>,
 }
 
 /// A volume's automatic failover as the primary's config has it (`[failover]`): what a
@@ -404,6 +410,8 @@ mod tests {
                     plaintext: false,
                     on_promote: Some("ip addr add 10.0.0.9/24 dev eth0".to_string()),
                     on_fenced: None,
+                    ack_timeout_ms: Some(3000),
+                    lag_max_ms: None,
                     failover: Some(AutoFailover {
                         primary: "p".to_string(),
                         primary_address: Some("10.0.0.1:7071".to_string()),

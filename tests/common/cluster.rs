@@ -35,7 +35,13 @@ impl Lan {
     pub fn new(count: usize) -> Lan {
         let n = NEXT.fetch_add(1, Ordering::SeqCst);
         let tag = format!("{}{n}", std::process::id() % 10_000);
-        let subnet = (std::process::id() % 200 + n * 7) % 250;
+        // MIRRORFS_LAN_SUBNET sets the third byte, for runs side by side (scripts/jepsen.sh).
+        let subnet = std::env::var("MIRRORFS_LAN_SUBNET")
+            .ok()
+            .and_then(|text| text.parse::<u32>().ok())
+            .map_or((std::process::id() % 200 + n * 7) % 250, |base| {
+                (base + n) % 250
+            });
         let mut lan = Lan {
             bridge: format!("mfb{tag}"),
             hosts: Vec::new(),

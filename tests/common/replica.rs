@@ -276,6 +276,8 @@ pub fn peers(this: &str, address: &str) -> Peers {
         on_promote: None,
         on_fenced: None,
         failover: None,
+        ack_timeout_ms: None,
+        lag_max_ms: None,
     }
 }
 
