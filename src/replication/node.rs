@@ -531,7 +531,7 @@ async fn session(stream: TcpStream, kept: &Kept, limits: &Limits) -> Result<(), 
             return Err(refuse(&mut channel, reason).await);
         }
     };
-    stream::serve(hosted, &volume, channel, epoch, peers, limits).await
+    stream::serve(hosted, &volume, channel, epoch, *peers, limits).await
 }
 
 /// Answers the first message of a session for `volume`, promoted to primary on this node

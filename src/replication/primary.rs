@@ -815,7 +815,7 @@ impl Sender {
             epoch: self.epoch,
             log_start: stats.first_offset,
             log_end: stats.next_offset,
-            peers: self.peers.clone(),
+            peers: Box::new(self.peers.clone()),
         };
         let mut position = self.ask(&mut channel, &open).await?;
         if let Some(to) = self.parting(&position, stats.next_offset) {

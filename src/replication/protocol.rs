@@ -131,7 +131,7 @@ pub enum ToNode {
         /// The offset its next record will get.
         log_end: u64,
         /// The volume's replication, as the primary's config has it.
-        peers: Peers,
+        peers: Box<Peers>,
     },
     /// Cut the copy's log back so its next record is `to`: it holds records past the
     /// point where this primary's history parts from it. The node answers `Position`.
@@ -398,7 +398,7 @@ mod tests {
                 epoch: 2,
                 log_start: 0,
                 log_end: 8,
-                peers: Peers {
+                peers: Box::new(Peers {
                     this: "r1".to_string(),
                     replicas: vec![Replica {
                         name: "r1".to_string(),
@@ -424,7 +424,7 @@ mod tests {
                             address: "10.0.0.3:7080".to_string(),
                         }],
                     }),
-                },
+                }),
             },
             ToNode::Records {
                 records: vec![record.clone()],

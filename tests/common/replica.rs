@@ -262,8 +262,8 @@ pub fn sample_records(from: u64) -> Vec<Record> {
 }
 
 /// What a test playing a primary tells a node it is: replica `this` of one.
-pub fn peers(this: &str, address: &str) -> Peers {
-    Peers {
+pub fn peers(this: &str, address: &str) -> Box<Peers> {
+    Box::new(Peers {
         this: this.to_string(),
         replicas: vec![Replica {
             name: this.to_string(),
@@ -278,7 +278,7 @@ pub fn peers(this: &str, address: &str) -> Peers {
         failover: None,
         ack_timeout_ms: None,
         lag_max_ms: None,
-    }
+    })
 }
 
 /// A mount of volume `id` replicating to `nodes`, with `extra` lines in [replication].
