@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Failover benchmark (issue 15), on loopback: a primary with two replica nodes (acks =
+# Failover benchmark. First (issue 15), on loopback: a primary with two replica nodes (acks =
 # "all", min_insync = 1) writes FILES files of 256 KiB, each fsynced; the primary is killed
 # with -9; then, timed, replica r1 is promoted through its running node, the new primary is
 # mounted from the config the promotion wrote, and a first file is written and fsynced
@@ -8,11 +8,22 @@
 # compare with here (the rejoin benchmark, which has rsync and a snapshot as peers, comes
 # with the rejoin).
 #
-#   scripts/bench-failover.sh [FILES] [ROUNDS]    (defaults 200, 5)
+# Then automatic failover (issue 16): tests/jepsen.rs's timed run (a primary, two
+# replicas with standbys and a witness, each in a network namespace; a client writing
+# small files with fsync) with a 5 s lease, AUTO_ROUNDS kills -9 of the primary's machine
+# and as many partitions of the primary from everyone, alternating, each once the new
+# primary is steady and the old one has rejoined. Printed: the failover times (the last
+# write acknowledged before the fault to the first after it) by fault, their median, p90
+# and max against the target (under 10 s), and against the manual promotion above (the
+# peer: the same takeover decided by an operator, without detection).
+# Last, scripts/bench-lease.sh: what the lease costs steady fsync throughput.
+#
+#   scripts/bench-failover.sh [FILES] [ROUNDS] [AUTO_ROUNDS]    (defaults 200, 5, 20)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 files=${1:-200}
 rounds=${2:-5}
+auto_rounds=${3:-20}
 scripts/install-deps.sh
 cargo build --release --locked --quiet
 mirrorfs="$PWD/target/release/mirrorfs"
@@ -84,3 +95,21 @@ EOF
 done
 median=$(printf '%s\n' "${results[@]}" | sort -n | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }')
 echo "promote to the first write acknowledged with acks = \"all\": median ${median} s of ${rounds} rounds (target: under 2 s); ratio to the target: $(awk -v m="$median" 'BEGIN { printf "%.2f", m / 2 }')"
+
+# Automatic failover: the distribution over AUTO_ROUNDS of each fault.
+cargo test --release --locked --quiet --test jepsen --no-run
+FAILOVER_ROUNDS=$auto_rounds JEPSEN_LEASE=5s cargo test --release --locked --quiet \
+  --test jepsen each_failover -- --nocapture > "$work/auto.log" 2>&1 || {
+  tail -40 "$work/auto.log" >&2
+  exit 1
+}
+grep "failover after" "$work/auto.log"
+for fault in kill partition; do
+  grep "failover after $fault of the primary" "$work/auto.log" | awk '{ print $(NF - 1) }' |
+    sort -n | awk -v fault="$fault" -v manual="$median" '{ a[NR] = $1 }
+      END { m = a[int((NR + 1) / 2)]; p90 = a[int(NR * 0.9 + 0.5)]
+            printf "automatic failover after a %s: n=%d median %.2f s, p90 %.2f s, max %.2f s (target under 10 s: median / target %.2f; median / manual promotion %.1f)\n",
+              fault, NR, m, p90, a[NR], m / 10, m / manual }'
+done
+
+scripts/bench-lease.sh
