@@ -243,6 +243,13 @@ fn a_primary_takes_changes_only_while_a_majority_grants_its_lease() {
     );
     let mount = common::replica::replicated_mount("vol", &key_path, &[&replica], &settings);
     assert_eq!(write(&mount, "all-up", true), Ok(()));
+    let check = common::run(&[
+        "status",
+        "--check",
+        "--state-dir",
+        mount.state.to_str().unwrap(),
+    ]);
+    assert!(check.status.success(), "{check:?}");
     let lease = |mount: &common::Mount| mount.status_json()["replication"]["lease"].clone();
     let held = lease(&mount);
     assert!(held["held_for_ms"].as_u64().is_some(), "{held}");
@@ -319,6 +326,16 @@ fn a_primary_takes_changes_only_while_a_majority_grants_its_lease() {
     let text = common::run(&["status", "--state-dir", mount.state.to_str().unwrap()]);
     let text = String::from_utf8_lossy(&text.stdout);
     assert!(text.contains("LEASE        not held by p"), "{text}");
+    // keepalived's check fails too: a primary out of its lease must not hold a VIP.
+    let check = common::run(&[
+        "status",
+        "--check",
+        "--state-dir",
+        mount.state.to_str().unwrap(),
+    ]);
+    assert_eq!(check.status.code(), Some(1));
+    let said = String::from_utf8_lossy(&check.stderr);
+    assert!(said.contains("does not hold its lease"), "{said}");
 
     // W back: P and W are a majority again.
     links[1].restore();

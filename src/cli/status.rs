@@ -17,6 +17,13 @@ pub fn run(args: StatusArgs) -> Result<(), CliError> {
                 "volume {} is mounted here as a standby, not the primary",
                 status.volume
             ))),
+            // With automatic failover, a primary out of its lease takes nothing: it must
+            // not hold a virtual IP either.
+            Ok(status) if lease_lost(&status).is_some() => Err(CliError::Failure(format!(
+                "volume {} does not hold its lease: {}",
+                status.volume,
+                lease_lost(&status).unwrap_or_default()
+            ))),
             Ok(status) if status.log.fence.is_none() => Ok(()),
             Ok(status) => Err(CliError::Failure(format!(
                 "volume {} is {}",
@@ -40,6 +47,20 @@ pub fn run(args: StatusArgs) -> Result<(), CliError> {
         print!("{}", render(&status));
     }
     Ok(())
+}
+
+/// Why a primary under automatic failover does not hold its lease, if it does not.
+fn lease_lost(status: &Status) -> Option<String> {
+    let lease = status.replication.as_ref()?.lease.as_ref()?;
+    match lease.held_for_ms {
+        Some(_) => None,
+        None => Some(
+            lease
+                .why_not
+                .clone()
+                .unwrap_or_else(|| "not granted yet".to_string()),
+        ),
+    }
 }
 
 /// The status as lines for a person.
