@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::cache::CacheStats;
 use crate::log::{EpochStart, Fence, LogStats};
-use crate::replication::ReplicationStatus;
+use crate::replication::{LastElection, ReplicationStatus};
 use crate::write::BehindStatus;
 
 /// What `mirrorfs status` shows of a mounted volume.
@@ -42,6 +42,9 @@ pub struct Status {
     /// For a standby mount of a replica's copy: what it serves.
     #[serde(default)]
     pub standby: Option<StandbyStatus>,
+    /// The election that made this copy the primary (automatic failover), if one did.
+    #[serde(default)]
+    pub election: Option<LastElection>,
 }
 
 /// A standby mount of a replica's copy: the offset it serves and how far behind it is.

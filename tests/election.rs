@@ -161,6 +161,26 @@ fn a_replica_is_elected_when_the_primary_is_killed_and_serves_every_acknowledged
     let lease = &status["replication"]["lease"];
     assert!(lease["held_for_ms"].as_u64().is_some(), "{status}");
     assert_eq!(lease["voters"], 3, "{status}");
+    // And the election that made it, with its reason.
+    assert_eq!(status["election"]["epoch"], epoch, "{status}");
+    assert!(
+        status["election"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("primary p not heard"),
+        "{status}"
+    );
+    let text = common::run(&[
+        "status",
+        "--state-dir",
+        nodes[winner].dir.join("vol").to_str().unwrap(),
+    ]);
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        text.contains(&format!("elected      epoch {epoch}")),
+        "{text}"
+    );
+    assert!(text.contains("lease        held as r"), "{text}");
 }
 
 /// Two machines and no witness: the primary says automatic failover is off (two voters
@@ -193,4 +213,82 @@ fn two_voters_never_elect_and_say_why() {
     );
     assert!(!nodes[0].dir.join("vol/primary.toml").exists());
     assert!(nodes[0].dir.join("vol/data/acknowledged").exists());
+}
+
+/// The primary (p, `unclean` as given) with replicas r0 and r1 and a witness; some writes
+/// acknowledged; p killed; then both replicas made stale, as replicas that fell out of the
+/// in-sync set are: each node is stopped and its copy told a high watermark past what it
+/// holds, and started again. Returns the nodes (and the witness, kept running).
+fn stale_replicas(scratch: &Path, unclean: bool) -> (Vec<Node>, Node) {
+    let (key_path, _) = key_file(scratch, "vol.key");
+    let mut nodes = nodes_apart(scratch, &["r0", "r1"], &key_path);
+    fs::create_dir(scratch.join("w")).unwrap();
+    let witness = Node::witness(
+        None,
+        &scratch.join("w"),
+        "127.0.0.1:0",
+        &[("vol", &key_path)],
+    );
+    let settings = format!(
+        "acks = \"all\"\n[failover]\nmode = \"auto\"\nlease = \"1s\"\nname = \"p\"\n\
+         unclean = {unclean}\n[[failover.witnesses]]\nname = \"w\"\naddress = \"{}\"\n",
+        witness.address
+    );
+    let mut primary = replicated_mount("vol", &key_path, &[&nodes[0], &nodes[1]], &settings);
+    for n in 0..5 {
+        assert!(synced_write(&primary.path(""), &format!("f{n}")));
+    }
+    wait_replicated(&primary);
+    primary.crash();
+    for node in &mut nodes {
+        node.stop();
+        let copy = node.dir.join("vol");
+        let next = node.first_volume()["next"].as_u64().unwrap();
+        fs::write(copy.join("high-watermark"), format!("{}\n", next + 10)).unwrap();
+        node.restart();
+    }
+    (nodes, witness)
+}
+
+/// Every replica stale and `unclean = false` (the default): nobody is elected, and each
+/// node says why it does not stand.
+#[test]
+fn with_every_replica_stale_nobody_is_elected_and_each_says_why() {
+    let scratch = common::scratch();
+    let (nodes, _witness) = stale_replicas(scratch.path(), false);
+    std::thread::sleep(Duration::from_secs(6));
+    for node in &nodes {
+        let volume = node.first_volume();
+        assert!(volume["promoted"].is_null(), "{volume}");
+        let now = volume["election"]["now"].as_str().unwrap_or_default();
+        assert!(now.contains("not in sync"), "{volume}");
+        assert!(now.contains("unclean = true"), "{volume}");
+    }
+}
+
+/// Every replica stale and `unclean = true`: the most advanced is elected anyway, and
+/// the election logs what may be lost.
+#[test]
+fn with_every_replica_stale_unclean_elects_one_and_says_what_may_be_lost() {
+    let scratch = common::scratch();
+    let (nodes, _witness) = stale_replicas(scratch.path(), true);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let winner = loop {
+        if let Some(winner) = nodes
+            .iter()
+            .find(|node| node.first_volume()["promoted"].as_u64().is_some())
+        {
+            break winner;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "nobody elected:\n{}\n{}",
+            nodes[0].log(),
+            nodes[1].log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let log = winner.log();
+    assert!(log.contains("unclean election"), "{log}");
+    assert!(winner.dir.join("vol/data/f4").exists());
 }

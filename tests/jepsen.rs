@@ -325,6 +325,31 @@ impl Cluster {
         self.start_standby(index);
     }
 
+    /// Machine `index`, an old primary (fenced, or soon), stops serving and rejoins as a
+    /// replica: its mount stops, and its node too (which left the copy alone once it was
+    /// promoted there), then both start again over the copy; if it cannot rejoin yet (not
+    /// fenced), it serves again.
+    fn retire(&mut self, index: usize) {
+        let Some(config) = self.machines[index].primary_config() else {
+            return;
+        };
+        let m = &mut self.machines[index];
+        for daemon in [&mut m.mount, &mut m.node] {
+            if let Some(mut daemon) = daemon.take() {
+                daemon.stop_with(libc::SIGTERM);
+            }
+        }
+        if self.rejoin(index, &config) {
+            self.start_node(index);
+            self.start_standby(index);
+        } else {
+            if self.machines[index].copy().join("log").exists() {
+                self.start_node(index);
+            }
+            self.start_primary(index);
+        }
+    }
+
     /// `mirrorfs rejoin` of machine `index`'s old primary state (config `config`) into its
     /// node directory; whether it rejoined. What its log held is noted first.
     fn rejoin(&mut self, index: usize, config: &Path) -> bool {
@@ -639,17 +664,7 @@ fn settle(cluster: &mut Cluster, client: &Client, what: &str) -> usize {
             return primaries[0];
         }
         for index in primaries.into_iter().skip(1) {
-            if cluster.machines[index].mount.is_some() {
-                let config = cluster.machines[index].primary_config().unwrap();
-                let mut mount = cluster.machines[index].mount.take().unwrap();
-                mount.stop_with(libc::SIGTERM);
-                if cluster.rejoin(index, &config) {
-                    cluster.start_node(index);
-                    cluster.start_standby(index);
-                } else {
-                    cluster.start_primary(index);
-                }
-            }
+            cluster.retire(index);
         }
         assert!(
             settle.elapsed() < Duration::from_secs(90),

@@ -223,10 +223,11 @@ fn start_control(
     let last_verify = Arc::clone(parts.last_verify);
     let volume = Arc::clone(parts.volume);
     let replication = parts.replication;
-    let (id, source, mountpoint) = (
+    let (id, source, mountpoint, state) = (
         config.volume.id.to_string(),
         config.volume.source.clone(),
         config.volume.mountpoint.clone(),
+        state_dir.to_path_buf(),
     );
     let status = move || {
         let journal = volume.journal();
@@ -265,6 +266,7 @@ fn start_control(
             standby: standby
                 .as_ref()
                 .and_then(|(copy, followed)| standby::status(&volume, copy, followed)),
+            election: crate::replication::load_election(&state),
         }
     };
     match ControlSocket::serve_with(state_dir, status, Some(handler)) {

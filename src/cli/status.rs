@@ -115,6 +115,12 @@ fn render(status: &Status) -> String {
         if let Some(lease) = &replication.lease {
             text += &lease_text(lease);
         }
+        if let Some(election) = &status.election {
+            text += &format!(
+                "elected      epoch {} ({}): {}\n",
+                election.epoch, election.reason, election.outcome
+            );
+        }
         if let Some(why) = &replication.waiting_for {
             text += &format!(
                 "  {} fsync call(s) waiting for replicas: {why}\n",

@@ -35,6 +35,16 @@ pub struct Elected {
 /// promoted after winning an election.
 pub const ELECTED_CONFIG: &str = "primary.toml";
 
+/// The file a node writes, in a copy's directory, with the election that promoted it (a
+/// [`LastElection`] in JSON): the new primary's `mirrorfs status` shows it.
+pub const ELECTION_FILE: &str = "elected.json";
+
+/// The election that made the copy in `root` its volume's primary, if one did.
+pub fn load_election(root: &Path) -> Option<LastElection> {
+    let bytes = std::fs::read(root.join(ELECTION_FILE)).ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
 /// What a node does with a copy it promoted after winning an election: run on a thread of
 /// its own, since serving it may take a while (a standby promoted in place, hooks).
 pub type OnElected = Arc<dyn Fn(Elected) + Send + Sync>;
@@ -264,6 +274,14 @@ async fn stand(
         tracing::error!(volume = %id, start = unvouched.start, end = unvouched.end, "unclean election: offsets the old primary's in-sync replicas held and this copy lacks may be lost");
     }
     finish(true, outcome);
+    if let Some(won) = candidacy.status().last {
+        let saved = serde_json::to_vec(&won)
+            .map_err(std::io::Error::other)
+            .and_then(|bytes| crate::durable::replace(&root.join(ELECTION_FILE), bytes));
+        if let Err(error) = saved {
+            tracing::warn!(volume = %id, %error, "cannot keep the election for status");
+        }
+    }
     candidacy.set_now(format!("primary since epoch {epoch}"));
     Some(Elected {
         volume: id.to_string(),

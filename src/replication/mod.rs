@@ -29,7 +29,7 @@ pub use ballot::{BALLOT_FILE, BallotBox, VoteError, VotesStatus};
 pub use candidacy::{ElectionStatus, LastElection};
 pub use channel::{Channel, ChannelError, MESSAGE_MAX, Receiving};
 pub use copy::{CopyStatus, GATE_FILE, inspect as inspect_copy, load_key_file, load_peers};
-pub use elector::{ELECTED_CONFIG, Elected, OnElected};
+pub use elector::{ELECTED_CONFIG, ELECTION_FILE, Elected, OnElected, load_election};
 pub use key::VolumeKey;
 pub use lease::{LeaseKeeper, LeaseSetup, LeaseStatus};
 pub use node::{

@@ -6,7 +6,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::elector::ELECTED_CONFIG;
+use super::elector::{ELECTED_CONFIG, ELECTION_FILE};
 use crate::durable;
 use crate::log::{Fence, inspect};
 use crate::manifest::STORE_FILE_NAME;
@@ -174,7 +174,12 @@ fn back_in_place(root: PathBuf, fence: Fence, next: u64) -> Result<Rejoined, Rej
     gone(&format!("log/{}", crate::log::FENCE_FILE))?;
     gone(super::promote::PROMOTED_FILE)?;
     // What the promotion and the election left: no longer true of a copy.
-    for name in ["log-base", super::promote::GRANTED_FILE, ELECTED_CONFIG] {
+    for name in [
+        "log-base",
+        super::promote::GRANTED_FILE,
+        ELECTED_CONFIG,
+        ELECTION_FILE,
+    ] {
         gone(name)?;
     }
     Ok(Rejoined { root, fence, next })
