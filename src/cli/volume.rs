@@ -73,12 +73,14 @@ fn hold_lease(
         failover: failover.clone(),
     };
     let deposing = Arc::downgrade(replication);
+    let fencing = Arc::clone(&log);
     let keeper = LeaseKeeper::start(
         setup,
         move || Standing {
             epoch: log.epoch(),
             next: log.next_offset(),
         },
+        move || fencing.is_fenced(),
         move |epoch, by| {
             if let Some(replication) = deposing.upgrade() {
                 replication.deposed(epoch, by);

@@ -83,6 +83,7 @@ impl LeaseKeeper {
     pub fn start(
         setup: LeaseSetup,
         standing: impl Fn() -> Standing + Send + 'static,
+        fenced: impl Fn() -> bool + Send + 'static,
         deposed: impl Fn(u32, &str) + Send + 'static,
     ) -> std::io::Result<LeaseKeeper> {
         let held = Arc::new(Mutex::new(Held::default()));
@@ -101,7 +102,12 @@ impl LeaseKeeper {
             std::thread::Builder::new()
                 .name("lease".to_string())
                 .spawn(move || {
-                    runtime.block_on(renew(setup, &held, &stop, &standing, &deposed, first_tx));
+                    let watching = Watching {
+                        standing: &standing,
+                        fenced: &fenced,
+                        deposed: &deposed,
+                    };
+                    runtime.block_on(renew(setup, &held, &stop, watching, first_tx));
                 })?
         };
         // The first round's end (or the thread's).
@@ -154,13 +160,20 @@ impl LeaseKeeper {
     }
 }
 
-/// Rounds until stopped or deposed.
+/// What the keeper watches of the primary: how far its log reaches, whether it is fenced,
+/// and whom to tell when a voter deposes it.
+struct Watching<'a> {
+    standing: &'a dyn Fn() -> Standing,
+    fenced: &'a dyn Fn() -> bool,
+    deposed: &'a dyn Fn(u32, &str),
+}
+
+/// Rounds until stopped, fenced or deposed.
 async fn renew(
     setup: LeaseSetup,
     held: &Mutex<Held>,
     stop: &AtomicBool,
-    standing: &dyn Fn() -> Standing,
-    deposed: &dyn Fn(u32, &str),
+    watching: Watching<'_>,
     first: std::sync::mpsc::Sender<()>,
 ) {
     let LeaseSetup {
@@ -176,7 +189,20 @@ async fn renew(
     let length = failover.lease;
     let mut canvass = Canvass::new(volume.clone(), voters, key, plaintext);
     let mut first = Some(first);
+    let Watching {
+        standing,
+        fenced,
+        deposed,
+    } = watching;
     while !stop.load(Ordering::SeqCst) {
+        // Fenced by a replica (a promotion by hand): renewing would only keep the voters
+        // from electing another.
+        if fenced() {
+            let mut held = held.lock().unwrap_or_else(|p| p.into_inner());
+            held.until = None;
+            held.why_not = "fenced: a replica has accepted a newer epoch".to_string();
+            break;
+        }
         let (began, began_wall) = (Instant::now(), SystemTime::now());
         let reach = standing();
         let ask = ToNode::Lease {
