@@ -285,6 +285,10 @@ fn a_primary_takes_changes_only_while_a_majority_grants_its_lease() {
         .append(true)
         .open(mount.path("all-up"))
         .unwrap();
+    // Written under the lease, closed without it: the close still records its mtime, or
+    // the replica would keep its own for good.
+    let mut early = fs::File::create(mount.path("closed-without-lease")).unwrap();
+    std::io::Write::write_all(&mut early, b"written under the lease").unwrap();
     links[1].cut();
     let cut = Instant::now();
     let refused = loop {
@@ -306,6 +310,7 @@ fn a_primary_takes_changes_only_while_a_majority_grants_its_lease() {
         "{:?}",
         cut.elapsed()
     );
+    drop(early);
     let error = std::io::Write::write_all(&mut open, b"x")
         .and_then(|()| open.sync_all())
         .unwrap_err();
@@ -350,4 +355,11 @@ fn a_primary_takes_changes_only_while_a_majority_grants_its_lease() {
         assert!(back.elapsed() < Duration::from_secs(30), "{}", mount.log());
         std::thread::sleep(Duration::from_millis(100));
     }
+    common::replica::wait_replicated(&mount);
+    let mtime = |path: std::path::PathBuf| fs::metadata(path).unwrap().modified().unwrap();
+    assert_eq!(
+        mtime(replica.dir.join("vol/data/closed-without-lease")),
+        mtime(mount.origin_path("closed-without-lease")),
+        "the replica's mtime is its own"
+    );
 }

@@ -72,14 +72,28 @@ impl Volume {
     /// Step 1 of a change that keeps every name where it is.
     pub(super) fn naming(&self) -> Result<Naming<'_>> {
         self.check_open()?;
+        Ok(self.naming_unchecked())
+    }
+
+    /// Step 1 of recording what completes a change already made (a release's mtime, which
+    /// the copies need to end where the origin is): refused as any change is, except while
+    /// the primary only lacks its lease (docs/design.md 9.8). A record appended then is
+    /// acknowledged by nobody, and is cut back if another primary was elected meanwhile;
+    /// refusing it would leave the copies' mtime apart for good once the lease is back.
+    pub(super) fn naming_to_complete(&self) -> Result<Naming<'_>> {
+        self.check_open_but_the_lease()?;
+        Ok(self.naming_unchecked())
+    }
+
+    fn naming_unchecked(&self) -> Naming<'_> {
         let names = self
             .names
             .read()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        Ok(Naming {
+        Naming {
             volume: self,
             _held: Held::Shared { _names: names },
-        })
+        }
     }
 
     /// Step 1 of a change that moves or removes names (rename, unlink, rmdir, repairs).

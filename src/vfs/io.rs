@@ -238,7 +238,7 @@ impl Volume {
         }
         self.count_closed(open.inode, &open.mode);
         if open.wrote.load(Ordering::Relaxed) {
-            let naming = self.naming()?;
+            let naming = self.naming_to_complete()?;
             let path = self.inode_path(open.inode)?;
             let change = naming.inode(open.inode, path, Wait::Nothing, None)?;
             let mut stat = self.attr(open.inode, &open.file.stat()?)?;

@@ -428,16 +428,24 @@ impl Volume {
         }
     }
 
-    /// Err when changes are refused: the volume's state can no longer record them, or a
-    /// newer primary was promoted and this one is fenced.
+    /// Err when changes are refused: the volume's state can no longer record them, a
+    /// newer primary was promoted and this one is fenced, or (automatic failover) this
+    /// primary does not hold its lease.
     pub(super) fn check_open(&self) -> Result<()> {
+        self.check_open_but_the_lease()?;
+        match self.journal().refuses() {
+            Some(reason) => Err(VfsError::Refused(reason)),
+            None => Ok(()),
+        }
+    }
+
+    /// [`Volume::check_open`] but for the journal's follower's refusal (a primary out of
+    /// its lease).
+    pub(super) fn check_open_but_the_lease(&self) -> Result<()> {
         if let Some(reason) = self.refused.get() {
             return Err(VfsError::Refused(reason.clone()));
         }
         self.check_standby()?;
-        if let Some(reason) = self.journal().refuses() {
-            return Err(VfsError::Refused(reason));
-        }
         let log = self.journal().log();
         match log.is_fenced().then(|| log.fence()).flatten() {
             Some(fence) => Err(VfsError::Refused(fence.to_string())),
