@@ -292,3 +292,98 @@ fn with_every_replica_stale_unclean_elects_one_and_says_what_may_be_lost() {
     assert!(log.contains("unclean election"), "{log}");
     assert!(winner.dir.join("vol/data/f4").exists());
 }
+
+/// A free TCP port on loopback (bound and let go: a node binds it next).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The primary is killed between changing its origin and recording the change (planted
+/// here: a file in its origin that no record names), and replaced by election. Rejoined
+/// as a replica where its config's `[failover] address` says, it is listed by the new
+/// primary, which resyncs it: the unrecorded file goes, though its log matches the new
+/// primary's, and its copy verifies clean.
+#[test]
+fn a_killed_primary_rejoins_without_what_it_never_recorded() {
+    let scratch = common::scratch();
+    let (key_path, _) = key_file(scratch.path(), "vol.key");
+    let nodes = nodes_apart(scratch.path(), &["r0"], &key_path);
+    fs::create_dir(scratch.path().join("w")).unwrap();
+    let witness = Node::witness(
+        None,
+        &scratch.path().join("w"),
+        "127.0.0.1:0",
+        &[("vol", &key_path)],
+    );
+    let home = format!("127.0.0.1:{}", free_port());
+    let settings = format!(
+        "acks = \"all\"\n[failover]\nmode = \"auto\"\nlease = \"1s\"\nname = \"p\"\n\
+         address = \"{home}\"\n[[failover.witnesses]]\nname = \"w\"\naddress = \"{}\"\n",
+        witness.address
+    );
+    let mut primary = replicated_mount("vol", &key_path, &[&nodes[0]], &settings);
+    for n in 0..5 {
+        assert!(synced_write(&primary.path(""), &format!("f{n}")));
+    }
+    wait_replicated(&primary);
+    let config = primary.full_config();
+    primary.crash();
+    fs::write(primary.origin_path("unrecorded"), b"never in any log").unwrap();
+
+    // r0 is elected; its config (no standby here) is mounted (elsewhere than p's
+    // mount point, which p's own config tries below).
+    let elected = nodes[0].dir.join("vol/primary.toml");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !elected.exists() {
+        assert!(Instant::now() < deadline, "{}", nodes[0].log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let mountpoint = scratch.path().join("new-mnt");
+    fs::create_dir(&mountpoint).unwrap();
+    let data = nodes[0].dir.join("vol/data");
+    let new = common::MountedChild::start(
+        &[
+            "--config",
+            elected.to_str().unwrap(),
+            data.to_str().unwrap(),
+            mountpoint.to_str().unwrap(),
+        ],
+        &mountpoint,
+        &scratch.path().join("new.log"),
+    );
+    // Taken (r0 and w hold the lease), not yet acknowledged: p is its one replica.
+    fs::write(new.mountpoint.join("after"), b"after").unwrap();
+
+    // p: fenced at its first contact, then rejoined and served by a node at its address.
+    let refused = common::run(&["mount", "--config", config.to_str().unwrap()]);
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(said.contains("fenced"), "{refused:?}");
+    let dir = scratch.path().join("p-node");
+    fs::create_dir_all(dir.join("replicas")).unwrap();
+    let rejoined = common::run(&[
+        "rejoin",
+        "--config",
+        config.to_str().unwrap(),
+        "--dir",
+        dir.join("replicas").to_str().unwrap(),
+    ]);
+    assert!(rejoined.status.success(), "{rejoined:?}");
+    let node = Node::start(&dir, &home, &[("vol", &key_path)]);
+    let copy = node.dir.join("vol/data");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while copy.join("unrecorded").exists() || !copy.join("after").exists() {
+        assert!(
+            Instant::now() < deadline,
+            "the rejoined copy keeps what no record names:\n{}\n{}",
+            node.log(),
+            new.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let verified = common::run(&["verify", "--content", "--config", elected.to_str().unwrap()]);
+    assert_eq!(verified.status.code(), Some(0), "{verified:?}");
+}

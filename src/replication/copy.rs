@@ -1031,6 +1031,13 @@ pub fn kept_aside(root: &Path) -> Result<Vec<KeptAside>, CopyError> {
 /// The marker of a copy whose log was cut back under its tree: it needs a snapshot.
 const RESYNC_FILE: &str = "needs-snapshot";
 
+/// Marks the copy in `root`, whose log ends at `next`, as a tree its log does not vouch
+/// for: its next primary resyncs it (sends only what differs) before it streams records.
+pub(super) fn mark_out_of_step(root: &Path, next: u64) -> Result<(), CopyError> {
+    let marker = root.join(RESYNC_FILE);
+    durable::replace(&marker, format!("{next}\n")).map_err(io_error(&marker))
+}
+
 /// The file in a copy's directory naming the volume's key file, as the node was given it.
 const KEY_FILE_FILE: &str = "key-file";
 

@@ -6,6 +6,7 @@
 
 use std::path::{Path, PathBuf};
 
+use super::copy::mark_out_of_step;
 use super::elector::{ELECTED_CONFIG, ELECTION_FILE};
 use crate::durable;
 use crate::log::{Fence, inspect};
@@ -130,7 +131,16 @@ pub fn rejoin(
     durable::remove(&root.join("log").join(crate::log::FENCE_FILE)).map_err(io(&root))?;
     moved(source, &root.join("data"))?;
     durable::sync_parent(&root.join("data")).map_err(io(&root))?;
+    out_of_step(&root, next)?;
     Ok(Rejoined { root, fence, next })
+}
+
+/// Marks the rejoined copy at `root` for a resync at its first session. A primary's
+/// origin is changed before its record is appended, so one killed in between holds a
+/// change no record names: its log alone does not vouch for its tree, even where it
+/// matches the new primary's.
+fn out_of_step(root: &Path, next: u64) -> Result<(), RejoinError> {
+    mark_out_of_step(root, next).map_err(|error| RejoinError::Log(error.to_string()))
 }
 
 /// Whether `a` and `b` name the same existing file.
@@ -171,6 +181,7 @@ fn back_in_place(root: PathBuf, fence: Fence, next: u64) -> Result<Rejoined, Rej
             source,
         })?;
     }
+    out_of_step(&root, next)?;
     gone(&format!("log/{}", crate::log::FENCE_FILE))?;
     gone(super::promote::PROMOTED_FILE)?;
     // What the promotion and the election left: no longer true of a copy.
