@@ -21,7 +21,8 @@ run_shard() {
   local shard=$1 seed
   for ((seed = first + shard; seed <= last; seed += shards)); do
     if MIRRORFS_LAN_SUBNET=$((100 + shard * 20)) JEPSEN_SEEDS=$seed JEPSEN_SECONDS=$seconds \
-      JEPSEN_KEEP_FAILED=1 cargo test --release --locked --quiet --test jepsen -- --nocapture \
+      JEPSEN_KEEP_FAILED=1 cargo test --release --locked --quiet --test jepsen \
+      acknowledged_writes -- --nocapture \
       >"$out/seed-$seed.log" 2>&1; then
       echo "seed $seed: passed, $(grep -o '[0-9]* acknowledged writes' "$out/seed-$seed.log" | tail -1)"
     else
