@@ -158,75 +158,13 @@ async fn stand(
     reason: &str,
 ) -> Option<Elected> {
     let candidacy = &hosted.candidacy;
-    let failover = auto.config(peers.replicas.len());
-    let name = peers.this.clone();
-    let standing = hosted.standing();
     let epoch = {
         let seen = candidacy.newest_seen();
         let granted = hosted.ballots.status().granted_epoch.unwrap_or(0);
         hosted.copy().epoch().max(seen).max(granted) + 1
     };
     candidacy.set_now(format!("standing for epoch {epoch}: {reason}"));
-    let began = SystemTime::now();
-    let voters = peers
-        .replicas
-        .iter()
-        .filter(|replica| replica.name != name)
-        .chain(&auto.witnesses)
-        .cloned()
-        .collect();
-    let mut canvass = Canvass::new(id.to_string(), voters, hosted.key.clone(), hosted.plaintext);
-    let result = async {
-        let elect = ToNode::Elect {
-            epoch,
-            candidate: name.clone(),
-            standing,
-        };
-        let answers = canvass.round(&elect, ROUND_WITHIN).await;
-        if let Some((newer, voter)) = canvass::newer(&answers) {
-            candidacy.saw_epoch(newer);
-            return Err(format!("{voter} granted epoch {newer} already"));
-        }
-        // Its own vote last: a candidate that cannot win leaves its own ballot alone, so
-        // the primary it could not hear is not deposed by it.
-        let votes = canvass::granted(&answers) + 1;
-        if votes < failover.majority() {
-            return Err(format!(
-                "{votes} of the {} votes needed; {}",
-                failover.majority(),
-                canvass::refusals(&answers)
-            ));
-        }
-        hosted
-            .ballots
-            .elect(epoch, &name, standing, Some(standing))
-            .map_err(|error| format!("its own vote: {error}"))?;
-        let lease = ToNode::Lease {
-            epoch,
-            holder: name.clone(),
-            standing,
-            length_ms: failover.lease.as_millis() as u64,
-        };
-        let answers = canvass.round(&lease, ROUND_WITHIN).await;
-        hosted
-            .ballots
-            .lease(epoch, &name, standing, failover.lease)
-            .map_err(|error| format!("its own lease: {error}"))?;
-        let leased = canvass::granted(&answers) + 1;
-        if leased < failover.majority() {
-            return Err(format!(
-                "{votes} votes, but only {leased} of the {} leases needed; {}",
-                failover.majority(),
-                canvass::refusals(&answers)
-            ));
-        }
-        Ok(format!(
-            "{votes} votes and {leased} leases of {} voters",
-            failover.voters
-        ))
-    }
-    .await;
-    let at = began
+    let at = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0.0, |since| since.as_secs_f64());
     let finish = |won: bool, outcome: String| {
@@ -238,7 +176,7 @@ async fn stand(
             outcome,
         });
     };
-    let outcome = match result {
+    let outcome = match campaign(id, hosted, peers, auto, epoch).await {
         Ok(outcome) => outcome,
         Err(why) => {
             tracing::info!(volume = %id, epoch, %why, "election lost");
@@ -248,7 +186,7 @@ async fn stand(
     };
     let promoting = Arc::clone(hosted);
     let at_root = root.to_path_buf();
-    let (unclean, this) = (auto.unclean, name.clone());
+    let (unclean, this) = (auto.unclean, peers.this.clone());
     let promoted = tokio::task::spawn_blocking(move || {
         promoting.hand_over(&at_root, unclean, Some(&this), Some(epoch))
     })
@@ -289,4 +227,73 @@ async fn stand(
         promotion,
         peers: peers.clone(),
     })
+}
+
+/// Asks the other voters for epoch `epoch`, then (with a majority of votes, its own cast
+/// last) for a lease under it: the votes and leases won, or why not.
+async fn campaign(
+    id: &str,
+    hosted: &Hosted,
+    peers: &Peers,
+    auto: &AutoFailover,
+    epoch: u32,
+) -> Result<String, String> {
+    let failover = auto.config(peers.replicas.len());
+    let name = &peers.this;
+    let standing = hosted.standing();
+    let voters = peers
+        .replicas
+        .iter()
+        .filter(|replica| &replica.name != name)
+        .chain(&auto.witnesses)
+        .cloned()
+        .collect();
+    let mut canvass = Canvass::new(id.to_string(), voters, hosted.key.clone(), hosted.plaintext);
+    let elect = ToNode::Elect {
+        epoch,
+        candidate: name.clone(),
+        standing,
+    };
+    let answers = canvass.round(&elect, ROUND_WITHIN).await;
+    if let Some((newer, voter)) = canvass::newer(&answers) {
+        hosted.candidacy.saw_epoch(newer);
+        return Err(format!("{voter} granted epoch {newer} already"));
+    }
+    // Its own vote last: a candidate that cannot win leaves its own ballot alone, so the
+    // primary it could not hear is not deposed by it.
+    let votes = canvass::granted(&answers) + 1;
+    if votes < failover.majority() {
+        return Err(format!(
+            "{votes} of the {} votes needed; {}",
+            failover.majority(),
+            canvass::refusals(&answers)
+        ));
+    }
+    hosted
+        .ballots
+        .elect(epoch, name, standing, Some(standing))
+        .map_err(|error| format!("its own vote: {error}"))?;
+    let lease = ToNode::Lease {
+        epoch,
+        holder: name.clone(),
+        standing,
+        length_ms: failover.lease.as_millis() as u64,
+    };
+    let answers = canvass.round(&lease, ROUND_WITHIN).await;
+    hosted
+        .ballots
+        .lease(epoch, name, standing, failover.lease)
+        .map_err(|error| format!("its own lease: {error}"))?;
+    let leased = canvass::granted(&answers) + 1;
+    if leased < failover.majority() {
+        return Err(format!(
+            "{votes} votes, but only {leased} of the {} leases needed; {}",
+            failover.majority(),
+            canvass::refusals(&answers)
+        ));
+    }
+    Ok(format!(
+        "{votes} votes and {leased} leases of {} voters",
+        failover.voters
+    ))
 }
