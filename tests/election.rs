@@ -363,6 +363,16 @@ fn a_killed_primary_rejoins_without_what_it_never_recorded() {
     let said = String::from_utf8_lossy(&refused.stderr);
     assert!(said.contains("fenced"), "{refused:?}");
     let dir = scratch.path().join("p-node");
+    let missing = common::run(&[
+        "rejoin",
+        "--config",
+        config.to_str().unwrap(),
+        "--dir",
+        dir.join("replicas").to_str().unwrap(),
+    ]);
+    let said = String::from_utf8_lossy(&missing.stderr);
+    assert!(said.contains("is not a directory"), "{said}");
+    assert_eq!(said.lines().count(), 1, "{said}");
     fs::create_dir_all(dir.join("replicas")).unwrap();
     let rejoined = common::run(&[
         "rejoin",

@@ -103,6 +103,12 @@ pub fn rejoin(
             .map(|meta| std::os::unix::fs::MetadataExt::dev(&meta))
             .map_err(io(path))
     };
+    if !dir.is_dir() {
+        return Err(RejoinError::State(format!(
+            "{} is not a directory: make the node's directory first, on the origin's filesystem",
+            dir.display()
+        )));
+    }
     let node_device = device(dir)?;
     for path in [source, state_dir] {
         if device(path)? != node_device {
