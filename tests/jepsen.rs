@@ -325,6 +325,16 @@ impl Cluster {
         self.start_standby(index);
     }
 
+    /// Whether machine `index`'s primary mount says it is fenced.
+    fn fenced(&self, index: usize) -> bool {
+        let Some(config) = self.machines[index].primary_config() else {
+            return false;
+        };
+        let output = common::run(&["status", "--json", "--config", config.to_str().unwrap()]);
+        let status: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap_or_default();
+        !status["log"]["fence"].is_null()
+    }
+
     /// Machine `index`, an old primary (fenced, or soon), stops serving and rejoins as a
     /// replica: its mount stops, and its node too (which left the copy alone once it was
     /// promoted there), then both start again over the copy; if it cannot rejoin yet (not
@@ -663,8 +673,13 @@ fn settle(cluster: &mut Cluster, client: &Client, what: &str) -> usize {
         if grew && primaries.len() == 1 && primary == *client.last.lock().unwrap() {
             return primaries[0];
         }
-        for index in primaries.into_iter().skip(1) {
-            cluster.retire(index);
+        // An old primary (fenced, or not the newest), as its operator's automation would
+        // see to: it rejoins as a replica. A fenced one may be the only one left claiming
+        // to be primary: its node refuses to vote until it rejoins.
+        for (rank, index) in primaries.into_iter().enumerate() {
+            if rank > 0 || cluster.fenced(index) {
+                cluster.retire(index);
+            }
         }
         assert!(
             settle.elapsed() < Duration::from_secs(90),
