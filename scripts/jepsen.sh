@@ -41,10 +41,16 @@ total=$((last - first + 1))
 writes=$(grep -ho 'passed: [0-9]*' "$out"/seed-*.log | awk '{s += $2} END {print s + 0}')
 echo "passed $passed of $total seeds; $writes acknowledged writes checked"
 echo "failover times by fault (seconds; a fault within another's failover shares its end):"
-grep -ho 'failover after [a-z]* [a-z0-9]*[a-z ]*: [0-9.]* s' "$out"/seed-*.log |
-  sed -E 's/failover after (kill|isolate|cut) [a-z0-9]+( from replicas)?: ([0-9.]+) s/\1\2 \3/' |
-  sort -k1,1 |
-  awk '{key = $1; if (NF == 4) key = key " from replicas"; v[key] = v[key] " " $NF}
-       END {for (k in v) {n = split(v[k], a, " "); asort(a);
-            printf "  %-20s n=%-4d median %.2f  p90 %.2f  max %.2f\n", k, n, a[int((n + 1) / 2)], a[int(n * 0.9 + 0.5)], a[n]}}'
+cat "$out"/seed-*.log | python3 -c '
+import re, sys
+times = {}
+for line in sys.stdin:
+    m = re.search(r"failover after (kill|isolate|cut) \S+( from replicas)?: ([0-9.]+) s", line)
+    if m:
+        times.setdefault(m.group(1) + (m.group(2) or ""), []).append(float(m.group(3)))
+for fault, values in sorted(times.items()):
+    values.sort()
+    n = len(values)
+    print(f"  {fault:<20} n={n:<4} median {values[(n - 1) // 2]:.2f}  p90 {values[min(n - 1, int(n * 0.9))]:.2f}  max {values[-1]:.2f}")
+'
 [ "$passed" -eq "$total" ]
