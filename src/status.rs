@@ -47,6 +47,17 @@ pub struct Status {
     pub election: Option<LastElection>,
 }
 
+impl Status {
+    /// What this mount is: "standby", "fenced" (an old primary), or "primary".
+    pub fn role(&self) -> &'static str {
+        match (&self.standby, &self.log.fence) {
+            (Some(_), _) => "standby",
+            (None, Some(_)) => "fenced",
+            (None, None) => "primary",
+        }
+    }
+}
+
 /// A standby mount of a replica's copy: the offset it serves and how far behind it is.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct StandbyStatus {

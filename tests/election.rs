@@ -162,6 +162,7 @@ fn a_replica_is_elected_when_the_primary_is_killed_and_serves_every_acknowledged
     assert!(lease["held_for_ms"].as_u64().is_some(), "{status}");
     assert_eq!(lease["voters"], 3, "{status}");
     // And the election that made it, with its reason.
+    assert_eq!(status["role"], "primary", "{status}");
     assert_eq!(status["election"]["epoch"], epoch, "{status}");
     assert!(
         status["election"]["reason"]
@@ -181,6 +182,7 @@ fn a_replica_is_elected_when_the_primary_is_killed_and_serves_every_acknowledged
         "{text}"
     );
     assert!(text.contains("lease        held as r"), "{text}");
+    assert!(text.contains("role         primary"), "{text}");
 }
 
 /// Two machines and no witness: the primary says automatic failover is off (two voters

@@ -40,7 +40,10 @@ pub fn run(args: StatusArgs) -> Result<(), CliError> {
         other => CliError::Failure(other.to_string()),
     })?;
     if args.json {
-        let text = serde_json::to_string(&status)
+        let mut value = serde_json::to_value(&status)
+            .map_err(|error| CliError::Failure(format!("cannot encode the status: {error}")))?;
+        value["role"] = serde_json::Value::from(status.role());
+        let text = serde_json::to_string(&value)
             .map_err(|error| CliError::Failure(format!("cannot encode the status: {error}")))?;
         println!("{text}");
     } else {
@@ -83,6 +86,7 @@ fn render(status: &Status) -> String {
         human(log.stats.bytes),
     );
     let epochs: Vec<String> = log.epochs.iter().map(ToString::to_string).collect();
+    text += &format!("role         {}\n", status.role());
     text += &format!("epochs       {}\n", epochs.join(", "));
     if let Some(fence) = &log.fence {
         text += &format!("FENCED       {fence}: changes fail with EROFS, fsync with EIO\n");
