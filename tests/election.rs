@@ -20,6 +20,32 @@ fn synced_write(dir: &Path, name: &str) -> bool {
     written.is_ok()
 }
 
+/// A volume's key file, replica nodes named `names` and a witness "w", each in a
+/// directory of its own under `scratch`.
+fn voters(scratch: &Path, names: &[&str]) -> (std::path::PathBuf, Vec<Node>, Node) {
+    let (key_path, _) = key_file(scratch, "vol.key");
+    let nodes = nodes_apart(scratch, names, &key_path);
+    fs::create_dir(scratch.join("w")).unwrap();
+    let witness = Node::witness(
+        None,
+        &scratch.join("w"),
+        "127.0.0.1:0",
+        &[("vol", &key_path)],
+    );
+    (key_path, nodes, witness)
+}
+
+/// The `[replication]` lines (`replication` after `acks = "all"`) and the `[failover]`
+/// section (`failover` after its mode and name) of a primary "p" with automatic failover
+/// and `witness` as its witness "w".
+fn auto_failover(replication: &str, failover: &str, witness: &Node) -> String {
+    format!(
+        "acks = \"all\"\n{replication}[failover]\nmode = \"auto\"\nname = \"p\"\n{failover}\
+         [[failover.witnesses]]\nname = \"w\"\naddress = \"{}\"\n",
+        witness.address
+    )
+}
+
 /// A node's first volume, as `replica status --json` shows it.
 fn election(node: &Node) -> serde_json::Value {
     node.first_volume()["election"].clone()
@@ -33,24 +59,13 @@ fn election(node: &Node) -> serde_json::Value {
 #[test]
 fn a_replica_is_elected_when_the_primary_is_killed_and_serves_every_acknowledged_write() {
     let scratch = common::scratch();
-    let (key_path, _) = key_file(scratch.path(), "vol.key");
-    let nodes = nodes_apart(scratch.path(), &["r0", "r1"], &key_path);
-    fs::create_dir(scratch.path().join("w")).unwrap();
-    let witness = Node::witness(
-        None,
-        &scratch.path().join("w"),
-        "127.0.0.1:0",
-        &[("vol", &key_path)],
-    );
+    let (key_path, nodes, witness) = voters(scratch.path(), &["r0", "r1"]);
     let promoted_log = scratch.path().join("promoted");
-    let settings = format!(
-        "acks = \"all\"\nmin_insync = 1\n\
-         on_promote = \"echo $MIRRORFS_EPOCH $MIRRORFS_CONFIG >> {}\"\n\
-         [failover]\nmode = \"auto\"\nlease = \"2s\"\nname = \"p\"\n\
-         [[failover.witnesses]]\nname = \"w\"\naddress = \"{}\"\n",
-        promoted_log.display(),
-        witness.address
+    let hook = format!(
+        "min_insync = 1\non_promote = \"echo $MIRRORFS_EPOCH $MIRRORFS_CONFIG >> {}\"\n",
+        promoted_log.display()
     );
+    let settings = auto_failover(&hook, "lease = \"2s\"\n", &witness);
     let mut primary = replicated_mount("vol", &key_path, &[&nodes[0], &nodes[1]], &settings);
     let mut acknowledged = Vec::new();
     for n in 0..20 {
@@ -222,20 +237,9 @@ fn two_voters_never_elect_and_say_why() {
 /// in-sync set are: each node is stopped and its copy told a high watermark past what it
 /// holds, and started again. Returns the nodes (and the witness, kept running).
 fn stale_replicas(scratch: &Path, unclean: bool) -> (Vec<Node>, Node) {
-    let (key_path, _) = key_file(scratch, "vol.key");
-    let mut nodes = nodes_apart(scratch, &["r0", "r1"], &key_path);
-    fs::create_dir(scratch.join("w")).unwrap();
-    let witness = Node::witness(
-        None,
-        &scratch.join("w"),
-        "127.0.0.1:0",
-        &[("vol", &key_path)],
-    );
-    let settings = format!(
-        "acks = \"all\"\n[failover]\nmode = \"auto\"\nlease = \"1s\"\nname = \"p\"\n\
-         unclean = {unclean}\n[[failover.witnesses]]\nname = \"w\"\naddress = \"{}\"\n",
-        witness.address
-    );
+    let (key_path, mut nodes, witness) = voters(scratch, &["r0", "r1"]);
+    let failover = format!("lease = \"1s\"\nunclean = {unclean}\n");
+    let settings = auto_failover("", &failover, &witness);
     let mut primary = replicated_mount("vol", &key_path, &[&nodes[0], &nodes[1]], &settings);
     for n in 0..5 {
         assert!(synced_write(&primary.path(""), &format!("f{n}")));
@@ -312,21 +316,10 @@ fn free_port() -> u16 {
 #[test]
 fn a_killed_primary_rejoins_without_what_it_never_recorded() {
     let scratch = common::scratch();
-    let (key_path, _) = key_file(scratch.path(), "vol.key");
-    let nodes = nodes_apart(scratch.path(), &["r0"], &key_path);
-    fs::create_dir(scratch.path().join("w")).unwrap();
-    let witness = Node::witness(
-        None,
-        &scratch.path().join("w"),
-        "127.0.0.1:0",
-        &[("vol", &key_path)],
-    );
+    let (key_path, nodes, witness) = voters(scratch.path(), &["r0"]);
     let home = format!("127.0.0.1:{}", free_port());
-    let settings = format!(
-        "acks = \"all\"\n[failover]\nmode = \"auto\"\nlease = \"1s\"\nname = \"p\"\n\
-         address = \"{home}\"\n[[failover.witnesses]]\nname = \"w\"\naddress = \"{}\"\n",
-        witness.address
-    );
+    let failover = format!("lease = \"1s\"\naddress = \"{home}\"\n");
+    let settings = auto_failover("", &failover, &witness);
     let mut primary = replicated_mount("vol", &key_path, &[&nodes[0]], &settings);
     for n in 0..5 {
         assert!(synced_write(&primary.path(""), &format!("f{n}")));

@@ -512,6 +512,44 @@ mod tests {
     use super::*;
     use crate::config::{Acks, OnInsufficient};
 
+    fn replica(name: &str, address: &str) -> Replica {
+        Replica {
+            name: name.to_string(),
+            address: address.to_string(),
+        }
+    }
+
+    /// The config of volume "vol" promoted in `root`, mounted at /mnt/vol, its key in
+    /// /etc/vol.key.
+    fn render(root: &Path, promotion: &Promotion, peers: &Peers, replicas: &[Replica]) -> String {
+        render_config(&Config {
+            volume: "vol",
+            root,
+            mountpoint: Some(Path::new("/mnt/vol")),
+            promotion,
+            peers: Some(peers),
+            replicas,
+            key_file: Some(Path::new("/etc/vol.key")),
+        })
+    }
+
+    /// What the old primary told replica `this`: acks "all" with one in sync, nothing else.
+    fn peers(this: &str, replicas: Vec<Replica>) -> Peers {
+        Peers {
+            this: this.to_string(),
+            replicas,
+            acks: Acks::All,
+            min_insync: 1,
+            on_insufficient: OnInsufficient::Fail,
+            plaintext: false,
+            on_promote: None,
+            on_fenced: None,
+            failover: None,
+            ack_timeout_ms: None,
+            lag_max_ms: None,
+        }
+    }
+
     #[test]
     fn the_config_names_the_copy_and_the_other_replicas() {
         let promotion = Promotion {
@@ -521,32 +559,16 @@ mod tests {
             whole: false,
         };
         let peers = Peers {
-            this: "r1".to_string(),
-            replicas: Vec::new(),
             acks: Acks::Quorum,
             min_insync: 2,
             on_insufficient: OnInsufficient::Wait,
-            plaintext: false,
             on_promote: Some("echo \"$MIRRORFS_ROLE\" > /run/role".to_string()),
-            on_fenced: None,
-            failover: None,
             ack_timeout_ms: Some(4000),
-            lag_max_ms: None,
+            ..peers("r1", Vec::new())
         };
-        let replicas = [Replica {
-            name: "r2".to_string(),
-            address: "10.0.0.3:7000".to_string(),
-        }];
+        let replicas = [replica("r2", "10.0.0.3:7000")];
         let root = std::path::PathBuf::from("/srv/node/vol \"x\"");
-        let text = render_config(&Config {
-            volume: "vol",
-            root: &root,
-            mountpoint: Some(Path::new("/mnt/vol")),
-            promotion: &promotion,
-            peers: Some(&peers),
-            replicas: &replicas,
-            key_file: Some(Path::new("/etc/vol.key")),
-        });
+        let text = render(&root, &promotion, &peers, &replicas);
         let parsed: toml::Value = toml::from_str(&text).unwrap();
         assert_eq!(
             parsed["volume"]["source"].as_str(),
@@ -571,18 +593,7 @@ mod tests {
             parsed["replication"]["replicas"][0]["address"].as_str(),
             Some("10.0.0.3:7000")
         );
-        let alone = render_config(&Config {
-            replicas: &[],
-            ..Config {
-                volume: "vol",
-                root: &root,
-                mountpoint: None,
-                promotion: &promotion,
-                peers: Some(&peers),
-                replicas: &replicas,
-                key_file: Some(Path::new("/etc/vol.key")),
-            }
-        });
+        let alone = render(&root, &promotion, &peers, &[]);
         assert!(!alone.contains("[replication]"), "{alone}");
     }
 
@@ -596,23 +607,7 @@ mod tests {
             unvouched: None,
             whole: true,
         };
-        let replica = |name: &str, address: &str| Replica {
-            name: name.to_string(),
-            address: address.to_string(),
-        };
         let peers = Peers {
-            this: "r1".to_string(),
-            replicas: vec![
-                replica("r1", "10.0.0.2:7071"),
-                replica("r2", "10.0.0.3:7071"),
-            ],
-            acks: Acks::All,
-            min_insync: 1,
-            on_insufficient: OnInsufficient::Fail,
-            plaintext: false,
-            on_promote: None,
-            on_fenced: None,
-            ack_timeout_ms: None,
             lag_max_ms: Some(2500),
             failover: Some(AutoFailover {
                 primary: "p".to_string(),
@@ -623,21 +618,20 @@ mod tests {
                 unclean: false,
                 witnesses: vec![replica("w", "10.0.0.9:7080")],
             }),
+            ..peers(
+                "r1",
+                vec![
+                    replica("r1", "10.0.0.2:7071"),
+                    replica("r2", "10.0.0.3:7071"),
+                ],
+            )
         };
         let replicas = [
             replica("r2", "10.0.0.3:7071"),
             replica("p", "10.0.0.1:7071"),
         ];
         let root = std::path::PathBuf::from("/srv/node/vol");
-        let text = render_config(&Config {
-            volume: "vol",
-            root: &root,
-            mountpoint: Some(Path::new("/mnt/vol")),
-            promotion: &promotion,
-            peers: Some(&peers),
-            replicas: &replicas,
-            key_file: Some(Path::new("/etc/vol.key")),
-        });
+        let text = render(&root, &promotion, &peers, &replicas);
         let raw = crate::config::Config::parse(Path::new("primary.toml"), &text).unwrap();
         let config =
             crate::config::Config::resolve(raw, Default::default(), Path::new("/")).unwrap();

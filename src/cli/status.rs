@@ -12,25 +12,24 @@ use crate::config::human;
 pub fn run(args: StatusArgs) -> Result<(), CliError> {
     let state_dir = args.volume.state_dir()?;
     if args.check {
-        return match control::query::<Status>(&state_dir) {
-            Ok(status) if status.standby.is_some() => Err(CliError::Failure(format!(
-                "volume {} is mounted here as a standby, not the primary",
-                status.volume
-            ))),
-            // With automatic failover, a primary out of its lease takes nothing: it must
-            // not hold a virtual IP either.
-            Ok(status) if lease_lost(&status).is_some() => Err(CliError::Failure(format!(
-                "volume {} does not hold its lease: {}",
-                status.volume,
-                lease_lost(&status).unwrap_or_default()
-            ))),
-            Ok(status) if status.log.fence.is_none() => Ok(()),
-            Ok(status) => Err(CliError::Failure(format!(
-                "volume {} is {}",
-                status.volume,
-                status.log.fence.map(|f| f.to_string()).unwrap_or_default()
-            ))),
-            Err(error) => Err(CliError::Failure(error.to_string())),
+        let status = control::query::<Status>(&state_dir)
+            .map_err(|error| CliError::Failure(error.to_string()))?;
+        let volume = &status.volume;
+        if status.standby.is_some() {
+            return Err(CliError::Failure(format!(
+                "volume {volume} is mounted here as a standby, not the primary"
+            )));
+        }
+        // With automatic failover, a primary out of its lease takes nothing: it must not
+        // hold a virtual IP either.
+        if let Some(why) = lease_lost(&status) {
+            return Err(CliError::Failure(format!(
+                "volume {volume} does not hold its lease: {why}"
+            )));
+        }
+        return match &status.log.fence {
+            None => Ok(()),
+            Some(fence) => Err(CliError::Failure(format!("volume {volume} is {fence}"))),
         };
     }
     let status: Status = control::query(&state_dir).map_err(|error| match error {

@@ -168,6 +168,20 @@ pub enum Op {
 }
 
 impl Op {
+    /// The record that `path` has modification time `mtime`, and nothing else changed:
+    /// copies apply changes later than the origin made them, and would otherwise get
+    /// their own times.
+    pub fn set_mtime(path: LogPath, mtime: std::time::SystemTime) -> Op {
+        Op::SetAttr {
+            path,
+            mode: None,
+            uid: None,
+            gid: None,
+            atime: None,
+            mtime: Some(mtime.into()),
+        }
+    }
+
     /// The operation's name, as `mirrorfs log` prints it.
     pub fn kind(&self) -> &'static str {
         match self {

@@ -38,9 +38,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::durable;
 use crate::log::{Epochs, Log, LogError, LogOptions, LogPath, Op, Record};
-use crate::manifest::{Entry, HashStore, list, stat_at};
+use crate::manifest::{Entry, HashStore, list};
 use crate::origin::{At, Changing, Origin, TreeGate};
-use crate::tree::{ApplyError, apply, apply_op, place};
+use crate::tree::{ApplyError, apply, apply_op, mtimes_now, place};
 use crate::types::{Change, FileId, FileKind, Stamp};
 use crate::write::{load_applied, store_applied};
 
@@ -255,6 +255,8 @@ pub struct VolumeCopy {
     accepted: u32,
     /// What records moved and no record timed since, as of `applied`.
     untimed: Untimed,
+    /// What the primary last said of the volume's replication (as `peers.json` holds it).
+    peers: Option<Peers>,
 }
 
 /// The file in a copy's directory holding the newest leader epoch it accepted.
@@ -419,6 +421,7 @@ impl VolumeCopy {
             high_watermark_unstored: false,
             accepted: load_accepted(root)?,
             untimed,
+            peers: load_peers(root)?,
             resyncing: None,
             gate,
             resync_changing: None,
@@ -447,21 +450,10 @@ impl VolumeCopy {
         self.accept_epoch(epoch)?;
         self.log.begin_epoch(epoch)?;
         self.apply_received(&[])?;
+        let records = mtimes_now(&self.tree, self.untimed.paths());
         let mut last = None;
-        let mut timed = 0;
-        for path in self.untimed.paths() {
-            let Ok(stat) = stat_at(&self.tree, path) else {
-                continue;
-            };
-            last = Some(self.log.append(&Op::SetAttr {
-                path: path.clone(),
-                mode: None,
-                uid: None,
-                gid: None,
-                atime: None,
-                mtime: Some(stat.mtime.into()),
-            })?);
-            timed += 1;
+        for op in &records {
+            last = Some(self.log.append(op)?);
         }
         if let Some(last) = last {
             self.log.sync_to(last)?;
@@ -469,7 +461,7 @@ impl VolumeCopy {
         // The tree has these times already.
         self.applied = self.next();
         self.untimed.clear();
-        Ok(timed)
+        Ok(records.len())
     }
 
     /// The epoch of the last record the copy holds, if it holds any.
@@ -542,14 +534,21 @@ impl VolumeCopy {
     /// when it changed): a promotion of this copy writes the new primary's config from it.
     pub fn keep_peers(&mut self, peers: &Peers) -> Result<(), CopyError> {
         let path = self.root.join(PEERS_FILE);
-        if load_peers(&self.root)?.as_ref() == Some(peers) {
+        if self.peers.as_ref() == Some(peers) {
             return Ok(());
         }
         let text = serde_json::to_vec_pretty(peers).map_err(|error| CopyError::Io {
             path: path.clone(),
             source: io::Error::other(error),
         })?;
-        durable::replace(&path, text).map_err(io_error(&path))
+        durable::replace(&path, text).map_err(io_error(&path))?;
+        self.peers = Some(peers.clone());
+        Ok(())
+    }
+
+    /// What the primary last said of the volume's replication, if it said anything yet.
+    pub fn peers(&self) -> Option<&Peers> {
+        self.peers.as_ref()
     }
 
     /// Keeps `high_watermark`, told by the primary with a batch, if it is the highest

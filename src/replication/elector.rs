@@ -13,8 +13,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use super::candidacy::{LastElection, RETRY_AFTER, jitter};
 use super::canvass::{self, Canvass};
-use super::copy::load_peers;
-use super::hosted::Hosted;
+use super::hosted::{Hosted, PRIMARY_SILENT};
 use super::promote::Promotion;
 use super::protocol::{AutoFailover, Peers, ToNode};
 
@@ -51,9 +50,6 @@ pub type OnElected = Arc<dyn Fn(Elected) + Send + Sync>;
 
 /// How often the elector looks at each volume.
 const TICK: Duration = Duration::from_millis(250);
-
-/// A primary not heard from for this long (three heartbeats) may be lost.
-const PRIMARY_SILENT: Duration = Duration::from_secs(3);
 
 /// How long one round of questions waits for the voters.
 const ROUND_WITHIN: Duration = Duration::from_secs(1);
@@ -93,14 +89,17 @@ async fn watch(id: &str, hosted: &Arc<Hosted>, root: &Path) -> Option<Elected> {
         return None;
     }
     let candidacy = &hosted.candidacy;
-    // What the primary last said; a volume without automatic failover has no election.
-    let peers = match load_peers(root) {
-        Ok(Some(peers)) => peers,
-        Ok(None) => return None,
-        Err(error) => {
-            candidacy.set_now(format!("cannot read what the primary said: {error}"));
-            return None;
-        }
+    // A copy busy is one a primary's session is writing: not silent. Never waited for,
+    // so the node's runtime is never held up here.
+    let (peers, next, high_watermark, stuck) = {
+        let copy = hosted.try_copy()?;
+        // What the primary last said; a volume without automatic failover has no election.
+        let peers = copy
+            .peers()
+            .filter(|peers| peers.failover.is_some())?
+            .clone();
+        let stuck = copy.stuck().cloned();
+        (peers, copy.next(), copy.high_watermark(), stuck)
     };
     let auto = peers.failover.clone()?;
     let silent = hosted.primary_silent_for();
@@ -120,10 +119,6 @@ async fn watch(id: &str, hosted: &Arc<Hosted>, root: &Path) -> Option<Elected> {
         ));
         return None;
     }
-    let (next, high_watermark, stuck) = {
-        let copy = hosted.copy();
-        (copy.next(), copy.high_watermark(), copy.stuck().cloned())
-    };
     if let Some(stuck) = stuck {
         candidacy.set_now(format!(
             "not standing: the copy is stuck on record {}",

@@ -46,8 +46,9 @@ pub struct HostedStatus {
     pub election: Option<ElectionStatus>,
 }
 
-/// A primary not heard from for this long (three heartbeats) counts as gone for a promotion.
-const PRIMARY_SILENT: Duration = Duration::from_secs(3);
+/// A primary not heard from for this long (three heartbeats) counts as gone: for a
+/// promotion, and for an election.
+pub(super) const PRIMARY_SILENT: Duration = Duration::from_secs(3);
 
 /// How often a copy stuck on the same record is logged again.
 const STUCK_LOG_EVERY: Duration = Duration::from_secs(60);
@@ -232,6 +233,15 @@ impl Hosted {
     /// Stops the hasher, saving the stored hashes.
     pub(super) fn stop_hashing(&self) {
         self.hashing.stop();
+    }
+
+    /// The copy, unless another holds it now.
+    pub(super) fn try_copy(&self) -> Option<MutexGuard<'_, VolumeCopy>> {
+        match self.copy.try_lock() {
+            Ok(copy) => Some(copy),
+            Err(std::sync::TryLockError::Poisoned(poisoned)) => Some(poisoned.into_inner()),
+            Err(std::sync::TryLockError::WouldBlock) => None,
+        }
     }
 
     /// The copy, locked.

@@ -88,14 +88,7 @@ pub fn rejoin(
             source,
         })
     };
-    let io = |path: &Path| {
-        let path = path.to_path_buf();
-        move |source: std::io::Error| RejoinError::Move {
-            from: path.clone(),
-            to: path,
-            source,
-        }
-    };
+    let io = io_error;
     // Everything moves by rename, so all of it must be on the node directory's filesystem:
     // checked first, so nothing is half moved.
     let device = |path: &Path| {
@@ -149,6 +142,16 @@ fn out_of_step(root: &Path, next: u64) -> Result<(), RejoinError> {
     mark_out_of_step(root, next).map_err(|error| RejoinError::Log(error.to_string()))
 }
 
+/// The error of a file operation on `path` in a rejoin.
+fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> RejoinError + use<> {
+    let path = path.to_path_buf();
+    move |source| RejoinError::Move {
+        from: path.clone(),
+        to: path,
+        source,
+    }
+}
+
 /// Whether `a` and `b` name the same existing file.
 fn same_file(a: &Path, b: &Path) -> bool {
     use std::os::unix::fs::MetadataExt;
@@ -166,26 +169,16 @@ fn same_file(a: &Path, b: &Path) -> bool {
 fn back_in_place(root: PathBuf, fence: Fence, next: u64) -> Result<Rejoined, RejoinError> {
     let gone = |name: &str| {
         let path = root.join(name);
-        durable::remove(&path).map_err(|source| RejoinError::Move {
-            from: path.clone(),
-            to: path,
-            source,
-        })
+        durable::remove(&path).map_err(io_error(&path))
     };
     // The tree was the primary's origin: with write-through it holds every record (and
     // the journal keeps no applied offset); with write-behind, what the offset says.
     let applied_path = root.join("applied");
-    let stored = load_applied(&applied_path).map_err(|source| RejoinError::Move {
-        from: applied_path.clone(),
-        to: applied_path.clone(),
-        source,
-    })?;
-    if stored.is_none() {
-        store_applied(&applied_path, next).map_err(|source| RejoinError::Move {
-            from: applied_path.clone(),
-            to: applied_path.clone(),
-            source,
-        })?;
+    if load_applied(&applied_path)
+        .map_err(io_error(&applied_path))?
+        .is_none()
+    {
+        store_applied(&applied_path, next).map_err(io_error(&applied_path))?;
     }
     out_of_step(&root, next)?;
     gone(&format!("log/{}", crate::log::FENCE_FILE))?;

@@ -8,6 +8,6 @@ mod place;
 mod walk;
 
 pub use apply::{ApplyError, apply, apply_op};
-pub use ops::{WalkStats, to_ops, to_ops_under};
+pub use ops::{WalkStats, mtimes_now, to_ops, to_ops_under};
 pub use place::{open_regular, place};
 pub use walk::{Visitor, WalkError, walk, xattrs};

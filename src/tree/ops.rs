@@ -32,6 +32,25 @@ pub struct WalkStats {
     pub skipped: u64,
 }
 
+/// Records giving each of `paths` the modification time it has in `tree` now (a path
+/// that names nothing there is left out): what makes copies end where `tree` is when the
+/// records that moved those times did not say what they became.
+pub fn mtimes_now<'a>(tree: &Origin, paths: impl IntoIterator<Item = &'a LogPath>) -> Vec<Op> {
+    paths
+        .into_iter()
+        .filter_map(|path| {
+            let stat = match path.components().next() {
+                None => tree.stat_dir(tree.root()).ok()?,
+                Some(_) => {
+                    let (dir, name) = super::place(tree, path).ok()?;
+                    tree.stat(At::Entry(&dir, &name)).ok()?
+                }
+            };
+            Some(Op::set_mtime(path.clone(), stat.mtime))
+        })
+        .collect()
+}
+
 /// Reads all of `origin` into operations, handing them to `emit` in batches with the
 /// figures so far; `emit` returns false to stop the walk.
 pub fn to_ops(

@@ -13,7 +13,6 @@
 //! Each guard is released in the reverse order, after the records are appended.
 
 use std::sync::{MutexGuard, RwLockReadGuard, RwLockWriteGuard};
-use std::time::SystemTime;
 
 use crate::cache::Change;
 use crate::log::{LogPath, Op};
@@ -252,7 +251,7 @@ impl<'v> Naming<'v> {
             // Read and recorded in the directory's turn: see `inode_turn`.
             let _turn = volume.inode_turn(*dir);
             let mtime = volume.origin.stat_dir(dir_fd)?.mtime;
-            volume.record(set_mtime(path, mtime))?;
+            volume.record(Op::set_mtime(path, mtime))?;
         }
         Ok(())
     }
@@ -286,19 +285,6 @@ impl<H: Fn() -> u64> InodeChange<'_, H> {
             self.volume.record(op)?;
         }
         Ok(())
-    }
-}
-
-/// The record that `path` has modification time `mtime` (copies apply changes later than
-/// the origin made them, and would otherwise get their own times).
-pub(super) fn set_mtime(path: LogPath, mtime: SystemTime) -> Op {
-    Op::SetAttr {
-        path,
-        mode: None,
-        uid: None,
-        gid: None,
-        atime: None,
-        mtime: Some(mtime.into()),
     }
 }
 

@@ -8,7 +8,7 @@ use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::sync::atomic::Ordering;
 
-use super::change::{Wait, set_mtime};
+use super::change::Wait;
 use super::io::{Opened, origin_flags};
 use super::{Attr, Caller, Result, VfsError, Volume, name};
 
@@ -49,7 +49,7 @@ impl Volume {
             }
         };
         // A copy creates the object later than the origin did: it gets the origin's time.
-        let records = [made, set_mtime(path, attr.mtime)];
+        let records = [made, Op::set_mtime(path, attr.mtime)];
         naming.entries_changed(&[(parent, &parent_fd)], &[], records)?;
         Ok(attr)
     }
@@ -77,7 +77,7 @@ impl Volume {
             uid: attr.uid,
             gid: attr.gid,
         };
-        let records = [made, set_mtime(path, attr.mtime)];
+        let records = [made, Op::set_mtime(path, attr.mtime)];
         naming.entries_changed(&[(parent, &parent_fd)], &[], records)?;
         Ok(attr)
     }
@@ -103,7 +103,7 @@ impl Volume {
             gid: attr.gid,
         };
         // As for any new object: the copies get the origin's time.
-        let records = [made, set_mtime(path, attr.mtime)];
+        let records = [made, Op::set_mtime(path, attr.mtime)];
         naming.entries_changed(&[(parent, &parent_fd)], &[], records)?;
         Ok(attr)
     }

@@ -11,7 +11,7 @@ use crate::types::Change;
 use crate::types::{FileKind, InodeId};
 use crate::write::WriteError;
 
-use super::change::{Wait, set_mode, set_mtime};
+use super::change::{Wait, set_mode};
 use super::handles::{FileHandle, OpenCounts, OpenMode};
 use super::{Result, VfsError, Volume, Writer};
 
@@ -249,7 +249,7 @@ impl Volume {
             }
             // Copies apply writes later than the origin took them; this gives them the
             // origin's modification time, once per open rather than once per write.
-            change.made(|path| vec![set_mtime(path, stat.mtime)])?;
+            change.made(|path| vec![Op::set_mtime(path, stat.mtime)])?;
         }
         Ok(())
     }

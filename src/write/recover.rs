@@ -12,10 +12,10 @@
 use std::collections::HashMap;
 
 use crate::log::{Log, LogPath, Op, Record};
-use crate::origin::{At, Origin};
+use crate::origin::Origin;
 
 use super::JournalError;
-use crate::tree::{apply, place};
+use crate::tree::{apply, mtimes_now};
 
 /// Replays into `origin` the content records from offset `from` on, each file's at its
 /// name now, and makes the origin durable. Two passes over the log, so that only the plan
@@ -48,21 +48,8 @@ pub fn replay(log: &Log, origin: &Origin, from: u64, as_root: bool) -> Result<()
     // Replayed content moved these files' mtime, and no record says what it is now: the
     // copies are told, so that they end where the origin does.
     let mut last = None;
-    for path in untimed {
-        let Ok((dir, name)) = place(origin, &path) else {
-            continue;
-        };
-        let Ok(stat) = origin.stat(At::Entry(&dir, &name)) else {
-            continue;
-        };
-        last = Some(log.append(&Op::SetAttr {
-            path,
-            mode: None,
-            uid: None,
-            gid: None,
-            atime: None,
-            mtime: Some(stat.mtime.into()),
-        })?);
+    for op in mtimes_now(origin, &untimed) {
+        last = Some(log.append(&op)?);
     }
     if let Some(last) = last {
         log.sync_to(last)?;

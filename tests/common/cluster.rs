@@ -9,6 +9,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
+use super::netns::ip;
+
 static NEXT: AtomicU32 = AtomicU32::new(0);
 
 /// A bridge and namespaces plugged into it, each with one address; all deleted when
@@ -132,16 +134,6 @@ impl Drop for Lan {
             .args(["link", "del", &self.bridge])
             .status();
     }
-}
-
-fn ip(args: &[&str]) {
-    let output = Command::new("ip").args(args).output().expect("run ip");
-    assert!(
-        output.status.success(),
-        "ip {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&output.stderr)
-    );
 }
 
 /// A mirrorfs process run in a namespace (`nsenter --net`, so that a mount it makes is

@@ -83,7 +83,8 @@ impl Drop for Link {
     }
 }
 
-fn ip(args: &[&str]) {
+/// Runs `ip ARGS`, which must succeed.
+pub fn ip(args: &[&str]) {
     let output = Command::new("ip").args(args).output().expect("run ip");
     assert!(
         output.status.success(),
