@@ -2,7 +2,10 @@
 //! 0-16 KiB in a directory, timing each phase. Prints one JSON object of operations per
 //! second. Sizes come from a fixed-seed generator, so every target gets the same files.
 //!
-//!   cargo bench --bench smallfiles -- DIR [FILES]
+//!   cargo bench --bench smallfiles -- DIR [FILES] [--cold]
+//!
+//! With `--cold` (root only), the kernel's caches are dropped after the creates and again
+//! before the reads, and stat runs twice: cold (names and attributes read anew) and warm.
 
 use std::fs;
 use std::io::Write;
@@ -40,8 +43,10 @@ fn main() {
         .skip(1)
         .filter(|a| a != "--bench")
         .collect();
+    let cold = args.iter().any(|a| a == "--cold");
+    let args: Vec<&String> = args.iter().filter(|a| *a != "--cold").collect();
     let Some(dir) = args.first() else {
-        eprintln!("usage: smallfiles DIR [FILES]");
+        eprintln!("usage: smallfiles DIR [FILES] [--cold]");
         std::process::exit(2);
     };
     let count: usize = args.get(1).and_then(|n| n.parse().ok()).unwrap_or(20_000);
@@ -57,6 +62,12 @@ fn main() {
         fs::create_dir(root.join(format!("d{sub:02}"))).expect("create a subdirectory");
     }
 
+    let stat_all = || -> std::io::Result<()> {
+        for (path, size) in paths.iter().zip(&sizes) {
+            assert_eq!(fs::metadata(path)?.len(), *size as u64);
+        }
+        Ok(())
+    };
     let phases = || -> Result<Vec<String>, String> {
         Ok(vec![
             phase("create", count, || {
@@ -65,18 +76,24 @@ fn main() {
                 }
                 Ok(())
             })?,
-            phase("stat", count, || {
-                for (path, size) in paths.iter().zip(&sizes) {
-                    assert_eq!(fs::metadata(path)?.len(), *size as u64);
-                }
-                Ok(())
-            })?,
-            phase("read", count, || {
+            {
+                drop_caches(cold)?;
+                phase(if cold { "stat-cold" } else { "stat" }, count, stat_all)?
+            },
+            if cold {
+                phase("stat-warm", count, stat_all)?
+            } else {
+                String::new()
+            },
+            {
+                drop_caches(cold)?;
+                phase("read", count, || {
                 for (path, size) in paths.iter().zip(&sizes) {
                     assert_eq!(fs::read(path)?.len(), *size);
                 }
                 Ok(())
-            })?,
+            })?
+            },
             phase("delete", count, || {
                 for path in &paths {
                     fs::remove_file(path)?;
@@ -88,7 +105,24 @@ fn main() {
     let outcome = phases();
     let _ = fs::remove_dir_all(&root);
     match outcome {
-        Ok(results) => println!("{{{}}}", results.join(", ")),
+        Ok(results) => {
+            let results: Vec<String> = results.into_iter().filter(|r| !r.is_empty()).collect();
+            println!("{{{}}}", results.join(", "))
+        }
         Err(error) => println!("{{\"error\": {error:?}}}"),
     }
+}
+
+/// Writes back and drops the kernel's page, dentry and inode caches, when asked to.
+fn drop_caches(cold: bool) -> Result<(), String> {
+    if !cold {
+        return Ok(());
+    }
+    let status = std::process::Command::new("sync")
+        .status()
+        .map_err(|error| format!("sync: {error}"))?;
+    if !status.success() {
+        return Err(format!("sync: {status}"));
+    }
+    fs::write("/proc/sys/vm/drop_caches", "3").map_err(|error| format!("drop_caches: {error}"))
 }

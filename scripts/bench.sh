@@ -1,30 +1,40 @@
 #!/usr/bin/env bash
-# Benchmark, in one run on one disk: the origin directory itself (native), mirrorfs, and
-# libfuse's C passthrough_ll (with default_permissions, as mirrorfs), compiled here from
-# Debian's libfuse3-dev example. Each FUSE filesystem runs in two modes with the same
-# promise about the origin:
-#   1s:  changes made directly in the origin show within 1 s (mirrorfs's default;
-#        passthrough_ll cache=auto);
-#   1d:  the origin changes only through the mount (mirrorfs [cache] revalidate_after = "1d";
-#        passthrough_ll cache=always).
-# Workloads: fio sequential write (1 MiB blocks, fsync at the end), warm sequential read
-# (1 MiB), warm 4 KiB random read, and a small-file workload (create, stat, read, delete
-# files of 0-16 KiB; benches/smallfiles.rs) at 15,000 files, a count the peer can hold
-# (it keeps one descriptor per known inode), then a 20,000-file scale check on each target.
+# Benchmark, in one run on one disk: the origin directory itself (native), libfuse's C
+# passthrough_ll (compiled here from Debian's libfuse3-dev example) without and with the
+# kernel's writeback cache, and mirrorfs in both write policies. All under one promise:
+# the origin changes only through the mount (passthrough_ll cache=always; mirrorfs
+# [cache] revalidate_after = "1d"), with default_permissions for both.
+#
 # Every target's origin is a freshly made ext4 filesystem of its own (an image on a loop
 # device): on one shared filesystem, each target inherited the inode allocator state the
-# previous ones left (after many creates and deletes, ext4 spent most of a later target's
-# create time searching for free inodes), which made the order of targets matter.
-# Prints each figure and its ratio to native, because this machine is noisy: compare
-# ratios, not absolute numbers.
+# previous ones left, which made the order of targets matter. mirrorfs's state directory
+# (its change log) is on the host disk, as a mount's state disk would be its own.
 #
-#   scripts/bench.sh [--quick]      (--quick: 256 MiB files, 5,000 small files)
+# Rows: fio sequential write (1 MiB blocks, fsync at the end), sequential read cold (the
+# kernel's caches dropped) and warm (1 MiB), 4 KiB random read warm, 4 KiB random write
+# with an fsync every 32 writes; the small-file workload (benches/smallfiles.rs: create,
+# stat cold and warm, read, delete files of 0-16 KiB); `dd bs=4k` of 1 GiB with fsync;
+# and an untar of a source tree (/usr/include, tarred once) followed by `sync -f`.
+# Rounds run interleaved (every target once per round, in a rotated order) and the table
+# gives each figure's median with ratios to passthrough_ll, because this machine is
+# noisy: compare ratios from one run, not absolute numbers across runs.
+#
+#   scripts/bench.sh [--quick] [--rounds N]   (--quick: 256 MiB files, 5,000 small files)
 #   BENCH_CACHE='memory_bytes = 0\n' scripts/bench.sh    (extra [cache] lines for mirrorfs)
+#   BENCH_ONLY='native mfs-wt' scripts/bench.sh           (a subset of the targets)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-size=1G; files=15000; scale_files=20000; random_seconds=10
-if [ "${1:-}" = "--quick" ]; then size=256M; files=5000; scale_files=5000; random_seconds=4; fi
+size=1G; files=15000; random_seconds=10; rounds=3
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --quick) size=256M; files=5000; random_seconds=4 ;;
+    --rounds) rounds=$2; shift ;;
+    *) echo "bench: unknown option $1" >&2; exit 2 ;;
+  esac
+  shift
+done
+[ "$(id -u)" = 0 ] || { echo "bench: run as root (loop devices, dropping caches)" >&2; exit 2; }
 
 scripts/install-deps.sh --bench
 cargo build --release --locked --quiet
@@ -36,6 +46,8 @@ examples=/usr/share/doc/libfuse3-dev/examples
 if [ ! -x "$peer" ] || [ "$examples/passthrough_ll.c" -nt "$peer" ]; then
   gcc -O2 -o "$peer" -I"$examples" "$examples/passthrough_ll.c" $(pkg-config --cflags --libs fuse3)
 fi
+tarball=target/bench/source-tree.tar
+[ -f "$tarball" ] || tar -C /usr -cf "$tarball" include
 
 work=$(mktemp -d /var/tmp/mirrorfs-bench.XXXXXX)
 pids=()
@@ -43,7 +55,7 @@ loops=()
 cleanup() {
   for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
   for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
-  for mnt in "$work"/*-mnt "$work"/native "$work"/*-origin; do
+  for mnt in "$work"/*-mnt "$work"/*-origin; do
     if grep -q " $mnt " /proc/self/mountinfo; then umount -l "$mnt"; fi
   done
   for loop in "${loops[@]}"; do losetup -d "$loop" 2>/dev/null || true; done
@@ -55,14 +67,13 @@ trap cleanup EXIT
 fresh_fs() {
   local dir=$1 image loop
   image="$work/$(basename "$dir").img"
-  truncate -s 4G "$image"
+  truncate -s 8G "$image"
   mkfs.ext4 -q -F "$image"
   loop=$(losetup --find --show "$image")
   loops+=("$loop")
   mkdir -p "$dir"
   mount "$loop" "$dir"
 }
-fresh_fs "$work/native"
 
 wait_mounted() {
   for _ in $(seq 100); do
@@ -71,58 +82,84 @@ wait_mounted() {
   done
   echo "bench: $1 did not mount" >&2; return 1
 }
-targets=("native:$work/native")
-for mode in 1s 1d; do
-  fresh_fs "$work/mirrorfs-$mode-origin"
-  mkdir -p "$work/mirrorfs-$mode-mnt"
-  printf '[cache]\nrevalidate_after = "%s"\n%b' "$mode" "${BENCH_CACHE:-}" > "$work/mirrorfs-$mode.toml"
-  target/release/mirrorfs mount "$work/mirrorfs-$mode-origin" "$work/mirrorfs-$mode-mnt" \
-    --state-dir "$work/mirrorfs-$mode-state" --config "$work/mirrorfs-$mode.toml" \
-    2>"$work/mirrorfs-$mode.log" &
-  pids+=($!)
-  peer_cache=$([ "$mode" = 1s ] && echo auto || echo always)
-  fresh_fs "$work/peer-$mode-origin"
-  mkdir -p "$work/peer-$mode-mnt"
-  # default_permissions, as mirrorfs mounts: the kernel checks permissions for both, which
-  # costs a GETATTR of a directory after each change in it (its attributes are invalidated).
-  "$peer" -f -o "source=$work/peer-$mode-origin,cache=$peer_cache,default_permissions" \
-    "$work/peer-$mode-mnt" 2>"$work/peer-$mode.log" &
-  pids+=($!)
-  wait_mounted "$work/mirrorfs-$mode-mnt"
-  wait_mounted "$work/peer-$mode-mnt"
-  targets+=("mirrorfs-$mode:$work/mirrorfs-$mode-mnt" "passthrough_ll-$mode:$work/peer-$mode-mnt")
+
+all_targets="native pll pll-wb mfs-wt mfs-wb"
+names=(${BENCH_ONLY:-$all_targets})
+declare -A mounts
+for name in "${names[@]}"; do
+  fresh_fs "$work/$name-origin"
+  case "$name" in
+    native) mounts[$name]=$work/$name-origin; continue ;;
+    pll|pll-wb)
+      options="source=$work/$name-origin,cache=always,default_permissions"
+      [ "$name" = pll-wb ] && options+=",writeback"
+      mkdir -p "$work/$name-mnt"
+      "$peer" -f -o "$options" "$work/$name-mnt" 2>"$work/$name.log" &
+      pids+=($!) ;;
+    mfs-wt|mfs-wb)
+      policy=$([ "$name" = mfs-wt ] && echo write-through || echo write-behind)
+      printf '[cache]\nrevalidate_after = "1d"\n%b[write]\nmode = "%s"\n' \
+        "${BENCH_CACHE:-}" "$policy" > "$work/$name.toml"
+      mkdir -p "$work/$name-mnt"
+      target/release/mirrorfs mount "$work/$name-origin" "$work/$name-mnt" \
+        --state-dir "$work/$name-state" --config "$work/$name.toml" 2>"$work/$name.log" &
+      pids+=($!) ;;
+    *) echo "bench: unknown target $name (targets: $all_targets)" >&2; exit 2 ;;
+  esac
+  mounts[$name]=$work/$name-mnt
+  wait_mounted "$work/$name-mnt"
 done
 
 results="$work/results.jsonl"
+record() { # target workload value unit
+  printf '{"target": "%s", "workload": "%s", "value": %s, "unit": "%s"}\n' "$@" >> "$results"
+}
+drop_caches() { sync; echo 3 > /proc/sys/vm/drop_caches; }
 fio_run() { # target dir name rw bs extra...
   local target=$1 dir=$2 name=$3 rw=$4 bs=$5; shift 5
   fio --name="$name" --filename="$dir/fio.dat" --rw="$rw" --bs="$bs" --size="$size" \
       --ioengine=psync --output-format=json "$@" > "$work/fio.json"
-  python3 - "$target" "$name" "$rw" "$work/fio.json" >> "$results" <<'PY'
+  record "$target" "$name" "$(python3 - "$rw" "$name" "$work/fio.json" <<'PY'
 import json, sys
-target, name, rw, path = sys.argv[1:]
+rw, name, path = sys.argv[1:]
 job = json.load(open(path))["jobs"][0]
 side = job["write"] if "write" in rw else job["read"]
-value = side["iops"] if name.startswith("rand") else side["bw_bytes"] / 2**20
-unit = "IOPS" if name.startswith("rand") else "MiB/s"
-print(json.dumps({"target": target, "workload": name, "value": value, "unit": unit}))
+print(side["iops"] if name.startswith("rand") else side["bw_bytes"] / 2**20)
 PY
+)" "$([[ $name == rand* ]] && echo IOPS || echo MiB/s)"
 }
+seconds() { python3 -c 'import sys, time; print(time.monotonic())'; }
 
-for spec in "${targets[@]}"; do
-  target=${spec%%:*}; dir=${spec#*:}
-  echo "bench: $target"
-  fio_run "$target" "$dir" "seq-write-1M" write 1M --end_fsync=1
-  # Warm reads: the first pass fills the caches; fio's default invalidate=1 would drop the
-  # file's page cache before each job, so the measured passes keep it (invalidate=0). Each
-  # fio job opens the file anew: this measures whether a filesystem lets the kernel keep
-  # pages across opens.
-  fio --name=warm --filename="$dir/fio.dat" --rw=read --bs=1M --size="$size" --output-format=json >/dev/null
+run_target() { # target dir
+  local target=$1 dir=$2 start end
+  fio_run "$target" "$dir" "seq-write-1M-fsync" write 1M --end_fsync=1
+  drop_caches
+  fio_run "$target" "$dir" "seq-read-1M-cold" read 1M --invalidate=0
+  # Warm reads: the pass before filled the caches; fio's default invalidate=1 would drop
+  # the file's page cache before each job. Each fio job opens the file anew: this measures
+  # whether a filesystem lets the kernel keep pages across opens.
   fio_run "$target" "$dir" "seq-read-1M-warm" read 1M --invalidate=0
   fio_run "$target" "$dir" "rand-read-4K-warm" randread 4k --runtime="$random_seconds" \
     --time_based --invalidate=0
+  fio_run "$target" "$dir" "rand-write-4K-fsync32" randwrite 4k --fsync=32 \
+    --runtime="$random_seconds" --time_based
   rm -f "$dir/fio.dat"
-  "$smallfiles" "$dir" "$files" | python3 -c '
+  start=$(seconds)
+  dd if=/dev/zero of="$dir/dd.dat" bs=4k count=$(( $(numfmt --from=iec "$size") / 4096 )) \
+    conv=fsync status=none
+  end=$(seconds)
+  record "$target" "dd-4K-fsync" \
+    "$(python3 -c "print($(numfmt --from=iec "$size") / 2**20 / ($end - $start))")" MiB/s
+  rm -f "$dir/dd.dat"
+  mkdir "$dir/untar"
+  start=$(seconds)
+  tar -C "$dir/untar" -xf "$tarball"
+  sync -f "$dir/untar"
+  end=$(seconds)
+  record "$target" "untar-sync" \
+    "$(python3 -c "print($(stat -c %s "$tarball") / 2**20 / ($end - $start))")" MiB/s
+  rm -rf "$dir/untar"
+  "$smallfiles" "$dir" "$files" --cold | python3 -c '
 import json, sys
 result = json.load(sys.stdin)
 if "error" in result:
@@ -130,29 +167,35 @@ if "error" in result:
 for phase, value in result.items():
     print(json.dumps({"target": sys.argv[1], "workload": "small-" + phase, "value": value, "unit": "files/s"}))
 ' "$target" >> "$results"
-  scale=$("$smallfiles" "$dir" "$scale_files")
-  echo "$target: $scale" >> "$work/scale.txt"
+}
+
+for round in $(seq "$rounds"); do
+  # Rotate the order, so no target always runs first (or right after the same one).
+  shift_by=$(( (round - 1) % ${#names[@]} ))
+  order=("${names[@]:shift_by}" "${names[@]:0:shift_by}")
+  for name in "${order[@]}"; do
+    echo "bench: round $round/$rounds: $name"
+    run_target "$name" "${mounts[$name]}"
+  done
 done
 
-python3 - "$results" <<'PY'
-import json, sys
-rows = [json.loads(line) for line in open(sys.argv[1])]
-table = {}
-units = {}
-for row in rows:
-    table.setdefault(row["workload"], {})[row["target"]] = row["value"]
+python3 - "$results" "${names[@]}" <<'PY'
+import json, statistics, sys
+path, names = sys.argv[1], sys.argv[2:]
+values, units = {}, {}
+for line in open(path):
+    row = json.loads(line)
+    values.setdefault(row["workload"], {}).setdefault(row["target"], []).append(row["value"])
     units[row["workload"]] = row["unit"]
-names = ["native", "mirrorfs-1s", "passthrough_ll-1s", "mirrorfs-1d", "passthrough_ll-1d"]
-print(f'{"workload":<18} {"unit":<8}' + "".join(f"{n:>18}" for n in names)
-      + f'{"mfs/native":>11}{"mfs/pll 1s":>11}{"mfs/pll 1d":>11}')
-for workload, v in table.items():
-    row = f"{workload:<18} {units[workload]:<8}" + "".join(f"{v[n]:>18.0f}" for n in names)
-    row += f'{v["mirrorfs-1s"]/v["native"]:>11.2f}'
-    row += f'{v["mirrorfs-1s"]/v["passthrough_ll-1s"]:>11.2f}'
-    row += f'{v["mirrorfs-1d"]/v["passthrough_ll-1d"]:>11.2f}'
+ratios = [(a, b) for a, b in [("mfs-wt", "pll"), ("mfs-wb", "pll"), ("mfs-wt", "pll-wb"),
+                              ("mfs-wb", "pll-wb"), ("mfs-wt", "native"), ("mfs-wb", "native"),
+                              ("mfs-wb", "mfs-wt")] if a in names and b in names]
+print(f'{"median of each":<22} {"unit":<8}' + "".join(f"{n:>10}" for n in names)
+      + "".join(f'{a.removeprefix("mfs-") + "/" + b:>14}' for a, b in ratios))
+for workload, by_target in values.items():
+    median = {n: statistics.median(v) for n, v in by_target.items()}
+    row = f"{workload:<22} {units[workload]:<8}" + "".join(f"{median.get(n, 0):>10.0f}" for n in names)
+    row += "".join(f"{median[a] / median[b]:>14.2f}" for a, b in ratios)
     print(row)
 PY
-echo
-echo "scale check, $scale_files small files (create, stat, read, delete):"
-sed 's/^/  /' "$work/scale.txt"
 cp "$results" target/bench/results.jsonl
