@@ -88,11 +88,11 @@ fn main() {
             {
                 drop_caches(cold)?;
                 phase("read", count, || {
-                for (path, size) in paths.iter().zip(&sizes) {
-                    assert_eq!(fs::read(path)?.len(), *size);
-                }
-                Ok(())
-            })?
+                    for (path, size) in paths.iter().zip(&sizes) {
+                        assert_eq!(fs::read(path)?.len(), *size);
+                    }
+                    Ok(())
+                })?
             },
             phase("delete", count, || {
                 for path in &paths {

@@ -89,6 +89,8 @@ pub fn run(args: MountArgs) -> Result<(), CliError> {
         ttl: config.cache.revalidate_after,
         // A standby's reads must go through the daemon, which holds the copy's gate.
         passthrough: config.cache.passthrough == Passthrough::Auto && standby_copy.is_none(),
+        // A standby takes no writes.
+        writeback: config.write.kernel_writeback && standby_copy.is_none(),
     };
     // A standby reads through no cache of its own: the node changes the tree under it,
     // and a block read ahead outside a request would be read outside the gate.

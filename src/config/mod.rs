@@ -193,6 +193,8 @@ pub struct WriteConfig {
     pub dirty_bytes_max: u64,
     /// write-behind: the longest a change waits before the origin gets it.
     pub flush_interval: Duration,
+    /// The kernel caches writes and sends them in large requests (its writeback cache).
+    pub kernel_writeback: bool,
 }
 
 /// The validated `[log]` section.
@@ -327,6 +329,7 @@ impl Config {
             ],
         )?;
         let replication = replication::resolve(&raw.replication)?;
+        let write = resolve_write(&raw.write, cache.revalidate_after)?;
         Ok(Config {
             volume: VolumeConfig {
                 id,
@@ -339,7 +342,7 @@ impl Config {
             failover: failover::resolve(&raw.failover, replication.as_ref())?,
             replication,
             verify: verify::resolve(&raw.verify)?,
-            write: resolve_write(&raw.write)?,
+            write,
             log: LogConfig {
                 segment_bytes: within(
                     "log.segment_bytes",
@@ -353,8 +356,27 @@ impl Config {
     }
 }
 
-fn resolve_write(raw: &raw::RawWrite) -> Result<WriteConfig, ConfigError> {
+/// The shortest `revalidate_after` that promises nothing else writes the origin, as the
+/// kernel's writeback cache needs: under it, the kernel keeps a file's size and times as
+/// it wrote them and takes none from the origin.
+const KERNEL_WRITEBACK_REVALIDATE_MIN: Duration = Duration::from_secs(60);
+
+fn resolve_write(
+    raw: &raw::RawWrite,
+    revalidate_after: Duration,
+) -> Result<WriteConfig, ConfigError> {
+    let origin_ours = revalidate_after >= KERNEL_WRITEBACK_REVALIDATE_MIN;
+    if raw.kernel_writeback == Some(true) && !origin_ours {
+        return Err(ConfigError::Invalid {
+            key: "write.kernel_writeback",
+            reason: format!(
+                "needs cache.revalidate_after of at least {} (nothing else writes the origin)",
+                units::Span(KERNEL_WRITEBACK_REVALIDATE_MIN)
+            ),
+        });
+    }
     Ok(WriteConfig {
+        kernel_writeback: raw.kernel_writeback.unwrap_or(origin_ours),
         mode: raw.mode.unwrap_or(WriteMode::WriteThrough),
         dirty_bytes_max: within(
             "write.dirty_bytes_max",

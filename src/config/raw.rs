@@ -54,6 +54,8 @@ pub struct RawWrite {
     pub dirty_bytes_max: Option<ByteSize>,
     /// write-behind: the longest a change waits before the origin gets it.
     pub flush_interval: Option<Span>,
+    /// The kernel's writeback cache: small writes gathered into large requests.
+    pub kernel_writeback: Option<bool>,
 }
 
 /// The `[log]` section.

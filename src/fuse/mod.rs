@@ -37,7 +37,7 @@ const MAX_WRITE_BYTES: u32 = 1024 * 1024;
 /// open(O_RDONLY|O_TRUNC) of a running binary reaches the daemon (which would truncate the
 /// origin) before the kernel refuses it with ETXTBSY; without it, the kernel checks first and
 /// sends the truncation as a SETATTR.
-const WANTED_CAPABILITIES: [InitFlags; 7] = [
+const WANTED_CAPABILITIES: [InitFlags; 8] = [
     InitFlags::FUSE_AUTO_INVAL_DATA,
     InitFlags::FUSE_DO_READDIRPLUS,
     InitFlags::FUSE_READDIRPLUS_AUTO,
@@ -49,6 +49,10 @@ const WANTED_CAPABILITIES: [InitFlags; 7] = [
     // The caller's umask comes to the daemon, which applies it only where no default ACL
     // decides (see `Volume::new_mode`).
     InitFlags::FUSE_DONT_MASK,
+    // The daemon drops setuid and setgid when a write or truncation by an unprivileged
+    // caller asks it to; the kernel then need not ask for security.capability (a
+    // GETXATTR round trip) before every write(2) of a file.
+    InitFlags::FUSE_HANDLE_KILLPRIV_V2,
 ];
 
 thread_local! {
@@ -67,6 +71,8 @@ pub struct MirrorFs {
     ttl: Duration,
     /// Whether to ask the kernel for FUSE passthrough.
     passthrough: bool,
+    /// Whether to ask the kernel for its writeback cache.
+    writeback: bool,
     backings: passthrough::Backings,
 }
 
@@ -96,14 +102,16 @@ impl MirrorFs {
         tracing::error!(operation, %message, "a request handler panicked; it was answered EIO");
     }
 
-    /// Serves `volume`, letting the kernel cache names and attributes for `ttl`, and
-    /// passing read-only opens through to the kernel if `passthrough` and it can.
-    pub fn new(volume: Arc<Volume>, ttl: Duration, passthrough: bool) -> MirrorFs {
+    /// Serves `volume`, letting the kernel cache names and attributes for `ttl`, passing
+    /// read-only opens through to the kernel if `passthrough` and it can, and letting it
+    /// cache writes if `writeback`.
+    pub fn new(volume: Arc<Volume>, ttl: Duration, passthrough: bool, writeback: bool) -> MirrorFs {
         MirrorFs {
             volume,
             panic_lookup: std::env::var_os("MIRRORFS_FAULT_PANIC_LOOKUP"),
             ttl,
             passthrough,
+            writeback,
             backings: passthrough::Backings::default(),
         }
     }
@@ -121,6 +129,15 @@ fn caller(request: &Request, umask: u32) -> Caller {
         uid: request.uid(),
         gid: request.gid(),
         umask,
+    }
+}
+
+/// The caller of `request` as a writer whose changes may drop setuid and setgid.
+fn writer<'a>(request: &Request, groups: &'a dyn Fn() -> Vec<u32>) -> Writer<'a> {
+    Writer {
+        uid: request.uid(),
+        gid: request.gid(),
+        groups,
     }
 }
 
@@ -203,6 +220,19 @@ impl Filesystem for MirrorFs {
                 tracing::info!(?capability, "kernel lacks capability");
             }
         }
+        // Small writes reach the daemon gathered into page-cache-sized requests, and the
+        // kernel keeps each file's size and times meanwhile: right only while nothing else
+        // changes the origin, which the config checks.
+        if self.writeback {
+            if config
+                .add_capabilities(InitFlags::FUSE_WRITEBACK_CACHE)
+                .is_ok()
+            {
+                self.volume.allow_writeback();
+            } else {
+                tracing::warn!("the kernel lacks the FUSE writeback cache; writes go one by one");
+            }
+        }
         if self.passthrough {
             // Depth 1: the origin must not itself be a stacked filesystem.
             let offered = config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
@@ -268,7 +298,7 @@ impl Filesystem for MirrorFs {
 
     fn setattr(
         &self,
-        _request: &Request,
+        request: &Request,
         ino: INodeNo,
         mode: Option<u32>,
         uid: Option<u32>,
@@ -293,9 +323,11 @@ impl Filesystem for MirrorFs {
                 atime: atime.map(time_set),
                 mtime: mtime.map(time_set),
             };
+            let groups = || groups_of(request.pid());
+            let writer = writer(request, &groups);
             match self
                 .volume
-                .setattr(id(ino), fh.map(|handle| handle.0), changes)
+                .setattr(&writer, id(ino), fh.map(|handle| handle.0), changes)
             {
                 Ok(changed) => reply.attr(&self.ttl, &attr::file_attr(&changed)),
                 Err(error) => reply.error(fail("setattr", &error)),
@@ -454,19 +486,26 @@ impl Filesystem for MirrorFs {
 
     fn write(
         &self,
-        _request: &Request,
+        request: &Request,
         _ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         data: &[u8],
-        _write_flags: WriteFlags,
+        write_flags: WriteFlags,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        self.guarded("write", || match self.volume.write(fh.0, offset, data) {
-            Ok(written) => reply.written(written as u32),
-            Err(error) => reply.error(fail("write", &error)),
+        self.guarded("write", || {
+            let groups = || groups_of(request.pid());
+            let writer = writer(request, &groups);
+            let killer = write_flags
+                .contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID)
+                .then_some(&writer);
+            match self.volume.write(fh.0, offset, data, killer) {
+                Ok(written) => reply.written(written as u32),
+                Err(error) => reply.error(fail("write", &error)),
+            }
         });
     }
 
@@ -478,8 +517,12 @@ impl Filesystem for MirrorFs {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        self.guarded("flush", || {
-            empty(reply, "flush", self.volume.flush(fh.0));
+        self.guarded("flush", || match self.volume.flush(fh.0) {
+            // Nothing is held back in the daemon for a close to wait for: ENOSYS tells the
+            // kernel to send no FLUSH again (it sends one at each close(2) under its
+            // writeback cache, after writing back the file's dirty pages).
+            Ok(()) => reply.error(Errno::ENOSYS),
+            Err(error) => reply.error(fail("flush", &error)),
         });
     }
 
@@ -630,13 +673,8 @@ impl Filesystem for MirrorFs {
         reply: ReplyEmpty,
     ) {
         self.guarded("setxattr", || {
-            let pid = request.pid();
-            let groups = || groups_of(pid);
-            let writer = Writer {
-                uid: request.uid(),
-                gid: request.gid(),
-                groups: &groups,
-            };
+            let groups = || groups_of(request.pid());
+            let writer = writer(request, &groups);
             empty(
                 reply,
                 "setxattr",
@@ -714,13 +752,8 @@ impl Filesystem for MirrorFs {
         reply: ReplyEmpty,
     ) {
         self.guarded("fallocate", || {
-            let pid = request.pid();
-            let groups = || groups_of(pid);
-            let writer = Writer {
-                uid: request.uid(),
-                gid: request.gid(),
-                groups: &groups,
-            };
+            let groups = || groups_of(request.pid());
+            let writer = writer(request, &groups);
             empty(
                 reply,
                 "fallocate",

@@ -30,6 +30,9 @@ pub struct MountOptions {
     pub ttl: Duration,
     /// Ask the kernel for FUSE passthrough of read-only opens.
     pub passthrough: bool,
+    /// Ask the kernel to cache writes and send them in large requests (its writeback
+    /// cache); only where nothing else changes the origin.
+    pub writeback: bool,
 }
 
 /// Why serving a mount failed.
@@ -82,7 +85,7 @@ pub fn serve(
     config.clone_fd = true;
     let stopping = Arc::clone(&volume);
     let following = Arc::clone(&volume);
-    let filesystem = MirrorFs::new(volume, options.ttl, options.passthrough);
+    let filesystem = MirrorFs::new(volume, options.ttl, options.passthrough, options.writeback);
 
     // SAFETY: geteuid cannot fail.
     let session = if unsafe { libc::geteuid() } == 0 {

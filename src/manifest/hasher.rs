@@ -84,6 +84,13 @@ impl Hashing {
 type Opener<'a> = &'a dyn Fn(&LogPath) -> io::Result<OriginFile>;
 
 fn run(store: &HashStore, copy: Opener<'_>, applied: &dyn Fn() -> u64) {
+    // Stored hashes serve verify, never a request: the hasher runs only on a CPU nothing
+    // else wants (SCHED_IDLE), so rehashing what a writer just wrote does not slow it.
+    let idle = libc::sched_param { sched_priority: 0 };
+    // SAFETY: sets this thread's policy; `idle` outlives the call.
+    if unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &idle) } != 0 {
+        tracing::debug!(error = %io::Error::last_os_error(), "the hasher keeps its priority");
+    }
     let mut saved = Instant::now();
     // A state dir that is gone fails every save: say so once in a while, not every time.
     let mut unsaved = Throttled::new(

@@ -7,7 +7,7 @@ use crate::types::Timestamp;
 use crate::types::{FileKind, InodeId};
 
 use super::change::Wait;
-use super::{Attr, Result, Target, VfsError, Volume};
+use super::{Attr, Result, Target, VfsError, Volume, Writer};
 
 /// The attribute changes of one setattr call; `None` leaves a field as it is.
 #[derive(Clone, Copy, Debug, Default)]
@@ -29,8 +29,16 @@ pub struct SetAttr {
 impl Volume {
     /// Applies `changes` to `id` in the order a local filesystem would (owner first, since
     /// chown clears setuid bits that a mode in the same call must be able to set; times last,
-    /// since truncating moves mtime). Uses the open `handle` when given.
-    pub fn setattr(&self, id: InodeId, handle: Option<u64>, changes: SetAttr) -> Result<Attr> {
+    /// since truncating moves mtime). Uses the open `handle` when given. A truncation by
+    /// `writer` drops setuid and setgid as a write by it would (the kernel leaves that to
+    /// the filesystem: FUSE_HANDLE_KILLPRIV_V2).
+    pub fn setattr(
+        &self,
+        writer: &Writer<'_>,
+        id: InodeId,
+        handle: Option<u64>,
+        mut changes: SetAttr,
+    ) -> Result<Attr> {
         let naming = self.naming()?;
         let times = TimesUpdate {
             atime: changes.atime,
@@ -49,7 +57,7 @@ impl Volume {
         };
         // The inode's turn also keeps writes to the file out until the change is made.
         let change = naming.inode(id, self.inode_path(id)?, wait, Some(cache_change(&changes)))?;
-        let stat = match self.target(id, handle)? {
+        let mut stat = match self.target(id, handle)? {
             Target::Open(open) => {
                 let file = &open.file;
                 if changes.uid.is_some() || changes.gid.is_some() {
@@ -86,6 +94,24 @@ impl Volume {
                 self.origin.stat(at)?
             }
         };
+        let dropped = match changes.size {
+            Some(_) if changes.mode.is_none() => writer.drops(stat.mode, stat.gid),
+            _ => 0,
+        };
+        if dropped != 0 {
+            let mode = stat.mode & 0o7777 & !dropped;
+            stat = match self.target(id, handle)? {
+                Target::Open(open) => {
+                    open.file.chmod(mode)?;
+                    open.file.stat()?
+                }
+                Target::Place(located, _) => {
+                    self.origin.chmod(located.at(), mode)?;
+                    self.origin.stat(located.at())?
+                }
+            };
+            changes.mode = Some(mode);
+        }
         change.made(|path| setattr_records(path, &changes, &stat))?;
         self.attr(id, &stat)
     }

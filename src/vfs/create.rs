@@ -9,7 +9,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::sync::atomic::Ordering;
 
 use super::change::Wait;
-use super::io::{Opened, origin_flags};
+use super::io::Opened;
 use super::{Attr, Caller, Result, VfsError, Volume, name};
 
 impl Volume {
@@ -123,7 +123,7 @@ impl Volume {
         let parent_fd = self.dir_fd(parent)?;
         let mode = self.new_mode(&parent_fd, mode, caller.umask);
         let at = At::Entry(&parent_fd, &entry);
-        let access = origin_flags(flags);
+        let access = self.origin_access(flags);
         // Always O_EXCL on the origin, so a file created by someone else in the meantime is
         // never mistaken for ours and given the caller's ownership.
         let (file, attr, opening, created) =

@@ -8,6 +8,8 @@ use crate::cache::CachedFile;
 use crate::origin::{DirStream, OriginFile};
 use crate::types::InodeId;
 
+use super::Writer;
+
 /// An open regular file.
 #[derive(Debug)]
 pub(crate) struct FileHandle {
@@ -21,6 +23,25 @@ pub(crate) struct FileHandle {
     pub(crate) cached: Option<Arc<CachedFile>>,
     /// How the kernel was told to treat this open.
     pub(crate) mode: OpenMode,
+}
+
+impl FileHandle {
+    /// Drops the setuid and setgid bits a change by `writer` drops (its content changing
+    /// under a writer without CAP_FSETID), returning the new permission bits if any fell.
+    /// Root drops nothing: no stat for it.
+    pub(crate) fn drop_privileges(&self, writer: &Writer<'_>) -> std::io::Result<Option<u32>> {
+        if writer.uid == 0 {
+            return Ok(None);
+        }
+        let stat = self.file.stat()?;
+        let dropped = writer.drops(stat.mode, stat.gid);
+        if dropped == 0 {
+            return Ok(None);
+        }
+        let mode = stat.mode & 0o7777 & !dropped;
+        self.file.chmod(mode)?;
+        Ok(Some(mode))
+    }
 }
 
 /// How an open file is served, and what that means for other opens of the same inode.

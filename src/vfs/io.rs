@@ -38,14 +38,25 @@ const RELEASE_WAIT: Duration = Duration::from_millis(200);
 /// because the kernel's buffers for our reads and writes carry no alignment promise.
 /// O_CREAT and O_EXCL are done explicitly by `create`; O_TRUNC arrives as a SETATTR (the
 /// kernel is not offered ATOMIC_O_TRUNC).
-pub(crate) fn origin_flags(flags: i32) -> i32 {
+fn origin_flags(flags: i32) -> i32 {
     flags & (libc::O_ACCMODE | libc::O_SYNC | libc::O_DSYNC | libc::O_NOATIME)
 }
 
 impl Volume {
+    /// The flags to open the origin file with for an application's open with `flags`.
+    /// Under the kernel's writeback cache, a write-only open is read-write: the kernel
+    /// reads the rest of a page it writes partly through the same open.
+    pub(super) fn origin_access(&self, flags: i32) -> i32 {
+        let access = origin_flags(flags);
+        if access & libc::O_ACCMODE == libc::O_WRONLY && self.writeback.load(Ordering::Relaxed) {
+            return (access & !libc::O_ACCMODE) | libc::O_RDWR;
+        }
+        access
+    }
+
     /// `open(2)` of an existing regular file.
     pub fn open(&self, id: InodeId, flags: i32) -> Result<Opened> {
-        let access = origin_flags(flags);
+        let access = self.origin_access(flags);
         let (kind, key, first) = self.entry_point(id)?;
         if kind == FileKind::Directory {
             return Err(VfsError::IsDirectory);
@@ -201,13 +212,25 @@ impl Volume {
         })
     }
 
-    /// Writes all of `data` at `offset`.
-    pub fn write(&self, handle: u64, offset: u64, data: &[u8]) -> Result<usize> {
+    /// Writes all of `data` at `offset`. With `killer` (the kernel's
+    /// FUSE_WRITE_KILL_SUIDGID: a writer without CAP_FSETID), the file first loses the
+    /// setuid and setgid bits that writer drops.
+    pub fn write(
+        &self,
+        handle: u64,
+        offset: u64,
+        data: &[u8],
+        killer: Option<&Writer<'_>>,
+    ) -> Result<usize> {
         let naming = self.naming()?;
         let open = self.file_handle(handle)?;
         let written = Change::Written(offset..offset + data.len() as u64);
         let path = self.inode_path(open.inode)?;
         let change = naming.inode(open.inode, path, Wait::Nothing, Some(written))?;
+        let dropped = match killer {
+            Some(writer) => open.drop_privileges(writer)?,
+            None => None,
+        };
         // Changes the origin (or, with write-behind, the dirty map) and records the write.
         self.journal()
             .write(open.inode, &open.file, change.path().cloned(), offset, data)
@@ -215,7 +238,12 @@ impl Volume {
                 WriteError::Log(error) => self.log_failed(error),
                 WriteError::Origin(error) => VfsError::Origin(error),
             })?;
-        change.made(|_| Vec::new())?;
+        change.made(|path| {
+            dropped
+                .map(|mode| set_mode(path, mode))
+                .into_iter()
+                .collect()
+        })?;
         open.wrote.store(true, Ordering::Relaxed);
         Ok(data.len())
     }
@@ -292,18 +320,7 @@ impl Volume {
         // and recovery must never replay them across it (see `setattr`).
         let change = naming.inode(open.inode, path, Wait::Barrier, Some(Change::Content))?;
         open.file.allocate(offset, length, mode)?;
-        // Root drops nothing: no stat for it.
-        let dropped = match writer.uid {
-            0 => None,
-            _ => {
-                let stat = open.file.stat()?;
-                let dropped = writer.drops(stat.mode, stat.gid);
-                (dropped != 0).then_some(stat.mode & 0o7777 & !dropped)
-            }
-        };
-        if let Some(mode) = dropped {
-            open.file.chmod(mode)?;
-        }
+        let dropped = open.drop_privileges(writer)?;
         open.wrote.store(true, Ordering::Relaxed);
         change.made(|path| {
             let mut records = vec![Op::Fallocate {

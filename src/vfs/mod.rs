@@ -270,6 +270,8 @@ pub struct Volume {
     passthrough: AtomicBool,
     /// Opens passed through since the mount.
     passthrough_opens: AtomicU64,
+    /// The kernel keeps written pages and sends them later (its writeback cache).
+    writeback: AtomicBool,
     /// Opens by mode, per inode that has any.
     open_modes: Mutex<HashMap<InodeId, OpenCounts>>,
     /// Signalled when an open is counted out.
@@ -331,6 +333,7 @@ impl Volume {
             hashes,
             passthrough: AtomicBool::new(false),
             passthrough_opens: AtomicU64::new(0),
+            writeback: AtomicBool::new(false),
             open_modes: Mutex::new(HashMap::new()),
             open_closed: Condvar::new(),
             names: RwLock::new(()),
@@ -345,6 +348,12 @@ impl Volume {
     /// passed through to the kernel (`[cache] passthrough = "auto"`).
     pub fn allow_passthrough(&self) {
         self.passthrough.store(true, Ordering::Relaxed);
+    }
+
+    /// The kernel caches writes (FUSE_WRITEBACK_CACHE): it may read a page through any
+    /// open it writes through, so write-only opens of the origin are made read-write.
+    pub fn allow_writeback(&self) {
+        self.writeback.store(true, Ordering::Relaxed);
     }
 
     /// Opens passed through to the kernel since the mount.
