@@ -31,6 +31,11 @@ tiny='[cache]\nmemory_bytes = "1MiB"\nblock_size = "64KiB"\nreadahead_max = "256
 disk='disk_dir = "@DISK@"\ndisk_bytes = "2MiB"\n'
 scripts/judge-copies.sh "write-through" '[write]\nmode = "write-through"\n'
 scripts/judge-copies.sh "write-behind" "$behind"
+# The kernel's writeback cache (on where nothing else writes the origin): its writes come
+# late, in large requests, with the times and sizes the kernel kept.
+ours='[cache]\nrevalidate_after = "1d"\n'
+scripts/judge-copies.sh "write-through, kernel writeback" "$ours"
+scripts/judge-copies.sh "write-behind, kernel writeback" "$ours$behind"
 export FSX_OPS=30000
 scripts/judge-copies.sh "write-through, no cache" '[cache]\nmemory_bytes = 0\n' fsx
 scripts/judge-copies.sh "write-through, tiny memory and disk tiers" "$tiny$disk" fsx

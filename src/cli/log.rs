@@ -125,6 +125,15 @@ fn record_line(record: &Record) -> String {
         Op::Fallocate { offset, length, .. } => {
             line.push_str(&format!("  {length} bytes at {offset}"))
         }
+        Op::Copy {
+            from,
+            from_offset,
+            offset,
+            length,
+            ..
+        } => line.push_str(&format!(
+            "  {length} bytes at {offset} from {from} at {from_offset}"
+        )),
         Op::Rename { flags, .. } if flags & libc::RENAME_NOREPLACE != 0 => {
             line.push_str("  noreplace")
         }
@@ -148,8 +157,15 @@ fn record_json(record: &Record) -> serde_json::Value {
     if let Some(second) = op.new_path() {
         value["new_path"] = json!(second.to_string());
     }
-    if let Op::Write { offset, .. } | Op::Fallocate { offset, .. } = op {
+    if let Op::Write { offset, .. } | Op::Fallocate { offset, .. } | Op::Copy { offset, .. } = op {
         value["file_offset"] = json!(offset);
+    }
+    if let Op::Copy {
+        from, from_offset, ..
+    } = op
+    {
+        value["from"] = json!(from.to_string());
+        value["from_offset"] = json!(from_offset);
     }
     value
 }

@@ -20,6 +20,8 @@ pub(crate) fn errno(error: &VfsError) -> Errno {
         VfsError::NotDirectory => Errno::ENOTDIR,
         VfsError::IsDirectory => Errno::EISDIR,
         VfsError::PassedThrough => Errno::ETXTBSY,
+        // The kernel copies through reads and writes instead.
+        VfsError::CopyFromUnnamed => Errno::EOPNOTSUPP,
         VfsError::UnsupportedKind => Errno::EIO,
         // A full or failing state disk is reported as itself, like a full origin.
         VfsError::Log(LogError::Io { source, .. }) => {
@@ -61,6 +63,7 @@ pub(crate) fn is_notable(error: &VfsError) -> bool {
         | VfsError::NotDirectory
         | VfsError::IsDirectory
         | VfsError::PassedThrough
+        | VfsError::CopyFromUnnamed
         | VfsError::Path(_)
         | VfsError::Refused(_) => false,
     }

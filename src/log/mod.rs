@@ -14,6 +14,7 @@ mod segment;
 
 use std::fs::{File, OpenOptions};
 use std::io;
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -373,6 +374,45 @@ impl Log {
         .map(|appended| appended.offset)
     }
 
+    /// Appends `ops` as the next records, in order, in one write; returns the offset of the
+    /// first (the next offset if `ops` is empty). The records survive as [`Log::append`]'s.
+    pub fn append_all(&self, ops: &[Op]) -> Result<u64> {
+        let mut appender = self.appender();
+        if self.is_fenced()
+            && let Some(fence) = self.fence()
+        {
+            return Err(LogError::Fenced(fence));
+        }
+        let appender = &mut *appender;
+        let first = appender.active().next;
+        appender.buf.clear();
+        let epoch = appender.epochs.latest().map_or(0, |latest| latest.epoch);
+        let mut lens = Vec::with_capacity(ops.len());
+        for (offset, op) in (first..).zip(ops) {
+            let len = frame::encode_parts(offset, epoch, op, &mut appender.buf)
+                .map_err(|error| LogError::Encode { offset, error })?;
+            lens.push(len as u64);
+        }
+        let batch = appender.buf.len() as u64;
+        let active = appender.active();
+        if active.len + batch > self.options.segment_bytes && active.next > active.first {
+            self.roll(appender)?;
+        }
+        let position = appender.active().len;
+        if let Err(source) = appender.active.write_all_at(&appender.buf, position) {
+            // Leave no partial frame for the next append to land after.
+            let _ = appender.active.set_len(position);
+            return Err(LogError::Io {
+                path: appender.active().path.clone(),
+                source,
+            });
+        }
+        for (offset, len) in (first..).zip(lens) {
+            appender.active().note_appended(offset, len);
+        }
+        Ok(first)
+    }
+
     /// Appends a record made elsewhere (a replica copying its primary's log), keeping its
     /// offset and epoch. It must be the next offset: a log has no gaps. One writer at a time.
     pub fn append_record(&self, record: &Record) -> Result<u64> {
@@ -431,13 +471,7 @@ impl Log {
             self.roll(appender)?;
         }
         let position = appender.active().len;
-        let written = appender
-            .active
-            .write_all_at(&appender.buf, position)
-            .and_then(|()| {
-                let at = position + appender.buf.len() as u64;
-                appender.active.write_all_at(tail, at)
-            });
+        let written = write_both_at(&appender.active, &appender.buf, tail, position);
         if let Err(source) = written {
             // Leave no partial frame for the next append to land after.
             let _ = appender.active.set_len(position);
@@ -918,3 +952,36 @@ fn cut_torn_tail(active: &mut Segment, bytes: u64) -> Result<()> {
 
 #[cfg(test)]
 mod tests;
+
+/// Writes `head` then `tail` at `position` of `file`, in one pwritev(2) when the kernel
+/// takes it whole (a record's frame and its data: one syscall per record).
+fn write_both_at(file: &File, head: &[u8], tail: &[u8], position: u64) -> std::io::Result<()> {
+    let parts = [
+        libc::iovec {
+            iov_base: head.as_ptr() as *mut libc::c_void,
+            iov_len: head.len(),
+        },
+        libc::iovec {
+            iov_base: tail.as_ptr() as *mut libc::c_void,
+            iov_len: tail.len(),
+        },
+    ];
+    // SAFETY: both iovecs point into live slices that outlive the call, which only
+    // reads them.
+    let written = unsafe {
+        libc::pwritev(
+            file.as_raw_fd(),
+            parts.as_ptr(),
+            parts.len() as libc::c_int,
+            position as libc::off_t,
+        )
+    };
+    let written = usize::try_from(written).map_err(|_| std::io::Error::last_os_error())?;
+    // A short write (a signal, a full disk) is finished, or fails, one part at a time.
+    if written < head.len() {
+        file.write_all_at(&head[written..], position + written as u64)?;
+        return file.write_all_at(tail, position + head.len() as u64);
+    }
+    let done = written - head.len();
+    file.write_all_at(&tail[done..], position + written as u64)
+}

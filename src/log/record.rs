@@ -165,6 +165,20 @@ pub enum Op {
         /// Length of the range.
         length: u64,
     },
+    /// Bytes copied from one file to another (copy_file_range(2)): copies copy them
+    /// locally, as they hold the source as it was when the record was made.
+    Copy {
+        /// The file copied from.
+        from: LogPath,
+        /// Where in it.
+        from_offset: u64,
+        /// The file copied to.
+        path: LogPath,
+        /// Where in it.
+        offset: u64,
+        /// How many bytes were copied.
+        length: u64,
+    },
 }
 
 impl Op {
@@ -199,10 +213,12 @@ impl Op {
             Op::SetXattr { .. } => "setxattr",
             Op::RemoveXattr { .. } => "removexattr",
             Op::Fallocate { .. } => "fallocate",
+            Op::Copy { .. } => "copy",
         }
     }
 
-    /// The path the operation acts on (for link and rename, the existing one).
+    /// The path the operation acts on (for link and rename, the existing one; for a copy,
+    /// the file copied to).
     pub fn path(&self) -> &LogPath {
         match self {
             Op::Create { path, .. }
@@ -217,7 +233,8 @@ impl Op {
             | Op::SetAttr { path, .. }
             | Op::SetXattr { path, .. }
             | Op::RemoveXattr { path, .. }
-            | Op::Fallocate { path, .. } => path,
+            | Op::Fallocate { path, .. }
+            | Op::Copy { path, .. } => path,
             Op::Rename { from, .. } => from,
         }
     }
@@ -238,7 +255,8 @@ impl Op {
             | Op::SetAttr { path, .. }
             | Op::SetXattr { path, .. }
             | Op::RemoveXattr { path, .. }
-            | Op::Fallocate { path, .. } => *path = new,
+            | Op::Fallocate { path, .. }
+            | Op::Copy { path, .. } => *path = new,
             Op::Rename { from, .. } => *from = new,
         }
     }
@@ -267,7 +285,7 @@ impl Op {
         match self {
             Op::Write { data, .. } => data.len() as u64,
             Op::Truncate { size, .. } => *size,
-            Op::Fallocate { length, .. } => *length,
+            Op::Fallocate { length, .. } | Op::Copy { length, .. } => *length,
             _ => 0,
         }
     }

@@ -124,6 +124,42 @@ fn appends_read_back_across_segments_and_survive_reopen() {
 }
 
 #[test]
+fn batches_and_single_writes_interleave_in_order_across_segments() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path(), options(16 * 1024)).unwrap();
+    let mut expected = Vec::new();
+    for round in 0..40u64 {
+        let batch: Vec<Op> = (0..round % 4)
+            .map(|i| write_op("b", round * 10 + i, 900))
+            .collect();
+        assert_eq!(log.append_all(&batch).unwrap(), expected.len() as u64);
+        expected.extend(batch);
+        // A write's frame and data go out in one pwritev.
+        let data = vec![round as u8; 3000];
+        let appended = log.append_write(&path("w"), round, &data).unwrap();
+        assert_eq!(appended.offset, expected.len() as u64);
+        expected.push(Op::Write {
+            path: path("w"),
+            offset: round,
+            data,
+        });
+    }
+    assert!(log.view().stats().segments > 2);
+    let check = |log: &Log| {
+        let records = all(log);
+        assert_eq!(records.len(), expected.len());
+        for (i, (record, op)) in records.iter().zip(&expected).enumerate() {
+            assert_eq!((record.offset, &record.op), (i as u64, op));
+        }
+    };
+    check(&log);
+    drop(log);
+    let log = Log::open(dir.path(), options(16 * 1024)).unwrap();
+    assert_eq!(log.torn_bytes(), 0);
+    check(&log);
+}
+
+#[test]
 fn a_torn_tail_is_cut_and_counted() {
     let dir = tempfile::tempdir().unwrap();
     let log = Log::open(dir.path(), options(1 << 20)).unwrap();

@@ -94,6 +94,39 @@ impl OriginFile {
         .map(drop)
     }
 
+    /// Copies up to `length` bytes at `from_offset` of this file to `offset` of `to`
+    /// inside the kernel (copy_file_range(2)), until done or this file ends; returns how
+    /// many were copied.
+    pub fn copy_to(
+        &self,
+        from_offset: u64,
+        to: &OriginFile,
+        offset: u64,
+        length: u64,
+    ) -> io::Result<u64> {
+        let (mut from_at, mut to_at) = (from_offset as i64, offset as i64);
+        let mut copied = 0;
+        while copied < length {
+            let asked = (length - copied).min(1 << 30) as usize;
+            // SAFETY: valid fds; the kernel moves the offsets it is given.
+            let n = sys::check_size(unsafe {
+                libc::copy_file_range(
+                    self.0.as_raw_fd(),
+                    &mut from_at,
+                    to.0.as_raw_fd(),
+                    &mut to_at,
+                    asked,
+                    0,
+                )
+            })?;
+            if n == 0 {
+                break;
+            }
+            copied += n as u64;
+        }
+        Ok(copied)
+    }
+
     /// The value of extended attribute `key`.
     pub fn get_xattr(&self, key: &OsStr) -> io::Result<Vec<u8>> {
         let key = sys::c_string(key.as_bytes())?;

@@ -702,18 +702,25 @@ impl VolumeCopy {
             .is_some_and(|first| first.offset == self.applied)
         {
             for record in received {
-                self.apply(record)?;
-                self.untimed.note(&record.op);
-                self.applied = record.offset + 1;
+                self.apply_one(record)?;
             }
         }
         if self.applied < self.next() {
             for record in self.log.view().records(self.applied)? {
-                let record = record?;
-                self.apply(&record)?;
-                self.untimed.note(&record.op);
-                self.applied = record.offset + 1;
+                self.apply_one(&record?)?;
             }
+        }
+        Ok(())
+    }
+
+    fn apply_one(&mut self, record: &Record) -> Result<(), CopyError> {
+        self.apply(record)?;
+        self.untimed.note(&record.op);
+        self.applied = record.offset + 1;
+        // A copy record reads its source: applied again after later records changed the
+        // source (a restart from an older stored offset), it would copy the wrong bytes.
+        if matches!(record.op, Op::Copy { .. }) {
+            self.store_applied()?;
         }
         Ok(())
     }
@@ -752,6 +759,7 @@ impl VolumeCopy {
             }
             Op::Truncate { size, .. } => Some(Change::Truncated(*size)),
             Op::Fallocate { .. } => Some(Change::Content),
+            Op::Copy { offset, length, .. } => Some(Change::Written(*offset..*offset + *length)),
             _ => None,
         };
         // Where the object an attribute change acts on is named once it is made.

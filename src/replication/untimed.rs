@@ -60,7 +60,10 @@ impl Untimed {
     /// Takes in what applying `op` did to the copy's times.
     pub(super) fn note(&mut self, op: &Op) {
         match op {
-            Op::Write { path, .. } | Op::Truncate { path, .. } | Op::Fallocate { path, .. } => {
+            Op::Write { path, .. }
+            | Op::Truncate { path, .. }
+            | Op::Fallocate { path, .. }
+            | Op::Copy { path, .. } => {
                 self.insert(path.clone());
             }
             Op::Create { path, .. }

@@ -129,6 +129,26 @@ fn effect(copy: &Origin, op: &Op, as_root: bool) -> io::Result<()> {
             };
             file.write_at(data, *offset)
         }
+        Op::Copy {
+            from,
+            from_offset,
+            path,
+            offset,
+            length,
+        } => {
+            // In log order the source holds what it held when the record was made (a copy
+            // stores its applied offset right after a copy record, so none is applied
+            // again after later records changed the source).
+            let Some(source) = open(copy, from, libc::O_RDONLY)? else {
+                return Ok(());
+            };
+            let Some(file) = open(copy, path, libc::O_WRONLY)? else {
+                return Ok(());
+            };
+            source
+                .copy_to(*from_offset, &file, *offset, *length)
+                .map(drop)
+        }
         Op::Truncate { path, size } => {
             let (dir, name) = place(copy, path)?;
             already(copy.truncate(At::Entry(&dir, &name), *size), libc::ENOENT)

@@ -29,7 +29,7 @@ impl Volume {
         let mode = self.new_mode(&parent_fd, mode, caller.umask);
         self.origin
             .mknod(At::Entry(&parent_fd, &entry), mode, rdev)?;
-        let attr = self.finish_new(caller, parent, &parent_fd, &entry, mode, None)?;
+        let (attr, _) = self.finish_new(caller, parent, &parent_fd, &entry, mode, None)?;
         let (perm, uid, gid) = (u32::from(attr.perm), attr.uid, attr.gid);
         let regular = attr.kind == FileKind::Regular;
         let made = if regular {
@@ -63,7 +63,7 @@ impl Volume {
         let mode = self.new_mode(&parent_fd, mode, caller.umask);
         self.origin
             .mkdir(At::Entry(&parent_fd, &entry), mode & 0o7777)?;
-        let attr = self.finish_new(
+        let (attr, _) = self.finish_new(
             caller,
             parent,
             &parent_fd,
@@ -95,7 +95,7 @@ impl Volume {
         let path = self.entry_path(parent, &entry)?;
         let parent_fd = self.dir_fd(parent)?;
         self.origin.symlink(At::Entry(&parent_fd, &entry), target)?;
-        let attr = self.finish_new(caller, parent, &parent_fd, &entry, libc::S_IFLNK, None)?;
+        let (attr, _) = self.finish_new(caller, parent, &parent_fd, &entry, libc::S_IFLNK, None)?;
         let made = Op::Symlink {
             path: path.clone(),
             target: target.as_bytes().to_vec(),
@@ -126,10 +126,10 @@ impl Volume {
         let access = self.origin_access(flags);
         // Always O_EXCL on the origin, so a file created by someone else in the meantime is
         // never mistaken for ours and given the caller's ownership.
-        let (file, attr, opening, created) =
+        let (file, attr, stat, opening, created) =
             match self.origin.create_file(at, access | libc::O_EXCL, mode) {
                 Ok(file) => {
-                    let attr = self.finish_new(
+                    let (attr, stat) = self.finish_new(
                         caller,
                         parent,
                         &parent_fd,
@@ -145,7 +145,7 @@ impl Volume {
                     };
                     naming.entries_changed(&[(parent, &parent_fd)], &[], [made])?;
                     let opening = self.open_mode(attr.id, access)?;
-                    (file, attr, opening, true)
+                    (file, attr, stat, opening, true)
                 }
                 Err(error)
                     if error.kind() == std::io::ErrorKind::AlreadyExists
@@ -168,13 +168,13 @@ impl Volume {
                     if flags & libc::O_TRUNC != 0 {
                         stat = truncate().inspect_err(|_| self.count_closed(id, &opening))?;
                     }
-                    (file, self.attr(id, &stat)?, opening, false)
+                    (file, self.attr(id, &stat)?, stat, opening, false)
                 }
                 Err(error) => return Err(error.into()),
             };
         let keep_cache = self.keep_cache(attr.id, attr.mtime, attr.size);
         let opened = super::io::opened(keep_cache, &opening);
-        let opened_file = self.file_handle_for(attr.id, file, None, opening)?;
+        let opened_file = self.file_handle_for(attr.id, file, Some(&stat), opening)?;
         // Like a write, a creation gives the file an mtime that copies must get too; release
         // records it (once, with any writes' mtime).
         opened_file.wrote.store(created, Ordering::Relaxed);
@@ -214,7 +214,7 @@ impl Volume {
         entry: &Name,
         mode: u32,
         file: Option<&OriginFile>,
-    ) -> Result<Attr> {
+    ) -> Result<(Attr, Stat)> {
         let at = At::Entry(parent_fd, entry);
         let stat = match file {
             Some(file) => file.stat()?,
@@ -235,7 +235,7 @@ impl Volume {
             }
         };
         let id = self.table().remember(parent, entry, &stat);
-        self.attr(id, &stat)
+        Ok((self.attr(id, &stat)?, stat))
     }
 
     /// The mode to make a new object with in the directory `parent_fd`: as asked, less the

@@ -32,6 +32,10 @@ pub struct Opened {
 /// before the writer opened may not have been heard of yet.
 const RELEASE_WAIT: Duration = Duration::from_millis(200);
 
+/// The most one copy_file_range request copies (and one record describes): the names lock
+/// is held alone meanwhile, and the kernel asks again for the rest.
+const COPY_CHUNK_MAX: u64 = 64 << 20;
+
 /// Open flags that may pass to the origin. O_APPEND is dropped because the kernel already
 /// places every write at its offset (it serializes appends under the inode lock), and
 /// replaying a write at an explicit offset is what a change log needs. O_DIRECT is dropped
@@ -280,6 +284,52 @@ impl Volume {
             change.made(|path| vec![Op::set_mtime(path, stat.mtime)])?;
         }
         Ok(())
+    }
+
+    /// `copy_file_range(2)` from `length` bytes at `from_offset` of open file `from` to
+    /// `offset` of open file `handle`. The bytes are copied inside the origin, never
+    /// crossing into the daemon, and the log records a copy that the copies of the volume
+    /// make locally. Returns how many were copied: short at the source's end, and at most
+    /// [`COPY_CHUNK_MAX`].
+    pub fn copy_range(
+        &self,
+        from: u64,
+        from_offset: u64,
+        handle: u64,
+        offset: u64,
+        length: u64,
+    ) -> Result<u64> {
+        // Alone: no change anywhere lies between its origin change and its record, so the
+        // source in the origin is what the log says it is at the copy's record.
+        let naming = self.moving()?;
+        let source = self.file_handle(from)?;
+        let target = self.file_handle(handle)?;
+        let from_path = self
+            .inode_path(source.inode)?
+            .ok_or(VfsError::CopyFromUnnamed)?;
+        let length = length.min(COPY_CHUNK_MAX);
+        let path = self.inode_path(target.inode)?;
+        let written = Change::Written(offset..offset + length);
+        // Unflushed bytes of both files land first, and recovery never replays older
+        // content across the copy (which it does not replay: see `recover`).
+        let change = naming.inode(target.inode, path, Wait::Barrier, Some(written))?;
+        let copied = source
+            .file
+            .copy_to(from_offset, &target.file, offset, length)?;
+        if copied > 0 {
+            target.wrote.store(true, Ordering::Relaxed);
+        }
+        change.made(|path| match copied {
+            0 => Vec::new(),
+            _ => vec![Op::Copy {
+                from: from_path,
+                from_offset,
+                path,
+                offset,
+                length: copied,
+            }],
+        })?;
+        Ok(copied)
     }
 
     /// `fsync(2)` / `fdatasync(2)`: the file durable in the origin, and its changes

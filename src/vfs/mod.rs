@@ -106,6 +106,10 @@ pub enum VfsError {
     /// A repair found another object at the path than the one it checked.
     #[error("{0} is not the object that was checked any more")]
     Replaced(LogPath),
+    /// A copy from a file no name leads to: no copy of the volume holds its bytes, so the
+    /// kernel must copy them through reads and writes.
+    #[error("the source of the copy has no name")]
+    CopyFromUnnamed,
 }
 
 impl From<WriteError> for VfsError {

@@ -207,6 +207,16 @@ impl Journal {
         Ok(offset)
     }
 
+    /// Records `ops` as consecutive changes, in one append to the log.
+    pub fn record_all(&self, ops: &[Op]) -> Result<(), LogError> {
+        if ops.is_empty() {
+            return Ok(());
+        }
+        self.log.append_all(ops)?;
+        self.appended();
+        self.release_applied()
+    }
+
     fn appended(&self) {
         if let Some(follower) = &self.follower {
             follower.appended();

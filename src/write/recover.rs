@@ -125,7 +125,9 @@ pub fn plan(records: impl IntoIterator<Item = Record>) -> Plan {
             | Op::Mkdir { path, .. }
             | Op::Mknod { path, .. }
             | Op::Symlink { path, .. } => drop_names(&mut files, &mut by_name, path),
-            Op::SetXattr { .. } | Op::RemoveXattr { .. } => {}
+            // Made in the origin after a barrier, before its record (as a truncate is), and
+            // never replayed: the source may already hold bytes of later records.
+            Op::SetXattr { .. } | Op::RemoveXattr { .. } | Op::Copy { .. } => {}
         }
     }
     let mut names = HashMap::new();
