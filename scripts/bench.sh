@@ -14,7 +14,8 @@
 # kernel's caches dropped) and warm (1 MiB), 4 KiB random read warm, 4 KiB random write
 # with an fsync every 32 writes; the small-file workload (benches/smallfiles.rs: create,
 # stat cold and warm, read, delete files of 0-16 KiB); `dd bs=4k` of 1 GiB with fsync;
-# and an untar of a source tree (/usr/include, tarred once) followed by `sync -f`.
+# an untar of a source tree (/usr/include, tarred once) followed by `sync -f`; and a copy
+# of the 1 GiB file inside the filesystem by `cp` (copy_file_range) and by dd.
 # Rounds run interleaved (every target once per round, in a rotated order) and the table
 # gives each figure's median with ratios to passthrough_ll, because this machine is
 # noisy: compare ratios from one run, not absolute numbers across runs.
@@ -129,9 +130,17 @@ PY
 )" "$([[ $name == rand* ]] && echo IOPS || echo MiB/s)"
 }
 seconds() { python3 -c 'import sys, time; print(time.monotonic())'; }
+timed() { # target workload bytes command...: records MiB/s of the command's run
+  local target=$1 workload=$2 bytes=$3 start end
+  shift 3
+  start=$(seconds)
+  "$@"
+  end=$(seconds)
+  record "$target" "$workload" "$(python3 -c "print($bytes / 2**20 / ($end - $start))")" MiB/s
+}
 
 run_target() { # target dir
-  local target=$1 dir=$2 start end
+  local target=$1 dir=$2 bytes
   fio_run "$target" "$dir" "seq-write-1M-fsync" write 1M --end_fsync=1
   drop_caches
   fio_run "$target" "$dir" "seq-read-1M-cold" read 1M --invalidate=0
@@ -143,21 +152,22 @@ run_target() { # target dir
     --time_based --invalidate=0
   fio_run "$target" "$dir" "rand-write-4K-fsync32" randwrite 4k --fsync=32 \
     --runtime="$random_seconds" --time_based
-  rm -f "$dir/fio.dat"
-  start=$(seconds)
-  dd if=/dev/zero of="$dir/dd.dat" bs=4k count=$(( $(numfmt --from=iec "$size") / 4096 )) \
-    conv=fsync status=none
-  end=$(seconds)
-  record "$target" "dd-4K-fsync" \
-    "$(python3 -c "print($(numfmt --from=iec "$size") / 2**20 / ($end - $start))")" MiB/s
+  # A copy inside the filesystem, durable: `cp` (copy_file_range(2), so a filesystem can
+  # copy without the bytes crossing into its daemon), and the same bytes read and written
+  # through it by dd, as a copy goes where the filesystem cannot do it itself.
+  timed "$target" "copy-cp" "$(stat -c %s "$dir/fio.dat")" \
+    bash -c 'cp "$1/fio.dat" "$1/copy.dat" && sync -f "$1/copy.dat"' _ "$dir"
+  rm -f "$dir/copy.dat"
+  timed "$target" "copy-through-dd" "$(stat -c %s "$dir/fio.dat")" \
+    bash -c 'dd if="$1/fio.dat" of="$1/copy.dat" bs=1M status=none && sync -f "$1/copy.dat"' _ "$dir"
+  rm -f "$dir/fio.dat" "$dir/copy.dat"
+  bytes=$(numfmt --from=iec "$size")
+  timed "$target" "dd-4K-fsync" "$bytes" dd if=/dev/zero of="$dir/dd.dat" bs=4k \
+    count=$((bytes / 4096)) conv=fsync status=none
   rm -f "$dir/dd.dat"
   mkdir "$dir/untar"
-  start=$(seconds)
-  tar -C "$dir/untar" -xf "$tarball"
-  sync -f "$dir/untar"
-  end=$(seconds)
-  record "$target" "untar-sync" \
-    "$(python3 -c "print($(stat -c %s "$tarball") / 2**20 / ($end - $start))")" MiB/s
+  timed "$target" "untar-sync" "$(stat -c %s "$tarball")" \
+    bash -c 'tar -C "$1" -xf "$2" && sync -f "$1"' _ "$dir/untar" "$tarball"
   rm -rf "$dir/untar"
   "$smallfiles" "$dir" "$files" --cold | python3 -c '
 import json, sys

@@ -66,6 +66,11 @@ const RETENTION_EVERY: Duration = Duration::from_secs(1);
 /// Batches sent ahead of the node's acknowledgements.
 const IN_FLIGHT: usize = 4;
 
+/// While a batch is in flight and no fsync waits, up to this many small records gather
+/// for the next batch before it is sent (TCP's Nagle, Kafka's linger): a replica makes
+/// one durable write per batch, and a stream of unlinks otherwise costs one per record.
+const GATHERED_MAX: u64 = 256;
+
 /// Snapshot batches read ahead of the connection.
 const SNAPSHOT_AHEAD: usize = 4;
 
@@ -678,6 +683,8 @@ struct Waiting<'a>(&'a Shared);
 impl Waiting<'_> {
     fn count(shared: &Shared) -> Waiting<'_> {
         shared.waiting.fetch_add(1, Ordering::SeqCst);
+        // Senders gathering records for their next batch send them now.
+        shared.appended.notify_waiters();
         Waiting(shared)
     }
 }
@@ -870,6 +877,14 @@ impl Sender {
         self.follow(channel, next).await
     }
 
+    /// Whether records from `sent` on wait for the answer to the batches `in_flight`,
+    /// gathering into one batch (see [`GATHERED_MAX`]).
+    fn gathering(&self, in_flight: &VecDeque<u64>, sent: u64) -> bool {
+        !in_flight.is_empty()
+            && self.shared.waiting.load(Ordering::SeqCst) == 0
+            && self.log().next_offset() - sent < GATHERED_MAX
+    }
+
     /// Streams the log from `next` on: up to [`IN_FLIGHT`] batches sent ahead of the
     /// node's acknowledgements, which a task of their own reads (so that waiting for one
     /// never cuts a message in half); an idle connection sends an empty batch every
@@ -903,7 +918,10 @@ impl Sender {
             let notified = self.shared.appended.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            while in_flight.len() < IN_FLIGHT && sent < self.log().next_offset() {
+            while in_flight.len() < IN_FLIGHT
+                && sent < self.log().next_offset()
+                && !self.gathering(&in_flight, sent)
+            {
                 let log = Arc::clone(self.log());
                 let (from, held) = (sent, reader.take());
                 let batch;
