@@ -670,6 +670,22 @@ mod tests {
     }
 
     #[test]
+    fn kernel_writeback_follows_the_promise_that_nothing_else_writes_the_origin() {
+        let base = "[volume]\nsource = \"/s\"\nmountpoint = \"/m\"\nstate_dir = \"/st\"\n";
+        let writeback =
+            |extra: &str| resolve(&format!("{base}{extra}")).map(|c| c.write.kernel_writeback);
+        assert!(!writeback("").unwrap());
+        assert!(writeback("[cache]\nrevalidate_after = \"1m\"\n").unwrap());
+        assert!(writeback("[cache]\nrevalidate_after = \"1d\"\n").unwrap());
+        let off = "[cache]\nrevalidate_after = \"1d\"\n[write]\nkernel_writeback = false\n";
+        assert!(!writeback(off).unwrap());
+        let refused = "[cache]\nrevalidate_after = \"59s\"\n[write]\nkernel_writeback = true\n";
+        let message = writeback(refused).unwrap_err().to_string();
+        assert!(message.starts_with("write.kernel_writeback: "), "{message}");
+        assert!(message.contains("1m"), "{message}");
+    }
+
+    #[test]
     fn cache_section_defaults_and_rejects_nonsense() {
         let base = "[volume]\nsource = \"/s\"\nmountpoint = \"/m\"\nstate_dir = \"/st\"\n";
         let cache = resolve(base).unwrap().cache;
