@@ -5,7 +5,7 @@
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
-use crate::config::{Replica, Span};
+use crate::config::{ByteSize, Compression, Replica, Span};
 use crate::control;
 use crate::hooks::Moment;
 use crate::replication::{
@@ -438,6 +438,16 @@ fn render_config(config: &Config<'_>) -> String {
         if peers.plaintext {
             text.push_str("plaintext = true\n");
         }
+        if peers.compression == Compression::Zstd {
+            text.push_str("compression = \"zstd\"\n");
+        }
+        if let Some(rate) = peers.rate_bytes_max {
+            let _ = writeln!(
+                text,
+                "rate_bytes_max = {}",
+                toml_string(&ByteSize(rate).to_string())
+            );
+        }
         for (key, ms) in [
             ("ack_timeout", peers.ack_timeout_ms),
             ("lag_max", peers.lag_max_ms),
@@ -547,6 +557,8 @@ mod tests {
             failover: None,
             ack_timeout_ms: None,
             lag_max_ms: None,
+            compression: Compression::None,
+            rate_bytes_max: None,
         }
     }
 

@@ -21,7 +21,7 @@ pub use node::{NodeConfig, RawNodeConfig, parse_volume_arg};
 pub use raw::RawConfig;
 pub use raw::{Admission, Passthrough, WriteMode};
 pub use replication::Replica;
-pub use replication::{Acks, OnInsufficient, ReplicationConfig};
+pub use replication::{Acks, Compression, OnInsufficient, ReplicationConfig};
 pub use units::{ByteSize, Span, human};
 pub use verify::VerifyConfig;
 

@@ -33,6 +33,22 @@ pub enum OnInsufficient {
     Fail,
 }
 
+/// How records and snapshots are compressed on the wire.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Compression {
+    /// As they are (the default: on a LAN the CPU is the dearer resource).
+    #[default]
+    None,
+    /// zstd at its fastest level, each message whole (as Kafka compresses batches); a
+    /// message it would not shrink goes as it is.
+    Zstd,
+}
+
+/// The least `rate_bytes_max`: below it a link could not carry a heartbeat and a batch
+/// before the replica counts as silent.
+pub const RATE_BYTES_MIN: u64 = 64 << 10;
+
 /// `[replication]` as written.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -53,6 +69,10 @@ pub struct RawReplication {
     pub key_file: Option<PathBuf>,
     /// Send records unencrypted (still authenticated). Only for trusted networks.
     pub plaintext: Option<bool>,
+    /// none or zstd.
+    pub compression: Option<Compression>,
+    /// Bytes per second each replica's connection may send at most.
+    pub rate_bytes_max: Option<ByteSize>,
     /// A shell command a promotion of a replica runs once it has made it the primary.
     pub on_promote: Option<String>,
     /// A shell command the daemon runs when it is fenced (a replica was promoted).
@@ -91,6 +111,10 @@ pub struct ReplicationConfig {
     pub key_file: PathBuf,
     /// Records cross the network unencrypted.
     pub plaintext: bool,
+    /// See [`RawReplication::compression`].
+    pub compression: Compression,
+    /// See [`RawReplication::rate_bytes_max`]; `None`: no cap.
+    pub rate_bytes_max: Option<u64>,
     /// Run by `sh -c` once a promotion made a replica the primary (on that machine).
     pub on_promote: Option<String>,
     /// Run by `sh -c` when this primary is fenced.
@@ -224,6 +248,17 @@ pub(super) fn resolve(raw: &RawReplication) -> Result<Option<ReplicationConfig>,
         )?,
         key_file,
         plaintext: raw.plaintext.unwrap_or(false),
+        compression: raw.compression.unwrap_or_default(),
+        rate_bytes_max: match raw.rate_bytes_max {
+            None => None,
+            Some(rate) => Some(within(
+                "replication.rate_bytes_max",
+                Some(rate.0),
+                rate.0,
+                (RATE_BYTES_MIN, 1 << 40),
+                |bytes| ByteSize(bytes).to_string(),
+            )?),
+        },
         on_promote: hook("replication.on_promote", &raw.on_promote)?,
         on_fenced: hook("replication.on_fenced", &raw.on_fenced)?,
         replicas,

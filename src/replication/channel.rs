@@ -13,8 +13,9 @@
 //!    Both sides have then authenticated each other, and every later frame is sealed.
 //!    Plaintext: a challenge and response, keyed blake3 MACs over the hello and both
 //!    nonces, so both sides are still authenticated, but frames after it are not sealed.
-//! 3. Messages: the first frame of a message starts with its length (u32); the message
-//!    then continues over as many frames as it needs, up to [`MESSAGE_MAX`] bytes.
+//! 3. Messages: the first frame of a message starts with its length (u32, whose top bit
+//!    says the message is zstd-compressed); the message then continues over as many frames
+//!    as it needs, up to [`MESSAGE_MAX`] bytes, compressed or not.
 //!
 //! Each direction counts its own frames, and a frame is sealed with its count as the
 //! nonce, so a frame replayed, dropped or moved fails to open. That lets a channel be
@@ -23,6 +24,7 @@
 
 use std::io;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
 
@@ -32,7 +34,7 @@ use super::key::VolumeKey;
 const MAGIC: &[u8; 8] = b"MFSREP1\0";
 
 /// The protocol version this build speaks.
-pub const PROTOCOL_VERSION: u16 = 3;
+pub const PROTOCOL_VERSION: u16 = 4;
 
 /// The Noise pattern: both sides know a pre-shared key, neither has a static key pair.
 const NOISE_PATTERN: &str = "Noise_NNpsk0_25519_ChaChaPoly_BLAKE2s";
@@ -49,6 +51,16 @@ const TAG_LEN: usize = 16;
 
 /// The largest message (a batch of records, a piece of a snapshot).
 pub const MESSAGE_MAX: usize = 16 << 20;
+
+/// The length's bit that says a message is compressed.
+const COMPRESSED: u32 = 1 << 31;
+
+/// Messages shorter than this go as they are: compressing them saves nothing worth a
+/// frame's cost.
+const COMPRESS_MIN: usize = 512;
+
+/// How far ahead of its rate a paced sender may run (one burst).
+const PACE_BURST: Duration = Duration::from_millis(20);
 
 /// Why a connection failed.
 #[derive(Debug, thiserror::Error)]
@@ -107,6 +119,29 @@ pub struct Sending<W> {
     stream: W,
     seal: Option<Seal>,
     sealed: Vec<u8>,
+    /// Messages are zstd-compressed at this level when that shrinks them.
+    compress: Option<i32>,
+    pace: Option<Pace>,
+}
+
+/// A cap on the bytes a sender puts on the wire per second.
+#[derive(Debug)]
+struct Pace {
+    bytes_per_second: u64,
+    /// When the bytes sent so far would have gone out at the rate.
+    due: tokio::time::Instant,
+}
+
+impl Pace {
+    /// Counts `bytes` sent, and waits while the sender is more than a burst ahead.
+    async fn sent(&mut self, bytes: usize) {
+        let now = tokio::time::Instant::now();
+        self.due = self.due.max(now)
+            + Duration::from_secs_f64(bytes as f64 / self.bytes_per_second as f64);
+        if self.due > now + PACE_BURST {
+            tokio::time::sleep_until(self.due - PACE_BURST).await;
+        }
+    }
 }
 
 /// The half of a channel that receives.
@@ -333,6 +368,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Channel<S> {
                 stream: writing,
                 seal: seal(&noise),
                 sealed: vec![0u8; FRAME_MAX],
+                compress: None,
+                pace: None,
             },
             receiving: Receiving {
                 stream: reading,
@@ -349,6 +386,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Channel<S> {
     /// Receives one message.
     pub async fn receive(&mut self) -> Result<Vec<u8>, ChannelError> {
         self.receiving.receive().await
+    }
+
+    /// Compresses what this side sends with zstd (its fastest level) from now on.
+    pub fn compress(&mut self) {
+        self.sending.compress = Some(1);
+    }
+
+    /// Sends at most `bytes_per_second` from now on.
+    pub fn pace(&mut self, bytes_per_second: u64) {
+        self.sending.pace = Some(Pace {
+            bytes_per_second: bytes_per_second.max(1),
+            due: tokio::time::Instant::now(),
+        });
     }
 
     /// The two halves, to send and receive independently.
@@ -368,20 +418,34 @@ impl<W: AsyncWrite + Unpin> Sending<W> {
         } else {
             FRAME_MAX
         };
-        let mut whole = Vec::with_capacity(4 + message.len());
-        whole.extend_from_slice(&(message.len() as u32).to_le_bytes());
-        whole.extend_from_slice(message);
+        let compressed = match self.compress {
+            Some(level) if message.len() >= COMPRESS_MIN => zstd::bulk::compress(message, level)
+                .ok()
+                .filter(|smaller| smaller.len() < message.len()),
+            _ => None,
+        };
+        let (body, flag) = match &compressed {
+            Some(smaller) => (smaller.as_slice(), COMPRESSED),
+            None => (message, 0),
+        };
+        let mut whole = Vec::with_capacity(4 + body.len());
+        whole.extend_from_slice(&(body.len() as u32 | flag).to_le_bytes());
+        whole.extend_from_slice(body);
         for piece in whole.chunks(room) {
-            match &mut self.seal {
+            let frame = match &mut self.seal {
                 Some(seal) => {
                     let len = seal
                         .noise
                         .write_message(seal.count, piece, &mut self.sealed)
                         .map_err(|_| ChannelError::Integrity)?;
                     seal.count += 1;
-                    write_frame(&mut self.stream, &self.sealed[..len]).await?;
+                    &self.sealed[..len]
                 }
-                None => write_frame(&mut self.stream, piece).await?,
+                None => piece,
+            };
+            write_frame(&mut self.stream, frame).await?;
+            if let Some(pace) = &mut self.pace {
+                pace.sent(2 + frame.len()).await;
             }
         }
         self.stream.flush().await?;
@@ -402,7 +466,8 @@ impl<R: AsyncRead + Unpin> Receiving<R> {
         if message.len() < 4 {
             return Err(ChannelError::Protocol("short message".to_string()));
         }
-        let len = u32::from_le_bytes(message[..4].try_into().expect("4 bytes")) as usize;
+        let word = u32::from_le_bytes(message[..4].try_into().expect("4 bytes"));
+        let len = (word & !COMPRESSED) as usize;
         if len > MESSAGE_MAX {
             return Err(ChannelError::TooLarge(len));
         }
@@ -419,7 +484,20 @@ impl<R: AsyncRead + Unpin> Receiving<R> {
                 "message longer than announced".to_string(),
             ));
         }
-        Ok(message)
+        if word & COMPRESSED == 0 {
+            return Ok(message);
+        }
+        // The frame states its size: one that would inflate past the limit is refused
+        // before anything is allocated, and decompressing stops at the stated size.
+        let bad = |why: String| ChannelError::Protocol(format!("compressed message: {why}"));
+        let size = zstd::zstd_safe::get_frame_content_size(&message)
+            .ok()
+            .flatten()
+            .ok_or_else(|| bad("no size stated".to_string()))?;
+        if size > MESSAGE_MAX as u64 {
+            return Err(ChannelError::TooLarge(size as usize));
+        }
+        zstd::bulk::decompress(&message, size as usize).map_err(|error| bad(error.to_string()))
     }
 
     async fn receive_frame(&mut self) -> Result<Vec<u8>, ChannelError> {
@@ -473,6 +551,90 @@ mod tests {
         let stream = TcpStream::connect(address).await.unwrap();
         let primary = Channel::connect(stream, volume, &primary_key, plaintext.0).await;
         (primary, node.await.unwrap())
+    }
+
+    /// A plaintext sender into memory, compressing and paced as asked.
+    fn sender(compress: bool, rate: Option<u64>) -> Sending<Vec<u8>> {
+        Sending {
+            stream: Vec::new(),
+            seal: None,
+            sealed: vec![0u8; FRAME_MAX],
+            compress: compress.then_some(1),
+            pace: rate.map(|bytes_per_second| Pace {
+                bytes_per_second,
+                due: tokio::time::Instant::now(),
+            }),
+        }
+    }
+
+    async fn received(wire: &[u8]) -> Result<Vec<u8>, ChannelError> {
+        Receiving::plaintext(wire).receive().await
+    }
+
+    #[tokio::test]
+    async fn compressed_messages_shrink_on_the_wire_and_arrive_whole() {
+        let text: Vec<u8> = (0..200_000)
+            .flat_map(|i: u32| {
+                format!("line {} of a text file that repeats\n", i % 50).into_bytes()
+            })
+            .collect();
+        let noise: Vec<u8> = (0..65_536u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect();
+        for message in [&text, &noise, &b"short".to_vec()] {
+            let mut plain = sender(false, None);
+            plain.send(message).await.unwrap();
+            let mut zstd = sender(true, None);
+            zstd.send(message).await.unwrap();
+            assert_eq!(&received(&zstd.stream).await.unwrap(), message);
+            assert_eq!(&received(&plain.stream).await.unwrap(), message);
+            // What zstd cannot shrink goes as it is.
+            assert!(zstd.stream.len() <= plain.stream.len());
+        }
+        let mut zstd = sender(true, None);
+        zstd.send(&text).await.unwrap();
+        assert!(
+            zstd.stream.len() * 20 < text.len(),
+            "{} bytes",
+            zstd.stream.len()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_compressed_message_inflating_past_the_limit_or_garbled_is_refused() {
+        let huge = zstd::bulk::compress(&vec![0u8; MESSAGE_MAX + 1], 1).unwrap();
+        let garbled = vec![0x5a; 4096];
+        for (body, too_large) in [(huge, true), (garbled, false)] {
+            let mut wire = Vec::new();
+            write_frame(
+                &mut wire,
+                &[
+                    (body.len() as u32 | COMPRESSED).to_le_bytes().as_slice(),
+                    &body,
+                ]
+                .concat(),
+            )
+            .await
+            .unwrap();
+            match received(&wire).await {
+                Err(ChannelError::TooLarge(_)) => assert!(too_large),
+                Err(ChannelError::Protocol(why)) => assert!(!too_large, "{why}"),
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_paced_sender_keeps_to_its_rate() {
+        let message = vec![7u8; 100 << 10];
+        let mut paced = sender(false, Some(1 << 20));
+        let started = std::time::Instant::now();
+        for _ in 0..5 {
+            paced.send(&message).await.unwrap();
+        }
+        // 500 KiB at 1 MiB/s, less one burst ahead.
+        let least = Duration::from_secs_f64(0.5 * 500.0 / 512.0) - PACE_BURST;
+        assert!(started.elapsed() >= least, "{:?}", started.elapsed());
     }
 
     #[tokio::test]

@@ -31,7 +31,7 @@ use super::protocol::{
 use super::resync;
 use crate::config::Replica;
 use crate::config::Span;
-use crate::config::{OnInsufficient, ReplicationConfig};
+use crate::config::{Compression, OnInsufficient, ReplicationConfig};
 use crate::hooks::Moment;
 use crate::log::{Fence, Log, LogError, Op, Record, Records};
 use crate::manifest::HashStore;
@@ -427,6 +427,8 @@ impl Replication {
                     failover: failover.clone(),
                     ack_timeout_ms: Some(config.ack_timeout.as_millis() as u64),
                     lag_max_ms: Some(config.lag_max.as_millis() as u64),
+                    compression: config.compression,
+                    rate_bytes_max: config.rate_bytes_max,
                 },
                 // As long as a replica may lag and stay in sync, and no shorter than a
                 // batch takes on a slow link.
@@ -817,6 +819,12 @@ impl Sender {
                 .map_err(SendError::Connect)?;
         stream.set_nodelay(true).map_err(SendError::Connect)?;
         let mut channel = Channel::connect(stream, &self.volume, &self.key, self.plaintext).await?;
+        if self.peers.compression == Compression::Zstd {
+            channel.compress();
+        }
+        if let Some(rate) = self.peers.rate_bytes_max {
+            channel.pace(rate);
+        }
         let stats = self.log().view().stats();
         let open = ToNode::Open {
             epoch: self.epoch,

@@ -5,7 +5,7 @@
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::config::{Acks, FailoverConfig, FailoverMode, OnInsufficient, Replica};
+use crate::config::{Acks, Compression, FailoverConfig, FailoverMode, OnInsufficient, Replica};
 use crate::log::{Log, LogError, LogPath, Op, Record};
 use crate::manifest::Entry;
 use crate::manifest::FileHashes;
@@ -60,6 +60,12 @@ pub struct Peers {
     /// How far behind a replica may fall and stay in sync, in milliseconds.
     #[serde(default)]
     pub lag_max_ms: Option<u64>,
+    /// How the primary compresses what it sends.
+    #[serde(default)]
+    pub compression: Compression,
+    /// The most bytes per second the primary sends each replica.
+    #[serde(default)]
+    pub rate_bytes_max: Option<u64>,
 }
 
 /// A volume's automatic failover as the primary's config has it (`[failover]`): what a
@@ -412,6 +418,8 @@ mod tests {
                     on_fenced: None,
                     ack_timeout_ms: Some(3000),
                     lag_max_ms: None,
+                    compression: Compression::Zstd,
+                    rate_bytes_max: Some(12 << 20),
                     failover: Some(AutoFailover {
                         primary: "p".to_string(),
                         primary_address: Some("10.0.0.1:7071".to_string()),

@@ -278,6 +278,8 @@ pub fn peers(this: &str, address: &str) -> Box<Peers> {
         failover: None,
         ack_timeout_ms: None,
         lag_max_ms: None,
+        compression: Default::default(),
+        rate_bytes_max: None,
     })
 }
 
