@@ -54,13 +54,17 @@ work=$(mktemp -d /var/tmp/mirrorfs-bench.XXXXXX)
 pids=()
 loops=()
 cleanup() {
+  local status=$?
+  if [ "$status" != 0 ]; then
+    for log in "$work"/*.log; do echo "== $log" >&2; tail -n 20 "$log" >&2; done
+  fi
   for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
   for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
   for mnt in "$work"/*-mnt "$work"/*-origin; do
     if grep -q " $mnt " /proc/self/mountinfo; then umount -l "$mnt"; fi
   done
   for loop in "${loops[@]}"; do losetup -d "$loop" 2>/dev/null || true; done
-  rm -rf "$work"
+  [ -n "${BENCH_KEEP:-}" ] || rm -rf "$work"
 }
 trap cleanup EXIT
 

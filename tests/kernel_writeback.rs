@@ -149,3 +149,31 @@ fn an_unprivileged_write_or_truncation_drops_setuid_and_setgid() {
         }
     }
 }
+
+/// The kernel writes back the times it kept of a file it drops after its last name is
+/// gone; that write must not fail (it would be kept as the mount's writeback error, and
+/// returned by the next syncfs of anything on it).
+#[test]
+fn a_removed_file_s_kept_times_do_not_fail_a_later_syncfs() {
+    use std::os::fd::AsRawFd;
+    let mount = Mount::with_config(WRITEBACK);
+    fs::write(mount.path("source"), vec![3u8; 1 << 20]).unwrap();
+    for n in 0..10 {
+        let copy = mount.path(&format!("copy{n}"));
+        let out = std::process::Command::new("cp")
+            .arg(mount.path("source"))
+            .arg(&copy)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        let mut file = fs::OpenOptions::new().append(true).open(&copy).unwrap();
+        file.write_all(b"more").unwrap();
+        drop(file);
+        fs::remove_file(&copy).unwrap();
+    }
+    let file = fs::File::open(mount.path("source")).unwrap();
+    // SAFETY: a valid fd.
+    let synced = unsafe { libc::syncfs(file.as_raw_fd()) };
+    assert_eq!(synced, 0, "{}", std::io::Error::last_os_error());
+    assert!(!mount.log().contains("WARN"), "{}", mount.log());
+}

@@ -57,7 +57,21 @@ impl Volume {
         };
         // The inode's turn also keeps writes to the file out until the change is made.
         let change = naming.inode(id, self.inode_path(id)?, wait, Some(cache_change(&changes)))?;
-        let mut stat = match self.target(id, handle)? {
+        let target = match self.target(id, handle) {
+            // Under its writeback cache, the kernel writes back the times it kept of a file
+            // it is dropping, whose every name is gone and no open holds: nothing shows it
+            // any more, so there is nothing to set or record. An error here would be kept
+            // as a writeback error of the whole mount, and fail a later syncfs(2).
+            Err(VfsError::Stale(_))
+                if changes.is_times_only()
+                    && handle.is_none()
+                    && self.writeback.load(std::sync::atomic::Ordering::Relaxed) =>
+            {
+                return Ok(self.forgotten_attr(id, &changes));
+            }
+            target => target?,
+        };
+        let mut stat = match target {
             Target::Open(open) => {
                 let file = &open.file;
                 if changes.uid.is_some() || changes.gid.is_some() {
@@ -114,6 +128,44 @@ impl Volume {
         }
         change.made(|path| setattr_records(path, &changes, &stat))?;
         self.attr(id, &stat)
+    }
+}
+
+impl SetAttr {
+    /// Only times are set.
+    fn is_times_only(&self) -> bool {
+        self.mode.is_none() && self.uid.is_none() && self.gid.is_none() && self.size.is_none()
+    }
+}
+
+impl Volume {
+    /// What the kernel is told of `id` after it set `changes`' times on an object that no
+    /// longer exists: its kind, no links, those times.
+    fn forgotten_attr(&self, id: InodeId, changes: &SetAttr) -> Attr {
+        let kind = self
+            .table()
+            .get(id)
+            .map_or(FileKind::Regular, |inode| inode.kind);
+        let time = |set: Option<TimeSet>| match set {
+            Some(TimeSet::At(at)) => at,
+            _ => std::time::SystemTime::now(),
+        };
+        let mtime = time(changes.mtime);
+        Attr {
+            id,
+            kind,
+            perm: 0,
+            nlink: 0,
+            uid: 0,
+            gid: 0,
+            rdev: 0,
+            size: 0,
+            blocks: 0,
+            blksize: 4096,
+            atime: time(changes.atime),
+            mtime,
+            ctime: mtime,
+        }
     }
 }
 
