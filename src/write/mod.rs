@@ -186,6 +186,11 @@ impl Journal {
         })
     }
 
+    /// Whether file contents reach the origin after the call returns (write-behind).
+    pub fn defers_content(&self) -> bool {
+        self.behind.is_some()
+    }
+
     /// The write policy.
     pub fn mode(&self) -> WriteMode {
         match self.behind {
