@@ -71,6 +71,10 @@ const IN_FLIGHT: usize = 4;
 /// one durable write per batch, and a stream of unlinks otherwise costs one per record.
 const GATHERED_MAX: u64 = 256;
 
+/// Records gather only after a batch this small: a stream of large writes keeps every
+/// batch it may in flight.
+const GATHERED_AFTER_BYTES: u64 = 64 << 10;
+
 /// Snapshot batches read ahead of the connection.
 const SNAPSHOT_AHEAD: usize = 4;
 
@@ -886,9 +890,11 @@ impl Sender {
     }
 
     /// Whether records from `sent` on wait for the answer to the batches `in_flight`,
-    /// gathering into one batch (see [`GATHERED_MAX`]).
-    fn gathering(&self, in_flight: &VecDeque<u64>, sent: u64) -> bool {
+    /// gathering into one batch (see [`GATHERED_MAX`]), after a last batch of
+    /// `last_bytes`.
+    fn gathering(&self, in_flight: &VecDeque<u64>, sent: u64, last_bytes: u64) -> bool {
         !in_flight.is_empty()
+            && last_bytes < GATHERED_AFTER_BYTES
             && self.shared.waiting.load(Ordering::SeqCst) == 0
             && self.log().next_offset() - sent < GATHERED_MAX
     }
@@ -919,6 +925,7 @@ impl Sender {
         let mut reader = None;
         let mut heard = Instant::now();
         let mut idle_since = Instant::now();
+        let mut last_bytes = 0;
         loop {
             if self.shared.stopping.load(Ordering::SeqCst) {
                 return Ok(());
@@ -928,7 +935,7 @@ impl Sender {
             notified.as_mut().enable();
             while in_flight.len() < IN_FLIGHT
                 && sent < self.log().next_offset()
-                && !self.gathering(&in_flight, sent)
+                && !self.gathering(&in_flight, sent, last_bytes)
             {
                 let log = Arc::clone(self.log());
                 let (from, held) = (sent, reader.take());
@@ -938,6 +945,7 @@ impl Sender {
                     .map_err(|error| SendError::Connect(io::Error::other(error)))??;
                 let Some(last) = batch.last() else { break };
                 sent = last.offset + 1;
+                last_bytes = batch.iter().map(|record| 64 + record.op.carried_bytes()).sum();
                 let batch = ToNode::Records {
                     records: batch,
                     high_watermark: self.shared.high_watermark(),
