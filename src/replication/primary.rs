@@ -945,7 +945,10 @@ impl Sender {
                     .map_err(|error| SendError::Connect(io::Error::other(error)))??;
                 let Some(last) = batch.last() else { break };
                 sent = last.offset + 1;
-                last_bytes = batch.iter().map(|record| 64 + record.op.carried_bytes()).sum();
+                last_bytes = batch
+                    .iter()
+                    .map(|record| 64 + record.op.carried_bytes())
+                    .sum();
                 let batch = ToNode::Records {
                     records: batch,
                     high_watermark: self.shared.high_watermark(),
