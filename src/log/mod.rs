@@ -377,40 +377,17 @@ impl Log {
     /// Appends `ops` as the next records, in order, in one write; returns the offset of the
     /// first (the next offset if `ops` is empty). The records survive as [`Log::append`]'s.
     pub fn append_all(&self, ops: &[Op]) -> Result<u64> {
-        let mut appender = self.appender();
-        if self.is_fenced()
-            && let Some(fence) = self.fence()
-        {
-            return Err(LogError::Fenced(fence));
-        }
-        let appender = &mut *appender;
-        let first = appender.active().next;
-        appender.buf.clear();
-        let epoch = appender.epochs.latest().map_or(0, |latest| latest.epoch);
-        let mut lens = Vec::with_capacity(ops.len());
-        for (offset, op) in (first..).zip(ops) {
-            let len = frame::encode_parts(offset, epoch, op, &mut appender.buf)
-                .map_err(|error| LogError::Encode { offset, error })?;
-            lens.push(len as u64);
-        }
-        let batch = appender.buf.len() as u64;
-        let active = appender.active();
-        if active.len + batch > self.options.segment_bytes && active.next > active.first {
-            self.roll(appender)?;
-        }
-        let position = appender.active().len;
-        if let Err(source) = appender.active.write_all_at(&appender.buf, position) {
-            // Leave no partial frame for the next append to land after.
-            let _ = appender.active.set_len(position);
-            return Err(LogError::Io {
-                path: appender.active().path.clone(),
-                source,
-            });
-        }
-        for (offset, len) in (first..).zip(lens) {
-            appender.active().note_appended(offset, len);
-        }
-        Ok(first)
+        self.append_frames(&[], |first, epoch, buf| {
+            (first..)
+                .zip(ops)
+                .map(|(offset, op)| {
+                    frame::encode_parts(offset, epoch, op, buf)
+                        .map(|len| len as u64)
+                        .map_err(|error| LogError::Encode { offset, error })
+                })
+                .collect()
+        })
+        .map(|appended| appended.offset)
     }
 
     /// Appends a record made elsewhere (a replica copying its primary's log), keeping its
@@ -454,6 +431,21 @@ impl Log {
         tail: &[u8],
         encode: impl FnOnce(u64, u32, &mut Vec<u8>) -> std::result::Result<usize, FrameError>,
     ) -> Result<Appended> {
+        self.append_frames(tail, |offset, epoch, buf| {
+            let len =
+                encode(offset, epoch, buf).map_err(|error| LogError::Encode { offset, error })?;
+            Ok(vec![len as u64])
+        })
+    }
+
+    /// Appends the frames `encode` puts in the buffer, numbered from the next offset and
+    /// followed by `tail` (the last frame's last bytes), in one write. `encode` returns
+    /// each frame's whole length. The returned offset is the first frame's.
+    fn append_frames(
+        &self,
+        tail: &[u8],
+        encode: impl FnOnce(u64, u32, &mut Vec<u8>) -> Result<Vec<u64>>,
+    ) -> Result<Appended> {
         let mut appender = self.appender();
         if self.is_fenced()
             && let Some(fence) = self.fence()
@@ -461,13 +453,13 @@ impl Log {
             return Err(LogError::Fenced(fence));
         }
         let appender = &mut *appender;
-        let offset = appender.active().next;
+        let first = appender.active().next;
         appender.buf.clear();
         let epoch = appender.epochs.latest().map_or(0, |latest| latest.epoch);
-        let len = encode(offset, epoch, &mut appender.buf)
-            .map_err(|error| LogError::Encode { offset, error })? as u64;
+        let lens = encode(first, epoch, &mut appender.buf)?;
+        let total: u64 = lens.iter().sum();
         let active = appender.active();
-        if active.len + len > self.options.segment_bytes && active.next > active.first {
+        if active.len + total > self.options.segment_bytes && active.next > active.first {
             self.roll(appender)?;
         }
         let position = appender.active().len;
@@ -480,11 +472,13 @@ impl Log {
                 source,
             });
         }
-        appender.active().note_appended(offset, len);
+        for (offset, len) in (first..).zip(lens) {
+            appender.active().note_appended(offset, len);
+        }
         Ok(Appended {
-            offset,
+            offset: first,
             file: Arc::clone(&appender.active),
-            end: position + len,
+            end: position + total,
         })
     }
 
