@@ -12,6 +12,8 @@
 #   - compression: a text-heavy tree (repeated lines of text) written through the mount
 #     with compression = "none" and "zstd": bytes on the wire against the tree's bytes,
 #     beside rsync -a and rsync -az of the same tree;
+#   - copy: the file copied inside the mount (cp: copy_file_range), the replica copying
+#     locally: the bytes on the wire against the file's;
 #   - rate_bytes_max = "4MiB": the sequential run again, capped.
 #
 #   scripts/bench-wan.sh [SEQ_MB] [TEXT_MB]       (defaults 256 and 150)
@@ -155,6 +157,12 @@ by_rsync() {
 head -c "$((seq_mb << 20))" /dev/urandom > "$work/random.dat"
 mount_volume seq ''
 replicate "mirrorfs seq, acks none" seq cp "$work/random.dat" "$work/seq/mnt/random.dat"
+# A copy inside the mount: copy_file_range, recorded as a copy; the replica copies locally.
+copy_replicated() {
+  cp "$work/seq/mnt/random.dat" "$work/seq/mnt/copy.dat"
+  rm -f "$work/seq/mnt/random.dat"
+}
+replicate "mirrorfs cp inside the mount" seq copy_replicated
 unmount_volume seq
 by_rsync "rsync -a seq" "$work/random.dat" -a
 
