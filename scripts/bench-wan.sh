@@ -24,7 +24,6 @@ text_mb=${2:-150}
 [ "$(id -u)" = 0 ] || { echo "bench-wan: run as root (namespaces, tc)" >&2; exit 2; }
 
 scripts/install-deps.sh --bench
-command -v ethtool >/dev/null || { apt-get update -qq; DEBIAN_FRONTEND=noninteractive apt-get install -y -qq ethtool >/dev/null; }
 cargo build --release --locked --quiet
 cargo bench --locked --no-run --bench wan --quiet 2>/dev/null
 wan=$(ls -t target/release/deps/wan-* | grep -v '\.d$' | head -n 1)

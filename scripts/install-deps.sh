@@ -8,7 +8,8 @@
 #                                        e2fsprogs and mount (a loop-device ext4 to plant rot in),
 #                                        acl, rsync and git (the real-tree workloads)
 #   scripts/install-deps.sh --bench    + fio, libfuse's C example source, rclone, rsync and
-#                                        b3sum (the peers), e2fsprogs for the slow-disk image
+#                                        b3sum (the peers), e2fsprogs for the slow-disk image,
+#                                        ethtool and tc for the emulated WAN
 set -euo pipefail
 
 want_test=false
@@ -41,6 +42,8 @@ if $want_bench; then
   command -v mkfs.ext4 >/dev/null || packages+=(e2fsprogs)
   command -v losetup >/dev/null || packages+=(mount)
   command -v rsync >/dev/null || packages+=(rsync)
+  command -v ethtool >/dev/null || packages+=(ethtool)
+  command -v tc >/dev/null || packages+=(iproute2)
 fi
 if [ ${#packages[@]} -gt 0 ]; then
   echo "install-deps: apt-get install ${packages[*]}"
