@@ -193,6 +193,8 @@ struct Appender {
     epochs: Epochs,
     active: Arc<File>,
     buf: Vec<u8>,
+    /// The length of each frame in `buf`, the last one with the append's tail.
+    lens: Vec<u64>,
 }
 
 impl Appender {
@@ -253,6 +255,7 @@ impl Log {
                 epochs: stored.clone().unwrap_or_default(),
                 active: Arc::new(file),
                 buf: Vec::new(),
+                lens: Vec::new(),
             }),
             durable: AtomicU64::new(next),
             syncing: Mutex::new(()),
@@ -377,15 +380,13 @@ impl Log {
     /// Appends `ops` as the next records, in order, in one write; returns the offset of the
     /// first (the next offset if `ops` is empty). The records survive as [`Log::append`]'s.
     pub fn append_all(&self, ops: &[Op]) -> Result<u64> {
-        self.append_frames(&[], |first, epoch, buf| {
-            (first..)
-                .zip(ops)
-                .map(|(offset, op)| {
-                    frame::encode_parts(offset, epoch, op, buf)
-                        .map(|len| len as u64)
-                        .map_err(|error| LogError::Encode { offset, error })
-                })
-                .collect()
+        self.append_frames(&[], |first, epoch, buf, lens| {
+            for (offset, op) in (first..).zip(ops) {
+                let len = frame::encode_parts(offset, epoch, op, buf)
+                    .map_err(|error| LogError::Encode { offset, error })?;
+                lens.push(len as u64);
+            }
+            Ok(())
         })
         .map(|appended| appended.offset)
     }
@@ -431,20 +432,21 @@ impl Log {
         tail: &[u8],
         encode: impl FnOnce(u64, u32, &mut Vec<u8>) -> std::result::Result<usize, FrameError>,
     ) -> Result<Appended> {
-        self.append_frames(tail, |offset, epoch, buf| {
+        self.append_frames(tail, |offset, epoch, buf, lens| {
             let len =
                 encode(offset, epoch, buf).map_err(|error| LogError::Encode { offset, error })?;
-            Ok(vec![len as u64])
+            lens.push(len as u64);
+            Ok(())
         })
     }
 
     /// Appends the frames `encode` puts in the buffer, numbered from the next offset and
-    /// followed by `tail` (the last frame's last bytes), in one write. `encode` returns
+    /// followed by `tail` (the last frame's last bytes), in one write. `encode` pushes
     /// each frame's whole length. The returned offset is the first frame's.
     fn append_frames(
         &self,
         tail: &[u8],
-        encode: impl FnOnce(u64, u32, &mut Vec<u8>) -> Result<Vec<u64>>,
+        encode: impl FnOnce(u64, u32, &mut Vec<u8>, &mut Vec<u64>) -> Result<()>,
     ) -> Result<Appended> {
         let mut appender = self.appender();
         if self.is_fenced()
@@ -455,9 +457,10 @@ impl Log {
         let appender = &mut *appender;
         let first = appender.active().next;
         appender.buf.clear();
+        appender.lens.clear();
         let epoch = appender.epochs.latest().map_or(0, |latest| latest.epoch);
-        let lens = encode(first, epoch, &mut appender.buf)?;
-        let total: u64 = lens.iter().sum();
+        encode(first, epoch, &mut appender.buf, &mut appender.lens)?;
+        let total: u64 = appender.lens.iter().sum();
         let active = appender.active();
         if active.len + total > self.options.segment_bytes && active.next > active.first {
             self.roll(appender)?;
@@ -472,7 +475,8 @@ impl Log {
                 source,
             });
         }
-        for (offset, len) in (first..).zip(lens) {
+        for (offset, index) in (first..).zip(0..appender.lens.len()) {
+            let len = appender.lens[index];
             appender.active().note_appended(offset, len);
         }
         Ok(Appended {

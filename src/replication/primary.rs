@@ -945,10 +945,7 @@ impl Sender {
                     .map_err(|error| SendError::Connect(io::Error::other(error)))??;
                 let Some(last) = batch.last() else { break };
                 sent = last.offset + 1;
-                last_bytes = batch
-                    .iter()
-                    .map(|record| 64 + record.op.carried_bytes())
-                    .sum();
+                last_bytes = batch.iter().map(weight).sum();
                 let batch = ToNode::Records {
                     records: batch,
                     high_watermark: self.shared.high_watermark(),
@@ -1221,6 +1218,11 @@ impl Drop for AbortOnDrop {
     }
 }
 
+/// What a record weighs in a batch: its data, and a little for the rest.
+fn weight(record: &Record) -> u64 {
+    64 + record.op.carried_bytes()
+}
+
 /// The records from `from` on, up to [`BATCH_BYTES`] (at least one if there is one),
 /// read on with `reader` when it stands at `from` (the end of the last batch), and the
 /// reader to go on with.
@@ -1244,7 +1246,7 @@ fn read_batch(
     while bytes < BATCH_BYTES && batch.len() < 4096 {
         let Some(record) = records.next() else { break };
         let record = record?;
-        bytes += 64 + record.op.carried_bytes();
+        bytes += weight(&record);
         batch.push(record);
     }
     Ok((batch, Some(records)))

@@ -71,7 +71,7 @@ impl Volume {
             }
             target => target?,
         };
-        let mut stat = match target {
+        let mut stat = match &target {
             Target::Open(open) => {
                 let file = &open.file;
                 if changes.uid.is_some() || changes.gid.is_some() {
@@ -114,7 +114,7 @@ impl Volume {
         };
         if dropped != 0 {
             let mode = stat.mode & 0o7777 & !dropped;
-            stat = match self.target(id, handle)? {
+            stat = match &target {
                 Target::Open(open) => {
                     open.file.chmod(mode)?;
                     open.file.stat()?

@@ -316,12 +316,8 @@ impl Volume {
         let copied = source
             .file
             .copy_to(from_offset, &target.file, offset, length)?;
-        // Write-behind's fsync makes the log durable, not the origin, and the record holds
-        // no bytes: the copy must be on disk before it is recorded.
-        if copied > 0 && self.journal().defers_content() {
-            target.file.sync(true)?;
-        }
         if copied > 0 {
+            self.journal().settle_copy(&target.file)?;
             target.wrote.store(true, Ordering::Relaxed);
         }
         change.made(|path| match copied {

@@ -186,9 +186,14 @@ impl Journal {
         })
     }
 
-    /// Whether file contents reach the origin after the call returns (write-behind).
-    pub fn defers_content(&self) -> bool {
-        self.behind.is_some()
+    /// Makes a copy just made in the origin (copy_file_range into `file`) as durable as
+    /// its record will claim: under write-behind, fsync makes only the log durable, and a
+    /// copy's record holds no bytes, so the copy goes to disk now.
+    pub fn settle_copy(&self, file: &OriginFile) -> io::Result<()> {
+        match self.behind {
+            Some(_) => file.sync(true),
+            None => Ok(()),
+        }
     }
 
     /// The write policy.
@@ -204,15 +209,7 @@ impl Journal {
         self.follower = Some(follower);
     }
 
-    /// Records a change the origin already has.
-    pub fn record(&self, op: Op) -> Result<u64, LogError> {
-        let offset = self.log.append(&op)?;
-        self.appended();
-        self.release_applied()?;
-        Ok(offset)
-    }
-
-    /// Records `ops` as consecutive changes, in one append to the log.
+    /// Records `ops`, changes the origin already has, in one append to the log.
     pub fn record_all(&self, ops: &[Op]) -> Result<(), LogError> {
         if ops.is_empty() {
             return Ok(());
