@@ -1,14 +1,18 @@
-//! Any bytes as a stored-hashes file: both raw, and as the payload behind a valid header
-//! and checksum (so the decoder itself is reached). Opening must never panic: a file that
-//! does not decode starts an empty store, and one that does holds only entries whose paths
-//! are inside the volume.
+//! Any bytes as a stored-hashes file: both raw, as the payload behind a valid header and
+//! checksum (so the decoder itself is reached), and as the records of a journal that
+//! follows no snapshot. Opening must never panic: a file that does not decode starts an
+//! empty store, a journal is read up to its first damaged record, and what decodes holds
+//! only entries whose paths are inside the volume.
 
 #![no_main]
 
 use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
-use mirrorfs::manifest::{HashStore, STORE_FILE_NAME as FILE_NAME, STORE_MAGIC as MAGIC};
+use mirrorfs::manifest::{
+    HashStore, STORE_FILE_NAME as FILE_NAME, STORE_JOURNAL_MAGIC, STORE_JOURNAL_NAME,
+    STORE_MAGIC as MAGIC,
+};
 
 fn dir() -> &'static std::path::PathBuf {
     static DIR: OnceLock<std::path::PathBuf> = OnceLock::new();
@@ -27,12 +31,25 @@ fuzz_target!(|data: &[u8]| {
     sealed.extend_from_slice(blake3::hash(data).as_bytes());
     sealed.extend_from_slice(data);
     std::fs::write(&file, &sealed).unwrap();
-    let store = HashStore::open(dir());
-    // Whatever decoded takes from the hasher's queue without panicking.
+    check(&HashStore::open(dir()));
+    std::fs::remove_file(&file).unwrap();
+    // A journal following no snapshot: its records are read over an empty store.
+    let mut journal = STORE_JOURNAL_MAGIC.to_vec();
+    journal.extend_from_slice(&[0; 32]);
+    journal.extend_from_slice(data);
+    let journal_file = dir().join(STORE_JOURNAL_NAME);
+    std::fs::write(&journal_file, &journal).unwrap();
+    check(&HashStore::open(dir()));
+    std::fs::remove_file(&journal_file).unwrap();
+});
+
+/// Whatever decoded takes from the hasher's queue without panicking, and names paths
+/// inside the volume.
+fn check(store: &HashStore) {
     for job in store.take(u64::MAX, 64) {
         if let Some(path) = &job.pending.path {
             assert!(!path.as_bytes().starts_with(b"/"));
             assert!(!path.components().any(|part| part == b".." || part == b"."));
         }
     }
-});
+}

@@ -11,6 +11,7 @@ mod content;
 mod fixes;
 mod fresh;
 mod hasher;
+mod saved;
 mod store;
 mod tree;
 
@@ -21,7 +22,9 @@ pub use fixes::{
 };
 pub use fresh::{Files, hash as hash_afresh};
 pub use hasher::Hashing;
-pub use store::{
-    Changing, FILE_NAME as STORE_FILE_NAME, HashStore, MAGIC as STORE_MAGIC, unix_now,
+pub use saved::{
+    JOURNAL_MAGIC as STORE_JOURNAL_MAGIC, JOURNAL_NAME as STORE_JOURNAL_NAME, MAGIC as STORE_MAGIC,
+    SNAPSHOT_NAME as STORE_FILE_NAME,
 };
+pub use store::{Changing, HashStore, unix_now};
 pub use tree::{Entry, Kind, Xattr, find, path_order, subtree, walk as list};

@@ -9,26 +9,22 @@
 //! file ([`HashStore::changing`]), and the hasher ([`super::hasher`]) rehashes what they
 //! touched once they are in; anything else that changes a file (another program writing
 //! the origin) leaves a stamp that no longer matches, and the entry is merely unknown.
+//!
+//! What is saved, and how a save writes only what changed, is [`super::saved`]'s.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::io;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
-use crate::durable;
 use crate::log::LogPath;
 use crate::types::{Change, FileId, Stamp};
 
 use super::chunks::{CHUNK_BYTES, ChunkHash, FileHashes};
-
-/// The file's name in a state or copy directory.
-pub const FILE_NAME: &str = "hashes";
-
-/// What the saved file starts with; a different format is started afresh.
-pub const MAGIC: &[u8; 16] = b"mirrorfs-hash-2\n";
+use super::saved::{Changed, SavedStore};
 
 /// One file's stored hashes.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -67,7 +63,8 @@ pub struct Pending {
 /// The stored hashes of one copy and the changes not yet in them.
 #[derive(Debug)]
 pub struct HashStore {
-    path: PathBuf,
+    /// Taken before `state` by a save, and held while it writes.
+    saved: Mutex<SavedStore>,
     state: Mutex<State>,
     /// Signalled when there is work for the hasher, or it should stop.
     work: Condvar,
@@ -83,16 +80,11 @@ struct State {
     hashing: HashSet<FileId>,
     /// Something changed since the last save.
     unsaved: bool,
+    /// The files whose entries changed since the last save.
+    dirty: HashSet<FileId>,
     /// The hasher sleeps, waiting for work.
     idle: bool,
     stopping: bool,
-}
-
-/// What the saved file holds after its header.
-#[derive(Serialize, Deserialize)]
-struct Saved {
-    files: Vec<(FileId, Stored)>,
-    pending: Vec<(FileId, Pending)>,
 }
 
 /// A piece of work for the hasher: a file to bring up to date.
@@ -121,6 +113,7 @@ impl<F: Fn() -> u64> Drop for Changing<'_, F> {
         let mut state = self.store.lock();
         if let Some(pending) = state.pending.get_mut(&self.key) {
             pending.after = pending.after.max(after);
+            state.touch(self.key);
         }
         match state.changing.get_mut(&self.key) {
             Some(count) if *count > 1 => *count -= 1,
@@ -142,28 +135,14 @@ impl HashStore {
     /// Opens the store saved at `dir/hashes`. A missing, damaged or older file starts an
     /// empty store: stored hashes are evidence, not data, and are rebuilt by hashing.
     pub fn open(dir: &Path) -> HashStore {
-        let path = dir.join(FILE_NAME);
-        let state = match std::fs::read(&path) {
-            Ok(bytes) => match decode(&bytes) {
-                Some(saved) => State {
-                    files: saved.files.into_iter().collect(),
-                    pending: saved.pending.into_iter().collect(),
-                    ..State::default()
-                },
-                None => {
-                    tracing::warn!(path = %path.display(), "stored hashes unreadable; starting afresh");
-                    State::default()
-                }
-            },
-            Err(error) => {
-                if error.kind() != io::ErrorKind::NotFound {
-                    tracing::warn!(path = %path.display(), %error, "stored hashes unreadable; starting afresh");
-                }
-                State::default()
-            }
+        let (saved, entries) = SavedStore::open(dir);
+        let state = State {
+            files: entries.files,
+            pending: entries.pending,
+            ..State::default()
         };
         HashStore {
-            path,
+            saved: Mutex::new(saved),
             state: Mutex::new(state),
             work: Condvar::new(),
         }
@@ -187,7 +166,7 @@ impl HashStore {
     ) -> Changing<'_, F> {
         let mut state = self.lock();
         *state.changing.entry(key).or_insert(0) += 1;
-        state.unsaved = true;
+        state.touch(key);
         let pending = state.pending.entry(key).or_default();
         pending.unchecked += 1;
         if let Some(path) = path
@@ -229,6 +208,7 @@ impl HashStore {
         if let Some(pending) = state.pending.get_mut(&key) {
             pending.unchecked = pending.unchecked.saturating_sub(1);
             pending.whole |= stale;
+            state.touch(key);
         }
     }
 
@@ -250,7 +230,7 @@ impl HashStore {
                 ..Pending::default()
             },
         );
-        state.unsaved = true;
+        state.touch(key);
         self.wake_idle(state);
     }
 
@@ -289,7 +269,7 @@ impl HashStore {
                 verified,
             },
         );
-        state.unsaved = true;
+        state.touch(key);
         true
     }
 
@@ -299,18 +279,22 @@ impl HashStore {
         let mut state = self.lock();
         if let Some(stored) = state.files.get_mut(&key) {
             stored.verified = now;
-            state.unsaved = true;
+            state.touch(key);
         }
     }
 
     /// Forgets what is stored for files not in `live` (a full walk saw every file there is).
     pub fn retain(&self, live: &HashSet<FileId>) {
         let mut state = self.lock();
-        let before = state.files.len();
-        state.files.retain(|key, _| live.contains(key));
-        state.pending.retain(|key, _| live.contains(key));
-        if state.files.len() != before {
-            state.unsaved = true;
+        let gone: Vec<FileId> = (state.files.keys())
+            .chain(state.pending.keys())
+            .filter(|key| !live.contains(key))
+            .copied()
+            .collect();
+        for key in gone {
+            state.files.remove(&key);
+            state.pending.remove(&key);
+            state.touch(key);
         }
     }
 
@@ -343,6 +327,7 @@ impl HashStore {
     pub fn put_back(&self, job: Job) {
         let mut state = self.lock();
         state.hashing.remove(&job.key);
+        state.touch(job.key);
         let pending = state.pending.entry(job.key).or_default();
         pending.chunks.extend(job.pending.chunks);
         pending.whole |= job.pending.whole;
@@ -359,7 +344,7 @@ impl HashStore {
         let mut state = self.lock();
         state.hashing.remove(&key);
         state.files.remove(&key);
-        state.unsaved = true;
+        state.touch(key);
     }
 
     /// How many files have pending changes.
@@ -408,25 +393,60 @@ impl HashStore {
         self.work.notify_all();
     }
 
-    /// Saves the store if anything changed since the last save.
+    /// Saves what changed since the last save: appended to the journal, or, once that has
+    /// outgrown the snapshot, folded into a new one.
     pub fn save(&self) -> io::Result<()> {
-        let bytes = {
+        let mut saved = self
+            .saved
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        // Only the entries are taken under the lock; the disk is written without it.
+        let work = {
             let mut state = self.lock();
             if !state.unsaved {
                 return Ok(());
             }
             state.unsaved = false;
-            let saved = Saved {
-                files: state.files.iter().map(|(k, v)| (*k, v.clone())).collect(),
-                pending: state.pending.iter().map(|(k, v)| (*k, v.clone())).collect(),
-            };
-            encode(&saved)
+            let dirty = std::mem::take(&mut state.dirty);
+            if saved.wants_snapshot() {
+                SavedStore::encode_snapshot(&state.files, &state.pending).map(Save::Snapshot)
+            } else {
+                let changed = dirty
+                    .into_iter()
+                    .map(|key| Changed {
+                        key,
+                        stored: state.files.get(&key).cloned(),
+                        pending: state.pending.get(&key).cloned(),
+                    })
+                    .collect();
+                Ok(Save::Append(changed))
+            }
         };
-        let result = bytes.and_then(|bytes| durable::replace(&self.path, bytes));
+        let result = match work {
+            Ok(Save::Snapshot(bytes)) => saved.write_snapshot(&bytes),
+            Ok(Save::Append(changed)) => saved.append(&changed),
+            Err(error) => Err(error),
+        };
         if result.is_err() {
+            // What was taken is not on disk: the next save writes everything.
+            saved.fold_next();
             self.lock().unsaved = true;
         }
         result
+    }
+}
+
+/// What one save writes.
+enum Save {
+    Snapshot(Vec<u8>),
+    Append(Vec<Changed>),
+}
+
+impl State {
+    /// Notes that `key`'s entry changed since the last save.
+    fn touch(&mut self, key: FileId) {
+        self.unsaved = true;
+        self.dirty.insert(key);
     }
 }
 
@@ -441,24 +461,6 @@ fn current_in<'s>(state: &'s State, key: FileId, stamp: &Stamp) -> Option<&'s St
         .filter(|stored| stored.stamp == *stamp)
 }
 
-fn encode(saved: &Saved) -> io::Result<Vec<u8>> {
-    let payload = postcard::to_allocvec(saved).map_err(io::Error::other)?;
-    let mut bytes = Vec::with_capacity(MAGIC.len() + payload.len() + 32);
-    bytes.extend_from_slice(MAGIC);
-    bytes.extend_from_slice(blake3::hash(&payload).as_bytes());
-    bytes.extend_from_slice(&payload);
-    Ok(bytes)
-}
-
-fn decode(bytes: &[u8]) -> Option<Saved> {
-    let rest = bytes.strip_prefix(MAGIC.as_slice())?;
-    let (sum, payload) = rest.split_at_checked(32)?;
-    if blake3::hash(payload).as_bytes() != sum {
-        return None;
-    }
-    postcard::from_bytes(payload).ok()
-}
-
 /// Seconds since the Unix epoch.
 pub fn unix_now() -> u64 {
     SystemTime::now()
@@ -469,6 +471,7 @@ pub fn unix_now() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::manifest::saved::{JOURNAL_NAME, SNAPSHOT_NAME as FILE_NAME};
     use crate::types::Timestamp;
 
     fn id(dev: u64, ino: u64) -> FileId {
@@ -555,5 +558,47 @@ mod tests {
         bytes[last] ^= 1;
         std::fs::write(&path, bytes).unwrap();
         assert!(HashStore::open(dir.path()).stored(id(1, 2)).is_none());
+    }
+
+    #[test]
+    fn a_later_save_appends_the_changed_entries_and_a_reopen_replays_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = HashStore::open(dir.path());
+        for ino in 0..1000 {
+            assert!(store.put(id(1, ino), hashes(ino), stamp(ino, 1)));
+        }
+        store.save().unwrap();
+        let snapshot = std::fs::read(dir.path().join(FILE_NAME)).unwrap();
+        let journal = || {
+            std::fs::metadata(dir.path().join(JOURNAL_NAME))
+                .unwrap()
+                .len()
+        };
+        let empty = journal();
+
+        assert!(store.put(id(1, 3), hashes(33), stamp(33, 2)));
+        drop(store.changing(id(1, 4), None, &Change::Content, || 9));
+        store.forget(id(1, 5));
+        store.save().unwrap();
+        // Nothing changed: nothing written.
+        let after = journal();
+        store.save().unwrap();
+        assert_eq!(journal(), after);
+        assert!(
+            after - empty < 400,
+            "{} bytes for three changes",
+            after - empty
+        );
+        assert_eq!(std::fs::read(dir.path().join(FILE_NAME)).unwrap(), snapshot);
+
+        let reopened = HashStore::open(dir.path());
+        assert_eq!(reopened.stored_files(), 999);
+        assert!(reopened.current(id(1, 3), &stamp(33, 2)).is_some());
+        assert!(reopened.current(id(1, 4), &stamp(4, 1)).is_none());
+        assert!(reopened.stored(id(1, 5)).is_none());
+        let jobs = reopened.take(9, 9);
+        assert_eq!(jobs.len(), 1);
+        assert_eq!(jobs[0].key, id(1, 4));
+        assert!(jobs[0].pending.whole);
     }
 }

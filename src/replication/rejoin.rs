@@ -10,7 +10,7 @@ use super::copy::mark_out_of_step;
 use super::elector::{ELECTED_CONFIG, ELECTION_FILE};
 use crate::durable;
 use crate::log::{Fence, inspect};
-use crate::manifest::STORE_FILE_NAME;
+use crate::manifest::{STORE_FILE_NAME, STORE_JOURNAL_NAME};
 use crate::state::StateDir;
 use crate::write::{load_applied, log_dir, store_applied};
 
@@ -121,9 +121,11 @@ pub fn rejoin(
         .unwrap_or(next);
     store_applied(&root.join("applied"), applied).map_err(io(&root))?;
     // The stored hashes describe the origin's files, which keep their inodes.
-    let hashes = state_dir.join(STORE_FILE_NAME);
-    if hashes.exists() {
-        moved(&hashes, &root.join(STORE_FILE_NAME))?;
+    for name in [STORE_FILE_NAME, STORE_JOURNAL_NAME] {
+        let hashes = state_dir.join(name);
+        if hashes.exists() {
+            moved(&hashes, &root.join(name))?;
+        }
     }
     moved(&log, &root.join("log"))?;
     // A copy's log takes records of the newer epoch; the fence was the primary's.

@@ -26,6 +26,19 @@ const DEPTH_MAX: usize = 2048;
 /// Node ids at or above this are allocated here, never taken from the origin.
 const SYNTHETIC_BASE: u64 = 1 << 63;
 
+/// Tables at least this large give memory back once mostly empty.
+const SHRINK_FROM: usize = 4096;
+
+/// Gives back most of `map`'s memory once it holds under a quarter of what it has room
+/// for: the kernel may let go of a million inodes at once (memory pressure, drop_caches),
+/// and a hash map never shrinks by itself. Halving at a quarter keeps the rehashing
+/// amortized constant per entry.
+fn shrink<K: Eq + std::hash::Hash, V>(map: &mut HashMap<K, V>) {
+    if map.capacity() >= SHRINK_FROM && map.len() < map.capacity() / 4 {
+        map.shrink_to(map.len() * 2);
+    }
+}
+
 /// One (parent, name) by which an inode can be reached on the origin.
 pub(crate) type LinkHint = (InodeId, Name);
 
@@ -188,6 +201,8 @@ impl InodeTable {
         if self.synthetic.get(&key) == Some(&id) {
             self.synthetic.remove(&key);
         }
+        shrink(&mut self.inodes);
+        shrink(&mut self.names);
         Some(kind)
     }
 
@@ -354,6 +369,30 @@ mod tests {
             "the root is never dropped"
         );
         assert_eq!(table.len(), 1);
+    }
+
+    #[test]
+    fn a_table_the_kernel_let_go_of_gives_its_memory_back() {
+        let mut table = InodeTable::new(&stat(7, 2, DIR));
+        let ids: Vec<InodeId> = (0..50_000)
+            .map(|n| {
+                table.remember(
+                    InodeId::ROOT,
+                    &name(&format!("f{n}")),
+                    &stat(7, 10 + n, FILE),
+                )
+            })
+            .collect();
+        let full = (table.inodes.capacity(), table.names.capacity());
+        for id in &ids[..49_000] {
+            assert_eq!(table.forget(*id, 1), Some(FileKind::Regular));
+        }
+        assert_eq!(table.len(), 1_001);
+        assert!(table.inodes.capacity() * 8 < full.0, "{full:?}");
+        assert!(table.names.capacity() * 8 < full.1, "{full:?}");
+        // What is left is still found by number and by name.
+        assert!(table.get(ids[49_999]).is_some());
+        assert_eq!(table.names[&(InodeId::ROOT, name("f49999"))], ids[49_999]);
     }
 
     #[test]
