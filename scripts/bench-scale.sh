@@ -139,16 +139,16 @@ change_and_settle "$files" > "$work/change"
 cat "$work/change"
 ls -l "$work/state" > "$work/state.ls"
 rss_full=$(awk '/VmRSS:/ { print $2 }' "/proc/$mount_pid/status")
-# The kernel lets go of its inodes (as under memory pressure): each FORGET drops the
-# daemon's entry for it, and what is left per file is the stored hashes.
-sync
-echo 2 > /proc/sys/vm/drop_caches
-sleep 3
-rss_forgotten=$(awk '/VmRSS:/ { print $2 }' "/proc/$mount_pid/status")
-echo "== verify (quick) of the volume"
+echo "== verify (quick) of the volume, warm, then with every cache dropped"
 start=$(now)
 "$mirrorfs" verify --config "$work/volume.toml" --json > "$work/verify.json" || { cat "$work/verify.json"; exit 1; }
 verify_s=$(since "$start")
+# The kernel lets go of its inodes (as under memory pressure): each FORGET drops the
+# daemon's entry for it, and what is left per file is the stored hashes.
+sync
+echo 3 > /proc/sys/vm/drop_caches
+sleep 3
+rss_forgotten=$(awk '/VmRSS:/ { print $2 }' "/proc/$mount_pid/status")
 start=$(now)
 "$mirrorfs" verify --config "$work/volume.toml" --json > "$work/verify.json" || { cat "$work/verify.json"; exit 1; }
 verify2_s=$(since "$start")
@@ -184,14 +184,16 @@ print()
 print(f"last step / first step create rate: {last / first:.2f} (target >= 0.80: {'met' if last / first >= 0.8 else 'MISSED'})")
 print(f"daemon memory per file: {per_file:.0f} bytes (RSS growth over the creates)")
 print(f"daemon RSS: {rss_full / 1024:.0f} MiB with every inode held by the kernel, "
-      f"{rss_forgotten / 1024:.0f} MiB once it let go of them (drop_caches), "
+      f"{rss_forgotten / 1024:.0f} MiB once it let go of them (drop_caches; freed memory the "
+      f"allocator keeps still counts), "
       f"{rss_mount / 1024:.0f} MiB just after a remount")
 print(f"bytes written by the daemon per changed file: {change_tenth / changed:.0f} at {files // 10} files, "
       f"{change / changed:.0f} at {files} files (each change dirties its file's 4 KiB page)")
 print("stored hashes' files (name, inode, bytes) before and after the changes:")
 for line in hashes_files_tenth + hashes_files:
     print(f"  {line}")
-print(f"verify (quick) of {verify['figures']['entries']} entries: {verify_s:.2f} s, again {verify2_s:.2f} s (target < 10 s: {'met' if max(verify_s, verify2_s) < 10 else 'MISSED'})")
+print(f"verify (quick) of {verify['figures']['entries']} entries: {verify_s:.2f} s warm, {verify2_s:.2f} s cold "
+      f"(every cache dropped; target < 10 s: {'met' if max(verify_s, verify2_s) < 10 else 'MISSED'})")
 print(f"remount: {remount_s:.2f} s to the first stat served (target < 2 s: {'met' if remount_s < 2 else 'MISSED'})")
 print()
 print(open(f"{work}/state.ls").read())
