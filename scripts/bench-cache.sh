@@ -126,7 +126,7 @@ mount_mirrorfs() {
   printf '[cache]\nmemory_bytes = "64MiB"\nblock_size = "1MiB"\nreadahead_max = "16MiB"\ndisk_dir = "%s"\ndisk_bytes = "1GiB"\nrevalidate_after = "1h"\n%b' \
     "$work/fast/$name-disk" "$extra" > "$work/$name.toml"
   mkdir -p "$work/$name-mnt"
-  "${throttled[@]}" target/release/mirrorfs mount "$work/slow/data" "$work/$name-mnt" \
+  "${throttled[@]}" target/release/mirrorfs mount --foreground "$work/slow/data" "$work/$name-mnt" \
     --state-dir "$work/fast/$name-state" --config "$work/$name.toml" 2>"$work/$name.log" &
   pids+=("$!")
   wait_mounted "$work/$name-mnt"

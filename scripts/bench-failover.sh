@@ -50,7 +50,7 @@ for round in $(seq "$rounds"); do
   printf '[volume]\nid = "%s"\nsource = "%s"\nmountpoint = "%s"\nstate_dir = "%s"\n[replication]\nkey_file = "%s"\nacks = "all"\nmin_insync = 1\n[[replication.replicas]]\nname = "r1"\naddress = "127.0.0.1:%d"\n[[replication.replicas]]\nname = "r2"\naddress = "127.0.0.1:%d"\n' \
     "$volume" "$base/origin" "$base/mnt" "$base/state" "$work/key" $((7300 + round * 2)) $((7301 + round * 2)) \
     > "$base/old.toml"
-  "$mirrorfs" mount --config "$base/old.toml" 2>"$base/old.log" &
+  "$mirrorfs" mount --foreground --config "$base/old.toml" 2>"$base/old.log" &
   old=$!
   pids+=("$old")
   mounts+=("$base/mnt")
@@ -75,7 +75,7 @@ EOF
   "$mirrorfs" promote --dir "$base/r1" --volume "$volume" --write-config "$base/new.toml" \
     --mountpoint "$base/new-mnt" > "$base/promote.out"
   promoted=$(since "$start")
-  "$mirrorfs" mount --config "$base/new.toml" 2>"$base/new.log" &
+  "$mirrorfs" mount --foreground --config "$base/new.toml" 2>"$base/new.log" &
   pids+=("$!")
   mounts+=("$base/new-mnt")
   wait_mounted "$base/new-mnt" "$base/new.log"

@@ -43,7 +43,7 @@ config() {
 # round MODE N: mounts in MODE, writes $files fsynced files into round-N/, prints files/s.
 round() {
   config "$1" > "$work/$1.toml"
-  "$mirrorfs" mount --config "$work/$1.toml" 2>>"$work/$1.log" &
+  "$mirrorfs" mount --foreground --config "$work/$1.toml" 2>>"$work/$1.log" &
   local pid=$!
   pids+=("$pid")
   mounts+=("$work/mnt")

@@ -77,7 +77,7 @@ EOF
 start_node r1 7401
 printf '[volume]\nid = "vol"\nsource = "%s"\nmountpoint = "%s"\nstate_dir = "%s"\n[replication]\nkey_file = "%s"\nacks = "all"\n[[replication.replicas]]\nname = "r1"\naddress = "127.0.0.1:7401"\n' \
   "$work/origin" "$work/mnt" "$work/state" "$work/key" > "$work/old.toml"
-"$mirrorfs" mount --config "$work/old.toml" 2>"$work/old.log" &
+"$mirrorfs" mount --foreground --config "$work/old.toml" 2>"$work/old.log" &
 old=$!
 pids+=("$old")
 mounts+=("$work/mnt")
@@ -101,7 +101,7 @@ start_node r1 7401
 start_node fresh 7403
 "$mirrorfs" promote --dir "$work/r1" --volume vol --write-config "$work/new.toml" \
   --mountpoint "$work/new-mnt" --replica home=127.0.0.1:7402 >/dev/null
-"$mirrorfs" mount --config "$work/new.toml" 2>"$work/new.log" &
+"$mirrorfs" mount --foreground --config "$work/new.toml" 2>"$work/new.log" &
 new_pid=$!
 pids+=("$new_pid")
 mounts+=("$work/new-mnt")
@@ -111,7 +111,7 @@ head -c $((diverge_mb << 20)) /dev/urandom > "$work/new-mnt/after-promotion"
 sync -f "$work/new-mnt"
 
 echo "== the old primary restarts, learns it is fenced, and rejoins: resync"
-if "$mirrorfs" mount --config "$work/old.toml" 2>>"$work/old.log"; then
+if "$mirrorfs" mount --foreground --config "$work/old.toml" 2>>"$work/old.log"; then
   echo "the old primary was not fenced" >&2
   exit 1
 fi
@@ -138,7 +138,7 @@ snapshot_bytes=$(du -sb --apparent-size "$work/r1/vol/data" | cut -f1)
 wait "$new_pid" 2>/dev/null || true
 printf '[[replication.replicas]]\nname = "fresh"\naddress = "127.0.0.1:7403"\n' >> "$work/new.toml"
 start=$(now)
-"$mirrorfs" mount --config "$work/new.toml" 2>>"$work/new.log" &
+"$mirrorfs" mount --foreground --config "$work/new.toml" 2>>"$work/new.log" &
 pids+=("$!")
 wait_mounted "$work/new-mnt" "$work/new.log"
 wait_acked "$work/new.toml" fresh

@@ -133,7 +133,7 @@ mount_volume() {
   } > "$work/$id.toml"
   settle
   mount_started=$(date +%s.%N)
-  "${on_cpu0[@]}" "$mirrorfs" mount --config "$work/$id.toml" 2>"$work/$id.log" &
+  "${on_cpu0[@]}" "$mirrorfs" mount --foreground --config "$work/$id.toml" 2>"$work/$id.log" &
   mount_pid=$!
   mount_point="$work/$id/mnt"
   for _ in $(seq 200); do

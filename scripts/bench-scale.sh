@@ -78,7 +78,7 @@ since() { awk -v s="$1" -v e="$(now)" 'BEGIN { printf "%.3f", e - s }'; }
 mount_and_wait() {
   local start
   start=$(now)
-  "$mirrorfs" mount --config "$work/volume.toml" >/dev/null 2>>"$work/daemon.log" &
+  "$mirrorfs" mount --foreground --config "$work/volume.toml" >/dev/null 2>>"$work/daemon.log" &
   mount_pid=$!
   until grep -q " $work/mnt .* fuse.mirrorfs " /proc/self/mountinfo && stat "$work/mnt/tree" >/dev/null 2>&1; do
     kill -0 "$mount_pid" 2>/dev/null || { echo "the mount failed:"; tail -20 "$work/daemon.log"; exit 1; }

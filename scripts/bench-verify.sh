@@ -78,7 +78,7 @@ EOF
 "$mirrorfs" replica serve --listen 127.0.0.1:7391 --dir "$work/replicas" \
   --volume "bench=$work/key" 2>"$work/node.log" &
 node_pid=$!
-"$mirrorfs" mount --config "$work/volume.toml" 2>"$work/daemon.log" &
+"$mirrorfs" mount --foreground --config "$work/volume.toml" 2>"$work/daemon.log" &
 mount_pid=$!
 for _ in $(seq 200); do
   grep -q " $work/mnt .* fuse.mirrorfs " /proc/self/mountinfo && break

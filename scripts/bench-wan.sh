@@ -101,7 +101,7 @@ mount_volume() {
   mkdir -p "$work/$id/origin" "$work/$id/mnt"
   printf '[volume]\nid = "%s"\nsource = "%s"\nmountpoint = "%s"\nstate_dir = "%s"\n[replication]\nkey_file = "%s"\nacks = "none"\nlag_max = "1h"\n%b[[replication.replicas]]\nname = "far"\naddress = "10.99.0.2:7071"\n' \
     "$id" "$work/$id/origin" "$work/$id/mnt" "$work/$id/state" "$work/key" "$extra" > "$work/$id.toml"
-  "$mirrorfs" mount --config "$work/$id.toml" 2>"$work/$id.log" &
+  "$mirrorfs" mount --foreground --config "$work/$id.toml" 2>"$work/$id.log" &
   mount_pid=$!
   for _ in $(seq 200); do
     grep -q " $work/$id/mnt " /proc/self/mountinfo && break

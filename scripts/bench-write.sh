@@ -81,7 +81,7 @@ mirrorfs_run() {
   rm -rf "${work:?}/slow/$mode" "$work/$mode-state"
   mkdir -p "$work/slow/$mode" "$work/$mode-mnt"
   printf '[write]\nmode = "%s"\ndirty_bytes_max = "1GiB"\nflush_interval = "2s"\n' "$mode" > "$work/$mode.toml"
-  "${throttled[@]}" target/release/mirrorfs mount "$work/slow/$mode" "$work/$mode-mnt" \
+  "${throttled[@]}" target/release/mirrorfs mount --foreground "$work/slow/$mode" "$work/$mode-mnt" \
     --state-dir "$work/$mode-state" --config "$work/$mode.toml" 2>"$work/$mode.log" &
   local pid=$!
   pids+=("$pid")

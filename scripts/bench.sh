@@ -106,7 +106,7 @@ for name in "${names[@]}"; do
       printf '[cache]\nrevalidate_after = "1d"\n%b[write]\nmode = "%s"\n' \
         "${BENCH_CACHE:-}" "$policy" > "$work/$name.toml"
       mkdir -p "$work/$name-mnt"
-      target/release/mirrorfs mount "$work/$name-origin" "$work/$name-mnt" \
+      target/release/mirrorfs mount --foreground "$work/$name-origin" "$work/$name-mnt" \
         --state-dir "$work/$name-state" --config "$work/$name.toml" 2>"$work/$name.log" &
       pids+=($!) ;;
     *) echo "bench: unknown target $name (targets: $all_targets)" >&2; exit 2 ;;

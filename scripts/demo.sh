@@ -34,7 +34,7 @@ for _ in $(seq 100); do
   sleep 0.1
 done
 
-"$mirrorfs" mount --config "$config" 2>"$demo/daemon.log" &
+"$mirrorfs" mount --foreground --config "$config" 2>"$demo/daemon.log" &
 daemon=$!
 for _ in $(seq 100); do
   grep -q " $demo/mnt .* fuse.mirrorfs " /proc/self/mountinfo && break

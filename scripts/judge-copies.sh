@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every conformance run is also a replication run: the judges run on a mirrorfs mount with
+# Every conformance run is also a replication run: the judges run on a mirrorfs mount --foreground with
 # two replica nodes attached, and after each judge both copies must equal the origin.
 #
 #   scripts/judge-copies.sh NAME CONFIG [JUDGE...]
@@ -79,7 +79,7 @@ for n in 0 1; do
 done
 
 start_node 0
-"$bin" mount --config "$work/mount.toml" 2>"$work/daemon.log" &
+"$bin" mount --foreground --config "$work/mount.toml" 2>"$work/daemon.log" &
 daemon=$!
 pids=("$daemon" "${pids[@]}")
 for _ in $(seq 100); do

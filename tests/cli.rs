@@ -238,7 +238,12 @@ fn a_config_file_alone_mounts_and_the_command_line_overrides_it() {
         layout.state.display()
     ));
     let mut daemon = Command::new(common::binary())
-        .args(["mount", "--config", config.to_str().unwrap()])
+        .args([
+            "mount",
+            "--foreground",
+            "--config",
+            config.to_str().unwrap(),
+        ])
         .stdin(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -255,7 +260,7 @@ fn a_config_file_alone_mounts_and_the_command_line_overrides_it() {
 
     // The command line wins over the file.
     let mut daemon = Command::new(common::binary())
-        .arg("mount")
+        .args(["mount", "--foreground"])
         .arg(&layout.origin)
         .arg(&layout.mountpoint)
         .args(["--config", config.to_str().unwrap()])

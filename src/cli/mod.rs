@@ -6,6 +6,7 @@ mod log;
 mod mount;
 mod mountinfo;
 mod promote;
+mod ready;
 mod replica;
 mod standby;
 mod status;
@@ -223,6 +224,14 @@ pub struct MountArgs {
     /// With --standby: the volume whose copy is mounted.
     #[arg(long, value_name = "ID", requires = "standby")]
     volume: Option<String>,
+    /// Serve in this process until unmounted (for supervisors; under systemd's
+    /// Type=notify it says READY=1 once mounted). Without it, the daemon runs in the
+    /// background and this command returns once the mount is up, or with its error.
+    #[arg(short, long)]
+    foreground: bool,
+    /// Where a background daemon logs (default: daemon.log in the state directory).
+    #[arg(long, value_name = "FILE")]
+    log_file: Option<PathBuf>,
 }
 
 /// Arguments of `mirrorfs unmount`.
@@ -326,7 +335,7 @@ pub fn run(args: impl IntoIterator<Item = OsString>) -> ExitCode {
         Some("verify") => crate::verify::exit::USAGE as u8,
         _ => 2,
     };
-    let cli = match Cli::try_parse_from(args) {
+    let cli = match Cli::try_parse_from(&args) {
         Ok(cli) => cli,
         Err(error) => return clap_exit(error, usage_code),
     };
@@ -336,6 +345,7 @@ pub fn run(args: impl IntoIterator<Item = OsString>) -> ExitCode {
         _ => "info",
     });
     let result = match cli.command {
+        Command::Mount(mount) if !mount.foreground => ready::start_in_background(&args),
         Command::Mount(args) => mount::run(args),
         Command::Unmount(args) => unmount::run(args),
         Command::Log(args) => log::run(args),
@@ -387,14 +397,17 @@ fn clap_exit(error: clap::Error, usage_code: u8) -> ExitCode {
     }
 }
 
-/// Log lines go to stderr; MIRRORFS_LOG sets the filter (e.g. "debug"), else `default`.
+/// Log lines go to stderr (a background daemon's, to its log file once mounted);
+/// MIRRORFS_LOG sets the filter (e.g. "debug"), else `default`.
 fn init_logging(default: &str) {
+    let colour =
+        std::io::IsTerminal::is_terminal(&std::io::stderr()) && !ready::is_background_child();
     let filter = tracing_subscriber::EnvFilter::try_from_env("MIRRORFS_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let _ = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(filter)
         .with_target(false)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_ansi(colour)
         .try_init();
 }

@@ -18,6 +18,7 @@ use crate::status::{LogStatus, Status, VerifyStatus};
 use crate::vfs::Volume;
 use crate::write::log_dir;
 
+use super::ready::{self, Readiness};
 use super::verify::LastRunCell;
 use super::{CliError, MountArgs, mountinfo, standby};
 
@@ -26,7 +27,18 @@ pub fn run(args: MountArgs) -> Result<(), CliError> {
     // First, before anything can start a thread (the origin does): see StopSignals.
     let signals = StopSignals::block()
         .map_err(|error| CliError::Failure(format!("cannot set up signal handling: {error}")))?;
+    let mut readiness = Readiness::from_env();
+    let served = serve(args, signals, &mut readiness);
+    if let Err(error) = &served {
+        readiness.failed(&error.message());
+    }
+    served
+}
+
+/// Resolves the volume, mounts it and serves it until unmounted.
+fn serve(args: MountArgs, signals: StopSignals, readiness: &mut Readiness) -> Result<(), CliError> {
     let mut args = args;
+    let args_log_file = args.log_file.take();
     let standby_copy = match args.standby {
         true => Some(standby::args(&mut args)?),
         false => None,
@@ -67,6 +79,11 @@ pub fn run(args: MountArgs) -> Result<(), CliError> {
         StateError::Locked { .. } => CliError::Usage(error.to_string()),
         StateError::Io { .. } => CliError::Failure(error.to_string()),
     })?;
+    readiness.log_to(
+        &args_log_file
+            .clone()
+            .unwrap_or_else(|| state.path().join(ready::LOG_NAME)),
+    );
     prepare_process();
 
     // A fenced primary serves nothing, not even reads: its copy is older than the new
@@ -143,14 +160,17 @@ pub fn run(args: MountArgs) -> Result<(), CliError> {
             .name("state-watch".to_string())
             .spawn_scoped(scope, || watch_state(&state, &served.volume, &unmounted))
             .map_err(|error| CliError::Failure(format!("cannot start a thread: {error}")))?;
+        let status = format!("serving {} at {}", volume.id, volume.mountpoint.display());
         let outcome = fuse::serve(
             Arc::clone(&served.volume),
             &volume.mountpoint,
             &options,
             signals,
             standby,
+            &mut || readiness.ready(&status),
         )
         .map_err(|error| CliError::Failure(error.to_string()));
+        readiness.stopping();
         unmounted.store(true, Ordering::Relaxed);
         outcome
     });

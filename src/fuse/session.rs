@@ -61,13 +61,15 @@ pub enum MountError {
 pub const FS_TYPE: &str = "fuse.mirrorfs";
 
 /// Mounts `volume` at `mountpoint` and serves it until it is unmounted, either from outside
-/// (`mirrorfs unmount`, umount) or by a signal. Returns once the kernel has let go.
+/// (`mirrorfs unmount`, umount) or by a signal; `mounted` is called once the mount is in
+/// place, before the first request is read. Returns once the kernel has let go.
 pub fn serve(
     volume: Arc<Volume>,
     mountpoint: &Path,
     options: &MountOptions,
     signals: StopSignals,
     standby: Option<Standby>,
+    mounted: &mut dyn FnMut(),
 ) -> Result<(), MountError> {
     let path = CString::new(mountpoint.as_os_str().as_bytes()).unwrap_or_default();
     let mount_error = |source| MountError::Mount {
@@ -127,6 +129,7 @@ pub fn serve(
             }
         }
     };
+    mounted();
     let ran = session.run();
     stop_following.store(true, Ordering::Relaxed);
     if let Some(follower) = follower {

@@ -159,6 +159,10 @@ impl Daemon {
             .arg(format!("--net=/run/netns/{ns}"))
             .arg(super::binary())
             .args(args)
+            // A mount serves in this process, which the test stops by pid.
+            .args(super::foreground(
+                args.first().copied().map(std::ffi::OsStr::new),
+            ))
             .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())

@@ -136,7 +136,7 @@ impl Mount {
             .open(&self.log)
             .unwrap();
         let child = Command::new(binary())
-            .arg("mount")
+            .args(["mount", "--foreground"])
             .arg(&self.origin)
             .arg(&self.mountpoint)
             .arg("--state-dir")
@@ -283,15 +283,28 @@ pub struct MountedChild {
     /// Where it is mounted.
     pub mountpoint: PathBuf,
     log: PathBuf,
+    /// Reaped already: its pid may be another process's now.
+    ended: bool,
 }
 
 impl MountedChild {
     /// Runs `mirrorfs mount ARGS`, its log in `log`, and waits until `mountpoint` is
     /// mounted (or the daemon exits: then this panics with its log).
     pub fn start(args: &[&str], mountpoint: &Path, log: &Path) -> MountedChild {
+        MountedChild::spawn_with_env(args, &[], mountpoint, log)
+    }
+
+    /// [`MountedChild::start`] with `env` set for the daemon.
+    pub fn spawn_with_env(
+        args: &[&str],
+        env: &[(&str, &str)],
+        mountpoint: &Path,
+        log: &Path,
+    ) -> MountedChild {
         let child = Command::new(binary())
-            .arg("mount")
+            .args(["mount", "--foreground"])
             .args(args)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(fs::File::create(log).unwrap())
@@ -301,6 +314,7 @@ impl MountedChild {
             child,
             mountpoint: mountpoint.to_path_buf(),
             log: log.to_path_buf(),
+            ended: false,
         };
         let deadline = Instant::now() + Duration::from_secs(20);
         while mount_type(mountpoint).as_deref() != Some("fuse.mirrorfs") {
@@ -317,12 +331,22 @@ impl MountedChild {
     pub fn log(&self) -> String {
         fs::read_to_string(&self.log).unwrap_or_default()
     }
+
+    /// Sends it `sig` and waits for it to end; its exit code.
+    pub fn stop(&mut self, sig: i32) -> Option<i32> {
+        signal(self.child.id(), sig);
+        let status = self.child.wait().unwrap();
+        self.ended = true;
+        status.code()
+    }
 }
 
 impl Drop for MountedChild {
     fn drop(&mut self) {
-        signal(self.child.id(), libc::SIGTERM);
-        let _ = self.child.wait();
+        if !self.ended {
+            signal(self.child.id(), libc::SIGTERM);
+            let _ = self.child.wait();
+        }
         if mount_type(&self.mountpoint).is_some() {
             detach(&self.mountpoint);
         }
@@ -381,13 +405,21 @@ impl Drop for KernelMount {
     }
 }
 
-/// Runs `mirrorfs ARGS` to completion.
+/// Runs `mirrorfs ARGS` to completion (a mount in the foreground: one wrongly accepted
+/// would serve, not leave a daemon behind).
 pub fn run(args: &[&str]) -> Output {
     Command::new(binary())
         .args(args)
+        .args(foreground(args.first().copied().map(std::ffi::OsStr::new)))
         .stdin(Stdio::null())
         .output()
         .expect("run mirrorfs")
+}
+
+/// `--foreground` for a `mirrorfs mount` (whose first argument is `command`): the test
+/// then owns the daemon's process, to stop by pid.
+pub fn foreground(command: Option<&std::ffi::OsStr>) -> Option<&'static str> {
+    (command == Some(std::ffi::OsStr::new("mount"))).then_some("--foreground")
 }
 
 /// Runs a shell script as `uid`:`gid` (no supplementary groups) in `dir`.
@@ -419,6 +451,7 @@ pub fn run_expecting_exit(args: &[&std::ffi::OsStr], uid: Option<u32>) -> Output
     let mut command = Command::new(binary());
     command
         .args(args)
+        .args(foreground(args.first().copied()))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());

@@ -1,0 +1,226 @@
+//! Running mirrorfs as a service: `mirrorfs mount` in the background returns only once the
+//! mount is up (or with its error), and a foreground daemon tells systemd READY=1 and
+//! STOPPING=1.
+
+mod common;
+
+use std::fs;
+use std::os::unix::net::UnixDatagram;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{binary, mount_type, scratch};
+
+/// A daemon a background `mirrorfs mount` left running: unmounted and waited for (killed
+/// by pid if it does not end) when dropped.
+struct Background {
+    mountpoint: PathBuf,
+    pid: Option<u32>,
+}
+
+impl Background {
+    fn alive(&self) -> bool {
+        self.pid
+            .is_some_and(|pid| Path::new(&format!("/proc/{pid}")).exists() && !zombie(pid))
+    }
+
+    /// Unmounts, and waits up to 10 s for the daemon to end; whether it did.
+    fn unmount(&mut self) -> bool {
+        let _ = Command::new(binary())
+            .arg("unmount")
+            .arg(&self.mountpoint)
+            .output();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.alive() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        !self.alive()
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        if mount_type(&self.mountpoint).is_some() && !self.unmount() {
+            if let Some(pid) = self.pid {
+                // SAFETY: kill(2) of the daemon this test started.
+                unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+            }
+            let path = std::ffi::CString::new(self.mountpoint.to_str().unwrap()).unwrap();
+            // SAFETY: NUL-terminated path.
+            unsafe { libc::umount2(path.as_ptr(), libc::MNT_DETACH) };
+        }
+    }
+}
+
+/// Whether process `pid` has ended but is not reaped (a daemon is no child of ours: init
+/// reaps it, but may not have yet).
+fn zombie(pid: u32) -> bool {
+    fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|stat| {
+            stat.rsplit(')')
+                .next()
+                .unwrap_or("")
+                .trim_start()
+                .starts_with('Z')
+        })
+        .unwrap_or(true)
+}
+
+/// Runs `mirrorfs ARGS` to its end, which must come within 30 s (with its output on
+/// pipes: a daemon left holding them would keep it from ending).
+fn run_within(args: &[&std::ffi::OsStr]) -> Output {
+    let child = Command::new(binary())
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let waiter = std::thread::spawn(move || child.wait_with_output().unwrap());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !waiter.is_finished() {
+        assert!(
+            Instant::now() < deadline,
+            "mirrorfs {args:?} (pid {pid}) did not return within 30 s"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    waiter.join().unwrap()
+}
+
+#[test]
+fn a_background_mount_returns_once_the_mount_is_up_and_ends_at_unmount() {
+    let dir = scratch();
+    let (origin, mountpoint, state) = (
+        dir.path().join("origin"),
+        dir.path().join("mnt"),
+        dir.path().join("state"),
+    );
+    fs::create_dir(&origin).unwrap();
+    fs::create_dir(&mountpoint).unwrap();
+    let output = run_within(&[
+        "mount".as_ref(),
+        origin.as_os_str(),
+        mountpoint.as_os_str(),
+        "--state-dir".as_ref(),
+        state.as_os_str(),
+    ]);
+    let mut daemon = Background {
+        mountpoint: mountpoint.clone(),
+        pid: None,
+    };
+    // No waiting: the mount is there the moment the command returns.
+    let mounted = mount_type(&mountpoint);
+    let written = fs::write(mountpoint.join("first"), b"right after");
+    assert!(output.status.success(), "{output:?}");
+    assert_eq!(mounted.as_deref(), Some("fuse.mirrorfs"));
+    written.unwrap();
+    assert_eq!(fs::read(origin.join("first")).unwrap(), b"right after");
+    assert!(
+        output.stdout.is_empty() && output.stderr.is_empty(),
+        "{output:?}"
+    );
+
+    let status = common::run(&["status", "--state-dir", state.to_str().unwrap(), "--json"]);
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    daemon.pid = status["pid"].as_u64().map(|pid| pid as u32);
+    assert!(daemon.alive(), "{status}");
+    // Its own session: no terminal's hang-up or Ctrl-C reaches it.
+    let pid = daemon.pid.unwrap();
+    // SAFETY: getsid(2) only reads.
+    assert_eq!(unsafe { libc::getsid(pid as i32) }, pid as i32);
+    let log = fs::read_to_string(state.join("daemon.log")).unwrap();
+    assert!(log.contains("mounted"), "{log}");
+    assert!(!log.contains('\x1b'), "no colours in a log file: {log}");
+
+    assert!(daemon.unmount(), "the daemon ends at unmount");
+    assert!(mount_type(&mountpoint).is_none());
+    let log = fs::read_to_string(state.join("daemon.log")).unwrap();
+    assert!(log.contains("unmounted"), "{log}");
+}
+
+#[test]
+fn a_background_mount_that_cannot_mount_returns_its_error_and_exit_code() {
+    let dir = scratch();
+    let origin = dir.path().join("origin");
+    fs::create_dir(&origin).unwrap();
+    let missing = dir.path().join("no-such-mountpoint");
+    let state = dir.path().join("state");
+    let output = run_within(&[
+        "mount".as_ref(),
+        origin.as_os_str(),
+        missing.as_os_str(),
+        "--state-dir".as_ref(),
+        state.as_os_str(),
+    ]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{output:?}");
+    assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
+    assert!(stderr.contains("no-such-mountpoint"), "{stderr}");
+    assert!(mount_type(&missing).is_none());
+
+    // A second mount of a volume already mounted is refused the same way, and the first
+    // goes on serving.
+    let mountpoint = dir.path().join("mnt");
+    fs::create_dir(&mountpoint).unwrap();
+    let args = [
+        "mount".as_ref(),
+        origin.as_os_str(),
+        mountpoint.as_os_str(),
+        "--state-dir".as_ref(),
+        state.as_os_str(),
+    ];
+    let first = run_within(&args);
+    let _daemon = Background {
+        mountpoint: mountpoint.clone(),
+        pid: None,
+    };
+    assert!(first.status.success(), "{first:?}");
+    let second = run_within(&args);
+    assert_eq!(second.status.code(), Some(2), "{second:?}");
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
+    fs::write(mountpoint.join("still"), b"served").unwrap();
+    assert_eq!(fs::read(origin.join("still")).unwrap(), b"served");
+}
+
+#[test]
+fn a_foreground_mount_tells_systemd_ready_then_stopping() {
+    let dir = scratch();
+    let (origin, mountpoint, state) = (
+        dir.path().join("origin"),
+        dir.path().join("mnt"),
+        dir.path().join("state"),
+    );
+    fs::create_dir(&origin).unwrap();
+    fs::create_dir(&mountpoint).unwrap();
+    let socket_path = dir.path().join("notify");
+    let socket = UnixDatagram::bind(&socket_path).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut daemon = common::MountedChild::spawn_with_env(
+        &[
+            origin.to_str().unwrap(),
+            mountpoint.to_str().unwrap(),
+            "--state-dir",
+            state.to_str().unwrap(),
+        ],
+        &[("NOTIFY_SOCKET", socket_path.to_str().unwrap())],
+        &mountpoint,
+        &dir.path().join("log"),
+    );
+    let mut message = [0; 512];
+    let len = socket.recv(&mut message).expect("READY=1 within 30 s");
+    let ready = String::from_utf8_lossy(&message[..len]).to_string();
+    assert!(ready.starts_with("READY=1\n"), "{ready}");
+    assert!(ready.contains("STATUS=serving"), "{ready}");
+    // Ready means mounted.
+    assert_eq!(mount_type(&mountpoint).as_deref(), Some("fuse.mirrorfs"));
+
+    assert_eq!(daemon.stop(libc::SIGTERM), Some(0), "{}", daemon.log());
+    let len = socket.recv(&mut message).expect("STOPPING=1");
+    assert_eq!(&message[..len], b"STOPPING=1");
+}
