@@ -224,3 +224,69 @@ fn a_foreground_mount_tells_systemd_ready_then_stopping() {
     let len = socket.recv(&mut message).expect("STOPPING=1");
     assert_eq!(&message[..len], b"STOPPING=1");
 }
+
+/// `mount -t fuse.mirrorfs` and an fstab line, through mount(8) and its helper
+/// `/sbin/mount.fuse.mirrorfs` (the binary under test, bound over /usr/sbin inside a mount
+/// namespace of the test's own, so the machine's /usr/sbin is left alone); `umount` ends
+/// the daemon. The script kills its daemon by pid and detaches the mount if it fails.
+#[test]
+fn mount_t_and_an_fstab_line_mount_the_volume_and_umount_ends_the_daemon() {
+    let dir = scratch();
+    let root = dir.path();
+    for sub in ["origin", "mnt", "sbin"] {
+        fs::create_dir(root.join(sub)).unwrap();
+    }
+    std::os::unix::fs::symlink(binary(), root.join("sbin/mount.fuse.mirrorfs")).unwrap();
+    fs::write(
+        root.join("data.toml"),
+        format!("[volume]\nstate_dir = \"{}/state\"\n", root.display()),
+    )
+    .unwrap();
+    let script = r#"
+set -eu
+pid=""
+trap 'st=$?; if [ $st -ne 0 ]; then umount -l "$R/mnt" 2>/dev/null || true; [ -n "$pid" ] && kill -9 "$pid" 2>/dev/null; fi; exit $st' EXIT
+daemon_pid() { "$B" status --state-dir "$R/state" --json | sed -n 's/.*"pid": *\([0-9]*\).*/\1/p' | head -1; }
+wait_gone() { for _ in $(seq 500); do [ -d "/proc/$1" ] && ! grep -q '^State:.*Z' "/proc/$1/status" 2>/dev/null || return 0; sleep 0.02; done; echo "daemon $1 still running after umount"; exit 1; }
+mount --bind "$R/sbin" /usr/sbin
+
+mount -t fuse.mirrorfs "$R/origin" "$R/mnt" -o "config=$R/data.toml,noatime,suid,dev,_netdev"
+line=$(grep " $R/mnt " /proc/self/mountinfo)
+echo "mounted: $line"
+case "$line" in *fuse.mirrorfs*) ;; *) echo "not a mirrorfs mount"; exit 1 ;; esac
+case "$line" in *noatime*) ;; *) echo "noatime not applied"; exit 1 ;; esac
+case "$line" in *nosuid*|*nodev*) echo "suid,dev not applied"; exit 1 ;; esac
+pid=$(daemon_pid)
+echo hello > "$R/mnt/greeting"
+[ "$(cat "$R/origin/greeting")" = hello ]
+umount "$R/mnt"
+wait_gone "$pid"
+grep -q 'unmounted' "$R/state/daemon.log"
+
+echo "$R/origin $R/mnt fuse.mirrorfs config=$R/data.toml,ro,nosuid,nodev,nofail 0 0" > "$R/fstab"
+mount -T "$R/fstab" "$R/mnt"
+pid=$(daemon_pid)
+[ "$(cat "$R/mnt/greeting")" = hello ]
+line=$(grep " $R/mnt " /proc/self/mountinfo)
+case "$line" in *" ro,nosuid,nodev"*) ;; *) echo "ro,nosuid,nodev not applied: $line"; exit 1 ;; esac
+if sh -c 'echo more > "$1"' _ "$R/mnt/other" 2>"$R/err"; then echo "a read-only mount took a write"; exit 1; fi
+grep -q 'Read-only file system' "$R/err"
+umount "$R/mnt"
+wait_gone "$pid"
+echo ok
+"#;
+    let output = Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c", script])
+        .env("R", root)
+        .env("B", binary())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let log = fs::read_to_string(root.join("state/daemon.log")).unwrap_or_default();
+    assert!(
+        output.status.success() && stdout.ends_with("ok\n"),
+        "{stdout}\n{stderr}\ndaemon log:\n{log}"
+    );
+}

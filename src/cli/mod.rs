@@ -5,6 +5,7 @@ mod keygen;
 mod log;
 mod mount;
 mod mountinfo;
+mod options;
 mod promote;
 mod ready;
 mod replica;
@@ -232,6 +233,14 @@ pub struct MountArgs {
     /// Where a background daemon logs (default: daemon.log in the state directory).
     #[arg(long, value_name = "FILE")]
     log_file: Option<PathBuf>,
+    /// mount(8) options, as an fstab line gives them: config=FILE, state_dir=DIR, id=ID,
+    /// log_file=FILE, allow_other, ro, rw, [no]suid, [no]dev, [no]exec, noatime,
+    /// relatime, strictatime (nosuid and nodev unless said otherwise).
+    #[arg(short = 'o', value_name = "OPTIONS")]
+    options: Vec<String>,
+    /// Ignore mount options mirrorfs does not know (mount's -s).
+    #[arg(long, hide = true)]
+    sloppy: bool,
 }
 
 /// Arguments of `mirrorfs unmount`.
@@ -330,6 +339,12 @@ impl CliError {
 /// Runs the command line `args` and returns the process's exit code.
 pub fn run(args: impl IntoIterator<Item = OsString>) -> ExitCode {
     let args: Vec<OsString> = args.into_iter().collect();
+    // Called by mount(8) (as mount.fuse.mirrorfs) or by mount.fuse3.
+    let args = match options::from_helper(&args) {
+        None => args,
+        Some(Ok(rewritten)) => rewritten,
+        Some(Err(())) => return ExitCode::SUCCESS,
+    };
     // verify's usage errors exit as fsck's do.
     let usage_code = match args.get(1).and_then(|arg| arg.to_str()) {
         Some("verify") => crate::verify::exit::USAGE as u8,

@@ -18,6 +18,7 @@ use crate::status::{LogStatus, Status, VerifyStatus};
 use crate::vfs::Volume;
 use crate::write::log_dir;
 
+use super::options;
 use super::ready::{self, Readiness};
 use super::verify::LastRunCell;
 use super::{CliError, MountArgs, mountinfo, standby};
@@ -38,7 +39,12 @@ pub fn run(args: MountArgs) -> Result<(), CliError> {
 /// Resolves the volume, mounts it and serves it until unmounted.
 fn serve(args: MountArgs, signals: StopSignals, readiness: &mut Readiness) -> Result<(), CliError> {
     let mut args = args;
-    let args_log_file = args.log_file.take();
+    let listed = options::parse(&args.options, args.sloppy).map_err(CliError::Usage)?;
+    args.config = args.config.or(listed.config);
+    args.state_dir = args.state_dir.or(listed.state_dir);
+    args.id = args.id.or(listed.id);
+    args.allow_other |= listed.allow_other;
+    let args_log_file = args.log_file.take().or(listed.log_file);
     let standby_copy = match args.standby {
         true => Some(standby::args(&mut args)?),
         false => None,
@@ -108,6 +114,7 @@ fn serve(args: MountArgs, signals: StopSignals, readiness: &mut Readiness) -> Re
         passthrough: config.cache.passthrough == Passthrough::Auto && standby_copy.is_none(),
         // A standby takes no writes.
         writeback: config.write.kernel_writeback && standby_copy.is_none(),
+        flags: listed.flags,
     };
     // A standby reads through no cache of its own: the node changes the tree under it,
     // and a block read ahead outside a request would be read outside the gate.

@@ -21,7 +21,7 @@ use fuser::{
     ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 
-pub use session::{FS_TYPE, MountError, MountOptions, serve};
+pub use session::{Atime, FS_TYPE, MountError, MountFlags, MountOptions, serve};
 pub use standby::{Followed, Standby};
 
 use crate::origin::TimeSet;

@@ -33,6 +33,99 @@ pub struct MountOptions {
     /// Ask the kernel to cache writes and send them in large requests (its writeback
     /// cache); only where nothing else changes the origin.
     pub writeback: bool,
+    /// The mount's own flags (mount(8)'s ro, nosuid, nodev, noexec, atime options).
+    pub flags: MountFlags,
+}
+
+/// The flags a mount is made with, as mount(8)'s options set them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MountFlags {
+    /// `ro`: the kernel refuses every change with EROFS.
+    pub read_only: bool,
+    /// `nosuid` (the default; `suid` lets set-user-ID programs on the volume work).
+    pub nosuid: bool,
+    /// `nodev` (the default; `dev` lets device nodes on the volume be opened).
+    pub nodev: bool,
+    /// `noexec`.
+    pub noexec: bool,
+    /// How access times are kept.
+    pub atime: Atime,
+}
+
+/// mount(8)'s access-time options.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Atime {
+    /// `relatime`, the kernel's default.
+    #[default]
+    Relative,
+    /// `noatime`.
+    Never,
+    /// `strictatime`.
+    Always,
+}
+
+impl Default for MountFlags {
+    /// As mirrorfs always mounted: nosuid and nodev, which a volume of someone else's
+    /// files needs unless the administrator says otherwise.
+    fn default() -> MountFlags {
+        MountFlags {
+            read_only: false,
+            nosuid: true,
+            nodev: true,
+            noexec: false,
+            atime: Atime::Relative,
+        }
+    }
+}
+
+impl MountFlags {
+    /// The flags for mount(2).
+    fn bits(&self) -> libc::c_ulong {
+        let mut bits = 0;
+        for (set, bit) in [
+            (self.read_only, libc::MS_RDONLY),
+            (self.nosuid, libc::MS_NOSUID),
+            (self.nodev, libc::MS_NODEV),
+            (self.noexec, libc::MS_NOEXEC),
+            (self.atime == Atime::Never, libc::MS_NOATIME),
+            (self.atime == Atime::Always, libc::MS_STRICTATIME),
+        ] {
+            if set {
+                bits |= bit;
+            }
+        }
+        bits
+    }
+
+    /// The same for fusermount3.
+    fn options(&self) -> Vec<MountOption> {
+        let mut options = vec![if self.read_only {
+            MountOption::RO
+        } else {
+            MountOption::RW
+        }];
+        options.push(if self.nosuid {
+            MountOption::NoSuid
+        } else {
+            MountOption::Suid
+        });
+        options.push(if self.nodev {
+            MountOption::NoDev
+        } else {
+            MountOption::Dev
+        });
+        options.push(if self.noexec {
+            MountOption::NoExec
+        } else {
+            MountOption::Exec
+        });
+        match self.atime {
+            Atime::Relative => {}
+            Atime::Never => options.push(MountOption::NoAtime),
+            Atime::Always => options.push(MountOption::CUSTOM("strictatime".to_string())),
+        }
+        options
+    }
 }
 
 /// Why serving a mount failed.
@@ -100,6 +193,7 @@ pub fn serve(
             MountOption::Subtype("mirrorfs".to_string()),
             MountOption::DefaultPermissions,
         ];
+        config.mount_options.extend(options.flags.options());
         Session::new(filesystem, mountpoint, &config)
     }
     .map_err(mount_error)?;
@@ -153,7 +247,7 @@ pub fn serve(
     Ok(())
 }
 
-/// mount(2) of a new FUSE connection with type `fuse.mirrorfs`, nosuid and nodev, and the
+/// mount(2) of a new FUSE connection with type `fuse.mirrorfs`, the flags asked for, and the
 /// kernel's own permission checks (default_permissions). Returns the /dev/fuse descriptor.
 fn mount_directly(path: &CString, options: &MountOptions) -> io::Result<OwnedFd> {
     // SAFETY: NUL-terminated path; the result is checked.
@@ -186,7 +280,7 @@ fn mount_directly(path: &CString, options: &MountOptions) -> io::Result<OwnedFd>
             source.as_ptr(),
             path.as_ptr(),
             fs_type.as_ptr(),
-            libc::MS_NOSUID | libc::MS_NODEV,
+            options.flags.bits(),
             data.as_ptr().cast(),
         )
     };
