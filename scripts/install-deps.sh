@@ -6,7 +6,8 @@
 #   scripts/install-deps.sh --test     + the conformance judges (pjdfstest, fsx), a test user,
 #                                        iproute2 (network namespaces for partition tests),
 #                                        e2fsprogs and mount (a loop-device ext4 to plant rot in),
-#                                        acl, rsync and git (the real-tree workloads)
+#                                        acl, rsync and git (the real-tree workloads),
+#                                        unshare and systemd-analyze (service tests)
 #   scripts/install-deps.sh --bench    + fio, libfuse's C example source, rclone, rsync and
 #                                        b3sum (the peers), e2fsprogs for the slow-disk image,
 #                                        ethtool and tc for the emulated WAN
@@ -32,6 +33,8 @@ if $want_test; then
   command -v setfacl >/dev/null || packages+=(acl)
   command -v rsync >/dev/null || packages+=(rsync)
   command -v git >/dev/null || packages+=(git)
+  command -v unshare >/dev/null || packages+=(util-linux)
+  command -v systemd-analyze >/dev/null || packages+=(systemd)
 fi
 if $want_bench; then
   command -v fio >/dev/null || packages+=(fio)

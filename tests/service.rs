@@ -290,3 +290,38 @@ echo ok
         "{stdout}\n{stderr}\ndaemon log:\n{log}"
     );
 }
+
+/// The systemd units in `systemd/` pass `systemd-analyze verify` with nothing to say (an
+/// unknown key is only a warning there, so the output must be empty too). Their
+/// ExecStart names the installed binary; the copies checked name the one under test.
+#[test]
+fn the_systemd_units_pass_systemd_analyze_verify() {
+    let dir = scratch();
+    let units = Path::new(env!("CARGO_MANIFEST_DIR")).join("systemd");
+    let mut checked = Vec::new();
+    for (template, instance) in [
+        ("mirrorfs@.service", "mirrorfs@data.service"),
+        (
+            "mirrorfs-replica@.service",
+            "mirrorfs-replica@backup.service",
+        ),
+    ] {
+        let text = fs::read_to_string(units.join(template)).unwrap();
+        assert!(text.contains("/usr/local/bin/mirrorfs "), "{template}");
+        let text = text.replace("/usr/local/bin/mirrorfs ", &format!("{} ", binary()));
+        fs::write(dir.path().join(instance), text).unwrap();
+        checked.push(format!("./{instance}"));
+    }
+    let output = Command::new("systemd-analyze")
+        .arg("verify")
+        .args(&checked)
+        .current_dir(dir.path())
+        .output()
+        .expect("systemd-analyze (scripts/install-deps.sh --test installs it)");
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(output.status.success() && said.trim().is_empty(), "{said}");
+}
