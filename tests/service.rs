@@ -325,3 +325,58 @@ fn the_systemd_units_pass_systemd_analyze_verify() {
     );
     assert!(output.status.success() && said.trim().is_empty(), "{said}");
 }
+
+/// `mirrorfs list` shows a mounted volume, and `status`, `log` and `verify` find it by its
+/// mount point; a path with no volume mounted, or no volume named, is one clear line.
+#[test]
+fn volumes_are_listed_and_found_by_their_mount_point() {
+    let mount = common::Mount::new();
+    fs::write(mount.path("f"), b"listed").unwrap();
+    let point = mount.mountpoint.to_str().unwrap();
+
+    let listed = common::run(&["list", "--json"]);
+    assert!(listed.status.success(), "{listed:?}");
+    let listed: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
+    let ours = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|entry| entry["mountpoint"] == point)
+        .unwrap_or_else(|| panic!("{point} not in {listed}"));
+    assert_eq!(ours["state_dir"], mount.state.to_str().unwrap());
+    assert_eq!(ours["pid"], mount.pid());
+    let text = String::from_utf8_lossy(&common::run(&["list"]).stdout).to_string();
+    assert!(
+        text.lines()
+            .any(|line| line.starts_with(point) && line.contains("state ")),
+        "{text}"
+    );
+
+    let status = common::run(&["status", point, "--json"]);
+    assert!(status.status.success(), "{status:?}");
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(status["pid"], mount.pid());
+    let log = common::run(&["log", point]);
+    assert!(
+        String::from_utf8_lossy(&log.stdout).contains("f"),
+        "{log:?}"
+    );
+    let verify = common::run(&["verify", point, "--json"]);
+    assert!(verify.status.success(), "{verify:?}");
+
+    let elsewhere = common::run(&["status", mount.dir.path().to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&elsewhere.stderr);
+    assert_eq!(elsewhere.status.code(), Some(1), "{elsewhere:?}");
+    assert!(
+        stderr.contains("no mirrorfs volume is mounted at"),
+        "{stderr}"
+    );
+    let none = common::run(&["status"]);
+    let stderr = String::from_utf8_lossy(&none.stderr);
+    assert_eq!(none.status.code(), Some(2), "{none:?}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("MOUNTPOINT") || stderr.contains("--config"),
+        "the missing arguments are named: {stderr}"
+    );
+}

@@ -8,6 +8,7 @@ mod mountinfo;
 mod options;
 mod promote;
 mod ready;
+mod registry;
 mod replica;
 mod standby;
 mod status;
@@ -39,6 +40,9 @@ enum Command {
     Log(LogArgs),
     /// Show a mounted volume's state: write policy, dirty data, flushing, the log.
     Status(StatusArgs),
+    /// List the mirrorfs volumes mounted on this machine: mount point, volume, state
+    /// directory, config, daemon.
+    List(ListArgs),
     /// Write a new random volume key to standard output (`mirrorfs keygen > FILE`; the file
     /// is made mode 0600).
     Keygen,
@@ -111,9 +115,16 @@ pub struct PromoteArgs {
 /// Arguments of `mirrorfs verify`.
 #[derive(Debug, Args)]
 pub struct VerifyArgs {
+    /// Where the volume is mounted (instead of --config).
+    #[arg(
+        value_name = "MOUNTPOINT",
+        conflicts_with = "config",
+        required_unless_present = "config"
+    )]
+    mountpoint: Option<PathBuf>,
     /// The volume's mount config.
     #[arg(long, value_name = "FILE")]
-    config: PathBuf,
+    config: Option<PathBuf>,
     /// Compare metadata and stored hashes only; no file content is read (the default).
     #[arg(long, conflicts_with = "content")]
     quick: bool,
@@ -253,20 +264,39 @@ pub struct UnmountArgs {
     lazy: bool,
 }
 
-/// Which volume a command is about: its mount config, or its state directory.
+/// Which volume a command is about: where it is mounted, its mount config, or its state
+/// directory.
 #[derive(Debug, Args)]
 pub struct VolumeArgs {
+    /// Where the volume is mounted (instead of --config or --state-dir).
+    #[arg(value_name = "MOUNTPOINT", conflicts_with_all = ["config", "state_dir"],
+          required_unless_present_any = ["config", "state_dir"])]
+    mountpoint: Option<PathBuf>,
     /// The volume's mount config.
-    #[arg(long, value_name = "FILE", required_unless_present = "state_dir")]
+    #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
     /// The volume's state directory (instead of --config).
     #[arg(long, value_name = "DIR", conflicts_with = "config")]
     state_dir: Option<PathBuf>,
 }
 
+/// Arguments of `mirrorfs list`.
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// One JSON array.
+    #[arg(long)]
+    json: bool,
+}
+
 impl VolumeArgs {
-    /// The state directory named by `--state-dir`, or by the config's `[volume]`.
+    /// The state directory of the volume mounted at MOUNTPOINT, named by `--state-dir`, or
+    /// by the config's `[volume]`.
     fn state_dir(&self) -> Result<PathBuf, CliError> {
+        if let Some(point) = &self.mountpoint {
+            return registry::find(point)
+                .map(|entry| entry.state_dir)
+                .map_err(CliError::Failure);
+        }
         if let Some(dir) = &self.state_dir {
             return Ok(dir.clone());
         }
@@ -365,6 +395,7 @@ pub fn run(args: impl IntoIterator<Item = OsString>) -> ExitCode {
         Command::Unmount(args) => unmount::run(args),
         Command::Log(args) => log::run(args),
         Command::Status(args) => status::run(args),
+        Command::List(args) => registry::run_list(args.json),
         Command::Keygen => keygen::run(),
         Command::Replica(ReplicaCommand::Serve(args)) => replica::serve(args),
         Command::Replica(ReplicaCommand::Status(args)) => replica::status(args),
@@ -403,13 +434,29 @@ fn clap_exit(error: clap::Error, usage_code: u8) -> ExitCode {
             ExitCode::from(error.exit_code() as u8)
         }
         _ => {
-            let rendered = error.to_string();
-            let first = rendered.lines().next().unwrap_or("invalid arguments");
-            let message = first.strip_prefix("error: ").unwrap_or(first);
-            eprintln!("mirrorfs: {message} (see 'mirrorfs --help')");
+            eprintln!(
+                "mirrorfs: {} (see 'mirrorfs --help')",
+                one_line(&error.to_string())
+            );
             ExitCode::from(usage_code)
         }
     }
+}
+
+/// clap's rendering of a usage error in one line: its first, with what a list it
+/// announces holds ("the following required arguments were not provided: --config <FILE>").
+fn one_line(rendered: &str) -> String {
+    let mut lines = rendered.lines();
+    let first = lines.next().unwrap_or("invalid arguments");
+    let mut message = first.strip_prefix("error: ").unwrap_or(first).to_string();
+    if message.ends_with(':') {
+        let listed: Vec<&str> = lines
+            .take_while(|line| !line.trim().is_empty())
+            .map(str::trim)
+            .collect();
+        message = format!("{} {}", message, listed.join(", "));
+    }
+    message
 }
 
 /// Log lines go to stderr (a background daemon's, to its log file once mounted);

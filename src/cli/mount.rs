@@ -20,6 +20,7 @@ use crate::write::log_dir;
 
 use super::options;
 use super::ready::{self, Readiness};
+use super::registry::{self, Registered};
 use super::verify::LastRunCell;
 use super::{CliError, MountArgs, mountinfo, standby};
 
@@ -54,6 +55,10 @@ fn serve(args: MountArgs, signals: StopSignals, readiness: &mut Readiness) -> Re
             "give both SOURCE and MOUNTPOINT, or neither (then --config names them)".to_string(),
         ));
     }
+    let config_path = args
+        .config
+        .as_ref()
+        .map(|path| std::fs::canonicalize(path).unwrap_or_else(|_| path.clone()));
     let raw = match &args.config {
         Some(path) => Config::read(path).map_err(usage)?,
         None => RawConfig::default(),
@@ -168,15 +173,30 @@ fn serve(args: MountArgs, signals: StopSignals, readiness: &mut Readiness) -> Re
             .spawn_scoped(scope, || watch_state(&state, &served.volume, &unmounted))
             .map_err(|error| CliError::Failure(format!("cannot start a thread: {error}")))?;
         let status = format!("serving {} at {}", volume.id, volume.mountpoint.display());
+        // As mountinfo will name it.
+        let mountpoint =
+            std::fs::canonicalize(&volume.mountpoint).unwrap_or_else(|_| volume.mountpoint.clone());
+        let pid = std::process::id();
         let outcome = fuse::serve(
             Arc::clone(&served.volume),
             &volume.mountpoint,
             &options,
             signals,
             standby,
-            &mut || readiness.ready(&status),
+            &mut || {
+                registry::register(&Registered {
+                    mountpoint: mountpoint.clone(),
+                    volume: volume.id.to_string(),
+                    source: volume.source.clone(),
+                    state_dir: state.path().to_path_buf(),
+                    config: config_path.clone(),
+                    pid,
+                });
+                readiness.ready(&status);
+            },
         )
         .map_err(|error| CliError::Failure(error.to_string()));
+        registry::unregister(&mountpoint, pid);
         readiness.stopping();
         unmounted.store(true, Ordering::Relaxed);
         outcome

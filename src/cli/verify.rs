@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use crate::config::{ByteSize, human};
-use crate::config::{Config, VerifyConfig};
+use crate::config::{Config, Overrides, RawConfig, VerifyConfig};
 use crate::control::{self, Handler};
 use crate::log::LogPath;
 use crate::replication::VolumeKey;
@@ -21,7 +21,7 @@ use crate::verify::{Options, Progress, Subject};
 use crate::verify::{Report, exit};
 use crate::vfs::Volume;
 
-use super::{CliError, VerifyArgs};
+use super::{CliError, VerifyArgs, registry};
 
 /// One line of a daemon's answer to `verify`.
 #[derive(Debug, Serialize, Deserialize)]
@@ -38,14 +38,33 @@ enum Line {
 /// Runs `mirrorfs verify`.
 pub fn run(args: VerifyArgs) -> Result<(), CliError> {
     let usage = |error: crate::config::ConfigError| CliError::Exit(exit::USAGE, error.to_string());
-    let raw = Config::read(&args.config).map_err(usage)?;
+    // By mount point: the config and command line the daemon was started with.
+    let (config_path, overrides) = match &args.mountpoint {
+        Some(point) => {
+            let entry =
+                registry::find(point).map_err(|error| CliError::Exit(exit::USAGE, error))?;
+            let overrides = Overrides {
+                source: Some(entry.source),
+                mountpoint: Some(entry.mountpoint),
+                state_dir: Some(entry.state_dir),
+                id: Some(entry.volume),
+                allow_other: None,
+            };
+            (entry.config, overrides)
+        }
+        None => (args.config.clone(), Overrides::default()),
+    };
+    let raw = match &config_path {
+        Some(path) => Config::read(path).map_err(usage)?,
+        None => RawConfig::default(),
+    };
     let cwd = std::env::current_dir().map_err(|error| {
         CliError::Exit(
             exit::OPERATIONAL,
             format!("cannot read the current directory: {error}"),
         )
     })?;
-    let config = Config::resolve(raw, Default::default(), &cwd).map_err(usage)?;
+    let config = Config::resolve(raw, overrides, &cwd).map_err(usage)?;
     let options = options(&args)?;
     let listed: Vec<&str> = config
         .replication
