@@ -380,3 +380,24 @@ fn volumes_are_listed_and_found_by_their_mount_point() {
         "the missing arguments are named: {stderr}"
     );
 }
+
+/// An ioctl the volume does not pass on is ENOTTY, and says nothing in the daemon's log
+/// (fuser's default logged a multi-line WARN for each).
+#[test]
+fn an_unsupported_ioctl_is_enotty_and_quiet() {
+    use std::os::fd::AsRawFd;
+    let mount = common::Mount::new();
+    fs::write(mount.path("f"), b"x").unwrap();
+    let file = fs::File::open(mount.path("f")).unwrap();
+    let mut flags: libc::c_long = 0;
+    // FS_IOC_GETFLAGS, as lsattr asks.
+    // SAFETY: the request writes one long into `flags`.
+    let result = unsafe { libc::ioctl(file.as_raw_fd(), 0x8008_6601, &mut flags) };
+    assert_eq!(result, -1);
+    assert_eq!(common::errno(), libc::ENOTTY);
+    let log = mount.log();
+    assert!(
+        !log.contains("WARN") && !log.contains("ERROR"),
+        "the log says something: {log}"
+    );
+}

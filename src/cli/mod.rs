@@ -460,12 +460,15 @@ fn one_line(rendered: &str) -> String {
 }
 
 /// Log lines go to stderr (a background daemon's, to its log file once mounted);
-/// MIRRORFS_LOG sets the filter (e.g. "debug"), else `default`.
+/// MIRRORFS_LOG sets the filter (e.g. "debug"), else `default`. fuser's "Failed to send
+/// FUSE reply" is left out of the default: the kernel refuses a reply to a request it has
+/// already given up (an interrupted waiter), which is normal and was one ERROR each.
 fn init_logging(default: &str) {
+    let default = format!("{default},fuser::reply=off");
     let colour =
         std::io::IsTerminal::is_terminal(&std::io::stderr()) && !ready::is_background_child();
     let filter = tracing_subscriber::EnvFilter::try_from_env("MIRRORFS_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&default));
     let _ = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(filter)
