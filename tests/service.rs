@@ -401,3 +401,54 @@ fn an_unsupported_ioctl_is_enotty_and_quiet() {
         "the log says something: {log}"
     );
 }
+
+/// `mirrorfs log --follow` prints a record appended after it started.
+#[test]
+fn log_follow_prints_a_record_written_after_it_started() {
+    use std::io::BufRead;
+    let mount = common::Mount::new();
+    fs::write(mount.path("before"), b"1").unwrap();
+    let mut follower = Command::new(binary())
+        .args([
+            "log",
+            mount.mountpoint.to_str().unwrap(),
+            "--follow",
+            "--json",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let (lines, seen) = std::sync::mpsc::channel();
+    let stdout = follower.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if lines.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    // What was there is printed first; then the new change.
+    let wait_for = |needle: &str| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(line) = seen.recv_timeout(Duration::from_millis(100))
+                && line.contains(needle)
+            {
+                return true;
+            }
+        }
+        false
+    };
+    let before = wait_for("\"/before\"");
+    fs::write(mount.path("after-follow"), b"2").unwrap();
+    let after = wait_for("after-follow");
+    // SAFETY: kill(2) of the follower this test started.
+    unsafe { libc::kill(follower.id() as i32, libc::SIGTERM) };
+    follower.wait().unwrap();
+    reader.join().unwrap();
+    assert!(before, "the existing record was not printed");
+    assert!(after, "a record appended while following was not printed");
+}

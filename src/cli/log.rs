@@ -39,7 +39,17 @@ pub fn run(args: LogArgs) -> Result<(), CliError> {
         let records = view
             .records(from)
             .map_err(|error| CliError::Usage(error.to_string()))?;
-        print_records(&mut out, records, args.json)
+        if !args.json {
+            let _ = writeln!(out, "{:>12} {:>5}  {:<11} PATH", "OFFSET", "EPOCH", "OP");
+        }
+        let printed = print_records(&mut out, records, args.json, from);
+        match printed {
+            Ok(next) if args.follow => {
+                drop(out);
+                follow(&dir, next, args.json)
+            }
+            other => other.map(|_| ()),
+        }
     };
     match written {
         Ok(()) => Ok(()),
@@ -88,10 +98,14 @@ fn print_stats(
     Ok(())
 }
 
-fn print_records(out: &mut impl Write, records: log::Records, json: bool) -> Result<(), Printed> {
-    if !json {
-        writeln!(out, "{:>12} {:>5}  {:<11} PATH", "OFFSET", "EPOCH", "OP")?;
-    }
+/// Prints `records`, which start at `from`; returns the offset after the last printed.
+fn print_records(
+    out: &mut impl Write,
+    records: log::Records,
+    json: bool,
+    from: u64,
+) -> Result<u64, Printed> {
+    let mut next = from;
     for record in records {
         let record = record.map_err(Printed::Log)?;
         if json {
@@ -99,8 +113,35 @@ fn print_records(out: &mut impl Write, records: log::Records, json: bool) -> Res
         } else {
             writeln!(out, "{}", record_line(&record))?;
         }
+        next = record.offset + 1;
     }
-    Ok(())
+    out.flush()?;
+    Ok(next)
+}
+
+/// How often `--follow` looks for new records.
+const FOLLOW_EVERY: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// Prints records as they are appended from `next` on, until interrupted (tail -f).
+fn follow(dir: &std::path::Path, mut next: u64, json: bool) -> Result<(), Printed> {
+    loop {
+        std::thread::sleep(FOLLOW_EVERY);
+        let view = log::inspect(dir).map_err(Printed::Log)?;
+        let stats = view.stats();
+        if stats.next_offset <= next {
+            continue;
+        }
+        // Retention may have removed what was not read yet: go on from what is kept.
+        if next < stats.first_offset {
+            eprintln!(
+                "mirrorfs: records {next} to {} were removed by retention before they were read",
+                stats.first_offset - 1
+            );
+            next = stats.first_offset;
+        }
+        let records = view.records(next).map_err(Printed::Log)?;
+        next = print_records(&mut io::stdout().lock(), records, json, next)?;
+    }
 }
 
 /// One line: offset, epoch, op, path (and the second path of a link or rename), and the

@@ -339,6 +339,9 @@ pub struct LogArgs {
     /// Print first and next offset, segment count and bytes instead of records.
     #[arg(long)]
     stats: bool,
+    /// Keep printing records as they are appended, until interrupted.
+    #[arg(long, short = 'f', conflicts_with = "stats")]
+    follow: bool,
     /// One JSON object per line.
     #[arg(long)]
     json: bool,
