@@ -452,3 +452,81 @@ fn log_follow_prints_a_record_written_after_it_started() {
     assert!(before, "the existing record was not printed");
     assert!(after, "a record appended while following was not printed");
 }
+
+/// Ctrl-C on `mirrorfs verify` ends the daemon's run at once, and `verify --cancel`
+/// ends one started elsewhere; either way the volume takes a new run within a second.
+#[test]
+fn a_verify_run_ends_when_its_client_goes_or_is_cancelled() {
+    let mount = common::Mount::new();
+    // 64 MiB read at 8 MiB/s: a run of 8 s, unless it is stopped.
+    let chunk = vec![0x5a_u8; 1 << 20];
+    let mut file = fs::File::create(mount.path("big")).unwrap();
+    for _ in 0..64 {
+        std::io::Write::write_all(&mut file, &chunk).unwrap();
+    }
+    drop(file);
+    let point = mount.mountpoint.to_str().unwrap().to_string();
+    let start_run = || {
+        Command::new(binary())
+            .args([
+                "verify",
+                &point,
+                "--content",
+                "--max-rate",
+                "8MiB",
+                "--json",
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    // Whether the volume takes a new run (no other under way) within `limit`.
+    let free_within = |limit: Duration| {
+        let deadline = Instant::now() + limit;
+        loop {
+            let quick = common::run(&["verify", &point, "--json"]);
+            if quick.status.success() {
+                return true;
+            }
+            let said = String::from_utf8_lossy(&quick.stdout).to_string()
+                + &String::from_utf8_lossy(&quick.stderr);
+            assert!(said.contains("already under way"), "{said}");
+            if Instant::now() > deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+
+    let mut client = start_run();
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(!free_within(Duration::ZERO), "the first run is under way");
+    // SAFETY: kill(2) of the client this test started (Ctrl-C).
+    unsafe { libc::kill(client.id() as i32, libc::SIGINT) };
+    client.wait().unwrap();
+    assert!(
+        free_within(Duration::from_secs(1)),
+        "the run went on after its client left"
+    );
+
+    let client = start_run();
+    std::thread::sleep(Duration::from_millis(1500));
+    let cancelled = common::run(&["verify", &point, "--cancel"]);
+    assert!(cancelled.status.success(), "{cancelled:?}");
+    let started = Instant::now();
+    let output = client.wait_with_output().unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    // A partial run: it read less than the file.
+    let read = report["figures"]["bytes_hashed"].as_u64().unwrap();
+    assert!(read < 64 << 20, "{report}");
+    let none = common::run(&["verify", &point, "--cancel"]);
+    assert_ne!(none.status.code(), Some(0), "{none:?}");
+    assert!(String::from_utf8_lossy(&none.stderr).contains("no verify run is under way"));
+}

@@ -33,7 +33,15 @@ enum Line {
     Report(Report),
     /// The run could not start.
     Error(String),
+    /// The answer to a cancel: whether a run was under way.
+    Cancelled(bool),
 }
+
+/// The request that cancels the run under way.
+const CANCEL: &str = "verify-cancel";
+
+/// The stop flag of the run a client started, while it runs (for `verify --cancel`).
+static CURRENT: Mutex<Option<Arc<AtomicBool>>> = Mutex::new(None);
 
 /// Runs `mirrorfs verify`.
 pub fn run(args: VerifyArgs) -> Result<(), CliError> {
@@ -65,6 +73,9 @@ pub fn run(args: VerifyArgs) -> Result<(), CliError> {
         )
     })?;
     let config = Config::resolve(raw, overrides, &cwd).map_err(usage)?;
+    if args.cancel {
+        return cancel(&config);
+    }
     let options = options(&args)?;
     let listed: Vec<&str> = config
         .replication
@@ -220,12 +231,35 @@ fn ask_daemon(
             Ok(Line::Progress(shown)) => progress(&shown),
             Ok(Line::Report(report)) => return Ok(report),
             Ok(Line::Error(reason)) => return Err(failed(reason)),
+            Ok(Line::Cancelled(_)) => return Err(failed(format!("the daemon answered {line:?}"))),
             Err(error) => return Err(failed(format!("the daemon answered {line:?}: {error}"))),
         }
     }
     Err(failed(
         "the daemon ended the run without a report".to_string(),
     ))
+}
+
+/// `verify --cancel`: asks the daemon to stop the run a client started.
+fn cancel(config: &Config) -> Result<(), CliError> {
+    let failed = |reason: String| CliError::Exit(exit::OPERATIONAL, reason);
+    let answer = control::request(&config.volume.state_dir, CANCEL)
+        .map_err(|error| failed(format!("cannot reach the volume's daemon: {error}")))?;
+    let line = answer
+        .lines()
+        .next()
+        .and_then(Result::ok)
+        .unwrap_or_default();
+    match serde_json::from_str::<Line>(&line) {
+        Ok(Line::Cancelled(true)) => {
+            println!(
+                "cancelled the verify run under way; the next run goes on from where it stopped"
+            );
+            Ok(())
+        }
+        Ok(Line::Cancelled(false)) => Err(failed("no verify run is under way".to_string())),
+        _ => Err(failed(format!("the daemon answered {line:?}"))),
+    }
 }
 
 /// One verify run at a time per volume, whoever starts it.
@@ -252,6 +286,14 @@ pub fn handler(config: &Config, volume: &Arc<Volume>, last: &LastRunCell) -> Han
     let (config, volume, last) = (config.clone(), Arc::clone(volume), Arc::clone(last));
     Arc::new(move |request: &str, stream: UnixStream| {
         let mut stream = stream;
+        if request == CANCEL {
+            let current = CURRENT.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(stop) = current.as_ref() {
+                stop.store(true, Ordering::Relaxed);
+            }
+            let _ = send(&mut stream, &Line::Cancelled(current.is_some()));
+            return;
+        }
         let Some(options) = request.strip_prefix("verify ") else {
             let _ = send(
                 &mut stream,
@@ -274,8 +316,11 @@ pub fn handler(config: &Config, volume: &Arc<Volume>, last: &LastRunCell) -> Han
             let _ = send(&mut stream, &Line::Error(busy));
             return;
         };
-        // A client that goes away stops the run; the files it read count.
-        let stop = AtomicBool::new(false);
+        // A client that goes away (Ctrl-C) stops the run at once, as `verify --cancel`
+        // does; the files it read count.
+        let stop = Arc::new(AtomicBool::new(false));
+        watch_client(&stream, &stop);
+        *CURRENT.lock().unwrap_or_else(|p| p.into_inner()) = Some(Arc::clone(&stop));
         let mut shown = Instant::now();
         let report = check(&config, &volume, &options, &stop, &mut |progress| {
             if shown.elapsed() < Duration::from_millis(200) && progress.phase != "repair" {
@@ -288,6 +333,7 @@ pub fn handler(config: &Config, volume: &Arc<Volume>, last: &LastRunCell) -> Han
         });
         // The run is over before its client hears so: a client that asks again at once
         // must not find it under way.
+        *CURRENT.lock().unwrap_or_else(|p| p.into_inner()) = None;
         drop(running);
         tracing::info!(
             findings = report.findings.len(),
@@ -297,6 +343,25 @@ pub fn handler(config: &Config, volume: &Arc<Volume>, last: &LastRunCell) -> Han
         remember(&last, &report, false);
         let _ = send(&mut stream, &Line::Report(report));
     })
+}
+
+/// Sets `stop` once the client of `stream` hangs up (it sends nothing after its request,
+/// so the end of its stream is its going away).
+fn watch_client(stream: &UnixStream, stop: &Arc<AtomicBool>) {
+    let Ok(mut reader) = stream.try_clone() else {
+        return;
+    };
+    let stop = Arc::clone(stop);
+    let watching = std::thread::Builder::new()
+        .name("verify-client".to_string())
+        .spawn(move || {
+            let mut byte = [0; 1];
+            while let Ok(1..) = std::io::Read::read(&mut reader, &mut byte) {}
+            stop.store(true, Ordering::Relaxed);
+        });
+    if let Err(error) = watching {
+        tracing::debug!(%error, "a verify client's hang-up is noticed at its next progress line");
+    }
 }
 
 fn send(stream: &mut UnixStream, line: &Line) -> std::io::Result<()> {

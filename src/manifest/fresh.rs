@@ -82,6 +82,7 @@ pub fn hash(
     path: &LogPath,
     store: Option<&HashStore>,
     pace: &mut dyn FnMut(u64),
+    stop: &dyn Fn() -> bool,
 ) -> io::Result<Option<Fresh>> {
     let file = match files.open(path) {
         Ok(file) => file,
@@ -96,7 +97,7 @@ pub fn hash(
     }
     let key = stat.id();
     for _ in 0..ATTEMPTS {
-        if let Some(fresh) = attempt(&file, key, store, pace)? {
+        if let Some(fresh) = attempt(&file, key, store, pace, stop)? {
             if fresh.stored.is_none()
                 && let Some(store) = store
             {
@@ -116,10 +117,12 @@ fn attempt(
     key: FileId,
     store: Option<&HashStore>,
     pace: &mut dyn FnMut(u64),
+    stop: &dyn Fn() -> bool,
 ) -> io::Result<Option<Fresh>> {
     let before = file.stat()?.stamp();
     let stored = store.and_then(|store| store.current(key, &before));
-    let hashes = FileHashes::of(before.size, &mut FileContent::new(file).paced(pace))?;
+    let content = &mut FileContent::new(file).paced(pace).stopping_when(stop);
+    let hashes = FileHashes::of(before.size, content)?;
     let after = file.stat()?.stamp();
     // Stored hashes count only if they were current before and are still after.
     let still = store.and_then(|store| store.current(key, &after));

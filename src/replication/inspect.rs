@@ -242,7 +242,7 @@ pub(super) async fn hash(
         paths
             .iter()
             .map(
-                |path| match hash_afresh(&mut files, path, Some(&store), &mut |_| {}) {
+                |path| match hash_afresh(&mut files, path, Some(&store), &mut |_| {}, &|| false) {
                     Ok(fresh) => HashedFile {
                         stored: fresh.as_ref().and_then(|fresh| {
                             fresh.stored.as_ref().map(|stored| stored.hashes.clone())

@@ -206,7 +206,7 @@ fn our_hashes(
     {
         return Ok(Some(stored.hashes));
     }
-    Ok(hash_afresh(files, path, store, &mut |_| {})?.map(|fresh| fresh.hashes))
+    Ok(hash_afresh(files, path, store, &mut |_| {}, &|| false)?.map(|fresh| fresh.hashes))
 }
 
 /// `paths` in groups of at most [`HASHED_PER_ASK`] files and [`HASHED_BYTES_PER_ASK`]
