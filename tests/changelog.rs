@@ -187,7 +187,8 @@ fn log_and_status_commands_show_the_volume() {
     let output = run(&["status", "--state-dir", &state]);
     let text = String::from_utf8(output.stdout).unwrap();
     assert!(
-        text.contains("write-through") && text.contains("offsets 0 to 6"),
+        text.contains("write-through")
+            && text.contains("first offset 0, next offset 6 (6 record(s) kept)"),
         "{text}"
     );
     mount.stop_with(libc::SIGTERM);

@@ -72,7 +72,7 @@ fn render(status: &Status) -> String {
         "volume       {}\n\
          mounted      {} (origin {}), daemon pid {}\n\
          write mode   {}\n\
-         log          offsets {} to {}, durable to {}, {} segment(s), {}\n",
+         log          first offset {}, next offset {} ({} record(s) kept), durable below {}, {} segment(s), {}\n",
         status.volume,
         status.mountpoint.display(),
         status.source.display(),
@@ -80,6 +80,7 @@ fn render(status: &Status) -> String {
         status.write_mode,
         log.stats.first_offset,
         log.stats.next_offset,
+        log.stats.next_offset - log.stats.first_offset,
         log.durable_offset,
         log.stats.segments,
         human(log.stats.bytes),
@@ -111,9 +112,14 @@ fn render(status: &Status) -> String {
         Some(cache) => text += &cache_text(cache),
     }
     if let Some(replication) = &status.replication {
+        // u64::MAX: no replica holds records back from retention.
+        let needed = match replication.retained_from {
+            u64::MAX => "no replica needs older records".to_string(),
+            from => format!("replicas need the records from {from} on"),
+        };
         text += &format!(
-            "replication  epoch {}, high watermark {}, log kept from {}\n",
-            replication.epoch, replication.high_watermark, replication.retained_from
+            "replication  epoch {}, high watermark {} (every in-sync replica holds the records below it), {needed}\n",
+            replication.epoch, replication.high_watermark
         );
         if let Some(lease) = &replication.lease {
             text += &lease_text(lease);
