@@ -7,7 +7,8 @@
 #                                        iproute2 (network namespaces for partition tests),
 #                                        e2fsprogs and mount (a loop-device ext4 to plant rot in),
 #                                        acl, rsync and git (the real-tree workloads),
-#                                        unshare and systemd-analyze (service tests)
+#                                        unshare, systemd-analyze and promtool (service
+#                                        and metrics tests)
 #   scripts/install-deps.sh --bench    + fio, libfuse's C example source, rclone, rsync and
 #                                        b3sum (the peers), e2fsprogs for the slow-disk image,
 #                                        ethtool and tc for the emulated WAN
@@ -35,6 +36,7 @@ if $want_test; then
   command -v git >/dev/null || packages+=(git)
   command -v unshare >/dev/null || packages+=(util-linux)
   command -v systemd-analyze >/dev/null || packages+=(systemd)
+  command -v promtool >/dev/null || packages+=(prometheus)
 fi
 if $want_bench; then
   command -v fio >/dev/null || packages+=(fio)

@@ -12,6 +12,7 @@ pub mod fuse;
 mod hooks;
 pub mod log;
 pub mod manifest;
+pub mod metrics;
 pub mod origin;
 pub mod replication;
 pub mod signals;

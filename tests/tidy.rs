@@ -62,7 +62,9 @@ const LAYERS: &[(&str, &[&str])] = &[
     // The top: the kernel boundary, verify, the status document and the commands.
     (
         "fuse",
-        &["types", "signals", "origin", "log", "write", "vfs"],
+        &[
+            "types", "signals", "origin", "log", "write", "vfs", "metrics",
+        ],
     ),
     (
         "verify",
@@ -78,6 +80,7 @@ const LAYERS: &[(&str, &[&str])] = &[
         ],
     ),
     ("status", &["cache", "log", "write", "replication"]),
+    ("metrics", &["status", "cache", "replication"]),
     ("cli", &["*"]),
 ];
 

@@ -209,6 +209,9 @@ pub struct ServeArgs {
     /// A volume to keep, and its key file.
     #[arg(long = "volume", value_name = "ID=KEY_FILE")]
     volumes: Vec<String>,
+    /// Serve Prometheus metrics at ADDR (ip:port), GET /metrics.
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<String>,
 }
 
 /// Arguments of `mirrorfs mount`.
@@ -467,11 +470,10 @@ fn one_line(rendered: &str) -> String {
 }
 
 /// Log lines go to stderr (a background daemon's, to its log file once mounted);
-/// MIRRORFS_LOG sets the filter (e.g. "debug"), else `default`. fuser's "Failed to send
-/// FUSE reply" is left out of the default: the kernel refuses a reply to a request it has
-/// already given up (an interrupted waiter), which is normal and was one ERROR each.
+/// MIRRORFS_LOG sets the filter (e.g. "debug"), else `default` and the kernel boundary's
+/// own quieting (`fuse::QUIET_LOG_FILTER`).
 fn init_logging(default: &str) {
-    let default = format!("{default},fuser::reply=off");
+    let default = format!("{default},{}", crate::fuse::QUIET_LOG_FILTER);
     let colour =
         std::io::IsTerminal::is_terminal(&std::io::stderr()) && !ready::is_background_child();
     let filter = tracing_subscriber::EnvFilter::try_from_env("MIRRORFS_LOG")

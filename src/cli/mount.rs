@@ -8,7 +8,7 @@ use std::time::Duration;
 use crate::config::Passthrough;
 use crate::config::RawConfig;
 use crate::config::{Config, Overrides, WriteMode, normalize};
-use crate::control::{ControlSocket, Handler};
+use crate::control::{self, ControlSocket, Handler};
 use crate::fuse::{self, FS_TYPE, MountOptions};
 use crate::log::Fence;
 use crate::replication::Replication;
@@ -104,6 +104,21 @@ fn serve(args: MountArgs, signals: StopSignals, readiness: &mut Readiness) -> Re
     if let Some(fence) = fence {
         return Err(super::volume::fenced(volume.id.as_str(), &fence));
     }
+    // Bound before the volume opens: a port in use refuses the mount, in one line.
+    let request_times = match config.metrics_listen {
+        None => None,
+        Some(address) => {
+            let times = crate::metrics::RequestTimes::default();
+            let state_path = state.path().to_path_buf();
+            let registry = crate::metrics::mount_registry(
+                move || control::query::<Status>(&state_path).ok(),
+                &times,
+            );
+            crate::metrics::serve(address, registry)
+                .map_err(|error| CliError::Usage(format!("metrics.listen {address}: {error}")))?;
+            Some(times)
+        }
+    };
     tracing::info!(
         volume = %volume.id,
         source = %volume.source.display(),
@@ -120,6 +135,7 @@ fn serve(args: MountArgs, signals: StopSignals, readiness: &mut Readiness) -> Re
         // A standby takes no writes.
         writeback: config.write.kernel_writeback && standby_copy.is_none(),
         flags: listed.flags,
+        request_times,
     };
     // A standby reads through no cache of its own: the node changes the tree under it,
     // and a block read ahead outside a request would be read outside the gate.

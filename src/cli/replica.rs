@@ -61,8 +61,19 @@ fn serve_as(args: ServeArgs, witness: bool) -> Result<(), CliError> {
         volume.key_file = absolute(volume.key_file);
         raw.volumes.push(volume);
     }
+    if let Some(listen) = args.metrics_listen {
+        raw.metrics_listen = Some(listen);
+    }
     let mut config = NodeConfig::resolve(raw, None).map_err(usage)?;
     config.witness = witness;
+    if let Some(address) = config.metrics_listen {
+        let node_dir = config.dir.join(NODE_DIR);
+        let registry = crate::metrics::node_registry(move || {
+            control::query::<crate::replication::NodeStatus>(&node_dir).ok()
+        });
+        crate::metrics::serve(address, registry)
+            .map_err(|error| CliError::Usage(format!("metrics.listen {address}: {error}")))?;
+    }
     let on_elected: OnElected = Arc::new(super::promote::serve_elected);
     serve_node(config, signals, on_elected).map_err(|error| match error {
         NodeError::Key(_)

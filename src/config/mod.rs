@@ -182,6 +182,8 @@ pub struct Config {
     pub verify: VerifyConfig,
     /// The `[failover]` section.
     pub failover: FailoverConfig,
+    /// `[metrics] listen`: where the daemon serves Prometheus metrics, if anywhere.
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 /// The validated `[write]` section.
@@ -343,6 +345,7 @@ impl Config {
             replication,
             verify: verify::resolve(&raw.verify)?,
             write,
+            metrics_listen: metrics_listen(raw.metrics.listen.as_deref())?,
             log: LogConfig {
                 segment_bytes: within(
                     "log.segment_bytes",
@@ -354,6 +357,18 @@ impl Config {
             },
         })
     }
+}
+
+/// `[metrics] listen`, an address and port ("127.0.0.1:9464", "[::]:9464").
+pub fn metrics_listen(listen: Option<&str>) -> Result<Option<std::net::SocketAddr>, ConfigError> {
+    listen
+        .map(|text| {
+            text.parse().map_err(|_| ConfigError::Invalid {
+                key: "metrics.listen",
+                reason: format!("{text:?} is not an address and port such as \"127.0.0.1:9464\""),
+            })
+        })
+        .transpose()
 }
 
 /// The shortest `revalidate_after` that promises nothing else writes the origin, as the

@@ -25,6 +25,8 @@ pub struct RawNodeConfig {
     /// A streaming session that hears nothing for this long is closed (a primary sends a
     /// heartbeat every second).
     pub idle_timeout: Option<Span>,
+    /// Where the node serves Prometheus metrics (`ip:port`), if anywhere.
+    pub metrics_listen: Option<String>,
     /// The volumes this node keeps.
     #[serde(default)]
     pub volumes: Vec<RawNodeVolume>,
@@ -57,6 +59,8 @@ pub struct NodeConfig {
     pub handshake_timeout: Duration,
     /// See [`RawNodeConfig::idle_timeout`].
     pub idle_timeout: Duration,
+    /// See [`RawNodeConfig::metrics_listen`].
+    pub metrics_listen: Option<SocketAddr>,
     /// A witness (`mirrorfs witness serve`): it keeps no copies, only votes.
     pub witness: bool,
 }
@@ -166,6 +170,7 @@ impl NodeConfig {
                 TIMEOUT_RANGE,
                 show_span,
             )?,
+            metrics_listen: super::metrics_listen(raw.metrics_listen.as_deref())?,
         })
     }
 }

@@ -32,6 +32,17 @@ pub struct RawConfig {
     /// `[failover]`: who decides that a replica takes over.
     #[serde(default)]
     pub failover: super::failover::RawFailover,
+    /// `[metrics]`: where Prometheus scrapes the daemon.
+    #[serde(default)]
+    pub metrics: RawMetrics,
+}
+
+/// The `[metrics]` section.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMetrics {
+    /// The address the daemon serves `/metrics` on ("127.0.0.1:9464").
+    pub listen: Option<String>,
 }
 
 /// How writes reach the origin.

@@ -22,6 +22,11 @@ use fuser::{
     WriteFlags,
 };
 
+/// A log filter directive leaving out fuser's "Failed to send FUSE reply": the kernel
+/// refuses a reply to a request it has already given up (an interrupted waiter), which is
+/// normal, and was one ERROR line each.
+pub const QUIET_LOG_FILTER: &str = "fuser::reply=off";
+
 pub use session::{Atime, FS_TYPE, MountError, MountFlags, MountOptions, serve};
 pub use standby::{Followed, Standby};
 
@@ -75,6 +80,23 @@ pub struct MirrorFs {
     /// Whether to ask the kernel for its writeback cache.
     writeback: bool,
     backings: passthrough::Backings,
+    /// Where each request's latency is counted, if metrics are served.
+    pub(crate) request_times: Option<crate::metrics::RequestTimes>,
+}
+
+/// Counts a request's latency when it ends, however it ends.
+struct TimedRequest<'a> {
+    times: Option<&'a crate::metrics::RequestTimes>,
+    operation: &'static str,
+    started: Option<std::time::Instant>,
+}
+
+impl Drop for TimedRequest<'_> {
+    fn drop(&mut self) {
+        if let (Some(times), Some(started)) = (self.times, self.started) {
+            times.observe(self.operation, started.elapsed());
+        }
+    }
 }
 
 impl MirrorFs {
@@ -84,6 +106,15 @@ impl MirrorFs {
     /// On a standby, the work runs holding the copy's tree (its node's changes wait); if
     /// the tree cannot be held, the work is dropped with its reply (EIO).
     fn guarded(&self, operation: &'static str, work: impl FnOnce()) {
+        let started = self
+            .request_times
+            .as_ref()
+            .map(|_| std::time::Instant::now());
+        let _timed = TimedRequest {
+            times: self.request_times.as_ref(),
+            operation,
+            started,
+        };
         let _holding = match self.volume.hold_tree() {
             Ok(holding) => holding,
             Err(error) => {
@@ -114,6 +145,7 @@ impl MirrorFs {
             passthrough,
             writeback,
             backings: passthrough::Backings::default(),
+            request_times: None,
         }
     }
 

@@ -35,6 +35,8 @@ pub struct MountOptions {
     pub writeback: bool,
     /// The mount's own flags (mount(8)'s ro, nosuid, nodev, noexec, atime options).
     pub flags: MountFlags,
+    /// Where each request's latency is counted, if metrics are served.
+    pub request_times: Option<crate::metrics::RequestTimes>,
 }
 
 /// The flags a mount is made with, as mount(8)'s options set them.
@@ -180,7 +182,8 @@ pub fn serve(
     config.clone_fd = true;
     let stopping = Arc::clone(&volume);
     let following = Arc::clone(&volume);
-    let filesystem = MirrorFs::new(volume, options.ttl, options.passthrough, options.writeback);
+    let mut filesystem = MirrorFs::new(volume, options.ttl, options.passthrough, options.writeback);
+    filesystem.request_times = options.request_times.clone();
 
     // SAFETY: geteuid cannot fail.
     let session = if unsafe { libc::geteuid() } == 0 {

@@ -14,7 +14,8 @@ use crate::types::{FileId, FileKind, Name, Stamp};
 
 use super::chunks::FileHashes;
 use super::content::FileContent;
-use super::store::{HashStore, Stored};
+use super::entry::Stored;
+use super::store::HashStore;
 
 /// A file read afresh.
 #[derive(Clone, Debug)]

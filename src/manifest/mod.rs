@@ -8,6 +8,7 @@
 mod chunks;
 mod compare;
 mod content;
+mod entry;
 mod fixes;
 mod fresh;
 mod hasher;

@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use crate::durable;
 use crate::types::FileId;
 
-use super::store::{Pending, Stored};
+use super::entry::{Pending, Stored};
 
 /// The snapshot's name in a state or copy directory.
 pub const SNAPSHOT_NAME: &str = "hashes";

@@ -35,7 +35,9 @@ pub use lease::{LeaseKeeper, LeaseSetup, LeaseStatus};
 pub use node::{
     HostedStatus, NODE_DIR, NodeError, NodeStatus, promote_volume, serve as serve_node,
 };
-pub use primary::{DIVERGED_ADVICE, Replication, ReplicationError, ReplicationStatus};
+pub use primary::{
+    DIVERGED_ADVICE, ReplicaStatus, Replication, ReplicationError, ReplicationStatus,
+};
 pub use promote::{PeerPosition, PromoteError, Promotion, Reach, peer_positions, promoted_at};
 pub use protocol::{
     AutoFailover, Peers, ProtocolError, Stuck, ToNode, ToPrimary, decode as decode_message,

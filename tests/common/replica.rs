@@ -119,8 +119,9 @@ impl Node {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             let text = node.log();
-            if let Some(at) = text.rfind("address=") {
-                node.address = text[at + 8..]
+            // The node's own line, not its metrics endpoint's.
+            if let Some(at) = text.rfind("serving address=") {
+                node.address = text[at + 16..]
                     .split_whitespace()
                     .next()
                     .unwrap()
