@@ -530,3 +530,42 @@ fn a_verify_run_ends_when_its_client_goes_or_is_cancelled() {
     assert_ne!(none.status.code(), Some(0), "{none:?}");
     assert!(String::from_utf8_lossy(&none.stderr).contains("no verify run is under way"));
 }
+
+/// Shell completions and the man page come from the command's own definitions, and a
+/// reader that stops early (`| head`) gets no panic.
+#[test]
+fn completions_and_the_man_page_are_generated() {
+    let bash = common::run(&["completions", "bash"]);
+    assert!(bash.status.success(), "{bash:?}");
+    let script = String::from_utf8(bash.stdout).unwrap();
+    assert!(script.contains("complete -F _mirrorfs") && script.contains("verify"));
+    let checked = Command::new("bash")
+        .args(["-n", "-c", &script])
+        .output()
+        .unwrap();
+    assert!(checked.status.success(), "{checked:?}");
+    let page = common::run(&["manpage"]);
+    let page = String::from_utf8(page.stdout).unwrap();
+    assert!(page.contains(".TH mirrorfs 8"), "{page}");
+    assert!(
+        page.contains("mirrorfs\\-mount") || page.contains("mount"),
+        "{page}"
+    );
+
+    for args in [["completions", "zsh"], ["manpage", ""]] {
+        let mut child = Command::new(binary())
+            .args(args.iter().filter(|arg| !arg.is_empty()))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Read one byte, then hang up.
+        let mut stdout = child.stdout.take().unwrap();
+        let mut byte = [0; 1];
+        std::io::Read::read_exact(&mut stdout, &mut byte).unwrap();
+        drop(stdout);
+        let output = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+    }
+}

@@ -20,7 +20,7 @@ use std::ffi::OsString;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 
 /// mirrorfs: a directory mirrored through a FUSE mount.
 #[derive(Debug, Parser)]
@@ -64,6 +64,14 @@ enum Command {
     /// Make a fenced old primary a replica of the new one: its origin and state move into
     /// a node's directory as the volume's copy (by rename), for a node started there.
     Rejoin(RejoinArgs),
+    /// Print a completion script for SHELL (bash, zsh, fish, elvish, powershell):
+    /// `mirrorfs completions bash > /etc/bash_completion.d/mirrorfs`.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff): `mirrorfs manpage > /usr/local/share/man/man8/mirrorfs.8`.
+    Manpage,
 }
 
 /// Arguments of `mirrorfs rejoin`.
@@ -413,6 +421,24 @@ pub fn run(args: impl IntoIterator<Item = OsString>) -> ExitCode {
         Command::Verify(args) => verify::run(args),
         Command::Promote(args) => promote::run(args),
         Command::Rejoin(args) => promote::rejoin(args),
+        Command::Completions { shell } => {
+            // Made in memory: clap_complete panics on a write error (`| head`).
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "mirrorfs", &mut script);
+            print_all(&script)
+        }
+        Command::Manpage => {
+            let mut page = Vec::new();
+            match clap_mangen::Man::new(Cli::command())
+                .section("8")
+                .render(&mut page)
+            {
+                Ok(()) => print_all(&page),
+                Err(error) => Err(CliError::Failure(format!(
+                    "cannot render the man page: {error}"
+                ))),
+            }
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -450,6 +476,17 @@ fn clap_exit(error: clap::Error, usage_code: u8) -> ExitCode {
             );
             ExitCode::from(usage_code)
         }
+    }
+}
+
+/// Writes `bytes` to stdout; a reader that stopped early (`| head`) is no error.
+fn print_all(bytes: &[u8]) -> Result<(), CliError> {
+    use std::io::Write;
+    match std::io::stdout().lock().write_all(bytes) {
+        Err(error) if error.kind() != std::io::ErrorKind::BrokenPipe => {
+            Err(CliError::Failure(format!("cannot write output: {error}")))
+        }
+        _ => Ok(()),
     }
 }
 
