@@ -90,16 +90,18 @@ fn run_within(args: &[&std::ffi::OsStr]) -> Output {
     waiter.join().unwrap()
 }
 
+/// An origin and a mount point made in `dir`, and where the state will go.
+fn layout(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    let (origin, mountpoint) = (dir.join("origin"), dir.join("mnt"));
+    fs::create_dir(&origin).unwrap();
+    fs::create_dir(&mountpoint).unwrap();
+    (origin, mountpoint, dir.join("state"))
+}
+
 #[test]
 fn a_background_mount_returns_once_the_mount_is_up_and_ends_at_unmount() {
     let dir = scratch();
-    let (origin, mountpoint, state) = (
-        dir.path().join("origin"),
-        dir.path().join("mnt"),
-        dir.path().join("state"),
-    );
-    fs::create_dir(&origin).unwrap();
-    fs::create_dir(&mountpoint).unwrap();
+    let (origin, mountpoint, state) = layout(dir.path());
     let output = run_within(&[
         "mount".as_ref(),
         origin.as_os_str(),
@@ -189,13 +191,7 @@ fn a_background_mount_that_cannot_mount_returns_its_error_and_exit_code() {
 #[test]
 fn a_foreground_mount_tells_systemd_ready_then_stopping() {
     let dir = scratch();
-    let (origin, mountpoint, state) = (
-        dir.path().join("origin"),
-        dir.path().join("mnt"),
-        dir.path().join("state"),
-    );
-    fs::create_dir(&origin).unwrap();
-    fs::create_dir(&mountpoint).unwrap();
+    let (origin, mountpoint, state) = layout(dir.path());
     let socket_path = dir.path().join("notify");
     let socket = UnixDatagram::bind(&socket_path).unwrap();
     socket
