@@ -83,7 +83,7 @@ fn a_scrape_passes_promtool_and_agrees_with_status() {
         "vol",
         &key,
         &[&node],
-        "acks = \"all\"\n[metrics]\nlisten = \"127.0.0.1:0\"\n",
+        "acks = \"all\"\n[metrics]\nlisten = \"127.0.0.1:0\"\n[write]\nmode = \"write-behind\"\n",
     );
     for n in 0..20 {
         fs::write(mount.path(&format!("f{n}")), vec![n as u8; 10_000]).unwrap();
@@ -95,6 +95,8 @@ fn a_scrape_passes_promtool_and_agrees_with_status() {
         );
     }
     wait_replicated(&mount);
+    let verified = common::run(&["verify", mount.mountpoint.to_str().unwrap()]);
+    assert!(verified.status.success(), "{verified:?}");
 
     let address = metrics_address(&mount.log());
     let (status_line, body) = get(&address, "/metrics");
@@ -152,6 +154,39 @@ fn a_scrape_passes_promtool_and_agrees_with_status() {
         "{node_body}"
     );
     assert_eq!(node_scraped["mirrorfs_copy_connected{volume=\"vol\"}"], 1.0);
+
+    // The dashboard asks only for what a mount or a node exports.
+    let dashboard: serde_json::Value = serde_json::from_str(
+        &fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/dashboards/mirrorfs.json"
+        ))
+        .unwrap(),
+    )
+    .unwrap();
+    let exported = |name: &str| {
+        scraped
+            .keys()
+            .chain(node_scraped.keys())
+            .any(|sample| sample.split('{').next() == Some(name))
+    };
+    let mut asked = 0;
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().unwrap() {
+            let expr = target["expr"].as_str().unwrap();
+            for name in expr
+                .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .filter(|word| word.starts_with("mirrorfs_"))
+            {
+                asked += 1;
+                assert!(
+                    exported(name),
+                    "the dashboard asks for {name}, which nothing exports"
+                );
+            }
+        }
+    }
+    assert!(asked > 10, "{asked}");
 }
 
 #[test]
