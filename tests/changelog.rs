@@ -147,6 +147,22 @@ fn log_and_status_commands_show_the_volume() {
         .map(|v| v["offset"].as_u64().unwrap())
         .collect();
     assert_eq!(offsets, [0, 1, 2, 3, 4, 5]);
+    // Each record says when it was taken (to the second, in UTC), today.
+    let today = String::from_utf8(
+        std::process::Command::new("date")
+            .args(["-u", "+%Y-%m-%d"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    for line in &lines {
+        let time = line["time"].as_str().unwrap_or_default();
+        assert!(
+            time.starts_with(today.trim()) && time.ends_with('Z'),
+            "{line}"
+        );
+    }
 
     let output = run(&["log", "--state-dir", &state, "--from", "4"]);
     let text = String::from_utf8(output.stdout).unwrap();

@@ -40,9 +40,14 @@ pub fn run(args: LogArgs) -> Result<(), CliError> {
             .records(from)
             .map_err(|error| CliError::Usage(error.to_string()))?;
         if !args.json {
-            let _ = writeln!(out, "{:>12} {:>5}  {:<11} PATH", "OFFSET", "EPOCH", "OP");
+            let _ = writeln!(
+                out,
+                "{:<20}  {:>12} {:>5}  {:<11} PATH",
+                "TIME (UTC)", "OFFSET", "EPOCH", "OP"
+            );
         }
-        let printed = print_records(&mut out, records, args.json, from);
+        let times = log::Times::load(&dir);
+        let printed = print_records(&mut out, records, &times, args.json, from);
         match printed {
             Ok(next) if args.follow => {
                 drop(out);
@@ -102,16 +107,21 @@ fn print_stats(
 fn print_records(
     out: &mut impl Write,
     records: log::Records,
+    times: &log::Times,
     json: bool,
     from: u64,
 ) -> Result<u64, Printed> {
     let mut next = from;
     for record in records {
         let record = record.map_err(Printed::Log)?;
+        let time = times.of(record.offset).map(log::utc);
         if json {
-            writeln!(out, "{}", record_json(&record))?;
+            let mut value = record_json(&record);
+            value["time"] = json!(time);
+            writeln!(out, "{value}")?;
         } else {
-            writeln!(out, "{}", record_line(&record))?;
+            let time = time.as_deref().unwrap_or("-");
+            writeln!(out, "{time:<20}  {}", record_line(&record))?;
         }
         next = record.offset + 1;
     }
@@ -140,7 +150,8 @@ fn follow(dir: &std::path::Path, mut next: u64, json: bool) -> Result<(), Printe
             next = stats.first_offset;
         }
         let records = view.records(next).map_err(Printed::Log)?;
-        next = print_records(&mut io::stdout().lock(), records, json, next)?;
+        let times = log::Times::load(dir);
+        next = print_records(&mut io::stdout().lock(), records, &times, json, next)?;
     }
 }
 

@@ -11,6 +11,7 @@ mod epochs;
 mod frame;
 mod record;
 mod segment;
+mod times;
 
 use std::fs::{File, OpenOptions};
 use std::io;
@@ -24,6 +25,7 @@ pub use epochs::{EpochStart, Epochs, EpochsError, FENCE_FILE, Fence};
 pub use frame::{Decoded, FrameError, decode as decode_frame, encode as encode_frame};
 pub use record::{LogPath, Op, PathError, Record};
 pub use segment::{FORMAT_VERSION, ScanError, header as segment_header};
+pub use times::{FILE_NAME as TIMES_FILE, Times, utc};
 
 use crate::durable;
 use segment::{FrameReader, Segment, Tail};
@@ -195,6 +197,8 @@ struct Appender {
     buf: Vec<u8>,
     /// The length of each frame in `buf`, the last one with the append's tail.
     lens: Vec<u64>,
+    /// When appends happened, for `mirrorfs log` (see `times.rs`).
+    stamper: times::Stamper,
 }
 
 impl Appender {
@@ -256,6 +260,7 @@ impl Log {
                 active: Arc::new(file),
                 buf: Vec::new(),
                 lens: Vec::new(),
+                stamper: times::Stamper::open(dir),
             }),
             durable: AtomicU64::new(next),
             syncing: Mutex::new(()),
@@ -479,6 +484,7 @@ impl Log {
             let len = appender.lens[index];
             appender.active().note_appended(offset, len);
         }
+        appender.stamper.appended(first);
         Ok(Appended {
             offset: first,
             file: Arc::clone(&appender.active),
@@ -577,6 +583,10 @@ impl Log {
                 _ => {}
             }
             std::fs::remove_file(&segment.path).map_err(io_error(&segment.path))?;
+        }
+        if doomed > 0 {
+            let first = appender.segments[0].first;
+            appender.stamper.trim(first);
         }
         Ok(doomed)
     }
