@@ -565,3 +565,45 @@ fn completions_and_the_man_page_are_generated() {
         assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
     }
 }
+
+/// `verify --cancel` also ends a scheduled run (the first content run comes a minute after
+/// the mount).
+#[test]
+fn a_scheduled_verify_run_is_cancelled_too() {
+    let mount = common::Mount::with_config(
+        "[verify]\ncontent_every = \"60s\"\ncontent_rate_bytes_max = \"4MiB\"\n",
+    );
+    let chunk = vec![0x3c_u8; 1 << 20];
+    let mut file = fs::File::create(mount.path("big")).unwrap();
+    for _ in 0..64 {
+        std::io::Write::write_all(&mut file, &chunk).unwrap();
+    }
+    drop(file);
+    let point = mount.mountpoint.to_str().unwrap().to_string();
+    let busy = || {
+        let quick = common::run(&["verify", &point, "--json"]);
+        !quick.status.success()
+            && String::from_utf8_lossy(&quick.stderr).contains("already under way")
+    };
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while !busy() {
+        assert!(
+            Instant::now() < deadline,
+            "no scheduled run began within 90 s"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let cancelled = common::run(&["verify", &point, "--cancel"]);
+    assert!(cancelled.status.success(), "{cancelled:?}");
+    let deadline = Instant::now() + Duration::from_secs(1);
+    while busy() {
+        assert!(
+            Instant::now() < deadline,
+            "the scheduled run went on after --cancel"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // It ended as a run does, its report logged (the probe above ran after it).
+    let log = mount.log();
+    assert!(log.contains("scheduled verify run"), "{log}");
+}

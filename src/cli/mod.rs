@@ -157,8 +157,8 @@ pub struct VerifyArgs {
     /// Read content at most this fast, per second (e.g. 200MiB).
     #[arg(long, value_name = "SIZE")]
     max_rate: Option<String>,
-    /// Cancel the run under way on the mounted volume (one a client started); what it
-    /// read counts, and the next run goes on from there.
+    /// Cancel the run under way on the mounted volume (a client's or a scheduled one);
+    /// what it read counts, and the next run goes on from there.
     #[arg(long, conflicts_with_all = ["content", "repair", "quick"])]
     cancel: bool,
     /// Check only this replica (repeatable; default: all).

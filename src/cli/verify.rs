@@ -40,7 +40,8 @@ enum Line {
 /// The request that cancels the run under way.
 const CANCEL: &str = "verify-cancel";
 
-/// The stop flag of the run a client started, while it runs (for `verify --cancel`).
+/// The stop flag of the run under way, a client's or a scheduled one (for `verify
+/// --cancel`).
 static CURRENT: Mutex<Option<Arc<AtomicBool>>> = Mutex::new(None);
 
 /// Runs `mirrorfs verify`.
@@ -381,6 +382,11 @@ pub struct Schedule {
 impl Drop for Schedule {
     fn drop(&mut self) {
         self.halt.store(true, Ordering::SeqCst);
+        // A scheduled run under way checks its own flag (which `verify --cancel` also
+        // sets), not `halt`.
+        if let Some(current) = CURRENT.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+            current.store(true, Ordering::SeqCst);
+        }
         let (stopped, wake) = &*self.stop;
         *stopped.lock().unwrap_or_else(|p| p.into_inner()) = true;
         wake.notify_all();
@@ -555,7 +561,15 @@ impl Plan {
             let Ok(_running) = RUNNING.try_lock() else {
                 continue;
             };
-            let report = check(config, volume, &options, halt, &mut |_| {});
+            // Its own stop, which `verify --cancel` sets as well as the daemon stopping:
+            // registered before `halt` is looked at, so a stop between the two is seen.
+            let stop = Arc::new(AtomicBool::new(false));
+            *CURRENT.lock().unwrap_or_else(|p| p.into_inner()) = Some(Arc::clone(&stop));
+            if halt.load(Ordering::SeqCst) {
+                stop.store(true, Ordering::SeqCst);
+            }
+            let report = check(config, volume, &options, &stop, &mut |_| {});
+            *CURRENT.lock().unwrap_or_else(|p| p.into_inner()) = None;
             remember(last, &report, true);
             let summary = report.human();
             let summary = summary.lines().last().unwrap_or_default();
