@@ -121,6 +121,16 @@ fn mount_again(mount: &Mount) -> std::process::Output {
 fn log_and_status_commands_show_the_volume() {
     let mut mount = Mount::new();
     fs::write(mount.path("one.txt"), b"12345").unwrap();
+    // The kernel sends a close's RELEASE in the background: wait for its record (the
+    // file's mtime, the fourth) so the rename's come after it, as this test expects.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while mount.status().log.stats.next_offset < 4 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the close was never recorded"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
     fs::rename(mount.path("one.txt"), mount.path("two.txt")).unwrap();
     let state = mount.state.to_str().unwrap().to_string();
 
