@@ -44,6 +44,22 @@ const CANCEL: &str = "verify-cancel";
 /// --cancel`).
 static CURRENT: Mutex<Option<Arc<AtomicBool>>> = Mutex::new(None);
 
+/// A run's stop flag made the one `verify --cancel` sets, until dropped.
+struct UnderWay;
+
+impl UnderWay {
+    fn register(stop: &Arc<AtomicBool>) -> UnderWay {
+        *CURRENT.lock().unwrap_or_else(|p| p.into_inner()) = Some(Arc::clone(stop));
+        UnderWay
+    }
+}
+
+impl Drop for UnderWay {
+    fn drop(&mut self) {
+        *CURRENT.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+}
+
 /// Runs `mirrorfs verify`.
 pub fn run(args: VerifyArgs) -> Result<(), CliError> {
     let usage = |error: crate::config::ConfigError| CliError::Exit(exit::USAGE, error.to_string());
@@ -321,7 +337,7 @@ pub fn handler(config: &Config, volume: &Arc<Volume>, last: &LastRunCell) -> Han
         // does; the files it read count.
         let stop = Arc::new(AtomicBool::new(false));
         watch_client(&stream, &stop);
-        *CURRENT.lock().unwrap_or_else(|p| p.into_inner()) = Some(Arc::clone(&stop));
+        let under_way = UnderWay::register(&stop);
         let mut shown = Instant::now();
         let report = check(&config, &volume, &options, &stop, &mut |progress| {
             if shown.elapsed() < Duration::from_millis(200) && progress.phase != "repair" {
@@ -334,7 +350,7 @@ pub fn handler(config: &Config, volume: &Arc<Volume>, last: &LastRunCell) -> Han
         });
         // The run is over before its client hears so: a client that asks again at once
         // must not find it under way.
-        *CURRENT.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        drop(under_way);
         drop(running);
         tracing::info!(
             findings = report.findings.len(),
@@ -564,12 +580,12 @@ impl Plan {
             // Its own stop, which `verify --cancel` sets as well as the daemon stopping:
             // registered before `halt` is looked at, so a stop between the two is seen.
             let stop = Arc::new(AtomicBool::new(false));
-            *CURRENT.lock().unwrap_or_else(|p| p.into_inner()) = Some(Arc::clone(&stop));
+            let under_way = UnderWay::register(&stop);
             if halt.load(Ordering::SeqCst) {
                 stop.store(true, Ordering::SeqCst);
             }
             let report = check(config, volume, &options, &stop, &mut |_| {});
-            *CURRENT.lock().unwrap_or_else(|p| p.into_inner()) = None;
+            drop(under_way);
             remember(last, &report, true);
             let summary = report.human();
             let summary = summary.lines().last().unwrap_or_default();

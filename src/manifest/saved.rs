@@ -81,12 +81,11 @@ pub struct SavedStore {
     /// The current snapshot's checksum (zeros when there is none).
     sum: [u8; 32],
     snapshot_len: u64,
-    /// Open for appending, once the journal is known to follow the snapshot.
+    /// Open for appending while the journal is known to follow the snapshot whole; `None`
+    /// (none yet, another snapshot's, damaged, or an append failed partway) makes the
+    /// next save write a snapshot.
     appending: Option<File>,
     journal_len: u64,
-    /// The next save writes a snapshot: the journal does not follow the snapshot, or an
-    /// append failed partway and its tail cannot be trusted.
-    fold: bool,
 }
 
 impl SavedStore {
@@ -99,7 +98,6 @@ impl SavedStore {
             snapshot_len: 0,
             appending: None,
             journal_len: 0,
-            fold: false,
         };
         let mut entries = match std::fs::read(&saved.snapshot) {
             Ok(bytes) => match decode_snapshot(&bytes) {
@@ -110,14 +108,12 @@ impl SavedStore {
                 }
                 None => {
                     tracing::warn!(path = %saved.snapshot.display(), "stored hashes unreadable; starting afresh");
-                    saved.fold = true;
                     return (saved, Entries::default());
                 }
             },
             Err(error) => {
                 if error.kind() != io::ErrorKind::NotFound {
                     tracing::warn!(path = %saved.snapshot.display(), %error, "stored hashes unreadable; starting afresh");
-                    saved.fold = true;
                     return (saved, Entries::default());
                 }
                 Entries::default()
@@ -125,7 +121,6 @@ impl SavedStore {
         };
         if let Err(error) = saved.replay(&mut entries) {
             tracing::warn!(path = %saved.journal.display(), %error, "stored hashes' journal unreadable; what it held is hashed again");
-            saved.fold = true;
         }
         (saved, entries)
     }
@@ -142,7 +137,6 @@ impl SavedStore {
             Ok(file) => file,
             Err(error) if error.kind() == io::ErrorKind::NotFound => {
                 // None yet: the first save starts one following the snapshot.
-                self.fold = true;
                 return Ok(());
             }
             Err(error) => return Err(error),
@@ -154,7 +148,6 @@ impl SavedStore {
             .and_then(|rest| rest.strip_prefix(self.sum.as_slice()))
         else {
             // It follows another snapshot (its records are in this one) or is damaged.
-            self.fold = true;
             return Ok(());
         };
         let mut whole = 0;
@@ -177,21 +170,20 @@ impl SavedStore {
 
     /// Whether the next save should write a snapshot rather than append.
     pub fn wants_snapshot(&self) -> bool {
-        self.fold
-            || self.appending.is_none()
-            || self.journal_len > self.snapshot_len.max(JOURNAL_BYTES_MIN)
+        self.appending.is_none() || self.journal_len > self.snapshot_len.max(JOURNAL_BYTES_MIN)
     }
 
     /// Makes the next save write a snapshot (what should have been appended was lost).
     pub fn fold_next(&mut self) {
-        self.fold = true;
+        self.appending = None;
     }
 
     /// Appends the entries changed since the last save, durably.
     pub fn append(&mut self, changed: &[Changed]) -> io::Result<()> {
         let result = self.try_append(changed);
         if result.is_err() {
-            self.fold = true;
+            // Its tail cannot be trusted now.
+            self.appending = None;
         }
         result
     }
@@ -227,16 +219,9 @@ impl SavedStore {
         Ok(bytes)
     }
 
-    /// Replaces the snapshot with `bytes` and starts an empty journal following it.
+    /// Replaces the snapshot with `bytes` and starts an empty journal following it (a
+    /// failure leaves no journal to append to, so the next save tries again).
     pub fn write_snapshot(&mut self, bytes: &[u8]) -> io::Result<()> {
-        let result = self.try_write_snapshot(bytes);
-        if result.is_err() {
-            self.fold = true;
-        }
-        result
-    }
-
-    fn try_write_snapshot(&mut self, bytes: &[u8]) -> io::Result<()> {
         self.appending = None;
         durable::replace(&self.snapshot, bytes)?;
         self.sum
@@ -252,7 +237,6 @@ impl SavedStore {
             .open(&self.journal)?;
         self.journal_len = header.len() as u64;
         self.appending = Some(file);
-        self.fold = false;
         Ok(())
     }
 }
